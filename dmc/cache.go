@@ -43,7 +43,8 @@ func WithDecisionRecord() CacheOption {
 
 // ForcedCR is a DecisionFunc FOR BENCHMARKS ONLY that gives (layer, kvHead) the compression rate
 // cr(layer, kvHead) (values below 1 count as 1): position pos opens a slot exactly when
-// ⌊pos/cr⌋ > ⌊(pos−1)/cr⌋, so after N tokens from position 0 the head holds ⌈N/cr⌉ slots.
+// ⌊pos/cr⌋ > ⌊(pos−1)/cr⌋, so after N tokens from position 0 the head holds ⌊(N−1)/cr⌋ + 1
+// slots (⌈N/cr⌉ for integer cr) and its compression rate tends to cr.
 func ForcedCR(cr func(layer, kvHead int) float64) DecisionFunc {
 	return func(layer, kvHead, pos int) bool {
 		r := max(cr(layer, kvHead), 1)
