@@ -1,0 +1,509 @@
+package trainer
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+// Options configure one training run.
+type Options struct {
+	RunDir      string // created if missing; holds recipe.yaml, model.json, metrics.jsonl, checkpoints/
+	Recipe      Recipe // resolved and validated by Run
+	Model       Model
+	Source      Source
+	ModelConfig any // written as JSON into the run dir and every checkpoint; must match on resume
+
+	Resume         bool // continue from RUN_DIR/checkpoints/latest
+	ResumeFallback bool // if the latest checkpoint is corrupt, resume from the newest one that verifies
+	StopAfter      int  // stop (with a checkpoint) once this many steps are done; 0 = run the recipe to its end
+
+	// OnZeroOutEnd runs once, before the first step after stage 1 (dmc mode only; before step 0
+	// when zero_out_steps is 0). It must zero the W_q/W_k rows that produce the decision channel.
+	// The optimiser moments of every element it changes are reset, so stale momentum does not
+	// undo the zeroing.
+	OnZeroOutEnd func(params []Param) error
+
+	Decay    func(Param) bool // weight-decay mask; nil = DefaultDecay
+	Progress io.Writer        // human progress lines; nil = discard
+	FS       FS               // checkpoint filesystem; nil = OSFS
+	Rank     int              // data-parallel rank (seeds the noise); 0 on one device
+}
+
+// Metrics is one line of RUN_DIR/metrics.jsonl.
+type Metrics struct {
+	Step       int      `json:"step"` // optimiser steps completed, counting this one
+	Stage      string   `json:"stage"`
+	Loss       float64  `json:"loss"`
+	LMLoss     float64  `json:"lm_loss"`
+	CRLoss     float64  `json:"cr_loss"`
+	TargetCR   *float64 `json:"target_cr"`   // null when no compression is trained
+	AchievedCR *float64 `json:"achieved_cr"` // 1/(1 − mean α); null when DMC is off or α = 1
+	MeanAlpha  float64  `json:"mean_alpha"`
+	LR         float64  `json:"lr"`
+	GradNorm   float64  `json:"grad_norm"` // before clipping
+	Tokens     int      `json:"tokens"`
+	TokensPerS float64  `json:"tokens_per_s"`
+	Elapsed    float64  `json:"elapsed_s"` // over all sessions of the run
+}
+
+// Result summarises a Run.
+type Result struct {
+	Step        int  // optimiser steps completed
+	Done        bool // the recipe ran to its last step
+	Interrupted bool // the context was cancelled; a checkpoint was saved
+	Checkpoint  string
+	Last        Metrics
+}
+
+// Run trains opts.Model on opts.Source following opts.Recipe. It returns a nil error when the
+// recipe (or StopAfter) is reached and when ctx is cancelled (then Result.Interrupted is set
+// and a checkpoint of the last completed step has been saved).
+func Run(ctx context.Context, opts Options) (Result, error) {
+	t, err := newRun(opts)
+	if err != nil {
+		return Result{}, err
+	}
+	defer t.close()
+	return t.loop(ctx)
+}
+
+type run struct {
+	opts      Options
+	r         Recipe
+	recipeYML []byte
+	modelJSON []byte
+	params    []Param
+	grads     [][]float32 // what the optimiser reads: accumulators, or the model's Grad slices
+	accum     [][]float32 // nil when grad_accum == 1
+	opt       *AdamW
+	store     *CheckpointStore
+	metrics   *os.File
+	progress  io.Writer
+	batch     Batch
+
+	step       int
+	tokens     int64
+	elapsed0   float64 // seconds spent in earlier sessions
+	start      time.Time
+	startStep  int
+	lastSaved  string
+	savedStep  int
+	hookReady  bool
+	snapshot   [][]float32
+	dataBefore json.RawMessage
+}
+
+func newRun(opts Options) (*run, error) {
+	if opts.Model == nil || opts.Source == nil {
+		panic("trainer: Run needs a Model and a Source")
+	}
+	r := opts.Recipe
+	r.Resolve()
+	if err := r.Validate(); err != nil {
+		return nil, err
+	}
+	if opts.RunDir == "" {
+		return nil, errors.New("no run directory given: pass one to keep checkpoints and metrics")
+	}
+	if opts.FS == nil {
+		opts.FS = OSFS{}
+	}
+	t := &run{opts: opts, r: r, progress: opts.Progress, savedStep: -1}
+	if t.progress == nil {
+		t.progress = io.Discard
+	}
+	var err error
+	if t.recipeYML, err = r.YAML(); err != nil {
+		return nil, err
+	}
+	if t.modelJSON, err = json.MarshalIndent(opts.ModelConfig, "", "  "); err != nil {
+		return nil, fmt.Errorf("model config: %w", err)
+	}
+	t.params = opts.Model.Params()
+	seen := map[string]bool{}
+	for _, p := range t.params {
+		if len(p.Grad) != len(p.Value) {
+			return nil, fmt.Errorf("model parameter %q has %d values but %d gradients", p.Name, len(p.Value), len(p.Grad))
+		}
+		if seen[p.Name] {
+			return nil, fmt.Errorf("model has two parameters named %q; checkpoints need unique names", p.Name)
+		}
+		seen[p.Name] = true
+	}
+	t.opt = NewAdamW(t.params, r.Beta1, r.Beta2, r.Eps, r.WeightDecay, opts.Decay)
+	t.grads = make([][]float32, len(t.params))
+	if r.GradAccum > 1 {
+		t.accum = make([][]float32, len(t.params))
+		for i, p := range t.params {
+			t.accum[i] = make([]float32, len(p.Value))
+		}
+		copy(t.grads, t.accum)
+	} else {
+		for i, p := range t.params {
+			t.grads[i] = p.Grad
+		}
+	}
+	mb := r.MicroBatchSize()
+	t.batch = Batch{Inputs: make([]int, mb*r.SeqLen), Targets: make([]int, mb*r.SeqLen), BatchSize: mb, SeqLen: r.SeqLen}
+	t.store = &CheckpointStore{FS: opts.FS, Dir: filepath.Join(opts.RunDir, "checkpoints"), Keep: r.KeepCheckpoints}
+
+	if err := os.MkdirAll(opts.RunDir, 0o755); err != nil {
+		return nil, fmt.Errorf("create run directory: %w", err)
+	}
+	if opts.Resume {
+		if err := t.resume(); err != nil {
+			return nil, err
+		}
+	} else if names, _ := t.store.List(); len(names) > 0 {
+		return nil, fmt.Errorf("run directory %s already has checkpoints (newest %s): resume it, or choose a new run directory", opts.RunDir, names[len(names)-1])
+	}
+	if err := writeFileAtomic(filepath.Join(opts.RunDir, "recipe.yaml"), t.recipeYML); err != nil {
+		return nil, err
+	}
+	if err := writeFileAtomic(filepath.Join(opts.RunDir, "model.json"), t.modelJSON); err != nil {
+		return nil, err
+	}
+	t.metrics, err = os.OpenFile(filepath.Join(opts.RunDir, "metrics.jsonl"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return nil, fmt.Errorf("open metrics: %w", err)
+	}
+	return t, nil
+}
+
+func (t *run) close() {
+	if t.metrics != nil {
+		t.metrics.Close()
+	}
+}
+
+func (t *run) resume() error {
+	c, err := t.store.OpenLatest(t.opts.ResumeFallback, t.progress)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(bytes.TrimSpace(c.ModelConfig), bytes.TrimSpace(t.modelJSON)) {
+		return fmt.Errorf("checkpoint %s was written for another model config:\n%s\nthis run has:\n%s\nresume with the same model, or start a new run directory", c.Name, c.ModelConfig, t.modelJSON)
+	}
+	if diff := recipeDiff(c.Recipe, t.recipeYML); diff != "" {
+		fmt.Fprintf(t.progress, "note: the recipe differs from checkpoint %s (%s); the run continues with the new values\n", c.Name, diff)
+	}
+	if err := t.store.Restore(c, t.params, t.opt); err != nil {
+		return err
+	}
+	if err := t.opts.Source.Seek(c.State.DataPosition); err != nil {
+		return fmt.Errorf("checkpoint %s: restore the data position: %w", c.Name, err)
+	}
+	t.step, t.tokens, t.elapsed0 = c.State.Step, c.State.TokensSeen, c.State.ElapsedSeconds
+	t.lastSaved, t.savedStep = c.Name, c.State.Step
+	if err := truncateMetrics(filepath.Join(t.opts.RunDir, "metrics.jsonl"), t.step); err != nil {
+		return err
+	}
+	fmt.Fprintf(t.progress, "resumed from %s (step %d)\n", c.Name, t.step)
+	return nil
+}
+
+func (t *run) loop(ctx context.Context) (Result, error) {
+	r := &t.r
+	end := r.TotalSteps()
+	if t.opts.StopAfter > 0 && t.opts.StopAfter < end {
+		end = t.opts.StopAfter
+	}
+	t.start, t.startStep = time.Now(), t.step
+	var last Metrics
+	for t.step < end {
+		if ctx.Err() != nil {
+			return t.interrupted(last, t.opts.Source.Position())
+		}
+		if r.Mode == ModeDMC && t.step == r.ZeroOutSteps && t.opts.OnZeroOutEnd != nil {
+			if err := t.applyZeroOutHook(); err != nil {
+				return t.result(last), err
+			}
+		}
+		t.dataBefore = append(t.dataBefore[:0], t.opts.Source.Position()...) // copy: a source may reuse its buffer
+		stepStart := time.Now()
+		plan := r.PlanAt(t.step)
+		var lossSum, lmSum, crSum, alphaSum float64
+		tokens := 0
+		for mb := 0; mb < r.GradAccum; mb++ {
+			if mb > 0 && ctx.Err() != nil {
+				return t.interrupted(last, t.dataBefore) // drop the partial step; save the data position of its start
+			}
+			if err := t.fillBatch(); err != nil {
+				return t.result(last), err
+			}
+			sc := plan.Context
+			sc.MicroBatch = mb
+			sc.Seed = StepSeed(r.Seed, t.step, t.opts.Rank, mb)
+			l, err := t.opts.Model.Step(t.batch, sc)
+			if err != nil {
+				return t.result(last), fmt.Errorf("step %d, micro-batch %d: %w", t.step+1, mb, err)
+			}
+			lossSum += l.Loss
+			lmSum += l.LM
+			crSum += l.CR
+			alphaSum += l.MeanAlpha
+			tokens += l.Tokens
+			if t.accum != nil {
+				t.accumulate(mb)
+			}
+		}
+		n := float64(r.GradAccum)
+		m := Metrics{Step: t.step + 1, Stage: plan.Stage.String(), Loss: lossSum / n, LMLoss: lmSum / n,
+			CRLoss: crSum / n, MeanAlpha: alphaSum / n, LR: plan.LR, Tokens: tokens}
+		if !finite(m.Loss) || !finite(m.LMLoss) || !finite(m.CRLoss) {
+			return t.result(last), t.diverged(fmt.Sprintf("loss is %v (lm %v, cr %v)", m.Loss, m.LMLoss, m.CRLoss))
+		}
+		if t.accum != nil {
+			scaleAll(t.accum, float32(1/n)) // mean over micro-batches: the gradient of the batch mean
+		}
+		m.GradNorm = ClipGlobalNorm(t.grads, r.GradClip)
+		if !finite(m.GradNorm) {
+			return t.result(last), t.diverged(fmt.Sprintf("the gradient norm is %v", m.GradNorm))
+		}
+		t.opt.Update(t.params, t.grads, plan.LR)
+		t.step++
+		t.tokens += int64(tokens)
+
+		if plan.Context.DMC {
+			tc := plan.TargetCR
+			m.TargetCR = &tc
+			if m.MeanAlpha < 1 {
+				ac := 1 / (1 - m.MeanAlpha)
+				m.AchievedCR = &ac
+			}
+		}
+		if d := time.Since(stepStart).Seconds(); d > 0 {
+			m.TokensPerS = float64(tokens) / d
+		}
+		m.Elapsed = t.elapsed()
+		last = m
+		if err := t.writeMetrics(m); err != nil {
+			return t.result(last), err
+		}
+		if t.step%r.LogEvery == 0 || t.step == end || t.step == t.startStep+1 {
+			t.printProgress(m, end)
+		}
+		if (r.CheckpointEvery > 0 && t.step%r.CheckpointEvery == 0) || t.step == end {
+			if err := t.save(t.opts.Source.Position()); err != nil {
+				return t.result(last), err
+			}
+		}
+	}
+	res := t.result(last)
+	res.Done = t.step >= r.TotalSteps()
+	return res, nil
+}
+
+func (t *run) result(last Metrics) Result {
+	return Result{Step: t.step, Checkpoint: t.lastSaved, Last: last}
+}
+
+func (t *run) interrupted(last Metrics, pos json.RawMessage) (Result, error) {
+	if err := t.save(pos); err != nil {
+		return t.result(last), fmt.Errorf("interrupted at step %d, and saving a checkpoint failed: %w", t.step, err)
+	}
+	fmt.Fprintf(t.progress, "interrupted at step %d; saved %s; continue with resume\n", t.step, t.lastSaved)
+	res := t.result(last)
+	res.Interrupted = true
+	return res, nil
+}
+
+func (t *run) diverged(what string) error {
+	cp := t.lastSaved
+	if cp == "" {
+		cp = "none yet"
+	}
+	return fmt.Errorf("step %d: %s; training diverged and the weights were not updated. The last good checkpoint is %s: lower lr (now %g) or grad_clip (now %g) and resume from it",
+		t.step+1, what, cp, t.r.LR, t.r.GradClip)
+}
+
+func (t *run) save(dataPos json.RawMessage) error {
+	if t.savedStep == t.step {
+		return nil // this exact state is already on disk
+	}
+	stage, _ := t.r.StageAt(t.step)
+	st := TrainState{
+		Step: t.step, Stage: stage.String(), AdamStep: t.opt.T, DataPosition: dataPos,
+		RNG:        RNGState{Kind: "splitmix64(seed, step, rank, micro-batch)", Seed: t.r.Seed, Rank: t.opts.Rank, Counter: t.step},
+		TokensSeen: t.tokens, ElapsedSeconds: t.elapsed(),
+	}
+	name, err := t.store.Save(SaveInput{State: st, Params: t.params, Opt: t.opt, Recipe: t.recipeYML, ModelConfig: t.modelJSON})
+	if err != nil {
+		return fmt.Errorf("%w; free space (or fix the error) and resume the run", err)
+	}
+	t.lastSaved, t.savedStep = name, t.step
+	return nil
+}
+
+func (t *run) elapsed() float64 { return t.elapsed0 + time.Since(t.start).Seconds() }
+
+func (t *run) fillBatch() error {
+	T := t.r.SeqLen
+	for b := 0; b < t.batch.BatchSize; b++ {
+		w, err := t.opts.Source.Next()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				return fmt.Errorf("the data ran out at step %d after %d tokens; the recipe needs %d tokens (%d steps × %d): give more data, allow epochs in the data source, or reduce the steps",
+					t.step+1, t.tokens, int64(t.r.TotalSteps())*int64(t.r.TokensPerStep()), t.r.TotalSteps(), t.r.TokensPerStep())
+			}
+			return fmt.Errorf("step %d: read data: %w", t.step+1, err)
+		}
+		if len(w) != T+1 {
+			return fmt.Errorf("the data source gave a window of %d tokens; seq_len %d needs %d", len(w), T, T+1)
+		}
+		copy(t.batch.Inputs[b*T:(b+1)*T], w[:T])
+		copy(t.batch.Targets[b*T:(b+1)*T], w[1:])
+	}
+	return nil
+}
+
+// accumulate adds the model's fresh gradients into the accumulators (a copy for the first
+// micro-batch, so no zeroing pass is needed).
+func (t *run) accumulate(mb int) {
+	for i, p := range t.params {
+		a := t.accum[i]
+		if mb == 0 {
+			copy(a, p.Grad)
+			continue
+		}
+		for j, g := range p.Grad {
+			a[j] += g
+		}
+	}
+}
+
+func (t *run) applyZeroOutHook() error {
+	if t.snapshot == nil {
+		t.snapshot = make([][]float32, len(t.params))
+		for i, p := range t.params {
+			t.snapshot[i] = append([]float32(nil), p.Value...)
+		}
+	}
+	if err := t.opts.OnZeroOutEnd(t.params); err != nil {
+		return fmt.Errorf("end of the zero-out stage (step %d): %w", t.step, err)
+	}
+	changed := 0
+	for i, p := range t.params {
+		for j, v := range p.Value {
+			if math.Float32bits(v) != math.Float32bits(t.snapshot[i][j]) {
+				t.opt.M[i][j], t.opt.V[i][j] = 0, 0
+				changed++
+			}
+		}
+	}
+	t.snapshot = nil
+	fmt.Fprintf(t.progress, "zero-out stage done at step %d: the hook changed %d weights (their optimiser moments were reset)\n", t.step, changed)
+	return nil
+}
+
+func (t *run) writeMetrics(m Metrics) error {
+	b, err := json.Marshal(m)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	b = append(b, '\n')
+	if _, err := t.metrics.Write(b); err != nil {
+		return fmt.Errorf("write metrics: %w", err)
+	}
+	return nil
+}
+
+func (t *run) printProgress(m Metrics, end int) {
+	var b strings.Builder
+	fmt.Fprintf(&b, "step %d/%d %s loss %.4f lm %.4f", m.Step, end, m.Stage, m.Loss, m.LMLoss)
+	if m.TargetCR != nil {
+		if m.AchievedCR != nil {
+			fmt.Fprintf(&b, " cr %.2f→%.2f", *m.AchievedCR, *m.TargetCR)
+		} else {
+			fmt.Fprintf(&b, " cr inf→%.2f", *m.TargetCR)
+		}
+	}
+	fmt.Fprintf(&b, " lr %.2e |g| %.3g %.0f tok/s", m.LR, m.GradNorm, m.TokensPerS)
+	if done := t.step - t.startStep; done > 0 && t.step < end {
+		per := time.Since(t.start) / time.Duration(done)
+		fmt.Fprintf(&b, " ETA %s", (per * time.Duration(end-t.step)).Round(time.Second))
+	}
+	b.WriteByte('\n')
+	io.WriteString(t.progress, b.String())
+}
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+// truncateMetrics drops metric lines of steps after step (written after the checkpoint a run
+// resumes from), so that metrics.jsonl has each step once.
+func truncateMetrics(p string, step int) error {
+	b, err := os.ReadFile(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("read metrics: %w", err)
+	}
+	var out bytes.Buffer
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	sc.Buffer(make([]byte, 1<<16), 1<<24)
+	dropped := false
+	for sc.Scan() {
+		var m struct {
+			Step int `json:"step"`
+		}
+		if json.Unmarshal(sc.Bytes(), &m) != nil || m.Step > step {
+			dropped = true
+			continue
+		}
+		out.Write(sc.Bytes())
+		out.WriteByte('\n')
+	}
+	if !dropped {
+		return nil
+	}
+	return writeFileAtomic(p, out.Bytes())
+}
+
+// writeFileAtomic writes p through a temporary file and a rename.
+func writeFileAtomic(p string, b []byte) error {
+	tmp := p + ".tmp"
+	f, err := os.Create(tmp)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, p)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write %s: %w", p, err)
+	}
+	return nil
+}
+
+// recipeDiff lists the top-level keys whose values differ between two recipe YAMLs.
+func recipeDiff(a, b []byte) string {
+	var ma, mb map[string]any
+	if yamlUnmarshal(a, &ma) != nil || yamlUnmarshal(b, &mb) != nil {
+		return "unreadable recipe"
+	}
+	var diffs []string
+	for _, k := range sortedKeys(recipeKeys()) {
+		if fmt.Sprint(ma[k]) != fmt.Sprint(mb[k]) {
+			diffs = append(diffs, fmt.Sprintf("%s: %v → %v", k, ma[k], mb[k]))
+		}
+	}
+	return strings.Join(diffs, ", ")
+}

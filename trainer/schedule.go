@@ -1,0 +1,134 @@
+package trainer
+
+import "math"
+
+// Stage is one of the three phases of a DMC retrofit (dmc-spec.md §3).
+type Stage int
+
+const (
+	StageZeroOut  Stage = 1 // learn to live without the decision channel
+	StageRetrofit Stage = 2 // CR target ramps up
+	StageFineTune Stage = 3 // fixed CR, LR decays
+)
+
+func (s Stage) String() string {
+	switch s {
+	case StageZeroOut:
+		return "zero-out"
+	case StageRetrofit:
+		return "retrofit"
+	case StageFineTune:
+		return "fine-tune"
+	}
+	return "unknown"
+}
+
+// Plan is what the schedule prescribes for optimiser step s (0-based).
+type Plan struct {
+	Step     int
+	Stage    Stage
+	LR       float64
+	TargetCR float64 // 1 when no compression is asked for (stage 1, control runs)
+	Context  StepContext
+}
+
+// TotalSteps is the number of optimiser steps of the whole run (all three stages).
+func (r *Recipe) TotalSteps() int { return r.ZeroOutSteps + r.RetrofitSteps + r.FineTuneSteps }
+
+// StageAt returns the stage of step s and the step's index within that stage.
+func (r *Recipe) StageAt(s int) (Stage, int) {
+	switch {
+	case s < r.ZeroOutSteps:
+		return StageZeroOut, s
+	case s < r.ZeroOutSteps+r.RetrofitSteps:
+		return StageRetrofit, s - r.ZeroOutSteps
+	default:
+		return StageFineTune, s - r.ZeroOutSteps - r.RetrofitSteps
+	}
+}
+
+// ZeroOutAt is the stage-1 multiplier max(0, 1 − s/(f·S1)) for step s of stage 1.
+func (r *Recipe) ZeroOutAt(s int) float64 {
+	return math.Max(0, 1-float64(s)/(r.ZeroOutDecayFrac*float64(r.ZeroOutSteps)))
+}
+
+// CRAt is the target CR at step s2 of stage 2: 1 + (CR_t − 1)·min(1, s2/S_ramp).
+func (r *Recipe) CRAt(s2 int) float64 {
+	if r.RampSteps <= 0 {
+		return r.TargetCR
+	}
+	return 1 + (r.TargetCR-1)*math.Min(1, float64(s2)/float64(r.RampSteps))
+}
+
+// LRAt is the learning rate of step s: linear warmup over warmup_steps (the first step gets
+// lr/warmup), then per lr_schedule: "constant"; "cosine" from the end of warmup to the last
+// step; "stages" constant through stages 1-2 and cosine over stage 3. Cosine decays reach
+// lr·lr_final_frac exactly at the last step.
+func (r *Recipe) LRAt(s int) float64 {
+	lr := r.LR
+	if s < r.WarmupSteps {
+		lr *= float64(s+1) / float64(r.WarmupSteps)
+	}
+	switch r.LRSchedule {
+	case LRCosine:
+		if s >= r.WarmupSteps {
+			lr *= cosineFactor(s-r.WarmupSteps, r.TotalSteps()-r.WarmupSteps, r.LRFinalFrac)
+		}
+	case LRStages:
+		if stage, i := r.StageAt(s); stage == StageFineTune {
+			lr *= cosineFactor(i, r.FineTuneSteps, r.LRFinalFrac)
+		}
+	}
+	return lr
+}
+
+// cosineFactor goes from 1 at i=0 to final at i=n−1.
+func cosineFactor(i, n int, final float64) float64 {
+	if n <= 1 {
+		return 1
+	}
+	p := math.Min(1, float64(i)/float64(n-1))
+	return final + (1-final)*0.5*(1+math.Cos(math.Pi*p))
+}
+
+// PlanAt returns the full schedule for optimiser step s. The returned Context has Step set and
+// MicroBatch/Seed left for the loop to fill in.
+func (r *Recipe) PlanAt(s int) Plan {
+	stage, i := r.StageAt(s)
+	p := Plan{Step: s, Stage: stage, LR: r.LRAt(s), TargetCR: 1}
+	p.Context = StepContext{Step: s, ZeroOut: 1}
+	if r.Mode == ModeControl {
+		return p
+	}
+	switch stage {
+	case StageZeroOut:
+		p.Context.ZeroOut = r.ZeroOutAt(i)
+	case StageRetrofit:
+		p.TargetCR = r.CRAt(i)
+	case StageFineTune:
+		p.TargetCR = r.TargetCR
+	}
+	if stage != StageZeroOut {
+		p.Context.DMC = true
+		p.Context.ZeroOut = 0
+		p.Context.TargetAlpha = 1 - 1/p.TargetCR
+		p.Context.CRWeight = r.CRLossWeight
+	}
+	return p
+}
+
+// StepSeed derives the noise seed of (step, rank, micro-batch) from the recipe seed with
+// splitmix64, so that noise depends on nothing but these numbers (resume is exact).
+func StepSeed(seed uint64, step, rank, micro int) uint64 {
+	x := splitmix64(seed ^ 0x6a09e667f3bcc909)
+	x = splitmix64(x ^ uint64(step))
+	x = splitmix64(x ^ uint64(rank)<<32)
+	return splitmix64(x ^ uint64(micro))
+}
+
+func splitmix64(x uint64) uint64 {
+	x += 0x9e3779b97f4a7c15
+	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
+	x = (x ^ x>>27) * 0x94d049bb133111eb
+	return x ^ x>>31
+}
