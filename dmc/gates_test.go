@@ -99,7 +99,7 @@ func TestGatesFloat32Epsilon(t *testing.T) {
 }
 
 func TestDecisions(t *testing.T) {
-	logit := []float64{3, -1, 0, 2, 1e-9, /* head 1 */ -4, 0.5, -0.5, 7, -7}
+	logit := []float64{3, -1, 0, 2, 1e-9 /* head 1 */, -4, 0.5, -0.5, 7, -7}
 	alpha := make([]float64, len(logit))
 	HardDecisions(logit, 5, alpha)
 	want := []float64{0, 0, 0, 1, 1, 0, 1, 0, 1, 0} // position 0 of each head always appends
