@@ -289,8 +289,18 @@ func TestParseHFConfig(t *testing.T) {
 		err  string
 	}{
 		{"llama 2 7b defaults", func(map[string]any) {}, llama2, ""},
-		{"gqa and theta", func(m map[string]any) { m["num_key_value_heads"] = 8; m["rope_theta"] = 500000.0; m["tie_word_embeddings"] = true },
-			func() model.Config { c := llama2; c.NKVHeads = 8; c.RopeTheta = 500000; c.TieEmbeddings = true; return c }(), ""},
+		{"gqa and theta", func(m map[string]any) {
+			m["num_key_value_heads"] = 8
+			m["rope_theta"] = 500000.0
+			m["tie_word_embeddings"] = true
+		},
+			func() model.Config {
+				c := llama2
+				c.NKVHeads = 8
+				c.RopeTheta = 500000
+				c.TieEmbeddings = true
+				return c
+			}(), ""},
 		{"eps default", func(m map[string]any) { delete(m, "rms_norm_eps") }, func() model.Config { c := llama2; c.NormEps = 1e-6; return c }(), ""},
 		{"no model_type but Llama architecture", func(m map[string]any) { delete(m, "model_type") }, llama2, ""},
 		{"explicit null rope_scaling", func(m map[string]any) { m["rope_scaling"] = nil }, llama2, ""},
