@@ -1,0 +1,101 @@
+package ops
+
+import (
+	"fmt"
+
+	G "gorgonia.org/gorgonia"
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
+	"gonum.org/v1/gonum/blas/blas64"
+	"gorgonia.org/tensor"
+)
+
+// gemm computes C = alpha·op(A)·op(B) + beta·C on row-major strided matrices through gonum's
+// BLAS (blas32/blas64, which the openblas build tag points at OpenBLAS).
+func gemm[T Float](tA, tB bool, m, n, k int, alpha float64, a []T, lda int, b []T, ldb int, beta float64, c []T, ldc int) {
+	ta, tb := blas.NoTrans, blas.NoTrans
+	if tA {
+		ta = blas.Trans
+	}
+	if tB {
+		tb = blas.Trans
+	}
+	switch a := any(a).(type) {
+	case []float32:
+		blas32.Implementation().Sgemm(ta, tb, m, n, k, float32(alpha), a, lda, any(b).([]float32), ldb, float32(beta), any(c).([]float32), ldc)
+	case []float64:
+		blas64.Implementation().Dgemm(ta, tb, m, n, k, alpha, a, lda, any(b).([]float64), ldb, beta, any(c).([]float64), ldc)
+	}
+}
+
+// Linear is y = x·Wᵀ for x [N, in] and a weight W [out, in] stored row-major as in PyTorch and
+// Hugging Face (so no transposed copy of the weight is ever made).
+func Linear(x, w *G.Node) (*G.Node, error) { return apply(linearOp{}, x, w) }
+
+type linearOp struct{}
+
+func (linearOp) key() string                { return "Linear" }
+func (linearOp) signature() ([]arg, arg)    { return []arg{matArg, matArg}, matArg }
+func (linearOp) diffWRT() []bool            { return []bool{true, true} }
+func (linearOp) shape(in []tensor.Shape) (tensor.Shape, error) {
+	if in[0][1] != in[1][1] {
+		return nil, fmt.Errorf("Linear: x %v and W %v disagree on the input width", in[0], in[1])
+	}
+	return tensor.Shape{in[0][0], in[1][0]}, nil
+}
+func (linearOp) exec(out *tensor.Dense, in []G.Value) (float64, error) {
+	n, k, m := in[0].Shape()[0], in[0].Shape()[1], in[1].Shape()[0]
+	dispatch(out.Dtype(), func() {
+		gemm(false, true, n, m, k, 1, data[float32](in[0]), k, data[float32](in[1]), k, 0, out.Float32s(), m)
+	}, func() {
+		gemm(false, true, n, m, k, 1, data[float64](in[0]), k, data[float64](in[1]), k, 0, out.Float64s(), m)
+	})
+	return 0, nil
+}
+func (linearOp) grad(in G.Nodes, _, dy *G.Node) (G.Nodes, error) {
+	dx, err := apply(linearDX{}, dy, in[1])
+	if err != nil {
+		return nil, err
+	}
+	dw, err := apply(linearDW{}, dy, in[0])
+	if err != nil {
+		return nil, err
+	}
+	return G.Nodes{dx, dw}, nil
+}
+
+// linearDX is dx = dy·W.
+type linearDX struct{}
+
+func (linearDX) key() string             { return "LinearDX" }
+func (linearDX) signature() ([]arg, arg) { return []arg{matArg, matArg}, matArg }
+func (linearDX) shape(in []tensor.Shape) (tensor.Shape, error) {
+	return tensor.Shape{in[0][0], in[1][1]}, nil
+}
+func (linearDX) exec(out *tensor.Dense, in []G.Value) (float64, error) {
+	n, m, k := in[0].Shape()[0], in[0].Shape()[1], in[1].Shape()[1]
+	dispatch(out.Dtype(), func() {
+		gemm(false, false, n, k, m, 1, data[float32](in[0]), m, data[float32](in[1]), k, 0, out.Float32s(), k)
+	}, func() {
+		gemm(false, false, n, k, m, 1, data[float64](in[0]), m, data[float64](in[1]), k, 0, out.Float64s(), k)
+	})
+	return 0, nil
+}
+
+// linearDW is dW = dyᵀ·x.
+type linearDW struct{}
+
+func (linearDW) key() string             { return "LinearDW" }
+func (linearDW) signature() ([]arg, arg) { return []arg{matArg, matArg}, matArg }
+func (linearDW) shape(in []tensor.Shape) (tensor.Shape, error) {
+	return tensor.Shape{in[0][1], in[1][1]}, nil
+}
+func (linearDW) exec(out *tensor.Dense, in []G.Value) (float64, error) {
+	n, m, k := in[0].Shape()[0], in[0].Shape()[1], in[1].Shape()[1]
+	dispatch(out.Dtype(), func() {
+		gemm(true, false, m, k, n, 1, data[float32](in[0]), m, data[float32](in[1]), k, 0, out.Float32s(), k)
+	}, func() {
+		gemm(true, false, m, k, n, 1, data[float64](in[0]), m, data[float64](in[1]), k, 0, out.Float64s(), k)
+	})
+	return 0, nil
+}
