@@ -150,7 +150,9 @@ type importanceOp struct {
 	back bool // backward: inputs (q, dω) → dq
 }
 
-func (o importanceOp) key() string { return fmt.Sprintf("DMCImportance{%s,back=%t}", o.s.key(), o.back) }
+func (o importanceOp) key() string {
+	return fmt.Sprintf("DMCImportance{%s,back=%t}", o.s.key(), o.back)
+}
 func (o importanceOp) signature() ([]arg, arg) {
 	if o.back {
 		return []arg{matArg, matArg}, matArg

@@ -3,10 +3,10 @@ package ops
 import (
 	"fmt"
 
-	G "gorgonia.org/gorgonia"
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 	"gonum.org/v1/gonum/blas/blas64"
+	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
 
@@ -34,9 +34,9 @@ func Linear(x, w *G.Node) (*G.Node, error) { return apply(linearOp{}, x, w) }
 
 type linearOp struct{}
 
-func (linearOp) key() string                { return "Linear" }
-func (linearOp) signature() ([]arg, arg)    { return []arg{matArg, matArg}, matArg }
-func (linearOp) diffWRT() []bool            { return []bool{true, true} }
+func (linearOp) key() string             { return "Linear" }
+func (linearOp) signature() ([]arg, arg) { return []arg{matArg, matArg}, matArg }
+func (linearOp) diffWRT() []bool         { return []bool{true, true} }
 func (linearOp) shape(in []tensor.Shape) (tensor.Shape, error) {
 	if in[0][1] != in[1][1] {
 		return nil, fmt.Errorf("Linear: x %v and W %v disagree on the input width", in[0], in[1])

@@ -285,7 +285,9 @@ type unpack struct {
 	outDim tensor.Shape
 }
 
-func (u unpack) key() string { return fmt.Sprintf("Unpack{%s,off=%d,shape=%v}", u.name, u.off, u.outDim) }
+func (u unpack) key() string {
+	return fmt.Sprintf("Unpack{%s,off=%d,shape=%v}", u.name, u.off, u.outDim)
+}
 func (u unpack) signature() ([]arg, arg) {
 	return []arg{vecArg}, arg{dims: len(u.outDim)}
 }

@@ -68,8 +68,8 @@ func rmsNormFwd[T Float](y, x, w []T, eps float64) {
 // rmsNormDX is dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x), r the inverse RMS (recomputed).
 type rmsNormDX struct{ eps float64 }
 
-func (o rmsNormDX) key() string           { return fmt.Sprintf("RMSNormDX{eps=%x}", math.Float64bits(o.eps)) }
-func (rmsNormDX) signature() ([]arg, arg) { return []arg{matArg, vecArg, matArg}, matArg }
+func (o rmsNormDX) key() string                                 { return fmt.Sprintf("RMSNormDX{eps=%x}", math.Float64bits(o.eps)) }
+func (rmsNormDX) signature() ([]arg, arg)                       { return []arg{matArg, vecArg, matArg}, matArg }
 func (rmsNormDX) shape(in []tensor.Shape) (tensor.Shape, error) { return in[0].Clone(), nil }
 func (o rmsNormDX) exec(out *tensor.Dense, in []G.Value) (float64, error) {
 	dispatch(out.Dtype(), func() {

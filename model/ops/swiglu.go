@@ -45,8 +45,8 @@ func (swiGLUOp) grad(in G.Nodes, _, dy *G.Node) (G.Nodes, error) {
 // swiGLUGrad is da = dy·b·σ(a)(1 + a(1−σ(a))) (wrt 0) or db = dy·silu(a) (wrt 1).
 type swiGLUGrad struct{ wrt int }
 
-func (o swiGLUGrad) key() string           { return fmt.Sprintf("SwiGLUGrad{wrt=%d}", o.wrt) }
-func (swiGLUGrad) signature() ([]arg, arg) { return []arg{matArg, matArg, matArg}, matArg }
+func (o swiGLUGrad) key() string                                 { return fmt.Sprintf("SwiGLUGrad{wrt=%d}", o.wrt) }
+func (swiGLUGrad) signature() ([]arg, arg)                       { return []arg{matArg, matArg, matArg}, matArg }
 func (swiGLUGrad) shape(in []tensor.Shape) (tensor.Shape, error) { return in[0].Clone(), nil }
 func (o swiGLUGrad) exec(out *tensor.Dense, in []G.Value) (float64, error) {
 	dispatch(out.Dtype(), func() {

@@ -111,8 +111,8 @@ func xentKernel[T Float](logits []T, tg []int, V int, g float64, dl []T) float64
 
 type xentGrad struct{}
 
-func (xentGrad) key() string             { return "SoftmaxCrossEntropyGrad" }
-func (xentGrad) signature() ([]arg, arg) { return []arg{matArg, idsArg, scalarArg}, matArg }
+func (xentGrad) key() string                                   { return "SoftmaxCrossEntropyGrad" }
+func (xentGrad) signature() ([]arg, arg)                       { return []arg{matArg, idsArg, scalarArg}, matArg }
 func (xentGrad) shape(in []tensor.Shape) (tensor.Shape, error) { return in[0].Clone(), nil }
 func (xentGrad) exec(out *tensor.Dense, in []G.Value) (float64, error) {
 	V := in[0].Shape()[1]
