@@ -1,0 +1,42 @@
+package cli
+
+import (
+	"fmt"
+	"io"
+	"sync"
+	"time"
+)
+
+// progressLine rewrites one status line on a terminal-like writer at most a few times a second.
+type progressLine struct {
+	mu    sync.Mutex
+	w     io.Writer
+	unit  string
+	start time.Time
+	last  time.Time
+	shown bool
+}
+
+func newProgressLine(w io.Writer, unit string) *progressLine {
+	return &progressLine{w: w, unit: unit, start: time.Now()}
+}
+
+func (p *progressLine) update(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if time.Since(p.last) < 500*time.Millisecond {
+		return
+	}
+	p.last = time.Now()
+	el := time.Since(p.start).Seconds()
+	fmt.Fprintf(p.w, "\r  %d %s (%.0f/s)   ", n, p.unit, float64(n)/max(el, 1e-9))
+	p.shown = true
+}
+
+func (p *progressLine) done() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.shown {
+		fmt.Fprintln(p.w)
+	}
+}
