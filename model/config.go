@@ -35,6 +35,9 @@ type Config struct {
 	RopeTheta     float64    `yaml:"rope_theta" json:"rope_theta"`
 	RoPE          RoPELayout `yaml:"rope_layout" json:"rope_layout"`
 	TieEmbeddings bool       `yaml:"tie_embeddings" json:"tie_embeddings"`
+	// HFRepo is the Hugging Face repo whose weights a preset stands for (looked up in the hub
+	// cache by dmc retrofit --model PRESET); empty for shapes without public weights.
+	HFRepo string `yaml:"hf_repo,omitempty" json:"hf_repo,omitempty"`
 }
 
 // HeadDim is the per-head channel count D.
