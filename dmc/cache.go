@@ -3,6 +3,7 @@ package dmc
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/dmc-project/dmc/model"
 )
@@ -174,9 +175,9 @@ func (c *CompressedCache[T]) Put(layer, pos int, q, k, v []T) {
 			e[2*D] = T(w)
 		}
 		s.tokens++
-		if !merge {
-			s.keys = append(s.keys, make([]T, D)...)
-			s.values = append(s.values, make([]T, D)...)
+		if !merge { // open a slot; every value is written below
+			s.keys = slices.Grow(s.keys, D)[:len(s.keys)+D]
+			s.values = slices.Grow(s.values, D)[:len(s.values)+D]
 		}
 		last := len(s.keys) - D
 		for i := range D {

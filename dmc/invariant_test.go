@@ -302,3 +302,91 @@ func TestFloat32CacheTracksFloat64(t *testing.T) {
 		t.Fatalf("float32 cache: max |Δlogit| %.3g, slots %d vs %d", d, c32.TotalSlots(), c64.TotalSlots())
 	}
 }
+
+// TestSoftApproachesHard: as τ → 0 without noise the relaxed parallel form tends to the hard one
+// (every decision logit here is at least 0.02 away from 0, so σ(a/τ) is within e^-200 of 0 or 1).
+func TestSoftApproachesHard(t *testing.T) {
+	p := randomHalfParams(t)
+	cfg := dmc.DefaultConfig()
+	tokens := testTokens(128, p.Config.VocabSize, 3)
+	calibrateDecisions(t, p, cfg, tokens)
+	hard, err := dmc.ParallelForward(p, cfg, tokens, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Temperature = 1e-4
+	soft, err := dmc.ParallelForward(p, cfg, tokens, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d float64
+	for i := range hard {
+		d = max(d, math.Abs(hard[i]-soft[i]))
+	}
+	if d > 1e-9 || math.IsNaN(d) {
+		t.Fatalf("τ=1e-4 relaxed form differs from hard decisions by %.3g", d)
+	}
+	cfg.Temperature = 1 // a soft relaxation must actually change the output
+	soft, _ = dmc.ParallelForward(p, cfg, tokens, false)
+	d = 0
+	for i := range hard {
+		d = max(d, math.Abs(hard[i]-soft[i]))
+	}
+	if d < 1e-4 {
+		t.Fatalf("τ=1 relaxed form is within %.3g of the hard form", d)
+	}
+}
+
+// TestParallelNoiseDeterminism: the noisy relaxed forward is a function of the noise key.
+func TestParallelNoiseDeterminism(t *testing.T) {
+	p := randomHalfParams(t)
+	cfg := dmc.DefaultConfig()
+	tokens := testTokens(64, p.Config.VocabSize, 3)
+	calibrateDecisions(t, p, cfg, tokens)
+	run := func(step, mb uint64) *dmc.ParallelOutput {
+		o, err := dmc.ParallelForwardWith(p, cfg, tokens, dmc.ParallelOptions{Noise: &dmc.NoiseKey{Seed: 1, Step: step, MicroBatch: mb}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return o
+	}
+	a, b := run(10, 0), run(10, 0)
+	for i := range a.Logits {
+		if a.Logits[i] != b.Logits[i] {
+			t.Fatalf("same key, logit %d: %g vs %g", i, a.Logits[i], b.Logits[i])
+		}
+	}
+	for _, o := range []*dmc.ParallelOutput{run(11, 0), run(10, 1)} {
+		same := true
+		for li := range o.Alpha {
+			for i := range o.Alpha[li] {
+				same = same && o.Alpha[li][i] == a.Alpha[li][i]
+			}
+		}
+		if same {
+			t.Fatal("a different step or micro-batch drew the same decisions")
+		}
+	}
+	// Layer 0's decisions are σ((a + noise)/τ) with the key's Layer = 0 and index h·n + t.
+	c := p.Config
+	n, D := len(tokens), c.HeadDim()
+	x, xn, k := make([]float64, n*c.Dim), make([]float64, n*c.Dim), make([]float64, n*c.KVDim())
+	for i, tok := range tokens {
+		copy(x[i*c.Dim:], p.Embed[tok*c.Dim:(tok+1)*c.Dim])
+	}
+	model.RMSNorm(xn, x, p.Layers[0].AttnNorm, c.NormEps)
+	model.MatMulT(k, xn, p.Layers[0].Wk, n, c.Dim, c.KVDim())
+	key := dmc.NoiseKey{Seed: 1, Step: 10}
+	for h := 0; h < c.NKVHeads; h++ {
+		for i := 1; i < n; i++ {
+			logit := k[i*c.KVDim()+h*D+D-1] - cfg.DecisionOffset
+			want := dmc.Sigmoid((logit + key.At(uint64(h*n+i))) / cfg.Temperature)
+			if got := a.Alpha[0][h*n+i]; math.Abs(got-want) > 1e-12 {
+				t.Fatalf("layer 0 head %d pos %d: α̃ %g, want %g", h, i, got, want)
+			}
+		}
+	}
+	if m := a.MeanHardAlpha(); m <= 0 || m >= 1 {
+		t.Fatalf("mean hard alpha %g with noise", m)
+	}
+}
