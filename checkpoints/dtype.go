@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math"
 	"strings"
+	"sync"
 
 	"github.com/x448/float16"
 )
@@ -82,6 +83,16 @@ func Float32ToF16(f float32) uint16 { return float16.Fromfloat32(f).Bits() }
 // F16ToFloat32 widens an IEEE half exactly.
 func F16ToFloat32(h uint16) float32 { return float16.Frombits(h).Float32() }
 
+// f16Table maps every half to its float32 (256 KiB, built on first use): a table lookup is
+// several times faster than widening bit by bit, which matters for 13 GB fp16 checkpoints.
+var f16Table = sync.OnceValue(func() *[1 << 16]float32 {
+	var t [1 << 16]float32
+	for h := range t {
+		t[h] = F16ToFloat32(uint16(h))
+	}
+	return &t
+})
+
 // decodeFloats converts little-endian raw elements of dtype d into dst (len(raw) = len(dst)*size).
 func decodeFloats(dst []float32, raw []byte, d DType) {
 	switch d {
@@ -90,8 +101,9 @@ func decodeFloats(dst []float32, raw []byte, d DType) {
 			dst[i] = math.Float32frombits(binary.LittleEndian.Uint32(raw[4*i:]))
 		}
 	case F16:
+		table := f16Table()
 		for i := range dst {
-			dst[i] = F16ToFloat32(binary.LittleEndian.Uint16(raw[2*i:]))
+			dst[i] = table[binary.LittleEndian.Uint16(raw[2*i:])]
 		}
 	case BF16:
 		for i := range dst {

@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"testing"
@@ -355,4 +356,43 @@ func TestWriteHFRejects(t *testing.T) {
 	if err := WriteHF(t.TempDir(), &bad, "f32", nil, 0); err == nil {
 		t.Error("wrong-shaped weights accepted")
 	}
+}
+
+// Loading allocates the weights once plus bounded conversion buffers: a checkpoint is never
+// held twice (raw file contents and float32 weights) in memory.
+func TestLoadHFAllocatesWeightsOnce(t *testing.T) {
+	if testing.Short() {
+		t.Skip("writes a 16 MB checkpoint")
+	}
+	cfg := model.Config{Dim: 256, HiddenDim: 688, NLayers: 6, NHeads: 4, NKVHeads: 2, VocabSize: 4096, MaxSeqLen: 64,
+		NormEps: 1e-5, RopeTheta: 10000, RoPE: model.RoPEHalf}
+	w, err := model.RandomParams[float32](cfg, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tensor := range w.Tensors() { // make the weights exactly representable in bf16
+		for i, v := range tensor.Data {
+			tensor.Data[i] = BF16ToFloat32(Float32ToBF16(v))
+		}
+	}
+	dir := t.TempDir()
+	if err := WriteHF(dir, w, "bf16", nil, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	weightBytes := uint64(cfg.NumParams() * 4)
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	back, err := LoadHF(dir)
+	runtime.ReadMemStats(&after)
+	if err != nil {
+		t.Fatal(err)
+	}
+	allocated := after.TotalAlloc - before.TotalAlloc
+	t.Logf("weights %d bytes, LoadHF allocated %d bytes in total", weightBytes, allocated)
+	// Conversion buffers: one per loading goroutine. Holding the 13 MB file would exceed this.
+	if limit := weightBytes + uint64(min(runtime.GOMAXPROCS(0), 4)*readChunkBytes) + 2<<20; allocated > limit {
+		t.Errorf("LoadHF allocated %d bytes for %d bytes of weights (limit %d)", allocated, weightBytes, limit)
+	}
+	equalWeights(t, w, back)
 }

@@ -214,7 +214,9 @@ func llama2cOrder(w *model.Weights) [][]float32 {
 // readF32At fills dst with little-endian float32s starting at off, in bounded chunks.
 func readF32At(r io.ReaderAt, off int64, dst []float32) (int64, error) {
 	const per = readChunkBytes / 4
-	buf := make([]byte, min(len(dst), per)*4)
+	bufp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bufp)
+	buf := *bufp
 	for i := 0; i < len(dst); i += per {
 		n := min(per, len(dst)-i)
 		raw := buf[:4*n]

@@ -14,6 +14,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 
 	"github.com/dmc-project/dmc/model"
 )
@@ -24,7 +25,11 @@ const maxHeaderBytes = 100_000_000
 
 // readChunkBytes is how much raw tensor data is converted at a time: a tensor is never held
 // twice in full (raw + float32), whatever its size.
-const readChunkBytes = 4 << 20
+const readChunkBytes = 1 << 20
+
+// chunkPool recycles the conversion buffers, so loading a model of hundreds of tensors allocates
+// little beyond the weights themselves.
+var chunkPool = sync.Pool{New: func() any { b := make([]byte, readChunkBytes); return &b }}
 
 // TensorInfo describes one tensor of a safetensors file. Begin and End are byte offsets into the
 // data section (after the header).
@@ -198,6 +203,9 @@ func (e headerEntry) info(name string) (TensorInfo, error) {
 	if d.Size() == 0 {
 		return TensorInfo{}, fmt.Errorf("tensor %q has unknown dtype %q", name, e.DType)
 	}
+	if e.Shape == nil {
+		return TensorInfo{}, fmt.Errorf("tensor %q has no shape", name)
+	}
 	if len(e.DataOffsets) != 2 {
 		return TensorInfo{}, fmt.Errorf("tensor %q: data_offsets must be [begin, end], got %v", name, e.DataOffsets)
 	}
@@ -277,7 +285,9 @@ func (f *SafetensorsFile) ReadFloat32(name string, dst []float32) error {
 	}
 	size := t.DType.Size()
 	per := readChunkBytes / size
-	buf := make([]byte, min(len(dst), per)*size)
+	bufp := chunkPool.Get().(*[]byte)
+	defer chunkPool.Put(bufp)
+	buf := *bufp
 	off := f.dataStart + t.Begin
 	for i := 0; i < len(dst); i += per {
 		n := min(per, len(dst)-i)

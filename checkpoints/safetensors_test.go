@@ -194,6 +194,7 @@ func TestSafetensorsCorrupt(t *testing.T) {
 		{"broken JSON", stFile(`{"a":{"dtype":"F32",`, 0), "header"},
 		{"garbage after object", stFile(`{} x`, 0), "bytes after its JSON object"},
 		{"unknown dtype", stFile(`{"a":{"dtype":"F12","shape":[1],"data_offsets":[0,4]}}`, 4), "unknown dtype"},
+		{"no shape", stFile(`{"a":{"dtype":"F32","data_offsets":[0,4]}}`, 4), "has no shape"},
 		{"three offsets", stFile(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4,8]}}`, 4), "data_offsets must be"},
 		{"negative offset", stFile(`{"a":{"dtype":"F32","shape":[1],"data_offsets":[-4,0]}}`, 4), "header entry"},
 		{"begin after end", stFile(`{"a":{"dtype":"F32","shape":[0],"data_offsets":[4,0]}}`, 4), "begin 4 > end 0"},
