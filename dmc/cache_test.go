@@ -277,3 +277,38 @@ func TestNewCompressedCacheErrors(t *testing.T) {
 		t.Fatal("want an error for an invalid model config")
 	}
 }
+
+func TestStats(t *testing.T) {
+	mc := tinyConfig(8, 2, 2, 2, model.RoPEHalf)
+	rates := [][]float64{{1, 2}, {4, 3}}
+	c, _ := NewCompressedCache[float64](mc, DefaultConfig(), WithForcedDecisions(ForcedCR(func(l, h int) float64 { return rates[l][h] })))
+	var total Stats
+	for seq, n := range []int{12, 30} {
+		c.Reset()
+		for pos := 0; pos < n; pos++ {
+			for l := 0; l < 2; l++ {
+				c.Put(l, pos, make([]float64, 8), make([]float64, 8), make([]float64, 8))
+			}
+		}
+		s := c.Stats()
+		if s.CR() != c.CR() || s.LayerCR(1) != c.LayerCR(1) || s.HeadCR(1, 0) != c.HeadCR(1, 0) {
+			t.Fatalf("sequence %d: stats %+v disagree with the cache", seq, s)
+		}
+		total.Add(s)
+	}
+	// Slots ⌈n/cr⌉ for n = 12 and 30: cr 1 → 12+30, cr 2 → 6+15, cr 4 → 3+8, cr 3 → 4+10.
+	want := [][]int{{42, 21}, {11, 14}}
+	for l := range want {
+		for h := range want[l] {
+			if total.Slots[l][h] != want[l][h] || total.Tokens[l][h] != 42 {
+				t.Fatalf("accumulated stats %+v, want slots %v and 42 tokens per head", total, want)
+			}
+		}
+	}
+	if got, w := total.CR(), 168.0/88; got != w {
+		t.Fatalf("accumulated CR %g, want %g", got, w)
+	}
+	if got, w := total.LayerCR(1), 84.0/25; got != w {
+		t.Fatalf("accumulated layer-1 CR %g, want %g", got, w)
+	}
+}

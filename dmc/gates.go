@@ -111,3 +111,20 @@ func checkSeq(nIn, nOut, n int) {
 		panic("dmc: decision slices must hold whole sequences of the given length and match")
 	}
 }
+
+// ScaleChannel multiplies the decision channel of every q head and k head (n tokens, layouts as
+// in Gates) by f in place: the stage-1 "zero-out" of dmc-spec.md §3, with f = ZeroOutFactor.
+// During stage 1 no decisions are taken and the scaled channel still takes part in attention.
+func ScaleChannel[T model.Float](mc model.Config, cfg Config, q, k []T, f float64) {
+	D := mc.HeadDim()
+	ch := cfg.Channel(D)
+	if len(q)%D != 0 || len(k)%D != 0 {
+		panic("dmc.ScaleChannel: q and k must hold whole heads")
+	}
+	for i := ch; i < len(q); i += D {
+		q[i] = T(float64(q[i]) * f)
+	}
+	for i := ch; i < len(k); i += D {
+		k[i] = T(float64(k[i]) * f)
+	}
+}

@@ -129,3 +129,22 @@ func TestDecisions(t *testing.T) {
 		t.Fatalf("noisy soft decisions %v", soft)
 	}
 }
+
+func TestScaleChannel(t *testing.T) {
+	mc := tinyConfig(8, 2, 1, 1, model.RoPEHalf) // D = 4
+	q := []float32{1, 2, 3, 4, 5, 6, 7, 8}
+	k := []float32{1, 2, 3, 4}
+	ScaleChannel(mc, DefaultConfig(), q, k, ZeroOutFactor(100, 250))
+	wantQ := []float32{1, 2, 3, 2, 5, 6, 7, 4}
+	wantK := []float32{1, 2, 3, 2}
+	for i := range q {
+		if q[i] != wantQ[i] {
+			t.Fatalf("q = %v, want %v", q, wantQ)
+		}
+	}
+	for i := range k {
+		if k[i] != wantK[i] {
+			t.Fatalf("k = %v, want %v", k, wantK)
+		}
+	}
+}
