@@ -20,15 +20,15 @@ import (
 func TestOpenHuggingFaceExamples(t *testing.T) {
 	root := asset(t, "hf-arrow-examples")
 	cases := []struct {
-		path         string
-		layout       string
-		split        string
-		rows         int64
-		declared     int64
-		columns      []string
-		field        string
-		row0         string
-		textColumn   string
+		path       string
+		layout     string
+		split      string
+		rows       int64
+		declared   int64
+		columns    []string
+		field      string
+		row0       string
+		textColumn string
 	}{
 		{"proxy_qa", LayoutHFDataset, "", 100, -1,
 			[]string{"meta_question", "wiki_cover", "time_sensitive", "id", "domain"}, "domain", "CS", "meta_question"},
