@@ -1,0 +1,251 @@
+package graph
+
+import (
+	"errors"
+	"fmt"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/model"
+)
+
+// Param is one trainable tensor under its Hugging Face name (the order and names of
+// model.Params.Tensors). Value and Grad alias the graph's tensors: the trainer updates Value in
+// place between steps, and every Step overwrites Grad.
+type Param struct {
+	Name        string
+	Shape       []int
+	Value, Grad []float32
+}
+
+// Batch is one micro-batch of token windows, row-major [BatchSize, SeqLen]. A negative target
+// is ignored by the loss.
+type Batch struct {
+	Inputs, Targets   []int
+	BatchSize, SeqLen int
+}
+
+// StepContext selects what one Step or Forward computes.
+type StepContext struct {
+	Step, MicroBatch int
+	Seed             uint64 // with Step, MicroBatch and the layer, it keys the Gumbel noise
+	DMC              bool   // false: plain Llama (vanilla continued training)
+	TargetAlpha      float64
+	// ZeroOut is the stage-1 multiplier of q[ch] and k[ch]; 1 means none. Below 1 the plain
+	// graph runs (no merging) with the channel scaled, whatever DMC says.
+	ZeroOut  float64
+	Hard     bool // evaluation: hard decisions 1[a > 0], no noise
+	CRWeight float64
+}
+
+// Losses are the scalars of one Step or Forward.
+type Losses struct {
+	Loss, LM, CR, MeanAlpha float64
+	Tokens                  int
+}
+
+// Trainer is what the training loop drives.
+type Trainer interface {
+	Params() []Param
+	Step(b Batch, sc StepContext) (Losses, error)
+	Forward(b Batch, sc StepContext) (Losses, error)
+}
+
+// Graph is the float32 training graph; it implements Trainer.
+type Graph = Exec[float32]
+
+// Graph64 is the float64 graph used by exactness and gradient tests.
+type Graph64 = Exec[float64]
+
+var _ Trainer = (*Graph)(nil)
+
+// New builds the float32 training graph of p (copied) for micro-batches of batch sequences of
+// seqLen tokens.
+func New(p *model.Weights, dc dmc.Config, batch, seqLen int) (*Graph, error) {
+	return NewExec(p, dc, batch, seqLen, Options{})
+}
+
+// New64 builds the float64 graph (tests).
+func New64(p *model.Params[float64], dc dmc.Config, batch, seqLen int, opt Options) (*Graph64, error) {
+	return NewExec(p, dc, batch, seqLen, opt)
+}
+
+// Options are build options beyond the trainer's needs.
+type Options struct {
+	// KeepLogits copies the logits [B·T, V] out of every run (see Logits); it costs one copy of
+	// the logits per step.
+	KeepLogits bool
+}
+
+// param is one parameter: its graph tensor and the gradient buffer it is read into.
+type param[T model.Float] struct {
+	name  string
+	shape []int
+	value *tensor.Dense
+	grad  *tensor.Dense
+	gradV G.Value // the Read target (aliases grad)
+}
+
+// Exec holds the parameters and up to two graphs over them: the plain one (vanilla and
+// stage 1) and the DMC one, each built on first use.
+type Exec[T model.Float] struct {
+	cfg    model.Config
+	dc     dmc.Config
+	ch     int
+	B, T   int
+	opt    Options
+	params []*param[T]
+	byName map[string]*param[T]
+	w      *model.Params[T] // views of the parameter tensors, for Weights
+	plain  *variant[T]
+	dmcv   *variant[T]
+	noise  []float64
+}
+
+// NewExec builds an executor for element type T.
+func NewExec[T model.Float](p *model.Params[T], dc dmc.Config, batch, seqLen int, opt Options) (*Exec[T], error) {
+	if err := p.CheckShapes(); err != nil {
+		return nil, err
+	}
+	if err := dc.Validate(); err != nil {
+		return nil, err
+	}
+	c := p.Config
+	if err := dc.CheckHeadDim(c.HeadDim()); err != nil {
+		return nil, err
+	}
+	if batch <= 0 || seqLen <= 0 {
+		return nil, fmt.Errorf("graph: batch size %d and sequence length %d must be positive", batch, seqLen)
+	}
+	if seqLen > c.MaxSeqLen {
+		return nil, fmt.Errorf("graph: sequence length %d exceeds the model's max_seq_len %d; use a shorter --seq-len", seqLen, c.MaxSeqLen)
+	}
+	e := &Exec[T]{cfg: c, dc: dc, ch: dc.Channel(c.HeadDim()), B: batch, T: seqLen, opt: opt, byName: map[string]*param[T]{}}
+	// Own copy of the weights; the graph's tensors are backed by it.
+	w, err := model.NewParams[T](c)
+	if err != nil {
+		return nil, err
+	}
+	src, dst := p.Tensors(), w.Tensors()
+	for i := range src {
+		copy(dst[i].Data, src[i].Data)
+	}
+	e.w = w
+	for _, t := range dst {
+		pr := &param[T]{name: t.Name, shape: t.Shape,
+			value: tensor.New(tensor.WithShape(t.Shape...), tensor.WithBacking(t.Data)),
+			grad:  tensor.New(tensor.WithShape(t.Shape...), tensor.WithBacking(make([]T, len(t.Data))))}
+		pr.gradV = pr.grad
+		e.params = append(e.params, pr)
+		e.byName[t.Name] = pr
+	}
+	e.noise = make([]float64, batch*c.NKVHeads*seqLen)
+	return e, nil
+}
+
+// Config returns the model configuration.
+func (e *Exec[T]) Config() model.Config { return e.cfg }
+
+// Params lists the parameters (float32 graphs only; see ParamsT).
+func (e *Exec[T]) Params() []Param {
+	ps := e.ParamsT()
+	out := make([]Param, len(ps))
+	for i, p := range ps {
+		v, ok1 := any(p.Value).([]float32)
+		g, ok2 := any(p.Grad).([]float32)
+		if !ok1 || !ok2 {
+			panic("graph: Params is only available on float32 graphs; use ParamsT")
+		}
+		out[i] = Param{Name: p.Name, Shape: p.Shape, Value: v, Grad: g}
+	}
+	return out
+}
+
+// ParamT is Param for any element type.
+type ParamT[T model.Float] struct {
+	Name        string
+	Shape       []int
+	Value, Grad []T
+}
+
+// ParamsT lists the parameters with slices aliasing the graph's tensors.
+func (e *Exec[T]) ParamsT() []ParamT[T] {
+	out := make([]ParamT[T], len(e.params))
+	for i, p := range e.params {
+		out[i] = ParamT[T]{Name: p.name, Shape: append([]int(nil), p.shape...), Value: p.value.Data().([]T), Grad: p.grad.Data().([]T)}
+	}
+	return out
+}
+
+// WeightsT returns a copy of the current parameter values.
+func (e *Exec[T]) WeightsT() *model.Params[T] {
+	w, err := model.NewParams[T](e.cfg)
+	if err != nil {
+		panic(err) // the config was validated by NewExec
+	}
+	src, dst := e.w.Tensors(), w.Tensors()
+	for i := range src {
+		copy(dst[i].Data, src[i].Data)
+	}
+	return w
+}
+
+// Weights returns a float32 copy of the current parameter values.
+func (e *Exec[T]) Weights() *model.Weights { return model.Convert[float32](e.WeightsT()) }
+
+// Step runs forward and backward on one micro-batch; gradients land in Params()[i].Grad.
+func (e *Exec[T]) Step(b Batch, sc StepContext) (Losses, error) { return e.run(b, sc, true) }
+
+// Forward runs only the forward pass (no gradients are touched).
+func (e *Exec[T]) Forward(b Batch, sc StepContext) (Losses, error) { return e.run(b, sc, false) }
+
+// Logits returns the logits [B·T, V] of the last run (Options.KeepLogits only). The slice is
+// overwritten by the next run.
+func (e *Exec[T]) Logits() []T {
+	for _, v := range []*variant[T]{e.last()} {
+		if v != nil && v.logitsV != nil {
+			return v.logitsV.Data().([]T)
+		}
+	}
+	return nil
+}
+
+func (e *Exec[T]) last() *variant[T] {
+	if e.dmcv != nil && e.dmcv.ranLast {
+		return e.dmcv
+	}
+	return e.plain
+}
+
+func (e *Exec[T]) run(b Batch, sc StepContext, backward bool) (Losses, error) {
+	if b.BatchSize != e.B || b.SeqLen != e.T || len(b.Inputs) != e.B*e.T || len(b.Targets) != e.B*e.T {
+		return Losses{}, fmt.Errorf("graph: batch is %d×%d with %d inputs and %d targets, but the graph was built for %d×%d",
+			b.BatchSize, b.SeqLen, len(b.Inputs), len(b.Targets), e.B, e.T)
+	}
+	useDMC := sc.DMC && !(sc.ZeroOut < 1)
+	var v *variant[T]
+	var err error
+	if useDMC {
+		if e.dmcv == nil {
+			if e.dmcv, err = e.build(true); err != nil {
+				return Losses{}, err
+			}
+		}
+		v = e.dmcv
+	} else {
+		if e.plain == nil {
+			if e.plain, err = e.build(false); err != nil {
+				return Losses{}, err
+			}
+		}
+		v = e.plain
+	}
+	if e.dmcv != nil {
+		e.dmcv.ranLast = useDMC
+	}
+	return v.run(e, b, sc, backward)
+}
+
+var errNaN = errors.New("graph: the loss is not finite (NaN or Inf); lower the learning rate or check the data")

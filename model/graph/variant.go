@@ -1,0 +1,238 @@
+package graph
+
+import (
+	"fmt"
+	"math"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/model/ops"
+)
+
+// variant is one compiled graph: plain (vanilla / stage 1) or DMC.
+type variant[T model.Float] struct {
+	useDMC  bool
+	g       *G.ExprGraph
+	ids     *tensor.Dense // [B·T] ints
+	targets *tensor.Dense
+	noise   []*tensor.Dense // per layer [B·T, Hkv] (DMC only)
+	// scalar inputs
+	chScale, hard, alphaStar, crWeight *G.Node
+	// outputs read by every run
+	lossV, lmV, crV, alphaV, logitsV G.Value
+	full, fwd                        G.VM
+	ranLast                          bool
+}
+
+func dtypeOf[T model.Float]() tensor.Dtype {
+	var z T
+	if _, ok := any(z).(float32); ok {
+		return tensor.Float32
+	}
+	return tensor.Float64
+}
+
+// build constructs and compiles the graph of one variant.
+func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
+	c := e.cfg
+	B, Tn := e.B, e.T
+	N := B * Tn
+	D, Hq, Hkv := c.HeadDim(), c.NHeads, c.NKVHeads
+	dt := dtypeOf[T]()
+	g := G.NewGraph()
+	v := &variant[T]{useDMC: useDMC, g: g}
+	v.ids = tensor.New(tensor.WithShape(N), tensor.WithBacking(make([]int, N)))
+	v.targets = tensor.New(tensor.WithShape(N), tensor.WithBacking(make([]int, N)))
+	ids := G.NewVector(g, tensor.Int, G.WithShape(N), G.WithName("ids"), G.WithValue(v.ids))
+	targets := G.NewVector(g, tensor.Int, G.WithShape(N), G.WithName("targets"), G.WithValue(v.targets))
+	scalarIn := func(name string) *G.Node {
+		return G.NewScalar(g, dt, G.WithName(name), G.WithValue(T(0)))
+	}
+	v.chScale, v.hard, v.alphaStar, v.crWeight = scalarIn("ch_scale"), scalarIn("hard"), scalarIn("alpha_star"), scalarIn("cr_weight")
+
+	nodes := map[string]*G.Node{}
+	var wrt G.Nodes
+	for _, p := range e.params {
+		n := G.NewTensor(g, dt, len(p.shape), G.WithShape(p.shape...), G.WithName(p.name), G.WithValue(p.value))
+		nodes[p.name] = n
+		wrt = append(wrt, n)
+	}
+	P := func(name string) *G.Node { return nodes[name] }
+
+	var err error
+	// must keeps the builder readable: the first error stops every later op.
+	must := func(n *G.Node, e error) *G.Node {
+		if err == nil && e != nil {
+			err = e
+		}
+		return n
+	}
+	ropeQ := ops.RoPESpec{Layout: c.RoPE, Theta: c.RopeTheta, Heads: Hq, HeadD: D, SeqLen: Tn, Channel: e.ch}
+	ropeK := ropeQ
+	ropeK.Heads = Hkv
+	ds := ops.DMCSpec{QHeads: Hq, KVHeads: Hkv, HeadD: D, SeqLen: Tn, Channel: e.ch,
+		DecisionOffset: e.dc.DecisionOffset, ImportanceOffset: e.dc.ImportanceOffset,
+		Temperature: e.dc.Temperature, Window: e.dc.Window}
+	as := ops.AttnSpec{QHeads: Hq, KVHeads: Hkv, HeadD: D, SeqLen: Tn, Masked: useDMC}
+
+	embed := P("model.embed_tokens.weight")
+	x := must(ops.Embedding(embed, ids))
+	var counts *G.Node
+	for l := 0; l < c.NLayers; l++ {
+		pre := fmt.Sprintf("model.layers.%d.", l)
+		xn := must(ops.RMSNorm(x, P(pre+"input_layernorm.weight"), c.NormEps))
+		q := must(ops.Linear(xn, P(pre+"self_attn.q_proj.weight")))
+		k := must(ops.Linear(xn, P(pre+"self_attn.k_proj.weight")))
+		vv := must(ops.Linear(xn, P(pre+"self_attn.v_proj.weight")))
+		var o *G.Node
+		if useDMC {
+			nt := tensor.New(tensor.WithShape(N, Hkv), tensor.WithBacking(make([]T, N*Hkv)))
+			v.noise = append(v.noise, nt)
+			noise := G.NewMatrix(g, dt, G.WithShape(N, Hkv), G.WithName(fmt.Sprintf("noise.%d", l)), G.WithValue(nt))
+			alpha := must(ops.DMCDecide(k, noise, v.hard, ds))
+			omega := must(ops.DMCImportance(q, ds))
+			km := must(ops.DMCMerge(k, alpha, omega, ds))
+			vm := must(ops.DMCMerge(vv, alpha, omega, ds))
+			qr := must(ops.RoPE(q, v.chScale, ropeQ))
+			kr := must(ops.RoPE(km, v.chScale, ropeK))
+			o = must(ops.Attention(qr, kr, vm, alpha, as))
+			cnt := must(ops.DMCHardCount(alpha, Tn))
+			if counts == nil {
+				counts = cnt
+			} else {
+				counts = must(G.Add(counts, cnt))
+			}
+		} else {
+			qr := must(ops.RoPE(q, v.chScale, ropeQ))
+			kr := must(ops.RoPE(k, v.chScale, ropeK))
+			o = must(ops.Attention(qr, kr, vv, nil, as))
+		}
+		if err != nil {
+			return nil, fmt.Errorf("graph: layer %d attention: %w", l, err)
+		}
+		x = must(G.Add(x, must(ops.Linear(o, P(pre+"self_attn.o_proj.weight")))))
+		xn = must(ops.RMSNorm(x, P(pre+"post_attention_layernorm.weight"), c.NormEps))
+		h := must(ops.SwiGLU(must(ops.Linear(xn, P(pre+"mlp.gate_proj.weight"))), must(ops.Linear(xn, P(pre+"mlp.up_proj.weight")))))
+		x = must(G.Add(x, must(ops.Linear(h, P(pre+"mlp.down_proj.weight")))))
+		if err != nil {
+			return nil, fmt.Errorf("graph: layer %d: %w", l, err)
+		}
+	}
+	xf := must(ops.RMSNorm(x, P("model.norm.weight"), c.NormEps))
+	out := embed
+	if !c.TieEmbeddings {
+		out = P("lm_head.weight")
+	}
+	logits := must(ops.Linear(xf, out))
+	lm := must(ops.SoftmaxCrossEntropy(logits, targets))
+	loss := lm
+	reads := G.Nodes{G.Read(lm, &v.lmV)}
+	if useDMC {
+		// ᾱ_b = straight-through hard decisions averaged over layers, KV heads, positions;
+		// L_CR = mean_b max(0, α* − ᾱ_b).
+		abar := must(G.Mul(counts, G.NewConstant(T(1/float64(c.NLayers*Hkv*Tn)), G.WithName("inv_count"))))
+		hinge := must(G.Rectify(must(G.Sub(v.alphaStar, abar))))
+		lcr := must(G.Mean(hinge))
+		loss = must(G.Add(lm, must(G.Mul(v.crWeight, lcr))))
+		meanAlpha := must(G.Mean(abar))
+		reads = append(reads, G.Read(lcr, &v.crV), G.Read(meanAlpha, &v.alphaV))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("graph: head and loss: %w", err)
+	}
+	reads = append(reads, G.Read(loss, &v.lossV))
+	if e.opt.KeepLogits {
+		reads = append(reads, G.Read(logits, &v.logitsV))
+	}
+	grads, err := G.Grad(loss, wrt...)
+	if err != nil {
+		return nil, fmt.Errorf("graph: differentiate: %w", err)
+	}
+	for i, p := range e.params {
+		G.Read(grads[i], &p.gradV)
+	}
+	v.full = G.NewTapeMachine(g)
+	v.fwd = G.NewTapeMachine(g.SubgraphRoots(reads...))
+	return v, nil
+}
+
+func (v *variant[T]) run(e *Exec[T], b Batch, sc StepContext, backward bool) (Losses, error) {
+	c := e.cfg
+	copy(v.ids.Data().([]int), b.Inputs)
+	copy(v.targets.Data().([]int), b.Targets)
+	for i, id := range b.Inputs {
+		if id < 0 || id >= c.VocabSize {
+			return Losses{}, fmt.Errorf("graph: input token %d at index %d is outside the vocabulary [0, %d)", id, i, c.VocabSize)
+		}
+	}
+	for i, id := range b.Targets {
+		if id >= c.VocabSize {
+			return Losses{}, fmt.Errorf("graph: target token %d at index %d is outside the vocabulary [0, %d)", id, i, c.VocabSize)
+		}
+	}
+	chScale := 1.0
+	switch {
+	case v.useDMC:
+		chScale = 0
+	case sc.ZeroOut < 1:
+		chScale = max(0, sc.ZeroOut)
+	}
+	hard := 0.0
+	if sc.Hard {
+		hard = 1
+	}
+	for _, s := range []struct {
+		n *G.Node
+		x float64
+	}{{v.chScale, chScale}, {v.hard, hard}, {v.alphaStar, sc.TargetAlpha}, {v.crWeight, sc.CRWeight}} {
+		if err := G.Let(s.n, T(s.x)); err != nil {
+			return Losses{}, err
+		}
+	}
+	if v.useDMC && !sc.Hard {
+		Hkv, B, Tn := c.NKVHeads, e.B, e.T
+		for l, nt := range v.noise {
+			key := dmc.NoiseKey{Seed: sc.Seed, Step: uint64(sc.Step), MicroBatch: uint64(sc.MicroBatch), Layer: uint64(l)}
+			key.Fill(e.noise) // element (b·Hkv + h)·T + t
+			dst := nt.Data().([]T)
+			for b := 0; b < B; b++ {
+				for h := 0; h < Hkv; h++ {
+					for t := 0; t < Tn; t++ {
+						dst[(b*Tn+t)*Hkv+h] = T(e.noise[(b*Hkv+h)*Tn+t])
+					}
+				}
+			}
+		}
+	}
+	m := v.fwd
+	if backward {
+		m = v.full
+	}
+	m.Reset()
+	if err := m.RunAll(); err != nil {
+		return Losses{}, fmt.Errorf("graph: run: %w", err)
+	}
+	read := func(x G.Value) float64 {
+		if x == nil {
+			return 0
+		}
+		switch d := x.Data().(type) {
+		case float32:
+			return float64(d)
+		case float64:
+			return d
+		}
+		return math.NaN()
+	}
+	l := Losses{Loss: read(v.lossV), LM: read(v.lmV), Tokens: ops.ValidTargets(b.Targets)}
+	if v.useDMC {
+		l.CR, l.MeanAlpha = read(v.crV), read(v.alphaV)
+	}
+	if math.IsNaN(l.Loss) || math.IsInf(l.Loss, 0) {
+		return l, errNaN
+	}
+	return l, nil
+}
