@@ -62,9 +62,12 @@ type headState[T model.Float] struct {
 	sk, sv       []float64 // S_k, S_v: ω-weighted sums of the current segment's window (pre-RoPE)
 	z            float64   // Z: the sum of their weights
 	segLen       int       // n: tokens in the current merge segment
-	ring         []T       // the last W (k, v, ω) triples, W·(2D+1); entry of token c at c mod W
-	tokens       int       // tokens seen
-	decisions    []Decision
+	// ring holds the last W tokens' (k, v, ω), W·(2D+1) values, token c's entry at c mod W.
+	// They are stored unmultiplied: ω·k is formed in float64 on add and on subtract alike, so
+	// the window subtraction removes exactly what was added.
+	ring      []T
+	tokens    int // tokens seen
+	decisions []Decision
 }
 
 // CompressedCache is the DMC KV cache of one sequence (dmc-spec.md §4): every (layer, KV head)
@@ -80,7 +83,6 @@ type CompressedCache[T model.Float] struct {
 	cfg   Config
 	rope  *model.RoPE
 	opts  cacheOptions
-	ch    int
 	heads []headState[T] // [layer·NKVHeads + h]
 	// scratch, reused across Put calls
 	logit, omega []float64
@@ -99,7 +101,7 @@ func NewCompressedCache[T model.Float](mc model.Config, cfg Config, opts ...Cach
 		return nil, err
 	}
 	c := &CompressedCache[T]{
-		mc: mc, cfg: cfg, rope: model.NewRoPE(mc), ch: cfg.Channel(mc.HeadDim()),
+		mc: mc, cfg: cfg, rope: model.NewRoPE(mc),
 		heads: make([]headState[T], mc.NLayers*mc.NKVHeads),
 		logit: make([]float64, mc.NKVHeads), omega: make([]float64, mc.NKVHeads),
 		slot: make([]float64, mc.HeadDim()),
