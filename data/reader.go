@@ -471,6 +471,18 @@ func (d *Dataset) Shards() []string {
 	return out
 }
 
+// Formats counts the shards in the Arrow IPC "file" and "stream" formats.
+func (d *Dataset) Formats() (files, streams int) {
+	for _, s := range d.shards {
+		if s.stream {
+			streams++
+		} else {
+			files++
+		}
+	}
+	return files, streams
+}
+
 // NumBatches returns the number of record batches over all shards.
 func (d *Dataset) NumBatches() int {
 	n := 0
