@@ -1,6 +1,7 @@
 package trainer
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
@@ -240,8 +241,12 @@ func (s *CheckpointStore) writeFile(p string, write func(io.Writer) error) (mani
 	if err != nil {
 		return manifestEntry{}, err
 	}
-	cw := &countingHashWriter{w: f, h: sha256.New()}
+	bw := bufio.NewWriterSize(f, 1<<20)
+	cw := &countingHashWriter{w: bw, h: sha256.New()}
 	err = write(cw)
+	if err == nil {
+		err = bw.Flush()
+	}
 	if err == nil {
 		err = f.Sync()
 	}

@@ -19,6 +19,13 @@
 //
 // A control run (mode: control) uses the same steps, data and LR with DMC off throughout.
 //
+// Run (run.go) is the loop: micro-batches from the Source, Model.Step, gradient accumulation
+// (sum, then scale by 1/grad_accum), global-norm clipping, AdamW (adamw.go), JSONL metrics in
+// RUN_DIR/metrics.jsonl, a progress line with ETA, optional held-out evaluation (eval.go), and
+// checkpoints (checkpoint.go) written atomically through a small FS interface (fs.go) so that
+// a crash or a full disk never damages the previous checkpoint. Recipes (recipe.go) are YAML
+// read strictly on top of configs/recipes/default.yaml, overridable by key=value or flags.
+//
 // Determinism: all randomness the trainer hands out (StepContext.Seed) is a pure function of
 // (recipe seed, step, rank, micro-batch), the optimiser's arithmetic order is fixed and the
 // data position is checkpointed, so on the CPU a resumed run reproduces an uninterrupted one

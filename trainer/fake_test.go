@@ -227,7 +227,9 @@ func (s *fakeSource) Next() ([]int, error) {
 	return s.buf, nil
 }
 
-func (s *fakeSource) Position() json.RawMessage { return json.RawMessage(fmt.Sprintf(`{"window":%d}`, s.k)) }
+func (s *fakeSource) Position() json.RawMessage {
+	return json.RawMessage(fmt.Sprintf(`{"window":%d}`, s.k))
+}
 
 func (s *fakeSource) Seek(p json.RawMessage) error {
 	var v struct {

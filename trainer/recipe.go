@@ -67,6 +67,8 @@ type Recipe struct {
 	CheckpointEvery int    `yaml:"checkpoint_every"` // 0: only at the end and on interruption
 	KeepCheckpoints int    `yaml:"keep_checkpoints"` // newest K kept
 	LogEvery        int    `yaml:"log_every"`        // progress line every N steps
+	EvalEvery       int    `yaml:"eval_every"`       // held-out evaluation every N steps; 0 = off
+	EvalBatches     int    `yaml:"eval_batches"`     // batches of batch_size/grad_accum sequences per evaluation
 	Seed            uint64 `yaml:"seed"`
 }
 
@@ -74,8 +76,8 @@ type Recipe struct {
 func DefaultRecipe() (Recipe, error) { return LoadRecipe("default") }
 
 // LoadRecipe reads a recipe from a YAML file path, or an embedded recipe by name
-// (configs/recipes/NAME.yaml), on top of the defaults. The result is resolved but not
-// validated, so that overrides can still be applied; call Validate before use.
+// (configs/recipes/NAME.yaml), on top of the defaults. The result is not validated, so that
+// overrides can still be applied; call Validate before use.
 func LoadRecipe(nameOrPath string) (Recipe, error) {
 	var b []byte
 	var err error
@@ -91,7 +93,8 @@ func LoadRecipe(nameOrPath string) (Recipe, error) {
 }
 
 // ParseRecipe parses YAML on top of the embedded defaults. Unknown fields are errors naming the
-// field. The result is resolved (derived step counts filled in) but not validated.
+// field. Derived step counts left at 0 stay 0 (so that overrides of target_cr or
+// ramp_steps_per_cr still take effect); the result is not validated.
 func ParseRecipe(b []byte) (Recipe, error) {
 	base, err := configs.Read("recipes", "default")
 	if err != nil {
@@ -104,7 +107,6 @@ func ParseRecipe(b []byte) (Recipe, error) {
 	if err := decodeStrict(b, &r); err != nil {
 		return Recipe{}, err
 	}
-	r.Resolve()
 	return r, nil
 }
 
@@ -135,15 +137,27 @@ func decodeStrict(b []byte, r *Recipe) error {
 	return nil
 }
 
-// Resolve fills the derived step counts: ramp_steps from ramp_steps_per_cr when unset, and
-// retrofit_steps from ramp_steps when unset. It is idempotent.
+// Ramp is S_ramp: ramp_steps, or when that is 0, ramp_steps_per_cr·(target_cr − 1).
+func (r *Recipe) Ramp() int {
+	if r.RampSteps != 0 || r.TargetCR <= 1 {
+		return r.RampSteps
+	}
+	return int(math.Round(float64(r.RampStepsPerCR) * (r.TargetCR - 1)))
+}
+
+// Retrofit is the length of stage 2: retrofit_steps, or when that is 0, Ramp().
+func (r *Recipe) Retrofit() int {
+	if r.RetrofitSteps != 0 {
+		return r.RetrofitSteps
+	}
+	return r.Ramp()
+}
+
+// Resolve writes the derived step counts (Ramp, Retrofit) into ramp_steps and retrofit_steps,
+// so that the recipe written into a run directory states them. It is idempotent, and the
+// schedule is the same before and after.
 func (r *Recipe) Resolve() {
-	if r.RampSteps == 0 && r.TargetCR > 1 {
-		r.RampSteps = int(math.Round(float64(r.RampStepsPerCR) * (r.TargetCR - 1)))
-	}
-	if r.RetrofitSteps == 0 {
-		r.RetrofitSteps = r.RampSteps
-	}
+	r.RampSteps, r.RetrofitSteps = r.Ramp(), r.Retrofit()
 }
 
 // Validate checks every field and reports all problems at once, each with the fix.
@@ -161,7 +175,7 @@ func (r *Recipe) Validate() error {
 		v    int
 	}{{"zero_out_steps", r.ZeroOutSteps}, {"ramp_steps", r.RampSteps}, {"ramp_steps_per_cr", r.RampStepsPerCR},
 		{"retrofit_steps", r.RetrofitSteps}, {"fine_tune_steps", r.FineTuneSteps}, {"warmup_steps", r.WarmupSteps},
-		{"window", r.Window}, {"checkpoint_every", r.CheckpointEvery}} {
+		{"window", r.Window}, {"checkpoint_every", r.CheckpointEvery}, {"eval_every", r.EvalEvery}} {
 		if f.v < 0 {
 			bad("%s must be ≥ 0, got %d", f.name, f.v)
 		}
@@ -169,8 +183,8 @@ func (r *Recipe) Validate() error {
 	if r.TotalSteps() <= 0 {
 		bad("the recipe has no steps: set zero_out_steps, retrofit_steps (or ramp_steps / ramp_steps_per_cr with target_cr > 1) or fine_tune_steps")
 	}
-	if r.RetrofitSteps < r.RampSteps {
-		bad("retrofit_steps (%d) must be ≥ ramp_steps (%d) so that the target CR is reached before the fine-tune stage", r.RetrofitSteps, r.RampSteps)
+	if r.Retrofit() < r.Ramp() {
+		bad("retrofit_steps (%d) must be ≥ ramp_steps (%d) so that the target CR is reached before the fine-tune stage", r.Retrofit(), r.Ramp())
 	}
 	if r.Mode == ModeDMC && r.ZeroOutSteps > 0 && !(r.ZeroOutDecayFrac > 0 && r.ZeroOutDecayFrac <= 1) {
 		bad("zero_out_decay_frac must be in (0, 1], got %g (reference: 0.8)", r.ZeroOutDecayFrac)
@@ -219,6 +233,9 @@ func (r *Recipe) Validate() error {
 	if r.KeepCheckpoints < 1 {
 		bad("keep_checkpoints must be ≥ 1, got %d", r.KeepCheckpoints)
 	}
+	if r.EvalEvery > 0 && r.EvalBatches < 1 {
+		bad("eval_batches must be ≥ 1 when eval_every is set, got %d", r.EvalBatches)
+	}
 	if r.LogEvery < 1 {
 		bad("log_every must be ≥ 1, got %d", r.LogEvery)
 	}
@@ -249,8 +266,7 @@ func (r *Recipe) YAML() ([]byte, error) {
 }
 
 // Set overrides one field by its YAML name (e.g. "lr", "target_cr"; dashes are accepted for
-// underscores), parsing value as YAML of the field's type. Derived step counts are not
-// re-derived: set ramp_steps/retrofit_steps to 0 to have Resolve recompute them.
+// underscores), parsing value as YAML of the field's type.
 func (r *Recipe) Set(key, value string) error {
 	key = strings.ReplaceAll(key, "-", "_")
 	known := recipeKeys()
@@ -267,7 +283,7 @@ func (r *Recipe) Set(key, value string) error {
 	return nil
 }
 
-// ApplyOverrides applies "key=value" overrides in order, then re-resolves derived fields.
+// ApplyOverrides applies "key=value" overrides in order.
 func (r *Recipe) ApplyOverrides(kvs []string) error {
 	for _, kv := range kvs {
 		k, v, ok := strings.Cut(kv, "=")
@@ -278,7 +294,6 @@ func (r *Recipe) ApplyOverrides(kvs []string) error {
 			return err
 		}
 	}
-	r.Resolve()
 	return nil
 }
 
@@ -314,7 +329,7 @@ func (o *Overrides) Register(fs *flag.FlagSet, prefix string) {
 	}
 }
 
-// Apply writes the collected overrides into r and re-resolves derived fields.
+// Apply writes the collected overrides into r.
 func (o *Overrides) Apply(r *Recipe) error { return r.ApplyOverrides(o.kvs) }
 
 // Given lists the overrides collected so far as key=value.
@@ -345,6 +360,5 @@ func sortedKeys(m map[string]int) []string {
 	sort.Strings(out)
 	return out
 }
-
 
 func yamlUnmarshal(b []byte, v any) error { return yaml.Unmarshal(b, v) }

@@ -21,7 +21,8 @@ type Options struct {
 	Recipe      Recipe // resolved and validated by Run
 	Model       Model
 	Source      Source
-	ModelConfig any // written as JSON into the run dir and every checkpoint; must match on resume
+	Eval        Source // held-out windows for eval_every; the same windows are used each time
+	ModelConfig any    // written as JSON into the run dir and every checkpoint; must match on resume
 
 	Resume         bool // continue from RUN_DIR/checkpoints/latest
 	ResumeFallback bool // if the latest checkpoint is corrupt, resume from the newest one that verifies
@@ -54,6 +55,11 @@ type Metrics struct {
 	Tokens     int      `json:"tokens"`
 	TokensPerS float64  `json:"tokens_per_s"`
 	Elapsed    float64  `json:"elapsed_s"` // over all sessions of the run
+
+	// Held-out evaluation (hard decisions, no noise), on steps that are multiples of eval_every.
+	EvalLoss       *float64 `json:"eval_loss,omitempty"`
+	EvalLMLoss     *float64 `json:"eval_lm_loss,omitempty"`
+	EvalAchievedCR *float64 `json:"eval_achieved_cr,omitempty"`
 }
 
 // Result summarises a Run.
@@ -98,9 +104,9 @@ type run struct {
 	startStep  int
 	lastSaved  string
 	savedStep  int
-	hookReady  bool
 	snapshot   [][]float32
 	dataBefore json.RawMessage
+	evalStart  json.RawMessage
 }
 
 func newRun(opts Options) (*run, error) {
@@ -260,8 +266,8 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		n := float64(r.GradAccum)
 		m := Metrics{Step: t.step + 1, Stage: plan.Stage.String(), Loss: lossSum / n, LMLoss: lmSum / n,
 			CRLoss: crSum / n, MeanAlpha: alphaSum / n, LR: plan.LR, Tokens: tokens}
-		if !finite(m.Loss) || !finite(m.LMLoss) || !finite(m.CRLoss) {
-			return t.result(last), t.diverged(fmt.Sprintf("loss is %v (lm %v, cr %v)", m.Loss, m.LMLoss, m.CRLoss))
+		if !finite(m.Loss) || !finite(m.LMLoss) || !finite(m.CRLoss) || !finite(m.MeanAlpha) {
+			return t.result(last), t.diverged(fmt.Sprintf("loss is %v (lm %v, cr %v, mean α %v)", m.Loss, m.LMLoss, m.CRLoss, m.MeanAlpha))
 		}
 		if t.accum != nil {
 			scaleAll(t.accum, float32(1/n)) // mean over micro-batches: the gradient of the batch mean
@@ -284,6 +290,11 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		}
 		if d := time.Since(stepStart).Seconds(); d > 0 {
 			m.TokensPerS = float64(tokens) / d
+		}
+		if r.EvalEvery > 0 && t.opts.Eval != nil && (t.step%r.EvalEvery == 0 || t.step == end) {
+			if err := t.evaluate(&m); err != nil {
+				return t.result(last), err
+			}
 		}
 		m.Elapsed = t.elapsed()
 		last = m
@@ -380,6 +391,33 @@ func (t *run) accumulate(mb int) {
 			a[j] += g
 		}
 	}
+}
+
+// evaluate runs the held-out evaluation with the schedule of the step just taken, hard
+// decisions and no noise, always on the same windows.
+func (t *run) evaluate(m *Metrics) error {
+	if t.evalStart == nil {
+		t.evalStart = append(json.RawMessage(nil), t.opts.Eval.Position()...)
+	} else if err := t.opts.Eval.Seek(t.evalStart); err != nil {
+		return fmt.Errorf("rewind the evaluation data: %w", err)
+	}
+	sc := t.r.PlanAt(t.step - 1).Context
+	sc.Hard, sc.Seed = true, 0
+	res, err := Evaluate(t.opts.Model, t.opts.Eval, t.r.MicroBatchSize(), t.r.SeqLen, t.r.EvalBatches, sc)
+	if err != nil {
+		return fmt.Errorf("step %d: %w", t.step, err)
+	}
+	m.EvalLoss, m.EvalLMLoss = &res.Loss, &res.LM
+	if sc.DMC && res.MeanAlpha < 1 {
+		cr := res.AchievedCR()
+		m.EvalAchievedCR = &cr
+	}
+	fmt.Fprintf(t.progress, "eval at step %d: loss %.4f lm %.4f", t.step, res.Loss, res.LM)
+	if m.EvalAchievedCR != nil {
+		fmt.Fprintf(t.progress, " cr %.2f", *m.EvalAchievedCR)
+	}
+	fmt.Fprintf(t.progress, " (%d tokens)\n", res.Tokens)
+	return nil
 }
 
 func (t *run) applyZeroOutHook() error {

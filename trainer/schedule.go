@@ -33,17 +33,17 @@ type Plan struct {
 }
 
 // TotalSteps is the number of optimiser steps of the whole run (all three stages).
-func (r *Recipe) TotalSteps() int { return r.ZeroOutSteps + r.RetrofitSteps + r.FineTuneSteps }
+func (r *Recipe) TotalSteps() int { return r.ZeroOutSteps + r.Retrofit() + r.FineTuneSteps }
 
 // StageAt returns the stage of step s and the step's index within that stage.
 func (r *Recipe) StageAt(s int) (Stage, int) {
 	switch {
 	case s < r.ZeroOutSteps:
 		return StageZeroOut, s
-	case s < r.ZeroOutSteps+r.RetrofitSteps:
+	case s < r.ZeroOutSteps+r.Retrofit():
 		return StageRetrofit, s - r.ZeroOutSteps
 	default:
-		return StageFineTune, s - r.ZeroOutSteps - r.RetrofitSteps
+		return StageFineTune, s - r.ZeroOutSteps - r.Retrofit()
 	}
 }
 
@@ -54,10 +54,11 @@ func (r *Recipe) ZeroOutAt(s int) float64 {
 
 // CRAt is the target CR at step s2 of stage 2: 1 + (CR_t − 1)·min(1, s2/S_ramp).
 func (r *Recipe) CRAt(s2 int) float64 {
-	if r.RampSteps <= 0 {
+	ramp := r.Ramp()
+	if ramp <= 0 {
 		return r.TargetCR
 	}
-	return 1 + (r.TargetCR-1)*math.Min(1, float64(s2)/float64(r.RampSteps))
+	return 1 + (r.TargetCR-1)*math.Min(1, float64(s2)/float64(ramp))
 }
 
 // LRAt is the learning rate of step s: linear warmup over warmup_steps (the first step gets
