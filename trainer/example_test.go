@@ -25,7 +25,7 @@ func ExampleRun() {
 	defer os.RemoveAll(dir)
 	res, err := Run(ctx, Options{
 		RunDir: dir, Recipe: recipe,
-		Model:  newFakeModel(7, 4, 1), Source: &fakeSource{V: 7, SeqLen: 8},
+		Model: newFakeModel(7, 4, 1), Source: &fakeSource{V: 7, SeqLen: 8},
 		OnZeroOutEnd: zeroDecisionChannel, // the model's own hook in real use
 	})
 	fmt.Println(res.Step, res.Done, res.Interrupted, res.Checkpoint, err)
