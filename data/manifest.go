@@ -1,6 +1,7 @@
 package data
 
 import (
+	"bytes"
 	"crypto/sha256"
 	"encoding/binary"
 	"encoding/hex"
@@ -111,11 +112,14 @@ func ReadManifest(dir string) (*Manifest, error) {
 }
 
 func writeManifest(dir string, m *Manifest) error {
-	b, err := json.MarshalIndent(m, "", "  ")
-	if err != nil {
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false) // keep "<|endoftext|>" readable
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(m); err != nil {
 		return err
 	}
-	return writeFileAtomic(filepath.Join(dir, ManifestName), append(b, '\n'))
+	return writeFileAtomic(filepath.Join(dir, ManifestName), buf.Bytes())
 }
 
 func writeFileAtomic(path string, b []byte) error {

@@ -1,0 +1,49 @@
+// Package data turns text into training windows: it prepares Arrow shards from text, streams
+// Arrow data back (prepared shards, Arrow IPC files and streams, Hugging Face save_to_disk
+// folders) and packs documents into fixed-length windows with deterministic, resumable
+// shuffling.
+//
+// # Prepare
+//
+// Prepare reads .txt (documents split by a separator, <|endoftext|> by default), .jsonl (a
+// string field, "text" by default) and .parquet (a string column, read one row group at a
+// time), tokenises each document with BOS first (EOS optional) and writes
+//
+//	OUT/manifest.json          tokenizer (path, vocab size, fingerprint), split rule, counts
+//	OUT/train/shard-00000.arrow
+//	OUT/heldout/shard-00000.arrow
+//
+// Shards are Arrow IPC file-format files with one column input_ids (list<int32>), one row
+// per document, rotated at a size limit and renamed into place only when complete; the
+// manifest is written last, so a directory with a manifest is whole. Documents go to
+// train/held-out by a per-document hash (HeldoutFrac, Seed) or by where they start in the
+// input bytes (SplitByBytes: the TinyStories convention of 0.85).
+//
+// # Reading
+//
+// Open/OpenWith accept a shard file in either IPC format, a directory of *.arrow files, a
+// prepared directory (split "train" by default, "PATH:heldout" for the other) and Hugging
+// Face save_to_disk folders (state.json; DatasetDict with dataset_dict.json, "PATH:SPLIT").
+// Tokens come from an input_ids column (list or large_list of int32/int64) or from a text
+// column tokenised on the fly. Streams have no footer, so Open indexes the offset of every
+// record batch from the message headers alone; any batch of any shard can then be read
+// directly, one at a time.
+//
+// # Packing
+//
+// A Packer concatenates documents and cuts windows of SeqLen+1 tokens with stride SeqLen
+// (every token is a target once). With Shuffle it visits the record batches in a seeded
+// random order per epoch and shuffles the documents inside each group of GroupBatches
+// batches, so memory holds GroupBatches batches, never the dataset. Its Position (epoch,
+// group, document, offset) is JSON; a Packer built with it continues with exactly the
+// windows the old one would have produced. Shuffles use a SplitMix64 generator of our own,
+// so orders do not change with the Go release.
+//
+// # Errors
+//
+// Bad input (missing files, unknown formats, missing fields or columns, non-Arrow or
+// truncated files, a position from other data) returns an error that names the problem and
+// what to do; corrupt Arrow or Parquet data that makes the Arrow library panic is recovered
+// and returned as an error too. The package panics only on programmer errors, such as a
+// non-positive bound passed to an internal helper.
+package data
