@@ -9,7 +9,8 @@
 //
 // Stages (step s counts optimiser steps from 0):
 //   - stage 1 "zero-out" (ZeroOutSteps): no compression; the decision channel's
-//     contribution to attention is scaled by max(0, 1 − s/(0.8·S1)); at the end the caller's
+//     contribution to attention is scaled by StepContext.ZeroOut = max(0, 1 − s/(0.8·S1))
+//     (1, meaning "no scaling", in every other stage); at the end the caller's
 //     OnZeroOutEnd hook zeroes the W_q/W_k rows that produce it (the row layout is model
 //     knowledge), and the optimiser moments of every element the hook changed are reset.
 //   - stage 2 "retrofit" (RetrofitSteps): target CR(s) = 1 + (CR_t − 1)·min(1, s/S_ramp),

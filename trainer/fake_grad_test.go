@@ -11,8 +11,8 @@ func TestFakeModelGradientsFiniteDifference(t *testing.T) {
 	for _, sc := range []StepContext{
 		{ZeroOut: 1},
 		{ZeroOut: 0.4},
-		{DMC: true, TargetAlpha: 0.9, CRWeight: 1, Seed: 7},
-		{DMC: true, TargetAlpha: 0.9, CRWeight: 2.5, Seed: 7, Hard: true},
+		{DMC: true, ZeroOut: 1, TargetAlpha: 0.9, CRWeight: 1, Seed: 7},
+		{DMC: true, ZeroOut: 1, TargetAlpha: 0.9, CRWeight: 2.5, Seed: 7, Hard: true},
 	} {
 		m := newFakeModel(5, 4, 3)
 		src := &fakeSource{V: 5, SeqLen: 6}

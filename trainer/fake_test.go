@@ -11,7 +11,8 @@ import (
 // StepContext:
 //
 //	h_t     = emb[x_t] ⊙ norm                      (norm: a 1-D "norm" weight, not decayed)
-//	h'_t    = h_t with channel E−1 scaled by ZeroOut (the "decision channel")
+//	h'_t    = h_t with channel E−1 (the "decision channel") scaled by ZeroOut, or removed when DMC
+//	          is on (as the real DMC graph does)
 //	LM      = mean_t −log softmax(out·h'_t)[y_t]
 //	α_t     = σ(gate·h_t + noise_t)                 (noise from Seed when DMC and not Hard)
 //	CR      = mean_b max(0, TargetAlpha − mean_t α_t)
@@ -102,7 +103,11 @@ func (m *fakeModel) eval(b Batch, sc StepContext, grad bool) (Losses, [][]float6
 				h[e] = emb[x*E+e] * norm[e]
 				hp[e] = h[e]
 			}
-			hp[E-1] *= sc.ZeroOut
+			keep := sc.ZeroOut
+			if sc.DMC {
+				keep = 0
+			}
+			hp[E-1] *= keep
 			mx := math.Inf(-1)
 			for v := 0; v < V; v++ {
 				logits[v] = dot(out[v*E:(v+1)*E], hp)
@@ -128,7 +133,7 @@ func (m *fakeModel) eval(b Batch, sc StepContext, grad bool) (Losses, [][]float6
 						dh[e] += d * out[v*E+e]
 					}
 				}
-				dh[E-1] *= sc.ZeroOut
+				dh[E-1] *= keep
 				m.backH(g, x, emb, norm, dh)
 			}
 			if sc.DMC {

@@ -24,7 +24,7 @@ type StepContext struct {
 	Seed             uint64  // seeds the Gumbel noise; a pure function of (seed, step, rank, micro-batch)
 	DMC              bool    // relaxed DMC attention on (stages 2-3 of a dmc run)
 	TargetAlpha      float64 // α*(s) = 1 − 1/CR(s) for the CR loss
-	ZeroOut          float64 // multiplier on the decision channel q/k[D-1] in attention: 1 vanilla, 0 removed
+	ZeroOut          float64 // stage-1 multiplier of the decision channel q/k[D-1]; 1 = none (vanilla, and stages 2-3, where DMC removes the channel itself)
 	Hard             bool    // hard decisions, no noise (evaluation)
 	CRWeight         float64 // λ of L = L_LM + λ·L_CR (0 when the CR loss is off)
 }

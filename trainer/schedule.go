@@ -110,8 +110,7 @@ func (r *Recipe) PlanAt(s int) Plan {
 		p.TargetCR = r.TargetCR
 	}
 	if stage != StageZeroOut {
-		p.Context.DMC = true
-		p.Context.ZeroOut = 0
+		p.Context.DMC = true // the DMC graph removes the decision channel itself; ZeroOut stays 1
 		p.Context.TargetAlpha = 1 - 1/p.TargetCR
 		p.Context.CRWeight = r.CRLossWeight
 	}

@@ -56,12 +56,13 @@ func TestPlanStages(t *testing.T) {
 		{4, StageZeroOut, false, 0.5, 1, 0, 0}, // 1 − 4/(0.8·10)
 		{8, StageZeroOut, false, 0, 1, 0, 0},
 		{9, StageZeroOut, false, 0, 1, 0, 0}, // clamped at 0
-		{10, StageRetrofit, true, 0, 1, 0, 1},
-		{20, StageRetrofit, true, 0, 2, 0.5, 1},     // half the ramp: CR 1 + 2·0.5
-		{30, StageRetrofit, true, 0, 3, 2.0 / 3, 1}, // ramp done
-		{34, StageRetrofit, true, 0, 3, 2.0 / 3, 1}, // held until stage 2 ends
-		{35, StageFineTune, true, 0, 3, 2.0 / 3, 1},
-		{45, StageFineTune, true, 0, 3, 2.0 / 3, 1},
+		// From stage 2 on the DMC graph drops the channel itself: ZeroOut is back to 1 ("none").
+		{10, StageRetrofit, true, 1, 1, 0, 1},
+		{20, StageRetrofit, true, 1, 2, 0.5, 1},     // half the ramp: CR 1 + 2·0.5
+		{30, StageRetrofit, true, 1, 3, 2.0 / 3, 1}, // ramp done
+		{34, StageRetrofit, true, 1, 3, 2.0 / 3, 1}, // held until stage 2 ends
+		{35, StageFineTune, true, 1, 3, 2.0 / 3, 1},
+		{45, StageFineTune, true, 1, 3, 2.0 / 3, 1},
 	}
 	r := scheduleRecipe()
 	for _, tc := range tests {
