@@ -66,7 +66,6 @@ func walkRaw(data []byte, f func(num protowire.Number, raw, v []byte)) error {
 	return nil
 }
 
-
 // spLibrary wraps a go-sentencepiece processor; its panics become errors.
 type spLibrary struct {
 	proc                          *sentencepiece.Processor

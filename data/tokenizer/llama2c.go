@@ -91,6 +91,7 @@ func parseLlama2C(data []byte) (*llama2cTokenizer, error) {
 	for b := range t.merger.byteID {
 		t.merger.byteID[b] = int32(llama2cByteBase + b)
 	}
+	t.merger.finishInit()
 	return t, nil
 }
 
@@ -108,4 +109,3 @@ func (t *llama2cTokenizer) Encode(text string, addBOS, addEOS bool) []int {
 	}
 	return ids
 }
-

@@ -255,6 +255,7 @@ func parseSentencePiece(data []byte) (tok *sentencePieceTokenizer, err error) {
 			}
 		}
 	}
+	t.merger.finishInit()
 	return t, nil
 }
 

@@ -120,6 +120,15 @@ func TestSyntheticSentencePieceModels(t *testing.T) {
 	bytePieces, bid := smallPieces(true)
 	plainPieces, pid := smallPieces(false)
 	byteTok := func(b byte) int { return 3 + int(b) }
+	spaceInside := append(append([]spPiece(nil), plainPieces...), spPiece{"b▁", 0.5, typeNormal})
+	sid := func(s string) int {
+		for i, p := range spaceInside {
+			if p.piece == s {
+				return i
+			}
+		}
+		panic("no piece " + s)
+	}
 	tests := []struct {
 		name string
 		spec spSpec
@@ -151,6 +160,8 @@ func TestSyntheticSentencePieceModels(t *testing.T) {
 		{"extra spaces removed", spSpec{pieces: plainPieces, addDummyPrefix: boolp(true), removeExtraWS: boolp(true)}, " a  bb ",
 			[]int{1, pid("▁a"), pid("▁"), pid("bb"), 2}, "a bb", ""},
 		{"empty text", spSpec{pieces: plainPieces}, "", []int{1, 2}, "", "it encodes \"\" as [<unk>]"},
+		{"piece with an inner space: no word split", spSpec{pieces: spaceInside}, "b b",
+			[]int{1, sid("▁"), sid("b▁"), sid("b"), 2}, "", ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -288,6 +288,36 @@ func TestLongSpaceRuns(t *testing.T) {
 	}
 }
 
+// Word-by-word merging (splitAtSpaces) must equal one merge pass over the whole text.
+func TestWordSplitMatchesWholeText(t *testing.T) {
+	needAsset(t, trainStories)
+	data, err := os.ReadFile(trainStories)
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := string(data[:64<<10]) + multilingual + "a  b   c    d" + strings.Repeat(" ", 33) + "e\n \n  f"
+	for _, path := range []string{tok512Path, llamaBinPath, llamaModelPath} {
+		tok := mustLoad(t, path)
+		var m *merger
+		switch tk := tok.(type) {
+		case *llama2cTokenizer:
+			m = &tk.merger
+		case *sentencePieceTokenizer:
+			m = &tk.merger
+		}
+		if !m.splitAtSpaces {
+			t.Fatalf("%s: expected a vocabulary without inner spaces", path)
+		}
+		split := m.encode(" "+text, nil)
+		m.splitAtSpaces = false
+		whole := m.encode(" "+text, nil)
+		m.splitAtSpaces = true
+		if !reflect.DeepEqual(split, whole) {
+			t.Errorf("%s: word-by-word encoding differs from whole-text encoding", path)
+		}
+	}
+}
+
 func TestPiece(t *testing.T) {
 	for _, path := range []string{llamaModelPath, llamaBinPath} {
 		tok := mustLoad(t, path)
