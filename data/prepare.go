@@ -31,9 +31,11 @@ type PrepareOptions struct {
 	AddEOS        bool      // append EOS to every document (BOS is always prepended)
 
 	// Split rule. SplitByBytes in (0,1] puts the documents that start in the first
-	// SplitByBytes of all input bytes into train and the rest into held-out (the TinyStories
-	// convention uses 0.85). Otherwise each document is held out with probability
-	// HeldoutFrac (0 = no held-out split), decided by a hash of its index and Seed.
+	// SplitByBytes of all input bytes (files concatenated in order) into train and the rest
+	// into held-out; the TinyStories convention is 0.85. Parquet has no per-row byte
+	// offsets, so a Parquet row starts at its row position scaled to the file size.
+	// Otherwise each document is held out with probability HeldoutFrac (0 = no held-out
+	// split), decided by a hash of its index and Seed.
 	HeldoutFrac  float64
 	SplitByBytes float64
 	Seed         uint64
@@ -145,9 +147,14 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 		SplitTrain:   newShardWriter(opts.Out, SplitTrain, opts.ShardBytes, opts.batchTokens),
 		SplitHeldout: newShardWriter(opts.Out, SplitHeldout, opts.ShardBytes, opts.batchTokens),
 	}
+	succeeded := false
 	defer func() {
 		for _, w := range writers {
 			w.abort()
+		}
+		if !succeeded { // leave no partial shards behind (the directories were empty before)
+			os.RemoveAll(filepath.Join(opts.Out, SplitTrain))
+			os.RemoveAll(filepath.Join(opts.Out, SplitHeldout))
 		}
 	}()
 
@@ -218,25 +225,29 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 	if err := writeManifest(opts.Out, m); err != nil {
 		return nil, fmt.Errorf("data: writing the manifest: %w", err)
 	}
+	succeeded = true
 	progress("", len(inputs), base, true)
 	return m, nil
 }
 
-// prepareOutDir creates out, refusing to mix with an earlier preparation unless overwrite.
+// prepareOutDir creates out with empty train/ and heldout/, refusing to mix with earlier
+// data unless overwrite.
 func prepareOutDir(out string, overwrite bool) error {
 	old := []string{ManifestName, SplitTrain, SplitHeldout}
-	for _, name := range old {
-		if _, err := os.Stat(filepath.Join(out, name)); err == nil {
-			if !overwrite {
-				return fmt.Errorf("data: %s already holds prepared data (%s); choose another --out or pass --force to replace it", out, name)
+	if !overwrite {
+		if _, err := os.Stat(filepath.Join(out, ManifestName)); err == nil {
+			return fmt.Errorf("data: %s already holds prepared data (%s); choose another --out or pass --force to replace it", out, ManifestName)
+		}
+		for _, name := range old[1:] {
+			if entries, err := os.ReadDir(filepath.Join(out, name)); err == nil && len(entries) > 0 {
+				return fmt.Errorf("data: %s already holds files (from an interrupted run or something else); choose another --out or pass --force to replace them",
+					filepath.Join(out, name))
 			}
 		}
 	}
-	if overwrite {
-		for _, name := range old {
-			if err := os.RemoveAll(filepath.Join(out, name)); err != nil {
-				return err
-			}
+	for _, name := range old {
+		if err := os.RemoveAll(filepath.Join(out, name)); err != nil {
+			return err
 		}
 	}
 	for _, d := range []string{out, filepath.Join(out, SplitTrain), filepath.Join(out, SplitHeldout)} {

@@ -295,10 +295,20 @@ func TestPrepareErrors(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("got error %v, want one containing %q", err, tc.want)
 			}
-			if _, serr := os.Stat(filepath.Join(opts.Out, ManifestName)); serr == nil && opts.Out != used {
-				t.Error("a failed Prepare left a manifest behind")
+			if opts.Out != used {
+				for _, name := range []string{ManifestName, SplitTrain, SplitHeldout} {
+					if _, serr := os.Stat(filepath.Join(opts.Out, name)); serr == nil {
+						t.Errorf("a failed Prepare left %s behind", name)
+					}
+				}
 			}
 		})
+	}
+	// Shards without a manifest (an interrupted run) are not silently mixed with new ones.
+	stale := t.TempDir()
+	writeFile(t, filepath.Join(stale, SplitTrain, "shard-00000.arrow"), "old")
+	if _, err := Prepare(PrepareOptions{Inputs: []string{txt}, Out: stale, Tokenizer: byteTokenizer{}}); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Fatalf("stale shards: %v", err)
 	}
 	// --force replaces the earlier preparation.
 	if _, err := Prepare(PrepareOptions{Inputs: []string{txt}, Out: used, Tokenizer: byteTokenizer{}, Overwrite: true}); err != nil {
