@@ -39,3 +39,7 @@ func TestRelErrRejectsNaN(t *testing.T) {
 		t.Fatalf("RelErr of equal = %g", e)
 	}
 }
+
+// The project's CPU inference (package model + package dmc) must agree with the oracle too:
+// this ties the CUDA kernels, which pass the same suite, to what `dmc generate` computes.
+func TestDMCPackageConformance(t *testing.T) { Run(t, DMCPackage{}) }

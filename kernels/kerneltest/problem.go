@@ -33,8 +33,8 @@ type Heads struct {
 
 // Config returns a model.Config with this geometry, for the model package's RoPE helpers.
 func (h Heads) Config() model.Config {
-	return model.Config{Dim: h.NHeads * h.HeadDim, NHeads: h.NHeads, NKVHeads: h.NKVHeads,
-		RopeTheta: h.Theta, RoPE: h.RoPE}
+	return model.Config{Name: "kerneltest", Dim: h.NHeads * h.HeadDim, HiddenDim: 4, NLayers: 1, NHeads: h.NHeads,
+		NKVHeads: h.NKVHeads, VocabSize: 4, MaxSeqLen: 1 << 16, NormEps: 1e-5, RopeTheta: h.Theta, RoPE: h.RoPE}
 }
 
 // G is the number of query heads per KV head.
@@ -77,6 +77,9 @@ type CacheProblem struct {
 	Mode    CacheMode
 	Window  int // DMC window W (0 = unbounded running average)
 	Channel int // decision/importance channel (D-1 in the reference)
+	// ForceCR > 0 replaces the learned decisions by a new slot every ForceCR positions (the
+	// benchmark mode of dmc.ForcedCR).
+	ForceCR int
 	B, T    int
 	// Q is [B][T][NHeads*D], K and V are [B][T][NKVHeads*D], all before RoPE.
 	Q, K, V []float32

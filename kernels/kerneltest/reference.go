@@ -61,7 +61,11 @@ func (c *refCache[T]) put(b, pos int, q, k, v []T) {
 			hd.vals = append(hd.vals, vh...)
 			continue
 		}
-		alpha := kh[ch]-DecisionOffset > 0 && len(hd.keys) > 0
+		alpha := kh[ch]-DecisionOffset > 0
+		if p.ForceCR > 0 {
+			alpha = pos%p.ForceCR != 0 // dmc.ForcedCR for an integer rate
+		}
+		alpha = alpha && len(hd.keys) > 0
 		var qm float64
 		for g := 0; g < G; g++ {
 			qm += float64(q[(h*G+g)*D+ch])
@@ -107,8 +111,7 @@ func (c *refCache[T]) put(b, pos int, q, k, v []T) {
 			sk[i] = hd.sk[i] / hd.z
 			sv[i] = hd.sv[i] / hd.z
 		}
-		model.Rotate(c.rope, sk, pos)
-		sk[ch] = 0 // the partner's rotation leaks into ch; it takes no part in attention
+		model.Rotate(c.rope, sk, pos) // ch was zeroed before RoPE only, as package dmc does
 		if alpha {
 			copy(hd.keys[len(hd.keys)-D:], sk)
 			copy(hd.vals[len(hd.vals)-D:], sv)
@@ -118,11 +121,6 @@ func (c *refCache[T]) put(b, pos int, q, k, v []T) {
 		}
 	}
 	model.Rotate(c.rope, q, pos)
-	if p.Mode == DMC {
-		for i := 0; i < p.NHeads; i++ {
-			q[i*D+ch] = 0
-		}
-	}
 }
 
 // attend writes softmax(q·K/√D)·V per query head of sequence b against the current slots.

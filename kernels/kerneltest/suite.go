@@ -183,9 +183,15 @@ func testCache(t *testing.T, b Backend) {
 			for _, c := range []struct {
 				window, B, T int
 				prefill      bool
-			}{{12, 1, 1, false}, {12, 3, 37, false}, {0, 2, 29, false}, {12, 2, 70, true}, {0, 1, 33, true}, {12, 3, 5, true}} {
+				forceCR      int
+			}{{12, 1, 1, false, 0}, {12, 3, 37, false, 0}, {0, 2, 29, false, 0}, {12, 2, 70, true, 0}, {0, 1, 33, true, 0},
+				{12, 3, 5, true, 0}, {12, 2, 41, false, 4}, {12, 1, 50, true, 8}} {
+				if c.forceCR > 0 && mode == Vanilla {
+					continue
+				}
 				p := NewCacheProblem(rng, h, mode, c.window, c.B, c.T, c.prefill)
-				name := fmt.Sprintf("%s/%s/W%d_B%d_T%d_prefill=%v", h, mode, c.window, c.B, c.T, c.prefill)
+				p.ForceCR = c.forceCR
+				name := fmt.Sprintf("%s/%s/W%d_B%d_T%d_prefill=%v_force=%d", h, mode, c.window, c.B, c.T, c.prefill, c.forceCR)
 				res := CacheResult{Out: nanSlice(c.B * c.T * h.NHeads * h.HeadDim)}
 				if err := b.Cache(p, &res); err != nil {
 					t.Fatalf("%s: %v", name, err)

@@ -1,0 +1,473 @@
+//go:build cuda
+
+package kernels
+
+/*
+#cgo LDFLAGS: -ldl
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+// The CUDA driver and cuBLAS are opened at run time (dlopen), never linked: the binary starts on
+// machines without a GPU and reports a clear error, and one binary runs with cuBLAS 11, 12 or 13.
+// Only the handful of types below are needed, so no CUDA header is included.
+typedef int CUresult;
+typedef int CUdevice;
+typedef unsigned long long CUdeviceptr;
+typedef void* CUcontext;
+typedef void* CUmodule;
+typedef void* CUfunction;
+typedef void* CUevent;
+typedef void* CUstream;
+
+#define CU_FUNCS(X) \
+  X(cuInit, CUresult, (unsigned)) \
+  X(cuDriverGetVersion, CUresult, (int*)) \
+  X(cuDeviceGetCount, CUresult, (int*)) \
+  X(cuDeviceGet, CUresult, (CUdevice*, int)) \
+  X(cuDeviceGetName, CUresult, (char*, int, CUdevice)) \
+  X(cuDeviceGetAttribute, CUresult, (int*, int, CUdevice)) \
+  X(cuDevicePrimaryCtxRetain, CUresult, (CUcontext*, CUdevice)) \
+  X(cuCtxSetCurrent, CUresult, (CUcontext)) \
+  X(cuCtxSynchronize, CUresult, (void)) \
+  X(cuModuleLoadData, CUresult, (CUmodule*, const void*)) \
+  X(cuModuleGetFunction, CUresult, (CUfunction*, CUmodule, const char*)) \
+  X(cuMemAlloc_v2, CUresult, (CUdeviceptr*, size_t)) \
+  X(cuMemFree_v2, CUresult, (CUdeviceptr)) \
+  X(cuMemGetInfo_v2, CUresult, (size_t*, size_t*)) \
+  X(cuMemcpyHtoD_v2, CUresult, (CUdeviceptr, const void*, size_t)) \
+  X(cuMemcpyDtoH_v2, CUresult, (void*, CUdeviceptr, size_t)) \
+  X(cuMemcpyDtoD_v2, CUresult, (CUdeviceptr, CUdeviceptr, size_t)) \
+  X(cuMemsetD8_v2, CUresult, (CUdeviceptr, unsigned char, size_t)) \
+  X(cuLaunchKernel, CUresult, (CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, CUstream, void**, void**)) \
+  X(cuEventCreate, CUresult, (CUevent*, unsigned)) \
+  X(cuEventRecord, CUresult, (CUevent, CUstream)) \
+  X(cuEventSynchronize, CUresult, (CUevent)) \
+  X(cuEventElapsedTime, CUresult, (float*, CUevent, CUevent)) \
+  X(cuEventDestroy_v2, CUresult, (CUevent)) \
+  X(cuGetErrorString, CUresult, (CUresult, const char**))
+
+#define DECL(name, ret, args) typedef ret (*name##_fn) args; static name##_fn p_##name;
+CU_FUNCS(DECL)
+
+static void* libcuda;
+
+// dmc_cuda_open loads libcuda.so.1 and its entry points; 0 on success, else a message in err.
+static int dmc_cuda_open(char* err, int n) {
+  if (libcuda) return 0;
+  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  if (!h) { snprintf(err, n, "%s", dlerror()); return -1; }
+#define LOAD(name, ret, args) p_##name = (name##_fn)dlsym(h, #name); if (!p_##name) { snprintf(err, n, "libcuda.so.1 lacks %s (driver too old?)", #name); return -1; }
+  CU_FUNCS(LOAD)
+  libcuda = h;
+  return 0;
+}
+
+static CUresult dmc_cuInit() { return p_cuInit(0); }
+static CUresult dmc_cuDriverGetVersion(int* v) { return p_cuDriverGetVersion(v); }
+static CUresult dmc_cuDeviceGetCount(int* n) { return p_cuDeviceGetCount(n); }
+static CUresult dmc_cuDeviceGet(CUdevice* d, int i) { return p_cuDeviceGet(d, i); }
+static CUresult dmc_cuDeviceGetName(char* s, int n, CUdevice d) { return p_cuDeviceGetName(s, n, d); }
+static CUresult dmc_cuDeviceGetAttribute(int* v, int a, CUdevice d) { return p_cuDeviceGetAttribute(v, a, d); }
+static CUresult dmc_cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) { return p_cuDevicePrimaryCtxRetain(c, d); }
+static CUresult dmc_cuCtxSetCurrent(CUcontext c) { return p_cuCtxSetCurrent(c); }
+static CUresult dmc_cuCtxSynchronize() { return p_cuCtxSynchronize(); }
+static CUresult dmc_cuModuleLoadData(CUmodule* m, const void* img) { return p_cuModuleLoadData(m, img); }
+static CUresult dmc_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) { return p_cuModuleGetFunction(f, m, name); }
+static CUresult dmc_cuMemAlloc(CUdeviceptr* p, size_t n) { return p_cuMemAlloc_v2(p, n); }
+static CUresult dmc_cuMemFree(CUdeviceptr p) { return p_cuMemFree_v2(p); }
+static CUresult dmc_cuMemGetInfo(size_t* f, size_t* t) { return p_cuMemGetInfo_v2(f, t); }
+static CUresult dmc_cuMemcpyHtoD(CUdeviceptr d, const void* s, size_t n) { return p_cuMemcpyHtoD_v2(d, s, n); }
+static CUresult dmc_cuMemcpyDtoH(void* d, CUdeviceptr s, size_t n) { return p_cuMemcpyDtoH_v2(d, s, n); }
+static CUresult dmc_cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) { return p_cuMemcpyDtoD_v2(d, s, n); }
+static CUresult dmc_cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) { return p_cuMemsetD8_v2(d, v, n); }
+static CUresult dmc_cuEventCreate(CUevent* e) { return p_cuEventCreate(e, 0); }
+static CUresult dmc_cuEventRecord(CUevent e) { return p_cuEventRecord(e, 0); }
+static CUresult dmc_cuEventSynchronize(CUevent e) { return p_cuEventSynchronize(e); }
+static CUresult dmc_cuEventElapsedTime(float* ms, CUevent a, CUevent b) { return p_cuEventElapsedTime(ms, a, b); }
+static CUresult dmc_cuEventDestroy(CUevent e) { return p_cuEventDestroy_v2(e); }
+static const char* dmc_cuErrorString(CUresult r) {
+  const char* s = 0;
+  if (p_cuGetErrorString && p_cuGetErrorString(r, &s) == 0 && s) return s;
+  return "unknown CUDA error";
+}
+
+// Kernel arguments arrive packed in one buffer laid out like the kernel's parameter list.
+static CUresult dmc_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                           unsigned smem, void* buf, size_t size) {
+  void* extra[] = {(void*)1, buf, (void*)2, &size, (void*)0};  // CU_LAUNCH_PARAM_BUFFER_POINTER, _SIZE, _END
+  return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, 0, 0, extra);
+}
+
+// ---- cuBLAS
+typedef int cublasStatus_t;
+typedef void* cublasHandle_t;
+typedef cublasStatus_t (*cublasCreate_fn)(cublasHandle_t*);
+typedef cublasStatus_t (*cublasGemmEx_fn)(cublasHandle_t, int, int, int, int, int, const void*, const void*, int, int,
+                                          const void*, int, int, const void*, void*, int, int, int, int);
+typedef cublasStatus_t (*cublasGemmBatchedEx_fn)(cublasHandle_t, int, int, int, int, int, const void*, const void* const*, int,
+                                                 int, const void* const*, int, int, const void*, void* const*, int, int, int,
+                                                 int, int);
+typedef cublasStatus_t (*cublasGetVersion_fn)(cublasHandle_t, int*);
+static cublasCreate_fn p_cublasCreate;
+static cublasGemmEx_fn p_cublasGemmEx;
+static cublasGemmBatchedEx_fn p_cublasGemmBatchedEx;
+static cublasGetVersion_fn p_cublasGetVersion;
+static void* libcublas;
+
+static int dmc_cublas_open(char* err, int n, char* which, int wn) {
+  if (libcublas) return 0;
+  const char* names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so.11", 0};
+  void* h = 0;
+  for (int i = 0; names[i] && !h; i++) {
+    h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (h) snprintf(which, wn, "%s", names[i]);
+  }
+  if (!h) { snprintf(err, n, "%s", dlerror()); return -1; }
+  p_cublasCreate = (cublasCreate_fn)dlsym(h, "cublasCreate_v2");
+  p_cublasGemmEx = (cublasGemmEx_fn)dlsym(h, "cublasGemmEx");
+  p_cublasGemmBatchedEx = (cublasGemmBatchedEx_fn)dlsym(h, "cublasGemmBatchedEx");
+  p_cublasGetVersion = (cublasGetVersion_fn)dlsym(h, "cublasGetVersion_v2");
+  if (!p_cublasCreate || !p_cublasGemmEx || !p_cublasGemmBatchedEx) { snprintf(err, n, "%s lacks cublasGemmEx/cublasGemmBatchedEx", which); return -1; }
+  libcublas = h;
+  return 0;
+}
+static cublasStatus_t dmc_cublasCreate(cublasHandle_t* h) { return p_cublasCreate(h); }
+static int dmc_cublasVersion(cublasHandle_t h) { int v = 0; if (p_cublasGetVersion) p_cublasGetVersion(h, &v); return v; }
+
+// C = alpha op(A) op(B) + beta C, column-major, fp32 accumulation (CUBLAS_COMPUTE_32F = 68).
+static cublasStatus_t dmc_gemm(cublasHandle_t h, int ta, int tb, int m, int n, int k, float alpha, CUdeviceptr A, int at, int lda,
+                               CUdeviceptr B, int bt, int ldb, float beta, CUdeviceptr C, int ct, int ldc) {
+  return p_cublasGemmEx(h, ta, tb, m, n, k, &alpha, (const void*)A, at, lda, (const void*)B, bt, ldb, &beta, (void*)C, ct, ldc, 68, -1);
+}
+static cublasStatus_t dmc_gemm_batched(cublasHandle_t h, int ta, int tb, int m, int n, int k, float alpha, CUdeviceptr A, int at,
+                                       int lda, CUdeviceptr B, int bt, int ldb, float beta, CUdeviceptr C, int ct, int ldc, int count) {
+  return p_cublasGemmBatchedEx(h, ta, tb, m, n, k, &alpha, (const void* const*)A, at, lda, (const void* const*)B, bt, ldb, &beta,
+                               (void* const*)C, ct, ldc, count, 68, -1);
+}
+*/
+import "C"
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"strings"
+	"unsafe"
+)
+
+// devPtr is a device address.
+type devPtr = uint64
+
+// cuError turns a CUDA driver result into an error naming the call.
+func cuError(r C.CUresult, what string) error {
+	if r == 0 {
+		return nil
+	}
+	return fmt.Errorf("%s: CUDA error %d (%s)", what, int(r), C.GoString(C.dmc_cuErrorString(r)))
+}
+
+// Data types and operations of cuBLAS (stable values).
+const (
+	opN     = 0
+	opT     = 1
+	typeF32 = 0
+	typeBF  = 14
+)
+
+// device is one GPU: its primary context, the loaded kernels and a cuBLAS handle. Every
+// method must run between enter and exit (the context is current per OS thread).
+type device struct {
+	ctx    C.CUcontext
+	mod    C.CUmodule
+	blas   C.cublasHandle_t
+	fns    map[string]C.CUfunction
+	name   string
+	sms    int
+	cc     int // compute capability major*10+minor
+	blasLb string
+	blasV  int
+	drvV   int
+}
+
+var errNoLaunch = errors.New("kernel launch failed")
+
+// openDevice initialises the driver, the context on GPU ordinal, the PTX module and cuBLAS.
+// Errors say which piece is missing and what to do.
+func openDevice(ordinal int) (*device, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	var msg [512]C.char
+	if C.dmc_cuda_open(&msg[0], 512) != 0 {
+		return nil, fmt.Errorf("cannot load the NVIDIA driver library libcuda.so.1 (%s): install the NVIDIA driver, or run on a machine with an NVIDIA GPU", C.GoString(&msg[0]))
+	}
+	if err := cuError(C.dmc_cuInit(), "cuInit"); err != nil {
+		return nil, fmt.Errorf("%w: the NVIDIA driver found no usable GPU (check nvidia-smi)", err)
+	}
+	d := &device{fns: map[string]C.CUfunction{}}
+	var v C.int
+	C.dmc_cuDriverGetVersion(&v)
+	d.drvV = int(v)
+	var n C.int
+	if err := cuError(C.dmc_cuDeviceGetCount(&n), "cuDeviceGetCount"); err != nil {
+		return nil, err
+	}
+	if n == 0 {
+		return nil, errors.New("no CUDA GPU found: run on a machine with an NVIDIA GPU or use --device cpu")
+	}
+	if ordinal < 0 || ordinal >= int(n) {
+		return nil, fmt.Errorf("GPU %d does not exist (this machine has %d)", ordinal, int(n))
+	}
+	var dev C.CUdevice
+	if err := cuError(C.dmc_cuDeviceGet(&dev, C.int(ordinal)), "cuDeviceGet"); err != nil {
+		return nil, err
+	}
+	var name [256]C.char
+	C.dmc_cuDeviceGetName(&name[0], 256, dev)
+	d.name = C.GoString(&name[0])
+	var a C.int
+	C.dmc_cuDeviceGetAttribute(&a, 16, dev) // CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT
+	d.sms = int(a)
+	var ma, mi C.int
+	C.dmc_cuDeviceGetAttribute(&ma, 75, dev)
+	C.dmc_cuDeviceGetAttribute(&mi, 76, dev)
+	d.cc = int(ma)*10 + int(mi)
+	if d.cc < 80 {
+		return nil, fmt.Errorf("GPU %q has compute capability %d.%d; the dmc kernels need 8.0 or newer (bf16)", d.name, int(ma), int(mi))
+	}
+	if err := cuError(C.dmc_cuDevicePrimaryCtxRetain(&d.ctx, dev), "cuDevicePrimaryCtxRetain"); err != nil {
+		return nil, err
+	}
+	if err := cuError(C.dmc_cuCtxSetCurrent(d.ctx), "cuCtxSetCurrent"); err != nil {
+		return nil, err
+	}
+	img := C.CString(ptxImage)
+	defer C.free(unsafe.Pointer(img))
+	if err := cuError(C.dmc_cuModuleLoadData(&d.mod, unsafe.Pointer(img)), "loading the embedded PTX"); err != nil {
+		return nil, fmt.Errorf("%w: the driver may be older than the PTX (CUDA 11.8); update the NVIDIA driver", err)
+	}
+	var which [64]C.char
+	if C.dmc_cublas_open(&msg[0], 512, &which[0], 64) != 0 {
+		return nil, fmt.Errorf("cannot load cuBLAS (tried libcublas.so.13, .12, .11: %s): install the CUDA toolkit's cuBLAS or add its lib directory to LD_LIBRARY_PATH", C.GoString(&msg[0]))
+	}
+	d.blasLb = C.GoString(&which[0])
+	if st := C.dmc_cublasCreate(&d.blas); st != 0 {
+		return nil, fmt.Errorf("cublasCreate failed with status %d", int(st))
+	}
+	d.blasV = int(C.dmc_cublasVersion(d.blas))
+	return d, nil
+}
+
+// enter locks the goroutine to its OS thread and makes the context current there.
+func (d *device) enter() {
+	runtime.LockOSThread()
+	C.dmc_cuCtxSetCurrent(d.ctx)
+}
+
+func (d *device) exit() { runtime.UnlockOSThread() }
+
+func (d *device) fn(name string) (C.CUfunction, error) {
+	if f, ok := d.fns[name]; ok {
+		return f, nil
+	}
+	cs := C.CString(name)
+	defer C.free(unsafe.Pointer(cs))
+	var f C.CUfunction
+	if err := cuError(C.dmc_cuModuleGetFunction(&f, d.mod, cs), "kernel "+name); err != nil {
+		return nil, err
+	}
+	d.fns[name] = f
+	return f, nil
+}
+
+func (d *device) memInfo() (free, total int64) {
+	var f, t C.size_t
+	C.dmc_cuMemGetInfo(&f, &t)
+	return int64(f), int64(t)
+}
+
+// alloc returns n bytes of device memory (at least 256-byte aligned).
+func (d *device) alloc(n int64, what string) (devPtr, error) {
+	if n <= 0 {
+		n = 256
+	}
+	var p C.CUdeviceptr
+	if r := C.dmc_cuMemAlloc(&p, C.size_t(n)); r != 0 {
+		free, total := d.memInfo()
+		return 0, fmt.Errorf("allocating %s (%.2f GiB) on %s: %w (%.2f of %.2f GiB free)", what, gib(n), d.name,
+			cuError(r, "cuMemAlloc"), gib(free), gib(total))
+	}
+	return devPtr(p), nil
+}
+
+func (d *device) free(p devPtr) {
+	if p != 0 {
+		C.dmc_cuMemFree(C.CUdeviceptr(p))
+	}
+}
+
+func gib(n int64) float64 { return float64(n) / (1 << 30) }
+
+func (d *device) upload(dst devPtr, src unsafe.Pointer, n int) error {
+	if n == 0 {
+		return nil
+	}
+	return cuError(C.dmc_cuMemcpyHtoD(C.CUdeviceptr(dst), src, C.size_t(n)), "copy to GPU")
+}
+
+func (d *device) download(dst unsafe.Pointer, src devPtr, n int) error {
+	if n == 0 {
+		return nil
+	}
+	return cuError(C.dmc_cuMemcpyDtoH(dst, C.CUdeviceptr(src), C.size_t(n)), "copy from GPU")
+}
+
+func (d *device) copyD(dst, src devPtr, n int64) error {
+	return cuError(C.dmc_cuMemcpyDtoD(C.CUdeviceptr(dst), C.CUdeviceptr(src), C.size_t(n)), "copy on GPU")
+}
+
+func (d *device) memset(dst devPtr, v byte, n int64) error {
+	return cuError(C.dmc_cuMemsetD8(C.CUdeviceptr(dst), C.uchar(v), C.size_t(n)), "cuMemsetD8")
+}
+
+func (d *device) sync() error { return cuError(C.dmc_cuCtxSynchronize(), "synchronize") }
+
+func uploadSlice[T any](d *device, dst devPtr, s []T) error {
+	if len(s) == 0 {
+		return nil
+	}
+	return d.upload(dst, unsafe.Pointer(&s[0]), len(s)*int(unsafe.Sizeof(s[0])))
+}
+
+func downloadSlice[T any](d *device, s []T, src devPtr) error {
+	if len(s) == 0 {
+		return nil
+	}
+	return d.download(unsafe.Pointer(&s[0]), src, len(s)*int(unsafe.Sizeof(s[0])))
+}
+
+// args packs kernel parameters with the C ABI's natural alignment.
+type args struct{ b []byte }
+
+func (a *args) align(n int) {
+	for len(a.b)%n != 0 {
+		a.b = append(a.b, 0)
+	}
+}
+func (a *args) p(v devPtr) *args {
+	a.align(8)
+	a.b = binary.LittleEndian.AppendUint64(a.b, v)
+	return a
+}
+func (a *args) i(v int) *args {
+	a.align(4)
+	a.b = binary.LittleEndian.AppendUint32(a.b, uint32(int32(v)))
+	return a
+}
+func (a *args) i64(v int64) *args {
+	a.align(8)
+	a.b = binary.LittleEndian.AppendUint64(a.b, uint64(v))
+	return a
+}
+func (a *args) f(v float32) *args {
+	a.align(4)
+	a.b = binary.LittleEndian.AppendUint32(a.b, math.Float32bits(v))
+	return a
+}
+
+// end pads a struct parameter to its 8-byte alignment.
+func (a *args) end() *args { a.align(8); return a }
+
+type dim3 struct{ x, y, z int }
+
+// launch runs kernel name on the default stream.
+func (d *device) launch(name string, grid, block dim3, smem int, a *args) error {
+	f, err := d.fn(name)
+	if err != nil {
+		return err
+	}
+	if grid.y == 0 {
+		grid.y = 1
+	}
+	if grid.z == 0 {
+		grid.z = 1
+	}
+	if block.y == 0 {
+		block.y = 1
+	}
+	if block.z == 0 {
+		block.z = 1
+	}
+	if grid.x == 0 {
+		return nil
+	}
+	if len(a.b) == 0 {
+		a.b = append(a.b, 0, 0, 0, 0, 0, 0, 0, 0)
+	}
+	r := C.dmc_launch(f, C.uint(grid.x), C.uint(grid.y), C.uint(grid.z), C.uint(block.x), C.uint(block.y), C.uint(block.z),
+		C.uint(smem), unsafe.Pointer(&a.b[0]), C.size_t(len(a.b)))
+	if r != 0 {
+		return fmt.Errorf("%w: %s grid %v block %v: %v", errNoLaunch, name, grid, block, cuError(r, "cuLaunchKernel"))
+	}
+	return nil
+}
+
+// gemm computes, in row-major terms, Y[rows, out] = X[rows, in] · W[out, in]ᵀ (+ Y when
+// accumulate). W and X are bf16, Y is fp32 or bf16 (yType).
+func (d *device) linear(y devPtr, yType int, x, w devPtr, rows, in, out int, accumulate bool) error {
+	beta := float32(0)
+	if accumulate {
+		beta = 1
+	}
+	st := C.dmc_gemm(d.blas, opT, opN, C.int(out), C.int(rows), C.int(in), 1, C.CUdeviceptr(w), typeBF, C.int(in),
+		C.CUdeviceptr(x), typeBF, C.int(in), C.float(beta), C.CUdeviceptr(y), C.int(yType), C.int(out))
+	if st != 0 {
+		return fmt.Errorf("cublasGemmEx (%dx%d · %dx%d) failed with status %d", rows, in, in, out, int(st))
+	}
+	return nil
+}
+
+// gemmBatched is cublasGemmBatchedEx in column-major terms over device arrays of pointers.
+func (d *device) gemmBatched(ta, tb, m, n, k int, alpha float32, A devPtr, at, lda int, B devPtr, bt, ldb int, beta float32,
+	Cp devPtr, ct, ldc, count int) error {
+	st := C.dmc_gemm_batched(d.blas, C.int(ta), C.int(tb), C.int(m), C.int(n), C.int(k), C.float(alpha), C.CUdeviceptr(A),
+		C.int(at), C.int(lda), C.CUdeviceptr(B), C.int(bt), C.int(ldb), C.float(beta), C.CUdeviceptr(Cp), C.int(ct), C.int(ldc),
+		C.int(count))
+	if st != 0 {
+		return fmt.Errorf("cublasGemmBatchedEx (%dx%dx%d, %d batches) failed with status %d", m, n, k, count, int(st))
+	}
+	return nil
+}
+
+// event is a CUDA event for timing on the default stream.
+type event struct{ e C.CUevent }
+
+func (d *device) newEvent() (*event, error) {
+	var e C.CUevent
+	if err := cuError(C.dmc_cuEventCreate(&e), "cuEventCreate"); err != nil {
+		return nil, err
+	}
+	return &event{e}, nil
+}
+func (e *event) record() error { return cuError(C.dmc_cuEventRecord(e.e), "cuEventRecord") }
+func (e *event) destroy()      { C.dmc_cuEventDestroy(e.e) }
+
+// elapsed returns the milliseconds between two recorded events (waiting for the later one).
+func elapsed(a, b *event) (float64, error) {
+	if err := cuError(C.dmc_cuEventSynchronize(b.e), "cuEventSynchronize"); err != nil {
+		return 0, err
+	}
+	var ms C.float
+	if err := cuError(C.dmc_cuEventElapsedTime(&ms, a.e, b.e), "cuEventElapsedTime"); err != nil {
+		return 0, err
+	}
+	return float64(ms), nil
+}
+
+func (d *device) describe() string {
+	return fmt.Sprintf("%s (sm_%d, %d SMs, driver %d.%d, %s v%d)", d.name, d.cc, d.sms, d.drvV/1000, d.drvV%1000/10,
+		strings.TrimPrefix(d.blasLb, "lib"), d.blasV)
+}
