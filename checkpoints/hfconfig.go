@@ -26,7 +26,7 @@ type HFConfig struct {
 var hfConfigKeys = []string{
 	"architectures", "model_type", "hidden_size", "intermediate_size", "num_hidden_layers",
 	"num_attention_heads", "num_key_value_heads", "vocab_size", "max_position_embeddings",
-	"rms_norm_eps", "rope_theta", "tie_word_embeddings", "rope_scaling", "torch_dtype", "dtype",
+	"rms_norm_eps", "rope_theta", "tie_word_embeddings", "rope_scaling", "rope_parameters", "torch_dtype", "dtype",
 	"hidden_act", "attention_bias", "mlp_bias", "head_dim", "pretraining_tp",
 }
 
@@ -68,6 +68,7 @@ func ParseHFConfig(b []byte) (HFConfig, error) {
 		RopeTheta         *float64        `json:"rope_theta"`
 		TieWordEmbeddings bool            `json:"tie_word_embeddings"`
 		RopeScaling       json.RawMessage `json:"rope_scaling"`
+		RopeParameters    json.RawMessage `json:"rope_parameters"`
 		TorchDType        string          `json:"torch_dtype"`
 		DType             string          `json:"dtype"`
 		HiddenAct         string          `json:"hidden_act"`
@@ -83,6 +84,16 @@ func ParseHFConfig(b []byte) (HFConfig, error) {
 	}
 	if rs := bytes.TrimSpace(f.RopeScaling); len(rs) > 0 && !bytes.Equal(rs, []byte("null")) {
 		return HFConfig{}, fmt.Errorf("rope_scaling %s is not supported (only plain RoPE); use a model without RoPE scaling (e.g. Llama 2, not Llama 3.1+)", rs)
+	}
+	theta, err := ropeParametersTheta(f.RopeParameters)
+	if err != nil {
+		return HFConfig{}, err
+	}
+	if theta != nil && f.RopeTheta != nil && *theta != *f.RopeTheta {
+		return HFConfig{}, fmt.Errorf("rope_theta %g disagrees with rope_parameters.rope_theta %g; fix config.json so they agree", *f.RopeTheta, *theta)
+	}
+	if theta != nil {
+		f.RopeTheta = theta
 	}
 	if f.HiddenAct != "" && f.HiddenAct != "silu" {
 		return HFConfig{}, fmt.Errorf("hidden_act %q is not supported; Llama uses \"silu\"", f.HiddenAct)
@@ -126,6 +137,31 @@ func ParseHFConfig(b []byte) (HFConfig, error) {
 	return out, nil
 }
 
+// ropeParametersTheta reads transformers ≥ 5's "rope_parameters" ({"rope_type": "default",
+// "rope_theta": θ}), which replaces rope_theta and rope_scaling. Only plain RoPE is accepted.
+func ropeParametersTheta(raw json.RawMessage) (*float64, error) {
+	if t := bytes.TrimSpace(raw); len(t) == 0 || bytes.Equal(t, []byte("null")) {
+		return nil, nil
+	}
+	var rp map[string]any
+	if err := json.Unmarshal(raw, &rp); err != nil {
+		return nil, fmt.Errorf("rope_parameters must be an object: %w", err)
+	}
+	if typ, _ := rp["rope_type"].(string); typ != "default" {
+		return nil, fmt.Errorf("rope_parameters %s: only rope_type \"default\" (plain RoPE) is supported, not scaled or per-layer variants", raw)
+	}
+	for k := range rp {
+		if k != "rope_type" && k != "rope_theta" {
+			return nil, fmt.Errorf("rope_parameters %s: field %q is not supported (only plain RoPE)", raw, k)
+		}
+	}
+	theta, ok := rp["rope_theta"].(float64)
+	if !ok {
+		return nil, fmt.Errorf("rope_parameters %s has no numeric rope_theta", raw)
+	}
+	return &theta, nil
+}
+
 // hfConfigJSON builds the config.json of weights stored in dtype, with extra merged at the top
 // level. Keys describing the architecture cannot be overridden by extra.
 func hfConfigJSON(c model.Config, dtype DType, extra map[string]any) ([]byte, error) {
@@ -142,6 +178,7 @@ func hfConfigJSON(c model.Config, dtype DType, extra map[string]any) ([]byte, er
 		"rms_norm_eps":            c.NormEps,
 		"rope_theta":              c.RopeTheta,
 		"rope_scaling":            nil,
+		"rope_parameters":         map[string]any{"rope_type": "default", "rope_theta": c.RopeTheta},
 		"tie_word_embeddings":     c.TieEmbeddings,
 		"hidden_act":              "silu",
 		"attention_bias":          false,
