@@ -172,6 +172,8 @@ func newRun(opts Options) (*run, error) {
 		}
 	} else if names, _ := t.store.List(); len(names) > 0 {
 		return nil, fmt.Errorf("run directory %s already has checkpoints (newest %s): resume it, or choose a new run directory", opts.RunDir, names[len(names)-1])
+	} else if err := truncateMetrics(filepath.Join(opts.RunDir, "metrics.jsonl"), 0); err != nil {
+		return nil, err // metrics of an earlier attempt that never checkpointed
 	}
 	if err := writeFileAtomic(filepath.Join(opts.RunDir, "recipe.yaml"), t.recipeYML); err != nil {
 		return nil, err

@@ -209,6 +209,8 @@ func TestGradAccumulationMatchesFullBatch(t *testing.T) {
 func TestRunPassesScheduleAndWritesMetrics(t *testing.T) {
 	r := testRecipe(t)
 	s := newSession(t, t.TempDir(), r, 1)
+	// A stale metrics file of an attempt that never reached a checkpoint is replaced.
+	os.WriteFile(filepath.Join(s.opts.RunDir, "metrics.jsonl"), []byte(`{"step":1,"loss":9}`+"\n"), 0o644)
 	hookCalls := 0
 	s.opts.OnZeroOutEnd = func(p []Param) error {
 		hookCalls++
