@@ -31,7 +31,7 @@ type Options struct {
 	// OnZeroOutEnd runs once, before the first step after stage 1 (dmc mode only; before step 0
 	// when zero_out_steps is 0). It must zero the W_q/W_k rows that produce the decision channel.
 	// The optimiser moments of every element it changes are reset, so stale momentum does not
-	// undo the zeroing.
+	// undo the zeroing (found by comparing against a one-off copy of the weights).
 	OnZeroOutEnd func(params []Param) error
 
 	Decay    func(Param) bool // weight-decay mask; nil = DefaultDecay
