@@ -306,6 +306,23 @@ func TestParseHFConfig(t *testing.T) {
 		{"no model_type but Llama architecture", func(m map[string]any) { delete(m, "model_type") }, llama2, ""},
 		{"explicit null rope_scaling", func(m map[string]any) { m["rope_scaling"] = nil }, llama2, ""},
 		{"matching head_dim", func(m map[string]any) { m["head_dim"] = 128 }, llama2, ""},
+		{"transformers 5 rope_parameters", func(m map[string]any) {
+			m["rope_parameters"] = map[string]any{"rope_type": "default", "rope_theta": 250000.0}
+		}, func() model.Config { c := llama2; c.RopeTheta = 250000; return c }(), ""},
+		{"rope_parameters agreeing with rope_theta", func(m map[string]any) {
+			m["rope_theta"] = 1e6
+			m["rope_parameters"] = map[string]any{"rope_type": "default", "rope_theta": 1e6}
+		}, func() model.Config { c := llama2; c.RopeTheta = 1e6; return c }(), ""},
+		{"rope_parameters disagreeing", func(m map[string]any) {
+			m["rope_theta"] = 1e4
+			m["rope_parameters"] = map[string]any{"rope_type": "default", "rope_theta": 1e6}
+		}, model.Config{}, "disagrees"},
+		{"scaled rope_parameters", func(m map[string]any) {
+			m["rope_parameters"] = map[string]any{"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}
+		}, model.Config{}, `only rope_type "default"`},
+		{"default rope_parameters with factor", func(m map[string]any) {
+			m["rope_parameters"] = map[string]any{"rope_type": "default", "rope_theta": 5e5, "factor": 8.0}
+		}, model.Config{}, `field "factor" is not supported`},
 		{"mistral", func(m map[string]any) { m["model_type"] = "mistral" }, model.Config{}, `model_type is "mistral"`},
 		{"rope scaling", func(m map[string]any) { m["rope_scaling"] = map[string]any{"rope_type": "llama3"} }, model.Config{}, "rope_scaling"},
 		{"gelu", func(m map[string]any) { m["hidden_act"] = "gelu" }, model.Config{}, `hidden_act "gelu"`},

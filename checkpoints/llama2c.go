@@ -82,11 +82,11 @@ func parseLlama2CHeader(h []byte, fileSize int64) (llama2cLayout, error) {
 	s.mulBytes(4)
 	want := int64(llama2cHeaderBytes) + int64(min(s.n, 1<<62))
 	if s.overflow || want > fileSize {
-		return llama2cLayout{}, fmt.Errorf("llama2.c header (dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, vocab_size %d, seq_len %d) implies a %d-byte file but it has %d bytes: the file is truncated or not a llama2.c v0 checkpoint; re-download or re-export it",
+		return llama2cLayout{}, sizeMismatchf("llama2.c header (dim %d, hidden_dim %d, n_layers %d, n_heads %d, n_kv_heads %d, vocab_size %d, seq_len %d) implies a %d-byte file but it has %d bytes: the file is truncated or not a llama2.c v0 checkpoint; re-download or re-export it",
 			dim, hidden, layers, heads, kvHeads, f[5], seqLen, want, fileSize)
 	}
 	if want < fileSize {
-		return llama2cLayout{}, fmt.Errorf("llama2.c file has %d bytes after the last tensor (header implies %d bytes, file has %d): trailing garbage, a header that does not match the weights, or a different format%s",
+		return llama2cLayout{}, sizeMismatchf("llama2.c file has %d bytes after the last tensor (header implies %d bytes, file has %d): trailing garbage, a header that does not match the weights, or a different format%s",
 			fileSize-want, want, fileSize, fix)
 	}
 	cfg := model.Config{
@@ -98,6 +98,14 @@ func parseLlama2CHeader(h []byte, fileSize int64) (llama2cLayout, error) {
 		return llama2cLayout{}, fmt.Errorf("llama2.c header: %w", err)
 	}
 	return llama2cLayout{cfg: cfg, freqFloat: freq, fileBytes: want}, nil
+}
+
+// errLlama2CSize marks a header whose fields are consistent but whose implied size differs from
+// the file's: a damaged llama2.c file rather than another format.
+var errLlama2CSize = errors.New("llama2.c size mismatch")
+
+func sizeMismatchf(format string, args ...any) error {
+	return fmt.Errorf("%w: "+format, append([]any{errLlama2CSize}, args...)...)
 }
 
 // sizeSum accumulates products of non-negative sizes, remembering overflow.

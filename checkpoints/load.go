@@ -149,8 +149,17 @@ func resolveFile(path string) (Source, error) {
 		}
 		return Source{Format: FormatHF, Path: dir}, nil
 	}
-	if _, err := ReadLlama2CConfig(path); err != nil {
-		return Source{}, fmt.Errorf("%s is neither a Hugging Face model directory nor a llama2.c checkpoint: %w", path, err)
+	f, size, err := openSized(path)
+	if err != nil {
+		return Source{}, err
+	}
+	defer f.Close()
+	var h [llama2cHeaderBytes]byte
+	n, _ := f.ReadAt(h[:], 0)
+	// A consistent header with the wrong file size is a damaged llama2.c file: let the reader
+	// report the size problem instead of calling it an unknown format.
+	if _, err := parseLlama2CHeader(h[:n], size); err != nil && !errors.Is(err, errLlama2CSize) {
+		return Source{}, fmt.Errorf("%s is neither a Hugging Face checkpoint nor a llama2.c v0 checkpoint: %w", path, err)
 	}
 	return Source{Format: FormatLlama2C, Path: path}, nil
 }

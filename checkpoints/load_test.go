@@ -155,6 +155,9 @@ func TestLoadDispatch(t *testing.T) {
 	}
 	junk := filepath.Join(dir, "junk.bin")
 	os.WriteFile(junk, []byte("this is not a checkpoint at all, just text"), 0o644)
+	truncated := filepath.Join(dir, "truncated.bin")
+	b, _ := os.ReadFile(bin)
+	os.WriteFile(truncated, b[:len(b)-8], 0o644)
 	empty := filepath.Join(dir, "empty")
 	os.Mkdir(empty, 0o755)
 	orphan := filepath.Join(dir, "orphan")
@@ -171,11 +174,21 @@ func TestLoadDispatch(t *testing.T) {
 		{hf, FormatHF, hf, ""},
 		{filepath.Join(hf, "config.json"), FormatHF, hf, ""},
 		{filepath.Join(hf, "model.safetensors"), FormatHF, hf, ""},
-		{junk, "", "", "neither a Hugging Face model directory nor a llama2.c checkpoint"},
+		{truncated, "", "", ""},
+		{junk, "", "", "neither a Hugging Face checkpoint nor a llama2.c v0 checkpoint"},
 		{empty, "", "", "has no config.json (Hugging Face model) and no snapshots/"},
 		{filepath.Join(orphan, "model.safetensors"), "", "", "has no config.json"},
 	}
 	for _, tc := range tests {
+		if tc.arg == truncated { // recognised as llama2.c, then reported as damaged
+			if src, err := Resolve(truncated); err != nil || src.Format != FormatLlama2C {
+				t.Errorf("Resolve(truncated) = %+v, %v", src, err)
+			}
+			if _, _, err := Load(truncated); err == nil || !strings.Contains(err.Error(), "the file is truncated") {
+				t.Errorf("Load(truncated): %v", err)
+			}
+			continue
+		}
 		src, err := Resolve(tc.arg)
 		if tc.err != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.err) {
