@@ -214,30 +214,44 @@ func abbreviate(names []string, n int) string {
 // config.json (standard fields plus extraConfig merged at the top level, e.g. a "dmc" block) and
 // model.safetensors, or model-0000i-of-0000n.safetensors shards with model.safetensors.index.json
 // when the weights exceed maxShardBytes (≤ 0: never shard). dtype is f32, f16 or bf16. Weights
-// with the interleaved (llama2.c) RoPE layout are permuted to the rotate-half layout first, so
-// the directory computes the same model. Each file is written atomically; weight files come
-// first, config.json last, and stale weight files of an earlier export are removed.
+// with the interleaved (llama2.c) RoPE layout have their q/k rows permuted to the rotate-half
+// layout as they are written (one tensor copy at a time; w is not modified), so the directory
+// computes the same model. Each file is written atomically; weight files come first,
+// config.json last, and stale weight files of an earlier export are removed.
 func WriteHF(dir string, w *model.Weights, dtype string, extraConfig map[string]any, maxShardBytes int64) error {
 	dt, err := ParseDType(dtype)
 	if err != nil {
 		return fmt.Errorf("write Hugging Face checkpoint: %w", err)
 	}
-	hw, err := WithRoPELayout(w, model.RoPEHalf)
-	if err != nil {
+	if err := w.CheckShapes(); err != nil {
 		return fmt.Errorf("write Hugging Face checkpoint: %w", err)
 	}
-	cfgJSON, err := hfConfigJSON(hw.Config, dt, extraConfig)
+	c := w.Config
+	var toHalf func(name string, data []float32) []float32
+	if c.RoPE == model.RoPEInterleaved {
+		// Permute q/k rows one tensor at a time as they are written (see WithRoPELayout).
+		toHalf = func(name string, data []float32) []float32 {
+			switch {
+			case strings.HasSuffix(name, ".self_attn.q_proj.weight"):
+				return permuteHeadRows(data, c.NHeads, c.HeadDim(), c.Dim, true)
+			case strings.HasSuffix(name, ".self_attn.k_proj.weight"):
+				return permuteHeadRows(data, c.NKVHeads, c.HeadDim(), c.Dim, true)
+			}
+			return data
+		}
+	}
+	cfgJSON, err := hfConfigJSON(c, dt, extraConfig)
 	if err != nil {
 		return fmt.Errorf("write Hugging Face checkpoint: %w", err)
 	}
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("write Hugging Face checkpoint: %w", err)
 	}
-	shards := splitShards(hw.Tensors(), int64(dt.Size()), maxShardBytes)
+	shards := splitShards(w.Tensors(), int64(dt.Size()), maxShardBytes)
 	meta := map[string]string{"format": "pt"}
 	keep := map[string]bool{}
 	if len(shards) == 1 {
-		if err := WriteSafetensors(filepath.Join(dir, hfSingleFile), shards[0], dt, meta); err != nil {
+		if err := writeSafetensors(filepath.Join(dir, hfSingleFile), shards[0], dt, meta, toHalf); err != nil {
 			return err
 		}
 		keep[hfSingleFile] = true
@@ -246,7 +260,7 @@ func WriteHF(dir string, w *model.Weights, dtype string, extraConfig map[string]
 		var total int64
 		for i, s := range shards {
 			name := fmt.Sprintf(hfShardFormat, i+1, len(shards))
-			if err := WriteSafetensors(filepath.Join(dir, name), s, dt, meta); err != nil {
+			if err := writeSafetensors(filepath.Join(dir, name), s, dt, meta, toHalf); err != nil {
 				return err
 			}
 			keep[name] = true

@@ -185,7 +185,7 @@ func DecodeLlama2C(r io.ReaderAt, size int64) (*model.Weights, error) {
 	}
 	off := int64(llama2cHeaderBytes)
 	for _, t := range llama2cOrder(w) {
-		if off, err = readF32At(r, off, t); err != nil {
+		if off, err = readF32At(r, off, t.data); err != nil {
 			return nil, fmt.Errorf("read llama2.c weights: %w", err)
 		}
 	}
@@ -198,25 +198,33 @@ func DecodeLlama2C(r io.ReaderAt, size int64) (*model.Weights, error) {
 	return w, nil
 }
 
+// llama2cTensor is one tensor of a llama2.c file; qkHeads is the head count of a wq or wk
+// (whose rows a RoPE layout change permutes), 0 otherwise.
+type llama2cTensor struct {
+	data    []float32
+	qkHeads int
+}
+
 // llama2cOrder lists the tensors up to rms_final in file order (each kind stacked over layers).
-func llama2cOrder(w *model.Weights) [][]float32 {
-	out := [][]float32{w.Embed}
-	for _, pick := range []func(*model.Layer[float32]) []float32{
-		func(l *model.Layer[float32]) []float32 { return l.AttnNorm },
-		func(l *model.Layer[float32]) []float32 { return l.Wq },
-		func(l *model.Layer[float32]) []float32 { return l.Wk },
-		func(l *model.Layer[float32]) []float32 { return l.Wv },
-		func(l *model.Layer[float32]) []float32 { return l.Wo },
-		func(l *model.Layer[float32]) []float32 { return l.FFNNorm },
-		func(l *model.Layer[float32]) []float32 { return l.W1 },
-		func(l *model.Layer[float32]) []float32 { return l.W2 },
-		func(l *model.Layer[float32]) []float32 { return l.W3 },
+func llama2cOrder(w *model.Weights) []llama2cTensor {
+	out := []llama2cTensor{{data: w.Embed}}
+	c := w.Config
+	for _, pick := range []func(*model.Layer[float32]) llama2cTensor{
+		func(l *model.Layer[float32]) llama2cTensor { return llama2cTensor{data: l.AttnNorm} },
+		func(l *model.Layer[float32]) llama2cTensor { return llama2cTensor{l.Wq, c.NHeads} },
+		func(l *model.Layer[float32]) llama2cTensor { return llama2cTensor{l.Wk, c.NKVHeads} },
+		func(l *model.Layer[float32]) llama2cTensor { return llama2cTensor{data: l.Wv} },
+		func(l *model.Layer[float32]) llama2cTensor { return llama2cTensor{data: l.Wo} },
+		func(l *model.Layer[float32]) llama2cTensor { return llama2cTensor{data: l.FFNNorm} },
+		func(l *model.Layer[float32]) llama2cTensor { return llama2cTensor{data: l.W1} },
+		func(l *model.Layer[float32]) llama2cTensor { return llama2cTensor{data: l.W2} },
+		func(l *model.Layer[float32]) llama2cTensor { return llama2cTensor{data: l.W3} },
 	} {
 		for i := range w.Layers {
 			out = append(out, pick(&w.Layers[i]))
 		}
 	}
-	return append(out, w.FinalNorm)
+	return append(out, llama2cTensor{data: w.FinalNorm})
 }
 
 // readF32At fills dst with little-endian float32s starting at off, in bounded chunks.
@@ -241,8 +249,7 @@ func readF32At(r io.ReaderAt, off int64, dst []float32) (int64, error) {
 // half) model to the interleaved layout llama2.c's run.c expects. The freq_cis tables are written
 // as llama2.c's export does (cos/sin of pos·theta^(-2i/D)); the file appears atomically.
 func WriteLlama2C(path string, w *model.Weights) error {
-	w, err := WithRoPELayout(w, model.RoPEInterleaved)
-	if err != nil {
+	if err := w.CheckShapes(); err != nil {
 		return fmt.Errorf("write llama2.c %s: %w", path, err)
 	}
 	c := w.Config
@@ -267,9 +274,9 @@ func WriteLlama2C(path string, w *model.Weights) error {
 			freqReal[p*hs/2+i], freqImag[p*hs/2+i] = float32(co), float32(s)
 		}
 	}
-	tensors := append(llama2cOrder(w), freqReal, freqImag)
+	tensors := append(llama2cOrder(w), llama2cTensor{data: freqReal}, llama2cTensor{data: freqImag})
 	if !c.TieEmbeddings {
-		tensors = append(tensors, w.Output)
+		tensors = append(tensors, llama2cTensor{data: w.Output})
 	}
 	return writeAtomic(path, func(out io.Writer) error {
 		hdr := []int32{int32(c.Dim), int32(c.HiddenDim), int32(c.NLayers), int32(c.NHeads), int32(c.NKVHeads), vocab, int32(c.MaxSeqLen)}
@@ -278,8 +285,13 @@ func WriteLlama2C(path string, w *model.Weights) error {
 		}
 		buf := make([]byte, readChunkBytes)
 		for _, t := range tensors {
-			for i := 0; i < len(t); i += readChunkBytes / 4 {
-				chunk := t[i:min(i+readChunkBytes/4, len(t))]
+			data := t.data
+			if t.qkHeads > 0 && c.RoPE == model.RoPEHalf {
+				// One permuted tensor at a time (see WithRoPELayout).
+				data = permuteHeadRows(data, t.qkHeads, c.HeadDim(), c.Dim, false)
+			}
+			for i := 0; i < len(data); i += readChunkBytes / 4 {
+				chunk := data[i:min(i+readChunkBytes/4, len(data))]
 				encodeFloats(buf, chunk, F32)
 				if _, err := out.Write(buf[:4*len(chunk)]); err != nil {
 					return err

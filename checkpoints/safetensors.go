@@ -315,6 +315,13 @@ func (f *SafetensorsFile) Float32(name string) ([]float32, error) {
 // Tensors are laid out in name order; the header is padded with spaces to a multiple of 8 bytes
 // so the data are aligned. The file appears atomically (temporary file, fsync, rename).
 func WriteSafetensors(path string, tensors []model.Tensor[float32], dtype DType, metadata map[string]string) error {
+	return writeSafetensors(path, tensors, dtype, metadata, nil)
+}
+
+// writeSafetensors is WriteSafetensors with an optional per-tensor transform applied just before
+// a tensor is written (it must keep the length), so converting a model on the way out holds at
+// most one converted tensor in memory.
+func writeSafetensors(path string, tensors []model.Tensor[float32], dtype DType, metadata map[string]string, transform func(name string, data []float32) []float32) error {
 	if !dtype.convertible() {
 		return fmt.Errorf("write safetensors: unsupported dtype %q: use F32, F16 or BF16", dtype)
 	}
@@ -337,8 +344,12 @@ func WriteSafetensors(path string, tensors []model.Tensor[float32], dtype DType,
 		per := readChunkBytes / size
 		buf := make([]byte, readChunkBytes)
 		for _, t := range sorted {
-			for i := 0; i < len(t.Data); i += per {
-				chunk := t.Data[i:min(i+per, len(t.Data))]
+			data := t.Data
+			if transform != nil {
+				data = transform(t.Name, data)
+			}
+			for i := 0; i < len(data); i += per {
+				chunk := data[i:min(i+per, len(data))]
 				raw := buf[:len(chunk)*size]
 				encodeFloats(raw, chunk, dtype)
 				if _, err := w.Write(raw); err != nil {
