@@ -149,15 +149,41 @@ func (m *merger) encode(text string, dst []int) []int {
 	var st encodeState
 	start := 0
 	if m.splitAtSpaces {
-		for p := 1; p < len(text); p++ {
-			if text[p] == ' ' && text[p-1] != ' ' {
-				dst = m.encodeSpan(text, start, p, &st, dst)
-				start = p
-			}
+		// Long texts repeat words: remember each word's tokens (a word's tokens depend
+		// only on its text, except around <unk> runs, which are not remembered).
+		var cache map[string][]int
+		if len(text) >= wordCacheMinText {
+			cache = make(map[string][]int)
 		}
+		for p := 1; p <= len(text); p++ {
+			if p < len(text) && (text[p] != ' ' || text[p-1] == ' ') {
+				continue
+			}
+			word := text[start:p]
+			if ids, ok := cache[word]; ok {
+				dst = append(dst, ids...)
+				st.prevUnk = false
+			} else {
+				before := len(dst)
+				st.sawUnk = false
+				dst = m.encodeSpan(text, start, p, &st, dst)
+				if cache != nil && !st.sawUnk && len(cache) < wordCacheMaxEntries {
+					cache[word] = append([]int(nil), dst[before:]...)
+				}
+			}
+			start = p
+		}
+		return dst
 	}
 	return m.encodeSpan(text, start, len(text), &st, dst)
 }
+
+// The word cache is used for texts of at least wordCacheMinText bytes and holds at most
+// wordCacheMaxEntries words.
+const (
+	wordCacheMinText    = 4 << 10
+	wordCacheMaxEntries = 1 << 18
+)
 
 // encodeState carries buffers between spans, and whether the last token was an <unk>
 // from a run of unknown symbols (which may continue into the next span).
@@ -165,6 +191,7 @@ type encodeState struct {
 	syms    []symbol
 	heap    pairHeap
 	prevUnk bool
+	sawUnk  bool // an <unk> was emitted since the caller cleared it
 }
 
 // encodeSpan merges text[start:end] (symbols keep offsets into text).
@@ -195,6 +222,7 @@ func (m *merger) encodeSpan(text string, start, end int, st *encodeState, dst []
 			continue
 		}
 		dst, st.prevUnk = m.emit(text[s.start:s.end], split, st.prevUnk, dst)
+		st.sawUnk = st.sawUnk || st.prevUnk
 	}
 	return dst
 }

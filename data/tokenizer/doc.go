@@ -15,9 +15,13 @@
 //     of unknown characters). Unigram models and normalizers with a precompiled charsmap
 //     (nmt_nfkc) are rejected with an error rather than tokenized approximately.
 //
-// Both use one merge engine: a linked list of symbols and a max-heap of candidate pairs,
-// exact and O(n log n), so a multi-megabyte corpus is encoded in one call without chunking.
-// The tests check it against a literal transcription of run.c's quadratic loop and against
+// Both use one merge engine (bpe.go). It reproduces the greedy order exactly: a pair
+// scan per merge for short spans, a max-heap of candidate pairs for long ones, and merges
+// looked up in a table keyed by the two piece ids. When no piece has a space right after
+// a non-space (true of Llama 2 and tok512), no merge can cross such a position, so text is
+// encoded word by word, and long texts reuse the tokens of repeated words. A multi-megabyte
+// corpus is therefore encoded in one call. The tests check the result against a literal
+// transcription of run.c's quadratic loop, against whole-text merging, and against
 // github.com/eliben/go-sentencepiece. That library is not used at run time: it refuses
 // Llama 2's normalizer options as is, and it panics on Llama 2 for any run of 16 or more
 // spaces (a merge buffer sized by the longest piece), see sentencepiece.go.

@@ -246,3 +246,25 @@ func TestRewriteNormalizer(t *testing.T) {
 			m.addDummyPrefix, m.removeExtraWS, m.normName, len(m.pieces))
 	}
 }
+
+// Long texts go through the word cache; words with <unk> runs (whose tokens depend on the
+// previous word) must still match one merge pass over the whole text.
+func TestWordCacheWithUnknowns(t *testing.T) {
+	plain, _ := smallPieces(false)
+	tok, err := Parse(spSpec{pieces: plain}.build(), FormatSentencePiece)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &tok.(*sentencePieceTokenizer).merger
+	text := " " + strings.Repeat("ab 中 文b a中 bb ab  cb c ", 400)
+	if len(text) < wordCacheMinText {
+		t.Fatalf("text of %d bytes does not reach the word cache", len(text))
+	}
+	cached := m.encode(text, nil)
+	m.splitAtSpaces = false
+	whole := m.encode(text, nil)
+	m.splitAtSpaces = true
+	if !reflect.DeepEqual(cached, whole) {
+		t.Errorf("word-by-word with cache differs from whole-text encoding")
+	}
+}
