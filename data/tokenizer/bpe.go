@@ -5,13 +5,15 @@ import (
 	"unicode/utf8"
 )
 
-// merger is an exact, O(n log n) implementation of greedy BPE: repeatedly merge the
-// adjacent pair whose concatenation is in the vocabulary with the highest score, the
-// leftmost pair winning ties. This is the loop of llama2.c run.c encode and of
-// SentencePiece's bpe_model.cc, done with a linked list of symbols and a max-heap of
-// candidate pairs instead of a rescan per merge (which is quadratic on long texts).
+// merger is an exact implementation of greedy BPE: repeatedly merge the adjacent pair
+// whose concatenation is in the vocabulary with the highest score, the leftmost pair
+// winning ties. This is the loop of llama2.c run.c encode and of SentencePiece's
+// bpe_model.cc, run word by word when the vocabulary allows (see encode), with a pair
+// rescan for short spans and a max-heap of candidate pairs for long ones (a rescan per
+// merge is quadratic on long texts).
 //
-// Symbols are substrings of the input, so a merged symbol is looked up without copying.
+// Symbols are substrings of the input held in a linked list, so a merged symbol is just
+// a wider substring.
 type merger struct {
 	pieces map[string]int32 // mergeable pieces: surface text (spaces as ' ') -> id
 	scores []float32

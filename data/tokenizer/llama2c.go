@@ -14,7 +14,7 @@ const (
 	// llama2cMinScore is run.c's initial best_score: pairs scored at or below never merge.
 	llama2cMinScore = -1e10
 	// maxTokenLength bounds the header field; real files have 7 (tok512) to 27 (Llama 2).
-	maxTokenLength = 1 << 16
+	maxTokenLength = maxPieceBytes
 )
 
 // llama2cTokenizer reads the llama2.c tokenizer.bin format and encodes exactly as

@@ -281,6 +281,9 @@ func (m *spModel) validate() error {
 			if p == "" && m.types[i] != typeControl {
 				return fmt.Errorf("piece %d is empty", i)
 			}
+			if len(p) > maxPieceBytes {
+				return fmt.Errorf("piece %d is %d bytes long, more than the %d supported", i, len(p), maxPieceBytes)
+			}
 		case typeUnknown:
 			if unk >= 0 {
 				return fmt.Errorf("pieces %d and %d are both <unk>", unk, i)

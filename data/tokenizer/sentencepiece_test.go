@@ -201,6 +201,7 @@ func TestSentencePieceRejects(t *testing.T) {
 	bytePieces, _ := smallPieces(true)
 	noUnk := append([]spPiece(nil), pieces[1:]...)
 	badByte := append(append([]spPiece(nil), pieces...), spPiece{"<0xZZ>", 0, typeByte})
+	hugePiece := append(append([]spPiece(nil), pieces...), spPiece{strings.Repeat("x", maxPieceBytes+1), 0, typeNormal})
 	bosNotControl := append([]spPiece(nil), pieces...)
 	bosNotControl[1].typ = typeNormal
 	tests := []struct {
@@ -215,6 +216,7 @@ func TestSentencePieceRejects(t *testing.T) {
 		{"malformed byte piece", "<0xNN>", spSpec{pieces: badByte}},
 		{"bos is not a control piece", "bos_id", spSpec{pieces: bosNotControl}},
 		{"no pieces", "no pieces", spSpec{}},
+		{"piece too long", "bytes long", spSpec{pieces: hugePiece}},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -55,6 +55,10 @@ func (f Format) String() string {
 // larger is almost certainly a model file passed by mistake.
 const maxFileSize = 64 << 20
 
+// maxPieceBytes bounds the length of one vocabulary entry (real ones are under 64 bytes):
+// building the merge table costs the square of a piece's length.
+const maxPieceBytes = 1024
+
 // Load reads a tokenizer file. A ".model" extension means SentencePiece and ".bin" means
 // llama2.c; any other name is recognised by content.
 func Load(path string) (Tokenizer, error) {
