@@ -30,6 +30,8 @@
 // WriteHF(dir, w, "bf16", map[string]any{"dmc": block}, 5<<30) writes config.json (the standard
 // LlamaForCausalLM fields plus the extra top-level keys) and model.safetensors, or 5 GB shards
 // with model.safetensors.index.json. ReadHFConfig returns the extra keys raw in HFConfig.Extra.
+// config.json files of transformers 4 (rope_theta) and 5 (rope_parameters) are both read, and
+// WriteHF writes both keys; checkpoints written here load in transformers' LlamaForCausalLM.
 // WriteLlama2C writes the llama2.c v0 format; WriteSafetensors writes any float32 tensors as
 // F32, F16 or BF16. Every file is written to a temporary file, synced and renamed into place.
 //

@@ -316,3 +316,35 @@ func forwardAll(t *testing.T, w *model.Weights, tokens []int) []float32 {
 	}
 	return logits
 }
+
+// FuzzLlama2C: arbitrary bytes must give weights or an error, never a panic; accepted files have
+// exactly the size their header implies.
+func FuzzLlama2C(f *testing.F) {
+	var b bytes.Buffer
+	cfg := model.Config{Dim: 4, HiddenDim: 3, NLayers: 1, NHeads: 2, NKVHeads: 1, VocabSize: 3, MaxSeqLen: 2,
+		NormEps: 1e-5, RopeTheta: 10000, RoPE: model.RoPEInterleaved}
+	w, _ := model.NewParams[float32](cfg)
+	path := filepath.Join(f.TempDir(), "seed.bin")
+	if err := WriteLlama2C(path, w); err != nil {
+		f.Fatal(err)
+	}
+	seed, _ := os.ReadFile(path)
+	f.Add(seed)
+	f.Add(seed[:40])
+	b.Write(seed)
+	b.Write([]byte{0, 0, 0, 0})
+	f.Add(b.Bytes())
+	f.Add([]byte("24ka\x01\x00\x00\x00"))
+	f.Fuzz(func(t *testing.T, file []byte) {
+		w, err := DecodeLlama2C(bytes.NewReader(file), int64(len(file)))
+		if err != nil {
+			return
+		}
+		if err := w.CheckShapes(); err != nil {
+			t.Fatalf("accepted weights fail CheckShapes: %v", err)
+		}
+		if n := 28 + 4*(w.Config.NumParams()+int64(w.Config.MaxSeqLen*w.Config.HeadDim())); n != int64(len(file)) {
+			t.Fatalf("accepted a %d-byte file whose header implies %d bytes", len(file), n)
+		}
+	})
+}
