@@ -1,0 +1,5 @@
+//go:build !race
+
+package checkpoints
+
+const raceEnabled = false
