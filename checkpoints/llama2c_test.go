@@ -348,3 +348,35 @@ func FuzzLlama2C(f *testing.F) {
 		}
 	})
 }
+
+func TestRoPEChannel(t *testing.T) {
+	const D = 8
+	// Rows of a single head permuted by WithRoPELayout: row r of the input must land at RoPEChannel(r).
+	cfg := model.Config{Dim: D, HiddenDim: 4, NLayers: 1, NHeads: 1, NKVHeads: 1, VocabSize: 2, MaxSeqLen: 2,
+		NormEps: 1e-5, RopeTheta: 10000, RoPE: model.RoPEInterleaved, TieEmbeddings: true}
+	w, _ := model.NewParams[float32](cfg)
+	for r := 0; r < D; r++ {
+		w.Layers[0].Wq[r*D] = float32(r)
+	}
+	half, err := WithRoPELayout(w, model.RoPEHalf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for r := 0; r < D; r++ {
+		to := RoPEChannel(r, D, model.RoPEInterleaved, model.RoPEHalf)
+		if half.Layers[0].Wq[to*D] != float32(r) {
+			t.Errorf("interleaved channel %d: RoPEChannel says %d, WithRoPELayout put it elsewhere", r, to)
+		}
+		if back := RoPEChannel(to, D, model.RoPEHalf, model.RoPEInterleaved); back != r {
+			t.Errorf("RoPEChannel is not inverted: %d -> %d -> %d", r, to, back)
+		}
+	}
+	for _, c := range []int{0, D - 1} {
+		if RoPEChannel(c, D, model.RoPEInterleaved, model.RoPEHalf) != c {
+			t.Errorf("channel %d moved", c)
+		}
+	}
+	if RoPEChannel(3, D, model.RoPEHalf, model.RoPEHalf) != 3 {
+		t.Error("same layout must not move channels")
+	}
+}

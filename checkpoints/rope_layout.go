@@ -56,3 +56,17 @@ func permuteHeadRows(src []float32, heads, D, cols int, toHalf bool) []float32 {
 	}
 	return dst
 }
+
+// RoPEChannel is where channel c of a head of D channels lands when WithRoPELayout converts
+// from one layout to the other (c itself when the layouts are equal). Per-channel metadata, such
+// as a DMC decision channel, must be remapped with it; channels 0 and D-1 never move.
+func RoPEChannel(c, D int, from, to model.RoPELayout) int {
+	switch {
+	case from == to:
+		return c
+	case to == model.RoPEHalf: // interleaved 2i+j → j·D/2 + i
+		return (c%2)*(D/2) + c/2
+	default: // half j·D/2 + i → 2i+j
+		return 2*(c%(D/2)) + c/(D/2)
+	}
+}
