@@ -1,4 +1,4 @@
-//go:build cuda
+//go:build dmc_cuda
 
 package kernels
 
@@ -35,6 +35,7 @@ type kvCache struct {
 	g                           geometry
 	dmc                         bool
 	forceCR, window, channel    int
+	decOffset, impOffset        float64
 	maxBatch, maxPages, nPages  int
 	maxContext                  int
 	pageBytes                   int64
@@ -62,6 +63,7 @@ func pageBytesOf(g geometry) int64 { return int64(2 * pageTokens * g.D * 2) }
 func newKVCache(d *device, cfg model.Config, opt Options, poolBytes int64) (*kvCache, error) {
 	g := geometryOf(cfg)
 	c := &kvCache{d: d, g: g, dmc: opt.DMC, forceCR: opt.ForceCR, window: opt.Window, channel: opt.DecisionChannel,
+		decOffset: opt.DecisionOffset, impOffset: opt.ImportanceOffset,
 		maxBatch: opt.MaxBatch, maxContext: opt.MaxContext, maxPages: (opt.MaxContext + pageTokens - 1) / pageTokens,
 		pageBytes: pageBytesOf(g), stateStride: stateStrideOf(g, opt.Window)}
 	c.nPages = int(poolBytes / c.pageBytes)
@@ -166,7 +168,8 @@ func (c *kvCache) updateArgs(layer int, io updateIO) *args {
 	return new(args).p(io.qkv).i(io.qkvStride).p(io.slots).p(io.pos).p(io.tokStart).p(io.tokCount).
 		p(c.pool).p(c.bt).p(c.lens).p(c.freeList).p(c.freeTop).p(c.status).p(c.state).p(c.cs).
 		p(io.qOut).p(io.qPre).p(io.kPre).p(io.vPre).p(io.alphaPre).
-		i(layer).i(g.L).i(g.Hq).i(g.Hkv).i(g.D).i(c.maxPages).i(c.window).i(c.channel).i(dmc).i(c.forceCR).i(il).end()
+		i(layer).i(g.L).i(g.Hq).i(g.Hkv).i(g.D).i(c.maxPages).i(c.window).i(c.channel).i(dmc).i(c.forceCR).i(il).
+		f(float32(c.decOffset)).f(float32(c.impOffset)).end()
 }
 
 func (c *kvCache) threads() int { return max(32, (c.g.D+31)/32*32) }

@@ -23,6 +23,9 @@ type Options struct {
 	Window int
 	// DecisionChannel is the q/k channel used for decisions (-1 = last, as the reference).
 	DecisionChannel int
+	// DecisionOffset and ImportanceOffset are the biases of a = k[ch] − offset and
+	// ω = σ(mean q[ch] + offset) + ε (5 and 5 in the reference).
+	DecisionOffset, ImportanceOffset float64
 	// MaxBatch is the number of sequences that can be active at once.
 	MaxBatch int
 	// MaxContext is the number of positions per sequence (0 = the model's max_seq_len).
@@ -39,7 +42,7 @@ type Options struct {
 
 // DefaultOptions are the reference settings: vanilla cache, DMC window 12, last channel.
 func DefaultOptions() Options {
-	return Options{Window: 12, DecisionChannel: -1, MaxBatch: 1}
+	return Options{Window: 12, DecisionChannel: -1, DecisionOffset: 5, ImportanceOffset: 5, MaxBatch: 1}
 }
 
 // Engine runs a model on the GPU. It is not safe for concurrent use.

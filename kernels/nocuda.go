@@ -1,4 +1,4 @@
-//go:build !cuda
+//go:build !dmc_cuda
 
 package kernels
 
@@ -17,3 +17,6 @@ func NewRandomEngine(cfg model.Config, seed uint64, opt Options) (Engine, error)
 
 // FitBatch is the largest batch that fits; in this build it returns ErrNoCUDA.
 func FitBatch(cfg model.Config, opt Options, slotsPerSeq int) (int, error) { return 0, ErrNoCUDA }
+
+// CopyBandwidth measures device copy bandwidth; in this build it returns ErrNoCUDA.
+func CopyBandwidth(ordinal int, n int64) (float64, error) { return 0, ErrNoCUDA }

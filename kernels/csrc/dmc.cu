@@ -227,6 +227,7 @@ struct UpdateArgs {
   bf16* vPre;         // prefill: partial-state values [rows][Hkv*D]
   int* alphaPre;      // prefill: decisions [rows][Hkv]
   int layer, L, Hq, Hkv, D, maxPages, window, channel, dmc, forceCR, interleaved;
+  float decOffset, impOffset;  // a = k[ch] - decOffset, ω = σ(mean q[ch] + impOffset) + ε
 };
 
 __device__ __forceinline__ long row_of(const UpdateArgs& a, int slot, int h) {
@@ -251,13 +252,13 @@ __device__ void update_token(const UpdateArgs& a, long row, const float* qrow, c
       // Forced merge pattern for benchmarks (dmc.ForcedCR): a new slot every forceCR positions.
       alpha = (t % a.forceCR) != 0;
     } else {
-      alpha = krow[ch] - 5.f > 0.f;
+      alpha = krow[ch] - a.decOffset > 0.f;
     }
     if (len == 0) alpha = 0;  // the first token of a sequence is always appended
     float qm = 0.f;
     for (int g = 0; g < G; g++) qm += qrow[(h * G + g) * D + ch];
     qm /= G;
-    float w = 1.f / (1.f + expf(-(qm + 5.f))) + 1.1920928955078125e-07f;
+    float w = 1.f / (1.f + expf(-(qm + a.impOffset))) + 1.1920928955078125e-07f;
     if (c == ch) kk = 0.f;
     float* ring = a.state + row * (long)(2 * D + 2 + a.window * (2 * D + 1)) + 2 * D + 2;
     float nn = alpha ? st.n + 1.f : 1.f;

@@ -1,0 +1,680 @@
+//go:build dmc_cuda
+
+package kernels
+
+import (
+	"errors"
+	"math"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/dmc-project/dmc/checkpoints"
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/kernels/kerneltest"
+	"github.com/dmc-project/dmc/model"
+)
+
+// testDevice returns the GPU, skipping when there is none (unless DMC_REQUIRE_GPU is set, as
+// on the GPU machine, where a missing device is a failure).
+func testDevice(t testing.TB) *device {
+	t.Helper()
+	d, err := getDevice(0)
+	if err != nil {
+		if os.Getenv("DMC_REQUIRE_GPU") != "" {
+			t.Fatal(err)
+		}
+		t.Skipf("no usable GPU: %v", err)
+	}
+	return d
+}
+
+// tmp allocates test device memory poisoned with 0xFF bytes (NaN in fp32 and bf16).
+type tmp struct {
+	d    *device
+	ptrs []devPtr
+}
+
+func (m *tmp) alloc(t testing.TB, n int64) devPtr {
+	p, err := m.d.alloc(n, "test buffer")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := m.d.memset(p, 0xff, n); err != nil {
+		t.Fatal(err)
+	}
+	m.ptrs = append(m.ptrs, p)
+	return p
+}
+
+func (m *tmp) release() {
+	for _, p := range m.ptrs {
+		m.d.free(p)
+	}
+}
+
+func up[T any](t testing.TB, m *tmp, s []T) devPtr {
+	var z T
+	p := m.alloc(t, int64(len(s))*int64(sizeOf(z)))
+	if err := uploadSlice(m.d, p, s); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func sizeOf(v any) int {
+	switch v.(type) {
+	case float32, int32, uint32:
+		return 4
+	case uint16:
+		return 2
+	case uint64:
+		return 8
+	}
+	panic("sizeOf")
+}
+
+func roundup32(n int) int { return max(32, (n+31)/32*32) }
+
+// cudaBackend runs the engine's kernels on small host inputs for the conformance suite.
+type cudaBackend struct {
+	t testing.TB
+	d *device
+}
+
+func (b cudaBackend) Name() string                    { return "cuda" }
+func (b cudaBackend) Precision() kerneltest.Precision { return kerneltest.BF16 }
+
+func (b cudaBackend) run(f func(m *tmp) error) error {
+	b.d.enter()
+	defer b.d.exit()
+	m := &tmp{d: b.d}
+	defer m.release()
+	if err := f(m); err != nil {
+		return err
+	}
+	return b.d.sync()
+}
+
+func (b cudaBackend) RMSNorm(out, x, w []float32, eps float64) error {
+	return b.run(func(m *tmp) error {
+		rows := len(x) / len(w)
+		px, pw, po := up(b.t, m, x), up(b.t, m, w), m.alloc(b.t, int64(len(out))*4)
+		if err := b.d.launch("rmsnorm_f32", dim3{x: rows}, dim3{x: min(1024, roundup32(len(w)))}, 0,
+			new(args).p(px).p(pw).p(po).i(len(w)).f(float32(eps))); err != nil {
+			return err
+		}
+		return downloadSlice(b.d, out, po)
+	})
+}
+
+func ropeTable(h kerneltest.Heads, maxPos int) []float32 {
+	r := model.NewRoPE(h.Config())
+	cs := make([]float32, maxPos*h.HeadDim)
+	for p := 0; p < maxPos; p++ {
+		for i := 0; i < h.HeadDim/2; i++ {
+			s, c := math.Sincos(r.Angle(i, p))
+			cs[(p*h.HeadDim/2+i)*2], cs[(p*h.HeadDim/2+i)*2+1] = float32(c), float32(s)
+		}
+	}
+	return cs
+}
+
+func (b cudaBackend) RoPE(h kerneltest.Heads, out, x []float32, pos []int) error {
+	return b.run(func(m *tmp) error {
+		maxPos := 0
+		p32 := make([]int32, len(pos))
+		for i, p := range pos {
+			maxPos, p32[i] = max(maxPos, p+1), int32(p)
+		}
+		px, po, pp := up(b.t, m, x), m.alloc(b.t, int64(len(out))*4), up(b.t, m, p32)
+		pcs := up(b.t, m, ropeTable(h, maxPos))
+		il := 0
+		if h.RoPE == model.RoPEInterleaved {
+			il = 1
+		}
+		if err := b.d.launch("rope_f32", dim3{x: h.NHeads, y: len(pos)}, dim3{x: roundup32(h.HeadDim)}, 0,
+			new(args).p(px).p(po).p(pp).p(pcs).i(h.NHeads).i(h.HeadDim).i(il)); err != nil {
+			return err
+		}
+		return downloadSlice(b.d, out, po)
+	})
+}
+
+func (b cudaBackend) SwiGLU(out, gate, upv []float32) error {
+	return b.run(func(m *tmp) error {
+		pg, pu, po := up(b.t, m, gate), up(b.t, m, upv), m.alloc(b.t, int64(len(out))*4)
+		if err := b.d.launch("swiglu_f32", dim3{x: (len(out) + 255) / 256}, dim3{x: 256}, 0,
+			new(args).p(pg).p(pu).p(po).i(len(out))); err != nil {
+			return err
+		}
+		return downloadSlice(b.d, out, po)
+	})
+}
+
+// testCache builds a one-layer engine cache for the problem's geometry.
+func (b cudaBackend) testCache(h kerneltest.Heads, mode kerneltest.CacheMode, window, channel, forceCR, B, maxLen int) (*kvCache, error) {
+	cfg := h.Config()
+	opt := DefaultOptions()
+	opt.DMC = mode == kerneltest.DMC
+	opt.Window, opt.DecisionChannel, opt.ForceCR = window, channel, forceCR
+	opt.MaxBatch, opt.MaxContext = B, maxLen+1
+	opt, err := opt.validate(cfg)
+	if err != nil {
+		return nil, err
+	}
+	pages := B*h.NKVHeads*((maxLen+pageTokens-1)/pageTokens) + 3
+	return newKVCache(b.d, cfg, opt, int64(pages)*pageBytesOf(geometryOf(cfg)))
+}
+
+func (b cudaBackend) Attention(p kerneltest.AttnProblem, out []float32) error {
+	return b.run(func(m *tmp) error {
+		maxLen := 1
+		for _, k := range p.Keys {
+			maxLen = max(maxLen, len(k)/p.HeadDim)
+		}
+		c, err := b.testCache(p.Heads, kerneltest.Vanilla, 0, 0, 0, p.B, maxLen)
+		if err != nil {
+			return err
+		}
+		defer c.free()
+		// Lay the slots into pages by hand: row r gets pages in order.
+		D := p.HeadDim
+		pool := make([]uint16, c.nPages*2*pageTokens*D)
+		bt := make([]int32, p.B*p.NKVHeads*c.maxPages)
+		lens := make([]int32, p.B*p.NKVHeads)
+		next := 0
+		for r := range p.Keys {
+			n := len(p.Keys[r]) / D
+			lens[r] = int32(n)
+			for j := 0; j < n; j++ {
+				if j%pageTokens == 0 {
+					bt[r*c.maxPages+j/pageTokens] = int32(next)
+					next++
+				}
+				pg := int(bt[r*c.maxPages+j/pageTokens])
+				for i := 0; i < D; i++ {
+					pool[pg*2*pageTokens*D+(j%pageTokens)*D+i] = toBF16(p.Keys[r][j*D+i])
+					pool[pg*2*pageTokens*D+pageTokens*D+(j%pageTokens)*D+i] = toBF16(p.Vals[r][j*D+i])
+				}
+			}
+		}
+		for _, e := range []error{uploadSlice(b.d, c.pool, pool), uploadSlice(b.d, c.bt, bt), uploadSlice(b.d, c.lens, lens)} {
+			if e != nil {
+				return e
+			}
+		}
+		slots := make([]int32, p.B)
+		for i := range slots {
+			slots[i] = int32(i)
+		}
+		pq, ps, po := up(b.t, m, p.Q), up(b.t, m, slots), m.alloc(b.t, int64(len(out))*4)
+		part := m.alloc(b.t, partFloats(c.g, p.B, b.d.sms)*4)
+		if err := c.decodeAttention(0, p.B, maxLen, pq, ps, part, 0, po); err != nil {
+			return err
+		}
+		return downloadSlice(b.d, out, po)
+	})
+}
+
+func (b cudaBackend) Cache(p kerneltest.CacheProblem, res *kerneltest.CacheResult) error {
+	return b.run(func(m *tmp) error {
+		c, err := b.testCache(p.Heads, p.Mode, p.Window, p.Channel, p.ForceCR, p.B, p.T)
+		if err != nil {
+			return err
+		}
+		defer c.free()
+		g := c.g
+		stride := g.qd + 2*g.kvd
+		// qkv rows as the QKV GEMM would produce them: row b*T+t.
+		qkv := make([]float32, p.B*p.T*stride)
+		for r := 0; r < p.B*p.T; r++ {
+			copy(qkv[r*stride:], p.Q[r*g.qd:(r+1)*g.qd])
+			copy(qkv[r*stride+g.qd:], p.K[r*g.kvd:(r+1)*g.kvd])
+			copy(qkv[r*stride+g.qd+g.kvd:], p.V[r*g.kvd:(r+1)*g.kvd])
+		}
+		slots := make([]int32, p.B)
+		for i := range slots {
+			slots[i] = int32(i)
+		}
+		pslots := up(b.t, m, slots)
+		if p.Prefill {
+			N := p.B * p.T
+			pos, start, count, tokSeq := make([]int32, p.B), make([]int32, p.B), make([]int32, p.B), make([]int32, N)
+			var seqs []prefillSeq
+			for i := 0; i < p.B; i++ {
+				start[i], count[i] = int32(i*p.T), int32(p.T)
+				seqs = append(seqs, prefillSeq{start: i * p.T, count: p.T})
+				for t := 0; t < p.T; t++ {
+					tokSeq[i*p.T+t] = int32(i)
+				}
+			}
+			sc := prefillScratch{sElems: int64(p.T) * int64(p.T) * int64(g.Hq), ptrCap: 6 * g.Hq * p.B}
+			sc.sBuf, sc.pBuf = m.alloc(b.t, sc.sElems*4), m.alloc(b.t, sc.sElems*2)
+			sc.ptrs = m.alloc(b.t, int64(sc.ptrCap)*8)
+			sc.qPre, sc.kPre, sc.vPre = m.alloc(b.t, int64(N*g.qd*2)), m.alloc(b.t, int64(N*g.kvd*2)), m.alloc(b.t, int64(N*g.kvd*2))
+			sc.alpha, sc.out = m.alloc(b.t, int64(N*g.Hkv*4)), m.alloc(b.t, int64(N*g.qd*2))
+			io := updateIO{qkv: up(b.t, m, qkv), qkvStride: stride, slots: pslots, pos: up(b.t, m, pos), tokStart: up(b.t, m, start),
+				tokCount: up(b.t, m, count), qPre: sc.qPre, kPre: sc.kPre, vPre: sc.vPre, alphaPre: sc.alpha}
+			if err := c.prefillUpdate(0, p.B, N, io, up(b.t, m, tokSeq)); err != nil {
+				return err
+			}
+			if err := c.prefillAttention(seqs, &sc); err != nil {
+				return err
+			}
+			outF := m.alloc(b.t, int64(N*g.qd*4))
+			if err := b.d.launch("bf16_to_f32", dim3{x: 64}, dim3{x: 256}, 0, new(args).p(sc.out).p(outF).i64(int64(N*g.qd))); err != nil {
+				return err
+			}
+			if err := downloadSlice(b.d, res.Out, outF); err != nil {
+				return err
+			}
+		} else {
+			pqkv := m.alloc(b.t, int64(p.B*stride*4))
+			ppos := m.alloc(b.t, int64(p.B*4))
+			q, o := m.alloc(b.t, int64(p.B*g.qd*4)), m.alloc(b.t, int64(p.B*g.qd*4))
+			part := m.alloc(b.t, partFloats(g, p.B, b.d.sms)*4)
+			step := make([]float32, p.B*stride)
+			pos := make([]int32, p.B)
+			out := make([]float32, p.B*g.qd)
+			for t := 0; t < p.T; t++ {
+				for i := 0; i < p.B; i++ {
+					copy(step[i*stride:(i+1)*stride], qkv[(i*p.T+t)*stride:])
+					pos[i] = int32(t)
+				}
+				if err := uploadSlice(b.d, pqkv, step); err != nil {
+					return err
+				}
+				if err := uploadSlice(b.d, ppos, pos); err != nil {
+					return err
+				}
+				io := updateIO{qkv: pqkv, qkvStride: stride, slots: pslots, pos: ppos, qOut: q}
+				if err := c.decodeUpdate(0, p.B, io); err != nil {
+					return err
+				}
+				if err := b.d.memset(o, 0xff, int64(len(out)*4)); err != nil {
+					return err
+				}
+				if err := c.decodeAttention(0, p.B, t+1, q, pslots, part, 0, o); err != nil {
+					return err
+				}
+				if err := downloadSlice(b.d, out, o); err != nil {
+					return err
+				}
+				for i := 0; i < p.B; i++ {
+					copy(res.Out[(i*p.T+t)*g.qd:], out[i*g.qd:(i+1)*g.qd])
+				}
+			}
+		}
+		if s, err := c.statusFlags(); err != nil || s != 0 {
+			return errors.Join(err, errPoolExhausted)
+		}
+		// Read the slots back.
+		rows := p.B * g.Hkv
+		keys, vals := m.alloc(b.t, int64(rows*p.T*g.D*4)), m.alloc(b.t, int64(rows*p.T*g.D*4))
+		if err := b.d.launch("kv_gather", dim3{x: p.T, y: rows}, dim3{x: roundup32(g.D)}, 0,
+			new(args).p(c.pool).p(c.bt).p(c.lens).p(keys).p(vals).i(c.maxPages).i(p.T).i(g.D)); err != nil {
+			return err
+		}
+		lens := make([]int32, rows)
+		hk, hv := make([]float32, rows*p.T*g.D), make([]float32, rows*p.T*g.D)
+		for _, e := range []error{downloadSlice(b.d, lens, c.lens), downloadSlice(b.d, hk, keys), downloadSlice(b.d, hv, vals)} {
+			if e != nil {
+				return e
+			}
+		}
+		for r := 0; r < rows; r++ {
+			n := int(lens[r])
+			res.Keys = append(res.Keys, hk[r*p.T*g.D:(r*p.T+n)*g.D])
+			res.Vals = append(res.Vals, hv[r*p.T*g.D:(r*p.T+n)*g.D])
+		}
+		free, err := c.freePages()
+		if err != nil {
+			return err
+		}
+		used := 0
+		for _, n := range lens {
+			used += (int(n) + pageTokens - 1) / pageTokens
+		}
+		if free+used != c.nPages {
+			b.t.Errorf("page accounting: %d free + %d used != %d pages", free, used, c.nPages)
+		}
+		return nil
+	})
+}
+
+func TestCUDAConformance(t *testing.T) {
+	d := testDevice(t)
+	kerneltest.Run(t, cudaBackend{t: t, d: d})
+}
+
+// assetPath finds a shared test asset ($DMC_ASSETS, else ../shared/assets from the repo root).
+func assetPath(t testing.TB, rel string) string {
+	t.Helper()
+	dirs := []string{os.Getenv("DMC_ASSETS"), "../../shared/assets"}
+	for _, d := range dirs {
+		if d == "" {
+			continue
+		}
+		p := filepath.Join(d, rel)
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	t.Skipf("test asset %s not found (set DMC_ASSETS or provide ../shared/assets)", rel)
+	return ""
+}
+
+func loadStories(t testing.TB) *model.Weights {
+	w, _, err := checkpoints.Load(assetPath(t, "tinyllamas-stories260K/stories260K.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+// cpuGreedy runs model.Forward with cache from BOS-prefixed prompt for steps greedy tokens.
+func cpuGreedy(t testing.TB, w *model.Weights, cache model.KVCache[float32], prompt []int, steps int) []int {
+	m := model.New(w)
+	logits, err := m.Forward(cache, prompt, 0, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []int
+	pos := len(prompt)
+	for i := 0; i < steps; i++ {
+		next := argmax(logits)
+		out = append(out, next)
+		if logits, err = m.Forward(cache, []int{next}, pos, false); err != nil {
+			t.Fatal(err)
+		}
+		pos++
+	}
+	return out
+}
+
+func argmax(x []float32) int {
+	best := 0
+	for i, v := range x {
+		if v > x[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+func gpuGreedy(t testing.TB, e Engine, prompt []int, steps int) []int {
+	ids, next, _, err := e.Prefill([][]int{prompt}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Release(ids...)
+	out := []int{next[0]}
+	for len(out) < steps {
+		n, _, err := e.Decode(ids, []int{out[len(out)-1]}, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, n[0])
+	}
+	return out
+}
+
+func firstMismatch(a, b []int) int {
+	for i := range min(len(a), len(b)) {
+		if a[i] != b[i] {
+			return i
+		}
+	}
+	if len(a) != len(b) {
+		return min(len(a), len(b))
+	}
+	return -1
+}
+
+// Greedy decoding on the GPU must give the CPU reference's tokens: vanilla, DMC with the
+// model's own decisions, and DMC with a forced merge pattern (compression 3).
+func TestStories260KGreedyParity(t *testing.T) {
+	testDevice(t)
+	w := loadStories(t)
+	const steps = 100
+	for _, c := range []struct {
+		name    string
+		dmc     bool
+		forceCR int
+		prompt  []int
+	}{{"vanilla-bos", false, 0, []int{1}}, {"vanilla-prompt", false, 0, []int{1, 403, 407, 261, 378, 394, 261, 280, 429}},
+		{"dmc-learned", true, 0, []int{1, 403, 407, 261, 378}}, {"dmc-forced3", true, 3, []int{1, 403, 407, 261, 378, 394, 261, 280}}} {
+		t.Run(c.name, func(t *testing.T) {
+			var cache model.KVCache[float32] = model.NewVanillaCache[float32](w.Config)
+			if c.dmc {
+				var opts []dmc.CacheOption
+				if c.forceCR > 0 {
+					cr := float64(c.forceCR)
+					opts = append(opts, dmc.WithForcedDecisions(dmc.ForcedCR(func(int, int) float64 { return cr })))
+				}
+				cc, err := dmc.NewCompressedCache[float32](w.Config, dmc.DefaultConfig(), opts...)
+				if err != nil {
+					t.Fatal(err)
+				}
+				cache = cc
+			}
+			want := cpuGreedy(t, w, cache, c.prompt, steps)
+			opt := DefaultOptions()
+			opt.DMC, opt.ForceCR, opt.MaxBatch = c.dmc, c.forceCR, 4
+			e, err := NewEngine(w, opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer e.Close()
+			got := gpuGreedy(t, e, c.prompt, steps)
+			if i := firstMismatch(got, want); i >= 0 {
+				t.Fatalf("GPU greedy tokens diverge from the CPU at step %d\n gpu %v\n cpu %v", i, got, want)
+			}
+			t.Logf("%s: %d greedy tokens identical to model.Forward", c.name, steps)
+		})
+	}
+}
+
+// Sequences that join and leave between steps must decode exactly as when run alone, and all
+// pages must return to the pool.
+func TestContinuousBatching(t *testing.T) {
+	testDevice(t)
+	w := loadStories(t)
+	prompts := [][]int{{1, 403, 407}, {1, 261, 378, 394, 261, 280, 429, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309}, {1}, {1, 500, 20, 30}}
+	for _, forceCR := range []int{0, 2} {
+		opt := DefaultOptions()
+		opt.DMC, opt.ForceCR, opt.MaxBatch = forceCR > 0, forceCR, 3
+		e, err := NewEngine(w, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		const steps = 60
+		var solo [][]int
+		for _, p := range prompts {
+			solo = append(solo, gpuGreedy(t, e, p, steps))
+		}
+		// Schedule: 0 and 1 start; 2 joins at step 10; 0 leaves when done; 3 joins when a slot frees.
+		type run struct {
+			idx, id int
+			toks    []int
+		}
+		var active []*run
+		start := func(idxs ...int) {
+			var ps [][]int
+			for _, i := range idxs {
+				ps = append(ps, prompts[i])
+			}
+			ids, next, _, err := e.Prefill(ps, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, i := range idxs {
+				active = append(active, &run{idx: i, id: ids[k], toks: []int{next[k]}})
+			}
+		}
+		start(0, 1)
+		started3 := false
+		done := map[int][]int{}
+		for step := 0; len(done) < len(prompts); step++ {
+			if step == 10 {
+				start(2)
+			}
+			var keep []*run
+			for _, r := range active {
+				if len(r.toks) >= steps || (r.idx == 0 && len(r.toks) >= 30) {
+					done[r.idx] = r.toks
+					if err := e.Release(r.id); err != nil {
+						t.Fatal(err)
+					}
+				} else {
+					keep = append(keep, r)
+				}
+			}
+			active = keep
+			if !started3 && len(active) < 3 && step > 10 {
+				start(3)
+				started3 = true
+			}
+			if len(active) == 0 {
+				continue
+			}
+			var ids, toks []int
+			for _, r := range active {
+				ids, toks = append(ids, r.id), append(toks, r.toks[len(r.toks)-1])
+			}
+			next, _, err := e.Decode(ids, toks, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for k, r := range active {
+				r.toks = append(r.toks, next[k])
+			}
+		}
+		for i, toks := range done {
+			want := solo[i][:len(toks)]
+			if j := firstMismatch(toks, want); j >= 0 {
+				t.Errorf("forceCR %d: sequence %d diverges from its solo run at step %d", forceCR, i, j)
+			}
+		}
+		st, err := e.CacheStats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if st.PagesUsed != 0 || st.Sequences != 0 {
+			t.Errorf("forceCR %d: after releasing everything %d pages and %d sequences remain", forceCR, st.PagesUsed, st.Sequences)
+		}
+		e.Close()
+	}
+}
+
+// Logits of a 1B-class GQA model (tiny-1b-gqa, random weights drawn on the GPU) must match the
+// CPU reference on the very same (bf16-valued) weights within bf16 tolerance, at prefill and
+// over decode steps, vanilla and DMC (forced CR 2).
+func TestRandomGQALogits(t *testing.T) {
+	testDevice(t)
+	if testing.Short() {
+		t.Skip("downloads a 1B model to the CPU")
+	}
+	cfg, err := model.Preset("tiny-1b-gqa")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, forceCR := range []int{0, 2} {
+		opt := DefaultOptions()
+		opt.DMC, opt.ForceCR, opt.MaxContext = forceCR > 0, forceCR, 256
+		e, err := NewRandomEngine(cfg, 7, opt)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w, err := e.(*engine).downloadWeights()
+		if err != nil {
+			t.Fatal(err)
+		}
+		rng := rand.New(rand.NewPCG(1, 2))
+		prompt := make([]int, 23)
+		for i := range prompt {
+			prompt[i] = rng.IntN(cfg.VocabSize)
+		}
+		var cache model.KVCache[float32] = model.NewVanillaCache[float32](cfg)
+		if forceCR > 0 {
+			cr := float64(forceCR)
+			cache, err = dmc.NewCompressedCache[float32](cfg, dmc.DefaultConfig(),
+				dmc.WithForcedDecisions(dmc.ForcedCR(func(int, int) float64 { return cr })))
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		m := model.New(w)
+		want, err := m.Forward(cache, prompt, 0, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids, _, got, err := e.Prefill([][]int{prompt}, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		worst := 0.0
+		pos := len(prompt)
+		for step := 0; ; step++ {
+			errRel := kerneltest.RelErr(got[0], toF64(want))
+			worst = max(worst, errRel)
+			if errRel > 1e-2 {
+				t.Errorf("forceCR %d step %d: logits relative error %.3g > 1e-2", forceCR, step, errRel)
+			}
+			if step == 8 {
+				break
+			}
+			tok := argmax(want)
+			if want, err = m.Forward(cache, []int{tok}, pos, false); err != nil {
+				t.Fatal(err)
+			}
+			pos++
+			if _, got, err = e.Decode(ids, []int{tok}, true); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Logf("tiny-1b-gqa forceCR %d: worst logits relative error over prefill + 8 steps %.3g", forceCR, worst)
+		e.Close()
+	}
+}
+
+func toF64(x []float32) []float64 {
+	out := make([]float64, len(x))
+	for i, v := range x {
+		out[i] = float64(v)
+	}
+	return out
+}
+
+// A pool too small for the sequences must give a clear error, not corrupt memory.
+func TestPoolExhaustion(t *testing.T) {
+	testDevice(t)
+	w := loadStories(t)
+	opt := DefaultOptions()
+	opt.MaxBatch = 2
+	opt.KVPoolBytes = int64(w.Config.NLayers*w.Config.NKVHeads*2) * pageBytesOf(geometryOf(w.Config)) // 2 pages per row
+	e, err := NewEngine(w, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ids, next, _, err := e.Prefill([][]int{{1, 2, 3}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := next[0]
+	for i := 0; i < 40; i++ {
+		n, _, err := e.Decode(ids, []int{tok}, false)
+		if err != nil {
+			if !errors.Is(err, errPoolExhausted) {
+				t.Fatalf("want pool exhaustion, got %v", err)
+			}
+			t.Logf("step %d: %v", i, err)
+			return
+		}
+		tok = n[0]
+	}
+	t.Fatal("decoding 43 tokens into 32 slots per row did not report exhaustion")
+}
