@@ -12,7 +12,7 @@ build:
 
 # CUDA engine: needs the CUDA headers (make cuda-toolkit) and runs where libcuda.so.1 exists.
 build-cuda:
-	$(GO) build -tags cuda -o $(BIN)/dmc-cuda ./cmd/dmc
+	$(GO) build -tags dmc_cuda -o $(BIN)/dmc-cuda ./cmd/dmc
 
 # Training with OpenBLAS GEMMs (apt-get install libopenblas-dev).
 build-openblas:

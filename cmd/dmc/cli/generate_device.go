@@ -1,8 +1,6 @@
 package cli
 
-import "errors"
-
-// generateCUDA is replaced by the CUDA engine wiring once package kernels provides it.
+// generateCUDA runs `dmc generate --device cuda` on the CUDA engine (generate_cuda.go).
 func generateCUDA(o *GenerateOptions, lm *languageModel, streams *IO) error {
-	return errors.New("--device cuda: this dmc build has no CUDA engine; use --device cpu")
+	return runGenerateCUDA(o, lm, streams)
 }
