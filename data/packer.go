@@ -46,6 +46,8 @@ func (w Window) Targets() []int { return w.Tokens[1:] }
 
 // Position is where a Packer's next window starts. It is plain JSON so that a training
 // checkpoint can store it; a Packer created with it continues exactly where the old one was.
+// It does not depend on SeqLen, so a run may resume with another sequence length (the
+// stream of tokens continues; the windows are then cut differently).
 type Position struct {
 	Epoch   int    `json:"epoch"`
 	Group   int    `json:"group"`  // group of batches within the epoch's order
@@ -56,7 +58,8 @@ type Position struct {
 }
 
 // Packer cuts the concatenated documents of a Dataset into fixed-length windows. It holds
-// at most GroupBatches record batches and an index of (shard, batch) pairs in memory.
+// at most GroupBatches record batches and an index of (shard, batch) pairs in memory. A
+// Packer is not safe for concurrent use; several Packers may share one Dataset.
 type Packer struct {
 	ds    *Dataset
 	opts  PackerOptions
