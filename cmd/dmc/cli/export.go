@@ -13,6 +13,7 @@ import (
 	"github.com/dmc-project/dmc/checkpoints"
 	"github.com/dmc-project/dmc/data"
 	"github.com/dmc-project/dmc/eval"
+	"github.com/dmc-project/dmc/model"
 )
 
 // ExportOptions are the flags of `dmc export`.
@@ -69,6 +70,9 @@ func (o *ExportOptions) Run(ctx context.Context, streams *IO) error {
 	var extra map[string]any
 	if info.DMC != nil {
 		d := &checkpoints.DMCInfo{Config: *info.DMC, TargetCR: info.TargetCR, TrainedSteps: ck.State.Step}
+		// WriteHF stores the rotate-half layout; the decision channel moves with its rows.
+		D := w.Config.HeadDim()
+		d.DecisionChannel = checkpoints.RoPEChannel(info.DMC.Channel(D), D, w.Config.RoPE, model.RoPEHalf)
 		var measured *eval.PPLResult
 		if o.Measure != "" {
 			ds, err := data.OpenWith(o.Measure, data.OpenOptions{Split: splitOf(o.Measure, "heldout")})

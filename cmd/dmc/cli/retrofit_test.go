@@ -1,0 +1,213 @@
+package cli
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dmc-project/dmc/checkpoints"
+	"github.com/dmc-project/dmc/data"
+	"github.com/dmc-project/dmc/data/bpe"
+	"github.com/dmc-project/dmc/data/synth"
+	"github.com/dmc-project/dmc/data/tokenizer"
+	"github.com/dmc-project/dmc/model"
+)
+
+// fixture is a tiny model, tokenizer and prepared shards built from the synthetic corpus.
+type fixture struct {
+	dir, model, tok, shards string
+}
+
+func newFixture(t *testing.T) fixture {
+	t.Helper()
+	dir := t.TempDir()
+	var corpus bytes.Buffer
+	if err := synth.Write(&corpus, 60_000, 5); err != nil {
+		t.Fatal(err)
+	}
+	corpusPath := filepath.Join(dir, "corpus.txt")
+	os.WriteFile(corpusPath, corpus.Bytes(), 0o644)
+	pieces, err := bpe.Train(bytes.NewReader(corpus.Bytes()), 320, synth.Separator)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tb bytes.Buffer
+	bpe.WriteLlama2C(&tb, pieces)
+	tokPath := filepath.Join(dir, "tok.bin")
+	os.WriteFile(tokPath, tb.Bytes(), 0o644)
+	tok, err := tokenizer.Load(tokPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shards := filepath.Join(dir, "shards")
+	if _, err := data.Prepare(data.PrepareOptions{Inputs: []string{corpusPath}, Out: shards, Tokenizer: tok, TokenizerPath: tokPath, HeldoutFrac: 0.1, Seed: 1}); err != nil {
+		t.Fatal(err)
+	}
+	cfg := model.Config{Dim: 32, HiddenDim: 64, NLayers: 2, NHeads: 4, NKVHeads: 2, VocabSize: 320, MaxSeqLen: 64,
+		NormEps: 1e-5, RopeTheta: 10000, RoPE: model.RoPEHalf, TieEmbeddings: true}
+	w, _ := model.RandomParams[float32](cfg, 3)
+	modelDir := filepath.Join(dir, "base")
+	if err := checkpoints.WriteHF(modelDir, w, "fp32", nil, 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	return fixture{dir, modelDir, tokPath, shards}
+}
+
+var tinyRecipe = []string{"--set", "seq_len=32", "--set", "batch_size=2", "--set", "checkpoint_every=2", "--set", "log_every=1"}
+
+// A retrofit runs, evaluates, exports, and the export generates and evaluates with the DMC cache.
+func TestRetrofitEvalExportGenerate(t *testing.T) {
+	fx := newFixture(t)
+	run := filepath.Join(fx.dir, "run")
+	args := append([]string{"retrofit", "--model", fx.model, "--tokenizer", fx.tok, "--data", fx.shards, "--target-cr", "2", "--steps", "6", "--out", run}, tinyRecipe...)
+	out, stderr, code := runCLI(t, args...)
+	if code != 0 {
+		t.Fatalf("retrofit exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(out, "held-out perplexity") || !strings.Contains(stderr, "step 6/6") {
+		t.Fatalf("retrofit output: %s\n%s", out, stderr)
+	}
+	for _, f := range []string{"recipe.yaml", "model.json", "metrics.jsonl", "run.json", "heldout.json", "checkpoints/latest"} {
+		if _, err := os.Stat(filepath.Join(run, f)); err != nil {
+			t.Errorf("run dir lacks %s", f)
+		}
+	}
+	jsonPath := filepath.Join(fx.dir, "eval.json")
+	if _, stderr, code = runCLI(t, "eval", "--model", run, "--data", fx.shards, "--json", jsonPath); code != 0 {
+		t.Fatalf("eval exit %d: %s", code, stderr)
+	}
+	var rep map[string]any
+	b, _ := os.ReadFile(jsonPath)
+	if err := json.Unmarshal(b, &rep); err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range []string{"ppl", "tokens", "cr", "cr_per_layer", "cr_per_head"} {
+		if _, ok := rep[k]; !ok {
+			t.Errorf("eval JSON lacks %q", k)
+		}
+	}
+	if rep["cache"] != "dmc" {
+		t.Errorf("a DMC run was evaluated with the %v cache", rep["cache"])
+	}
+	exp := filepath.Join(fx.dir, "export")
+	if _, stderr, code = runCLI(t, "export", "--run", run, "--out", exp, "--dtype", "fp32"); code != 0 {
+		t.Fatalf("export exit %d: %s", code, stderr)
+	}
+	info, err := checkpoints.ReadDMCInfo(exp)
+	if err != nil || info == nil || info.TargetCR != 2 || info.Window != 12 || len(info.AchievedByHead) != 2 {
+		t.Fatalf("export dmc block: %+v, %v", info, err)
+	}
+	// The export's weights are the run's weights: same held-out perplexity.
+	out2, stderr, code := runCLI(t, "eval", "--model", exp, "--data", fx.shards)
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	if want := strings.Split(strings.TrimSpace(string(mustRead(t, filepath.Join(run, "heldout.json")))), "\n")[1]; !strings.Contains(out2, "perplexity") || want == "" {
+		t.Fatalf("eval of export: %s", out2)
+	}
+	gen, stderr, code := runCLI(t, "generate", "--model", exp, "--prompt", "Once upon a time", "--max-tokens", "10", "--temperature", "0")
+	if code != 0 || !strings.HasPrefix(gen, "Once upon a time") || !strings.Contains(stderr, "DMC") {
+		t.Fatalf("generate from export: exit %d, %q, %q", code, gen, stderr)
+	}
+}
+
+func mustRead(t *testing.T, p string) []byte {
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func runCLI(t *testing.T, args ...string) (string, string, int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	code := Main(args, strings.NewReader(""), &out, &errb)
+	return out.String(), errb.String(), code
+}
+
+// Interrupting and resuming gives the same final weights as one uninterrupted run.
+func TestRetrofitStopAndResumeIsExact(t *testing.T) {
+	fx := newFixture(t)
+	base := append([]string{"retrofit", "--model", fx.model, "--tokenizer", fx.tok, "--data", fx.shards, "--target-cr", "2", "--steps", "6"}, tinyRecipe...)
+	straight := filepath.Join(fx.dir, "straight")
+	if _, e, c := runCLI(t, append(base, "--out", straight)...); c != 0 {
+		t.Fatal(e)
+	}
+	split := filepath.Join(fx.dir, "split")
+	if _, e, c := runCLI(t, append(base, "--out", split, "--stop-after", "3")...); c != 0 {
+		t.Fatal(e)
+	}
+	if _, e, c := runCLI(t, "retrofit", "--out", split, "--resume"); c != 0 {
+		t.Fatal(e)
+	}
+	a, _, _, err := loadRunDir(straight, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _, _, err := loadRunDir(split, os.Stderr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at, bt := a.Tensors(), b.Tensors()
+	for i := range at {
+		for j := range at[i].Data {
+			if at[i].Data[j] != bt[i].Data[j] {
+				t.Fatalf("%s[%d]: %g uninterrupted vs %g resumed", at[i].Name, j, at[i].Data[j], bt[i].Data[j])
+			}
+		}
+	}
+}
+
+func TestRetrofitBadInput(t *testing.T) {
+	fx := newFixture(t)
+	// Shards from a different tokenizer: ids beyond a smaller model's vocabulary.
+	small := model.Config{Dim: 32, HiddenDim: 64, NLayers: 1, NHeads: 4, NKVHeads: 2, VocabSize: 100, MaxSeqLen: 64,
+		NormEps: 1e-5, RopeTheta: 10000, RoPE: model.RoPEHalf, TieEmbeddings: true}
+	w, _ := model.RandomParams[float32](small, 1)
+	smallDir := filepath.Join(fx.dir, "small")
+	checkpoints.WriteHF(smallDir, w, "fp32", nil, 1<<40)
+	// A run whose only checkpoint is then corrupted.
+	corruptRun := filepath.Join(fx.dir, "corrupt")
+	args := append([]string{"retrofit", "--model", fx.model, "--tokenizer", fx.tok, "--data", fx.shards, "--steps", "2", "--out", corruptRun}, tinyRecipe...)
+	if _, e, c := runCLI(t, args...); c != 0 {
+		t.Fatal(e)
+	}
+	matches, _ := filepath.Glob(filepath.Join(corruptRun, "checkpoints", "step-*", "weights.safetensors"))
+	if len(matches) == 0 {
+		t.Fatal("no checkpoint written")
+	}
+	for _, m := range matches {
+		b, _ := os.ReadFile(m)
+		b[len(b)-3] ^= 0xff
+		os.WriteFile(m, b, 0o644)
+	}
+	common := []string{"--tokenizer", fx.tok, "--data", fx.shards, "--steps", "2"}
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"target CR below 1", append([]string{"retrofit", "--model", fx.model, "--target-cr", "0.5", "--out", filepath.Join(fx.dir, "a")}, common...), "target-cr must be ≥ 1"},
+		{"sequence longer than the model's", append(append([]string{"retrofit", "--model", fx.model, "--out", filepath.Join(fx.dir, "b")}, common...), "--set", "seq_len=128"), "exceeds the model's context"},
+		{"shards from another tokenizer", append(append([]string{"retrofit", "--model", smallDir, "--out", filepath.Join(fx.dir, "c")}, common...), tinyRecipe...), "re-run dmc data prepare"},
+		{"unknown preset without weights", append([]string{"retrofit", "--model", "llama2-7b", "--out", filepath.Join(fx.dir, "d")}, common...), "needs its weights"},
+		{"corrupt checkpoint on resume", []string{"retrofit", "--out", corruptRun, "--resume"}, "is corrupt"},
+		{"unknown recipe field", append(append([]string{"retrofit", "--model", fx.model, "--out", filepath.Join(fx.dir, "e")}, common...), "--set", "lr_warp=3"), "lr_warp"},
+		{"export of a non-run", []string{"export", "--run", fx.dir, "--out", filepath.Join(fx.dir, "x")}, "not a retrofit run"},
+		{"eval with an unknown task", []string{"eval", "--model", fx.model, "--data", fx.shards, "--tasks", "mmlu"}, "unknown task"},
+	}
+	t.Setenv("HF_HUB_CACHE", filepath.Join(fx.dir, "empty-hub"))
+	t.Setenv("DMC_WEIGHTS", "")
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			_, stderr, code := runCLI(t, tc.args...)
+			if code == 0 || !strings.Contains(stderr, tc.want) || strings.Contains(stderr, "panic") {
+				t.Fatalf("exit %d, stderr %q; want an error mentioning %q", code, stderr, tc.want)
+			}
+		})
+	}
+}
