@@ -249,3 +249,17 @@ func (e *Exec[T]) run(b Batch, sc StepContext, backward bool) (Losses, error) {
 }
 
 var errNaN = errors.New("graph: the loss is not finite (NaN or Inf); lower the learning rate or check the data")
+
+// StepFLOPs is the conventional cost of one training step (forward + backward) on batch×seqLen
+// tokens: 6·(matmul parameters)·tokens + 12·layers·Hq·D·T·tokens for attention (scores and
+// P·V, forward ×3; the causal half is not discounted). The embedding lookup is not a matmul:
+// with untied embeddings its table is left out; a tied table counts once, as the classifier.
+func StepFLOPs(c model.Config, batch, seqLen int) float64 {
+	params := c.NumParams()
+	if !c.TieEmbeddings {
+		params -= int64(c.VocabSize * c.Dim)
+	}
+	tokens := float64(batch * seqLen)
+	attn := 12 * float64(c.NLayers*c.NHeads*c.HeadDim()*seqLen)
+	return 6*float64(params)*tokens + attn*tokens
+}

@@ -122,6 +122,11 @@ func (o attnOp) grad(in G.Nodes, _, dO *G.Node) (G.Nodes, error) {
 // upstream anyway).
 const alphaGradExpCap = 40
 
+// attnBlock is the number of query rows processed together: scores are formed block by block
+// against keys 0..(last row of the block), so the causal upper triangle is mostly skipped while
+// every product is still a GEMM. (A variable so tests can force many small blocks.)
+var attnBlock = 64
+
 func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 	s := o.s
 	Hq, Hkv, D, Tn := s.QHeads, s.KVHeads, s.HeadD, s.SeqLen
@@ -144,22 +149,32 @@ func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 		}
 	}
 	scale := 1 / math.Sqrt(float64(D))
+	exp := math.Exp
+	if isFloat32[T]() {
+		exp = fastExp
+	}
 	ldq, ldk := Hq*D, Hkv*D
 	nw := workers(B * Hkv)
-	tt := Tn * Tn
+	bs := min(attnBlock, Tn)
+	blk := bs * Tn
 	nbuf := 1
 	if o.back {
 		nbuf = 3
 	}
-	bufs := make([]T, nw*nbuf*tt)
-	// per worker: log-mask (T), row max (T), row sum (T), dα accumulator (T)
-	stats := make([]float64, nw*4*Tn)
+	bufs := make([]T, nw*nbuf*blk)
+	// per worker: log-mask and dα accumulator (T each), row max and row sum (bs each)
+	stats := make([]float64, nw*(2*Tn+2*bs))
 	parallelItems(B*Hkv, func(w, item int) {
 		b, hk := item/Hkv, item%Hkv
-		buf := bufs[w*nbuf*tt : (w+1)*nbuf*tt]
-		S := buf[:tt]
-		st := stats[w*4*Tn : (w+1)*4*Tn]
-		logm, rmax, rsum, accA := st[:Tn], st[Tn:2*Tn], st[2*Tn:3*Tn], st[3*Tn:]
+		buf := bufs[w*nbuf*blk : (w+1)*nbuf*blk]
+		S := buf[:blk]
+		P := S
+		var dP []T
+		if o.back {
+			P, dP = buf[blk:2*blk], buf[2*blk:]
+		}
+		st := stats[w*(2*Tn+2*bs) : (w+1)*(2*Tn+2*bs)]
+		logm, accA, rmax, rsum := st[:Tn], st[Tn:2*Tn], st[2*Tn:2*Tn+bs], st[2*Tn+bs:]
 		// logm[j] = log(1 − α_{j+1}): the mask of key j seen from any later query.
 		for j := 0; j < Tn; j++ {
 			logm[j] = 0
@@ -178,60 +193,62 @@ func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 		}
 		for h := hk * Gs; h < (hk+1)*Gs; h++ {
 			qOff := b*Tn*ldq + h*D
-			// S = scale·Q Kᵀ (full square; the upper triangle is overwritten below).
-			gemm(false, true, Tn, Tn, D, scale, q[qOff:], ldq, k[kOff:], ldk, 0, S, Tn)
-			P := S
-			if o.back {
-				P = buf[tt : 2*tt]
-			}
-			for i := 0; i < Tn; i++ {
-				srow, prow := S[i*Tn:(i+1)*Tn], P[i*Tn:(i+1)*Tn]
-				m := float64(srow[i])
-				for j := 0; j < i; j++ {
-					m = max(m, float64(srow[j])+logm[j])
-				}
-				var sum float64
-				for j := 0; j < i; j++ {
-					e := math.Exp(float64(srow[j]) + logm[j] - m)
-					prow[j] = T(e)
-					sum += e
-				}
-				e := math.Exp(float64(srow[i]) - m)
-				prow[i] = T(e)
-				sum += e
-				inv := 1 / sum
-				for j := 0; j <= i; j++ {
-					prow[j] = T(float64(prow[j]) * inv)
-				}
-				clear(prow[i+1:])
-				rmax[i], rsum[i] = m, sum
-			}
-			if !o.back {
-				gemm(false, false, Tn, D, Tn, 1, P, Tn, v[kOff:], ldk, 0, out[qOff:], ldq)
-				continue
-			}
-			dP := buf[2*tt : 3*tt]
-			gemm(false, true, Tn, Tn, D, 1, dO[qOff:], ldq, v[kOff:], ldk, 0, dP, Tn)
-			for i := 0; i < Tn; i++ {
-				srow, prow, drow := S[i*Tn:(i+1)*Tn], P[i*Tn:(i+1)*Tn], dP[i*Tn:(i+1)*Tn]
-				var delta float64
-				for j := 0; j <= i; j++ {
-					delta += float64(prow[j]) * float64(drow[j])
-				}
-				for j := 0; j < i; j++ {
-					g := float64(drow[j]) - delta
-					if s.Masked {
-						// ∂P_ij/∂α_{j+1} through log(1−α): −e^{s_ij − m_i}/L_i (no division by 1−α).
-						accA[j+1] -= math.Exp(min(float64(srow[j])-rmax[i], alphaGradExpCap)) / rsum[i] * g
+			for i0 := 0; i0 < Tn; i0 += bs {
+				i1 := min(Tn, i0+bs)
+				r, n := i1-i0, i1 // query rows i0..i1-1 against keys 0..i1-1
+				qb := qOff + i0*ldq
+				gemm(false, true, r, n, D, scale, q[qb:], ldq, k[kOff:], ldk, 0, S, Tn)
+				for i := i0; i < i1; i++ {
+					srow, prow := S[(i-i0)*Tn:(i-i0)*Tn+n], P[(i-i0)*Tn:(i-i0)*Tn+n]
+					m := float64(srow[i])
+					for j := 0; j < i; j++ {
+						m = max(m, float64(srow[j])+logm[j])
 					}
-					drow[j] = T(float64(prow[j]) * g)
+					var sum float64
+					for j := 0; j < i; j++ {
+						e := exp(float64(srow[j]) + logm[j] - m)
+						prow[j] = T(e)
+						sum += e
+					}
+					e := exp(float64(srow[i]) - m)
+					prow[i] = T(e)
+					sum += e
+					inv := 1 / sum
+					for j := 0; j <= i; j++ {
+						prow[j] = T(float64(prow[j]) * inv)
+					}
+					clear(prow[i+1:])
+					rmax[i-i0], rsum[i-i0] = m, sum
 				}
-				drow[i] = T(float64(prow[i]) * (float64(drow[i]) - delta))
-				clear(drow[i+1:])
+				if !o.back {
+					gemm(false, false, r, D, n, 1, P, Tn, v[kOff:], ldk, 0, out[qb:], ldq)
+					continue
+				}
+				gemm(false, true, r, n, D, 1, dO[qb:], ldq, v[kOff:], ldk, 0, dP, Tn)
+				for i := i0; i < i1; i++ {
+					o := (i - i0) * Tn
+					srow, prow, drow := S[o:o+n], P[o:o+n], dP[o:o+n]
+					var delta float64
+					for j := 0; j <= i; j++ {
+						delta += float64(prow[j]) * float64(drow[j])
+					}
+					if s.Masked && i > 0 {
+						// ∂P_ij/∂α_{j+1} through log(1−α) is −e^{s_ij − m_i}/L_i (no division by 1−α).
+						mi, li := rmax[i-i0], rsum[i-i0]
+						for j := 0; j < i; j++ {
+							ex := exp(min(float64(srow[j])-mi, alphaGradExpCap)) / li
+							accA[j+1] -= ex * (float64(drow[j]) - delta)
+						}
+					}
+					for j := 0; j <= i; j++ {
+						drow[j] = T(float64(prow[j]) * (float64(drow[j]) - delta))
+					}
+					clear(drow[i+1:])
+				}
+				gemm(false, false, r, D, n, scale, dP, Tn, k[kOff:], ldk, 0, dq[qb:], ldq)
+				gemm(true, false, n, D, r, scale, dP, Tn, q[qb:], ldq, 1, dk[kOff:], ldk)
+				gemm(true, false, n, D, r, 1, P, Tn, dO[qb:], ldq, 1, dv[kOff:], ldk)
 			}
-			gemm(false, false, Tn, D, Tn, scale, dP, Tn, k[kOff:], ldk, 0, dq[qOff:], ldq)
-			gemm(true, false, Tn, D, Tn, scale, dP, Tn, q[qOff:], ldq, 1, dk[kOff:], ldk)
-			gemm(true, false, Tn, D, Tn, 1, P, Tn, dO[qOff:], ldq, 1, dv[kOff:], ldk)
 		}
 		if o.back && s.Masked {
 			for t := 0; t < Tn; t++ {

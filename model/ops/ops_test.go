@@ -359,6 +359,15 @@ func naiveAttention(c dmcCase, q, k, v, alpha []float64) []float64 {
 }
 
 func TestAttention(t *testing.T) {
+	defer func(b int) { attnBlock = b }(attnBlock)
+	for _, block := range []int{64, 2, 3} {
+		attnBlock = block
+		t.Logf("query block %d", block)
+		testAttention(t)
+	}
+}
+
+func testAttention(t *testing.T) {
 	for _, c := range dmcCases {
 		for _, masked := range []bool{false, true} {
 			rng := newRNG(10)

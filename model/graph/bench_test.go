@@ -1,0 +1,93 @@
+package graph
+
+import (
+	"math/rand/v2"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/dmc-project/dmc/checkpoints"
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/model"
+)
+
+// benchWeights returns the real stories260K weights when present, else random weights of the
+// named preset (throughput does not depend on the values).
+func benchWeights(b *testing.B, name string) *model.Weights {
+	if name == "stories260K" {
+		if _, err := os.Stat(stories260K); err == nil {
+			w, err := checkpoints.ReadLlama2C(stories260K)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return w
+		}
+		// Same shapes as the real checkpoint (throughput does not depend on the values).
+		c := model.Config{Name: "stories260K-shape", Dim: 64, HiddenDim: 172, NLayers: 5, NHeads: 8, NKVHeads: 4,
+			VocabSize: 512, MaxSeqLen: 512, NormEps: 1e-5, RopeTheta: 10000, RoPE: model.RoPEInterleaved, TieEmbeddings: true}
+		w, err := model.RandomParams[float32](c, 1)
+		if err != nil {
+			b.Fatal(err)
+		}
+		return w
+	}
+	c, err := model.Preset(name)
+	if err != nil {
+		b.Fatal(err)
+	}
+	w, err := model.RandomParams[float32](c, 1)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return w
+}
+
+// BenchmarkStep measures one training step (forward + backward) of the float32 graph and
+// reports tokens/s and GFLOP/s (StepFLOPs). Run with -benchtime=3x; the BLAS is reported in the
+// log (build with -tags openblas for OpenBLAS).
+func BenchmarkStep(b *testing.B) {
+	for _, bc := range []struct {
+		model   string
+		B, T    int
+		dmcMode bool
+	}{
+		{"stories260K", 8, 256, true},
+		{"stories260K", 8, 256, false},
+		{"bench-20m", 4, 256, true},
+		{"bench-20m", 4, 256, false},
+	} {
+		mode := "vanilla"
+		if bc.dmcMode {
+			mode = "dmc"
+		}
+		b.Run(bc.model+"/"+mode, func(b *testing.B) {
+			w := benchWeights(b, bc.model)
+			g, err := New(w, dmc.DefaultConfig(), bc.B, bc.T)
+			if err != nil {
+				b.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(1, 1))
+			seqs := make([][]int, bc.B)
+			for i := range seqs {
+				seqs[i] = randTokens(rng, bc.T, w.Config.VocabSize)
+			}
+			batch := makeBatch(seqs)
+			sc := StepContext{Seed: 1, DMC: bc.dmcMode, ZeroOut: 1, TargetAlpha: 0.5, CRWeight: 1}
+			if _, err := g.Step(batch, sc); err != nil { // build + compile + first allocation
+				b.Fatal(err)
+			}
+			b.ResetTimer()
+			start := time.Now()
+			for i := 0; i < b.N; i++ {
+				sc.Step = i
+				if _, err := g.Step(batch, sc); err != nil {
+					b.Fatal(err)
+				}
+			}
+			sec := time.Since(start).Seconds() / float64(b.N)
+			b.ReportMetric(float64(bc.B*bc.T)/sec, "tokens/s")
+			b.ReportMetric(StepFLOPs(w.Config, bc.B, bc.T)/sec/1e9, "GFLOP/s")
+			b.Logf("BLAS %s, %d params, %.3f s/step", BLAS, w.Config.NumParams(), sec)
+		})
+	}
+}
