@@ -43,6 +43,7 @@ type kvCache struct {
 	pool, bt, lens, state, cs   devPtr
 	freeList, freeTop, status   devPtr
 	memPool, memState, memTable int64
+	attnKernel                  string
 }
 
 func stateStrideOf(g geometry, window int) int { return 2*g.D + 2 + window*(2*g.D+1) }
@@ -218,7 +219,10 @@ func (c *kvCache) decodeAttention(layer, B, maxLen int, q, slots, part, outBf, o
 	scale := float32(math.Log2E / math.Sqrt(float64(g.D)))
 	a := new(args).p(q).p(c.pool).p(c.bt).p(c.lens).p(slots).p(part).
 		i(layer).i(g.L).i(g.Hq).i(g.Hkv).i(c.maxPages).i(S).f(scale).end()
-	if err := c.d.launch(fmt.Sprintf("attn_decode_d%d_g%d", g.D, g.G), dim3{x: S, y: g.Hkv, z: B}, dim3{x: 128}, 0, a); err != nil {
+	if c.attnKernel == "" {
+		c.attnKernel = fmt.Sprintf("attn_decode_d%d_g%d", g.D, g.G)
+	}
+	if err := c.d.launch(c.attnKernel, dim3{x: S, y: g.Hkv, z: B}, dim3{x: 128}, 0, a); err != nil {
 		return err
 	}
 	return c.d.launch("attn_reduce", dim3{x: g.Hq, y: B}, dim3{x: g.D}, 0,

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"runtime"
 	"sync"
 
@@ -37,6 +38,66 @@ type layerWeights struct {
 
 type sequence struct{ slot, pos int }
 
+// profiler times the ops of decode steps with CUDA events (DMC_PROFILE=1): each mark closes the
+// interval since the previous mark under the previous mark's name.
+type profiler struct {
+	d      *device
+	names  []string
+	events []*event
+	total  map[string]float64
+	steps  int
+}
+
+func (p *profiler) mark(name string) {
+	if p == nil {
+		return
+	}
+	ev, err := p.d.newEvent()
+	if err != nil {
+		return
+	}
+	ev.record()
+	p.names, p.events = append(p.names, name), append(p.events, ev)
+}
+
+func (p *profiler) flushIf(on bool) {
+	if on {
+		p.flush()
+	}
+}
+
+// flush waits for the step and accumulates its intervals.
+func (p *profiler) flush() {
+	if p == nil || len(p.events) == 0 {
+		return
+	}
+	for i := 0; i+1 < len(p.events); i++ {
+		ms, err := elapsed(p.events[i], p.events[i+1])
+		if err == nil {
+			p.total[p.names[i]] += ms
+		}
+	}
+	for _, ev := range p.events {
+		ev.destroy()
+	}
+	p.names, p.events = nil, nil
+	p.steps++
+}
+
+// Profile returns the mean milliseconds per decode step of each op kind (nil unless the engine
+// was created with DMC_PROFILE set).
+func Profile(e Engine) map[string]float64 {
+	en, ok := e.(*engine)
+	if !ok || en.prof == nil || en.prof.steps == 0 {
+		return nil
+	}
+	out := map[string]float64{}
+	for k, v := range en.prof.total {
+		out[k] = v / float64(en.prof.steps)
+	}
+	return out
+}
+
 type engine struct {
 	d      *device
 	cfg    model.Config
@@ -58,6 +119,14 @@ type engine struct {
 	seqs                         map[int]*sequence
 	freeSlots                    []int
 	nextID                       int
+	prof                         *profiler // decode-step op timing, DMC_PROFILE=1
+	profOn                       bool      // marks are recorded (decode only)
+}
+
+func (e *engine) mark(name string) {
+	if e.profOn {
+		e.prof.mark(name)
+	}
 }
 
 // scratchBytes is the engine's activation memory: per batch slot and fixed.
@@ -183,6 +252,9 @@ func newEngine(cfg model.Config, opt Options) (*engine, error) {
 	}
 	for s := opt.MaxBatch - 1; s >= 0; s-- {
 		e.freeSlots = append(e.freeSlots, s)
+	}
+	if os.Getenv("DMC_PROFILE") != "" {
+		e.prof = &profiler{d: d, total: map[string]float64{}}
 	}
 	return e, nil
 }
@@ -468,9 +540,11 @@ func (e *engine) layersForward(x, xn, qkv, h13, h devPtr, rows int, attention fu
 	eps := float32(c.NormEps)
 	for li := range e.layers {
 		l := &e.layers[li]
+		e.mark("norm")
 		if err := e.d.launch("rmsnorm_bf16", dim3{x: rows}, dim3{x: e.normThreads()}, 0, new(args).p(x).p(l.attnNorm).p(xn).i(c.Dim).f(eps)); err != nil {
 			return err
 		}
+		e.mark("gemm_qkv")
 		if err := e.d.linear(qkv, typeF32, xn, l.wqkv, rows, c.Dim, g.qd+2*g.kvd, false); err != nil {
 			return err
 		}
@@ -478,18 +552,23 @@ func (e *engine) layersForward(x, xn, qkv, h13, h devPtr, rows int, attention fu
 		if err != nil {
 			return err
 		}
+		e.mark("gemm_o")
 		if err := e.d.linear(x, typeF32, att, l.wo, rows, g.qd, c.Dim, true); err != nil {
 			return err
 		}
+		e.mark("norm")
 		if err := e.d.launch("rmsnorm_bf16", dim3{x: rows}, dim3{x: e.normThreads()}, 0, new(args).p(x).p(l.ffnNorm).p(xn).i(c.Dim).f(eps)); err != nil {
 			return err
 		}
+		e.mark("gemm_w13")
 		if err := e.d.linear(h13, typeF32, xn, l.w13, rows, c.Dim, 2*c.HiddenDim, false); err != nil {
 			return err
 		}
+		e.mark("swiglu")
 		if err := e.d.launch("swiglu_bf16", dim3{x: (c.HiddenDim + 255) / 256, y: rows}, dim3{x: 256}, 0, new(args).p(h13).p(h).i(c.HiddenDim)); err != nil {
 			return err
 		}
+		e.mark("gemm_w2")
 		if err := e.d.linear(x, typeF32, h, l.w2, rows, c.HiddenDim, c.Dim, true); err != nil {
 			return err
 		}
@@ -691,16 +770,24 @@ func (e *engine) Decode(ids []int, tokens []int, wantLogits bool) ([]int, [][]fl
 	if err := e.d.launch("embed_gather", dim3{x: B}, dim3{x: 256}, 0, new(args).p(e.embed).p(e.io).p(e.x).i(e.cfg.Dim)); err != nil {
 		return nil, nil, err
 	}
+	e.profOn = e.prof != nil
+	defer func() { e.profOn = false }()
+	e.mark("embed")
 	err := e.layersForward(e.x, e.xn, e.qkv, e.h13, e.h, B, func(layer int) (devPtr, error) {
+		e.mark("kv_update")
 		if err := e.cache.decodeUpdate(layer, B, io); err != nil {
 			return 0, err
 		}
+		e.mark("attention")
 		return e.att, e.cache.decodeAttention(layer, B, maxLen, e.q, at(2*MB), e.part, e.att, 0)
 	})
 	if err != nil {
 		return nil, nil, err
 	}
+	e.mark("head")
 	next, logits, err := e.head(B, at(3*MB), wantLogits)
+	e.mark("end")
+	e.prof.flushIf(e.profOn)
 	if err != nil {
 		return nil, nil, err
 	}

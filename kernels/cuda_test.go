@@ -433,8 +433,15 @@ func firstMismatch(a, b []int) int {
 	return -1
 }
 
-// Greedy decoding on the GPU must give the CPU reference's tokens: vanilla, DMC with the
-// model's own decisions, and DMC with a forced merge pattern (compression 3).
+// Greedy decoding on the GPU must give the CPU reference's tokens: vanilla and DMC with a
+// forced merge pattern (compression 3) for 100 steps on the real fp32 weights.
+//
+// With the model's own decisions (stories260K was never retrofitted, so its decision logits
+// hover around the threshold) greedy decoding is chaotic at bf16 precision: rounding only the
+// weights to bf16 already moves the CPU's own tokens after ~34 steps. So that case compares
+// against the CPU on the engine's bf16-valued weights and requires identical tokens up to the
+// first position where some decision logit came within 0.25 of the threshold (bf16 rounding
+// of k can flip it there); beyond it the divergence is logged, not failed.
 func TestStories260KGreedyParity(t *testing.T) {
 	testDevice(t)
 	w := loadStories(t)
@@ -445,22 +452,9 @@ func TestStories260KGreedyParity(t *testing.T) {
 		forceCR int
 		prompt  []int
 	}{{"vanilla-bos", false, 0, []int{1}}, {"vanilla-prompt", false, 0, []int{1, 403, 407, 261, 378, 394, 261, 280, 429}},
-		{"dmc-learned", true, 0, []int{1, 403, 407, 261, 378}}, {"dmc-forced3", true, 3, []int{1, 403, 407, 261, 378, 394, 261, 280}}} {
+		{"dmc-forced3", true, 3, []int{1, 403, 407, 261, 378, 394, 261, 280}}, {"dmc-forced2", true, 2, []int{1}},
+		{"dmc-learned", true, 0, []int{1, 403, 407, 261, 378}}} {
 		t.Run(c.name, func(t *testing.T) {
-			var cache model.KVCache[float32] = model.NewVanillaCache[float32](w.Config)
-			if c.dmc {
-				var opts []dmc.CacheOption
-				if c.forceCR > 0 {
-					cr := float64(c.forceCR)
-					opts = append(opts, dmc.WithForcedDecisions(dmc.ForcedCR(func(int, int) float64 { return cr })))
-				}
-				cc, err := dmc.NewCompressedCache[float32](w.Config, dmc.DefaultConfig(), opts...)
-				if err != nil {
-					t.Fatal(err)
-				}
-				cache = cc
-			}
-			want := cpuGreedy(t, w, cache, c.prompt, steps)
 			opt := DefaultOptions()
 			opt.DMC, opt.ForceCR, opt.MaxBatch = c.dmc, c.forceCR, 4
 			e, err := NewEngine(w, opt)
@@ -468,8 +462,52 @@ func TestStories260KGreedyParity(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer e.Close()
+			ref := w
+			if c.dmc && c.forceCR == 0 {
+				if ref, err = e.(*engine).downloadWeights(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			var cache model.KVCache[float32] = model.NewVanillaCache[float32](w.Config)
+			var cc *dmc.CompressedCache[float32]
+			if c.dmc {
+				opts := []dmc.CacheOption{dmc.WithDecisionRecord()}
+				if c.forceCR > 0 {
+					cr := float64(c.forceCR)
+					opts = append(opts, dmc.WithForcedDecisions(dmc.ForcedCR(func(int, int) float64 { return cr })))
+				}
+				if cc, err = dmc.NewCompressedCache[float32](w.Config, dmc.DefaultConfig(), opts...); err != nil {
+					t.Fatal(err)
+				}
+				cache = cc
+			}
+			want := cpuGreedy(t, ref, cache, c.prompt, steps)
 			got := gpuGreedy(t, e, c.prompt, steps)
-			if i := firstMismatch(got, want); i >= 0 {
+			i := firstMismatch(got, want)
+			if c.dmc && c.forceCR == 0 {
+				near := math.MaxInt
+				for l := 0; l < w.Config.NLayers; l++ {
+					for h := 0; h < w.Config.NKVHeads; h++ {
+						for _, d := range cc.Decisions(l, h) {
+							if math.Abs(d.Logit) < 0.25 {
+								near = min(near, d.Pos)
+							}
+						}
+					}
+				}
+				t.Logf("CPU compression %.2f; first decision within 0.25 of the threshold at position %d", cc.CR(), near)
+				if i >= 0 && len(c.prompt)-1+i < near {
+					t.Fatalf("GPU greedy tokens diverge at step %d (position %d), before any near-threshold decision\n gpu %v\n cpu %v",
+						i, len(c.prompt)-1+i, got, want)
+				}
+				if i >= 0 {
+					t.Logf("identical for %d steps; diverges at position %d, after a near-threshold decision at %d", i, len(c.prompt)-1+i, near)
+				} else {
+					t.Logf("%d greedy tokens identical", steps)
+				}
+				return
+			}
+			if i >= 0 {
 				t.Fatalf("GPU greedy tokens diverge from the CPU at step %d\n gpu %v\n cpu %v", i, got, want)
 			}
 			t.Logf("%s: %d greedy tokens identical to model.Forward", c.name, steps)

@@ -20,3 +20,6 @@ func FitBatch(cfg model.Config, opt Options, slotsPerSeq int) (int, error) { ret
 
 // CopyBandwidth measures device copy bandwidth; in this build it returns ErrNoCUDA.
 func CopyBandwidth(ordinal int, n int64) (float64, error) { return 0, ErrNoCUDA }
+
+// Profile returns per-op decode timings; in this build there are none.
+func Profile(e Engine) map[string]float64 { return nil }

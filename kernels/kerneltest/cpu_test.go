@@ -43,3 +43,28 @@ func TestRelErrRejectsNaN(t *testing.T) {
 // The project's CPU inference (package model + package dmc) must agree with the oracle too:
 // this ties the CUDA kernels, which pass the same suite, to what `dmc generate` computes.
 func TestDMCPackageConformance(t *testing.T) { Run(t, DMCPackage{}) }
+
+// The merge-heavy problems must produce merge segments longer than the window, so the suite
+// exercises the ring subtraction.
+func TestMergeBiasExceedsWindow(t *testing.T) {
+	rng := rand.New(rand.NewPCG(3, 3))
+	p := NewCacheProblem(rng, Geometries[0], DMC, 12, 1, 90, false)
+	for i := p.Channel; i < len(p.K); i += p.HeadDim {
+		p.K[i] += 2
+	}
+	D := p.HeadDim
+	for h := 0; h < p.NKVHeads; h++ {
+		seg, longest := 0, 0
+		for tk := 0; tk < p.T; tk++ {
+			if tk > 0 && p.K[tk*p.NKVHeads*D+h*D+p.Channel] > DecisionOffset {
+				seg++
+			} else {
+				seg = 1
+			}
+			longest = max(longest, seg)
+		}
+		if longest <= p.Window {
+			t.Errorf("head %d: longest merge segment %d does not exceed the window %d", h, longest, p.Window)
+		}
+	}
+}

@@ -184,14 +184,21 @@ func testCache(t *testing.T, b Backend) {
 				window, B, T int
 				prefill      bool
 				forceCR      int
-			}{{12, 1, 1, false, 0}, {12, 3, 37, false, 0}, {0, 2, 29, false, 0}, {12, 2, 70, true, 0}, {0, 1, 33, true, 0},
-				{12, 3, 5, true, 0}, {12, 2, 41, false, 4}, {12, 1, 50, true, 8}} {
+				mergeBias    float64 // shifts the decision logits: 2 gives ~90% merges, segments past W
+			}{{12, 1, 1, false, 0, 0}, {12, 3, 37, false, 0, 0}, {0, 2, 29, false, 0, 0}, {12, 2, 70, true, 0, 0}, {0, 1, 33, true, 0, 0},
+				{12, 3, 5, true, 0, 0}, {12, 2, 41, false, 4, 0}, {12, 1, 50, true, 8, 0}, {12, 2, 61, false, 20, 0},
+				{12, 1, 70, true, 20, 0}, {12, 2, 90, false, 0, 2}, {12, 2, 90, true, 0, 2}, {0, 1, 60, false, 0, 2}} {
 				if c.forceCR > 0 && mode == Vanilla {
 					continue
 				}
 				p := NewCacheProblem(rng, h, mode, c.window, c.B, c.T, c.prefill)
 				p.ForceCR = c.forceCR
-				name := fmt.Sprintf("%s/%s/W%d_B%d_T%d_prefill=%v_force=%d", h, mode, c.window, c.B, c.T, c.prefill, c.forceCR)
+				if mode == DMC {
+					for i := p.Channel; i < len(p.K); i += h.HeadDim {
+						p.K[i] += float32(c.mergeBias)
+					}
+				}
+				name := fmt.Sprintf("%s/%s/W%d_B%d_T%d_prefill=%v_force=%d_bias=%g", h, mode, c.window, c.B, c.T, c.prefill, c.forceCR, c.mergeBias)
 				res := CacheResult{Out: nanSlice(c.B * c.T * h.NHeads * h.HeadDim)}
 				if err := b.Cache(p, &res); err != nil {
 					t.Fatalf("%s: %v", name, err)

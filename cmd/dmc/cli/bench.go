@@ -3,6 +3,7 @@ package cli
 import (
 	"encoding/json"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"slices"
@@ -125,6 +126,8 @@ type BenchRow struct {
 	KVPoolGiB       float64 `json:"kv_pool_gib"`
 	DMCStateGiB     float64 `json:"dmc_state_gib"`
 	SpeedupVsVanila float64 `json:"speedup_vs_vanilla,omitempty"`
+	// ProfileMs is the mean time per decode step of each op kind (DMC_PROFILE=1 only).
+	ProfileMs map[string]float64 `json:"profile_ms,omitempty"`
 }
 
 // BenchReport is the JSON document of a run.
@@ -309,6 +312,15 @@ func (o *BenchDecodeOptions) runOne(cfg model.Config, w *model.Weights, cr bench
 		PoolUsedFrac: float64(st1.PagesUsed) / float64(st1.PagesTotal), GPUMemGiB: float64(mem.Total()) / (1 << 30),
 		KVPoolGiB: float64(mem.KVPool) / (1 << 30), DMCStateGiB: float64(mem.DMCState) / (1 << 30)}
 	row.FracOfRoofline = roof / row.StepMsMedian
+	if p := kernels.Profile(e); p != nil {
+		row.ProfileMs = p
+		keys := slices.Sorted(maps.Keys(p))
+		var parts []string
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s %.3f", k, p[k]))
+		}
+		fmt.Fprintf(streams.Err, "  profile ms/step: %s\n", strings.Join(parts, ", "))
+	}
 	return row, e.Device(), nil
 }
 
