@@ -61,6 +61,11 @@ type Recipe struct {
 	Window          int     `yaml:"window"`           // merge window W; 0 = unbounded
 	Temperature     float64 `yaml:"temperature"`      // Gumbel-sigmoid τ
 	DecisionChannel int     `yaml:"decision_channel"` // −1 = last channel (D−1)
+	// DecisionOffset and ImportanceOffset are the reference's init_val: a = k[ch] − offset and
+	// ω = σ(q̄[ch] + offset). 5 in the reference; smaller values start the decisions closer to
+	// the threshold, which short retrofits of small models need to learn at all.
+	DecisionOffset   float64 `yaml:"decision_offset"`
+	ImportanceOffset float64 `yaml:"importance_offset"`
 	CRLossWeight    float64 `yaml:"cr_loss_weight"`   // λ
 
 	// Bookkeeping.
@@ -223,6 +228,9 @@ func (r *Recipe) Validate() error {
 	}
 	if !(r.GradClip >= 0) {
 		bad("grad_clip must be ≥ 0 (0 disables clipping), got %g", r.GradClip)
+	}
+	if math.IsNaN(r.DecisionOffset) || math.IsInf(r.DecisionOffset, 0) || math.IsNaN(r.ImportanceOffset) || math.IsInf(r.ImportanceOffset, 0) {
+		bad("decision_offset and importance_offset must be finite numbers (reference: 5)")
 	}
 	if !(r.Temperature > 0) {
 		bad("temperature must be > 0, got %g", r.Temperature)

@@ -133,6 +133,7 @@ func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*RetrofitResult
 	}
 	dc := dmc.DefaultConfig()
 	dc.Window, dc.Temperature, dc.DecisionChannel = recipe.Window, recipe.Temperature, recipe.DecisionChannel
+	dc.DecisionOffset, dc.ImportanceOffset = recipe.DecisionOffset, recipe.ImportanceOffset
 	if err := dc.Validate(); err != nil {
 		return nil, err
 	}
