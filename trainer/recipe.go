@@ -66,7 +66,7 @@ type Recipe struct {
 	// the threshold, which short retrofits of small models need to learn at all.
 	DecisionOffset   float64 `yaml:"decision_offset"`
 	ImportanceOffset float64 `yaml:"importance_offset"`
-	CRLossWeight    float64 `yaml:"cr_loss_weight"`   // λ
+	CRLossWeight     float64 `yaml:"cr_loss_weight"` // λ
 
 	// Bookkeeping.
 	CheckpointEvery int    `yaml:"checkpoint_every"` // 0: only at the end and on interruption
