@@ -197,7 +197,7 @@ func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 				i1 := min(Tn, i0+bs)
 				r, n := i1-i0, i1 // query rows i0..i1-1 against keys 0..i1-1
 				qb := qOff + i0*ldq
-				gemm(false, true, r, n, D, scale, q[qb:], ldq, k[kOff:], ldk, 0, S, Tn)
+				localGemm(false, true, r, n, D, scale, q[qb:], ldq, k[kOff:], ldk, 0, S, Tn)
 				for i := i0; i < i1; i++ {
 					srow, prow := S[(i-i0)*Tn:(i-i0)*Tn+n], P[(i-i0)*Tn:(i-i0)*Tn+n]
 					m := float64(srow[i])
@@ -221,10 +221,10 @@ func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 					rmax[i-i0], rsum[i-i0] = m, sum
 				}
 				if !o.back {
-					gemm(false, false, r, D, n, 1, P, Tn, v[kOff:], ldk, 0, out[qb:], ldq)
+					localGemm(false, false, r, D, n, 1, P, Tn, v[kOff:], ldk, 0, out[qb:], ldq)
 					continue
 				}
-				gemm(false, true, r, n, D, 1, dO[qb:], ldq, v[kOff:], ldk, 0, dP, Tn)
+				localGemm(false, true, r, n, D, 1, dO[qb:], ldq, v[kOff:], ldk, 0, dP, Tn)
 				for i := i0; i < i1; i++ {
 					o := (i - i0) * Tn
 					srow, prow, drow := S[o:o+n], P[o:o+n], dP[o:o+n]
@@ -245,9 +245,9 @@ func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 					}
 					clear(drow[i+1:])
 				}
-				gemm(false, false, r, D, n, scale, dP, Tn, k[kOff:], ldk, 0, dq[qb:], ldq)
-				gemm(true, false, n, D, r, scale, dP, Tn, q[qb:], ldq, 1, dk[kOff:], ldk)
-				gemm(true, false, n, D, r, 1, P, Tn, dO[qb:], ldq, 1, dv[kOff:], ldk)
+				localGemm(false, false, r, D, n, scale, dP, Tn, k[kOff:], ldk, 0, dq[qb:], ldq)
+				localGemm(true, false, n, D, r, scale, dP, Tn, q[qb:], ldq, 1, dk[kOff:], ldk)
+				localGemm(true, false, n, D, r, 1, P, Tn, dO[qb:], ldq, 1, dv[kOff:], ldk)
 			}
 		}
 		if o.back && s.Masked {

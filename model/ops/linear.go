@@ -6,6 +6,7 @@ import (
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
 	"gonum.org/v1/gonum/blas/blas64"
+	"gonum.org/v1/gonum/blas/gonum"
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 )
@@ -13,6 +14,17 @@ import (
 // gemm computes C = alpha·op(A)·op(B) + beta·C on row-major strided matrices through gonum's
 // BLAS (blas32/blas64, which the openblas build tag points at OpenBLAS).
 func gemm[T Float](tA, tB bool, m, n, k int, alpha float64, a []T, lda int, b []T, ldb int, beta float64, c []T, ldc int) {
+	gemmWith(blas32.Implementation(), blas64.Implementation(), tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+// localGemm is gemm on gonum's pure-Go implementation, whatever BLAS is installed: kernels
+// that already run one goroutine per (sequence, head) call it so that a threaded BLAS does not
+// oversubscribe the cores with its own worker threads.
+func localGemm[T Float](tA, tB bool, m, n, k int, alpha float64, a []T, lda int, b []T, ldb int, beta float64, c []T, ldc int) {
+	gemmWith(gonum.Implementation{}, gonum.Implementation{}, tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+func gemmWith[T Float](i32 blas.Float32Level3, i64 blas.Float64Level3, tA, tB bool, m, n, k int, alpha float64, a []T, lda int, b []T, ldb int, beta float64, c []T, ldc int) {
 	ta, tb := blas.NoTrans, blas.NoTrans
 	if tA {
 		ta = blas.Trans
@@ -22,9 +34,9 @@ func gemm[T Float](tA, tB bool, m, n, k int, alpha float64, a []T, lda int, b []
 	}
 	switch a := any(a).(type) {
 	case []float32:
-		blas32.Implementation().Sgemm(ta, tb, m, n, k, float32(alpha), a, lda, any(b).([]float32), ldb, float32(beta), any(c).([]float32), ldc)
+		i32.Sgemm(ta, tb, m, n, k, float32(alpha), a, lda, any(b).([]float32), ldb, float32(beta), any(c).([]float32), ldc)
 	case []float64:
-		blas64.Implementation().Dgemm(ta, tb, m, n, k, alpha, a, lda, any(b).([]float64), ldb, beta, any(c).([]float64), ldc)
+		i64.Dgemm(ta, tb, m, n, k, alpha, a, lda, any(b).([]float64), ldb, beta, any(c).([]float64), ldc)
 	}
 }
 

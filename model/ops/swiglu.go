@@ -59,14 +59,18 @@ func (o swiGLUGrad) exec(out *tensor.Dense, in []G.Value) (float64, error) {
 
 // swiGLUKernel: mode −1 forward, 0 gradient wrt a, 1 gradient wrt b.
 func swiGLUKernel[T Float](mode int, out, a, b, dy []T) {
+	exp := math.Exp
+	if isFloat32[T]() {
+		exp = fastExp
+	}
 	parallel(len(a), 8, func(lo, hi int) {
 		for i := lo; i < hi; i++ {
 			x := float64(a[i])
-			sg := 1 / (1 + math.Exp(-x))
+			sg := 1 / (1 + exp(-x))
 			switch mode {
 			case -1:
 				// Same expression as model.SiLU so float64 results agree bit for bit.
-				out[i] = a[i] / (1 + T(math.Exp(-x))) * b[i]
+				out[i] = a[i] / (1 + T(exp(-x))) * b[i]
 			case 0:
 				out[i] = T(float64(dy[i]) * float64(b[i]) * sg * (1 + x*(1-sg)))
 			default:
