@@ -146,6 +146,62 @@ static cublasStatus_t dmc_gemm_batched(cublasHandle_t h, int ta, int tb, int m, 
   return p_cublasGemmBatchedEx(h, ta, tb, m, n, k, &alpha, (const void* const*)A, at, lda, (const void* const*)B, bt, ldb, &beta,
                                (void* const*)C, ct, ldc, count, 68, -1);
 }
+
+// ---- cuBLASLt (optional): per-shape algorithm choice for the skinny decode GEMMs.
+typedef struct { unsigned long long data[8]; } dmc_lt_algo;
+typedef struct { dmc_lt_algo algo; size_t workspaceSize; int state; float wavesCount; int reserved[4]; } dmc_lt_heur;
+typedef int (*ltCreate_fn)(void**);
+typedef int (*ltDescCreate_fn)(void**, int, int);
+typedef int (*ltDescSet_fn)(void*, int, const void*, size_t);
+typedef int (*ltLayoutCreate_fn)(void**, int, unsigned long long, unsigned long long, long long);
+typedef int (*ltPrefCreate_fn)(void**);
+typedef int (*ltPrefSet_fn)(void*, int, const void*, size_t);
+typedef int (*ltHeur_fn)(void*, void*, void*, void*, void*, void*, void*, int, dmc_lt_heur*, int*);
+typedef int (*ltMatmul_fn)(void*, void*, const void*, const void*, void*, const void*, void*, const void*, const void*, void*,
+                           void*, void*, const dmc_lt_algo*, void*, size_t, void*);
+static ltCreate_fn p_ltCreate; static ltDescCreate_fn p_ltDescCreate; static ltDescSet_fn p_ltDescSet;
+static ltLayoutCreate_fn p_ltLayoutCreate; static ltPrefCreate_fn p_ltPrefCreate; static ltPrefSet_fn p_ltPrefSet;
+static ltHeur_fn p_ltHeur; static ltMatmul_fn p_ltMatmul;
+static void* ltHandle;
+
+static int dmc_lt_open(void) {
+  if (ltHandle) return 0;
+  const char* names[] = {"libcublasLt.so.13", "libcublasLt.so.12", "libcublasLt.so.11", 0};
+  void* h = 0;
+  for (int i = 0; names[i] && !h; i++) h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+  if (!h) return -1;
+  p_ltCreate = (ltCreate_fn)dlsym(h, "cublasLtCreate");
+  p_ltDescCreate = (ltDescCreate_fn)dlsym(h, "cublasLtMatmulDescCreate");
+  p_ltDescSet = (ltDescSet_fn)dlsym(h, "cublasLtMatmulDescSetAttribute");
+  p_ltLayoutCreate = (ltLayoutCreate_fn)dlsym(h, "cublasLtMatrixLayoutCreate");
+  p_ltPrefCreate = (ltPrefCreate_fn)dlsym(h, "cublasLtMatmulPreferenceCreate");
+  p_ltPrefSet = (ltPrefSet_fn)dlsym(h, "cublasLtMatmulPreferenceSetAttribute");
+  p_ltHeur = (ltHeur_fn)dlsym(h, "cublasLtMatmulAlgoGetHeuristic");
+  p_ltMatmul = (ltMatmul_fn)dlsym(h, "cublasLtMatmul");
+  if (!p_ltCreate || !p_ltDescCreate || !p_ltDescSet || !p_ltLayoutCreate || !p_ltPrefCreate || !p_ltPrefSet || !p_ltHeur || !p_ltMatmul) return -1;
+  if (p_ltCreate(&ltHandle) != 0) { ltHandle = 0; return -1; }
+  return 0;
+}
+
+// A plan for Y[n][m] (col-major m x n) = op_T(W: k x m) * X (k x n), bf16 in, ctype out.
+typedef struct { void *desc, *a, *b, *c; int count; dmc_lt_heur h[8]; } dmc_lt_plan;
+
+static int dmc_lt_plan_make(dmc_lt_plan* p, int m, int n, int k, int ctype, size_t ws) {
+  int opT = 1, opN = 0;
+  if (p_ltDescCreate(&p->desc, 68, 0) || p_ltDescSet(p->desc, 3, &opT, 4) || p_ltDescSet(p->desc, 4, &opN, 4)) return -1;
+  if (p_ltLayoutCreate(&p->a, 14, k, m, k) || p_ltLayoutCreate(&p->b, 14, k, n, k) || p_ltLayoutCreate(&p->c, ctype, m, n, m)) return -1;
+  void* pref;
+  unsigned long long w = ws;
+  if (p_ltPrefCreate(&pref) || p_ltPrefSet(pref, 1, &w, 8)) return -1;
+  p->count = 0;
+  if (p_ltHeur(ltHandle, p->desc, p->a, p->b, p->c, p->c, pref, 8, p->h, &p->count)) return -1;
+  return 0;
+}
+
+static int dmc_lt_run(dmc_lt_plan* p, int i, float alpha, float beta, CUdeviceptr A, CUdeviceptr B, CUdeviceptr C, CUdeviceptr ws, size_t wsSize) {
+  return p_ltMatmul(ltHandle, p->desc, &alpha, (const void*)A, p->a, (const void*)B, p->b, &beta, (const void*)C, p->c, (void*)C, p->c,
+                    &p->h[i].algo, (void*)ws, wsSize, 0);
+}
 */
 import "C"
 
@@ -154,6 +210,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"runtime"
 	"strings"
 	"unsafe"
@@ -191,7 +248,30 @@ type device struct {
 	blasLb string
 	blasV  int
 	drvV   int
+
+	// cuBLASLt autotuning of decode GEMMs (rows <= ltMaxRows); nil plans when unavailable.
+	lt     bool
+	ltWs   devPtr
+	ltScr  devPtr // scratch output for tuning
+	ltScrN int64
+	plans  map[gemmKey]*gemmPlan
 }
+
+type gemmKey struct {
+	out, rows, in, yType int
+	acc                  bool
+}
+
+// gemmPlan is the fastest of cublasGemmEx (best = -1) and the cuBLASLt heuristics' candidates.
+type gemmPlan struct {
+	p    *C.dmc_lt_plan
+	best int
+}
+
+const (
+	ltMaxRows = 512
+	ltWsBytes = 32 << 20
+)
 
 var errNoLaunch = errors.New("kernel launch failed")
 
@@ -258,6 +338,12 @@ func openDevice(ordinal int) (*device, error) {
 		return nil, fmt.Errorf("cublasCreate failed with status %d", int(st))
 	}
 	d.blasV = int(C.dmc_cublasVersion(d.blas))
+	d.plans = map[gemmKey]*gemmPlan{}
+	if os.Getenv("DMC_NO_CUBLASLT") == "" && C.dmc_lt_open() == 0 {
+		if ws, err := d.alloc(ltWsBytes, "cuBLASLt workspace"); err == nil {
+			d.lt, d.ltWs = true, ws
+		}
+	}
 	return d, nil
 }
 
@@ -415,19 +501,105 @@ func (d *device) launch(name string, grid, block dim3, smem int, a *args) error 
 	return nil
 }
 
-// gemm computes, in row-major terms, Y[rows, out] = X[rows, in] · W[out, in]ᵀ (+ Y when
-// accumulate). W and X are bf16, Y is fp32 or bf16 (yType).
+// linear computes, in row-major terms, Y[rows, out] = X[rows, in] · W[out, in]ᵀ (+ Y when
+// accumulate). W and X are bf16, Y is fp32 or bf16 (yType). Small row counts (decode) use the
+// algorithm that timed fastest for the shape on first use.
 func (d *device) linear(y devPtr, yType int, x, w devPtr, rows, in, out int, accumulate bool) error {
 	beta := float32(0)
 	if accumulate {
 		beta = 1
 	}
+	if d.lt && rows <= ltMaxRows {
+		k := gemmKey{out, rows, in, yType, accumulate}
+		pl, ok := d.plans[k]
+		if !ok {
+			pl = d.tune(k, x, w)
+			d.plans[k] = pl
+		}
+		if pl.best >= 0 {
+			if st := C.dmc_lt_run(pl.p, C.int(pl.best), 1, C.float(beta), C.CUdeviceptr(w), C.CUdeviceptr(x), C.CUdeviceptr(y),
+				C.CUdeviceptr(d.ltWs), ltWsBytes); st != 0 {
+				return fmt.Errorf("cublasLtMatmul (%dx%d · %dx%d) failed with status %d", rows, in, in, out, int(st))
+			}
+			return nil
+		}
+	}
+	return d.gemmEx(y, yType, x, w, rows, in, out, beta)
+}
+
+func (d *device) gemmEx(y devPtr, yType int, x, w devPtr, rows, in, out int, beta float32) error {
 	st := C.dmc_gemm(d.blas, opT, opN, C.int(out), C.int(rows), C.int(in), 1, C.CUdeviceptr(w), typeBF, C.int(in),
 		C.CUdeviceptr(x), typeBF, C.int(in), C.float(beta), C.CUdeviceptr(y), C.int(yType), C.int(out))
 	if st != 0 {
 		return fmt.Errorf("cublasGemmEx (%dx%d · %dx%d) failed with status %d", rows, in, in, out, int(st))
 	}
 	return nil
+}
+
+// tune times cublasGemmEx and each cuBLASLt candidate for shape k (into a scratch output) and
+// returns the fastest. Any failure falls back to cublasGemmEx.
+func (d *device) tune(k gemmKey, x, w devPtr) *gemmPlan {
+	fallback := &gemmPlan{best: -1}
+	need := int64(k.rows) * int64(k.out) * 4
+	if need > d.ltScrN {
+		d.free(d.ltScr)
+		p, err := d.alloc(need, "GEMM tuning scratch")
+		if err != nil {
+			d.ltScr, d.ltScrN = 0, 0
+			return fallback
+		}
+		d.ltScr, d.ltScrN = p, need
+		d.memset(p, 0, need)
+	}
+	p := (*C.dmc_lt_plan)(C.calloc(1, C.size_t(unsafe.Sizeof(C.dmc_lt_plan{}))))
+	if C.dmc_lt_plan_make(p, C.int(k.out), C.int(k.rows), C.int(k.in), C.int(k.yType), ltWsBytes) != 0 || p.count == 0 {
+		C.free(unsafe.Pointer(p))
+		return fallback
+	}
+	beta := C.float(0)
+	if k.acc {
+		beta = 1
+	}
+	e0, err0 := d.newEvent()
+	e1, err1 := d.newEvent()
+	if err0 != nil || err1 != nil {
+		return fallback
+	}
+	defer e0.destroy()
+	defer e1.destroy()
+	timeIt := func(run func() bool) float64 {
+		if !run() {
+			return math.Inf(1)
+		}
+		e0.record()
+		for i := 0; i < 5; i++ {
+			run()
+		}
+		e1.record()
+		ms, err := elapsed(e0, e1)
+		if err != nil {
+			return math.Inf(1)
+		}
+		return ms
+	}
+	bestT := timeIt(func() bool { return d.gemmEx(d.ltScr, k.yType, x, w, k.rows, k.in, k.out, float32(beta)) == nil })
+	best := -1
+	for i := 0; i < int(p.count); i++ {
+		if p.h[i].state != 0 || p.h[i].workspaceSize > ltWsBytes {
+			continue
+		}
+		t := timeIt(func() bool {
+			return C.dmc_lt_run(p, C.int(i), 1, beta, C.CUdeviceptr(w), C.CUdeviceptr(x), C.CUdeviceptr(d.ltScr), C.CUdeviceptr(d.ltWs), ltWsBytes) == 0
+		})
+		if t < bestT*0.98 {
+			bestT, best = t, i
+		}
+	}
+	if best < 0 {
+		C.free(unsafe.Pointer(p))
+		return fallback
+	}
+	return &gemmPlan{p: p, best: best}
 }
 
 // gemmBatched is cublasGemmBatchedEx in column-major terms over device arrays of pointers.
