@@ -149,10 +149,6 @@ func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 		}
 	}
 	scale := 1 / math.Sqrt(float64(D))
-	exp := math.Exp
-	if isFloat32[T]() {
-		exp = fastExp
-	}
 	ldq, ldk := Hq*D, Hkv*D
 	nw := workers(B * Hkv)
 	bs := min(attnBlock, Tn)
@@ -206,11 +202,11 @@ func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 					}
 					var sum float64
 					for j := 0; j < i; j++ {
-						e := exp(float64(srow[j]) + logm[j] - m)
+						e := math.Exp(float64(srow[j]) + logm[j] - m)
 						prow[j] = T(e)
 						sum += e
 					}
-					e := exp(float64(srow[i]) - m)
+					e := math.Exp(float64(srow[i]) - m)
 					prow[i] = T(e)
 					sum += e
 					inv := 1 / sum
@@ -236,7 +232,7 @@ func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 						// ∂P_ij/∂α_{j+1} through log(1−α) is −e^{s_ij − m_i}/L_i (no division by 1−α).
 						mi, li := rmax[i-i0], rsum[i-i0]
 						for j := 0; j < i; j++ {
-							ex := exp(min(float64(srow[j])-mi, alphaGradExpCap)) / li
+							ex := math.Exp(min(float64(srow[j])-mi, alphaGradExpCap)) / li
 							accA[j+1] -= ex * (float64(drow[j]) - delta)
 						}
 					}

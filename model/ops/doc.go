@@ -17,7 +17,7 @@
 //	Linear            x [N,in], W [out,in] → x·Wᵀ [N,out]           dy,W → dx = dy·W; dy,x → dW = dyᵀ·x (two GEMMs)
 //	RMSNorm(eps)      x [N,d], w [d] → x/rms(x)·w                   x, w, dy → dx; x, dy → dw (rms recomputed)
 //	RoPE(spec)        x [N,H·D], s scalar → R_t(x with ch ×s)       dy, s → S·R_tᵀ·dy (inverse rotation, then ×s)
-//	SwiGLU            a, b [N,h] → silu(a)·b                        a, b, dy → da; a, b, dy → db
+//	SwiGLU            a, b [N,h] → silu(a)·b                        a, b, dy → packed [da | db] (one sigmoid each)
 //	Embedding         E [V,d], ids [N] int → E[ids] [N,d]           ids, dy → dE (scatter-add; zero elsewhere)
 //	SoftmaxCE         logits [N,V], targets [N] int → mean CE       logits, targets, dloss → dlogits (recomputes softmax)
 //	                  (targets < 0 ignored; rows normalised by their own max)

@@ -72,10 +72,6 @@ func xentKernel[T Float](logits []T, tg []int, V int, g float64, dl []T) float64
 	rows := len(tg)
 	losses := make([]float64, rows)
 	scale := g / float64(count)
-	exp := math.Exp
-	if isFloat32[T]() {
-		exp = fastExp
-	}
 	parallel(rows, V, func(lo, hi int) {
 		for n := lo; n < hi; n++ {
 			row := logits[n*V : (n+1)*V]
@@ -92,7 +88,7 @@ func xentKernel[T Float](logits []T, tg []int, V int, g float64, dl []T) float64
 			}
 			var z float64
 			for _, v := range row {
-				z += exp(float64(v) - m)
+				z += math.Exp(float64(v) - m)
 			}
 			lz := math.Log(z)
 			if dl == nil {
@@ -101,9 +97,9 @@ func xentKernel[T Float](logits []T, tg []int, V int, g float64, dl []T) float64
 			}
 			out := dl[n*V : (n+1)*V]
 			for i, v := range row {
-				out[i] = T(scale * exp(float64(v)-m-lz))
+				out[i] = T(scale * math.Exp(float64(v)-m-lz))
 			}
-			out[t] = T(scale * (exp(float64(row[t])-m-lz) - 1))
+			out[t] = T(scale * (math.Exp(float64(row[t])-m-lz) - 1))
 		}
 	})
 	var s float64
