@@ -266,7 +266,11 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 			}
 		}
 		n := float64(r.GradAccum)
-		m := Metrics{Step: t.step + 1, Stage: plan.Stage.String(), Loss: lossSum / n, LMLoss: lmSum / n,
+		stage := plan.Stage.String()
+		if r.Mode == ModeControl {
+			stage = ModeControl // no DMC stages in a control run
+		}
+		m := Metrics{Step: t.step + 1, Stage: stage, Loss: lossSum / n, LMLoss: lmSum / n,
 			CRLoss: crSum / n, MeanAlpha: alphaSum / n, LR: plan.LR, Tokens: tokens}
 		if !finite(m.Loss) || !finite(m.LMLoss) || !finite(m.CRLoss) || !finite(m.MeanAlpha) {
 			return t.result(last), t.diverged(fmt.Sprintf("loss is %v (lm %v, cr %v, mean α %v)", m.Loss, m.LMLoss, m.CRLoss, m.MeanAlpha))

@@ -53,7 +53,7 @@ exports the DMC model and generates from the export. About 10 minutes on 2 cores
 	f := cmd.Flags()
 	f.StringVar(&o.Out, "out", "runs/demo", "working directory (reused: finished stages are skipped)")
 	f.Float64Var(&o.CorpusMB, "corpus-mb", 2, "size of the generated corpus")
-	f.IntVar(&o.PretrainSteps, "pretrain-steps", 300, "pre-training steps of the base model")
+	f.IntVar(&o.PretrainSteps, "pretrain-steps", 400, "pre-training steps of the base model")
 	f.IntVar(&o.RetrofitSteps, "retrofit-steps", 240, "DMC retrofit steps")
 	f.Float64Var(&o.TargetCR, "target-cr", 2, "target compression rate")
 	f.Uint64Var(&o.Seed, "seed", 1, "seed of the corpus and the initial weights")
@@ -166,6 +166,25 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 		}
 	}
 
+	// 3b. The control: plain continued training with the same recipe, steps and data, so the
+	// comparison separates the effect of DMC from the effect of training longer.
+	controlRun, controlDir := path("runs/control"), path("control")
+	if !exists(filepath.Join(controlDir, "config.json")) {
+		say("control: continued training without DMC for the same %d steps", o.RetrofitSteps)
+		ro := &RetrofitOptions{Model: baseDir, Tokenizer: tokPath, Data: shards, Out: controlRun, Config: "demo-retrofit",
+			Control: true, Steps: o.RetrofitSteps, Resume: exists(filepath.Join(controlRun, "checkpoints"))}
+		res, err := ro.Run(ctx, quiet)
+		if err != nil {
+			return err
+		}
+		if !res.Run.Done {
+			return fmt.Errorf("control run interrupted; run the demo again to continue")
+		}
+		if err := (&ExportOptions{RunDir: controlRun, Out: controlDir, DType: "fp32", Tokenizer: tokPath, ShardMB: 1 << 20}).Run(ctx, quiet); err != nil {
+			return err
+		}
+	}
+
 	// 4. Evaluate vanilla vs DMC on the held-out stories with the real caches.
 	say("evaluating on the held-out stories")
 	evalOf := func(m, cache string) (*EvalReport, error) {
@@ -173,6 +192,10 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 		return (&EvalOptions{Model: m, Data: shards, Tasks: "ppl", Cache: cache, JSON: path("eval-" + filepath.Base(m) + "-" + cache + ".json")}).Run(ctx, silent)
 	}
 	base, err := evalOf(baseDir, "vanilla")
+	if err != nil {
+		return err
+	}
+	control, err := evalOf(controlDir, "vanilla")
 	if err != nil {
 		return err
 	}
@@ -192,9 +215,10 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 	fmt.Fprintf(w, "\nDMC demo (%s, %s parameters), held-out stories: %d tokens\n\n", cfg.Name, humanCount(cfg.NumParams()), base.Tokens)
 	fmt.Fprintln(w, "model\tKV cache\tperplexity\tcompression (tokens/slots)\tKV slots")
 	fmt.Fprintf(w, "base (vanilla)\tfull\t%.3f\t%.2fx\t%d\n", base.Perplexity, base.CR, base.PPL.Slots)
-	fmt.Fprintf(w, "DMC retrofit (target %gx)\tcompressed\t%.3f\t%.2fx\t%d\n", o.TargetCR, dmcRep.Perplexity, dmcRep.CR, dmcRep.PPL.Slots)
+	fmt.Fprintf(w, "control: +%d steps, no DMC\tfull\t%.3f\t%.2fx\t%d\n", o.RetrofitSteps, control.Perplexity, control.CR, control.PPL.Slots)
+	fmt.Fprintf(w, "DMC: +%d steps, target %gx\tcompressed\t%.3f\t%.2fx\t%d\n", o.RetrofitSteps, o.TargetCR, dmcRep.Perplexity, dmcRep.CR, dmcRep.PPL.Slots)
 	w.Flush()
-	fmt.Fprintf(streams.Out, "\nperplexity change: %+.1f%%; KV cache %.2fx smaller\n", 100*(dmcRep.Perplexity/base.Perplexity-1), dmcRep.CR)
+	fmt.Fprintf(streams.Out, "\nDMC vs the control (same training): perplexity %+.1f%%, KV cache %.2fx smaller\n", 100*(dmcRep.Perplexity/control.Perplexity-1), dmcRep.CR)
 	fmt.Fprintf(streams.Out, "\nsample from the export (greedy, DMC cache):\n  %s\n", bytes.TrimSpace(sample.Bytes()))
 	fmt.Fprintf(streams.Out, "\nfiles: %s (export), %s (run, metrics.jsonl), %s (shards)\n", exportDir, dmcRun, shards)
 	fmt.Fprintf(streams.Out, "next: dmc eval --model %s --data %s ; dmc generate --model %s --prompt \"Tom had a\"\n", exportDir, shards, exportDir)
