@@ -154,6 +154,9 @@ type updateIO struct {
 	qkvStride                        int
 	slots, pos, tokStart, tokCount   devPtr
 	qOut, qPre, kPre, vPre, alphaPre devPtr
+	// prefill per-head arrays [Hkv][alphaStride]
+	alphaStride               int
+	omegaPre, slotPre, segPre devPtr
 }
 
 func (c *kvCache) updateArgs(layer int, io updateIO) *args {
@@ -170,7 +173,7 @@ func (c *kvCache) updateArgs(layer int, io updateIO) *args {
 		p(c.pool).p(c.bt).p(c.lens).p(c.freeList).p(c.freeTop).p(c.status).p(c.state).p(c.cs).
 		p(io.qOut).p(io.qPre).p(io.kPre).p(io.vPre).p(io.alphaPre).
 		i(layer).i(g.L).i(g.Hq).i(g.Hkv).i(g.D).i(c.maxPages).i(c.window).i(c.channel).i(dmc).i(c.forceCR).i(il).
-		f(float32(c.decOffset)).f(float32(c.impOffset)).end()
+		f(float32(c.decOffset)).f(float32(c.impOffset)).i(io.alphaStride).p(io.omegaPre).p(io.slotPre).p(io.segPre).end()
 }
 
 func (c *kvCache) threads() int { return max(32, (c.g.D+31)/32*32) }
@@ -181,10 +184,22 @@ func (c *kvCache) decodeUpdate(layer, B int, io updateIO) error {
 	return c.d.launch("kv_update_decode", dim3{x: c.g.Hkv, y: B}, dim3{x: c.threads()}, 0, c.updateArgs(layer, io))
 }
 
-// prefillUpdate ingests all prompt tokens of nSeq sequences (N rows in total).
-func (c *kvCache) prefillUpdate(layer, nSeq, N int, io updateIO, tokSeq devPtr) error {
-	if c.dmc {
+// prefillUpdate ingests all prompt tokens of nSeq new sequences (N rows in total, at most maxN
+// per sequence). DMC with a window runs in parallel over the tokens (plan, states, commit);
+// without a window (unbounded segments) one scan per (sequence, KV head) does the update.
+func (c *kvCache) prefillUpdate(layer, nSeq, N, maxN int, io updateIO, tokSeq devPtr) error {
+	if c.dmc && c.window == 0 {
 		return c.d.launch("kv_update_prefill", dim3{x: c.g.Hkv, y: nSeq}, dim3{x: c.threads()}, 0, c.updateArgs(layer, io))
+	}
+	if c.dmc {
+		a := c.updateArgs(layer, io)
+		if err := c.d.launch("dmc_prefill_plan", dim3{x: c.g.Hkv, y: nSeq}, dim3{x: 1024}, 0, a); err != nil {
+			return err
+		}
+		if err := c.d.launch("dmc_prefill_states", dim3{x: (maxN + 15) / 16, y: c.g.Hkv, z: nSeq}, dim3{x: c.threads()}, 0, a); err != nil {
+			return err
+		}
+		return c.d.launch("dmc_prefill_commit", dim3{x: c.g.Hkv, y: nSeq}, dim3{x: 32}, 0, a)
 	}
 	a := c.updateArgs(layer, io)
 	if err := c.d.launch("kv_alloc_prefill", dim3{x: c.g.Hkv, y: nSeq}, dim3{x: 32}, 0, a); err != nil {
@@ -197,10 +212,15 @@ func (c *kvCache) prefillUpdate(layer, nSeq, N int, io updateIO, tokSeq devPtr) 
 	return c.d.launch("kv_commit_prefill", dim3{x: c.g.Hkv, y: nSeq}, dim3{x: 32}, 0, a)
 }
 
-// splits picks the number of split-K chunks per (sequence, KV head): enough blocks to fill
-// the GPU about four times over, and no chunk shorter than 64 slots.
+// attnTargetBlocks is the number of attention blocks per launch to aim for: about 32 per SM
+// (several waves of ~7 resident blocks), so that equal-length blocks do not leave the last
+// wave mostly idle.
+func attnTargetBlocks(sms int) int { return 32 * sms }
+
+// splits picks the number of split-K chunks per (sequence, KV head): enough blocks for
+// several full waves, and no chunk shorter than 64 slots.
 func (c *kvCache) splits(B, maxLen int) int {
-	target := 4 * c.d.sms
+	target := attnTargetBlocks(c.d.sms)
 	s := (target + B*c.g.Hkv - 1) / (B * c.g.Hkv)
 	s = min(s, (maxLen+63)/64, 64)
 	return max(s, 1)
@@ -208,7 +228,7 @@ func (c *kvCache) splits(B, maxLen int) int {
 
 // partFloats is the size of the split-K partial buffer for up to maxBatch sequences.
 func partFloats(g geometry, maxBatch, sms int) int64 {
-	return int64(maxBatch*g.Hkv+4*sms) * int64(g.G*(g.D+2))
+	return int64(maxBatch*g.Hkv+attnTargetBlocks(sms)) * int64(g.G*(g.D+2))
 }
 
 // decodeAttention attends the rotated queries q [B][qd] fp32 over each row's slots, writing
@@ -241,6 +261,15 @@ type prefillScratch struct {
 	qPre, kPre  devPtr
 	vPre, alpha devPtr
 	out         devPtr // bf16 [N][qd]
+	// per-head [Hkv][stride] arrays of the parallel DMC prefill
+	stride              int
+	omega, slot, segBeg devPtr
+}
+
+func (sc *prefillScratch) io(qkv devPtr, qkvStride int, slots, pos, tokStart, tokCount devPtr) updateIO {
+	return updateIO{qkv: qkv, qkvStride: qkvStride, slots: slots, pos: pos, tokStart: tokStart, tokCount: tokCount,
+		qPre: sc.qPre, kPre: sc.kPre, vPre: sc.vPre, alphaPre: sc.alpha, alphaStride: sc.stride,
+		omegaPre: sc.omega, slotPre: sc.slot, segPre: sc.segBeg}
 }
 
 // attnBudget bounds the prompt-attention score buffers (fp32 scores + bf16 probabilities).
@@ -297,6 +326,10 @@ func (c *kvCache) prefillAttention(seqs []prefillSeq, sc *prefillScratch) error 
 		return err
 	}
 	scale := float32(1 / math.Sqrt(float64(g.D)))
+	dmc := 0
+	if c.dmc {
+		dmc = 1
+	}
 	for _, cl := range calls {
 		arr := func(k int) devPtr { return sc.ptrs + uint64((cl.off+k*cl.nh)*8) }
 		T := cl.T
@@ -304,7 +337,7 @@ func (c *kvCache) prefillAttention(seqs []prefillSeq, sc *prefillScratch) error 
 			return err
 		}
 		if err := c.d.launch("prefill_softmax", dim3{x: T, y: cl.nh}, dim3{x: 256}, 0,
-			new(args).p(sc.sBuf).p(sc.pBuf).p(sc.alpha+uint64(cl.start*g.Hkv*4)).i(T).i(g.Hkv).i(g.G).i(cl.i0).f(scale)); err != nil {
+			new(args).p(sc.sBuf).p(sc.pBuf).p(sc.alpha+uint64(cl.start*4)).i(sc.stride).i(T).i(g.G).i(cl.i0).f(scale).i(dmc)); err != nil {
 			return err
 		}
 		if err := c.d.gemmBatched(opN, opN, g.D, T, T, 1, arr(3), typeBF, g.kvd, arr(4), typeBF, T, 0, arr(5), typeBF, g.qd, cl.nh); err != nil {

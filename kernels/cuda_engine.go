@@ -138,9 +138,9 @@ func scratchBytes(cfg model.Config, opt Options, sms int) (perSeq, fixed int64) 
 	perSeq = d*4 + d*2 + (qd+2*kvd)*4 + qd*4 + qd*2 + 2*hd*4 + hd*2 + V*4 + 5*4 + int64(g.Hq*(g.D+2))*4 + 6*int64(g.Hq)*8
 	PT := int64(opt.PrefillTokens)
 	fixed = PT*(d*4+d*2+(qd+2*kvd)*4+2*hd*4+hd*2+6*4) + // px pxn pqkv ph13 ph pio
-		PT*(qd*2+2*kvd*2+int64(g.Hkv)*4+qd*2) + // qPre kPre vPre alpha out
+		PT*(qd*2+2*kvd*2+4*int64(g.Hkv)*4+qd*2) + // qPre kPre vPre alpha omega slot seg out
 		scoreElems(g, opt.MaxContext)*6 +
-		int64(4*sms*g.G*(g.D+2))*4
+		int64(attnTargetBlocks(sms)*g.G*(g.D+2))*4
 	return
 }
 
@@ -179,7 +179,7 @@ func FitBatch(cfg model.Config, opt Options, slotsPerSeq int) (int, error) {
 	if avail <= 0 {
 		return 0, nil
 	}
-	return int(avail / (perSeq + tables + state + pages*pageBytesOf(g))), nil
+	return int(avail / (perSeq + tables + state + pages*(pageBytesOf(g)+4))), nil
 }
 
 // NewEngine uploads w (converted to bf16) to the GPU.
@@ -237,9 +237,13 @@ func newEngine(cfg model.Config, opt Options) (*engine, error) {
 			"shorter context", cfg.Name, opt.MaxBatch, opt.MaxContext, gib(need+minPool), gib(weightBytes(cfg)), gib(minPool),
 			d.name, gib(free))
 	}
+	// The pool never needs more pages than the block tables can address (every row full), and
+	// each page also costs 4 bytes of free list.
+	pb := pageBytesOf(e.g)
+	addressable := int64(opt.MaxBatch*e.g.L*e.g.Hkv) * int64((opt.MaxContext+pageTokens-1)/pageTokens)
 	poolBytes := opt.KVPoolBytes
 	if poolBytes <= 0 {
-		poolBytes = free - need
+		poolBytes = min((free-need)/(pb+4)*pb, addressable*pb)
 	}
 	if e.cache, err = newKVCache(d, cfg, opt, poolBytes); err != nil {
 		return nil, err
@@ -278,7 +282,7 @@ func (e *engine) allocScratch() error {
 		n int64
 	}
 	sElems := scoreElems(g, e.opt.MaxContext)
-	e.psc.sElems = sElems
+	e.psc.sElems, e.psc.stride = sElems, int(PT)
 	e.psc.ptrCap = 6 * g.Hq * int(min(B, PT)) * 2
 	for _, b := range []buf{
 		{&e.x, B * d * 4}, {&e.xn, B * d * 2}, {&e.qkv, B * (qd + 2*kvd) * 4}, {&e.q, B * qd * 4}, {&e.att, B * qd * 2},
@@ -288,6 +292,7 @@ func (e *engine) allocScratch() error {
 		{&e.ph, PT * hd * 2}, {&e.pio, (2*PT + 6*min(B, PT)) * 4},
 		{&e.psc.qPre, PT * qd * 2}, {&e.psc.kPre, PT * kvd * 2}, {&e.psc.vPre, PT * kvd * 2}, {&e.psc.alpha, PT * int64(g.Hkv) * 4},
 		{&e.psc.out, PT * qd * 2}, {&e.psc.sBuf, sElems * 4}, {&e.psc.pBuf, sElems * 2}, {&e.psc.ptrs, int64(e.psc.ptrCap) * 8},
+		{&e.psc.omega, PT * int64(g.Hkv) * 4}, {&e.psc.slot, PT * int64(g.Hkv) * 4}, {&e.psc.segBeg, PT * int64(g.Hkv) * 4},
 	} {
 		if *b.p, err = e.alloc(b.n, "activation scratch"); err != nil {
 			return err
@@ -703,13 +708,16 @@ func (e *engine) prefillChunk(prompts [][]int, wantLogits bool) ([]int, []int, [
 		return ids, nil, nil, err
 	}
 	at := func(i int) devPtr { return e.pio + uint64(i*4) }
-	io := updateIO{qkv: e.pqkv, qkvStride: g.qd + 2*g.kvd, slots: at(2 * PT), pos: at(2*PT + MB), tokStart: at(2*PT + 2*MB),
-		tokCount: at(2*PT + 3*MB), qPre: e.psc.qPre, kPre: e.psc.kPre, vPre: e.psc.vPre, alphaPre: e.psc.alpha}
+	io := e.psc.io(e.pqkv, g.qd+2*g.kvd, at(2*PT), at(2*PT+MB), at(2*PT+2*MB), at(2*PT+3*MB))
+	maxN := 0
+	for _, p := range prompts {
+		maxN = max(maxN, len(p))
+	}
 	if err := e.d.launch("embed_gather", dim3{x: N}, dim3{x: 256}, 0, new(args).p(e.embed).p(e.pio).p(e.px).i(e.cfg.Dim)); err != nil {
 		return ids, nil, nil, err
 	}
 	err := e.layersForward(e.px, e.pxn, e.pqkv, e.ph13, e.ph, N, func(layer int) (devPtr, error) {
-		if err := e.cache.prefillUpdate(layer, nSeq, N, io, at(PT)); err != nil {
+		if err := e.cache.prefillUpdate(layer, nSeq, N, maxN, io, at(PT)); err != nil {
 			return 0, err
 		}
 		return e.psc.out, e.cache.prefillAttention(seqs, &e.psc)

@@ -225,9 +225,13 @@ struct UpdateArgs {
   bf16* qPre;         // prefill: rotated q bf16 [rows][Hq*D]
   bf16* kPre;         // prefill: partial-state keys (rotated) [rows][Hkv*D]
   bf16* vPre;         // prefill: partial-state values [rows][Hkv*D]
-  int* alphaPre;      // prefill: decisions [rows][Hkv]
+  int* alphaPre;      // prefill: decisions [Hkv][alphaStride]
   int layer, L, Hq, Hkv, D, maxPages, window, channel, dmc, forceCR, interleaved;
   float decOffset, impOffset;  // a = k[ch] - decOffset, ω = σ(mean q[ch] + impOffset) + ε
+  int alphaStride;    // prefill per-head arrays are [Hkv][alphaStride], indexed by qkv row
+  float* omegaPre;    // prefill: importance per (head, row)
+  int* slotPre;       // prefill: slot index per (head, row)
+  int* segPre;        // prefill: first row offset (within the prompt) of the token's merge segment
 };
 
 __device__ __forceinline__ long row_of(const UpdateArgs& a, int slot, int h) {
@@ -314,7 +318,7 @@ __device__ void update_token(const UpdateArgs& a, long row, const float* qrow, c
       a.vPre[(size_t)prefillRow * a.Hkv * D + h * D + c] = tobf(vv);
     }
   }
-  if (prefillRow >= 0 && c == 0) a.alphaPre[(size_t)prefillRow * a.Hkv + h] = alpha;
+  if (prefillRow >= 0 && c == 0) a.alphaPre[(size_t)h * a.alphaStride + prefillRow] = alpha;
   __syncthreads();  // sh is reused by the next token / q rotation
 }
 
@@ -440,7 +444,7 @@ extern "C" __global__ void kv_write_prefill(UpdateArgs a, const int* __restrict_
     a.kPre[(size_t)r * a.Hkv * D + h * D + c] = tobf(kr);
     a.vPre[(size_t)r * a.Hkv * D + h * D + c] = tobf(vrow[c]);
   }
-  if (c == 0) a.alphaPre[(size_t)r * a.Hkv + h] = 0;
+  if (c == 0) a.alphaPre[(size_t)h * a.alphaStride + r] = 0;
   __syncthreads();
   rotate_queries(a, qrow, t, h, sh, nullptr, a.qPre + (size_t)r * a.Hq * D);
 }
@@ -637,20 +641,24 @@ extern "C" __global__ void attn_reduce(const float* __restrict__ part, bf16* __r
 // Masked softmax of one sequence's prompt scores. S holds, for nh query heads (i0 .. i0+nh),
 // a [T][T] fp32 matrix each (row = query t, column = key state j); P receives bf16 probs.
 // Key state j is visible to query t iff j == t, or j < t and token j+1 did not merge into it
-// (alpha[j+1] == 0): dmc-spec.md §5 with hard decisions. Vanilla passes alpha = 0.
+// (alpha[j+1] == 0): dmc-spec.md §5 with hard decisions. alpha points at the prompt's first row
+// of head 0; head h's decisions are alphaStride further. Vanilla (dmc = 0) reads no decisions.
 // Grid (T, nh), block 256.
+__device__ __forceinline__ bool visible(const int* __restrict__ al, int j, int t, int dmc) {
+  return j == t || (j < t && (!dmc || al[j + 1] == 0));
+}
+
 extern "C" __global__ void prefill_softmax(const float* __restrict__ S, bf16* __restrict__ P, const int* __restrict__ alpha,
-                                           int T, int Hkv, int G, int i0, float scale) {
+                                           int alphaStride, int T, int G, int i0, float scale, int dmc) {
   int t = blockIdx.x, ih = blockIdx.y;
   int h = (i0 + ih) / G;
+  const int* al = alpha + (size_t)h * alphaStride;
   const float* sr = S + ((size_t)ih * T + t) * T;
   bf16* pr = P + ((size_t)ih * T + t) * T;
   __shared__ float red[32];
   float mx = -INFINITY;
-  for (int j = threadIdx.x; j <= t; j += blockDim.x) {
-    bool vis = j == t || alpha[(size_t)(j + 1) * Hkv + h] == 0;
-    if (vis) mx = fmaxf(mx, sr[j] * scale);
-  }
+  for (int j = threadIdx.x; j <= t; j += blockDim.x)
+    if (visible(al, j, t, dmc)) mx = fmaxf(mx, sr[j] * scale);
   for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffff, mx, o));
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = mx;
   __syncthreads();
@@ -663,10 +671,8 @@ extern "C" __global__ void prefill_softmax(const float* __restrict__ S, bf16* __
   mx = red[0];
   __syncthreads();
   float sum = 0.f;
-  for (int j = threadIdx.x; j <= t; j += blockDim.x) {
-    bool vis = j == t || alpha[(size_t)(j + 1) * Hkv + h] == 0;
-    if (vis) sum += __expf(sr[j] * scale - mx);
-  }
+  for (int j = threadIdx.x; j <= t; j += blockDim.x)
+    if (visible(al, j, t, dmc)) sum += __expf(sr[j] * scale - mx);
   for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffff, sum, o);
   if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = sum;
   __syncthreads();
@@ -677,10 +683,152 @@ extern "C" __global__ void prefill_softmax(const float* __restrict__ S, bf16* __
   }
   __syncthreads();
   float inv = 1.f / red[0];
-  for (int j = threadIdx.x; j < T; j += blockDim.x) {
-    bool vis = j <= t && (j == t || alpha[(size_t)(j + 1) * Hkv + h] == 0);
-    pr[j] = tobf(vis ? __expf(sr[j] * scale - mx) * inv : 0.f);
+  for (int j = threadIdx.x; j < T; j += blockDim.x)
+    pr[j] = tobf(visible(al, j, t, dmc) ? __expf(sr[j] * scale - mx) * inv : 0.f);
+}
+
+// ---------------------------------------------------------------- parallel DMC prefill (W > 0)
+
+// Step 1, grid (Hkv, nSeq), block 1024: decisions and importances of every prompt token, a
+// block-wide prefix sum of the appends (-> each token's slot) and of the segment starts, and one
+// bulk page allocation per row. Only for rows that start empty (new sequences).
+extern "C" __global__ void __launch_bounds__(1024) dmc_prefill_plan(UpdateArgs a) {
+  const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
+  const int start = a.tokStart[b], n = a.tokCount[b], p0 = a.pos[b], G = a.Hq / a.Hkv, D = a.D, ch = a.channel;
+  const long row = row_of(a, a.slots[b], h);
+  const size_t base = (size_t)h * a.alphaStride + start;
+  const int ipt = (n + nt - 1) / nt, lo = min(n, tid * ipt), hi = min(n, lo + ipt);
+  const int len0 = a.lens[row];  // read before the barrier: the last thread rewrites it
+  int appends = 0, lastAppend = -1;
+  for (int i = lo; i < hi; i++) {
+    const float* q = a.qkv + (size_t)(start + i) * a.qkvStride;
+    const float* k = q + a.Hq * D + h * D;
+    int alpha = a.forceCR > 0 ? ((p0 + i) % a.forceCR) != 0 : k[ch] - a.decOffset > 0.f;
+    if (i == 0) alpha = 0;  // the first token of a sequence is always appended
+    float qm = 0.f;
+    for (int g = 0; g < G; g++) qm += q[(h * G + g) * D + ch];
+    qm /= G;
+    a.alphaPre[base + i] = alpha;
+    a.omegaPre[base + i] = 1.f / (1.f + expf(-(qm + a.impOffset))) + 1.1920928955078125e-07f;
+    if (!alpha) { appends++; lastAppend = i; }
   }
+  // Block-wide inclusive scans: sum of appends, max of the last append.
+  __shared__ int sSum[32], sMax[32];
+  const int lane = tid & 31, warp = tid >> 5;
+  int incl = appends, mx = lastAppend;
+  for (int o = 1; o < 32; o <<= 1) {
+    int v = __shfl_up_sync(0xffffffff, incl, o), m = __shfl_up_sync(0xffffffff, mx, o);
+    if (lane >= o) { incl += v; mx = max(mx, m); }
+  }
+  if (lane == 31) { sSum[warp] = incl; sMax[warp] = mx; }
+  __syncthreads();
+  if (warp == 0) {
+    int v = lane < (nt >> 5) ? sSum[lane] : 0, m = lane < (nt >> 5) ? sMax[lane] : -1;
+    for (int o = 1; o < 32; o <<= 1) {
+      int v2 = __shfl_up_sync(0xffffffff, v, o), m2 = __shfl_up_sync(0xffffffff, m, o);
+      if (lane >= o) { v += v2; m = max(m, m2); }
+    }
+    sSum[lane] = v; sMax[lane] = m;
+  }
+  __syncthreads();
+  // Exclusive prefix of this thread: appends and last append in the ranges before it.
+  int before = incl - appends + (warp > 0 ? sSum[warp - 1] : 0);
+  int exclWarp = __shfl_up_sync(0xffffffff, mx, 1);
+  if (lane == 0) exclWarp = -1;
+  int lastBefore = max(exclWarp, warp > 0 ? sMax[warp - 1] : -1);
+  int count = before, seg = lastBefore;
+  for (int i = lo; i < hi; i++) {
+    if (!a.alphaPre[base + i]) { count++; seg = i; }
+    a.slotPre[base + i] = len0 + count - 1;
+    a.segPre[base + i] = seg;
+  }
+  if (tid == nt - 1) {
+    int total = before + appends;
+    int have = (len0 + PAGE - 1) / PAGE, need = (len0 + total + PAGE - 1) / PAGE, k = need - have;
+    bool ok = true;
+    if (k > 0) {
+      int at = atomicSub(a.freeTop, k) - k;
+      if (at < 0) {
+        atomicAdd(a.freeTop, k);
+        atomicOr(a.status, 1);
+        ok = false;
+      } else {
+        for (int p = 0; p < k; p++) a.bt[row * a.maxPages + have + p] = a.freeList[at + p];
+      }
+    }
+    if (ok) a.lens[row] = len0 + total;
+    else a.lens[row] = -1 - len0;  // marks the row for step 2 to skip; restored there
+  }
+}
+
+// Step 2, grid (ceil(maxN/16), Hkv, nSeq), block >= D: the partial state of every token (the
+// ω-weighted mean of the last <= W tokens of its segment), rotated at its position, written to
+// the dense prefill buffers, and into its slot when it is its segment's last token; the rotated
+// queries; and the decode state after the prompt's last token.
+#define PCH 16
+extern "C" __global__ void dmc_prefill_states(UpdateArgs a) {
+  __shared__ float sh[256];
+  const int h = blockIdx.y, b = blockIdx.z, c = threadIdx.x, D = a.D, W = a.window, ch = a.channel;
+  const int start = a.tokStart[b], n = a.tokCount[b], p0 = a.pos[b];
+  const int t0 = blockIdx.x * PCH;
+  if (t0 >= n) return;
+  const long row = row_of(a, a.slots[b], h);
+  const bool ok = a.lens[row] >= 0;
+  const size_t base = (size_t)h * a.alphaStride + start;
+  const bool act = c < D;
+  const int koff = a.Hq * D + h * D, voff = (a.Hq + a.Hkv) * D + h * D;
+  for (int t = t0; t < min(n, t0 + PCH); t++) {
+    const int seg = a.segPre[base + t], lo = max(seg, t - W + 1);
+    float sk = 0.f, sv = 0.f, z = 0.f;
+    for (int j = lo; j <= t; j++) {
+      const float* r = a.qkv + (size_t)(start + j) * a.qkvStride;
+      float w = a.omegaPre[base + j];
+      z += w;
+      if (act && c != ch) sk += w * r[koff + c];
+      if (act) sv += w * r[voff + c];
+    }
+    if (act) sh[c] = sk / z;
+    __syncthreads();
+    float kr = act ? rope_elem(sh, c, D, p0 + t, a.cs, a.interleaved) : 0.f, vr = sv / z;
+    if (act) {
+      a.kPre[(size_t)(start + t) * a.Hkv * D + h * D + c] = tobf(kr);
+      a.vPre[(size_t)(start + t) * a.Hkv * D + h * D + c] = tobf(vr);
+      bool last = t == n - 1 || a.alphaPre[base + t + 1] == 0;
+      if (last && ok) {
+        int idx = a.slotPre[base + t];
+        bf16* pg = a.pool + (size_t)a.bt[row * a.maxPages + idx / PAGE] * (2 * PAGE * D);
+        pg[(idx % PAGE) * D + c] = tobf(kr);
+        pg[PAGE * D + (idx % PAGE) * D + c] = tobf(vr);
+      }
+    }
+    __syncthreads();
+    rotate_queries(a, a.qkv + (size_t)(start + t) * a.qkvStride, p0 + t, h, sh, nullptr, a.qPre + (size_t)(start + t) * a.Hq * D);
+    if (t == n - 1) {
+      // Decode state: S, Z, segment length and the ring of the window (token j at (j-seg) % W).
+      float* st = a.state + row * (long)(2 * D + 2 + W * (2 * D + 1));
+      float* ring = st + 2 * D + 2;
+      if (act) { st[c] = sk; st[D + c] = sv; }
+      if (c == 0) { st[2 * D] = z; st[2 * D + 1] = (float)(t - seg + 1); }
+      for (int j = lo; j <= t; j++) {
+        const float* r = a.qkv + (size_t)(start + j) * a.qkvStride;
+        float w = a.omegaPre[base + j];
+        int idx = (j - seg) % W;
+        if (act) {
+          ring[idx * D + c] = w * (c == ch ? 0.f : r[koff + c]);
+          ring[W * D + idx * D + c] = w * r[voff + c];
+        }
+        if (c == 0) ring[2 * W * D + idx] = w;
+      }
+    }
+  }
+}
+
+// Step 3, grid (Hkv, nSeq): restores the length of rows whose allocation failed.
+extern "C" __global__ void dmc_prefill_commit(UpdateArgs a) {
+  int h = blockIdx.x, b = blockIdx.y;
+  if (threadIdx.x != 0) return;
+  long row = row_of(a, a.slots[b], h);
+  if (a.lens[row] < 0) a.lens[row] = -1 - a.lens[row];
 }
 
 // Reads the slots of rows back into a dense [rows][maxSlots][D] fp32 buffer (tests).
