@@ -10,7 +10,8 @@ all: build
 build:
 	$(GO) build -o $(BIN)/dmc ./cmd/dmc
 
-# CUDA engine: needs the CUDA headers (make cuda-toolkit) and runs where libcuda.so.1 exists.
+# CUDA engine (tag dmc_cuda; plain `cuda` would switch on gorgonia's cuDNN backend): needs the
+# CUDA headers (make cuda-toolkit); runs where libcuda.so.1 exists, cuBLAS loaded at run time.
 build-cuda:
 	$(GO) build -tags dmc_cuda -o $(BIN)/dmc-cuda ./cmd/dmc
 
