@@ -91,3 +91,30 @@ func BenchmarkStep(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkForward measures the forward pass alone (evaluation), hard decisions.
+func BenchmarkForward(b *testing.B) {
+	w := benchWeights(b, "stories260K")
+	const B, T = 8, 256
+	g, err := New(w, dmc.DefaultConfig(), B, T)
+	if err != nil {
+		b.Fatal(err)
+	}
+	rng := rand.New(rand.NewPCG(1, 1))
+	seqs := make([][]int, B)
+	for i := range seqs {
+		seqs[i] = randTokens(rng, T, w.Config.VocabSize)
+	}
+	batch := makeBatch(seqs)
+	sc := StepContext{DMC: true, ZeroOut: 1, Hard: true}
+	if _, err := g.Forward(batch, sc); err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := g.Forward(batch, sc); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(B*T)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+}

@@ -580,6 +580,18 @@ func TestFloat32GraphTracksFloat64(t *testing.T) {
 			t.Errorf("%s: float32 gradient differs from float64 by %.3g (relative)", p.Name, math.Sqrt(num/den))
 		}
 	}
+	// Forward leaves the gradients alone; a repeated Step reproduces them exactly.
+	for _, p := range g32.Params() {
+		clear(p.Grad)
+	}
+	if _, err := g32.Forward(batch, sc); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range g32.Params() {
+		if slices.ContainsFunc(p.Grad, func(x float32) bool { return x != 0 }) {
+			t.Fatalf("Forward wrote the gradient of %s", p.Name)
+		}
+	}
 	if _, err := g32.Step(batch, sc); err != nil {
 		t.Fatal(err)
 	}
