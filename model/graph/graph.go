@@ -101,7 +101,9 @@ type Exec[T model.Float] struct {
 	w      *model.Params[T] // views of the parameter tensors, for Weights
 	plain  *variant[T]
 	dmcv   *variant[T]
-	noise  []float64
+	// lastRun is the variant of the latest Step or Forward (for Logits).
+	lastRun *variant[T]
+	noise   []float64
 }
 
 // NewExec builds an executor for element type T.
@@ -201,22 +203,13 @@ func (e *Exec[T]) Step(b Batch, sc StepContext) (Losses, error) { return e.run(b
 // Forward runs only the forward pass (no gradients are touched).
 func (e *Exec[T]) Forward(b Batch, sc StepContext) (Losses, error) { return e.run(b, sc, false) }
 
-// Logits returns the logits [B·T, V] of the last run (Options.KeepLogits only). The slice is
-// overwritten by the next run.
+// Logits returns the logits [B·T, V] of the last run (Options.KeepLogits only, else nil). The
+// slice is overwritten by the next run.
 func (e *Exec[T]) Logits() []T {
-	for _, v := range []*variant[T]{e.last()} {
-		if v != nil && v.logitsV != nil {
-			return v.logitsV.Data().([]T)
-		}
+	if e.lastRun == nil || e.lastRun.logitsV == nil {
+		return nil
 	}
-	return nil
-}
-
-func (e *Exec[T]) last() *variant[T] {
-	if e.dmcv != nil && e.dmcv.ranLast {
-		return e.dmcv
-	}
-	return e.plain
+	return e.lastRun.logitsV.Data().([]T)
 }
 
 func (e *Exec[T]) run(b Batch, sc StepContext, backward bool) (Losses, error) {
@@ -242,9 +235,7 @@ func (e *Exec[T]) run(b Batch, sc StepContext, backward bool) (Losses, error) {
 		}
 		v = e.plain
 	}
-	if e.dmcv != nil {
-		e.dmcv.ranLast = useDMC
-	}
+	e.lastRun = v
 	return v.run(e, b, sc, backward)
 }
 

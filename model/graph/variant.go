@@ -24,7 +24,6 @@ type variant[T model.Float] struct {
 	// outputs read by every run
 	lossV, lmV, crV, alphaV, logitsV G.Value
 	full, fwd                        G.VM
-	ranLast                          bool
 }
 
 func dtypeOf[T model.Float]() tensor.Dtype {
