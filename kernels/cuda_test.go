@@ -375,25 +375,38 @@ func loadStories(t testing.TB) *model.Weights {
 	return w
 }
 
-// cpuGreedy runs model.Forward with cache from BOS-prefixed prompt for steps greedy tokens.
-func cpuGreedy(t testing.TB, w *model.Weights, cache model.KVCache[float32], prompt []int, steps int) []int {
+// cpuGreedy runs model.Forward with cache from prompt for steps greedy tokens, and returns with
+// each token the relative gap between the top two logits it was chosen from.
+func cpuGreedy(t testing.TB, w *model.Weights, cache model.KVCache[float32], prompt []int, steps int) ([]int, []float64) {
 	m := model.New(w)
 	logits, err := m.Forward(cache, prompt, 0, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var out []int
+	var gaps []float64
 	pos := len(prompt)
 	for i := 0; i < steps; i++ {
 		next := argmax(logits)
+		second := math.Inf(-1)
+		for j, v := range logits {
+			if j != next {
+				second = max(second, float64(v))
+			}
+		}
 		out = append(out, next)
+		gaps = append(gaps, (float64(logits[next])-second)/math.Abs(float64(logits[next])))
 		if logits, err = m.Forward(cache, []int{next}, pos, false); err != nil {
 			t.Fatal(err)
 		}
 		pos++
 	}
-	return out
+	return out, gaps
 }
+
+// tieGap is the relative top-2 logit gap below which bf16 rounding may legitimately pick the
+// runner-up: the GPU's logits differ from the fp32 CPU's by about 1%.
+const tieGap = 0.01
 
 func argmax(x []float32) int {
 	best := 0
@@ -435,7 +448,8 @@ func firstMismatch(a, b []int) int {
 }
 
 // Greedy decoding on the GPU must give the CPU reference's tokens: vanilla and DMC with a
-// forced merge pattern (compression 3) for 100 steps on the real fp32 weights.
+// forced merge pattern for 100 steps on the real fp32 weights. A divergence is accepted only at
+// a step where the CPU's own top-2 logits are within tieGap (a bf16 near-tie), and logged.
 //
 // With the model's own decisions (stories260K was never retrofitted, so its decision logits
 // hover around the threshold) greedy decoding is chaotic at bf16 precision: rounding only the
@@ -482,9 +496,13 @@ func TestStories260KGreedyParity(t *testing.T) {
 				}
 				cache = cc
 			}
-			want := cpuGreedy(t, ref, cache, c.prompt, steps)
+			want, gaps := cpuGreedy(t, ref, cache, c.prompt, steps)
 			got := gpuGreedy(t, e, c.prompt, steps)
 			i := firstMismatch(got, want)
+			if i >= 0 && gaps[i] < tieGap && !(c.dmc && c.forceCR == 0) {
+				t.Logf("%s: identical for %d steps, then a near-tie (CPU top-2 gap %.2g%%) resolved differently", c.name, i, 100*gaps[i])
+				return
+			}
 			if c.dmc && c.forceCR == 0 {
 				near := math.MaxInt
 				for l := 0; l < w.Config.NLayers; l++ {
@@ -509,7 +527,7 @@ func TestStories260KGreedyParity(t *testing.T) {
 				return
 			}
 			if i >= 0 {
-				t.Fatalf("GPU greedy tokens diverge from the CPU at step %d\n gpu %v\n cpu %v", i, got, want)
+				t.Fatalf("GPU greedy tokens diverge from the CPU at step %d (CPU top-2 gap %.2g%%)\n gpu %v\n cpu %v", i, 100*gaps[i], got, want)
 			}
 			t.Logf("%s: %d greedy tokens identical to model.Forward", c.name, steps)
 		})
