@@ -540,14 +540,23 @@ func (e *engine) Close() error {
 
 func (e *engine) normThreads() int { return min(1024, max(32, (e.cfg.Dim/4+31)/32*32)) }
 
+// rmsnorm writes the bf16 RMSNorm of rows of x; the single-pass kernel when dim = 4·threads
+// with a whole number of warps.
+func (e *engine) rmsnorm(x, w, out devPtr, rows int) error {
+	d, eps := e.cfg.Dim, float32(e.cfg.NormEps)
+	if d%128 == 0 && d/4 <= 1024 {
+		return e.d.launch("rmsnorm_bf16_v4", dim3{x: rows}, dim3{x: d / 4}, 0, new(args).p(x).p(w).p(out).i(d).f(eps))
+	}
+	return e.d.launch("rmsnorm_bf16", dim3{x: rows}, dim3{x: e.normThreads()}, 0, new(args).p(x).p(w).p(out).i(d).f(eps))
+}
+
 // block runs the transformer layers on rows of x with the given attention step.
 func (e *engine) layersForward(x, xn, qkv, h13, h devPtr, rows int, attention func(layer int) (devPtr, error)) error {
 	c, g := e.cfg, e.g
-	eps := float32(c.NormEps)
 	for li := range e.layers {
 		l := &e.layers[li]
 		e.mark("norm")
-		if err := e.d.launch("rmsnorm_bf16", dim3{x: rows}, dim3{x: e.normThreads()}, 0, new(args).p(x).p(l.attnNorm).p(xn).i(c.Dim).f(eps)); err != nil {
+		if err := e.rmsnorm(x, l.attnNorm, xn, rows); err != nil {
 			return err
 		}
 		e.mark("gemm_qkv")
@@ -563,7 +572,7 @@ func (e *engine) layersForward(x, xn, qkv, h13, h devPtr, rows int, attention fu
 			return err
 		}
 		e.mark("norm")
-		if err := e.d.launch("rmsnorm_bf16", dim3{x: rows}, dim3{x: e.normThreads()}, 0, new(args).p(x).p(l.ffnNorm).p(xn).i(c.Dim).f(eps)); err != nil {
+		if err := e.rmsnorm(x, l.ffnNorm, xn, rows); err != nil {
 			return err
 		}
 		e.mark("gemm_w13")
@@ -586,7 +595,7 @@ func (e *engine) layersForward(x, xn, qkv, h13, h devPtr, rows int, attention fu
 // nextDev, and downloads what was asked for.
 func (e *engine) head(rows int, nextDev devPtr, wantLogits bool) ([]int, [][]float32, error) {
 	c := e.cfg
-	if err := e.d.launch("rmsnorm_bf16", dim3{x: rows}, dim3{x: e.normThreads()}, 0, new(args).p(e.x).p(e.norm).p(e.xn).i(c.Dim).f(float32(c.NormEps))); err != nil {
+	if err := e.rmsnorm(e.x, e.norm, e.xn, rows); err != nil {
 		return nil, nil, err
 	}
 	if err := e.d.linear(e.logits, typeF32, e.xn, e.output, rows, c.Dim, c.VocabSize, false); err != nil {
