@@ -56,7 +56,8 @@ static void* libcuda;
 // dmc_cuda_open loads libcuda.so.1 and its entry points; 0 on success, else a message in err.
 static int dmc_cuda_open(char* err, int n) {
   if (libcuda) return 0;
-  void* h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+  const char* name = getenv("DMC_LIBCUDA");  // override, e.g. for a driver outside the loader path
+  void* h = dlopen(name && *name ? name : "libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
   if (!h) { snprintf(err, n, "%s", dlerror()); return -1; }
 #define LOAD(name, ret, args) p_##name = (name##_fn)dlsym(h, #name); if (!p_##name) { snprintf(err, n, "libcuda.so.1 lacks %s (driver too old?)", #name); return -1; }
   CU_FUNCS(LOAD)
@@ -119,6 +120,8 @@ static void* libcublas;
 static int dmc_cublas_open(char* err, int n, char* which, int wn) {
   if (libcublas) return 0;
   const char* names[] = {"libcublas.so.13", "libcublas.so.12", "libcublas.so.11", 0};
+  const char* over = getenv("DMC_LIBCUBLAS");  // override: one library name or path
+  if (over && *over) { names[0] = over; names[1] = 0; }
   void* h = 0;
   for (int i = 0; names[i] && !h; i++) {
     h = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
@@ -282,7 +285,7 @@ func openDevice(ordinal int) (*device, error) {
 	defer runtime.UnlockOSThread()
 	var msg [512]C.char
 	if C.dmc_cuda_open(&msg[0], 512) != 0 {
-		return nil, fmt.Errorf("cannot load the NVIDIA driver library libcuda.so.1 (%s): install the NVIDIA driver, or run on a machine with an NVIDIA GPU", C.GoString(&msg[0]))
+		return nil, fmt.Errorf("cannot load the NVIDIA driver library libcuda.so.1 (%s): install the NVIDIA driver (or set DMC_LIBCUDA to its path), or run on a machine with an NVIDIA GPU", C.GoString(&msg[0]))
 	}
 	if err := cuError(C.dmc_cuInit(), "cuInit"); err != nil {
 		return nil, fmt.Errorf("%w: the NVIDIA driver found no usable GPU (check nvidia-smi)", err)
@@ -331,7 +334,7 @@ func openDevice(ordinal int) (*device, error) {
 	}
 	var which [64]C.char
 	if C.dmc_cublas_open(&msg[0], 512, &which[0], 64) != 0 {
-		return nil, fmt.Errorf("cannot load cuBLAS (tried libcublas.so.13, .12, .11: %s): install the CUDA toolkit's cuBLAS or add its lib directory to LD_LIBRARY_PATH", C.GoString(&msg[0]))
+		return nil, fmt.Errorf("cannot load cuBLAS (tried libcublas.so.13, .12, .11 or $DMC_LIBCUBLAS: %s): install the CUDA toolkit's cuBLAS or add its lib directory to LD_LIBRARY_PATH", C.GoString(&msg[0]))
 	}
 	d.blasLb = C.GoString(&which[0])
 	if st := C.dmc_cublasCreate(&d.blas); st != 0 {

@@ -43,6 +43,20 @@ for stage in "$@"; do
 	gqa)
 		timeout 200 $B bench decode --model tiny-1b-gqa --random-weights --cr 1,4 --batch 1,64 --prompt 512 --gen 128 --json "$OUT/gqa.json" 2>&1 | tail -6
 		;;
+	generate)
+		M=.devdata/tinyllamas-stories260K
+		for dev in cpu cuda; do
+			timeout 60 $B generate --device $dev --model $M/stories260K.bin --tokenizer $M/tok512.bin --temperature 0 --max-tokens 64 >"$OUT/gen-$dev.txt" 2>"$OUT/gen-$dev.err"
+			echo "generate --device $dev rc=$?: $(head -c 300 "$OUT/gen-$dev.txt")"; cat "$OUT/gen-$dev.err"
+		done
+		cmp -s "$OUT/gen-cpu.txt" "$OUT/gen-cuda.txt" && echo "generate: cpu and cuda texts identical" || echo "generate: TEXTS DIFFER"
+		;;
+	errors)
+		echo "--- missing cuBLAS:"; DMC_LIBCUBLAS=libcublas-missing.so.99 $B bench decode --model llama2-7b --random-weights --gen 3 2>&1 | head -3
+		echo "--- missing driver:"; DMC_LIBCUDA=libcuda-missing.so.1 $B bench decode --model llama2-7b --random-weights --gen 3 2>&1 | head -3
+		echo "--- model too large:"; $B bench decode --model llama2-70b --random-weights --batch 1 --gen 3 2>&1 | head -3
+		echo "--- no GPU visible:"; CUDA_VISIBLE_DEVICES= $B bench decode --model llama2-7b --random-weights --gen 3 2>&1 | head -3
+		;;
 	profile)
 		DMC_PROFILE=1 timeout 200 $B bench decode --model llama2-7b --random-weights --cr 1,4 --batch 1,64 --prompt 512 --gen 32 --json "$OUT/profile.json" 2>&1 | grep -E "profile|tok/s"
 		;;
