@@ -46,12 +46,33 @@ typedef void* CUstream;
   X(cuEventSynchronize, CUresult, (CUevent)) \
   X(cuEventElapsedTime, CUresult, (float*, CUevent, CUevent)) \
   X(cuEventDestroy_v2, CUresult, (CUevent)) \
-  X(cuGetErrorString, CUresult, (CUresult, const char**))
+  X(cuGetErrorString, CUresult, (CUresult, const char**)) \
+  X(cuStreamCreate, CUresult, (CUstream*, unsigned)) \
+  X(cuStreamSynchronize, CUresult, (CUstream)) \
+  X(cuMemcpyHtoDAsync_v2, CUresult, (CUdeviceptr, const void*, size_t, CUstream)) \
+  X(cuMemcpyDtoHAsync_v2, CUresult, (void*, CUdeviceptr, size_t, CUstream)) \
+  X(cuMemcpyDtoDAsync_v2, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
+  X(cuMemsetD8Async, CUresult, (CUdeviceptr, unsigned char, size_t, CUstream))
+
+// Optional: CUDA graphs (decode steps run without them when a driver lacks any).
+#define CU_GRAPH_FUNCS(X) \
+  X(cuStreamBeginCapture_v2, CUresult, (CUstream, int)) \
+  X(cuStreamEndCapture, CUresult, (CUstream, void**)) \
+  X(cuGraphInstantiateWithFlags, CUresult, (void**, void*, unsigned long long)) \
+  X(cuGraphLaunch, CUresult, (void*, CUstream)) \
+  X(cuGraphExecDestroy, CUresult, (void*)) \
+  X(cuGraphDestroy, CUresult, (void*))
 
 #define DECL(name, ret, args) typedef ret (*name##_fn) args; static name##_fn p_##name;
 CU_FUNCS(DECL)
+CU_GRAPH_FUNCS(DECL)
+static int dmc_graphs_ok;
+static int dmc_graphs_available(void) { return dmc_graphs_ok; }
 
 static void* libcuda;
+// Every operation goes to this stream (a non-blocking stream created at start, so that decode
+// steps can be captured into CUDA graphs).
+static CUstream dmc_stream;
 
 // dmc_cuda_open loads libcuda.so.1 and its entry points; 0 on success, else a message in err.
 static int dmc_cuda_open(char* err, int n) {
@@ -61,6 +82,9 @@ static int dmc_cuda_open(char* err, int n) {
   if (!h) { snprintf(err, n, "%s", dlerror()); return -1; }
 #define LOAD(name, ret, args) p_##name = (name##_fn)dlsym(h, #name); if (!p_##name) { snprintf(err, n, "libcuda.so.1 lacks %s (driver too old?)", #name); return -1; }
   CU_FUNCS(LOAD)
+  dmc_graphs_ok = 1;
+#define LOADOPT(name, ret, args) p_##name = (name##_fn)dlsym(h, #name); if (!p_##name) dmc_graphs_ok = 0;
+  CU_GRAPH_FUNCS(LOADOPT)
   libcuda = h;
   return 0;
 }
@@ -73,18 +97,28 @@ static CUresult dmc_cuDeviceGetName(char* s, int n, CUdevice d) { return p_cuDev
 static CUresult dmc_cuDeviceGetAttribute(int* v, int a, CUdevice d) { return p_cuDeviceGetAttribute(v, a, d); }
 static CUresult dmc_cuDevicePrimaryCtxRetain(CUcontext* c, CUdevice d) { return p_cuDevicePrimaryCtxRetain(c, d); }
 static CUresult dmc_cuCtxSetCurrent(CUcontext c) { return p_cuCtxSetCurrent(c); }
-static CUresult dmc_cuCtxSynchronize() { return p_cuCtxSynchronize(); }
+static CUresult dmc_cuCtxSynchronize() { return p_cuStreamSynchronize(dmc_stream); }
+static CUresult dmc_stream_create() { return p_cuStreamCreate(&dmc_stream, 1); }
+static void* dmc_stream_ptr() { return dmc_stream; }
+static CUresult dmc_capture_begin() { return p_cuStreamBeginCapture_v2(dmc_stream, 2); }  // relaxed mode
+static CUresult dmc_capture_end(void** graph) { return p_cuStreamEndCapture(dmc_stream, graph); }
+static CUresult dmc_graph_instantiate(void** exec, void* graph) { return p_cuGraphInstantiateWithFlags(exec, graph, 0); }
+static CUresult dmc_graph_launch(void* exec) { return p_cuGraphLaunch(exec, dmc_stream); }
+static void dmc_graph_destroy(void* exec, void* graph) { if (exec) p_cuGraphExecDestroy(exec); if (graph) p_cuGraphDestroy(graph); }
 static CUresult dmc_cuModuleLoadData(CUmodule* m, const void* img) { return p_cuModuleLoadData(m, img); }
 static CUresult dmc_cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) { return p_cuModuleGetFunction(f, m, name); }
 static CUresult dmc_cuMemAlloc(CUdeviceptr* p, size_t n) { return p_cuMemAlloc_v2(p, n); }
 static CUresult dmc_cuMemFree(CUdeviceptr p) { return p_cuMemFree_v2(p); }
 static CUresult dmc_cuMemGetInfo(size_t* f, size_t* t) { return p_cuMemGetInfo_v2(f, t); }
-static CUresult dmc_cuMemcpyHtoD(CUdeviceptr d, const void* s, size_t n) { return p_cuMemcpyHtoD_v2(d, s, n); }
-static CUresult dmc_cuMemcpyDtoH(void* d, CUdeviceptr s, size_t n) { return p_cuMemcpyDtoH_v2(d, s, n); }
-static CUresult dmc_cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) { return p_cuMemcpyDtoD_v2(d, s, n); }
-static CUresult dmc_cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) { return p_cuMemsetD8_v2(d, v, n); }
+static CUresult dmc_cuMemcpyHtoD(CUdeviceptr d, const void* s, size_t n) { return p_cuMemcpyHtoDAsync_v2(d, s, n, dmc_stream); }
+static CUresult dmc_cuMemcpyDtoH(void* d, CUdeviceptr s, size_t n) {
+  CUresult r = p_cuMemcpyDtoHAsync_v2(d, s, n, dmc_stream);
+  return r ? r : p_cuStreamSynchronize(dmc_stream);
+}
+static CUresult dmc_cuMemcpyDtoD(CUdeviceptr d, CUdeviceptr s, size_t n) { return p_cuMemcpyDtoDAsync_v2(d, s, n, dmc_stream); }
+static CUresult dmc_cuMemsetD8(CUdeviceptr d, unsigned char v, size_t n) { return p_cuMemsetD8Async(d, v, n, dmc_stream); }
 static CUresult dmc_cuEventCreate(CUevent* e) { return p_cuEventCreate(e, 0); }
-static CUresult dmc_cuEventRecord(CUevent e) { return p_cuEventRecord(e, 0); }
+static CUresult dmc_cuEventRecord(CUevent e) { return p_cuEventRecord(e, dmc_stream); }
 static CUresult dmc_cuEventSynchronize(CUevent e) { return p_cuEventSynchronize(e); }
 static CUresult dmc_cuEventElapsedTime(float* ms, CUevent a, CUevent b) { return p_cuEventElapsedTime(ms, a, b); }
 static CUresult dmc_cuEventDestroy(CUevent e) { return p_cuEventDestroy_v2(e); }
@@ -98,7 +132,7 @@ static const char* dmc_cuErrorString(CUresult r) {
 static CUresult dmc_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                            unsigned smem, void* buf, size_t size) {
   void* extra[] = {(void*)1, buf, (void*)2, &size, (void*)0};  // CU_LAUNCH_PARAM_BUFFER_POINTER, _SIZE, _END
-  return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, 0, 0, extra);
+  return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, dmc_stream, 0, extra);
 }
 
 // ---- cuBLAS
@@ -111,6 +145,8 @@ typedef cublasStatus_t (*cublasGemmBatchedEx_fn)(cublasHandle_t, int, int, int, 
                                                  int, const void* const*, int, int, const void*, void* const*, int, int, int,
                                                  int, int);
 typedef cublasStatus_t (*cublasGetVersion_fn)(cublasHandle_t, int*);
+typedef cublasStatus_t (*cublasSetStream_fn)(cublasHandle_t, void*);
+static cublasSetStream_fn p_cublasSetStream;
 static cublasCreate_fn p_cublasCreate;
 static cublasGemmEx_fn p_cublasGemmEx;
 static cublasGemmBatchedEx_fn p_cublasGemmBatchedEx;
@@ -132,11 +168,15 @@ static int dmc_cublas_open(char* err, int n, char* which, int wn) {
   p_cublasGemmEx = (cublasGemmEx_fn)dlsym(h, "cublasGemmEx");
   p_cublasGemmBatchedEx = (cublasGemmBatchedEx_fn)dlsym(h, "cublasGemmBatchedEx");
   p_cublasGetVersion = (cublasGetVersion_fn)dlsym(h, "cublasGetVersion_v2");
-  if (!p_cublasCreate || !p_cublasGemmEx || !p_cublasGemmBatchedEx) { snprintf(err, n, "%s lacks cublasGemmEx/cublasGemmBatchedEx", which); return -1; }
+  p_cublasSetStream = (cublasSetStream_fn)dlsym(h, "cublasSetStream_v2");
+  if (!p_cublasCreate || !p_cublasGemmEx || !p_cublasGemmBatchedEx || !p_cublasSetStream) { snprintf(err, n, "%s lacks cublasGemmEx/cublasGemmBatchedEx", which); return -1; }
   libcublas = h;
   return 0;
 }
-static cublasStatus_t dmc_cublasCreate(cublasHandle_t* h) { return p_cublasCreate(h); }
+static cublasStatus_t dmc_cublasCreate(cublasHandle_t* h) {
+  cublasStatus_t st = p_cublasCreate(h);
+  return st ? st : p_cublasSetStream(*h, dmc_stream);
+}
 static int dmc_cublasVersion(cublasHandle_t h) { int v = 0; if (p_cublasGetVersion) p_cublasGetVersion(h, &v); return v; }
 
 // C = alpha op(A) op(B) + beta C, column-major, fp32 accumulation (CUBLAS_COMPUTE_32F = 68).
@@ -203,7 +243,7 @@ static int dmc_lt_plan_make(dmc_lt_plan* p, int m, int n, int k, int ctype, size
 
 static int dmc_lt_run(dmc_lt_plan* p, int i, float alpha, float beta, CUdeviceptr A, CUdeviceptr B, CUdeviceptr C, CUdeviceptr ws, size_t wsSize) {
   return p_ltMatmul(ltHandle, p->desc, &alpha, (const void*)A, p->a, (const void*)B, p->b, &beta, (const void*)C, p->c, (void*)C, p->c,
-                    &p->h[i].algo, (void*)ws, wsSize, 0);
+                    &p->h[i].algo, (void*)ws, wsSize, dmc_stream);
 }
 */
 import "C"
@@ -325,6 +365,9 @@ func openDevice(ordinal int) (*device, error) {
 		return nil, err
 	}
 	if err := cuError(C.dmc_cuCtxSetCurrent(d.ctx), "cuCtxSetCurrent"); err != nil {
+		return nil, err
+	}
+	if err := cuError(C.dmc_stream_create(), "cuStreamCreate"); err != nil {
 		return nil, err
 	}
 	img := C.CString(ptxImage)
@@ -617,7 +660,38 @@ func (d *device) gemmBatched(ta, tb, m, n, k int, alpha float32, A devPtr, at, l
 	return nil
 }
 
-// event is a CUDA event for timing on the default stream.
+// graph is an instantiated CUDA graph of captured work.
+type graph struct{ exec, g unsafe.Pointer }
+
+// capture records everything fn enqueues into a graph instead of running it.
+func (d *device) capture(fn func() error) (*graph, error) {
+	if C.dmc_graphs_available() == 0 {
+		return nil, errors.New("this driver lacks the CUDA graph API")
+	}
+	if err := cuError(C.dmc_capture_begin(), "cuStreamBeginCapture"); err != nil {
+		return nil, err
+	}
+	ferr := fn()
+	var g unsafe.Pointer
+	eerr := cuError(C.dmc_capture_end(&g), "cuStreamEndCapture")
+	if ferr != nil || eerr != nil {
+		C.dmc_graph_destroy(nil, g)
+		return nil, errors.Join(ferr, eerr)
+	}
+	var ex unsafe.Pointer
+	if err := cuError(C.dmc_graph_instantiate(&ex, g), "cuGraphInstantiate"); err != nil {
+		C.dmc_graph_destroy(nil, g)
+		return nil, err
+	}
+	return &graph{exec: ex, g: g}, nil
+}
+
+func (d *device) launchGraph(g *graph) error {
+	return cuError(C.dmc_graph_launch(g.exec), "cuGraphLaunch")
+}
+func (g *graph) destroy() { C.dmc_graph_destroy(g.exec, g.g) }
+
+// event is a CUDA event for timing on the engine's stream.
 type event struct{ e C.CUevent }
 
 func (d *device) newEvent() (*event, error) {

@@ -122,6 +122,9 @@ type engine struct {
 	prof                         *profiler // decode-step op timing, DMC_PROFILE=1
 	profOn                       bool      // marks are recorded (decode only)
 	decodes                      int
+	graphs                       map[graphKey]*graph
+	seen                         map[graphKey]bool
+	noGraphs                     bool
 }
 
 func (e *engine) mark(name string) {
@@ -224,7 +227,8 @@ func newEngine(cfg model.Config, opt Options) (*engine, error) {
 	}
 	d.enter()
 	defer d.exit()
-	e := &engine{d: d, cfg: cfg, opt: opt, g: geometryOf(cfg), seqs: map[int]*sequence{}}
+	e := &engine{d: d, cfg: cfg, opt: opt, g: geometryOf(cfg), seqs: map[int]*sequence{},
+		graphs: map[graphKey]*graph{}, seen: map[graphKey]bool{}, noGraphs: os.Getenv("DMC_NO_GRAPHS") != ""}
 	free, total := d.memInfo()
 	e.mem.DeviceFree, e.mem.DeviceTotal = free, total
 	perSeq, fixed := scratchBytes(cfg, opt, d.sms)
@@ -526,6 +530,10 @@ func (e *engine) Close() error {
 	e.d.enter()
 	defer e.d.exit()
 	e.d.sync()
+	for _, g := range e.graphs {
+		g.destroy()
+	}
+	e.graphs = nil
 	for _, p := range e.allocs {
 		e.d.free(p)
 	}
@@ -594,16 +602,25 @@ func (e *engine) layersForward(x, xn, qkv, h13, h devPtr, rows int, attention fu
 // head computes logits and greedy tokens for rows of e.x (already gathered), writes next into
 // nextDev, and downloads what was asked for.
 func (e *engine) head(rows int, nextDev devPtr, wantLogits bool) ([]int, [][]float32, error) {
+	if err := e.headKernels(rows, nextDev); err != nil {
+		return nil, nil, err
+	}
+	return e.headResults(rows, nextDev, wantLogits)
+}
+
+func (e *engine) headKernels(rows int, nextDev devPtr) error {
 	c := e.cfg
 	if err := e.rmsnorm(e.x, e.norm, e.xn, rows); err != nil {
-		return nil, nil, err
+		return err
 	}
 	if err := e.d.linear(e.logits, typeF32, e.xn, e.output, rows, c.Dim, c.VocabSize, false); err != nil {
-		return nil, nil, err
+		return err
 	}
-	if err := e.d.launch("argmax_rows", dim3{x: rows}, dim3{x: 1024}, 0, new(args).p(e.logits).p(nextDev).i(c.VocabSize)); err != nil {
-		return nil, nil, err
-	}
+	return e.d.launch("argmax_rows", dim3{x: rows}, dim3{x: 1024}, 0, new(args).p(e.logits).p(nextDev).i(c.VocabSize))
+}
+
+func (e *engine) headResults(rows int, nextDev devPtr, wantLogits bool) ([]int, [][]float32, error) {
+	c := e.cfg
 	next32 := make([]int32, rows)
 	if err := downloadSlice(e.d, next32, nextDev); err != nil {
 		return nil, nil, err
@@ -785,26 +802,33 @@ func (e *engine) Decode(ids []int, tokens []int, wantLogits bool) ([]int, [][]fl
 	at := func(i int) devPtr { return e.io + uint64(i*4) }
 	g := e.g
 	io := updateIO{qkv: e.qkv, qkvStride: g.qd + 2*g.kvd, slots: at(2 * MB), pos: at(MB), qOut: e.q}
-	if err := e.d.launch("embed_gather", dim3{x: B}, dim3{x: 256}, 0, new(args).p(e.embed).p(e.io).p(e.x).i(e.cfg.Dim)); err != nil {
-		return nil, nil, err
-	}
 	e.profOn = e.prof != nil && e.decodes > 0 // the first step tunes GEMMs
 	e.decodes++
 	defer func() { e.profOn = false }()
-	e.mark("embed")
-	err := e.layersForward(e.x, e.xn, e.qkv, e.h13, e.h, B, func(layer int) (devPtr, error) {
-		e.mark("kv_update")
-		if err := e.cache.decodeUpdate(layer, B, io); err != nil {
-			return 0, err
+	// enqueue puts the whole step (up to the greedy tokens) on the stream.
+	enqueue := func() error {
+		e.mark("embed")
+		if err := e.d.launch("embed_gather", dim3{x: B}, dim3{x: 256}, 0, new(args).p(e.embed).p(e.io).p(e.x).i(e.cfg.Dim)); err != nil {
+			return err
 		}
-		e.mark("attention")
-		return e.att, e.cache.decodeAttention(layer, B, maxLen, e.q, at(2*MB), e.part, e.att, 0)
-	})
-	if err != nil {
+		err := e.layersForward(e.x, e.xn, e.qkv, e.h13, e.h, B, func(layer int) (devPtr, error) {
+			e.mark("kv_update")
+			if err := e.cache.decodeUpdate(layer, B, io); err != nil {
+				return 0, err
+			}
+			e.mark("attention")
+			return e.att, e.cache.decodeAttention(layer, B, maxLen, e.q, at(2*MB), e.part, e.att, 0)
+		})
+		if err != nil {
+			return err
+		}
+		e.mark("head")
+		return e.headKernels(B, at(3*MB))
+	}
+	if err := e.runStep(graphKey{B, e.cache.splits(B, maxLen)}, enqueue); err != nil {
 		return nil, nil, err
 	}
-	e.mark("head")
-	next, logits, err := e.head(B, at(3*MB), wantLogits)
+	next, logits, err := e.headResults(B, at(3*MB), wantLogits)
 	e.mark("end")
 	e.prof.flushIf(e.profOn)
 	if err != nil {
@@ -814,6 +838,44 @@ func (e *engine) Decode(ids []int, tokens []int, wantLogits bool) ([]int, [][]fl
 		e.seqs[id].pos++
 	}
 	return next, logits, nil
+}
+
+// graphKey identifies a decode step's launch configuration: the batch size and the attention
+// split count; everything else a step varies (tokens, positions, slots, lengths) is read from
+// device memory, so a captured step can be replayed.
+type graphKey struct{ B, S int }
+
+// maxGraphs bounds the cached decode graphs (continuous batching sees many batch sizes).
+const maxGraphs = 64
+
+// runStep runs a decode step: from the second step of a configuration on, as a replay of a CUDA
+// graph captured from it (one launch instead of ~10 per layer, and no gaps between kernels).
+// The first step of a configuration runs directly, which also tunes its GEMMs outside capture.
+// DMC_NO_GRAPHS=1 or profiling disables graphs; a failed capture disables them for the engine.
+func (e *engine) runStep(k graphKey, enqueue func() error) error {
+	if e.noGraphs || e.prof != nil {
+		return enqueue()
+	}
+	if g, ok := e.graphs[k]; ok {
+		return e.d.launchGraph(g)
+	}
+	if !e.seen[k] {
+		e.seen[k] = true
+		return enqueue()
+	}
+	if len(e.graphs) >= maxGraphs {
+		for key, g := range e.graphs {
+			g.destroy()
+			delete(e.graphs, key)
+		}
+	}
+	g, err := e.d.capture(enqueue)
+	if err != nil {
+		e.noGraphs = true
+		return enqueue()
+	}
+	e.graphs[k] = g
+	return e.d.launchGraph(g)
 }
 
 func (e *engine) Release(ids ...int) error {

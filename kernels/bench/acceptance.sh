@@ -29,16 +29,25 @@ for stage in "$@"; do
 		grep -E "ERROR SUMMARY|LEAK SUMMARY|^(--- |ok|FAIL|PASS)" "$OUT/memcheck.log" | head
 		;;
 	peer)
-		timeout 500 python3 .devdata/peer_hf_decode.py --batches 64 --prompt 512 --gen 128 --cache static --compile 2>&1 | grep -v Warning | tail -3 | tee "$OUT/peer.log"
+		# compiled static-cache peer (kernels/bench/peer_wrap.py: cudagraph step marks only)
+		timeout 500 python3 kernels/bench/peer_wrap.py --batches 64 --prompt 512 --gen 128 --cache static --compile >"$OUT/peer.log" 2>&1
+		echo "peer rc=$?"; grep -E '^\{' "$OUT/peer.log" | tail -2
+		;;
+	peer-eager)
+		timeout 300 python3 .devdata/peer_hf_decode.py --batches 64 --prompt 512 --gen 128 >"$OUT/peer-eager.log" 2>&1
+		echo "peer-eager rc=$?"; grep -E '^\{' "$OUT/peer-eager.log" | tail -2
 		;;
 	decode)
 		timeout 300 $B bench decode --model llama2-7b --random-weights --cr 1 --batch 1,16,64 --prompt 512 --gen 128 --json "$OUT/decode.json" 2>&1 | tail -8
+		;;
+	decode-nographs)
+		DMC_NO_GRAPHS=1 timeout 300 $B bench decode --model llama2-7b --random-weights --cr 1 --batch 64 --prompt 512 --gen 128 --json "$OUT/decode-nographs.json" 2>&1 | tail -3
 		;;
 	membound)
 		timeout 500 $B bench decode --model llama2-7b --random-weights --cr 1,2,4,8 --batch max --prompt 3968 --gen 128 --json "$OUT/membound.json" 2>&1 | tail -10
 		;;
 	prefill)
-		timeout 200 $B bench decode --model llama2-7b --random-weights --cr 1,8 --batch 1 --prompt 4094 --gen 2 --json "$OUT/prefill.json" 2>&1 | tail -5
+		timeout 200 $B bench decode --model llama2-7b --random-weights --cr 1,8 --batch 1 --prompt 4093 --gen 3 --json "$OUT/prefill.json" 2>&1 | tail -5
 		;;
 	gqa)
 		timeout 200 $B bench decode --model tiny-1b-gqa --random-weights --cr 1,4 --batch 1,64 --prompt 512 --gen 128 --json "$OUT/gqa.json" 2>&1 | tail -6
