@@ -206,7 +206,7 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 
 	// 5. Generate from the export with the compressed cache.
 	var sample bytes.Buffer
-	gen := &GenerateOptions{Model: exportDir, Prompt: "Once upon a time", MaxTokens: 60, Temperature: 0, Cache: "auto", Device: "cpu"}
+	gen := &GenerateOptions{Model: exportDir, Prompt: "Once upon a time, there was a little", MaxTokens: 50, Temperature: 0, Cache: "auto", Device: "cpu"}
 	if err := gen.Run(&IO{In: streams.In, Out: &sample, Err: &bytes.Buffer{}}); err != nil {
 		return err
 	}
