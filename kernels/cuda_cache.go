@@ -218,11 +218,11 @@ func (c *kvCache) prefillUpdate(layer, nSeq, N, maxN int, io updateIO, tokSeq de
 func attnTargetBlocks(sms int) int { return 32 * sms }
 
 // splits picks the number of split-K chunks per (sequence, KV head): enough blocks for
-// several full waves, and no chunk shorter than 64 slots.
+// several full waves, and no chunk shorter than 128 slots.
 func (c *kvCache) splits(B, maxLen int) int {
 	target := attnTargetBlocks(c.d.sms)
 	s := (target + B*c.g.Hkv - 1) / (B * c.g.Hkv)
-	s = min(s, (maxLen+63)/64, 64)
+	s = min(s, (maxLen+127)/128, 64) // the kernel gives each split at least 128 slots
 	return max(s, 1)
 }
 

@@ -524,9 +524,19 @@ __device__ void attn_decode_impl(const AttnArgs& a) {
   const int sub = lane % LPR, rw = lane / LPR;
   const long row = ((long)a.slots[b] * a.L + a.layer) * a.Hkv + h;
   const int len = a.lens[row];
+  // Each split takes at least 128 slots of this row (DMC rows are shorter than the position
+  // bound the host split by); splits past the end only mark themselves empty.
   int chunk = (len + a.S - 1) / a.S;
-  chunk = (chunk + 7) & ~7;
+  chunk = max(128, (chunk + 7) & ~7);
   const int t0 = s * chunk, t1 = min(len, t0 + chunk);
+  if (t0 >= t1) {
+    if (threadIdx.x < G) {
+      float* out = a.part + (((size_t)b * a.Hq + h * G + threadIdx.x) * a.S + s) * (D + 2);
+      out[0] = -1e30f;
+      out[1] = 0.f;
+    }
+    return;
+  }
   const int* bt = a.bt + row * a.maxPages;
 
   float qf[G][8];
@@ -650,9 +660,11 @@ extern "C" __global__ void attn_reduce(const float* __restrict__ part, bf16* __r
   if (c >= D) return;
   const float* p = part + ((size_t)b * Hq + hq) * S * (D + 2);
   float mx = -1e30f;
-  for (int s = 0; s < S; s++) mx = fmaxf(mx, p[s * (D + 2)]);
+  for (int s = 0; s < S; s++)
+    if (p[s * (D + 2) + 1] > 0.f) mx = fmaxf(mx, p[s * (D + 2)]);
   float lsum = 0.f, asum = 0.f;
   for (int s = 0; s < S; s++) {
+    if (!(p[s * (D + 2) + 1] > 0.f)) continue;  // empty split: its accumulator was never written
     float f = exp2f(p[s * (D + 2)] - mx);
     lsum += p[s * (D + 2) + 1] * f;
     asum += p[s * (D + 2) + 2 + c] * f;
