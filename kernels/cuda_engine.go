@@ -892,9 +892,7 @@ func (e *engine) Release(ids ...int) error {
 		if err := e.cache.freeSlot(s.slot); err != nil {
 			return err
 		}
-		if e.cache.dmc {
-			// Stale merge state is harmless (an empty row always appends), but keep it tidy.
-		}
+		// The row's DMC state is left as is: an empty row always appends, which resets it.
 		delete(e.seqs, id)
 		e.freeSlots = append(e.freeSlots, s.slot)
 	}

@@ -4,7 +4,8 @@
 #   go test -c -tags dmc_cuda -o bin/kernels.test ./kernels
 # and copy the assets (stories260K.bin, tok512.bin under tinyllamas-stories260K/) and
 # peer_hf_decode.py into .devdata/. Usage: kernels/bench/acceptance.sh STAGE... where a stage is
-# tests | sanitizer | peer | decode | membound | prefill | gqa. Logs and JSON go to $OUT.
+# tests | sanitizer | decode | decode-nographs | membound | prefill | gqa | generate | errors |
+# profile | peer (compiled static cache, via peer_wrap.py) | peer-eager. Logs and JSON go to $OUT.
 set -u
 OUT=${OUT:-/tmp/dmc-acceptance}
 mkdir -p "$OUT"

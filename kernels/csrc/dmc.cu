@@ -148,9 +148,6 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, int* __
 }
 
 // Converters and fills.
-extern "C" __global__ void f32_to_bf16(const float* __restrict__ in, bf16* __restrict__ out, long n) {
-  for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = tobf(in[i]);
-}
 extern "C" __global__ void bf16_to_f32(const bf16* __restrict__ in, float* __restrict__ out, long n) {
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = bf(in[i]);
 }
