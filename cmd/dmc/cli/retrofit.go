@@ -211,7 +211,8 @@ func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*RetrofitResult
 		if err != nil {
 			return out, err
 		}
-		r, err := eval.Perplexity(ctx, final, factory, hds.Documents(), eval.PPLOptions{SeqLen: recipe.SeqLen})
+		// Decode at the model's full context, as dmc eval does, so the two numbers agree.
+		r, err := eval.Perplexity(ctx, final, factory, hds.Documents(), eval.PPLOptions{})
 		if err != nil {
 			return out, err
 		}
@@ -246,8 +247,7 @@ func (o *RetrofitOptions) recipe() (trainer.Recipe, error) {
 		if !(o.TargetCR >= 1) {
 			return r, fmt.Errorf("--target-cr must be ≥ 1 (1 = no compression, 2 = half the KV cache), got %g", o.TargetCR)
 		}
-		r.TargetCR = o.TargetCR
-		r.RampSteps, r.RetrofitSteps = 0, 0
+		r.TargetCR = o.TargetCR // stage lengths the recipe leaves at 0 are derived from it below
 	}
 	if o.Control {
 		r.Mode = trainer.ModeControl

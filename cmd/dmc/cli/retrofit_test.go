@@ -211,3 +211,27 @@ func TestRetrofitBadInput(t *testing.T) {
 		})
 	}
 }
+
+// --target-cr keeps stage lengths a recipe states and derives only those it leaves at 0;
+// --steps rescales all of them to the requested total.
+func TestRetrofitRecipeResolution(t *testing.T) {
+	tests := []struct {
+		opts                    RetrofitOptions
+		zero, ramp, retro, fine int
+		targetCR                float64
+	}{
+		{RetrofitOptions{Config: "demo-retrofit", TargetCR: 4}, 20, 100, 120, 100, 4},
+		{RetrofitOptions{Config: "default", TargetCR: 3}, 20, 200, 200, 40, 3},
+		{RetrofitOptions{Config: "demo-retrofit", Steps: 120}, 10, 50, 60, 50, 2},
+	}
+	for _, tc := range tests {
+		r, err := tc.opts.recipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.ZeroOutSteps != tc.zero || r.RampSteps != tc.ramp || r.RetrofitSteps != tc.retro || r.FineTuneSteps != tc.fine || r.TargetCR != tc.targetCR {
+			t.Errorf("%+v: stages %d/%d/%d/%d CR %g, want %d/%d/%d/%d CR %g", tc.opts, r.ZeroOutSteps, r.RampSteps, r.RetrofitSteps,
+				r.FineTuneSteps, r.TargetCR, tc.zero, tc.ramp, tc.retro, tc.fine, tc.targetCR)
+		}
+	}
+}
