@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -61,9 +62,9 @@ var tinyRecipe = []string{"--set", "seq_len=32", "--set", "batch_size=2", "--set
 // A retrofit runs, evaluates, exports, and the export generates and evaluates with the DMC cache.
 func TestRetrofitEvalExportGenerate(t *testing.T) {
 	fx := newFixture(t)
-	run := filepath.Join(fx.dir, "run")
-	args := append([]string{"retrofit", "--model", fx.model, "--tokenizer", fx.tok, "--data", fx.shards, "--target-cr", "2", "--steps", "6", "--out", run}, tinyRecipe...)
-	out, stderr, code := runCLI(t, args...)
+	runDir := filepath.Join(fx.dir, "run")
+	args := append([]string{"retrofit", "--model", fx.model, "--tokenizer", fx.tok, "--data", fx.shards, "--target-cr", "2", "--steps", "6", "--out", runDir}, tinyRecipe...)
+	out, stderr, code := run(t, args...)
 	if code != 0 {
 		t.Fatalf("retrofit exit %d: %s", code, stderr)
 	}
@@ -71,12 +72,12 @@ func TestRetrofitEvalExportGenerate(t *testing.T) {
 		t.Fatalf("retrofit output: %s\n%s", out, stderr)
 	}
 	for _, f := range []string{"recipe.yaml", "model.json", "metrics.jsonl", "run.json", "heldout.json", "checkpoints/latest"} {
-		if _, err := os.Stat(filepath.Join(run, f)); err != nil {
+		if _, err := os.Stat(filepath.Join(runDir, f)); err != nil {
 			t.Errorf("run dir lacks %s", f)
 		}
 	}
 	jsonPath := filepath.Join(fx.dir, "eval.json")
-	if _, stderr, code = runCLI(t, "eval", "--model", run, "--data", fx.shards, "--json", jsonPath); code != 0 {
+	if _, stderr, code = run(t, "eval", "--model", runDir, "--data", fx.shards, "--json", jsonPath); code != 0 {
 		t.Fatalf("eval exit %d: %s", code, stderr)
 	}
 	var rep map[string]any
@@ -93,22 +94,34 @@ func TestRetrofitEvalExportGenerate(t *testing.T) {
 		t.Errorf("a DMC run was evaluated with the %v cache", rep["cache"])
 	}
 	exp := filepath.Join(fx.dir, "export")
-	if _, stderr, code = runCLI(t, "export", "--run", run, "--out", exp, "--dtype", "fp32"); code != 0 {
+	if _, stderr, code = run(t, "export", "--run", runDir, "--out", exp, "--dtype", "fp32"); code != 0 {
 		t.Fatalf("export exit %d: %s", code, stderr)
 	}
 	info, err := checkpoints.ReadDMCInfo(exp)
 	if err != nil || info == nil || info.TargetCR != 2 || info.Window != 12 || len(info.AchievedByHead) != 2 {
 		t.Fatalf("export dmc block: %+v, %v", info, err)
 	}
-	// The export's weights are the run's weights: same held-out perplexity.
-	out2, stderr, code := runCLI(t, "eval", "--model", exp, "--data", fx.shards)
-	if code != 0 {
+	// The export's weights are the run's weights: the same held-out perplexity and CR as the
+	// retrofit's own final evaluation.
+	expJSON := filepath.Join(fx.dir, "eval-export.json")
+	if _, stderr, code = run(t, "eval", "--model", exp, "--data", fx.shards, "--json", expJSON); code != 0 {
 		t.Fatal(stderr)
 	}
-	if want := strings.Split(strings.TrimSpace(string(mustRead(t, filepath.Join(run, "heldout.json")))), "\n")[1]; !strings.Contains(out2, "perplexity") || want == "" {
-		t.Fatalf("eval of export: %s", out2)
+	var fromRun struct {
+		PPL float64 `json:"ppl"`
+		CR  float64 `json:"cr"`
 	}
-	gen, stderr, code := runCLI(t, "generate", "--model", exp, "--prompt", "Once upon a time", "--max-tokens", "10", "--temperature", "0")
+	var fromExport = fromRun
+	if err := json.Unmarshal(mustRead(t, filepath.Join(runDir, "heldout.json")), &fromRun); err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(mustRead(t, expJSON), &fromExport); err != nil {
+		t.Fatal(err)
+	}
+	if fromRun.PPL == 0 || math.Abs(fromRun.PPL-fromExport.PPL) > 1e-6*fromRun.PPL || fromRun.CR != fromExport.CR {
+		t.Fatalf("run's held-out ppl %g CR %g, export's %g CR %g", fromRun.PPL, fromRun.CR, fromExport.PPL, fromExport.CR)
+	}
+	gen, stderr, code := run(t, "generate", "--model", exp, "--prompt", "Once upon a time", "--max-tokens", "10", "--temperature", "0")
 	if code != 0 || !strings.HasPrefix(gen, "Once upon a time") || !strings.Contains(stderr, "DMC") {
 		t.Fatalf("generate from export: exit %d, %q, %q", code, gen, stderr)
 	}
@@ -122,26 +135,19 @@ func mustRead(t *testing.T, p string) []byte {
 	return b
 }
 
-func runCLI(t *testing.T, args ...string) (string, string, int) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	code := Main(args, strings.NewReader(""), &out, &errb)
-	return out.String(), errb.String(), code
-}
-
 // Interrupting and resuming gives the same final weights as one uninterrupted run.
 func TestRetrofitStopAndResumeIsExact(t *testing.T) {
 	fx := newFixture(t)
 	base := append([]string{"retrofit", "--model", fx.model, "--tokenizer", fx.tok, "--data", fx.shards, "--target-cr", "2", "--steps", "6"}, tinyRecipe...)
 	straight := filepath.Join(fx.dir, "straight")
-	if _, e, c := runCLI(t, append(base, "--out", straight)...); c != 0 {
+	if _, e, c := run(t, append(base, "--out", straight)...); c != 0 {
 		t.Fatal(e)
 	}
 	split := filepath.Join(fx.dir, "split")
-	if _, e, c := runCLI(t, append(base, "--out", split, "--stop-after", "3")...); c != 0 {
+	if _, e, c := run(t, append(base, "--out", split, "--stop-after", "3")...); c != 0 {
 		t.Fatal(e)
 	}
-	if _, e, c := runCLI(t, "retrofit", "--out", split, "--resume"); c != 0 {
+	if _, e, c := run(t, "retrofit", "--out", split, "--resume"); c != 0 {
 		t.Fatal(e)
 	}
 	a, _, _, err := loadRunDir(straight, os.Stderr)
@@ -173,7 +179,7 @@ func TestRetrofitBadInput(t *testing.T) {
 	// A run whose only checkpoint is then corrupted.
 	corruptRun := filepath.Join(fx.dir, "corrupt")
 	args := append([]string{"retrofit", "--model", fx.model, "--tokenizer", fx.tok, "--data", fx.shards, "--steps", "2", "--out", corruptRun}, tinyRecipe...)
-	if _, e, c := runCLI(t, args...); c != 0 {
+	if _, e, c := run(t, args...); c != 0 {
 		t.Fatal(e)
 	}
 	matches, _ := filepath.Glob(filepath.Join(corruptRun, "checkpoints", "step-*", "weights.safetensors"))
@@ -204,7 +210,7 @@ func TestRetrofitBadInput(t *testing.T) {
 	t.Setenv("DMC_WEIGHTS", "")
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			_, stderr, code := runCLI(t, tc.args...)
+			_, stderr, code := run(t, tc.args...)
 			if code == 0 || !strings.Contains(stderr, tc.want) || strings.Contains(stderr, "panic") {
 				t.Fatalf("exit %d, stderr %q; want an error mentioning %q", code, stderr, tc.want)
 			}
