@@ -9,6 +9,7 @@ import (
 
 	"github.com/dmc-project/dmc/checkpoints"
 	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/dmc/dmctest"
 	"github.com/dmc-project/dmc/model"
 )
 
@@ -51,48 +52,12 @@ func makeBatch(seqs [][]int) Batch {
 	return b
 }
 
-// calibrateDecisions rescales, layer by layer, the W_k row producing each KV head's decision
-// channel so that a fraction (0.2–0.9, varying by head) of the tokens of seq merge, placing the
-// threshold halfway between two neighbouring values of k[ch] so no logit sits near 0. (A local
-// copy of the dmc package's test helper.)
+// calibrateDecisions sets the decision rows so that a mix of merges and appends happens
+// (dmctest.CalibrateDecisions).
 func calibrateDecisions(t *testing.T, p *model.Params[float64], cfg dmc.Config, seq []int) {
 	t.Helper()
-	c := p.Config
-	D := c.HeadDim()
-	ch := cfg.Channel(D)
-	for li := range p.Layers {
-		cache, err := dmc.NewCompressedCache[float64](c, cfg, dmc.WithDecisionRecord())
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := model.New(p).Forward(cache, seq, 0, true); err != nil {
-			t.Fatal(err)
-		}
-		for h := 0; h < c.NKVHeads; h++ {
-			var ks []float64
-			for _, d := range cache.Decisions(li, h)[1:] {
-				ks = append(ks, d.Logit+cfg.DecisionOffset)
-			}
-			slices.Sort(ks)
-			m := len(ks)
-			thr := math.NaN()
-			target := 0.2 + 0.7*float64((li*c.NKVHeads+h)%5)/4
-			for merges := int(math.Round(target * float64(m))); merges > 0 && math.IsNaN(thr); merges-- {
-				a, b := ks[m-merges-1], ks[m-merges]
-				if hi := (a + b) / 2; hi > 0 && b-a > 1e-6*hi {
-					thr = hi
-				} else if a, b = ks[merges-1], ks[merges]; (a+b)/2 < 0 && b-a > -1e-6*(a+b)/2 {
-					thr = (a + b) / 2
-				}
-			}
-			if math.IsNaN(thr) {
-				t.Fatalf("layer %d head %d: cannot place a decision threshold", li, h)
-			}
-			row := p.Layers[li].Wk[(h*D+ch)*c.Dim : (h*D+ch+1)*c.Dim]
-			for i := range row {
-				row[i] *= cfg.DecisionOffset / thr
-			}
-		}
+	if err := dmctest.CalibrateDecisions(p, cfg, seq); err != nil {
+		t.Fatal(err)
 	}
 }
 
