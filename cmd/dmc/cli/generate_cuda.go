@@ -8,10 +8,10 @@ import (
 	"github.com/dmc-project/dmc/model"
 )
 
-// runGenerateCUDA is `dmc generate --device cuda`: the same sampling loop as the CPU path, on
+// generateCUDA is `dmc generate --device cuda`: the same sampling loop as the CPU path, on
 // the CUDA engine (kernels). In a binary built without the cuda tag it returns
 // kernels.ErrNoCUDA, which says how to rebuild.
-func runGenerateCUDA(o *GenerateOptions, lm *languageModel, streams *IO) error {
+func generateCUDA(o *GenerateOptions, lm *languageModel, streams *IO) error {
 	if err := kernels.Available(); err != nil {
 		return err
 	}
