@@ -188,6 +188,9 @@ func (r *Recipe) Validate() error {
 	if r.TotalSteps() <= 0 {
 		bad("the recipe has no steps: set zero_out_steps, retrofit_steps (or ramp_steps / ramp_steps_per_cr with target_cr > 1) or fine_tune_steps")
 	}
+	if r.Mode == ModeDMC && r.TotalSteps() > 0 && r.Retrofit()+r.FineTuneSteps == 0 {
+		bad("the recipe ends inside the zero-out stage (%d steps), so DMC never trains: give retrofit_steps or fine_tune_steps, or use mode: control", r.ZeroOutSteps)
+	}
 	if r.Retrofit() < r.Ramp() {
 		bad("retrofit_steps (%d) must be ≥ ramp_steps (%d) so that the target CR is reached before the fine-tune stage", r.Retrofit(), r.Ramp())
 	}

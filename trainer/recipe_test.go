@@ -179,3 +179,18 @@ func contains(xs []string, x string) bool {
 	}
 	return false
 }
+
+func TestRecipeEndingInZeroOutIsRejected(t *testing.T) {
+	r, err := ParseRecipe([]byte("zero_out_steps: 30\nramp_steps: 0\nretrofit_steps: 0\nfine_tune_steps: 0\ntarget_cr: 1\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Resolve()
+	if err := r.Validate(); err == nil || !strings.Contains(err.Error(), "ends inside the zero-out stage") {
+		t.Fatalf("Validate = %v", err)
+	}
+	r.Mode = ModeControl
+	if err := r.Validate(); err != nil {
+		t.Fatalf("a control run of zero-out length only is fine: %v", err)
+	}
+}
