@@ -3,29 +3,15 @@ package dmc_test
 import (
 	"math"
 	"math/rand/v2"
-	"os"
 	"testing"
 
-	"github.com/dmc-project/dmc/checkpoints"
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/dmc/dmctest"
 	"github.com/dmc-project/dmc/model"
 )
 
-const stories260K = "../../shared/assets/tinyllamas-stories260K/stories260K.bin"
-
 // loadStories260K returns the real stories260K weights in float64, or skips.
-func loadStories260K(t testing.TB) *model.Params[float64] {
-	t.Helper()
-	if _, err := os.Stat(stories260K); err != nil {
-		t.Skipf("test asset %s not found (it lives in the shared assets folder next to the repository): %v", stories260K, err)
-	}
-	w, err := checkpoints.ReadLlama2C(stories260K)
-	if err != nil {
-		t.Fatalf("load stories260K: %v", err)
-	}
-	return model.Convert[float64](w)
-}
+func loadStories260K(t testing.TB) *model.Params[float64] { return dmctest.Stories260K(t) }
 
 // randomHalfParams is a small random model with rotate-half RoPE and G = 4.
 func randomHalfParams(t testing.TB) *model.Params[float64] {

@@ -8,6 +8,7 @@ import (
 
 	"github.com/dmc-project/dmc/checkpoints"
 	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/dmc/dmctest"
 	"github.com/dmc-project/dmc/model"
 )
 
@@ -15,8 +16,8 @@ import (
 // named preset (throughput does not depend on the values).
 func benchWeights(b *testing.B, name string) *model.Weights {
 	if name == "stories260K" {
-		if _, err := os.Stat(stories260K); err == nil {
-			w, err := checkpoints.ReadLlama2C(stories260K)
+		if _, err := os.Stat(dmctest.AssetPath("tinyllamas-stories260K/stories260K.bin")); err == nil {
+			w, err := checkpoints.ReadLlama2C(dmctest.AssetPath("tinyllamas-stories260K/stories260K.bin"))
 			if err != nil {
 				b.Fatal(err)
 			}
