@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"testing"
@@ -10,6 +11,8 @@ import (
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/dmc/dmctest"
 	"github.com/dmc-project/dmc/model"
+	"gonum.org/v1/gonum/blas"
+	"gonum.org/v1/gonum/blas/blas32"
 )
 
 // benchWeights returns the real stories260K weights when present, else random weights of the
@@ -118,4 +121,27 @@ func BenchmarkForward(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(B*T)*float64(b.N)/b.Elapsed().Seconds(), "tokens/s")
+}
+
+// BenchmarkSgemmPeak measures the float32 GEMM rate of the BLAS this binary uses (blas32, which
+// -tags openblas points at OpenBLAS) on square matrices, with all cores: the denominator for
+// BenchmarkStep's GFLOP/s ("% of Sgemm peak"). Run both in one command so they share the load.
+func BenchmarkSgemmPeak(b *testing.B) {
+	for _, n := range []int{512, 1024, 2048} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			rng := rand.New(rand.NewPCG(2, 2))
+			x, y, z := make([]float32, n*n), make([]float32, n*n), make([]float32, n*n)
+			for i := range x {
+				x[i], y[i] = rng.Float32(), rng.Float32()
+			}
+			mat := func(d []float32) blas32.General { return blas32.General{Rows: n, Cols: n, Stride: n, Data: d} }
+			blas32.Gemm(blas.NoTrans, blas.Trans, 1, mat(x), mat(y), 0, mat(z)) // warm-up (threads, pages)
+			b.ResetTimer()
+			for i := 0; i < b.N; i++ {
+				blas32.Gemm(blas.NoTrans, blas.Trans, 1, mat(x), mat(y), 0, mat(z))
+			}
+			b.ReportMetric(2*float64(n)*float64(n)*float64(n)*float64(b.N)/b.Elapsed().Seconds()/1e9, "GFLOP/s")
+			b.Logf("BLAS %s", BLAS)
+		})
+	}
 }
