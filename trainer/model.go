@@ -27,12 +27,15 @@ type StepContext struct {
 	ZeroOut          float64 // stage-1 multiplier of the decision channel q/k[D-1]; 1 = none (vanilla, and stages 2-3, where DMC removes the channel itself)
 	Hard             bool    // hard decisions, no noise (evaluation)
 	CRWeight         float64 // λ of L = L_LM + λ·L_CR (0 when the CR loss is off)
+	DistillWeight    float64 // β of L_LM = (1−β)·CE + β·KL(original ‖ model); 0 = plain CE
 }
 
-// Losses are what one forward (and backward) pass reports. Loss = LM + CRWeight·CR. LM is the
+// Losses are what one forward (and backward) pass reports. Loss = (1−β)·LM + β·KD +
+// CRWeight·CR, β the distillation weight. LM (cross-entropy) is the
 // token mean over the micro-batch; MeanAlpha is the mean hard decision (0 when DMC is off).
 type Losses struct {
 	Loss, LM, CR, MeanAlpha float64
+	KD                      float64 // KL to the original model (distillation); 0 when off
 	Tokens                  int
 }
 

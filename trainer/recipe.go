@@ -67,6 +67,10 @@ type Recipe struct {
 	DecisionOffset   float64 `yaml:"decision_offset"`
 	ImportanceOffset float64 `yaml:"importance_offset"`
 	CRLossWeight     float64 `yaml:"cr_loss_weight"` // λ
+	// DistillWeight β replaces part of the LM loss by distillation from the original model:
+	// L_LM = (1−β)·CE + β·KL(original ‖ model), in every stage and in control runs too. 0 is
+	// the reference (plain CE); DMS (arXiv 2506.05345) retrofits with β = 1.
+	DistillWeight float64 `yaml:"distill_weight"`
 
 	// Bookkeeping.
 	CheckpointEvery int    `yaml:"checkpoint_every"` // 0: only at the end and on interruption
@@ -196,6 +200,9 @@ func (r *Recipe) Validate() error {
 	}
 	if r.Mode == ModeDMC && r.ZeroOutSteps > 0 && !(r.ZeroOutDecayFrac > 0 && r.ZeroOutDecayFrac <= 1) {
 		bad("zero_out_decay_frac must be in (0, 1], got %g (reference: 0.8)", r.ZeroOutDecayFrac)
+	}
+	if !(r.DistillWeight >= 0 && r.DistillWeight <= 1) {
+		bad("distill_weight must be in [0, 1] (0 = plain cross-entropy, 1 = distillation only), got %g", r.DistillWeight)
 	}
 	if r.SeqLen <= 0 {
 		bad("seq_len must be > 0, got %d", r.SeqLen)

@@ -47,8 +47,9 @@ type Metrics struct {
 	Loss       float64  `json:"loss"`
 	LMLoss     float64  `json:"lm_loss"`
 	CRLoss     float64  `json:"cr_loss"`
-	TargetCR   *float64 `json:"target_cr"`   // null when no compression is trained
-	AchievedCR *float64 `json:"achieved_cr"` // 1/(1 − mean α); null when DMC is off or α = 1
+	KDLoss     *float64 `json:"kd_loss,omitempty"` // KL to the original model (distill_weight > 0)
+	TargetCR   *float64 `json:"target_cr"`         // null when no compression is trained
+	AchievedCR *float64 `json:"achieved_cr"`       // 1/(1 − mean α); null when DMC is off or α = 1
 	MeanAlpha  float64  `json:"mean_alpha"`
 	LR         float64  `json:"lr"`
 	GradNorm   float64  `json:"grad_norm"` // before clipping
@@ -240,7 +241,7 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		t.dataBefore = append(t.dataBefore[:0], t.opts.Source.Position()...) // copy: a source may reuse its buffer
 		stepStart := time.Now()
 		plan := r.PlanAt(t.step)
-		var lossSum, lmSum, crSum, alphaSum float64
+		var lossSum, lmSum, crSum, alphaSum, kdSum float64
 		tokens := 0
 		for mb := 0; mb < r.GradAccum; mb++ {
 			if mb > 0 && ctx.Err() != nil {
@@ -259,6 +260,7 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 			lossSum += l.Loss
 			lmSum += l.LM
 			crSum += l.CR
+			kdSum += l.KD
 			alphaSum += l.MeanAlpha
 			tokens += l.Tokens
 			if t.accum != nil {
@@ -272,6 +274,10 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		}
 		m := Metrics{Step: t.step + 1, Stage: stage, Loss: lossSum / n, LMLoss: lmSum / n,
 			CRLoss: crSum / n, MeanAlpha: alphaSum / n, LR: plan.LR, Tokens: tokens}
+		if plan.Context.DistillWeight > 0 {
+			kd := kdSum / n
+			m.KDLoss = &kd
+		}
 		if !finite(m.Loss) || !finite(m.LMLoss) || !finite(m.CRLoss) || !finite(m.MeanAlpha) {
 			return t.result(last), t.diverged(fmt.Sprintf("loss is %v (lm %v, cr %v, mean α %v)", m.Loss, m.LMLoss, m.CRLoss, m.MeanAlpha))
 		}
@@ -465,6 +471,9 @@ func (t *run) writeMetrics(m Metrics) error {
 func (t *run) printProgress(m Metrics, end int) {
 	var b strings.Builder
 	fmt.Fprintf(&b, "step %d/%d %s loss %.4f lm %.4f", m.Step, end, m.Stage, m.Loss, m.LMLoss)
+	if m.KDLoss != nil {
+		fmt.Fprintf(&b, " kd %.4f", *m.KDLoss)
+	}
 	if m.TargetCR != nil {
 		if m.AchievedCR != nil {
 			fmt.Fprintf(&b, " cr %.2f→%.2f", *m.AchievedCR, *m.TargetCR)

@@ -97,7 +97,7 @@ func cosineFactor(i, n int, final float64) float64 {
 func (r *Recipe) PlanAt(s int) Plan {
 	stage, i := r.StageAt(s)
 	p := Plan{Step: s, Stage: stage, LR: r.LRAt(s), TargetCR: 1}
-	p.Context = StepContext{Step: s, ZeroOut: 1}
+	p.Context = StepContext{Step: s, ZeroOut: 1, DistillWeight: r.DistillWeight}
 	if r.Mode == ModeControl {
 		return p
 	}

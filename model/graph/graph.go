@@ -38,11 +38,15 @@ type StepContext struct {
 	ZeroOut  float64
 	Hard     bool // evaluation: hard decisions 1[a > 0], no noise
 	CRWeight float64
+	// DistillWeight β mixes the LM loss: (1−β)·cross-entropy + β·KL(teacher ‖ model), the
+	// teacher being Options.Teacher (the original model, run plain). 0 = no distillation.
+	DistillWeight float64
 }
 
 // Losses are the scalars of one Step or Forward.
 type Losses struct {
 	Loss, LM, CR, MeanAlpha float64
+	KD                      float64 // KL to the teacher (0 unless StepContext.DistillWeight > 0)
 	Tokens                  int
 }
 
@@ -64,19 +68,28 @@ var _ Trainer = (*Graph)(nil)
 // New builds the float32 training graph of p (copied) for micro-batches of batch sequences of
 // seqLen tokens.
 func New(p *model.Weights, dc dmc.Config, batch, seqLen int) (*Graph, error) {
-	return NewExec(p, dc, batch, seqLen, Options{})
+	return NewExec(p, dc, batch, seqLen, Options[float32]{})
+}
+
+// NewDistill builds the float32 training graph of p with teacher as the frozen distillation
+// teacher (usually the same checkpoint, before any training).
+func NewDistill(p, teacher *model.Weights, dc dmc.Config, batch, seqLen int) (*Graph, error) {
+	return NewExec(p, dc, batch, seqLen, Options[float32]{Teacher: teacher})
 }
 
 // New64 builds the float64 graph (tests).
-func New64(p *model.Params[float64], dc dmc.Config, batch, seqLen int, opt Options) (*Graph64, error) {
+func New64(p *model.Params[float64], dc dmc.Config, batch, seqLen int, opt Options[float64]) (*Graph64, error) {
 	return NewExec(p, dc, batch, seqLen, opt)
 }
 
 // Options are build options beyond the trainer's needs.
-type Options struct {
+type Options[T model.Float] struct {
 	// KeepLogits copies the logits [B·T, V] out of every run (see Logits); it costs one copy of
 	// the logits per step.
 	KeepLogits bool
+	// Teacher, when set, is a frozen copy of a model (the original checkpoint) whose plain
+	// forward pass gives the targets of the distillation loss (StepContext.DistillWeight).
+	Teacher *model.Params[T]
 }
 
 // param is one parameter: its graph tensor and the gradient buffer it is read into.
@@ -95,19 +108,21 @@ type Exec[T model.Float] struct {
 	dc     dmc.Config
 	ch     int
 	B, T   int
-	opt    Options
+	opt    Options[T]
 	params []*param[T]
-	byName map[string]*param[T]
-	w      *model.Params[T] // views of the parameter tensors, for Weights
-	plain  *variant[T]
-	dmcv   *variant[T]
+	// teacher is the distillation teacher's plain forward graph (Options.Teacher), logits kept.
+	teacher *Exec[T]
+	byName  map[string]*param[T]
+	w       *model.Params[T] // views of the parameter tensors, for Weights
+	plain   *variant[T]
+	dmcv    *variant[T]
 	// lastRun is the variant of the latest Step or Forward (for Logits).
 	lastRun *variant[T]
 	noise   []float64
 }
 
 // NewExec builds an executor for element type T.
-func NewExec[T model.Float](p *model.Params[T], dc dmc.Config, batch, seqLen int, opt Options) (*Exec[T], error) {
+func NewExec[T model.Float](p *model.Params[T], dc dmc.Config, batch, seqLen int, opt Options[T]) (*Exec[T], error) {
 	if err := p.CheckShapes(); err != nil {
 		return nil, err
 	}
@@ -144,6 +159,14 @@ func NewExec[T model.Float](p *model.Params[T], dc dmc.Config, batch, seqLen int
 		e.byName[t.Name] = pr
 	}
 	e.noise = make([]float64, batch*c.NKVHeads*seqLen)
+	if opt.Teacher != nil {
+		if opt.Teacher.Config != c {
+			return nil, fmt.Errorf("graph: the distillation teacher's config %+v differs from the model's %+v", opt.Teacher.Config, c)
+		}
+		if e.teacher, err = NewExec(opt.Teacher, dc, batch, seqLen, Options[T]{KeepLogits: true}); err != nil {
+			return nil, fmt.Errorf("graph: distillation teacher: %w", err)
+		}
+	}
 	return e, nil
 }
 

@@ -61,7 +61,7 @@ func TestHardGraphEqualsSequentialDecode(t *testing.T) {
 		cfg.Window = W
 		p := model.Convert[float64](base)
 		calibrateDecisions(t, p, cfg, seqs[0])
-		g, err := New64(p, cfg, B, T, Options{KeepLogits: true})
+		g, err := New64(p, cfg, B, T, Options[float64]{KeepLogits: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -116,7 +116,7 @@ func TestVanillaGraphEqualsModelForward(t *testing.T) {
 	rng := rand.New(rand.NewPCG(4, 4))
 	const B, T = 2, 33
 	seqs := [][]int{randTokens(rng, T, p.Config.VocabSize), randTokens(rng, T, p.Config.VocabSize)}
-	g, err := New64(p, dmc.DefaultConfig(), B, T, Options{KeepLogits: true})
+	g, err := New64(p, dmc.DefaultConfig(), B, T, Options[float64]{KeepLogits: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -305,11 +305,14 @@ func TestGraphGradientFD(t *testing.T) {
 		tie    bool
 		useDMC bool
 		zero   float64
+		kd     float64 // distillation weight (a perturbed copy of the model is the teacher)
 	}{
-		{"dmc/half/untied", model.RoPEHalf, false, true, 1},
-		{"dmc/interleaved/tied", model.RoPEInterleaved, true, true, 1},
-		{"vanilla", model.RoPEHalf, false, false, 1},
-		{"stage1-zeroout0.4", model.RoPEHalf, true, false, 0.4},
+		{"dmc/half/untied", model.RoPEHalf, false, true, 1, 0},
+		{"dmc/interleaved/tied", model.RoPEInterleaved, true, true, 1, 0},
+		{"vanilla", model.RoPEHalf, false, false, 1, 0},
+		{"stage1-zeroout0.4", model.RoPEHalf, true, false, 0.4, 0},
+		{"dmc/distill0.6", model.RoPEHalf, false, true, 1, 0.6},
+		{"vanilla/distill1", model.RoPEInterleaved, true, false, 1, 1},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p, cfg := tinyModel(t, tc.layout, tc.tie)
@@ -317,13 +320,29 @@ func TestGraphGradientFD(t *testing.T) {
 			const B, T = 2, 7
 			rng := rand.New(rand.NewPCG(1, 2))
 			batch := makeBatch([][]int{randTokens(rng, T, c.VocabSize), randTokens(rng, T, c.VocabSize)})
-			g, err := New64(p, cfg, B, T, Options{})
+			opt := Options[float64]{}
+			if tc.kd > 0 {
+				opt.Teacher = perturbed(p, rng, 0.3)
+			}
+			g, err := New64(p, cfg, B, T, opt)
 			if err != nil {
 				t.Fatal(err)
 			}
 			// CRWeight 0: the straight-through CR gradient is not a derivative of the loss (see
 			// TestCRGradientIsStraightThrough).
-			sc := StepContext{Step: 3, Seed: 11, DMC: tc.useDMC, ZeroOut: tc.zero, TargetAlpha: 0.5}
+			sc := StepContext{Step: 3, Seed: 11, DMC: tc.useDMC, ZeroOut: tc.zero, TargetAlpha: 0.5, DistillWeight: tc.kd}
+			if tc.kd > 0 {
+				l, err := g.Forward(batch, sc)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if l.KD <= 1e-3 {
+					t.Fatalf("KL to a perturbed teacher is %g: the distillation term would not be exercised", l.KD)
+				}
+				if want := (1-tc.kd)*l.LM + tc.kd*l.KD; math.Abs(l.Loss-want) > 1e-12 {
+					t.Fatalf("loss %.15g, want (1−β)·LM + β·KD = %.15g", l.Loss, want)
+				}
+			}
 			if tc.useDMC {
 				l, err := g.Forward(batch, sc)
 				if err != nil {
@@ -366,7 +385,7 @@ func TestCRGradientIsStraightThrough(t *testing.T) {
 	const T = 9
 	rng := rand.New(rand.NewPCG(5, 6))
 	seq := randTokens(rng, T, c.VocabSize)
-	g, err := New64(p, cfg, 1, T, Options{KeepLogits: true})
+	g, err := New64(p, cfg, 1, T, Options[float64]{KeepLogits: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -461,7 +480,7 @@ func TestStage1ZeroedEqualsDMCWithoutMerges(t *testing.T) {
 	const B, T = 2, 7
 	rng := rand.New(rand.NewPCG(8, 8))
 	batch := makeBatch([][]int{randTokens(rng, T, p.Config.VocabSize), randTokens(rng, T, p.Config.VocabSize)})
-	g, err := New64(p, cfg, B, T, Options{KeepLogits: true})
+	g, err := New64(p, cfg, B, T, Options[float64]{KeepLogits: true})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -491,7 +510,7 @@ func TestFloat32GraphTracksFloat64(t *testing.T) {
 	rng := rand.New(rand.NewPCG(2, 2))
 	batch := makeBatch([][]int{randTokens(rng, T, p.Config.VocabSize), randTokens(rng, T, p.Config.VocabSize)})
 	sc := StepContext{Step: 1, Seed: 3, DMC: true, ZeroOut: 1, TargetAlpha: 0.8, CRWeight: 1}
-	g64, err := New64(p, cfg, B, T, Options{})
+	g64, err := New64(p, cfg, B, T, Options[float64]{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -556,10 +575,10 @@ func TestFloat32GraphTracksFloat64(t *testing.T) {
 
 func TestNewRejectsBadInput(t *testing.T) {
 	p, cfg := tinyModel(t, model.RoPEHalf, false)
-	if _, err := New64(p, cfg, 1, 17, Options{}); err == nil {
+	if _, err := New64(p, cfg, 1, 17, Options[float64]{}); err == nil {
 		t.Error("sequence longer than max_seq_len accepted")
 	}
-	g, err := New64(p, cfg, 1, 4, Options{})
+	g, err := New64(p, cfg, 1, 4, Options[float64]{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -568,5 +587,64 @@ func TestNewRejectsBadInput(t *testing.T) {
 	}
 	if _, err := g.Forward(Batch{Inputs: []int{1, 2, 99, 3}, Targets: []int{1, 2, 3, 4}, BatchSize: 1, SeqLen: 4}, StepContext{ZeroOut: 1}); err == nil {
 		t.Error("out-of-vocabulary token accepted")
+	}
+}
+
+// perturbed returns a copy of p with Gaussian noise of relative size rel on every weight.
+func perturbed(p *model.Params[float64], rng *rand.Rand, rel float64) *model.Params[float64] {
+	q, err := model.NewParams[float64](p.Config)
+	if err != nil {
+		panic(err)
+	}
+	src, dst := p.Tensors(), q.Tensors()
+	for i := range src {
+		for j, x := range src[i].Data {
+			dst[i].Data[j] = x * (1 + rel*rng.NormFloat64())
+		}
+	}
+	return q
+}
+
+// TestDistillSelfTeacher: a model distilled from itself has zero KL and, at β = 1, zero
+// gradient; at β = 0.5 its loss is half the cross-entropy.
+func TestDistillSelfTeacher(t *testing.T) {
+	p, cfg := tinyModel(t, model.RoPEHalf, false)
+	const B, T = 2, 7
+	rng := rand.New(rand.NewPCG(4, 5))
+	batch := makeBatch([][]int{randTokens(rng, T, p.Config.VocabSize), randTokens(rng, T, p.Config.VocabSize)})
+	g, err := New64(p, cfg, B, T, Options[float64]{Teacher: p})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, err := g.Step(batch, StepContext{ZeroOut: 1, DistillWeight: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(l.KD) > 1e-12 || math.Abs(l.Loss) > 1e-12 {
+		t.Errorf("self-distillation: KD %g, loss %g; want 0", l.KD, l.Loss)
+	}
+	for _, pr := range g.ParamsT() {
+		for _, x := range pr.Grad {
+			if math.Abs(x) > 1e-12 {
+				t.Fatalf("self-distillation at β = 1: %s has gradient %g, want 0", pr.Name, x)
+			}
+		}
+	}
+	h, err := g.Forward(batch, StepContext{ZeroOut: 1, DistillWeight: 0.5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if math.Abs(h.Loss-0.5*h.LM) > 1e-12 || h.LM <= 0 {
+		t.Errorf("β = 0.5 with a perfect teacher: loss %g, want half of LM %g", h.Loss, h.LM)
+	}
+	if _, err := g.Forward(batch, StepContext{ZeroOut: 1, DistillWeight: 1.5}); err == nil {
+		t.Error("distillation weight 1.5 was accepted")
+	}
+	plain, err := New64(p, cfg, B, T, Options[float64]{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := plain.Forward(batch, StepContext{ZeroOut: 1, DistillWeight: 0.5}); err == nil {
+		t.Error("a distillation weight without a teacher was accepted")
 	}
 }

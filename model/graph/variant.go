@@ -1,6 +1,7 @@
 package graph
 
 import (
+	"errors"
 	"fmt"
 	"math"
 
@@ -21,9 +22,12 @@ type variant[T model.Float] struct {
 	noise   []*tensor.Dense // per layer [B·T, Hkv] (DMC only)
 	// scalar inputs
 	chScale, hard, alphaStar, crWeight *G.Node
+	// distillation (Options.Teacher only): the teacher's logits [B·T, V] and the loss mix
+	teacher         *tensor.Dense
+	lmWeight, kdWgt *G.Node
 	// outputs read by every run
-	lossV, lmV, crV, alphaV, logitsV G.Value
-	full, fwd                        G.VM
+	lossV, lmV, crV, alphaV, logitsV, kdV G.Value
+	full, fwd                             G.VM
 }
 
 func dtypeOf[T model.Float]() tensor.Dtype {
@@ -129,13 +133,22 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 	lm := must(ops.SoftmaxCrossEntropy(logits, targets))
 	loss := lm
 	reads := G.Nodes{G.Read(lm, &v.lmV)}
+	if e.teacher != nil {
+		// L_LM = (1−β)·CE + β·KL(teacher ‖ model); β = 0 leaves plain cross-entropy.
+		v.teacher = tensor.New(tensor.WithShape(N, c.VocabSize), tensor.WithBacking(make([]T, N*c.VocabSize)))
+		tl := G.NewMatrix(g, dt, G.WithShape(N, c.VocabSize), G.WithName("teacher_logits"), G.WithValue(v.teacher))
+		v.lmWeight, v.kdWgt = scalarIn("lm_weight"), scalarIn("kd_weight")
+		kd := must(ops.SoftmaxKL(logits, tl, targets))
+		loss = must(G.Add(must(G.Mul(v.lmWeight, lm)), must(G.Mul(v.kdWgt, kd))))
+		reads = append(reads, G.Read(kd, &v.kdV))
+	}
 	if useDMC {
 		// ᾱ_b = straight-through hard decisions averaged over layers, KV heads, positions;
 		// L_CR = mean_b max(0, α* − ᾱ_b).
 		abar := must(G.Mul(counts, G.NewConstant(T(1/float64(c.NLayers*Hkv*Tn)), G.WithName("inv_count"))))
 		hinge := must(G.Rectify(must(G.Sub(v.alphaStar, abar))))
 		lcr := must(G.Mean(hinge))
-		loss = must(G.Add(lm, must(G.Mul(v.crWeight, lcr))))
+		loss = must(G.Add(loss, must(G.Mul(v.crWeight, lcr))))
 		meanAlpha := must(G.Mean(abar))
 		reads = append(reads, G.Read(lcr, &v.crV), G.Read(meanAlpha, &v.alphaV))
 	}
@@ -191,6 +204,28 @@ func (v *variant[T]) run(e *Exec[T], b Batch, sc StepContext, backward bool) (Lo
 			return Losses{}, err
 		}
 	}
+	if sc.DistillWeight != 0 && e.teacher == nil {
+		return Losses{}, errors.New("graph: a distillation weight was given but the graph has no teacher (Options.Teacher)")
+	}
+	if e.teacher != nil {
+		beta := sc.DistillWeight
+		if !(beta >= 0 && beta <= 1) {
+			return Losses{}, fmt.Errorf("graph: distillation weight %g is outside [0, 1]", beta)
+		}
+		if beta > 0 {
+			// The teacher is the original model: plain graph, full decision channel.
+			if _, err := e.teacher.Forward(b, StepContext{ZeroOut: 1}); err != nil {
+				return Losses{}, fmt.Errorf("graph: distillation teacher: %w", err)
+			}
+			copy(v.teacher.Data().([]T), e.teacher.Logits())
+		}
+		if err := G.Let(v.lmWeight, T(1-beta)); err != nil {
+			return Losses{}, err
+		}
+		if err := G.Let(v.kdWgt, T(beta)); err != nil {
+			return Losses{}, err
+		}
+	}
 	if v.useDMC && !sc.Hard {
 		Hkv, B, Tn := c.NKVHeads, e.B, e.T
 		for l, nt := range v.noise {
@@ -229,6 +264,9 @@ func (v *variant[T]) run(e *Exec[T], b Batch, sc StepContext, backward bool) (Lo
 	l := Losses{Loss: read(v.lossV), LM: read(v.lmV), Tokens: ops.ValidTargets(b.Targets)}
 	if v.useDMC {
 		l.CR, l.MeanAlpha = read(v.crV), read(v.alphaV)
+	}
+	if sc.DistillWeight > 0 {
+		l.KD = read(v.kdV)
 	}
 	if math.IsNaN(l.Loss) || math.IsInf(l.Loss, 0) {
 		return l, errNaN

@@ -11,8 +11,14 @@ import (
 // same contract independently so neither depends on the other).
 type graphModel struct{ g *graph.Graph }
 
-func newGraphModel(w *model.Weights, dc dmc.Config, batch, seqLen int) (*graphModel, error) {
-	g, err := graph.New(w, dc, batch, seqLen)
+// newGraphModel builds the training graph of w; with distill, w itself (as loaded, before any
+// training or resume) is also the frozen distillation teacher.
+func newGraphModel(w *model.Weights, dc dmc.Config, batch, seqLen int, distill bool) (*graphModel, error) {
+	var teacher *model.Weights
+	if distill {
+		teacher = w
+	}
+	g, err := graph.NewExec(w, dc, batch, seqLen, graph.Options[float32]{Teacher: teacher})
 	if err != nil {
 		return nil, err
 	}
@@ -31,11 +37,11 @@ func (m *graphModel) Params() []trainer.Param {
 func toGraph(b trainer.Batch, sc trainer.StepContext) (graph.Batch, graph.StepContext) {
 	return graph.Batch{Inputs: b.Inputs, Targets: b.Targets, BatchSize: b.BatchSize, SeqLen: b.SeqLen},
 		graph.StepContext{Step: sc.Step, MicroBatch: sc.MicroBatch, Seed: sc.Seed, DMC: sc.DMC, TargetAlpha: sc.TargetAlpha,
-			ZeroOut: sc.ZeroOut, Hard: sc.Hard, CRWeight: sc.CRWeight}
+			ZeroOut: sc.ZeroOut, Hard: sc.Hard, CRWeight: sc.CRWeight, DistillWeight: sc.DistillWeight}
 }
 
 func fromGraph(l graph.Losses) trainer.Losses {
-	return trainer.Losses{Loss: l.Loss, LM: l.LM, CR: l.CR, MeanAlpha: l.MeanAlpha, Tokens: l.Tokens}
+	return trainer.Losses{Loss: l.Loss, LM: l.LM, CR: l.CR, MeanAlpha: l.MeanAlpha, KD: l.KD, Tokens: l.Tokens}
 }
 
 func (m *graphModel) Step(b trainer.Batch, sc trainer.StepContext) (trainer.Losses, error) {

@@ -159,7 +159,7 @@ func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*RetrofitResult
 		return nil, err
 	}
 	defer source.Close()
-	g, err := newGraphModel(w, dc, recipe.MicroBatchSize(), recipe.SeqLen)
+	g, err := newGraphModel(w, dc, recipe.MicroBatchSize(), recipe.SeqLen, recipe.DistillWeight > 0)
 	if err != nil {
 		return nil, err
 	}
