@@ -28,6 +28,8 @@ type variant[T model.Float] struct {
 	// outputs read by every run
 	lossV, lmV, crV, alphaV, logitsV, kdV G.Value
 	full, fwd                             G.VM
+	// arena holds the fused ops' output tensors, reused by every run
+	arena *ops.Arena
 }
 
 func dtypeOf[T model.Float]() tensor.Dtype {
@@ -46,7 +48,8 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 	D, Hq, Hkv := c.HeadDim(), c.NHeads, c.NKVHeads
 	dt := dtypeOf[T]()
 	g := G.NewGraph()
-	v := &variant[T]{useDMC: useDMC, g: g}
+	v := &variant[T]{useDMC: useDMC, g: g, arena: ops.NewArena()}
+	defer ops.AttachArena(g, v.arena)()
 	v.ids = tensor.New(tensor.WithShape(N), tensor.WithBacking(make([]int, N)))
 	v.targets = tensor.New(tensor.WithShape(N), tensor.WithBacking(make([]int, N)))
 	ids := G.NewVector(g, tensor.Int, G.WithShape(N), G.WithName("ids"), G.WithValue(v.ids))
@@ -245,6 +248,7 @@ func (v *variant[T]) run(e *Exec[T], b Batch, sc StepContext, backward bool) (Lo
 	if backward {
 		m = v.full
 	}
+	v.arena.Recycle() // nothing reads the previous run's op outputs any more
 	m.Reset()
 	if err := m.RunAll(); err != nil {
 		return Losses{}, fmt.Errorf("graph: run: %w", err)

@@ -3,7 +3,9 @@
 // output, shapes and what its backward needs. Every op works on float32 and float64 (all float
 // inputs of one op share the dtype), runs its Go kernel in parallel over rows or over
 // (sequence, head) pairs, and writes into the tape machine's preallocated register when one of
-// the right shape is offered (UsePreallocDo). Backward passes are ops of their own, applied in
+// the right shape is offered (UsePreallocDo), else into a tensor of the graph's Arena
+// (AttachArena), recycled from run to run, else into a new tensor. Every kernel overwrites all
+// of its output (the op tests run every graph on NaN-filled recycled outputs). Backward passes are ops of their own, applied in
 // SymDiff, so a graph differentiated with gorgonia.Grad runs on a TapeMachine; the backward ops
 // are not differentiable again. Every op's key (its WriteHash) encodes all of its parameters,
 // because gorgonia hash-conses nodes.

@@ -47,12 +47,15 @@ type graphOf struct {
 	grads  []G.Value
 	m      G.VM
 	inputs []input
+	arena  *Arena // poisoning: every run reuses the previous run's NaN-filled outputs
 }
 
 func buildGraph(t *testing.T, rng *rand.Rand, ins []input, build func(in []*G.Node) (*G.Node, error), withGrad bool) *graphOf {
 	t.Helper()
 	g := G.NewGraph()
-	gr := &graphOf{g: g, inputs: ins}
+	gr := &graphOf{g: g, inputs: ins, arena: NewArena()}
+	gr.arena.poison = true
+	defer AttachArena(g, gr.arena)()
 	for _, in := range ins {
 		var n *G.Node
 		switch {
@@ -108,6 +111,7 @@ func buildGraph(t *testing.T, rng *rand.Rand, ins []input, build func(in []*G.No
 
 func (gr *graphOf) run(t *testing.T) float64 {
 	t.Helper()
+	gr.arena.Recycle()
 	gr.m.Reset()
 	if err := gr.m.RunAll(); err != nil {
 		t.Fatalf("run: %v", err)
@@ -121,6 +125,7 @@ func checkGrads(t *testing.T, rng *rand.Rand, ins []input, build func(in []*G.No
 	t.Helper()
 	gr := buildGraph(t, rng, ins, build, true)
 	gr.run(t)
+	gr.run(t) // on the first run's recycled, NaN-poisoned output tensors
 	analytic := make([][]float64, len(gr.grads))
 	for i, g := range gr.grads {
 		analytic[i] = append([]float64(nil), g.Data().([]float64)...)
@@ -171,6 +176,7 @@ func forward(t *testing.T, ins []input, build func(in []*G.Node) (*G.Node, error
 	t.Helper()
 	gr := buildGraph(t, rand.New(rand.NewPCG(1, 1)), ins, build, false)
 	gr.run(t)
+	gr.run(t) // on the first run's recycled, NaN-poisoned output tensors
 	switch v := gr.yV.Data().(type) {
 	case []float64:
 		return v

@@ -46,11 +46,16 @@ type differentiable interface {
 	grad(in G.Nodes, out, dOut *G.Node) (G.Nodes, error)
 }
 
-// fused adapts a kernel to gorgonia's Op, SDOp and UsePreallocDoer interfaces.
-type fused struct{ k kernel }
+// fused adapts a kernel to gorgonia's Op, SDOp and UsePreallocDoer interfaces. arena, when
+// set (AttachArena), supplies output tensors the tape machine does not preallocate; it is not
+// part of the op's key (one graph has one arena).
+type fused struct {
+	k     kernel
+	arena *Arena
+}
 
 func apply(k kernel, children ...*G.Node) (*G.Node, error) {
-	return G.ApplyOp(fused{k}, children...)
+	return G.ApplyOp(fused{k, arenaOf(children)}, children...)
 }
 
 func (f fused) Arity() int {
@@ -124,7 +129,11 @@ func (f fused) UsePreallocDo(prealloc G.Value, in ...G.Value) (G.Value, error) {
 	}
 	out, ok := prealloc.(*tensor.Dense)
 	if !ok || out.Dtype() != dt || !out.Shape().Eq(s) || !out.IsNativelyAccessible() || out.RequiresIterator() {
-		out = tensor.New(tensor.Of(dt), tensor.WithShape(s.Clone()...))
+		if f.arena != nil {
+			out = f.arena.get(dt, s)
+		} else {
+			out = tensor.New(tensor.Of(dt), tensor.WithShape(s.Clone()...))
+		}
 	}
 	if _, err := f.k.exec(out, in); err != nil {
 		return nil, err
