@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"testing"
 	"time"
 
@@ -126,7 +127,10 @@ func BenchmarkForward(b *testing.B) {
 // BenchmarkSgemmPeak measures the float32 GEMM rate of the BLAS this binary uses (blas32, which
 // -tags openblas points at OpenBLAS) on square matrices, with all cores: the denominator for
 // BenchmarkStep's GFLOP/s ("% of Sgemm peak"). Run both in one command so they share the load.
+// OpenBLAS runs with its own GOMAXPROCS threads here (the graph runs it single-threaded from
+// one goroutine per core).
 func BenchmarkSgemmPeak(b *testing.B) {
+	defer blasThreads(runtime.GOMAXPROCS(0))()
 	for _, n := range []int{512, 1024, 2048} {
 		b.Run(fmt.Sprint(n), func(b *testing.B) {
 			rng := rand.New(rand.NewPCG(2, 2))

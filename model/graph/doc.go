@@ -17,7 +17,8 @@
 // therefore selects stage 1 with the channel fully removed and no merging.
 //
 // The default build uses gonum's pure-Go BLAS; the build tag openblas (blas_openblas.go) routes
-// every GEMM to OpenBLAS through cgo (install libopenblas-dev, set CGO_LDFLAGS=-lopenblas).
+// every GEMM to OpenBLAS through cgo (install libopenblas-dev, set CGO_LDFLAGS=-lopenblas),
+// single-threaded: the kernels split the work over GOMAXPROCS goroutines themselves.
 //
 // Error policy: New/Step/Forward return errors for bad configurations, batch shapes, token ids
 // and non-finite losses; internal shape bugs panic.

@@ -36,11 +36,13 @@
 //	DMCHardCount(T)   α [N,Hkv] → [B] count of α > 0.5 per sequence  α, g [B] → dα = g[b] (straight-through estimator)
 //	Unpack            packed [n] → one segment, reshaped            (backward only; splits packed gradients)
 //
-// Kernels: Linear runs one GEMM through gonum's blas32/blas64 (OpenBLAS with the graph's
-// openblas build tag). Attention runs per (sequence, KV head) goroutine, the G query heads of
-// the group in turn, in blocks of 64 query rows against the keys up to the block's last row
-// (most of the causal upper triangle is skipped), with gonum's pure-Go GEMM so a threaded BLAS
-// does not oversubscribe the cores; its backward recomputes the probabilities block by block
+// Kernels: Linear runs one GEMM through gonum's blas32/blas64, or, when a single-threaded BLAS
+// is installed with UseSerialBLAS (the graph's openblas build tag installs OpenBLAS with one
+// thread), one GEMM block per core on it. Attention runs per (sequence, KV head) goroutine, the
+// G query heads of the group in turn, in blocks of 64 query rows against the keys up to the
+// block's last row (most of the causal upper triangle is skipped), with the serial BLAS or else
+// gonum's pure-Go GEMM, so that no threaded BLAS oversubscribes the cores; its backward
+// recomputes the probabilities block by block
 // (no T×T state is kept between forward and backward). DMCMerge runs per (sequence, KV head).
 // Element-wise and row-wise kernels split rows over the cores.
 //

@@ -2,6 +2,8 @@ package ops
 
 import (
 	"fmt"
+	"runtime"
+	"sync"
 
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"
@@ -11,16 +13,89 @@ import (
 	"gorgonia.org/tensor"
 )
 
-// gemm computes C = alpha·op(A)·op(B) + beta·C on row-major strided matrices through gonum's
-// BLAS (blas32/blas64, which the openblas build tag points at OpenBLAS).
-func gemm[T Float](tA, tB bool, m, n, k int, alpha float64, a []T, lda int, b []T, ldb int, beta float64, c []T, ldc int) {
-	gemmWith(blas32.Implementation(), blas64.Implementation(), tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+// serialBLAS, when set (UseSerialBLAS), is a single-threaded BLAS that the kernels call from
+// their own goroutines, one per core.
+var serialBLAS struct {
+	f32 blas.Float32Level3
+	f64 blas.Float64Level3
 }
 
-// localGemm is gemm on gonum's pure-Go implementation, whatever BLAS is installed: kernels
-// that already run one goroutine per (sequence, head) call it so that a threaded BLAS does not
-// oversubscribe the cores with its own worker threads.
+// UseSerialBLAS routes every GEMM of the kernels to a single-threaded BLAS (such as OpenBLAS
+// with one thread) and lets the kernels own the parallelism: a Linear GEMM is split into one
+// block of rows (or columns) per core, and attention calls it from its per-head goroutines.
+// Without it, Linear calls blas32/blas64 (parallel by itself) and attention gonum's pure-Go GEMM.
+// Call it before any graph runs.
+func UseSerialBLAS(f32 blas.Float32Level3, f64 blas.Float64Level3) {
+	serialBLAS.f32, serialBLAS.f64 = f32, f64
+}
+
+// gemm computes C = alpha·op(A)·op(B) + beta·C on row-major strided matrices with all cores:
+// through blas32/blas64 (which the openblas build tag points at OpenBLAS), or split over the
+// cores on the serial BLAS (UseSerialBLAS).
+func gemm[T Float](tA, tB bool, m, n, k int, alpha float64, a []T, lda int, b []T, ldb int, beta float64, c []T, ldc int) {
+	if serialBLAS.f32 == nil {
+		gemmWith(blas32.Implementation(), blas64.Implementation(), tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
+	splitGemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+}
+
+// gemmSplitAlign is the granularity of a split GEMM's blocks (a multiple of the BLAS kernels'
+// register blocking).
+const gemmSplitAlign = 16
+
+// splitGemm runs a GEMM on the serial BLAS as one block per core, splitting the larger of the
+// rows and columns of C.
+func splitGemm[T Float](tA, tB bool, m, n, k int, alpha float64, a []T, lda int, b []T, ldb int, beta float64, c []T, ldc int) {
+	w := runtime.GOMAXPROCS(0)
+	long := max(m, n)
+	if w <= 1 || long < 2*gemmSplitAlign || m*n*k < 1<<18 {
+		localGemm(tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
+	chunk := (long + w - 1) / w
+	chunk = (chunk + gemmSplitAlign - 1) / gemmSplitAlign * gemmSplitAlign
+	var wg sync.WaitGroup
+	for lo := 0; lo < long; lo += chunk {
+		hi := min(long, lo+chunk)
+		run := func() {
+			if m >= n { // rows lo..hi of C: rows of op(A)
+				aOff := lo * lda
+				if tA {
+					aOff = lo
+				}
+				localGemm(tA, tB, hi-lo, n, k, alpha, a[aOff:], lda, b, ldb, beta, c[lo*ldc:], ldc)
+				return
+			}
+			// columns lo..hi of C: columns of op(B)
+			bOff := lo
+			if tB {
+				bOff = lo * ldb
+			}
+			localGemm(tA, tB, m, hi-lo, k, alpha, a, lda, b[bOff:], ldb, beta, c[lo:], ldc)
+		}
+		if hi == long {
+			run() // the last block on the calling goroutine
+			break
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			run()
+		}()
+	}
+	wg.Wait()
+}
+
+// localGemm is a single-threaded-use GEMM for kernels that already run one goroutine per core
+// (per (sequence, head), or per block of a split GEMM): the serial BLAS when one is set, else
+// gonum's pure-Go implementation, so that a threaded BLAS does not oversubscribe the cores with
+// its own worker threads.
 func localGemm[T Float](tA, tB bool, m, n, k int, alpha float64, a []T, lda int, b []T, ldb int, beta float64, c []T, ldc int) {
+	if serialBLAS.f32 != nil {
+		gemmWith(serialBLAS.f32, serialBLAS.f64, tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+		return
+	}
 	gemmWith(gonum.Implementation{}, gonum.Implementation{}, tA, tB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 }
 
