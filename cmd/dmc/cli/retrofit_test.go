@@ -202,6 +202,7 @@ func TestRetrofitBadInput(t *testing.T) {
 		{"shards from another tokenizer", append(append([]string{"retrofit", "--model", smallDir, "--out", filepath.Join(fx.dir, "c")}, common...), tinyRecipe...), "re-run dmc data prepare"},
 		{"unknown preset without weights", append([]string{"retrofit", "--model", "llama2-7b", "--out", filepath.Join(fx.dir, "d")}, common...), "needs its weights"},
 		{"corrupt checkpoint on resume", []string{"retrofit", "--out", corruptRun, "--resume"}, "is corrupt"},
+		{"distillation weight above 1", append(append([]string{"retrofit", "--model", fx.model, "--out", filepath.Join(fx.dir, "f")}, common...), "--set", "distill_weight=2"), "distill_weight must be in [0, 1]"},
 		{"unknown recipe field", append(append([]string{"retrofit", "--model", fx.model, "--out", filepath.Join(fx.dir, "e")}, common...), "--set", "lr_warp=3"), "lr_warp"},
 		{"export of a non-run", []string{"export", "--run", fx.dir, "--out", filepath.Join(fx.dir, "x")}, "not a retrofit run"},
 		{"eval with an unknown task", []string{"eval", "--model", fx.model, "--data", fx.shards, "--tasks", "mmlu"}, "unknown task"},
@@ -215,6 +216,64 @@ func TestRetrofitBadInput(t *testing.T) {
 				t.Fatalf("exit %d, stderr %q; want an error mentioning %q", code, stderr, tc.want)
 			}
 		})
+	}
+}
+
+// With distill_weight, the original model is the teacher: the KL starts at 0 in a control run
+// (the model is its teacher), grows once DMC changes the model, and is logged per step; a
+// resumed run keeps the original, not the checkpoint, as its teacher (resume stays exact).
+func TestRetrofitDistillation(t *testing.T) {
+	fx := newFixture(t)
+	readKD := func(dir string) []float64 {
+		t.Helper()
+		b, err := os.ReadFile(filepath.Join(dir, "metrics.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var kd []float64
+		for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+			var m struct {
+				KD *float64 `json:"kd_loss"`
+			}
+			if err := json.Unmarshal([]byte(line), &m); err != nil || m.KD == nil {
+				t.Fatalf("metrics line without kd_loss: %s", line)
+			}
+			kd = append(kd, *m.KD)
+		}
+		return kd
+	}
+	ctl := filepath.Join(fx.dir, "ctl")
+	args := append([]string{"retrofit", "--model", fx.model, "--tokenizer", fx.tok, "--data", fx.shards, "--control", "--steps", "4",
+		"--set", "distill_weight=1", "--out", ctl}, tinyRecipe...)
+	if _, e, c := run(t, args...); c != 0 {
+		t.Fatal(e)
+	}
+	if kd := readKD(ctl); len(kd) != 4 || kd[0] != 0 || kd[3] <= 0 {
+		t.Errorf("control KL per step %v: want 0 at the first step (the model is its own teacher), > 0 after updates", kd)
+	}
+	full, split := filepath.Join(fx.dir, "full"), filepath.Join(fx.dir, "split")
+	base := append([]string{"retrofit", "--model", fx.model, "--tokenizer", fx.tok, "--data", fx.shards, "--target-cr", "2", "--steps", "6",
+		"--set", "distill_weight=0.5", "--set", "zero_out_steps=1"}, tinyRecipe...)
+	if _, e, c := run(t, append(base, "--out", full)...); c != 0 {
+		t.Fatal(e)
+	}
+	if _, e, c := run(t, append(base, "--out", split, "--stop-after", "3")...); c != 0 {
+		t.Fatal(e)
+	}
+	if _, e, c := run(t, "retrofit", "--out", split, "--resume"); c != 0 {
+		t.Fatal(e)
+	}
+	a, b := readKD(full), readKD(split)
+	if len(a) != 6 || len(b) != 6 {
+		t.Fatalf("steps logged: %d and %d, want 6", len(a), len(b))
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			t.Fatalf("step %d: KL %v uninterrupted vs %v resumed", i+1, a[i], b[i])
+		}
+	}
+	if a[5] <= 0 {
+		t.Errorf("KL after DMC training is %v, want > 0", a[5])
 	}
 }
 
