@@ -45,9 +45,8 @@ func (klOp) grad(in G.Nodes, _, dLoss *G.Node) (G.Nodes, error) {
 	return G.Nodes{dl, nil, nil}, nil
 }
 
-// logSoftmaxRow writes log softmax(row) into out (float64, so that p·(log p − log q) of nearly
-// equal distributions keeps its digits).
-func logSoftmaxRow[T Float](row []T, out []float64) {
+// logSumExp is log Σ exp(row), shifted by the row's maximum (row-safe).
+func logSumExp[T Float](row []T) float64 {
 	m := math.Inf(-1)
 	for _, v := range row {
 		m = max(m, float64(v))
@@ -56,7 +55,13 @@ func logSoftmaxRow[T Float](row []T, out []float64) {
 	for _, v := range row {
 		z += math.Exp(float64(v) - m)
 	}
-	lz := m + math.Log(z)
+	return m + math.Log(z)
+}
+
+// logSoftmaxRow writes log softmax(row) into out (float64, so that p·(log p − log q) of nearly
+// equal distributions keeps its digits).
+func logSoftmaxRow[T Float](row []T, out []float64) {
+	lz := logSumExp(row)
 	for i, v := range row {
 		out[i] = float64(v) - lz
 	}
@@ -98,11 +103,7 @@ func klKernel[T Float](logits, teacher []T, tg []int, V int, g float64, dl []T) 
 			}
 		}
 	})
-	var s float64
-	for _, l := range losses {
-		s += l
-	}
-	return s / float64(count)
+	return meanOver(losses, count)
 }
 
 type klGrad struct{}

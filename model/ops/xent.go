@@ -82,26 +82,23 @@ func xentKernel[T Float](logits []T, tg []int, V int, g float64, dl []T) float64
 				}
 				continue
 			}
-			m := math.Inf(-1)
-			for _, v := range row {
-				m = max(m, float64(v))
-			}
-			var z float64
-			for _, v := range row {
-				z += math.Exp(float64(v) - m)
-			}
-			lz := math.Log(z)
+			lz := logSumExp(row)
 			if dl == nil {
-				losses[n] = lz + m - float64(row[t])
+				losses[n] = lz - float64(row[t])
 				continue
 			}
 			out := dl[n*V : (n+1)*V]
 			for i, v := range row {
-				out[i] = T(scale * math.Exp(float64(v)-m-lz))
+				out[i] = T(scale * math.Exp(float64(v)-lz))
 			}
-			out[t] = T(scale * (math.Exp(float64(row[t])-m-lz) - 1))
+			out[t] = T(scale * (math.Exp(float64(row[t])-lz) - 1))
 		}
 	})
+	return meanOver(losses, count)
+}
+
+// meanOver is Σ losses / count (rows that do not count hold 0).
+func meanOver(losses []float64, count int) float64 {
 	var s float64
 	for _, l := range losses {
 		s += l
