@@ -48,7 +48,7 @@ clean:
 # DMC retrofit of the real stories260K model at CR 2 and 4 (distilled from the original, as the
 # recipes say) plus two controls: plain continued training (cross-entropy) and the same with
 # distillation, with every acceptance measurement (docs/results/retrofit-stories260k.md).
-# ~40 min on 2 free cores.
+# ~30 min on 2 free cores.
 S260K_ASSETS ?= ../shared/assets
 S260K_MODEL  := $(S260K_ASSETS)/tinyllamas-stories260K/stories260K.bin
 S260K_TOK    := $(S260K_ASSETS)/tinyllamas-stories260K/tok512.bin
