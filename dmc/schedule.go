@@ -59,20 +59,32 @@ func ZeroOutFactor(step, steps int) float64 {
 // ω = σ(ImportanceOffset) + ε for every token until training moves the rows. It returns an error
 // when the channel does not exist in the model's heads.
 func ZeroDecisionRows[T model.Float](p *model.Params[T], cfg Config) error {
+	rows, err := DecisionRows(p, cfg)
+	for _, r := range rows {
+		clear(r)
+	}
+	return err
+}
+
+// DecisionRows returns the rows of W_q (every query head) and W_k (every KV head) of every layer
+// that produce the decision channel, as views into p. It returns an error when the channel does
+// not exist in the model's heads.
+func DecisionRows[T model.Float](p *model.Params[T], cfg Config) ([][]T, error) {
 	c := p.Config
 	D := c.HeadDim()
 	if err := cfg.CheckHeadDim(D); err != nil {
-		return err
+		return nil, err
 	}
 	ch := cfg.Channel(D)
+	rows := make([][]T, 0, len(p.Layers)*(c.NHeads+c.NKVHeads))
 	for li := range p.Layers {
 		L := &p.Layers[li]
 		for h := 0; h < c.NHeads; h++ {
-			clear(L.Wq[(h*D+ch)*c.Dim : (h*D+ch+1)*c.Dim])
+			rows = append(rows, L.Wq[(h*D+ch)*c.Dim:(h*D+ch+1)*c.Dim])
 		}
 		for h := 0; h < c.NKVHeads; h++ {
-			clear(L.Wk[(h*D+ch)*c.Dim : (h*D+ch+1)*c.Dim])
+			rows = append(rows, L.Wk[(h*D+ch)*c.Dim:(h*D+ch+1)*c.Dim])
 		}
 	}
-	return nil
+	return rows, nil
 }

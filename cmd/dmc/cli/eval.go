@@ -46,7 +46,8 @@ DMC models, as in serving) and reports perplexity and the real compression rate
 (tokens / cache slots) overall, per layer and per KV head.`,
 		Example: `  dmc eval --model runs/cr2 --data shards/ --json cr2.json
   dmc eval --model export/ --data ../shared/assets/english-text/tinyshakespeare_input.txt
-  dmc eval --model stories260K.bin --data shards/ --cache vanilla`,
+  dmc eval --model stories260K.bin --data shards/ --cache vanilla
+  dmc eval --model stories260K.bin --data shards/ --tasks channels --max-tokens 30000`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
@@ -60,7 +61,7 @@ DMC models, as in serving) and reports perplexity and the real compression rate
 	f.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer (default: the run's, or found next to the model); used for text data")
 	f.StringVar(&o.Data, "data", "", "prepared shards (held-out split by default), Arrow/HF dataset, or a .txt/.jsonl/.parquet file (required)")
 	f.StringVar(&o.Split, "split", "", "split to evaluate (default: heldout when present, else train)")
-	f.StringVar(&o.Tasks, "tasks", "ppl", "comma-separated tasks (ppl)")
+	f.StringVar(&o.Tasks, "tasks", "ppl", "comma-separated tasks: ppl (perplexity and real CR), channels (what removing each q/k channel costs a base model: which to repurpose)")
 	f.StringVar(&o.JSON, "json", "", "also write the results as JSON to this file")
 	f.StringVar(&o.Cache, "cache", "auto", "auto (DMC for DMC models), vanilla or dmc")
 	f.IntVar(&o.SeqLen, "seq-len", 0, "longest sequence decoded from one cache (default: the model's context)")
@@ -84,6 +85,8 @@ type EvalReport struct {
 	CR         float64     `json:"cr"`
 	CRPerLayer []float64   `json:"cr_per_layer"`
 	CRPerHead  [][]float64 `json:"cr_per_head"`
+	// Channels is the --tasks channels result.
+	Channels *eval.ChannelAblationResult `json:"channels,omitempty"`
 }
 
 // evalModel is what eval needs of a model: weights, tokenizer path and DMC settings.
@@ -183,37 +186,64 @@ func openEvalData(path, split, separator string, tokPath string, vocab int) (*da
 
 // Run evaluates and prints a table; it returns the report for callers like the demo.
 func (o *EvalOptions) Run(ctx context.Context, streams *IO) (*EvalReport, error) {
+	tasks := map[string]bool{}
 	for _, t := range strings.Split(o.Tasks, ",") {
-		if t = strings.TrimSpace(t); t != "ppl" {
-			return nil, fmt.Errorf("unknown task %q: available tasks are ppl", t)
+		switch t = strings.TrimSpace(t); t {
+		case "ppl", "channels":
+			tasks[t] = true
+		default:
+			return nil, fmt.Errorf("unknown task %q: available tasks are ppl and channels", t)
 		}
 	}
 	em, err := loadEvalModel(o.Model, o.Tokenizer, streams)
 	if err != nil {
 		return nil, err
 	}
+	if tasks["channels"] && em.dmc != nil {
+		return nil, fmt.Errorf("--tasks channels measures which channel a retrofit should repurpose, so it needs the base model; %s is already a DMC model (decision channel %d)", em.source, em.dmc.Channel(em.w.Config.HeadDim()))
+	}
 	ds, cleanup, err := openEvalData(o.Data, o.Split, o.Separator, em.tokPath, em.w.Config.VocabSize)
 	defer cleanup()
 	if err != nil {
 		return nil, err
 	}
-	cacheName, factory, err := cacheFactory(o.Cache, em.w.Config, em.dmc)
-	if err != nil {
-		return nil, err
+	rep := &EvalReport{Model: em.source, Data: o.Data}
+	opts := eval.PPLOptions{SeqLen: o.SeqLen, MaxTokens: o.MaxTokens}
+	if tasks["ppl"] {
+		cacheName, factory, err := cacheFactory(o.Cache, em.w.Config, em.dmc)
+		if err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(streams.Err, "evaluating %s on %s (%s cache)\n", em.source, o.Data, cacheName)
+		prog := newProgressLine(streams.Err, "tokens")
+		opts.Progress = prog.update
+		res, err := eval.Perplexity(ctx, em.w, factory, ds.Documents(), opts)
+		prog.done()
+		if err != nil {
+			return nil, err
+		}
+		rep.setPPL(res, cacheName, em.dmc)
+		printEval(streams, rep)
 	}
-	fmt.Fprintf(streams.Err, "evaluating %s on %s (%s cache)\n", em.source, o.Data, cacheName)
-	prog := newProgressLine(streams.Err, "tokens")
-	res, err := eval.Perplexity(ctx, em.w, factory, ds.Documents(), eval.PPLOptions{SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Progress: prog.update})
-	prog.done()
-	if err != nil {
-		return nil, err
+	if tasks["channels"] {
+		fmt.Fprintf(streams.Err, "removing each of the %d head channels of q and k in turn from %s on %s\n", em.w.Config.HeadDim(), em.source, o.Data)
+		opts.Progress = nil
+		res, err := eval.ChannelAblation(ctx, em.w, ds.Documents, opts, func(c int, r *eval.PPLResult) {
+			what := "no channel removed"
+			if c >= 0 {
+				what = fmt.Sprintf("channel %d removed", c)
+			}
+			fmt.Fprintf(streams.Err, "  %s: ppl %.4f (%d tokens, %.0f tok/s)\n", what, r.PPL, r.Tokens, r.TokensPerS)
+		})
+		if err != nil {
+			return nil, err
+		}
+		rep.Channels = res
+		if !tasks["ppl"] {
+			rep.setPPL(res.Base, "vanilla", nil)
+		}
+		printChannels(streams, res, em.w.Config.HeadDim())
 	}
-	rep := &EvalReport{Model: em.source, Data: o.Data, Cache: cacheName, PPL: res, Perplexity: res.PPL,
-		Tokens: res.Tokens, CR: res.CR, CRPerLayer: res.CRPerLayer, CRPerHead: res.CRPerHead}
-	if cacheName == "dmc" {
-		rep.DMC = em.dmc
-	}
-	printEval(streams, rep)
 	if o.JSON != "" {
 		b, _ := json.MarshalIndent(rep, "", "  ")
 		if err := writeFileAtomic(o.JSON, append(b, '\n')); err != nil {
@@ -221,6 +251,32 @@ func (o *EvalOptions) Run(ctx context.Context, streams *IO) (*EvalReport, error)
 		}
 	}
 	return rep, nil
+}
+
+func (r *EvalReport) setPPL(res *eval.PPLResult, cacheName string, dc *dmc.Config) {
+	r.Cache, r.PPL, r.Perplexity, r.Tokens = cacheName, res, res.PPL, res.Tokens
+	r.CR, r.CRPerLayer, r.CRPerHead = res.CR, res.CRPerLayer, res.CRPerHead
+	if cacheName == "dmc" {
+		r.DMC = dc
+	}
+}
+
+func printChannels(streams *IO, r *eval.ChannelAblationResult, headDim int) {
+	w := tabwriter.NewWriter(streams.Out, 0, 2, 2, ' ', 0)
+	fmt.Fprintf(w, "\nchannel removed\tperplexity\tvs base %.4f\n", r.BasePPL)
+	for _, c := range r.PerChannel {
+		mark := ""
+		if c.Channel == r.Recommended {
+			mark = "  <- cheapest"
+		}
+		if c.Channel == headDim-1 {
+			mark += "  (the reference's choice)"
+		}
+		fmt.Fprintf(w, "%d\t%.4f\t%+.1f%%%s\n", c.Channel, c.PPL, 100*c.Increase, mark)
+	}
+	w.Flush()
+	fmt.Fprintf(streams.Out, "repurpose channel %d for the DMC decision: decision_channel: %d in the recipe, or dmc retrofit --set decision_channel=%d\n",
+		r.Recommended, r.Recommended, r.Recommended)
 }
 
 func cacheFactory(kind string, cfg model.Config, dc *dmc.Config) (string, eval.CacheFactory, error) {

@@ -3,6 +3,7 @@ package cli
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -93,6 +94,9 @@ func TestRetrofitEvalExportGenerate(t *testing.T) {
 	if rep["cache"] != "dmc" {
 		t.Errorf("a DMC run was evaluated with the %v cache", rep["cache"])
 	}
+	if _, stderr, code = run(t, "eval", "--model", runDir, "--data", fx.shards, "--tasks", "channels"); code == 0 || !strings.Contains(stderr, "already a DMC model") {
+		t.Errorf("channel ablation of a DMC run: exit %d, %q", code, stderr)
+	}
 	exp := filepath.Join(fx.dir, "export")
 	if _, stderr, code = run(t, "export", "--run", runDir, "--out", exp, "--dtype", "fp32"); code != 0 {
 		t.Fatalf("export exit %d: %s", code, stderr)
@@ -124,6 +128,43 @@ func TestRetrofitEvalExportGenerate(t *testing.T) {
 	gen, stderr, code := run(t, "generate", "--model", exp, "--prompt", "Once upon a time", "--max-tokens", "10", "--temperature", "0")
 	if code != 0 || !strings.HasPrefix(gen, "Once upon a time") || !strings.Contains(stderr, "DMC") {
 		t.Fatalf("generate from export: exit %d, %q, %q", code, gen, stderr)
+	}
+}
+
+// --tasks channels measures every head channel of a base model and recommends the cheapest; with
+// ppl it also reports the base model's perplexity, which is the ablation's baseline.
+func TestEvalChannels(t *testing.T) {
+	fx := newFixture(t)
+	jsonPath := filepath.Join(fx.dir, "channels.json")
+	out, stderr, code := run(t, "eval", "--model", fx.model, "--data", fx.shards, "--tasks", "ppl,channels", "--max-tokens", "400", "--json", jsonPath)
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	var rep struct {
+		PPL      float64 `json:"ppl"`
+		Channels struct {
+			BasePPL    float64 `json:"base_ppl"`
+			PerChannel []struct {
+				Channel int     `json:"channel"`
+				PPL     float64 `json:"ppl"`
+			} `json:"per_channel"`
+			Recommended int `json:"recommended_channel"`
+		} `json:"channels"`
+	}
+	if err := json.Unmarshal(mustRead(t, jsonPath), &rep); err != nil {
+		t.Fatal(err)
+	}
+	c := rep.Channels
+	if len(c.PerChannel) != 8 || rep.PPL == 0 || math.Abs(c.BasePPL-rep.PPL) > 1e-9*rep.PPL {
+		t.Fatalf("channels report: %+v (ppl %g)", c, rep.PPL)
+	}
+	for _, pc := range c.PerChannel {
+		if pc.PPL < c.PerChannel[c.Recommended].PPL {
+			t.Errorf("channel %d (ppl %g) is cheaper than the recommended %d (%g)", pc.Channel, pc.PPL, c.Recommended, c.PerChannel[c.Recommended].PPL)
+		}
+	}
+	if want := fmt.Sprintf("decision_channel=%d", c.Recommended); !strings.Contains(out, want) || !strings.Contains(out, "perplexity") {
+		t.Errorf("output lacks %q or the perplexity table:\n%s", want, out)
 	}
 }
 
