@@ -90,6 +90,9 @@ type Options[T model.Float] struct {
 	// Teacher, when set, is a frozen copy of a model (the original checkpoint) whose plain
 	// forward pass gives the targets of the distillation loss (StepContext.DistillWeight).
 	Teacher *model.Params[T]
+	// ForwardOnly builds no backward pass and no gradient buffers: Step fails and only Forward
+	// runs (the distillation teacher).
+	ForwardOnly bool
 }
 
 // param is one parameter: its graph tensor and the gradient buffer it is read into.
@@ -152,9 +155,11 @@ func NewExec[T model.Float](p *model.Params[T], dc dmc.Config, batch, seqLen int
 	e.w = w
 	for _, t := range dst {
 		pr := &param[T]{name: t.Name, shape: t.Shape,
-			value: tensor.New(tensor.WithShape(t.Shape...), tensor.WithBacking(t.Data)),
-			grad:  tensor.New(tensor.WithShape(t.Shape...), tensor.WithBacking(make([]T, len(t.Data))))}
-		pr.gradV = pr.grad
+			value: tensor.New(tensor.WithShape(t.Shape...), tensor.WithBacking(t.Data))}
+		if !opt.ForwardOnly {
+			pr.grad = tensor.New(tensor.WithShape(t.Shape...), tensor.WithBacking(make([]T, len(t.Data))))
+			pr.gradV = pr.grad
+		}
 		e.params = append(e.params, pr)
 		e.byName[t.Name] = pr
 	}
@@ -163,7 +168,7 @@ func NewExec[T model.Float](p *model.Params[T], dc dmc.Config, batch, seqLen int
 		if opt.Teacher.Config != c {
 			return nil, fmt.Errorf("graph: the distillation teacher's config %+v differs from the model's %+v", opt.Teacher.Config, c)
 		}
-		if e.teacher, err = NewExec(opt.Teacher, dc, batch, seqLen, Options[T]{KeepLogits: true}); err != nil {
+		if e.teacher, err = NewExec(opt.Teacher, dc, batch, seqLen, Options[T]{KeepLogits: true, ForwardOnly: true}); err != nil {
 			return nil, fmt.Errorf("graph: distillation teacher: %w", err)
 		}
 	}
@@ -199,7 +204,10 @@ type ParamT[T model.Float] struct {
 func (e *Exec[T]) ParamsT() []ParamT[T] {
 	out := make([]ParamT[T], len(e.params))
 	for i, p := range e.params {
-		out[i] = ParamT[T]{Name: p.name, Shape: append([]int(nil), p.shape...), Value: p.value.Data().([]T), Grad: p.grad.Data().([]T)}
+		out[i] = ParamT[T]{Name: p.name, Shape: append([]int(nil), p.shape...), Value: p.value.Data().([]T)}
+		if p.grad != nil {
+			out[i].Grad = p.grad.Data().([]T)
+		}
 	}
 	return out
 }
@@ -236,6 +244,9 @@ func (e *Exec[T]) Logits() []T {
 }
 
 func (e *Exec[T]) run(b Batch, sc StepContext, backward bool) (Losses, error) {
+	if backward && e.opt.ForwardOnly {
+		return Losses{}, errors.New("graph: Step on a graph built with Options.ForwardOnly; use Forward")
+	}
 	if b.BatchSize != e.B || b.SeqLen != e.T || len(b.Inputs) != e.B*e.T || len(b.Targets) != e.B*e.T {
 		return Losses{}, fmt.Errorf("graph: batch is %d×%d with %d inputs and %d targets, but the graph was built for %d×%d",
 			b.BatchSize, b.SeqLen, len(b.Inputs), len(b.Targets), e.B, e.T)

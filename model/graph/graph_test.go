@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/dmc-project/dmc/dmc"
@@ -646,5 +647,43 @@ func TestDistillSelfTeacher(t *testing.T) {
 	}
 	if _, err := plain.Forward(batch, StepContext{ZeroOut: 1, DistillWeight: 0.5}); err == nil {
 		t.Error("a distillation weight without a teacher was accepted")
+	}
+}
+
+// A ForwardOnly graph (the distillation teacher) computes the same forward pass as a full one,
+// holds no gradient buffers and refuses Step.
+func TestForwardOnly(t *testing.T) {
+	p, cfg := tinyModel(t, model.RoPEHalf, false)
+	const B, T = 2, 7
+	rng := rand.New(rand.NewPCG(6, 7))
+	batch := makeBatch([][]int{randTokens(rng, T, p.Config.VocabSize), randTokens(rng, T, p.Config.VocabSize)})
+	full, err := New64(p, cfg, B, T, Options[float64]{KeepLogits: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fwd, err := New64(p, cfg, B, T, Options[float64]{KeepLogits: true, ForwardOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, sc := range []StepContext{{ZeroOut: 1}, {DMC: true, ZeroOut: 1, Hard: true}} {
+		a, err := full.Forward(batch, sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := fwd.Forward(batch, sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if a.LM != b.LM || !slices.Equal(full.Logits(), fwd.Logits()) {
+			t.Errorf("%+v: forward-only LM %g differs from the full graph's %g", sc, b.LM, a.LM)
+		}
+	}
+	for _, pr := range fwd.ParamsT() {
+		if pr.Grad != nil {
+			t.Fatalf("%s has a gradient buffer in a forward-only graph", pr.Name)
+		}
+	}
+	if _, err := fwd.Step(batch, StepContext{ZeroOut: 1}); err == nil || !strings.Contains(err.Error(), "ForwardOnly") {
+		t.Errorf("Step on a forward-only graph: %v", err)
 	}
 }

@@ -162,6 +162,10 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 	if e.opt.KeepLogits {
 		reads = append(reads, G.Read(logits, &v.logitsV))
 	}
+	v.fwd = G.NewTapeMachine(g.SubgraphRoots(reads...))
+	if e.opt.ForwardOnly {
+		return v, nil
+	}
 	grads, err := G.Grad(loss, wrt...)
 	if err != nil {
 		return nil, fmt.Errorf("graph: differentiate: %w", err)
@@ -170,7 +174,6 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 		G.Read(grads[i], &p.gradV)
 	}
 	v.full = G.NewTapeMachine(g)
-	v.fwd = G.NewTapeMachine(g.SubgraphRoots(reads...))
 	return v, nil
 }
 
