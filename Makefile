@@ -54,7 +54,7 @@ S260K_MODEL  := $(S260K_ASSETS)/tinyllamas-stories260K/stories260K.bin
 S260K_TOK    := $(S260K_ASSETS)/tinyllamas-stories260K/tok512.bin
 S260K_OUT    ?= runs/stories260k
 # Empty: the recipes' 450 steps (~30 min for all four runs). The README's headline numbers are
-# S260K_STEPS=4000 (about 2 hours on 2 free cores).
+# S260K_STEPS=4000 (CR 2, about 2 hours on 2 free cores) and 8000 (CR 4, about 5 hours).
 S260K_STEPS  ?=
 S260K_FLAGS  := $(if $(S260K_STEPS),--steps $(S260K_STEPS))
 .PHONY: retrofit-stories260k
