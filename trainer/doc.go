@@ -4,7 +4,7 @@
 // per-step metrics (JSONL) plus a human progress line.
 //
 // The package does not define the model. It drives anything that implements Model (the
-// Gorgonia training graph of package model/graph, or a pure-Go fake in tests) and reads
+// Gorgonia training graph of package graph, or a pure-Go fake in tests) and reads
 // fixed-length token windows from anything that implements Source (package data's packer).
 //
 // Stages (step s counts optimiser steps from 0):

@@ -1,6 +1,6 @@
 //go:build integration
 
-// Integration with the real training graph (model/graph) and the stories260K weights. Behind a
+// Integration with the real training graph (graph) and the stories260K weights. Behind a
 // build tag so that the trainer's unit tests never depend on those packages compiling:
 //
 //	go test -tags integration -run RealGraph ./trainer
@@ -16,7 +16,7 @@ import (
 
 	"github.com/dmc-project/dmc/checkpoints"
 	"github.com/dmc-project/dmc/dmc"
-	"github.com/dmc-project/dmc/model/graph"
+	"github.com/dmc-project/dmc/graph"
 )
 
 type graphModel struct{ g *graph.Graph }

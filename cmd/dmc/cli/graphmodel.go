@@ -3,7 +3,7 @@ package cli
 import (
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/model"
-	"github.com/dmc-project/dmc/model/graph"
+	"github.com/dmc-project/dmc/graph"
 	"github.com/dmc-project/dmc/trainer"
 )
 

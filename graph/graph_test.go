@@ -8,7 +8,7 @@ import (
 	"testing"
 
 	"github.com/dmc-project/dmc/dmc"
-	"github.com/dmc-project/dmc/dmc/dmctest"
+	"github.com/dmc-project/dmc/internal/dmctest"
 	"github.com/dmc-project/dmc/model"
 )
 

@@ -15,10 +15,10 @@ import (
 	"gonum.org/v1/netlib/blas/netlib"
 	G "gorgonia.org/gorgonia"
 
-	"github.com/dmc-project/dmc/model/ops"
+	"github.com/dmc-project/dmc/graph/ops"
 )
 
-// With -tags openblas (and CGO_LDFLAGS=-lopenblas) every GEMM, ours (model/ops) and gorgonia's
+// With -tags openblas (and CGO_LDFLAGS=-lopenblas) every GEMM, ours (graph/ops) and gorgonia's
 // own, runs on OpenBLAS. OpenBLAS runs single-threaded and the kernels own the parallelism
 // (ops.UseSerialBLAS): they split each Linear GEMM into one block per core (GOMAXPROCS) and call
 // it from their per-head goroutines in attention. OpenBLAS's own threads would otherwise compete

@@ -10,7 +10,7 @@ import (
 
 	"github.com/dmc-project/dmc/checkpoints"
 	"github.com/dmc-project/dmc/dmc"
-	"github.com/dmc-project/dmc/dmc/dmctest"
+	"github.com/dmc-project/dmc/internal/dmctest"
 	"github.com/dmc-project/dmc/model"
 	"gonum.org/v1/gonum/blas"
 	"gonum.org/v1/gonum/blas/blas32"

@@ -1,5 +1,5 @@
 // Package graph builds the Llama + DMC training graph of a model for fixed micro-batch
-// dimensions (B sequences of T tokens) out of the fused ops of model/ops, differentiates it with
+// dimensions (B sequences of T tokens) out of the fused ops of graph/ops, differentiates it with
 // gorgonia.Grad and runs it on TapeMachines. It implements Trainer, the interface the training
 // loop drives: Params (Hugging Face names, slices aliasing the graph's tensors), Step (forward +
 // backward) and Forward.

@@ -10,7 +10,7 @@ import (
 
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/model"
-	"github.com/dmc-project/dmc/model/ops"
+	"github.com/dmc-project/dmc/graph/ops"
 )
 
 // variant is one compiled graph: plain (vanilla / stage 1) or DMC.
