@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 )
 
 // Tokenizer is what this package needs from a tokenizer. The concrete ones live in
@@ -42,9 +43,10 @@ const TokenColumn = "input_ids"
 type Manifest struct {
 	FormatVersion int              `json:"format_version"`
 	Tokenizer     TokenizerInfo    `json:"tokenizer"`
-	Format        string           `json:"format"`               // txt, jsonl or parquet
-	Separator     string           `json:"separator,omitempty"`  // txt inputs
-	TextField     string           `json:"text_field,omitempty"` // jsonl/parquet inputs
+	Format        string           `json:"format"`                // txt, jsonl or parquet
+	Separator     string           `json:"separator,omitempty"`   // txt inputs
+	TextField     string           `json:"text_field,omitempty"`  // jsonl (and Parquet by --text-field) inputs
+	TextColumn    string           `json:"text_column,omitempty"` // Parquet/Arrow inputs: the column read
 	AddBOS        bool             `json:"add_bos"`
 	AddEOS        bool             `json:"add_eos"`
 	SplitRule     SplitRule        `json:"split_rule"`
@@ -74,9 +76,10 @@ type SplitRule struct {
 
 // SourceInfo is one input file.
 type SourceInfo struct {
-	Path  string `json:"path"`
-	Bytes int64  `json:"bytes"`
-	Docs  int64  `json:"docs"`
+	Path   string `json:"path"`
+	Bytes  int64  `json:"bytes"`
+	Docs   int64  `json:"docs"`
+	Column string `json:"column,omitempty"` // the text column of a Parquet or Arrow input
 }
 
 // Split is the summary of one split.
@@ -109,6 +112,19 @@ func ReadManifest(dir string) (*Manifest, error) {
 			filepath.Join(dir, ManifestName), m.FormatVersion, ManifestFormatVersion)
 	}
 	return &m, nil
+}
+
+// Files lists every file Prepare wrote for this manifest, relative to its directory with
+// forward slashes: the shards of every split (in split name order) and manifest.json, last.
+// These, and nothing else, are what Prepare with Overwrite removes.
+func (m *Manifest) Files() []string {
+	var files []string
+	for _, name := range slices.Sorted(mapsKeys(m.Splits)) {
+		for _, sh := range m.Splits[name].Shards {
+			files = append(files, sh.File)
+		}
+	}
+	return append(files, ManifestName)
 }
 
 func writeManifest(dir string, m *Manifest) error {

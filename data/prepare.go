@@ -25,10 +25,14 @@ type PrepareOptions struct {
 	Out           string    // output directory (created); gets train/, heldout/ and manifest.json
 	Tokenizer     Tokenizer // required
 	TokenizerPath string    // recorded in the manifest (and its file hashed) when set
-	Format        string    // "txt", "jsonl", "parquet" or "" to tell by extension
+	Format        string    // "txt", "jsonl", "parquet", "arrow" or "" to tell by extension, else by content (DetectFormat)
 	Separator     string    // .txt document separator; "" means DefaultSeparator
-	TextField     string    // .jsonl field / .parquet column; "" means DefaultTextField
-	AddEOS        bool      // append EOS to every document (BOS is always prepended)
+	TextField     string    // .jsonl field; "" means DefaultTextField (also a Parquet column when TextColumn is empty, as before)
+	// TextColumn is the string column of Parquet and Arrow inputs (Arrow files or streams,
+	// Hugging Face save_to_disk directories). "" picks the column "text", else the only
+	// string column; with several the error lists them (--text-column NAME).
+	TextColumn string
+	AddEOS     bool // append EOS to every document (BOS is always prepended)
 
 	// Split rule. SplitByBytes in (0,1] puts the documents that start in the first
 	// SplitByBytes of all input bytes (files concatenated in order) into train and the rest
@@ -41,7 +45,11 @@ type PrepareOptions struct {
 	Seed         uint64
 
 	ShardBytes int64 // rotate shards at about this size; 0 means DefaultShardBytes
-	Overwrite  bool  // replace an existing prepared directory at Out
+	// Overwrite replaces an existing prepared directory at Out (--force). The new data is
+	// written to a temporary sibling directory and swapped in only when complete; then only
+	// the files the old manifest lists are removed, never other files in Out. A directory
+	// that holds files but no manifest is refused even with Overwrite.
+	Overwrite bool
 
 	// Progress, when set, is called now and then (and once at the end with Done set).
 	Progress func(PrepareProgress)
@@ -62,6 +70,8 @@ type PrepareProgress struct {
 // Prepare tokenises the documents of the inputs and writes them as Arrow IPC file-format
 // shards with one column input_ids (list<int32>), one row per document, BOS first. It
 // streams: memory holds one document and one record batch per split, never the input.
+// Everything is written to a temporary directory next to Out and moved into Out only when
+// complete, so an error or a crash leaves Out as it was.
 func Prepare(opts PrepareOptions) (*Manifest, error) {
 	if opts.Tokenizer == nil {
 		return nil, errors.New("data: Prepare needs a tokenizer (--tokenizer PATH)")
@@ -72,9 +82,11 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 	if opts.Separator == "" {
 		opts.Separator = DefaultSeparator
 	}
+	text := textOptions{field: opts.TextField, column: opts.TextColumn, fieldGiven: opts.TextField != ""}
 	if opts.TextField == "" {
 		opts.TextField = DefaultTextField
 	}
+	text.field, text.separator = opts.TextField, opts.Separator
 	if opts.ShardBytes <= 0 {
 		opts.ShardBytes = DefaultShardBytes
 	}
@@ -94,8 +106,19 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := prepareOutDir(opts.Out, opts.Overwrite); err != nil {
+	oldFiles, err := checkOutDir(opts.Out, opts.Overwrite)
+	if err != nil {
 		return nil, err
+	}
+	tmp, err := makeTempSibling(opts.Out, "prepare")
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range []string{filepath.Join(tmp, SplitTrain), filepath.Join(tmp, SplitHeldout)} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			os.RemoveAll(tmp)
+			return nil, fmt.Errorf("data: creating %s: %w", d, err)
+		}
 	}
 
 	m := &Manifest{
@@ -121,10 +144,15 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 	for _, in := range inputs {
 		formats[in.format] = true
 		totalBytes += in.size
-		if in.format == FormatTxt {
+		switch in.format {
+		case FormatTxt:
 			m.Separator = opts.Separator
-		} else {
+		case FormatJSONL:
 			m.TextField = opts.TextField
+		case FormatParquet:
+			if text.parquetColumn() == opts.TextField {
+				m.TextField = opts.TextField // as earlier versions recorded it
+			}
 		}
 	}
 	for f := range formats {
@@ -144,18 +172,14 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 	}
 
 	writers := map[string]*shardWriter{
-		SplitTrain:   newShardWriter(opts.Out, SplitTrain, opts.ShardBytes, opts.batchTokens),
-		SplitHeldout: newShardWriter(opts.Out, SplitHeldout, opts.ShardBytes, opts.batchTokens),
+		SplitTrain:   newShardWriter(tmp, SplitTrain, opts.ShardBytes, opts.batchTokens),
+		SplitHeldout: newShardWriter(tmp, SplitHeldout, opts.ShardBytes, opts.batchTokens),
 	}
-	succeeded := false
 	defer func() {
 		for _, w := range writers {
 			w.abort()
 		}
-		if !succeeded { // leave no partial shards behind (the directories were empty before)
-			os.RemoveAll(filepath.Join(opts.Out, SplitTrain))
-			os.RemoveAll(filepath.Join(opts.Out, SplitHeldout))
-		}
+		os.RemoveAll(tmp) // empty after a successful swap; the partial output otherwise
 	}()
 
 	splitBytes := int64(math.Floor(opts.SplitByBytes * float64(totalBytes)))
@@ -172,7 +196,7 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 	}
 	for i, in := range inputs {
 		var fileDocs int64
-		err := readDocuments(in, opts.Separator, opts.TextField, func(d document) error {
+		column, err := readDocuments(in, text, func(d document) error {
 			ids := opts.Tokenizer.Encode(d.text, true, opts.AddEOS)
 			ids32 = ids32[:0]
 			for _, id := range ids {
@@ -204,12 +228,19 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 		if err != nil {
 			return nil, err
 		}
-		m.Sources = append(m.Sources, SourceInfo{Path: in.path, Bytes: in.size, Docs: fileDocs})
+		if in.format == FormatArrow || (in.format == FormatParquet && m.TextField == "") {
+			if m.TextColumn == "" {
+				m.TextColumn = column
+			} else if m.TextColumn != column {
+				m.TextColumn = "(per source)"
+			}
+		}
+		m.Sources = append(m.Sources, SourceInfo{Path: in.path, Bytes: in.size, Docs: fileDocs, Column: column})
 		base += in.size
 		progress(in.path, i, base, false)
 	}
 	if docs == 0 {
-		what := "check the text field (--text-field)"
+		what := "check the text field (--text-field) or column (--text-column)"
 		if formats[FormatTxt] {
 			what = "check that the files hold text and the --separator"
 		}
@@ -222,40 +253,14 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 		}
 		m.Splits[name] = s
 	}
-	if err := writeManifest(opts.Out, m); err != nil {
+	if err := writeManifest(tmp, m); err != nil {
 		return nil, fmt.Errorf("data: writing the manifest: %w", err)
 	}
-	succeeded = true
+	if err := swapIn(tmp, opts.Out, oldFiles, m.Files()); err != nil {
+		return nil, err
+	}
 	progress("", len(inputs), base, true)
 	return m, nil
-}
-
-// prepareOutDir creates out with empty train/ and heldout/, refusing to mix with earlier
-// data unless overwrite.
-func prepareOutDir(out string, overwrite bool) error {
-	old := []string{ManifestName, SplitTrain, SplitHeldout}
-	if !overwrite {
-		if _, err := os.Stat(filepath.Join(out, ManifestName)); err == nil {
-			return fmt.Errorf("data: %s already holds prepared data (%s); choose another --out or pass --force to replace it", out, ManifestName)
-		}
-		for _, name := range old[1:] {
-			if entries, err := os.ReadDir(filepath.Join(out, name)); err == nil && len(entries) > 0 {
-				return fmt.Errorf("data: %s already holds files (from an interrupted run or something else); choose another --out or pass --force to replace them",
-					filepath.Join(out, name))
-			}
-		}
-	}
-	for _, name := range old {
-		if err := os.RemoveAll(filepath.Join(out, name)); err != nil {
-			return err
-		}
-	}
-	for _, d := range []string{out, filepath.Join(out, SplitTrain), filepath.Join(out, SplitHeldout)} {
-		if err := os.MkdirAll(d, 0o755); err != nil {
-			return fmt.Errorf("data: creating %s: %w", d, err)
-		}
-	}
-	return nil
 }
 
 // TokenSchema is the schema of prepared shards.

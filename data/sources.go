@@ -21,7 +21,7 @@ import (
 	"github.com/apache/arrow/go/v17/parquet/pqarrow"
 )
 
-// Input formats understood by Prepare.
+// Input formats understood by Prepare (FormatArrow is in format.go).
 const (
 	FormatTxt     = "txt"
 	FormatJSONL   = "jsonl"
@@ -31,43 +31,63 @@ const (
 // DefaultSeparator separates documents in .txt inputs (the TinyStories convention).
 const DefaultSeparator = "<|endoftext|>"
 
-// DefaultTextField is the text field of .jsonl inputs and text column of .parquet inputs.
+// DefaultTextField is the text field of .jsonl inputs and the preferred text column of
+// Parquet and Arrow inputs.
 const DefaultTextField = "text"
 
 // maxDocumentBytes bounds one document: a .txt input without any separator in 256 MiB is
 // almost certainly a wrong --separator, and holding it would defeat streaming.
 const maxDocumentBytes = 256 << 20
 
-// formatOf tells the input format from a file name.
-func formatOf(path string) string {
-	switch strings.ToLower(filepath.Ext(path)) {
-	case ".txt", ".text":
-		return FormatTxt
-	case ".jsonl", ".ndjson":
-		return FormatJSONL
-	case ".parquet", ".pq":
-		return FormatParquet
-	}
-	return ""
-}
+// formatOf tells the input format from a file name (directory walks go by name).
+func formatOf(path string) string { return extFormat(path) }
 
 type inputFile struct {
-	path   string
+	path   string // as given; for FormatArrow it may end in ":SPLIT"
 	format string
 	size   int64
 }
 
-// expandInputs turns files and directories into an ordered list of input files. Directories
-// are walked recursively in lexical order and contribute the files of the given format (or
-// of any known format when format is empty); hidden files are skipped.
+// isHFDir reports whether dir is a Hugging Face save_to_disk directory.
+func isHFDir(dir string) bool {
+	for _, name := range []string{"dataset_dict.json", "state.json"} {
+		if st, err := os.Stat(filepath.Join(dir, name)); err == nil && !st.IsDir() {
+			return true
+		}
+	}
+	return false
+}
+
+// arrowInput opens an Arrow input (file, directory or Hugging Face save_to_disk folder,
+// "PATH:SPLIT" allowed) and sizes it by its shard files.
+func arrowInput(path string) (inputFile, error) {
+	ds, err := OpenWith(path, OpenOptions{AnyColumns: true})
+	if err != nil {
+		return inputFile{}, err
+	}
+	in := inputFile{path: path, format: FormatArrow}
+	for _, s := range ds.Shards() {
+		if st, err := os.Stat(s); err == nil {
+			in.size += st.Size()
+		}
+	}
+	return in, nil
+}
+
+// expandInputs turns files and directories into an ordered list of input files. A file
+// named explicitly is recognised by content when its extension does not say (DetectFormat).
+// A Hugging Face save_to_disk directory (state.json or dataset_dict.json; "DIR:SPLIT" picks
+// a split) is one Arrow input. Other directories are walked recursively in lexical order and
+// contribute the files whose extension is a known format (or the given format); hidden files
+// are skipped.
 func expandInputs(inputs []string, format string) ([]inputFile, error) {
 	if len(inputs) == 0 {
-		return nil, errors.New("data: no input files given; pass one or more .txt, .jsonl or .parquet files or directories")
+		return nil, errors.New("data: no input files given; pass one or more .txt, .jsonl, .parquet or Arrow files or directories")
 	}
 	switch format {
-	case "", FormatTxt, FormatJSONL, FormatParquet:
+	case "", FormatTxt, FormatJSONL, FormatParquet, FormatArrow:
 	default:
-		return nil, fmt.Errorf("data: unknown input format %q; use txt, jsonl or parquet (or leave it empty to tell by extension)", format)
+		return nil, fmt.Errorf("data: unknown input format %q; use txt, jsonl, parquet or arrow (or leave it empty to tell by content)", format)
 	}
 	var out []inputFile
 	add := func(path string, explicit bool) error {
@@ -76,17 +96,23 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 			return err
 		}
 		f := format
-		if f == "" {
-			f = formatOf(path)
-		}
-		if f == "" {
-			if explicit {
-				return fmt.Errorf("data: cannot tell the format of %s from its extension; name it .txt, .jsonl or .parquet or pass the format (--format txt|jsonl|parquet)", path)
+		if !explicit {
+			if formatOf(path) == "" || (format != "" && formatOf(path) != format) {
+				return nil // a directory walk takes the files of known (or the given) format
 			}
-			return nil
+			f = formatOf(path)
+		} else if f == "" {
+			if f, err = resolveFormat(path); err != nil {
+				return err
+			}
 		}
-		if !explicit && format != "" && formatOf(path) != format {
-			return nil // a directory walk with an explicit format takes only that format's files
+		if f == FormatArrow {
+			in, err := arrowInput(path)
+			if err != nil {
+				return err
+			}
+			out = append(out, in)
+			return nil
 		}
 		out = append(out, inputFile{path: path, format: f, size: st.Size()})
 		return nil
@@ -94,6 +120,15 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 	for _, in := range inputs {
 		st, err := os.Stat(in)
 		if err != nil {
+			// DIR:SPLIT of a Hugging Face DatasetDict.
+			if i := strings.LastIndex(in, ":"); i > 0 && isHFDir(in[:i]) {
+				a, aerr := arrowInput(in)
+				if aerr != nil {
+					return nil, aerr
+				}
+				out = append(out, a)
+				continue
+			}
 			if errors.Is(err, fs.ErrNotExist) {
 				return nil, fmt.Errorf("data: input %s does not exist; check the path", in)
 			}
@@ -103,6 +138,17 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 			if err := add(in, true); err != nil {
 				return nil, err
 			}
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(in, ManifestName)); err == nil {
+			return nil, fmt.Errorf("data: %s is already prepared data (it has %s); train on it directly instead of preparing it again", in, ManifestName)
+		}
+		if isHFDir(in) {
+			a, err := arrowInput(in)
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, a)
 			continue
 		}
 		var files []string
@@ -132,7 +178,7 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 			}
 		}
 		if len(out) == n {
-			return nil, fmt.Errorf("data: directory %s holds no .txt, .jsonl or .parquet files; point at the files or pass --format", in)
+			return nil, fmt.Errorf("data: directory %s holds no .txt, .jsonl, .parquet or .arrow files; point at the files (any name is recognised by content then) or pass --format", in)
 		}
 	}
 	return out, nil
@@ -144,22 +190,46 @@ type document struct {
 	offset int64
 }
 
+// textOptions names the text inside structured inputs.
+type textOptions struct {
+	separator  string // .txt document separator
+	field      string // .jsonl field
+	column     string // Parquet/Arrow column; "" picks by the default rule (pickTextColumn)
+	fieldGiven bool   // field was set explicitly (for Parquet it then names the column)
+}
+
+// parquetColumn is the column asked for in a Parquet input: the text column, else an
+// explicitly given text field (what earlier versions used for Parquet), else "" (pick).
+func (o textOptions) parquetColumn() string {
+	if o.column != "" {
+		return o.column
+	}
+	if o.fieldGiven {
+		return o.field
+	}
+	return ""
+}
+
 // readDocuments calls fn for every document of one input file, in order, holding at most
-// one document (plus a read buffer) in memory.
-func readDocuments(in inputFile, separator, textField string, fn func(document) error) error {
+// one document (plus a read buffer or one record batch) in memory. It returns the column
+// read for columnar inputs.
+func readDocuments(in inputFile, o textOptions, fn func(document) error) (string, error) {
 	switch in.format {
 	case FormatTxt:
-		return readTxt(in.path, separator, fn)
+		return "", readTxt(in.path, o.separator, fn)
 	case FormatJSONL:
-		return readJSONL(in.path, textField, fn)
+		return "", readJSONL(in.path, o.field, fn)
 	case FormatParquet:
-		return readParquet(in, textField, fn)
+		return readParquetColumn(in, o.parquetColumn(), fn)
+	case FormatArrow:
+		return readArrowText(in, o.column, fn)
 	}
-	return fmt.Errorf("data: unknown input format %q", in.format)
+	return "", fmt.Errorf("data: unknown input format %q", in.format)
 }
 
 // readTxt splits a text file at every occurrence of separator. Each document is trimmed of
 // surrounding white space; empty documents (e.g. after a trailing separator) are skipped.
+// Bytes that are not UTF-8 text (NUL, invalid sequences) are refused with their offset.
 func readTxt(path, separator string, fn func(document) error) error {
 	if separator == "" {
 		return errors.New("data: empty separator; pass the string that separates documents (--separator), e.g. <|endoftext|>")
@@ -169,11 +239,20 @@ func readTxt(path, separator string, fn func(document) error) error {
 		return err
 	}
 	defer f.Close()
+	return readTxtFrom(f, path, 0, separator, fn)
+}
+
+// readTxtFrom reads documents from r, whose first byte is at offset base of the file path.
+func readTxtFrom(r io.Reader, path string, base int64, separator string, fn func(document) error) error {
+	if separator == "" {
+		return errors.New("data: empty separator; pass the string that separates documents (--separator), e.g. <|endoftext|>")
+	}
 	sep := []byte(separator)
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 0, 1<<20), maxDocumentBytes)
-	var consumed int64 // bytes of the file before the current token
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, min(1<<20, maxDocumentBytes)), maxDocumentBytes)
+	consumed := base // bytes of the file before the current token
 	var start int64
+	first := base == 0
 	sc.Split(func(data []byte, atEOF bool) (int, []byte, error) {
 		start = consumed
 		if i := bytes.Index(data, sep); i >= 0 {
@@ -188,6 +267,16 @@ func readTxt(path, separator string, fn func(document) error) error {
 	})
 	for sc.Scan() {
 		tok := sc.Bytes()
+		if first { // a UTF-8 byte order mark is not text
+			first = false
+			if bytes.HasPrefix(tok, utf8BOM) {
+				tok = tok[len(utf8BOM):]
+				start += int64(len(utf8BOM))
+			}
+		}
+		if off := firstNonText(tok, true); off >= 0 {
+			return &BinaryError{Path: path, Offset: start + int64(off), Byte: tok[off]}
+		}
 		lead := len(tok) - len(bytes.TrimLeft(tok, " \t\r\n"))
 		text := strings.TrimSpace(string(tok))
 		if text == "" {
@@ -214,10 +303,33 @@ func readJSONL(path, textField string, fn func(document) error) error {
 		return err
 	}
 	defer f.Close()
-	r := bufio.NewReaderSize(f, 1<<20)
-	var offset int64
-	for lineNo := 1; ; lineNo++ {
-		line, err := r.ReadBytes('\n')
+	return readJSONLFrom(f, path, 0, 1, textField, fn)
+}
+
+// maxJSONLine bounds one line of a .jsonl input.
+const maxJSONLine = maxDocumentBytes
+
+// readJSONLFrom reads JSON lines from r, whose first byte is at offset base of the file path
+// and starts line number firstLine.
+func readJSONLFrom(r io.Reader, path string, base int64, firstLine int, textField string, fn func(document) error) error {
+	br := bufio.NewReaderSize(r, 1<<20)
+	offset := base
+	var line []byte
+	for lineNo := firstLine; ; lineNo++ {
+		var err error
+		line = line[:0]
+		for {
+			chunk, rerr := br.ReadSlice('\n')
+			line = append(line, chunk...)
+			if len(line) > maxJSONLine {
+				return fmt.Errorf("data: %s line %d is longer than %d MiB; is it really JSON lines?", path, lineNo, maxJSONLine>>20)
+			}
+			if rerr == bufio.ErrBufferFull {
+				continue
+			}
+			err = rerr
+			break
+		}
 		start := offset
 		offset += int64(len(line))
 		if len(bytes.TrimSpace(line)) > 0 {
@@ -227,12 +339,13 @@ func readJSONL(path, textField string, fn func(document) error) error {
 			}
 			raw, ok := obj[textField]
 			if !ok {
-				return fmt.Errorf("data: %s line %d has no field %q; its fields are %s; pass the text field with --text-field",
+				return fmt.Errorf("data: %s line %d has no field %q; its fields are %s; pass the text field with --text-field NAME",
 					path, lineNo, textField, strings.Join(sortedKeys(obj), ", "))
 			}
 			var text string
 			if jerr := json.Unmarshal(raw, &text); jerr != nil {
-				return fmt.Errorf("data: %s line %d: field %q is not a string (%.40s); pass a text field with --text-field", path, lineNo, textField, raw)
+				return fmt.Errorf("data: %s line %d: field %q is not a string (%.40s); pass a text field with --text-field NAME (its fields are %s)",
+					path, lineNo, textField, raw, strings.Join(sortedKeys(obj), ", "))
 			}
 			if text != "" {
 				if err := fn(document{text: text, offset: start}); err != nil {
@@ -258,78 +371,230 @@ func sortedKeys(m map[string]json.RawMessage) []string {
 	return keys
 }
 
-// readParquet reads the string column textField one row group at a time. Parquet has no
-// byte offset per row, so a row's offset is its row position scaled to the file size
-// (row i of n starts at i*size/n), which is what the byte split rule needs.
-func readParquet(in inputFile, textField string, fn func(document) error) (err error) {
-	pf, err := file.OpenParquetFile(in.path, false)
-	if err != nil {
-		return fmt.Errorf("data: %s is not a readable Parquet file: %w", in.path, err)
+// pickTextColumn chooses the text column of a columnar input: the named one (which must be
+// a string column), else the column "text", else the only string column.
+func pickTextColumn(sc *arrow.Schema, column, path string) (string, int, error) {
+	if column != "" {
+		idx := sc.FieldIndices(column)
+		if len(idx) == 0 {
+			return "", -1, fmt.Errorf("data: %s has no column %q; its columns are %s; pass the text column with --text-column NAME",
+				path, column, describeFields(sc.Fields()))
+		}
+		if t := sc.Field(idx[0]).Type; !isText(t) {
+			return "", -1, fmt.Errorf("data: %s: column %q is %s, not a string; pass a text column with --text-column NAME%s",
+				path, column, t, stringColumnsHint(sc))
+		}
+		return column, idx[0], nil
 	}
-	defer pf.Close()
+	if idx := sc.FieldIndices(DefaultTextField); len(idx) > 0 && isText(sc.Field(idx[0]).Type) {
+		return DefaultTextField, idx[0], nil
+	}
+	var names []string
+	var at []int
+	for i, f := range sc.Fields() {
+		if isText(f.Type) {
+			names, at = append(names, f.Name), append(at, i)
+		}
+	}
+	switch len(names) {
+	case 1:
+		return names[0], at[0], nil
+	case 0:
+		hint := "it holds no text to tokenise"
+		if idx := sc.FieldIndices(TokenColumn); len(idx) > 0 && isTokenList(sc.Field(idx[0]).Type) {
+			hint = "it already holds token ids (" + TokenColumn + "): train on it directly"
+		}
+		return "", -1, fmt.Errorf("data: %s has no string column; its columns are %s; %s", path, describeFields(sc.Fields()), hint)
+	}
+	return "", -1, fmt.Errorf("data: %s has several string columns (%s) and none is named %q; pick one with --text-column NAME",
+		path, strings.Join(names, ", "), DefaultTextField)
+}
+
+func stringColumnsHint(sc *arrow.Schema) string {
+	var names []string
+	for _, f := range sc.Fields() {
+		if isText(f.Type) {
+			names = append(names, f.Name)
+		}
+	}
+	if len(names) == 0 {
+		return " (it has no string column)"
+	}
+	return " (its string columns are " + strings.Join(names, ", ") + ")"
+}
+
+// stringValues gives access to a string or large_string array.
+type stringValues interface {
+	Len() int
+	IsValid(int) bool
+	Value(int) string
+}
+
+func asStrings(a arrow.Array) (stringValues, bool) {
+	switch c := a.(type) {
+	case *array.String:
+		return c, true
+	case *array.LargeString:
+		return c, true
+	}
+	return nil, false
+}
+
+// readParquet reads a string column one row group at a time. Parquet has no byte offset
+// per row, so a row's offset is its row position scaled to the file size (row i of n starts
+// at i*size/n), which is what the byte split rule needs.
+func readParquet(in inputFile, column string, fn func(document) error) error {
+	_, err := readParquetColumn(in, column, fn)
+	return err
+}
+
+// readParquetColumn is readParquet, returning the column read.
+func readParquetColumn(in inputFile, column string, fn func(document) error) (string, error) {
+	pq, err := openParquetText(in.path, column)
+	if err != nil {
+		return "", err
+	}
+	defer pq.close()
+	total := pq.pf.NumRows()
+	var row int64
+	for rg := 0; rg < pq.pf.NumRowGroups(); rg++ {
+		err := pq.rowGroup(rg, func(text string, valid bool) error {
+			offset := int64(0)
+			if total > 0 {
+				offset = row * in.size / total
+			}
+			row++
+			if !valid || text == "" {
+				return nil
+			}
+			return fn(document{text: text, offset: offset})
+		})
+		if err != nil {
+			return "", err
+		}
+	}
+	return pq.column, nil
+}
+
+// parquetText reads one string column of a Parquet file by row group.
+type parquetText struct {
+	path   string
+	pf     *file.Reader
+	fr     *pqarrow.FileReader
+	column string
+	leaf   int
+}
+
+func openParquetText(path, column string) (p *parquetText, err error) {
 	defer func() {
 		if r := recover(); r != nil { // the parquet reader panics on some corrupt files
-			err = fmt.Errorf("data: %s: corrupt Parquet data: %v", in.path, r)
+			p, err = nil, fmt.Errorf("data: %s: corrupt Parquet data: %v", path, r)
 		}
 	}()
-	fr, err := pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 4096}, memory.DefaultAllocator)
+	pf, err := file.OpenParquetFile(path, false)
 	if err != nil {
-		return fmt.Errorf("data: %s: %w", in.path, err)
+		return nil, fmt.Errorf("data: %s is not a readable Parquet file: %w", path, err)
 	}
-	sc, err := fr.Schema()
-	if err != nil {
-		return fmt.Errorf("data: %s: %w", in.path, err)
-	}
-	leaf := pf.MetaData().Schema.ColumnIndexByName(textField)
-	fields := sc.FieldIndices(textField)
-	if leaf < 0 || len(fields) == 0 {
-		return fmt.Errorf("data: %s has no column %q; its columns are %s; pass the text column with --text-field",
-			in.path, textField, describeFields(sc.Fields()))
-	}
-	if t := sc.Field(fields[0]).Type.ID(); t != arrow.STRING && t != arrow.LARGE_STRING {
-		return fmt.Errorf("data: %s: column %q is %s, not a string; pass a text column with --text-field",
-			in.path, textField, sc.Field(fields[0]).Type)
-	}
-	total := pf.NumRows()
-	var row int64
-	for rg := 0; rg < pf.NumRowGroups(); rg++ {
-		tbl, err := fr.RowGroup(rg).ReadTable(context.Background(), []int{leaf})
-		if err != nil {
-			return fmt.Errorf("data: %s row group %d: %w", in.path, rg, err)
+	p = &parquetText{path: path, pf: pf}
+	ok := false
+	defer func() {
+		if !ok {
+			pf.Close()
 		}
-		err = func() error {
-			defer tbl.Release()
-			for _, chunk := range tbl.Column(0).Data().Chunks() {
-				for i := 0; i < chunk.Len(); i++ {
-					var text string
-					if chunk.IsValid(i) {
-						switch c := chunk.(type) {
-						case *array.String:
-							text = c.Value(i)
-						case *array.LargeString:
-							text = c.Value(i)
-						}
-					}
-					offset := int64(0)
-					if total > 0 {
-						offset = row * in.size / total
-					}
-					row++
-					if text == "" {
-						continue
-					}
-					if err := fn(document{text: text, offset: offset}); err != nil {
-						return err
-					}
-				}
+	}()
+	p.fr, err = pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 4096}, memory.DefaultAllocator)
+	if err != nil {
+		return nil, fmt.Errorf("data: %s: %w", path, err)
+	}
+	sc, err := p.fr.Schema()
+	if err != nil {
+		return nil, fmt.Errorf("data: %s: %w", path, err)
+	}
+	if p.column, _, err = pickTextColumn(sc, column, path); err != nil {
+		return nil, err
+	}
+	p.leaf = pf.MetaData().Schema.ColumnIndexByName(p.column)
+	if p.leaf < 0 {
+		return nil, fmt.Errorf("data: %s: column %q is not a top-level Parquet column; pass a text column with --text-column NAME", path, p.column)
+	}
+	ok = true
+	return p, nil
+}
+
+func (p *parquetText) close() { p.pf.Close() }
+
+// rowGroup calls fn for every row of row group rg, in order.
+func (p *parquetText) rowGroup(rg int, fn func(text string, valid bool) error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("data: %s: corrupt Parquet data: %v", p.path, r)
+		}
+	}()
+	tbl, err := p.fr.RowGroup(rg).ReadTable(context.Background(), []int{p.leaf})
+	if err != nil {
+		return fmt.Errorf("data: %s row group %d: %w", p.path, rg, err)
+	}
+	defer tbl.Release()
+	if tbl.NumCols() != 1 {
+		return fmt.Errorf("data: %s row group %d: read %d columns, want 1", p.path, rg, tbl.NumCols())
+	}
+	for _, chunk := range tbl.Column(0).Data().Chunks() {
+		c, ok := asStrings(chunk)
+		if !ok {
+			return fmt.Errorf("data: %s: column %q is %s, not a string", p.path, p.column, chunk.DataType())
+		}
+		for i := 0; i < c.Len(); i++ {
+			if c.IsValid(i) {
+				err = fn(c.Value(i), true)
+			} else {
+				err = fn("", false)
 			}
-			return nil
-		}()
-		if err != nil {
-			return err
+			if err != nil {
+				return err
+			}
 		}
 	}
 	return nil
+}
+
+// readArrowText reads a string column of an Arrow input (file, stream, directory of shards
+// or Hugging Face save_to_disk folder) through the streaming reader, one record batch at a
+// time. A row's offset is its position scaled to the input size, batch by batch.
+func readArrowText(in inputFile, column string, fn func(document) error) (string, error) {
+	ds, err := OpenWith(in.path, OpenOptions{AnyColumns: true})
+	if err != nil {
+		return "", err
+	}
+	name, idx, err := pickTextColumn(ds.Schema, column, in.path)
+	if err != nil {
+		return "", err
+	}
+	nb := int64(ds.NumBatches())
+	var b int64
+	for rec, err := range ds.Records() {
+		if err != nil {
+			return "", err
+		}
+		if idx >= int(rec.NumCols()) {
+			return "", fmt.Errorf("data: %s: a record batch has %d columns, the schema %d", in.path, rec.NumCols(), ds.Schema.NumFields())
+		}
+		c, ok := asStrings(rec.Column(idx))
+		if !ok {
+			return "", fmt.Errorf("data: %s: column %q is %s, not a string", in.path, name, rec.Column(idx).DataType())
+		}
+		n := int64(c.Len())
+		for i := int64(0); i < n; i++ {
+			if !c.IsValid(int(i)) || c.Value(int(i)) == "" {
+				continue
+			}
+			offset := int64((float64(b) + float64(i)/float64(n)) / float64(nb) * float64(in.size))
+			if err := fn(document{text: c.Value(int(i)), offset: offset}); err != nil {
+				return "", err
+			}
+		}
+		b++
+	}
+	return name, nil
 }
 
 func describeFields(fields []arrow.Field) string {
