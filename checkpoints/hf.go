@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +13,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/dmc-project/dmc/internal/atomicfile"
 	"github.com/dmc-project/dmc/model"
 )
 
@@ -329,9 +329,4 @@ func removeStaleWeights(dir string, keep map[string]bool) error {
 	return nil
 }
 
-func writeFileAtomic(path string, b []byte) error {
-	return writeAtomic(path, func(w io.Writer) error {
-		_, err := w.Write(b)
-		return err
-	})
-}
+func writeFileAtomic(path string, b []byte) error { return atomicfile.Write(path, b) }

@@ -1,7 +1,6 @@
 package checkpoints
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -10,12 +9,12 @@ import (
 	"io"
 	"math/bits"
 	"os"
-	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
 	"sync"
 
+	"github.com/dmc-project/dmc/internal/atomicfile"
 	"github.com/dmc-project/dmc/model"
 )
 
@@ -325,40 +324,52 @@ func writeSafetensors(path string, tensors []model.Tensor[float32], dtype DType,
 	if !dtype.convertible() {
 		return fmt.Errorf("write safetensors: unsupported dtype %q: use F32, F16 or BF16", dtype)
 	}
+	return writeAtomic(path, func(w io.Writer) error { return encodeSafetensors(w, tensors, dtype, metadata, transform) })
+}
+
+// EncodeSafetensors writes tensors as one safetensors stream to w, in dtype (F32, F16 or BF16),
+// laid out in name order (see WriteSafetensors). Training checkpoints use it through their own
+// filesystem.
+func EncodeSafetensors(w io.Writer, tensors []model.Tensor[float32], dtype DType, metadata map[string]string) error {
+	if !dtype.convertible() {
+		return fmt.Errorf("write safetensors: unsupported dtype %q: use F32, F16 or BF16", dtype)
+	}
+	return encodeSafetensors(w, tensors, dtype, metadata, nil)
+}
+
+func encodeSafetensors(w io.Writer, tensors []model.Tensor[float32], dtype DType, metadata map[string]string, transform func(name string, data []float32) []float32) error {
 	sorted := slices.Clone(tensors)
 	sort.Slice(sorted, func(i, j int) bool { return sorted[i].Name < sorted[j].Name })
 	hdr, err := encodeHeader(sorted, dtype, metadata)
 	if err != nil {
-		return fmt.Errorf("write safetensors %s: %w", path, err)
+		return fmt.Errorf("write safetensors: %w", err)
 	}
-	return writeAtomic(path, func(w io.Writer) error {
-		var lenBuf [8]byte
-		binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(hdr)))
-		if _, err := w.Write(lenBuf[:]); err != nil {
-			return err
+	var lenBuf [8]byte
+	binary.LittleEndian.PutUint64(lenBuf[:], uint64(len(hdr)))
+	if _, err := w.Write(lenBuf[:]); err != nil {
+		return err
+	}
+	if _, err := w.Write(hdr); err != nil {
+		return err
+	}
+	size := dtype.Size()
+	per := readChunkBytes / size
+	buf := make([]byte, readChunkBytes)
+	for _, t := range sorted {
+		data := t.Data
+		if transform != nil {
+			data = transform(t.Name, data)
 		}
-		if _, err := w.Write(hdr); err != nil {
-			return err
-		}
-		size := dtype.Size()
-		per := readChunkBytes / size
-		buf := make([]byte, readChunkBytes)
-		for _, t := range sorted {
-			data := t.Data
-			if transform != nil {
-				data = transform(t.Name, data)
-			}
-			for i := 0; i < len(data); i += per {
-				chunk := data[i:min(i+per, len(data))]
-				raw := buf[:len(chunk)*size]
-				encodeFloats(raw, chunk, dtype)
-				if _, err := w.Write(raw); err != nil {
-					return err
-				}
+		for i := 0; i < len(data); i += per {
+			chunk := data[i:min(i+per, len(data))]
+			raw := buf[:len(chunk)*size]
+			encodeFloats(raw, chunk, dtype)
+			if _, err := w.Write(raw); err != nil {
+				return err
 			}
 		}
-		return nil
-	})
+	}
+	return nil
 }
 
 func encodeHeader(tensors []model.Tensor[float32], dtype DType, metadata map[string]string) ([]byte, error) {
@@ -402,40 +413,9 @@ func encodeHeader(tensors []model.Tensor[float32], dtype DType, metadata map[str
 	return hdr, nil
 }
 
-// writeAtomic writes a file through a buffered temporary in the same directory, syncs it and
-// renames it into place, so readers never see a half-written file.
-func writeAtomic(path string, write func(io.Writer) error) (err error) {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	defer func() {
-		if err != nil {
-			tmp.Close()
-			os.Remove(tmp.Name())
-		}
-	}()
-	bw := bufio.NewWriterSize(tmp, 1<<20)
-	if err = write(bw); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = bw.Flush(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = tmp.Sync(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = tmp.Close(); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = os.Chmod(tmp.Name(), 0o644); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	if err = os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("write %s: %w", path, err)
-	}
-	return nil
+// writeAtomic writes a file atomically and durably (internal/atomicfile).
+func writeAtomic(path string, write func(io.Writer) error) error {
+	return atomicfile.WriteFunc(path, write)
 }
 
 // isSafetensorsName reports whether a file name looks like a safetensors weight file.

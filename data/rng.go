@@ -1,6 +1,10 @@
 package data
 
-import "math/bits"
+import (
+	"math/bits"
+
+	"github.com/dmc-project/dmc/internal/splitmix"
+)
 
 // splitMix is a tiny deterministic generator (SplitMix64). It is ours rather than math/rand
 // so that shuffles and splits stay bit-identical across Go releases: a saved Position must
@@ -16,13 +20,7 @@ func newSplitMix(seeds ...uint64) *splitMix {
 	return r
 }
 
-func (r *splitMix) next() uint64 {
-	r.state += 0x9e3779b97f4a7c15
-	z := r.state
-	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9
-	z = (z ^ (z >> 27)) * 0x94d049bb133111eb
-	return z ^ (z >> 31)
-}
+func (r *splitMix) next() uint64 { return splitmix.Next(&r.state) }
 
 // intn returns a uniform integer in [0, n) (Lemire's multiply-and-reject, unbiased).
 func (r *splitMix) intn(n int) int {

@@ -1,6 +1,10 @@
 package dmc
 
-import "math"
+import (
+	"math"
+
+	"github.com/dmc-project/dmc/internal/splitmix"
+)
 
 // NoiseKey names one stream of the training noise. The logistic noise of the Gumbel-sigmoid is
 // a pure function of the key and an element index, so a resumed run draws exactly what the
@@ -23,15 +27,9 @@ type NoiseKey struct {
 	Seed, Step, Rank, MicroBatch, Layer uint64
 }
 
-const golden = 0x9e3779b97f4a7c15
+const golden = splitmix.Golden
 
-func mix64(z uint64) uint64 {
-	z ^= z >> 30
-	z *= 0xbf58476d1ce4e5b9
-	z ^= z >> 27
-	z *= 0x94d049bb133111eb
-	return z ^ z>>31
-}
+func mix64(z uint64) uint64 { return splitmix.Mix(z) }
 
 func absorb(h, f uint64) uint64 { return mix64(h ^ mix64(f+golden)) }
 

@@ -45,13 +45,17 @@ func CRLossGrad(meanAlpha []float64, targetAlpha float64, grad []float64) {
 	}
 }
 
-// ZeroOutFactor is the stage-1 multiplier of q[ch] and k[ch]: max(0, 1 − step/(0.8·steps)),
-// which reaches 0 after 80% of the stage (steps ≤ 0: already 0).
-func ZeroOutFactor(step, steps int) float64 {
+// ZeroOutFactor is the stage-1 multiplier of q[ch] and k[ch] at the reference decay fraction:
+// ZeroOutFactorAt(step, steps, 0.8).
+func ZeroOutFactor(step, steps int) float64 { return ZeroOutFactorAt(step, steps, 0.8) }
+
+// ZeroOutFactorAt is the stage-1 multiplier max(0, 1 − step/(frac·steps)), which reaches 0
+// after the fraction frac of the stage (steps ≤ 0: already 0).
+func ZeroOutFactorAt(step, steps int, frac float64) float64 {
 	if steps <= 0 {
 		return 0
 	}
-	return max(0, 1-float64(step)/(0.8*float64(steps)))
+	return max(0, 1-float64(step)/(frac*float64(steps)))
 }
 
 // ZeroDecisionRows sets to zero the rows of W_q (every query head) and W_k (every KV head) that

@@ -1,6 +1,6 @@
 // Package graph builds the Llama + DMC training graph of a model for fixed micro-batch
 // dimensions (B sequences of T tokens) out of the fused ops of graph/ops, differentiates it with
-// gorgonia.Grad and runs it on TapeMachines. It implements Trainer, the interface the training
+// gorgonia.Grad and runs it on TapeMachines. It implements step.Model, the interface the training
 // loop drives: Params (Hugging Face names, slices aliasing the graph's tensors), Step (forward +
 // backward) and Forward.
 //

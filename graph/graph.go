@@ -9,61 +9,24 @@ import (
 
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/trainer/step"
 )
 
-// Param is one trainable tensor under its Hugging Face name (the order and names of
-// model.Params.Tensors). Value and Grad alias the graph's tensors: the trainer updates Value in
-// place between steps, and every Step overwrites Grad.
-type Param struct {
-	Name        string
-	Shape       []int
-	Value, Grad []float32
-}
+// The step contract (package step): the graph is a step.Model, driven by the trainer as is.
+type (
+	Param       = step.Param
+	Batch       = step.Batch
+	StepContext = step.Context
+	Losses      = step.Losses
+)
 
-// Batch is one micro-batch of token windows, row-major [BatchSize, SeqLen]. A negative target
-// is ignored by the loss.
-type Batch struct {
-	Inputs, Targets   []int
-	BatchSize, SeqLen int
-}
-
-// StepContext selects what one Step or Forward computes.
-type StepContext struct {
-	Step, MicroBatch int
-	Seed             uint64 // with Step, MicroBatch and the layer, it keys the Gumbel noise
-	DMC              bool   // false: plain Llama (vanilla continued training)
-	TargetAlpha      float64
-	// ZeroOut is the stage-1 multiplier of q[ch] and k[ch]; 1 means none. Below 1 the plain
-	// graph runs (no merging) with the channel scaled, whatever DMC says.
-	ZeroOut  float64
-	Hard     bool // evaluation: hard decisions 1[a > 0], no noise
-	CRWeight float64
-	// DistillWeight β mixes the LM loss: (1−β)·cross-entropy + β·KL(teacher ‖ model), the
-	// teacher being Options.Teacher (the original model, run plain). 0 = no distillation.
-	DistillWeight float64
-}
-
-// Losses are the scalars of one Step or Forward.
-type Losses struct {
-	Loss, LM, CR, MeanAlpha float64
-	KD                      float64 // KL to the teacher (0 unless StepContext.DistillWeight > 0)
-	Tokens                  int
-}
-
-// Trainer is what the training loop drives.
-type Trainer interface {
-	Params() []Param
-	Step(b Batch, sc StepContext) (Losses, error)
-	Forward(b Batch, sc StepContext) (Losses, error)
-}
-
-// Graph is the float32 training graph; it implements Trainer.
+// Graph is the float32 training graph; it implements step.Model.
 type Graph = Exec[float32]
 
 // Graph64 is the float64 graph used by exactness and gradient tests.
 type Graph64 = Exec[float64]
 
-var _ Trainer = (*Graph)(nil)
+var _ step.Model = (*Graph)(nil)
 
 // New builds the float32 training graph of p (copied) for micro-batches of batch sequences of
 // seqLen tokens.

@@ -9,8 +9,8 @@ import (
 	"gorgonia.org/tensor"
 
 	"github.com/dmc-project/dmc/dmc"
-	"github.com/dmc-project/dmc/model"
 	"github.com/dmc-project/dmc/graph/ops"
+	"github.com/dmc-project/dmc/model"
 )
 
 // variant is one compiled graph: plain (vanilla / stage 1) or DMC.

@@ -53,8 +53,8 @@ func tableBytes(g geometry, opt Options) (tables, state int64) {
 	rows := int64(g.L * g.Hkv)
 	maxPages := int64((opt.MaxContext + pageTokens - 1) / pageTokens)
 	tables = rows * (maxPages + 1) * 4
-	if opt.DMC {
-		state = rows * int64(stateStrideOf(g, opt.Window)) * 4
+	if opt.DMC != nil {
+		state = rows * int64(stateStrideOf(g, opt.DMC.Window)) * 4
 	}
 	return
 }
@@ -63,10 +63,13 @@ func pageBytesOf(g geometry) int64 { return int64(2 * pageTokens * g.D * 2) }
 
 func newKVCache(d *device, cfg model.Config, opt Options, poolBytes int64) (*kvCache, error) {
 	g := geometryOf(cfg)
-	c := &kvCache{d: d, g: g, dmc: opt.DMC, forceCR: opt.ForceCR, window: opt.Window, channel: opt.DecisionChannel,
-		decOffset: opt.DecisionOffset, impOffset: opt.ImportanceOffset,
+	c := &kvCache{d: d, g: g, forceCR: opt.ForceCR,
 		maxBatch: opt.MaxBatch, maxContext: opt.MaxContext, maxPages: (opt.MaxContext + pageTokens - 1) / pageTokens,
-		pageBytes: pageBytesOf(g), stateStride: stateStrideOf(g, opt.Window)}
+		pageBytes: pageBytesOf(g), stateStride: stateStrideOf(g, 0)}
+	if dc := opt.DMC; dc != nil { // validate resolved the channel
+		c.dmc, c.window, c.channel, c.decOffset, c.impOffset = true, dc.Window, dc.DecisionChannel, dc.DecisionOffset, dc.ImportanceOffset
+		c.stateStride = stateStrideOf(g, dc.Window)
+	}
 	c.nPages = int(poolBytes / c.pageBytes)
 	if c.nPages < 1 {
 		return nil, fmt.Errorf("KV pool of %d bytes holds no page", poolBytes)

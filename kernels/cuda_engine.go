@@ -520,8 +520,14 @@ func (e *engine) downloadWeights() (*model.Weights, error) {
 }
 
 func (e *engine) Config() model.Config { return e.cfg }
-func (e *engine) Memory() Memory       { return e.mem }
-func (e *engine) Device() string       { return e.d.describe() }
+
+// LogProbs implements model.Decoder by decoding token by token (the prompt logits of a
+// prefill are not kept).
+func (e *engine) LogProbs(tokens []int) ([]float64, error) {
+	return model.LogProbsByDecoding(e, tokens)
+}
+func (e *engine) Memory() Memory { return e.mem }
+func (e *engine) Device() string { return e.d.describe() }
 
 func (e *engine) Close() error {
 	if e.d == nil {

@@ -157,8 +157,12 @@ func (b cudaBackend) SwiGLU(out, gate, upv []float32) error {
 func (b cudaBackend) testCache(h kerneltest.Heads, mode kerneltest.CacheMode, window, channel, forceCR, B, maxLen int) (*kvCache, error) {
 	cfg := h.Config()
 	opt := DefaultOptions()
-	opt.DMC = mode == kerneltest.DMC
-	opt.Window, opt.DecisionChannel, opt.ForceCR = window, channel, forceCR
+	if mode == kerneltest.DMC {
+		c := dmc.DefaultConfig()
+		c.Window, c.DecisionChannel = window, channel
+		opt.DMC = &c
+	}
+	opt.ForceCR = forceCR
 	opt.MaxBatch, opt.MaxContext = B, maxLen+1
 	opt, err := opt.validate(cfg)
 	if err != nil {
@@ -471,7 +475,7 @@ func TestStories260KGreedyParity(t *testing.T) {
 		{"dmc-learned", true, 0, []int{1, 403, 407, 261, 378}}} {
 		t.Run(c.name, func(t *testing.T) {
 			opt := DefaultOptions()
-			opt.DMC, opt.ForceCR, opt.MaxBatch = c.dmc, c.forceCR, 4
+			opt.DMC, opt.ForceCR, opt.MaxBatch = defaultDMCIf(c.dmc), c.forceCR, 4
 			e, err := NewEngine(w, opt)
 			if err != nil {
 				t.Fatal(err)
@@ -542,7 +546,7 @@ func TestContinuousBatching(t *testing.T) {
 	prompts := [][]int{{1, 403, 407}, {1, 261, 378, 394, 261, 280, 429, 300, 301, 302, 303, 304, 305, 306, 307, 308, 309}, {1}, {1, 500, 20, 30}}
 	for _, forceCR := range []int{0, 2} {
 		opt := DefaultOptions()
-		opt.DMC, opt.ForceCR, opt.MaxBatch = forceCR > 0, forceCR, 3
+		opt.DMC, opt.ForceCR, opt.MaxBatch = defaultDMCIf(forceCR > 0), forceCR, 3
 		e, err := NewEngine(w, opt)
 		if err != nil {
 			t.Fatal(err)
@@ -641,7 +645,7 @@ func TestRandomGQALogits(t *testing.T) {
 	}
 	for _, forceCR := range []int{0, 2} {
 		opt := DefaultOptions()
-		opt.DMC, opt.ForceCR, opt.MaxContext = forceCR > 0, forceCR, 256
+		opt.DMC, opt.ForceCR, opt.MaxContext = defaultDMCIf(forceCR > 0), forceCR, 256
 		e, err := NewRandomEngine(cfg, 7, opt)
 		if err != nil {
 			t.Fatal(err)
@@ -742,4 +746,13 @@ func TestPoolExhaustion(t *testing.T) {
 		tok = n[0]
 	}
 	t.Fatal("decoding 43 tokens into 32 slots per row did not report exhaustion")
+}
+
+// defaultDMCIf is the reference DMC config when on, else nil (the vanilla cache).
+func defaultDMCIf(on bool) *dmc.Config {
+	if !on {
+		return nil
+	}
+	c := dmc.DefaultConfig()
+	return &c
 }

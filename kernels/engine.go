@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/model"
 )
 
@@ -13,19 +14,14 @@ var ErrNoCUDA = errors.New("this dmc binary was built without CUDA support; rebu
 
 // Options configure an Engine.
 type Options struct {
-	// DMC selects the compressed cache update (dmc-spec.md §4); false is the vanilla cache.
-	DMC bool
+	// DMC selects the compressed cache update (dmc-spec.md §4) with these settings (window,
+	// decision channel, offsets: the recipe's, which an export's dmc block carries); nil is the
+	// vanilla cache.
+	DMC *dmc.Config
 	// ForceCR (DMC only) replaces the learned decisions by a fixed per-head merge pattern: a
 	// new slot every ForceCR tokens, phase-shifted by head. For throughput benchmarks with
 	// random weights; results must be labelled as forced.
 	ForceCR int
-	// Window is the DMC merge window W (12 in the reference; 0 = unbounded running average).
-	Window int
-	// DecisionChannel is the q/k channel used for decisions (-1 = last, as the reference).
-	DecisionChannel int
-	// DecisionOffset and ImportanceOffset are the biases of a = k[ch] − offset and
-	// ω = σ(mean q[ch] + offset) + ε (5 and 5 in the reference).
-	DecisionOffset, ImportanceOffset float64
 	// MaxBatch is the number of sequences that can be active at once.
 	MaxBatch int
 	// MaxContext is the number of positions per sequence (0 = the model's max_seq_len).
@@ -40,24 +36,23 @@ type Options struct {
 	Device int
 }
 
-// DefaultOptions are the reference settings: vanilla cache, DMC window 12, last channel.
-func DefaultOptions() Options {
-	return Options{Window: 12, DecisionChannel: -1, DecisionOffset: 5, ImportanceOffset: 5, MaxBatch: 1}
+// DefaultOptions are the reference settings: vanilla cache, one sequence.
+func DefaultOptions() Options { return Options{MaxBatch: 1} }
+
+// WithDMC returns o with the DMC cache of settings c (a copy).
+func (o Options) WithDMC(c dmc.Config) Options {
+	o.DMC = &c
+	return o
 }
 
-// Engine runs a model on the GPU. It is not safe for concurrent use.
+// Engine runs a model on the GPU. It is a model.Decoder (the loop generate, eval, bench and
+// serve share), plus what only a GPU has. It is not safe for concurrent use.
 type Engine interface {
 	// Config is the model served.
 	Config() model.Config
-	// Prefill starts one sequence per prompt, processing each prompt in parallel over its
-	// tokens. It returns the new sequence ids, the greedy next token of each, and (when
-	// wantLogits) the logits of each prompt's last token.
-	Prefill(prompts [][]int, wantLogits bool) (ids []int, next []int, logits [][]float32, err error)
-	// Decode feeds tokens[i] to sequence ids[i] (one step for every listed sequence) and
-	// returns the greedy next tokens and optionally the logits.
-	Decode(ids []int, tokens []int, wantLogits bool) (next []int, logits [][]float32, err error)
-	// Release ends sequences and returns their pages to the pool.
-	Release(ids ...int) error
+	// Prefill, Decode, Release and LogProbs are model.Decoder's: Prefill processes each
+	// prompt in parallel over its tokens; Release returns the sequences' pages to the pool.
+	model.Decoder
 	// Memory describes the GPU memory the engine holds.
 	Memory() Memory
 	// CacheStats reads the cache occupancy of the active sequences.
@@ -123,20 +118,24 @@ func (o Options) validate(cfg model.Config) (Options, error) {
 		o.PrefillTokens = o.MaxContext
 	}
 	D := cfg.HeadDim()
-	if o.DecisionChannel < 0 {
-		o.DecisionChannel = D - 1
-	}
 	switch {
 	case D%8 != 0 || D > 256 || D&(D-1) != 0:
 		return o, fmt.Errorf("head dim %d is not supported by the CUDA kernels (8, 16, 32, 64, 128 or 256)", D)
 	case cfg.GroupSize() > 8 || cfg.GroupSize()&(cfg.GroupSize()-1) != 0:
 		return o, fmt.Errorf("GQA group size %d is not supported by the CUDA kernels (1, 2, 4 or 8)", cfg.GroupSize())
-	case o.DecisionChannel >= D:
-		return o, fmt.Errorf("decision channel %d is outside the head dim %d", o.DecisionChannel, D)
-	case o.Window < 0:
-		return o, fmt.Errorf("DMC window must be >= 0 (got %d)", o.Window)
-	case o.ForceCR < 0 || (o.ForceCR > 0 && !o.DMC):
+	case o.ForceCR < 0 || (o.ForceCR > 0 && o.DMC == nil):
 		return o, fmt.Errorf("forced compression rate %d needs the DMC cache", o.ForceCR)
+	}
+	if o.DMC != nil {
+		c := *o.DMC // resolved copy: the caller's config is left as it is
+		if err := c.Validate(); err != nil {
+			return o, err
+		}
+		if err := c.CheckHeadDim(D); err != nil {
+			return o, err
+		}
+		c.DecisionChannel = c.Channel(D)
+		o.DMC = &c
 	}
 	return o, nil
 }

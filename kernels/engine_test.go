@@ -4,6 +4,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/model"
 )
 
@@ -12,11 +13,11 @@ func TestOptionsValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	o, err := DefaultOptions().validate(cfg)
+	o, err := DefaultOptions().WithDMC(dmc.DefaultConfig()).validate(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o.DecisionChannel != cfg.HeadDim()-1 || o.MaxContext != cfg.MaxSeqLen || o.PrefillTokens < o.MaxContext || o.MaxBatch != 1 {
+	if o.DMC.DecisionChannel != cfg.HeadDim()-1 || o.MaxContext != cfg.MaxSeqLen || o.PrefillTokens < o.MaxContext || o.MaxBatch != 1 {
 		t.Fatalf("defaults not resolved: %+v", o)
 	}
 	odd := cfg
@@ -28,12 +29,12 @@ func TestOptionsValidate(t *testing.T) {
 		want string
 	}{
 		{"head dim", odd, func(*Options) {}, "head dim 96"},
-		{"channel", cfg, func(o *Options) { o.DecisionChannel = 64 }, "decision channel"},
-		{"window", cfg, func(o *Options) { o.Window = -1 }, "window"},
-		{"forced without DMC", cfg, func(o *Options) { o.ForceCR = 4 }, "needs the DMC cache"},
+		{"channel", cfg, func(o *Options) { o.DMC.DecisionChannel = 64 }, "decision_channel"},
+		{"window", cfg, func(o *Options) { o.DMC.Window = -1 }, "window"},
+		{"forced without DMC", cfg, func(o *Options) { o.DMC, o.ForceCR = nil, 4 }, "needs the DMC cache"},
 	}
 	for _, tc := range tests {
-		o := DefaultOptions()
+		o := DefaultOptions().WithDMC(dmc.DefaultConfig())
 		tc.mod(&o)
 		if _, err := o.validate(tc.cfg); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: got %v, want an error mentioning %q", tc.name, err, tc.want)

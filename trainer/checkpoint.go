@@ -14,6 +14,9 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+
+	"github.com/dmc-project/dmc/checkpoints"
+	"github.com/dmc-project/dmc/model"
 )
 
 // Checkpoint layout (RUN_DIR/checkpoints/step-XXXXXXX/):
@@ -159,19 +162,19 @@ func (s *CheckpointStore) Save(in SaveInput) (name string, err error) {
 	if err != nil {
 		return "", err
 	}
-	weights := make([]stTensor, len(in.Params))
-	moments := make([]stTensor, 0, 2*len(in.Params))
+	weights := make([]model.Tensor[float32], len(in.Params))
+	moments := make([]model.Tensor[float32], 0, 2*len(in.Params))
 	for i, p := range in.Params {
-		weights[i] = stTensor{p.Name, p.Shape, p.Value}
-		moments = append(moments, stTensor{"m." + p.Name, p.Shape, in.Opt.M[i]}, stTensor{"v." + p.Name, p.Shape, in.Opt.V[i]})
+		weights[i] = model.Tensor[float32]{Name: p.Name, Shape: p.Shape, Data: p.Value}
+		moments = append(moments, model.Tensor[float32]{Name: "m." + p.Name, Shape: p.Shape, Data: in.Opt.M[i]}, model.Tensor[float32]{Name: "v." + p.Name, Shape: p.Shape, Data: in.Opt.V[i]})
 	}
 	meta := map[string]string{"format": "dmc-training-checkpoint", "step": strconv.Itoa(in.State.Step)}
 	files := []struct {
 		name  string
 		write func(io.Writer) error
 	}{
-		{"weights.safetensors", func(w io.Writer) error { return writeSafetensors(w, weights, meta) }},
-		{"optimizer.safetensors", func(w io.Writer) error { return writeSafetensors(w, moments, meta) }},
+		{"weights.safetensors", func(w io.Writer) error { return checkpoints.EncodeSafetensors(w, weights, checkpoints.F32, meta) }},
+		{"optimizer.safetensors", func(w io.Writer) error { return checkpoints.EncodeSafetensors(w, moments, checkpoints.F32, meta) }},
 		{"state.json", writeBytes(stateJSON)},
 		{"recipe.yaml", writeBytes(in.Recipe)},
 		{"model.json", writeBytes(in.ModelConfig)},
@@ -390,21 +393,21 @@ func (s *CheckpointStore) Open(name string) (*Checkpoint, error) {
 
 // Restore reads the checkpoint's weights into params and its moments into opt.
 func (s *CheckpointStore) Restore(c *Checkpoint, params []Param, opt *AdamW) error {
-	weights := make([]stTensor, len(params))
-	moments := make([]stTensor, 0, 2*len(params))
+	weights := make([]model.Tensor[float32], len(params))
+	moments := make([]model.Tensor[float32], 0, 2*len(params))
 	for i, p := range params {
-		weights[i] = stTensor{p.Name, p.Shape, p.Value}
-		moments = append(moments, stTensor{"m." + p.Name, p.Shape, opt.M[i]}, stTensor{"v." + p.Name, p.Shape, opt.V[i]})
+		weights[i] = model.Tensor[float32]{Name: p.Name, Shape: p.Shape, Data: p.Value}
+		moments = append(moments, model.Tensor[float32]{Name: "m." + p.Name, Shape: p.Shape, Data: opt.M[i]}, model.Tensor[float32]{Name: "v." + p.Name, Shape: p.Shape, Data: opt.V[i]})
 	}
 	for _, f := range []struct {
 		name string
-		ts   []stTensor
+		ts   []model.Tensor[float32]
 	}{{"weights.safetensors", weights}, {"optimizer.safetensors", moments}} {
 		r, err := s.FS.Open(path.Join(c.Path, f.name))
 		if err != nil {
 			return fmt.Errorf("checkpoint %s: %w", c.Name, err)
 		}
-		err = readSafetensorsInto(r, f.ts)
+		err = checkpoints.ReadSafetensorsInto(r, f.ts)
 		r.Close()
 		if err != nil {
 			return fmt.Errorf("checkpoint %s: %s: %w", c.Name, f.name, err)

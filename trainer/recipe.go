@@ -10,8 +10,10 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/dmc-project/dmc/configs"
 	"gopkg.in/yaml.v3"
+
+	"github.com/dmc-project/dmc/configs"
+	"github.com/dmc-project/dmc/dmc"
 )
 
 // Modes and LR schedules a recipe can name.
@@ -57,16 +59,11 @@ type Recipe struct {
 	Eps         float64 `yaml:"eps"`
 	GradClip    float64 `yaml:"grad_clip"` // global-norm clip; 0 disables
 
-	// DMC knobs read by the model builder (dmc-spec.md §2, §4, §5).
-	Window          int     `yaml:"window"`           // merge window W; 0 = unbounded
-	Temperature     float64 `yaml:"temperature"`      // Gumbel-sigmoid τ
-	DecisionChannel int     `yaml:"decision_channel"` // −1 = last channel (D−1)
-	// DecisionOffset and ImportanceOffset are the reference's init_val: a = k[ch] − offset and
-	// ω = σ(q̄[ch] + offset). 5 in the reference; smaller values start the decisions closer to
-	// the threshold, which short retrofits of small models need to learn at all.
-	DecisionOffset   float64 `yaml:"decision_offset"`
-	ImportanceOffset float64 `yaml:"importance_offset"`
-	CRLossWeight     float64 `yaml:"cr_loss_weight"` // λ
+	// DMC knobs (dmc-spec.md §2, §4, §5): window, temperature, decision_channel,
+	// decision_offset, importance_offset, inline in the YAML. This one value goes to the
+	// training graph, the run's model.json, the export's dmc block and the CUDA engine.
+	dmc.Config   `yaml:",inline"`
+	CRLossWeight float64 `yaml:"cr_loss_weight"` // λ
 	// DistillWeight β replaces part of the LM loss by distillation from the original model:
 	// L_LM = (1−β)·CE + β·KL(original ‖ model), in every stage and in control runs too. 0 is
 	// the reference (plain CE); DMS (arXiv 2506.05345) retrofits with β = 1.
@@ -292,7 +289,7 @@ func (r *Recipe) Set(key, value string) error {
 	if !ok {
 		return fmt.Errorf("unknown recipe field %q (known fields: %s)", key, strings.Join(sortedKeys(known), ", "))
 	}
-	f := reflect.ValueOf(r).Elem().Field(idx)
+	f := reflect.ValueOf(r).Elem().FieldByIndex(idx)
 	nv := reflect.New(f.Type())
 	if err := yaml.Unmarshal([]byte(value), nv.Interface()); err != nil {
 		return fmt.Errorf("recipe field %s: cannot use %q as a %s", key, value, f.Type())
@@ -340,10 +337,10 @@ func (f overrideFlag) Set(v string) error {
 // Register adds the recipe flags to fs, each name prefixed by prefix (may be empty).
 func (o *Overrides) Register(fs *flag.FlagSet, prefix string) {
 	t := reflect.TypeOf(Recipe{})
-	for i := 0; i < t.NumField(); i++ {
-		key := yamlKey(t.Field(i))
+	keys := recipeKeys()
+	for _, key := range sortedKeys(keys) {
 		fs.Var(overrideFlag{o, key}, prefix+strings.ReplaceAll(key, "_", "-"),
-			fmt.Sprintf("recipe override: %s (%s)", key, t.Field(i).Type))
+			fmt.Sprintf("recipe override: %s (%s)", key, t.FieldByIndex(keys[key]).Type))
 	}
 }
 
@@ -353,12 +350,24 @@ func (o *Overrides) Apply(r *Recipe) error { return r.ApplyOverrides(o.kvs) }
 // Given lists the overrides collected so far as key=value.
 func (o *Overrides) Given() []string { return append([]string(nil), o.kvs...) }
 
-func recipeKeys() map[string]int {
-	t := reflect.TypeOf(Recipe{})
-	m := make(map[string]int, t.NumField())
-	for i := 0; i < t.NumField(); i++ {
-		m[yamlKey(t.Field(i))] = i
+// recipeKeys maps every YAML key of Recipe, including those of inline structs (dmc.Config),
+// to its field's index path.
+func recipeKeys() map[string][]int {
+	m := map[string][]int{}
+	var walk func(t reflect.Type, prefix []int)
+	walk = func(t reflect.Type, prefix []int) {
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			idx := append(append([]int(nil), prefix...), i)
+			tag := f.Tag.Get("yaml")
+			if _, opts, _ := strings.Cut(tag, ","); f.Anonymous && strings.Contains(opts, "inline") {
+				walk(f.Type, idx)
+				continue
+			}
+			m[yamlKey(f)] = idx
+		}
 	}
+	walk(reflect.TypeOf(Recipe{}), nil)
 	return m
 }
 
@@ -370,7 +379,7 @@ func yamlKey(f reflect.StructField) string {
 	return k
 }
 
-func sortedKeys(m map[string]int) []string {
+func sortedKeys(m map[string][]int) []string {
 	out := make([]string, 0, len(m))
 	for k := range m {
 		out = append(out, k)

@@ -13,6 +13,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/dmc-project/dmc/internal/atomicfile"
 )
 
 // Options configure one training run.
@@ -522,29 +524,8 @@ func truncateMetrics(p string, step int) error {
 	return writeFileAtomic(p, out.Bytes())
 }
 
-// writeFileAtomic writes p through a temporary file and a rename.
-func writeFileAtomic(p string, b []byte) error {
-	tmp := p + ".tmp"
-	f, err := os.Create(tmp)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, p)
-	}
-	if err != nil {
-		os.Remove(tmp)
-		return fmt.Errorf("write %s: %w", p, err)
-	}
-	return nil
-}
+// writeFileAtomic writes p atomically and durably (internal/atomicfile).
+func writeFileAtomic(p string, b []byte) error { return atomicfile.Write(p, b) }
 
 // recipeDiff lists the top-level keys whose values differ between two recipe YAMLs.
 func recipeDiff(a, b []byte) string {

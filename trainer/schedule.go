@@ -1,6 +1,11 @@
 package trainer
 
-import "math"
+import (
+	"math"
+
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/internal/splitmix"
+)
 
 // Stage is one of the three phases of a DMC retrofit (dmc-spec.md §3).
 type Stage int
@@ -49,17 +54,11 @@ func (r *Recipe) StageAt(s int) (Stage, int) {
 
 // ZeroOutAt is the stage-1 multiplier max(0, 1 − s/(f·S1)) for step s of stage 1.
 func (r *Recipe) ZeroOutAt(s int) float64 {
-	return math.Max(0, 1-float64(s)/(r.ZeroOutDecayFrac*float64(r.ZeroOutSteps)))
+	return dmc.ZeroOutFactorAt(s, r.ZeroOutSteps, r.ZeroOutDecayFrac)
 }
 
 // CRAt is the target CR at step s2 of stage 2: 1 + (CR_t − 1)·min(1, s2/S_ramp).
-func (r *Recipe) CRAt(s2 int) float64 {
-	ramp := r.Ramp()
-	if ramp <= 0 {
-		return r.TargetCR
-	}
-	return 1 + (r.TargetCR-1)*math.Min(1, float64(s2)/float64(ramp))
-}
+func (r *Recipe) CRAt(s2 int) float64 { return dmc.TargetCR(s2, r.Ramp(), r.TargetCR) }
 
 // LRAt is the learning rate of step s: linear warmup over warmup_steps (the first step gets
 // lr/warmup), then per lr_schedule: "constant"; "cosine" from the end of warmup to the last
@@ -111,7 +110,7 @@ func (r *Recipe) PlanAt(s int) Plan {
 	}
 	if stage != StageZeroOut {
 		p.Context.DMC = true // the DMC graph removes the decision channel itself; ZeroOut stays 1
-		p.Context.TargetAlpha = 1 - 1/p.TargetCR
+		p.Context.TargetAlpha = dmc.TargetAlpha(p.TargetCR)
 		p.Context.CRWeight = r.CRLossWeight
 	}
 	return p
@@ -126,9 +125,4 @@ func StepSeed(seed uint64, step, rank, micro int) uint64 {
 	return splitmix64(x ^ uint64(micro))
 }
 
-func splitmix64(x uint64) uint64 {
-	x += 0x9e3779b97f4a7c15
-	x = (x ^ x>>30) * 0xbf58476d1ce4e5b9
-	x = (x ^ x>>27) * 0x94d049bb133111eb
-	return x ^ x>>31
-}
+func splitmix64(x uint64) uint64 { return splitmix.Mix(x + splitmix.Golden) }

@@ -7,42 +7,6 @@ import (
 	"github.com/dmc-project/dmc/kernels"
 )
 
-func TestParseCRList(t *testing.T) {
-	got, err := parseCRList("1, vanilla,dmc,4")
-	if err != nil {
-		t.Fatal(err)
-	}
-	want := []benchCR{{Label: "vanilla"}, {Label: "vanilla"}, {Label: "dmc", DMC: true}, {Label: "forced-4", DMC: true, ForceCR: 4}}
-	if len(got) != len(want) {
-		t.Fatalf("got %v", got)
-	}
-	for i := range want {
-		if got[i] != want[i] {
-			t.Errorf("entry %d: got %+v, want %+v", i, got[i], want[i])
-		}
-	}
-	for _, bad := range []string{"0", "x", "2.5", ""} {
-		if _, err := parseCRList(bad); err == nil {
-			t.Errorf("--cr %q: want an error", bad)
-		}
-	}
-}
-
-func TestParseBatches(t *testing.T) {
-	if b, err := parseBatches("max", 37); err != nil || len(b) != 1 || b[0] != 37 {
-		t.Fatalf("max: %v %v", b, err)
-	}
-	if _, err := parseBatches("max", 0); err == nil || !strings.Contains(err.Error(), "not even one sequence fits") {
-		t.Fatalf("max with nothing fitting: %v", err)
-	}
-	if b, err := parseBatches("1,16,64", 5); err != nil || len(b) != 3 || b[2] != 64 {
-		t.Fatalf("list: %v %v", b, err)
-	}
-	if _, err := parseBatches("1,-2", 5); err == nil {
-		t.Fatal("negative batch accepted")
-	}
-}
-
 // Without the dmc_cuda tag (as in CI) the GPU commands must say how to get CUDA support.
 func TestBenchAndGenerateWithoutCUDA(t *testing.T) {
 	if kernels.Available() == nil {

@@ -8,12 +8,12 @@ import (
 	"strings"
 	"sync"
 	"time"
-	"unicode/utf8"
 
 	"github.com/spf13/cobra"
 
 	"github.com/dmc-project/dmc/data"
 	"github.com/dmc-project/dmc/data/tokenizer"
+	"github.com/dmc-project/dmc/retrofit"
 )
 
 func init() { register(newDataCmd) }
@@ -235,38 +235,11 @@ func (o *DataInspectOptions) Run(streams *IO) error {
 	}
 
 	col, isText := ds.Column()
-	var rows, tokens int64
-	maxID := int32(-1)
-	var first []int32
-	var firstRaw []string
-	switch {
-	case ds.ColumnErr() == nil:
-		for ids, err := range ds.Documents() {
-			if err != nil {
-				return err
-			}
-			if rows == 0 {
-				first = append([]int32{}, ids...)
-			}
-			rows++
-			tokens += int64(len(ids))
-			for _, id := range ids {
-				maxID = max(maxID, id)
-			}
-		}
-	default:
-		for rec, err := range ds.Records() {
-			if err != nil {
-				return err
-			}
-			if rows == 0 && rec.NumRows() > 0 {
-				for i := 0; i < int(rec.NumCols()); i++ {
-					firstRaw = append(firstRaw, fmt.Sprintf("%s = %q", rec.ColumnName(i), clip(rec.Column(i).ValueStr(0), 200)))
-				}
-			}
-			rows += rec.NumRows()
-		}
+	sum, err := retrofit.SummarizeData(ds)
+	if err != nil {
+		return err
 	}
+	rows, tokens, maxID, first, firstRaw := sum.Rows, sum.Tokens, sum.MaxID, sum.First, sum.FirstRaw
 	rowText := fmt.Sprint(rows)
 	if ds.DeclaredRows >= 0 && ds.DeclaredRows != rows {
 		rowText += fmt.Sprintf(" (the metadata declares %d)", ds.DeclaredRows)
@@ -298,24 +271,13 @@ func (o *DataInspectOptions) Run(streams *IO) error {
 		for i, v := range first {
 			ids[i] = int(v)
 		}
-		row("first row", fmt.Sprintf("%d tokens: %q", len(ids), clip(tok.Decode(ids), 300)))
+		row("first row", fmt.Sprintf("%d tokens: %q", len(ids), retrofit.Clip(tok.Decode(ids), 300)))
 	case first != nil:
 		row("first row", fmt.Sprintf("%d tokens: %v (pass --tokenizer to decode)", len(first), clipIDs(first, 24)))
 	case firstRaw != nil:
 		row("first row", strings.Join(firstRaw, "\n"+strings.Repeat(" ", 15)))
 	}
 	return nil
-}
-
-func clip(s string, n int) string {
-	if len(s) <= n {
-		return s
-	}
-	cut := n
-	for cut > 0 && !utf8.RuneStart(s[cut]) {
-		cut--
-	}
-	return s[:cut] + "…"
 }
 
 func clipIDs(ids []int32, n int) string {

@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"fmt"
@@ -14,12 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/dmc-project/dmc/checkpoints"
 	"github.com/dmc-project/dmc/data"
-	"github.com/dmc-project/dmc/data/bpe"
-	"github.com/dmc-project/dmc/data/synth"
 	"github.com/dmc-project/dmc/data/tokenizer"
 	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/retrofit"
 )
 
 // DemoOptions are the flags of `dmc demo`.
@@ -76,11 +73,7 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 	corpus, tokPath, shards := path("corpus.txt"), path("tokenizer.bin"), path("shards")
 	if !exists(corpus) {
 		say("generating a %.1f MB story corpus", o.CorpusMB)
-		var buf bytes.Buffer
-		if err := synth.Write(&buf, int(o.CorpusMB*1e6), o.Seed); err != nil {
-			return err
-		}
-		if err := writeFileAtomic(corpus, buf.Bytes()); err != nil {
+		if err := retrofit.WriteStoryCorpus(corpus, int(o.CorpusMB*1e6), o.Seed); err != nil {
 			return err
 		}
 	}
@@ -90,20 +83,7 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 	}
 	if !exists(tokPath) {
 		say("training a %d-token BPE tokenizer", cfg.VocabSize)
-		f, err := os.Open(corpus)
-		if err != nil {
-			return err
-		}
-		pieces, err := bpe.Train(bufio.NewReader(f), cfg.VocabSize, synth.Separator)
-		f.Close()
-		if err != nil {
-			return err
-		}
-		var buf bytes.Buffer
-		if err := bpe.WriteLlama2C(&buf, pieces); err != nil {
-			return err
-		}
-		if err := writeFileAtomic(tokPath, buf.Bytes()); err != nil {
+		if err := retrofit.TrainTokenizer(corpus, tokPath, cfg.VocabSize); err != nil {
 			return err
 		}
 	}
@@ -122,27 +102,30 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 	// 2. A base model: random init, then pre-training (a control run = plain LM training).
 	initDir, baseRun, baseDir := path("init"), path("runs/base"), path("base")
 	if !exists(filepath.Join(initDir, "config.json")) {
-		w, err := model.RandomParams[float32](cfg, o.Seed)
-		if err != nil {
-			return err
-		}
-		if err := checkpoints.WriteHF(initDir, w, "fp32", nil, 1<<40); err != nil {
+		if err := retrofit.WriteRandomInit(initDir, cfg, o.Seed); err != nil {
 			return err
 		}
 	}
-	quiet := &IO{In: streams.In, Out: streams.Err, Err: streams.Err}
-	if !exists(filepath.Join(baseDir, "config.json")) {
-		say("pre-training the base model (%s parameters) for %d steps", humanCount(cfg.NumParams()), o.PretrainSteps)
-		ro := &RetrofitOptions{Model: initDir, Tokenizer: tokPath, Data: shards, Out: baseRun, Config: "demo-pretrain",
-			Control: true, Steps: o.PretrainSteps, Resume: exists(filepath.Join(baseRun, "checkpoints"))}
-		res, err := ro.Run(ctx, quiet)
+	// train runs one stage (resuming it when the demo was interrupted) and exports it.
+	train := func(spec retrofit.Spec, what, exportTo string) error {
+		spec.Tokenizer, spec.Data, spec.Resume = tokPath, shards, exists(filepath.Join(spec.Out, "checkpoints"))
+		res, err := retrofit.Run(ctx, spec, streams.Err)
 		if err != nil {
 			return err
 		}
 		if !res.Run.Done {
-			return fmt.Errorf("pre-training interrupted; run the demo again to continue")
+			return fmt.Errorf("%s interrupted; run the demo again to continue", what)
 		}
-		if err := (&ExportOptions{RunDir: baseRun, Out: baseDir, DType: "fp32", Tokenizer: tokPath, ShardMB: 1 << 20}).Run(ctx, quiet); err != nil {
+		if res.Heldout != nil {
+			fmt.Fprintf(streams.Err, "held-out perplexity %.4f over %d tokens, real compression %.2fx (%s cache)\n", res.Heldout.PPL, res.Heldout.Tokens, res.Heldout.CR, res.Cache)
+		}
+		_, err = retrofit.Export(ctx, spec.Out, exportTo, retrofit.ExportOptions{DType: "fp32", Tokenizer: tokPath, ShardMB: 1 << 20, Warn: streams.Err})
+		return err
+	}
+	if !exists(filepath.Join(baseDir, "config.json")) {
+		say("pre-training the base model (%s parameters) for %d steps", retrofit.HumanCount(cfg.NumParams()), o.PretrainSteps)
+		if err := train(retrofit.Spec{Model: initDir, Out: baseRun, Config: "demo-pretrain", Control: true, Steps: o.PretrainSteps},
+			"pre-training", baseDir); err != nil {
 			return err
 		}
 	}
@@ -151,17 +134,8 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 	dmcRun, exportDir := path("runs/dmc"), path("export")
 	if !exists(filepath.Join(exportDir, "config.json")) {
 		say("retrofitting with DMC to CR %g for %d steps", o.TargetCR, o.RetrofitSteps)
-		ro := &RetrofitOptions{Model: baseDir, Tokenizer: tokPath, Data: shards, Out: dmcRun, Config: "demo-retrofit",
-			TargetCR: o.TargetCR, Steps: o.RetrofitSteps, Resume: exists(filepath.Join(dmcRun, "checkpoints"))}
-		res, err := ro.Run(ctx, quiet)
-		if err != nil {
-			return err
-		}
-		if !res.Run.Done {
-			return fmt.Errorf("retrofit interrupted; run the demo again to continue")
-		}
-		say("exporting the DMC model")
-		if err := (&ExportOptions{RunDir: dmcRun, Out: exportDir, DType: "fp32", Tokenizer: tokPath, ShardMB: 1 << 20}).Run(ctx, quiet); err != nil {
+		if err := train(retrofit.Spec{Model: baseDir, Out: dmcRun, Config: "demo-retrofit", TargetCR: o.TargetCR, Steps: o.RetrofitSteps},
+			"retrofit", exportDir); err != nil {
 			return err
 		}
 	}
@@ -171,25 +145,17 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 	controlRun, controlDir := path("runs/control"), path("control")
 	if !exists(filepath.Join(controlDir, "config.json")) {
 		say("control: continued training without DMC for the same %d steps", o.RetrofitSteps)
-		ro := &RetrofitOptions{Model: baseDir, Tokenizer: tokPath, Data: shards, Out: controlRun, Config: "demo-retrofit",
-			Control: true, Steps: o.RetrofitSteps, Resume: exists(filepath.Join(controlRun, "checkpoints"))}
-		res, err := ro.Run(ctx, quiet)
-		if err != nil {
-			return err
-		}
-		if !res.Run.Done {
-			return fmt.Errorf("control run interrupted; run the demo again to continue")
-		}
-		if err := (&ExportOptions{RunDir: controlRun, Out: controlDir, DType: "fp32", Tokenizer: tokPath, ShardMB: 1 << 20}).Run(ctx, quiet); err != nil {
+		if err := train(retrofit.Spec{Model: baseDir, Out: controlRun, Config: "demo-retrofit", Control: true, Steps: o.RetrofitSteps},
+			"control run", controlDir); err != nil {
 			return err
 		}
 	}
 
 	// 4. Evaluate vanilla vs DMC on the held-out stories with the real caches.
 	say("evaluating on the held-out stories")
-	evalOf := func(m, cache string) (*EvalReport, error) {
-		silent := &IO{In: streams.In, Out: &bytes.Buffer{}, Err: &bytes.Buffer{}}
-		return (&EvalOptions{Model: m, Data: shards, Tasks: "ppl", Cache: cache, JSON: path("eval-" + filepath.Base(m) + "-" + cache + ".json")}).Run(ctx, silent)
+	evalOf := func(m, cache string) (*retrofit.EvalReport, error) {
+		return retrofit.Evaluate(ctx, retrofit.EvalSpec{Model: m, Data: shards, Tasks: "ppl", Cache: cache,
+			JSON: path("eval-" + filepath.Base(m) + "-" + cache + ".json")}, retrofit.EvalHooks{})
 	}
 	base, err := evalOf(baseDir, "vanilla")
 	if err != nil {
@@ -205,14 +171,27 @@ func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
 	}
 
 	// 5. Generate from the export with the compressed cache.
-	var sample bytes.Buffer
-	gen := &GenerateOptions{Model: exportDir, Prompt: "Once upon a time, there was a little", MaxTokens: 50, Temperature: 0, Cache: "auto", Device: "cpu"}
-	if err := gen.Run(&IO{In: streams.In, Out: &sample, Err: &bytes.Buffer{}}); err != nil {
+	const promptText = "Once upon a time, there was a little"
+	sample := bytes.NewBufferString(promptText)
+	exported, err := retrofit.LoadModel(exportDir, retrofit.LoadOptions{NeedTokenizer: true})
+	if err != nil {
+		return err
+	}
+	cache, err := exported.Cache("auto")
+	if err != nil {
+		return err
+	}
+	dec, err := retrofit.NewDecoder(exported, cache, "cpu", exported.Weights.Config.MaxSeqLen)
+	if err != nil {
+		return err
+	}
+	if _, err := retrofit.Generate(dec, exported.Tokenizer, exported.Tokenizer.Encode(promptText, true, false),
+		retrofit.GenerateOptions{MaxTokens: 50, MaxContext: exported.Weights.Config.MaxSeqLen}, sample); err != nil {
 		return err
 	}
 
 	w := tabwriter.NewWriter(streams.Out, 0, 2, 2, ' ', 0)
-	fmt.Fprintf(w, "\nDMC demo (%s, %s parameters), held-out stories: %d tokens\n\n", cfg.Name, humanCount(cfg.NumParams()), base.Tokens)
+	fmt.Fprintf(w, "\nDMC demo (%s, %s parameters), held-out stories: %d tokens\n\n", cfg.Name, retrofit.HumanCount(cfg.NumParams()), base.Tokens)
 	fmt.Fprintln(w, "model\tKV cache\tperplexity\tcompression (tokens/slots)\tKV slots")
 	fmt.Fprintf(w, "base (vanilla)\tfull\t%.3f\t%.2fx\t%d\n", base.Perplexity, base.CR, base.PPL.Slots)
 	fmt.Fprintf(w, "control: +%d steps, no DMC\tfull\t%.3f\t%.2fx\t%d\n", o.RetrofitSteps, control.Perplexity, control.CR, control.PPL.Slots)

@@ -6,7 +6,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/retrofit"
 )
 
 // GenerateOptions are the flags of `dmc generate`.
@@ -50,7 +50,7 @@ func newGenerateCmd(streams *IO) *cobra.Command {
 	return cmd
 }
 
-// Run generates and streams text to streams.Out.
+// Run generates and streams text to streams.Out, on the CPU or the CUDA engine (the same loop).
 func (o *GenerateOptions) Run(streams *IO) error {
 	if o.MaxTokens <= 0 {
 		return fmt.Errorf("--max-tokens must be positive (got %d)", o.MaxTokens)
@@ -58,64 +58,45 @@ func (o *GenerateOptions) Run(streams *IO) error {
 	if o.Temperature < 0 {
 		return fmt.Errorf("--temperature must be ≥ 0 (got %g); use 0 for greedy decoding", o.Temperature)
 	}
-	lm, err := loadLanguageModel(o.Model, o.Tokenizer)
-	if err != nil {
-		return err
-	}
-	if o.Device == "cuda" {
-		return generateCUDA(o, lm, streams)
-	}
-	if o.Device != "cpu" {
+	if o.Device != "cpu" && o.Device != "cuda" {
 		return fmt.Errorf("unknown --device %q: use cpu or cuda", o.Device)
 	}
-	cache, err := lm.newCache(o.Cache)
+	m, err := retrofit.LoadModel(o.Model, retrofit.LoadOptions{Tokenizer: o.Tokenizer, NeedTokenizer: true, Warn: streams.Err})
 	if err != nil {
 		return err
 	}
-	tok := lm.Tok
-	prompt := tok.Encode(o.Prompt, true, false)
-	cfg := lm.Weights.Config
-	if len(prompt) >= cfg.MaxSeqLen {
-		return fmt.Errorf("the prompt is %d tokens but the model's context is %d; shorten it", len(prompt), cfg.MaxSeqLen)
+	cache, err := m.Cache(o.Cache)
+	if err != nil {
+		return err
 	}
+	prompt := m.Tokenizer.Encode(o.Prompt, true, false)
 	seed := o.Seed
 	if seed == 0 {
 		seed = uint64(time.Now().UnixNano())
 	}
-	sampler := model.NewSampler(o.Temperature, o.TopP, seed)
-	m := model.New(lm.Weights)
-	start := time.Now()
-	logits, err := m.Forward(cache, prompt, 0, false)
+	gopt := retrofit.GenerateOptions{MaxTokens: o.MaxTokens, Temperature: o.Temperature, TopP: o.TopP, Seed: seed,
+		MaxContext: m.Weights.Config.MaxSeqLen}
+	dec, err := retrofit.NewDecoder(m, cache, o.Device, len(prompt)+o.MaxTokens+1)
 	if err != nil {
 		return err
 	}
-	prefill := time.Since(start)
+	defer dec.Close()
+	if o.Device == "cuda" {
+		gopt.MaxContext = min(gopt.MaxContext, len(prompt)+o.MaxTokens+1)
+	}
 	fmt.Fprint(streams.Out, o.Prompt)
-	prev := prompt[len(prompt)-1]
-	pos := len(prompt)
-	generated := 0
-	decodeStart := time.Now()
-	for generated < o.MaxTokens && pos < cfg.MaxSeqLen {
-		next := model.Sample(sampler, logits)
-		generated++
-		if next == tok.BOS() || next == tok.EOS() {
-			break
-		}
-		fmt.Fprint(streams.Out, tok.Piece(prev, next))
-		prev = next
-		if generated == o.MaxTokens {
-			break
-		}
-		if logits, err = m.Forward(cache, []int{next}, pos, false); err != nil {
-			return err
-		}
-		pos++
+	res, err := retrofit.Generate(dec, m.Tokenizer, prompt, gopt, streams.Out)
+	if err != nil {
+		return err
 	}
 	fmt.Fprintln(streams.Out)
 	if o.Stats {
-		dec := time.Since(decodeStart)
-		fmt.Fprintf(streams.Err, "prompt %d tokens in %v; generated %d tokens at %.1f tok/s; cache %s\n",
-			len(prompt), prefill.Round(time.Millisecond), generated, float64(generated)/dec.Seconds(), lm.describeCache(cache))
+		desc, err := dec.Describe(res.ID)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(streams.Err, "%sprompt %d tokens in %v; generated %d tokens at %.1f tok/s; cache %s\n", dec.Label(),
+			res.PromptTokens, res.Prefill.Round(time.Millisecond), res.Generated, float64(res.Generated)/res.Decode.Seconds(), desc)
 	}
 	return nil
 }

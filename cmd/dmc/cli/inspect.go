@@ -8,6 +8,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/retrofit"
 )
 
 // InspectOptions are the flags of `dmc inspect`.
@@ -49,10 +50,11 @@ type inspectReport struct {
 
 // Run prints the report.
 func (o *InspectOptions) Run(streams *IO) error {
-	cfg, source, dmcInfo, err := resolveConfig(o.Model)
+	ci, err := retrofit.LoadConfig(o.Model)
 	if err != nil {
 		return err
 	}
+	cfg, source, dmcInfo := ci.Config, ci.Source, ci.DMC
 	r := inspectReport{Source: source, Config: cfg, HeadDim: cfg.HeadDim(), Params: cfg.NumParams(),
 		WeightBytesBF16: 2 * cfg.NumParams(), KVBytesPerTokenBF16: cfg.KVBytesPerToken(2),
 		KVBytesPerTokenFP32: cfg.KVBytesPerToken(4)}
@@ -94,17 +96,7 @@ func (o *InspectOptions) Run(streams *IO) error {
 	return w.Flush()
 }
 
-func humanCount(n int64) string {
-	switch {
-	case n >= 1e9:
-		return fmt.Sprintf("%.2fB (%d)", float64(n)/1e9, n)
-	case n >= 1e6:
-		return fmt.Sprintf("%.2fM (%d)", float64(n)/1e6, n)
-	case n >= 1e3:
-		return fmt.Sprintf("%.1fK (%d)", float64(n)/1e3, n)
-	}
-	return fmt.Sprint(n)
-}
+func humanCount(n int64) string { return retrofit.HumanCount(n) }
 
 func humanBytes(n int64) string {
 	const unit = 1024

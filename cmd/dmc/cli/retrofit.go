@@ -2,23 +2,15 @@ package cli
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"math"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 
 	"github.com/spf13/cobra"
 
-	"github.com/dmc-project/dmc/checkpoints"
-	"github.com/dmc-project/dmc/data"
-	"github.com/dmc-project/dmc/dmc"
-	"github.com/dmc-project/dmc/eval"
 	"github.com/dmc-project/dmc/model"
-	"github.com/dmc-project/dmc/trainer"
+	"github.com/dmc-project/dmc/retrofit"
 )
 
 // RetrofitOptions are the flags of `dmc retrofit`.
@@ -36,7 +28,6 @@ type RetrofitOptions struct {
 	Control   bool
 	Set       []string
 	StopAfter int
-	Quiet     bool
 }
 
 func init() { register(newRetrofitCmd) }
@@ -81,281 +72,19 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 	return cmd
 }
 
-// RetrofitResult is what a finished retrofit reports.
-type RetrofitResult struct {
-	Run     trainer.Result
-	Heldout *eval.PPLResult
-}
-
-// runSpec is run.json: the inputs of a run, so --resume needs only --out.
-type runSpec struct {
-	Model     string `json:"model"`
-	Weights   string `json:"weights,omitempty"`
-	Tokenizer string `json:"tokenizer,omitempty"`
-	Data      string `json:"data"`
-	Heldout   string `json:"heldout,omitempty"`
-	Config    string `json:"config,omitempty"`
-	TargetCR  float64
-	Steps     int
-	Control   bool
-	Set       []string
-}
-
-// Run trains and, when held-out data is available, evaluates the result with the real cache.
-func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*RetrofitResult, error) {
-	specPath := filepath.Join(o.Out, "run.json")
-	if o.Resume && o.Model == "" {
-		b, err := os.ReadFile(specPath)
-		if err != nil {
-			return nil, fmt.Errorf("--resume without --model needs %s (written when the run started): %w", specPath, err)
-		}
-		var s runSpec
-		if err := json.Unmarshal(b, &s); err != nil {
-			return nil, fmt.Errorf("%s is unreadable: %w", specPath, err)
-		}
-		o.Model, o.Weights, o.Tokenizer, o.Data, o.Heldout, o.Config = s.Model, s.Weights, s.Tokenizer, s.Data, s.Heldout, s.Config
-		o.TargetCR, o.Steps, o.Control, o.Set = s.TargetCR, s.Steps, s.Control, s.Set
-	}
-	if o.Model == "" || o.Data == "" {
-		return nil, errors.New("--model and --data are required (or --resume with an existing --out)")
-	}
-	recipe, err := o.recipe()
+// Run trains and prints the outcome.
+func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*retrofit.Result, error) {
+	res, err := retrofit.Run(ctx, retrofit.Spec{Model: o.Model, Weights: o.Weights, Tokenizer: o.Tokenizer, Data: o.Data,
+		Heldout: o.Heldout, Config: o.Config, TargetCR: o.TargetCR, Steps: o.Steps, Control: o.Control, Set: o.Set,
+		Out: o.Out, Resume: o.Resume, StopAfter: o.StopAfter}, streams.Err)
 	if err != nil {
-		return nil, err
+		return res, err
 	}
-	w, src, err := resolveWeights(o.Model, o.Weights)
-	if err != nil {
-		return nil, err
+	if res.Run.Interrupted {
+		fmt.Fprintf(streams.Err, "interrupted: saved %s; continue with: dmc retrofit --out %s --resume\n", res.Run.Checkpoint, o.Out)
 	}
-	cfg := w.Config
-	if recipe.SeqLen > cfg.MaxSeqLen {
-		return nil, fmt.Errorf("recipe seq_len %d exceeds the model's context of %d tokens: use --set seq_len=%d or less", recipe.SeqLen, cfg.MaxSeqLen, cfg.MaxSeqLen)
+	if r := res.Heldout; r != nil {
+		fmt.Fprintf(streams.Out, "held-out perplexity %.4f over %d tokens, real compression %.2fx (%s cache)\n", r.PPL, r.Tokens, r.CR, res.Cache)
 	}
-	dc := dmc.DefaultConfig()
-	dc.Window, dc.Temperature, dc.DecisionChannel = recipe.Window, recipe.Temperature, recipe.DecisionChannel
-	dc.DecisionOffset, dc.ImportanceOffset = recipe.DecisionOffset, recipe.ImportanceOffset
-	if err := dc.Validate(); err != nil {
-		return nil, err
-	}
-	if err := dc.CheckHeadDim(cfg.HeadDim()); err != nil {
-		return nil, err
-	}
-	ds, err := data.OpenWith(o.Data, data.OpenOptions{Split: splitOf(o.Data, "train")})
-	if err != nil {
-		return nil, err
-	}
-	tokPath := o.Tokenizer
-	if ds.Manifest != nil {
-		if ds.Manifest.Tokenizer.VocabSize > cfg.VocabSize {
-			return nil, fmt.Errorf("the shards in %s were tokenised with a %d-token vocabulary but the model has %d: re-run dmc data prepare with the model's tokenizer",
-				o.Data, ds.Manifest.Tokenizer.VocabSize, cfg.VocabSize)
-		}
-		if tokPath == "" {
-			tokPath = ds.Manifest.Tokenizer.Path
-		}
-	}
-	source, err := newPackerSource(ds, data.PackerOptions{SeqLen: recipe.SeqLen, Shuffle: true, Seed: recipe.Seed})
-	if err != nil {
-		return nil, err
-	}
-	defer source.Close()
-	g, err := newGraphModel(w, dc, recipe.MicroBatchSize(), recipe.SeqLen, recipe.DistillWeight > 0)
-	if err != nil {
-		return nil, err
-	}
-	info := runInfo{Model: cfg, Base: src, Tokenizer: tokPath}
-	if recipe.Mode == trainer.ModeDMC {
-		info.DMC, info.TargetCR = &dc, recipe.TargetCR
-	}
-	if err := os.MkdirAll(o.Out, 0o755); err != nil {
-		return nil, err
-	}
-	spec, _ := json.MarshalIndent(runSpec{o.Model, o.Weights, tokPath, o.Data, o.Heldout, o.Config, o.TargetCR, o.Steps, o.Control, o.Set}, "", "  ")
-	if !o.Resume {
-		if err := writeFileAtomic(specPath, append(spec, '\n')); err != nil {
-			return nil, err
-		}
-	}
-	mode := "DMC retrofit to CR " + fmt.Sprint(recipe.TargetCR)
-	if recipe.Mode == trainer.ModeControl {
-		mode = "control run (no DMC)"
-	}
-	fmt.Fprintf(streams.Err, "%s of %s (%s params): %d steps of %d×%d tokens, run dir %s\n",
-		mode, src, humanCount(cfg.NumParams()), recipe.TotalSteps(), recipe.BatchSize, recipe.SeqLen, o.Out)
-	res, err := trainer.Run(ctx, trainer.Options{
-		RunDir: o.Out, Recipe: recipe, Model: g, Source: &vocabCheckedSource{source, cfg.VocabSize, o.Data},
-		ModelConfig: info, Resume: o.Resume, StopAfter: o.StopAfter, Progress: streams.Err,
-		OnZeroOutEnd: func(params []trainer.Param) error { return zeroDecisionRows(params, cfg, dc) },
-	})
-	if err != nil {
-		return nil, err
-	}
-	out := &RetrofitResult{Run: res}
-	if res.Interrupted {
-		fmt.Fprintf(streams.Err, "interrupted: saved %s; continue with: dmc retrofit --out %s --resume\n", res.Checkpoint, o.Out)
-		return out, nil
-	}
-	if !res.Done {
-		return out, nil
-	}
-	heldout := o.Heldout
-	if heldout == "" && ds.Manifest != nil {
-		if s, ok := ds.Manifest.Splits["heldout"]; ok && s.Docs > 0 {
-			heldout = o.Data + ":heldout"
-		}
-	}
-	if heldout != "" {
-		final := g.weights()
-		name, factory, _ := cacheFactory("auto", cfg, info.DMC)
-		hds, err := data.OpenWith(heldout, data.OpenOptions{})
-		if err != nil {
-			return out, err
-		}
-		// Decode at the model's full context, as dmc eval does, so the two numbers agree.
-		r, err := eval.Perplexity(ctx, final, factory, hds.Documents(), eval.PPLOptions{})
-		if err != nil {
-			return out, err
-		}
-		out.Heldout = r
-		b, _ := json.MarshalIndent(r, "", "  ")
-		_ = writeFileAtomic(filepath.Join(o.Out, "heldout.json"), append(b, '\n'))
-		fmt.Fprintf(streams.Out, "held-out perplexity %.4f over %d tokens, real compression %.2fx (%s cache)\n", r.PPL, r.Tokens, r.CR, name)
-	}
-	return out, nil
-}
-
-func splitOf(path, def string) string {
-	if m, err := data.ReadManifest(path); err == nil {
-		if _, ok := m.Splits[def]; ok {
-			return def
-		}
-	}
-	return ""
-}
-
-// recipe resolves the recipe from --config, --target-cr, --steps, --control and --set.
-func (o *RetrofitOptions) recipe() (trainer.Recipe, error) {
-	name := o.Config
-	if name == "" {
-		name = "default"
-	}
-	r, err := trainer.LoadRecipe(name)
-	if err != nil {
-		return r, err
-	}
-	if o.TargetCR != 0 {
-		if !(o.TargetCR >= 1) {
-			return r, fmt.Errorf("--target-cr must be ≥ 1 (1 = no compression, 2 = half the KV cache), got %g", o.TargetCR)
-		}
-		r.TargetCR = o.TargetCR // stage lengths the recipe leaves at 0 are derived from it below
-	}
-	if o.Control {
-		r.Mode = trainer.ModeControl
-	}
-	if err := r.ApplyOverrides(o.Set); err != nil {
-		return r, err
-	}
-	r.Resolve()
-	if o.Steps < 0 {
-		return r, fmt.Errorf("--steps must be positive, got %d", o.Steps)
-	}
-	if o.Steps > 0 {
-		scaleStages(&r, o.Steps)
-	}
-	return r, r.Validate()
-}
-
-// scaleStages rescales the three stage lengths (and the ramp) so they sum to total.
-func scaleStages(r *trainer.Recipe, total int) {
-	old := r.TotalSteps()
-	if old <= 0 {
-		r.RetrofitSteps, r.RampSteps = total, total
-		return
-	}
-	f := float64(total) / float64(old)
-	r.ZeroOutSteps = int(math.Round(float64(r.ZeroOutSteps) * f))
-	ramp := int(math.Round(float64(r.RampSteps) * f))
-	r.FineTuneSteps = int(math.Round(float64(r.FineTuneSteps) * f))
-	r.RetrofitSteps = max(total-r.ZeroOutSteps-r.FineTuneSteps, 0)
-	r.RampSteps = min(ramp, r.RetrofitSteps)
-	if r.WarmupSteps > total/4 {
-		r.WarmupSteps = total / 4
-	}
-}
-
-// resolveWeights loads a checkpoint, or for a preset finds its weights (--weights, $DMC_WEIGHTS,
-// the Hugging Face cache) and checks they have the preset's shape.
-func resolveWeights(modelArg, weights string) (*model.Weights, string, error) {
-	preset, perr := model.Preset(modelArg)
-	if perr != nil {
-		w, src, err := checkpoints.Load(modelArg)
-		return w, src, err
-	}
-	var tried []string
-	candidates := []string{weights, os.Getenv("DMC_WEIGHTS"), preset.HFRepo}
-	labels := []string{"--weights", "$DMC_WEIGHTS", "the Hugging Face cache entry " + preset.HFRepo}
-	for i, c := range candidates {
-		if c == "" {
-			continue
-		}
-		w, src, err := checkpoints.Load(c)
-		if err != nil {
-			tried = append(tried, fmt.Sprintf("%s (%s): %v", labels[i], c, err))
-			if i < 2 {
-				return nil, "", fmt.Errorf("weights for preset %s from %s: %w", modelArg, labels[i], err)
-			}
-			continue
-		}
-		wc, pc := w.Config, preset
-		wc.Name, wc.HFRepo, pc.Name, pc.HFRepo, wc.RoPE, pc.RoPE, wc.MaxSeqLen, pc.MaxSeqLen = "", "", "", "", "", "", 0, 0
-		if wc != pc {
-			return nil, "", fmt.Errorf("the weights at %s do not have the shape of preset %s (got %+v)", src, modelArg, w.Config)
-		}
-		return w, src, nil
-	}
-	msg := fmt.Sprintf("preset %s needs its weights (%s parameters). Download them, e.g. `huggingface-cli download %s`, or pass --weights DIR (a Hugging Face Llama directory or a llama2.c .bin), or set DMC_WEIGHTS",
-		modelArg, humanCount(preset.NumParams()), preset.HFRepo)
-	if len(tried) > 0 {
-		msg += "; tried: " + fmt.Sprint(tried)
-	}
-	return nil, "", errors.New(msg)
-}
-
-// vocabCheckedSource stops training with a clear error when the data holds ids the model lacks.
-type vocabCheckedSource struct {
-	*packerSource
-	vocab int
-	path  string
-}
-
-func (s *vocabCheckedSource) Next() ([]int, error) {
-	w, err := s.packerSource.Next()
-	for _, t := range w {
-		if t < 0 || t >= s.vocab {
-			return nil, fmt.Errorf("the data in %s has token id %d but the model's vocabulary has %d entries: the shards come from a different tokenizer; re-run dmc data prepare with the model's tokenizer", s.path, t, s.vocab)
-		}
-	}
-	return w, err
-}
-
-// zeroDecisionRows zeroes the W_q/W_k rows that produce the decision channel, in the trainer's
-// parameter view (HF names), at the end of stage 1.
-func zeroDecisionRows(params []trainer.Param, cfg model.Config, dc dmc.Config) error {
-	p, err := model.NewParams[float32](cfg)
-	if err != nil {
-		return err
-	}
-	byName := map[string][]float32{}
-	for _, t := range params {
-		byName[t.Name] = t.Value
-	}
-	for i := range p.Layers {
-		q := byName[fmt.Sprintf("model.layers.%d.self_attn.q_proj.weight", i)]
-		k := byName[fmt.Sprintf("model.layers.%d.self_attn.k_proj.weight", i)]
-		if q == nil || k == nil {
-			return fmt.Errorf("the training graph has no q/k projection for layer %d", i)
-		}
-		p.Layers[i].Wq, p.Layers[i].Wk = q, k
-	}
-	return dmc.ZeroDecisionRows(p, dc)
+	return res, nil
 }

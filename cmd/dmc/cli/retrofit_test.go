@@ -16,6 +16,7 @@ import (
 	"github.com/dmc-project/dmc/data/synth"
 	"github.com/dmc-project/dmc/data/tokenizer"
 	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/retrofit"
 )
 
 // fixture is a tiny model, tokenizer and prepared shards built from the synthetic corpus.
@@ -191,15 +192,15 @@ func TestRetrofitStopAndResumeIsExact(t *testing.T) {
 	if _, e, c := run(t, "retrofit", "--out", split, "--resume"); c != 0 {
 		t.Fatal(e)
 	}
-	a, _, _, err := loadRunDir(straight, os.Stderr)
+	a, err := retrofit.LoadModel(straight, retrofit.LoadOptions{Warn: os.Stderr})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _, _, err := loadRunDir(split, os.Stderr)
+	b, err := retrofit.LoadModel(split, retrofit.LoadOptions{Warn: os.Stderr})
 	if err != nil {
 		t.Fatal(err)
 	}
-	at, bt := a.Tensors(), b.Tensors()
+	at, bt := a.Weights.Tensors(), b.Weights.Tensors()
 	for i := range at {
 		for j := range at[i].Data {
 			if at[i].Data[j] != bt[i].Data[j] {
@@ -315,29 +316,5 @@ func TestRetrofitDistillation(t *testing.T) {
 	}
 	if a[5] <= 0 {
 		t.Errorf("KL after DMC training is %v, want > 0", a[5])
-	}
-}
-
-// --target-cr keeps stage lengths a recipe states and derives only those it leaves at 0;
-// --steps rescales all of them to the requested total.
-func TestRetrofitRecipeResolution(t *testing.T) {
-	tests := []struct {
-		opts                    RetrofitOptions
-		zero, ramp, retro, fine int
-		targetCR                float64
-	}{
-		{RetrofitOptions{Config: "demo-retrofit", TargetCR: 4}, 20, 100, 120, 100, 4},
-		{RetrofitOptions{Config: "default", TargetCR: 3}, 20, 200, 200, 40, 3},
-		{RetrofitOptions{Config: "demo-retrofit", Steps: 120}, 10, 50, 60, 50, 2},
-	}
-	for _, tc := range tests {
-		r, err := tc.opts.recipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if r.ZeroOutSteps != tc.zero || r.RampSteps != tc.ramp || r.RetrofitSteps != tc.retro || r.FineTuneSteps != tc.fine || r.TargetCR != tc.targetCR {
-			t.Errorf("%+v: stages %d/%d/%d/%d CR %g, want %d/%d/%d/%d CR %g", tc.opts, r.ZeroOutSteps, r.RampSteps, r.RetrofitSteps,
-				r.FineTuneSteps, r.TargetCR, tc.zero, tc.ramp, tc.retro, tc.fine, tc.targetCR)
-		}
 	}
 }

@@ -1,0 +1,177 @@
+package model
+
+import (
+	"fmt"
+	"math"
+)
+
+// Decoder runs a model over many sequences, each with its own KV cache: the one loop that
+// generate, eval, bench and serve share. The pure-Go CPUDecoder and the CUDA engine (package
+// kernels) implement it. A Decoder is not safe for concurrent use.
+type Decoder interface {
+	// Prefill starts one sequence per prompt. It returns the new sequence ids, the greedy next
+	// token of each, and (when wantLogits) the logits of each prompt's last token.
+	Prefill(prompts [][]int, wantLogits bool) (ids []int, next []int, logits [][]float32, err error)
+	// Decode feeds tokens[i] to sequence ids[i] and returns the greedy next tokens and
+	// optionally the logits.
+	Decode(ids []int, tokens []int, wantLogits bool) (next []int, logits [][]float32, err error)
+	// Release ends sequences and frees their caches.
+	Release(ids ...int) error
+	// LogProbs scores tokens as one new sequence: out[i] = log p(tokens[i+1] | tokens[:i+1])
+	// for i < len(tokens)−1, with the decoder's real cache. The sequence is released after.
+	LogProbs(tokens []int) ([]float64, error)
+}
+
+// CPUDecoder is the pure-Go Decoder: the reference forward over caches from NewCache.
+type CPUDecoder struct {
+	m        *Model[float32]
+	newCache func() (KVCache[float32], error)
+	seqs     map[int]*cpuSeq
+	nextID   int
+}
+
+type cpuSeq struct {
+	cache KVCache[float32]
+	pos   int
+}
+
+var _ Decoder = (*CPUDecoder)(nil)
+
+// NewCPUDecoder decodes with w; newCache makes the cache of each new sequence.
+func NewCPUDecoder(w *Weights, newCache func() (KVCache[float32], error)) *CPUDecoder {
+	return &CPUDecoder{m: New(w), newCache: newCache, seqs: map[int]*cpuSeq{}}
+}
+
+// Cache returns the cache of sequence id (nil when there is none), for its statistics.
+func (d *CPUDecoder) Cache(id int) KVCache[float32] {
+	if s := d.seqs[id]; s != nil {
+		return s.cache
+	}
+	return nil
+}
+
+// Prefill implements Decoder.
+func (d *CPUDecoder) Prefill(prompts [][]int, wantLogits bool) ([]int, []int, [][]float32, error) {
+	ids, next := make([]int, len(prompts)), make([]int, len(prompts))
+	var logits [][]float32
+	if wantLogits {
+		logits = make([][]float32, len(prompts))
+	}
+	for i, p := range prompts {
+		if len(p) == 0 {
+			_ = d.Release(ids[:i]...)
+			return nil, nil, nil, fmt.Errorf("prefill: prompt %d is empty", i)
+		}
+		c, err := d.newCache()
+		if err != nil {
+			_ = d.Release(ids[:i]...)
+			return nil, nil, nil, err
+		}
+		l, err := d.m.Forward(c, p, 0, false)
+		if err != nil {
+			_ = d.Release(ids[:i]...)
+			return nil, nil, nil, err
+		}
+		ids[i], d.nextID = d.nextID, d.nextID+1
+		d.seqs[ids[i]] = &cpuSeq{cache: c, pos: len(p)}
+		next[i] = Argmax(l)
+		if wantLogits {
+			logits[i] = l
+		}
+	}
+	return ids, next, logits, nil
+}
+
+// Decode implements Decoder.
+func (d *CPUDecoder) Decode(ids []int, tokens []int, wantLogits bool) ([]int, [][]float32, error) {
+	if len(ids) != len(tokens) {
+		return nil, nil, fmt.Errorf("decode: %d sequences but %d tokens", len(ids), len(tokens))
+	}
+	next := make([]int, len(ids))
+	var logits [][]float32
+	if wantLogits {
+		logits = make([][]float32, len(ids))
+	}
+	for i, id := range ids {
+		s := d.seqs[id]
+		if s == nil {
+			return nil, nil, fmt.Errorf("decode: no active sequence %d", id)
+		}
+		l, err := d.m.Forward(s.cache, []int{tokens[i]}, s.pos, false)
+		if err != nil {
+			return nil, nil, err
+		}
+		s.pos++
+		next[i] = Argmax(l)
+		if wantLogits {
+			logits[i] = l
+		}
+	}
+	return next, logits, nil
+}
+
+// Release implements Decoder.
+func (d *CPUDecoder) Release(ids ...int) error {
+	for _, id := range ids {
+		if _, ok := d.seqs[id]; !ok {
+			return fmt.Errorf("release: no active sequence %d", id)
+		}
+		delete(d.seqs, id)
+	}
+	return nil
+}
+
+// LogProbs implements Decoder with one batched forward over all tokens (the same computation
+// as token-by-token decoding, see Forward).
+func (d *CPUDecoder) LogProbs(tokens []int) ([]float64, error) {
+	if len(tokens) < 2 {
+		return nil, nil
+	}
+	c, err := d.newCache()
+	if err != nil {
+		return nil, err
+	}
+	V := d.m.Cfg.VocabSize
+	all, err := d.m.Forward(c, tokens[:len(tokens)-1], 0, true)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]float64, len(tokens)-1)
+	for i := range out {
+		out[i] = LogSoftmaxAt(all[i*V:(i+1)*V], tokens[i+1])
+	}
+	return out, nil
+}
+
+// LogProbsByDecoding is LogProbs for any Decoder that can only prefill and decode: one prefill
+// of the first token, then one decode step per token, with logits.
+func LogProbsByDecoding(d Decoder, tokens []int) ([]float64, error) {
+	if len(tokens) < 2 {
+		return nil, nil
+	}
+	ids, _, logits, err := d.Prefill([][]int{tokens[:1]}, true)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Release(ids...)
+	out := make([]float64, len(tokens)-1)
+	for i := range out {
+		out[i] = LogSoftmaxAt(logits[0], tokens[i+1])
+		if i+1 < len(out) {
+			if _, logits, err = d.Decode(ids, tokens[i+1:i+2], true); err != nil {
+				return nil, err
+			}
+		}
+	}
+	return out, nil
+}
+
+// LogSoftmaxAt is log softmax(logits)[i], computed stably in float64.
+func LogSoftmaxAt[T Float](logits []T, i int) float64 {
+	m := float64(logits[Argmax(logits)])
+	var s float64
+	for _, l := range logits {
+		s += math.Exp(float64(l) - m)
+	}
+	return float64(logits[i]) - m - math.Log(s)
+}

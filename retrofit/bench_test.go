@@ -1,0 +1,93 @@
+package retrofit
+
+import (
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dmc-project/dmc/checkpoints"
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/model"
+)
+
+func TestParseCRList(t *testing.T) {
+	got, err := ParseCRList("1, vanilla,dmc,4")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []BenchCR{{Label: "vanilla"}, {Label: "vanilla"}, {Label: "dmc", DMC: true}, {Label: "forced-4", DMC: true, ForceCR: 4}}
+	if len(got) != len(want) {
+		t.Fatalf("got %v", got)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("entry %d: got %+v, want %+v", i, got[i], want[i])
+		}
+	}
+	for _, bad := range []string{"0", "x", "2.5", ""} {
+		if _, err := ParseCRList(bad); err == nil {
+			t.Errorf("--cr %q: want an error", bad)
+		}
+	}
+}
+
+func TestParseBatches(t *testing.T) {
+	if b, err := ParseBatches("max", 37); err != nil || len(b) != 1 || b[0] != 37 {
+		t.Fatalf("max: %v %v", b, err)
+	}
+	if _, err := ParseBatches("max", 0); err == nil || !strings.Contains(err.Error(), "not even one sequence fits") {
+		t.Fatalf("max with nothing fitting: %v", err)
+	}
+	if b, err := ParseBatches("1,16,64", 5); err != nil || len(b) != 3 || b[2] != 64 {
+		t.Fatalf("list: %v %v", b, err)
+	}
+	if _, err := ParseBatches("1,-2", 5); err == nil {
+		t.Fatal("negative batch accepted")
+	}
+}
+
+// dmc bench decode on an export runs the dmc and forced rows with the export's own DMC block
+// (decision channel and offsets), not the reference defaults; vanilla rows have no DMC.
+func TestBenchUsesTheExportsDMCBlock(t *testing.T) {
+	cfg, err := model.Preset("demo-small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := model.RandomParams[float32](cfg, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc := dmc.DefaultConfig()
+	dc.DecisionChannel, dc.DecisionOffset, dc.ImportanceOffset, dc.Window = 0, 2, 3, 8
+	info := &checkpoints.DMCInfo{Config: dc, TargetCR: 2}
+	dir := filepath.Join(t.TempDir(), "export")
+	if err := checkpoints.WriteHF(dir, w, "fp32", map[string]any{"dmc": info.ConfigBlock()}, 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	for _, random := range []bool{false, true} {
+		p, err := planBench(BenchOptions{Model: dir, RandomWeights: random, CR: "1,dmc,4", Prompt: 8, Gen: 8})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.opts[0].DMC != nil {
+			t.Errorf("vanilla row has DMC settings %+v", p.opts[0].DMC)
+		}
+		for _, i := range []int{1, 2} {
+			got := p.opts[i].DMC
+			if got == nil || *got != dc {
+				t.Errorf("random=%v row %s: DMC settings %+v, want the export's %+v", random, p.crs[i].Label, got, dc)
+			}
+		}
+		if p.opts[2].ForceCR != 4 {
+			t.Errorf("forced row: ForceCR %d", p.opts[2].ForceCR)
+		}
+	}
+	// A model without a dmc block (a preset) benchmarks DMC with the reference defaults.
+	p, err := planBench(BenchOptions{Model: "demo-small", RandomWeights: true, CR: "dmc", Prompt: 8, Gen: 8})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := p.opts[0].DMC; got == nil || *got != dmc.DefaultConfig() {
+		t.Errorf("preset: DMC settings %+v, want the defaults", got)
+	}
+}

@@ -1,0 +1,72 @@
+package retrofit
+
+import (
+	"fmt"
+
+	"github.com/dmc-project/dmc/kernels"
+	"github.com/dmc-project/dmc/model"
+)
+
+// Decoder is a model.Decoder on the device a command asked for, with what commands report
+// about it.
+type Decoder struct {
+	model.Decoder
+	cpu    *model.CPUDecoder
+	engine kernels.Engine
+	cache  Cache
+}
+
+// NewDecoder runs m with cache on device "cpu" (the pure-Go reference) or "cuda" (the CUDA
+// engine, sized for sequences of up to maxContext positions).
+func NewDecoder(m *Model, cache Cache, device string, maxContext int) (*Decoder, error) {
+	cfg := m.Weights.Config
+	switch device {
+	case "cpu":
+		factory := cache.Factory(cfg)
+		cpu := model.NewCPUDecoder(m.Weights, func() (model.KVCache[float32], error) { return factory() })
+		return &Decoder{Decoder: cpu, cpu: cpu, cache: cache}, nil
+	case "cuda":
+		if err := kernels.Available(); err != nil {
+			return nil, err
+		}
+		opt := cache.Kernels(kernels.DefaultOptions())
+		opt.MaxContext = min(cfg.MaxSeqLen, maxContext)
+		e, err := kernels.NewEngine(m.Weights, opt)
+		if err != nil {
+			return nil, err
+		}
+		return &Decoder{Decoder: e, engine: e, cache: cache}, nil
+	}
+	return nil, fmt.Errorf("unknown --device %q: use cpu or cuda", device)
+}
+
+// Label names the device in report lines ("" on the CPU, "[GPU name] " on CUDA).
+func (d *Decoder) Label() string {
+	if d.engine != nil {
+		return "[" + d.engine.Device() + "] "
+	}
+	return ""
+}
+
+// Describe says what the cache of sequence id holds (on CUDA: of all active sequences).
+func (d *Decoder) Describe(id int) (string, error) {
+	if d.cpu != nil {
+		return Describe(d.cpu.Cache(id)), nil
+	}
+	if d.cache.DMC == nil {
+		return "vanilla", nil
+	}
+	st, err := d.engine.CacheStats()
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("DMC, %d slots, compression %.2fx", st.Slots, st.CR()), nil
+}
+
+// Close frees the device memory.
+func (d *Decoder) Close() error {
+	if d.engine != nil {
+		return d.engine.Close()
+	}
+	return nil
+}

@@ -1,0 +1,70 @@
+package retrofit
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/dmc-project/dmc/data"
+	"github.com/dmc-project/dmc/data/tokenizer"
+)
+
+// OpenEvalData opens prepared shards or an Arrow dataset, or prepares a text, jsonl or parquet
+// file on the fly with the tokenizer at tokPath (which must have vocab tokens). split ""
+// picks the heldout split when there is one. The returned cleanup removes what was prepared.
+func OpenEvalData(path, split, separator, tokPath string, vocab int) (*data.Dataset, func(), error) {
+	cleanup := func() {}
+	ext := strings.ToLower(filepath.Ext(path))
+	var tok tokenizer.Tokenizer
+	loadTok := func() error {
+		if tokPath == "" {
+			return fmt.Errorf("%s is text: pass --tokenizer (the one the model was trained with)", path)
+		}
+		t, err := tokenizer.Load(tokPath)
+		if err != nil {
+			return err
+		}
+		if t.VocabSize() != vocab {
+			return fmt.Errorf("tokenizer %s has %d tokens but the model expects %d: pass the model's tokenizer", tokPath, t.VocabSize(), vocab)
+		}
+		tok = t
+		return nil
+	}
+	if ext == ".txt" || ext == ".jsonl" || ext == ".parquet" {
+		if err := loadTok(); err != nil {
+			return nil, cleanup, err
+		}
+		tmp, err := os.MkdirTemp("", "dmc-eval-")
+		if err != nil {
+			return nil, cleanup, err
+		}
+		cleanup = func() { os.RemoveAll(tmp) }
+		if _, err := data.Prepare(data.PrepareOptions{Inputs: []string{path}, Out: tmp, Tokenizer: tok, Separator: separator, Overwrite: true}); err != nil {
+			return nil, cleanup, err
+		}
+		path, split = tmp, "train"
+	}
+	if split == "" {
+		if m, err := data.ReadManifest(path); err == nil {
+			if s, ok := m.Splits["heldout"]; ok && s.Docs > 0 {
+				split = "heldout"
+			}
+		}
+	}
+	opts := data.OpenOptions{Split: split}
+	ds, err := data.OpenWith(path, opts)
+	if err != nil {
+		return nil, cleanup, err
+	}
+	if col, isText := ds.Column(); isText {
+		if err := loadTok(); err != nil {
+			return nil, cleanup, fmt.Errorf("column %q holds text: %w", col, err)
+		}
+		opts.Tokenizer = tok
+		if ds, err = data.OpenWith(path, opts); err != nil {
+			return nil, cleanup, err
+		}
+	}
+	return ds, cleanup, nil
+}

@@ -1,0 +1,109 @@
+package retrofit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/dmc-project/dmc/checkpoints"
+	"github.com/dmc-project/dmc/data"
+	"github.com/dmc-project/dmc/eval"
+	"github.com/dmc-project/dmc/internal/atomicfile"
+	"github.com/dmc-project/dmc/model"
+)
+
+// ExportOptions refine Export.
+type ExportOptions struct {
+	DType     string // bf16 (default), fp16 or fp32
+	Measure   string // held-out data to measure the achieved CR on (default: the run's heldout.json)
+	Tokenizer string // tokenizer to ship (default: the run's)
+	ShardMB   int64  // largest safetensors shard in MB (default 5000)
+	Warn      io.Writer
+}
+
+// ExportResult says what Export wrote.
+type ExportResult struct {
+	Checkpoint string // the run's checkpoint exported
+	Step       int
+	Tokenizer  string // the tokenizer shipped ("" when none)
+	DMC        *checkpoints.DMCInfo
+}
+
+// Export writes the latest checkpoint of runDir as a Hugging Face-style directory: config.json
+// with a "dmc" block (the run's dmc.Config in the rotate-half layout, target and achieved CR),
+// safetensors weights and the tokenizer.
+func Export(ctx context.Context, runDir, out string, opt ExportOptions) (*ExportResult, error) {
+	if opt.Warn == nil {
+		opt.Warn = io.Discard
+	}
+	if opt.DType == "" {
+		opt.DType = "bf16"
+	}
+	if opt.ShardMB <= 0 {
+		opt.ShardMB = 5000
+	}
+	rd, err := OpenRun(runDir)
+	if err != nil {
+		return nil, err
+	}
+	w, ck, err := rd.latest(opt.Warn)
+	if err != nil {
+		return nil, err
+	}
+	info := rd.Model
+	res := &ExportResult{Checkpoint: ck.Name, Step: ck.State.Step, Tokenizer: opt.Tokenizer}
+	if res.Tokenizer == "" {
+		res.Tokenizer = info.Tokenizer
+	}
+	var extra map[string]any
+	if info.DMC != nil {
+		d := &checkpoints.DMCInfo{Config: *info.DMC, TargetCR: info.TargetCR, TrainedSteps: ck.State.Step}
+		// WriteHF stores the rotate-half layout; the decision channel moves with its rows.
+		D := w.Config.HeadDim()
+		d.DecisionChannel = checkpoints.RoPEChannel(info.DMC.Channel(D), D, w.Config.RoPE, model.RoPEHalf)
+		var measured *eval.PPLResult
+		if opt.Measure != "" {
+			ds, err := data.OpenWith(opt.Measure, data.OpenOptions{Split: splitOf(opt.Measure, "heldout")})
+			if err != nil {
+				return nil, err
+			}
+			if measured, err = eval.Perplexity(ctx, w, eval.DMCCaches(w.Config, *info.DMC), ds.Documents(), eval.PPLOptions{}); err != nil {
+				return nil, err
+			}
+		} else if b, err := os.ReadFile(filepath.Join(runDir, HeldoutFile)); err == nil {
+			measured = &eval.PPLResult{}
+			if json.Unmarshal(b, measured) != nil {
+				measured = nil
+			}
+		}
+		if measured != nil {
+			d.AchievedCR, d.AchievedByLayer, d.AchievedByHead = measured.CR, measured.CRPerLayer, measured.CRPerHead
+		} else {
+			fmt.Fprintln(opt.Warn, "note: achieved CR not recorded (no heldout.json in the run); pass --measure DATA to measure it")
+		}
+		extra = map[string]any{"dmc": d.ConfigBlock()}
+		res.DMC = d
+	}
+	if err := checkpoints.WriteHF(out, w, opt.DType, extra, opt.ShardMB*1_000_000); err != nil {
+		return nil, err
+	}
+	if res.Tokenizer != "" {
+		if err := atomicfile.Copy(res.Tokenizer, filepath.Join(out, tokenizerFileName(res.Tokenizer))); err != nil {
+			return nil, fmt.Errorf("copy the tokenizer: %w", err)
+		}
+	} else {
+		fmt.Fprintln(opt.Warn, "note: the run records no tokenizer; pass --tokenizer to ship one with the export")
+	}
+	return res, nil
+}
+
+// tokenizerFileName is the name a tokenizer gets inside an export, where tokenizer.Find looks.
+func tokenizerFileName(src string) string {
+	if filepath.Ext(src) == ".model" {
+		return "tokenizer.model"
+	}
+	return "tokenizer.bin"
+}

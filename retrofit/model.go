@@ -1,0 +1,189 @@
+package retrofit
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/dmc-project/dmc/checkpoints"
+	"github.com/dmc-project/dmc/data/tokenizer"
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/model"
+)
+
+// Model is a loaded model: weights, DMC settings (nil for a vanilla model), tokenizer.
+type Model struct {
+	Weights *model.Weights
+	// DMC is the model's DMC block (an export's, or a run's model.json); nil for a vanilla model.
+	DMC *dmc.Config
+	// Info is an export's whole dmc block (target and achieved CR); nil otherwise.
+	Info *checkpoints.DMCInfo
+	// Tokenizer is the model's tokenizer and TokenizerPath its file; both empty when none was
+	// found and none was required.
+	Tokenizer     tokenizer.Tokenizer
+	TokenizerPath string
+	// Source says where the weights came from (a path, with the checkpoint name for runs).
+	Source string
+	// Run is set when the model is a retrofit run directory.
+	Run *RunDir
+}
+
+// LoadOptions refine LoadModel.
+type LoadOptions struct {
+	// Tokenizer overrides the tokenizer found with the model (next to it, or the run's).
+	Tokenizer string
+	// NeedTokenizer makes a missing tokenizer an error (generate); otherwise it is left empty.
+	NeedTokenizer bool
+	// Weights are the weights of a preset (then $DMC_WEIGHTS, then the hub cache).
+	Weights string
+	// Warn receives notes such as a skipped corrupt checkpoint; nil discards them.
+	Warn io.Writer
+}
+
+// LoadModel opens a model by any of the names users give: a retrofit run directory (its
+// latest verified checkpoint), a dmc export, a Hugging Face directory or hub id, a llama2.c
+// .bin, or a preset name whose weights are found as ResolveWeights says.
+func LoadModel(path string, opt LoadOptions) (*Model, error) {
+	if opt.Warn == nil {
+		opt.Warn = io.Discard
+	}
+	m := &Model{}
+	tokPath := opt.Tokenizer
+	if IsRunDir(path) {
+		rd, err := OpenRun(path)
+		if err != nil {
+			return nil, err
+		}
+		w, ck, err := rd.LatestWeights(opt.Warn)
+		if err != nil {
+			return nil, err
+		}
+		m.Weights, m.DMC, m.Run, m.Source = w, rd.Model.DMC, rd, fmt.Sprintf("%s (%s)", path, ck)
+		if tokPath == "" {
+			tokPath = rd.Model.Tokenizer
+		}
+	} else {
+		w, src, err := ResolveWeights(path, opt.Weights)
+		if err != nil {
+			return nil, err
+		}
+		info, err := checkpoints.ReadDMCInfo(src)
+		if err != nil {
+			return nil, err
+		}
+		m.Weights, m.Info, m.Source = w, info, src
+		if info != nil {
+			c := info.Config
+			m.DMC = &c
+		}
+		if tokPath == "" {
+			if tokPath, err = tokenizer.Find(src); err != nil && opt.NeedTokenizer {
+				return nil, fmt.Errorf("%w; pass --tokenizer PATH", err)
+			}
+		}
+	}
+	if tokPath == "" {
+		if opt.NeedTokenizer {
+			return nil, fmt.Errorf("%s records no tokenizer: pass --tokenizer PATH", path)
+		}
+		return m, nil
+	}
+	tok, err := LoadTokenizer(tokPath, m.Weights.Config.VocabSize)
+	if err != nil {
+		if opt.NeedTokenizer {
+			return nil, err
+		}
+		tok = nil // reported when text data needs it (OpenEvalData)
+	}
+	m.Tokenizer, m.TokenizerPath = tok, tokPath
+	return m, nil
+}
+
+// LoadTokenizer loads a tokenizer and checks it has the model's vocabulary size.
+func LoadTokenizer(path string, vocab int) (tokenizer.Tokenizer, error) {
+	tok, err := tokenizer.Load(path)
+	if err != nil {
+		return nil, err
+	}
+	if tok.VocabSize() != vocab {
+		return nil, fmt.Errorf("tokenizer %s has %d tokens but the model expects %d: pass the tokenizer the model was trained with (--tokenizer)",
+			path, tok.VocabSize(), vocab)
+	}
+	return tok, nil
+}
+
+// ConfigInfo is a model's architecture without its weights.
+type ConfigInfo struct {
+	Config model.Config
+	Source string
+	DMC    *checkpoints.DMCInfo
+}
+
+// LoadConfig reads an architecture from a preset name or a checkpoint, without weights.
+func LoadConfig(path string) (ConfigInfo, error) {
+	if cfg, err := model.Preset(path); err == nil {
+		return ConfigInfo{Config: cfg, Source: "preset " + path}, nil
+	}
+	cfg, src, err := checkpoints.LoadConfig(path)
+	if err != nil {
+		if !strings.ContainsAny(path, "/.") {
+			return ConfigInfo{}, fmt.Errorf("%q is not a preset (known: %s) and not a checkpoint: %w",
+				path, strings.Join(model.PresetNames(), ", "), err)
+		}
+		return ConfigInfo{}, err
+	}
+	info, err := checkpoints.ReadDMCInfo(src)
+	return ConfigInfo{Config: cfg, Source: src, DMC: info}, err
+}
+
+// ResolveWeights loads a checkpoint, or for a preset finds its weights (weights, then
+// $DMC_WEIGHTS, then the Hugging Face cache) and checks they have the preset's shape.
+func ResolveWeights(modelArg, weights string) (*model.Weights, string, error) {
+	preset, perr := model.Preset(modelArg)
+	if perr != nil {
+		return checkpoints.Load(modelArg)
+	}
+	var tried []string
+	candidates := []string{weights, os.Getenv("DMC_WEIGHTS"), preset.HFRepo}
+	labels := []string{"--weights", "$DMC_WEIGHTS", "the Hugging Face cache entry " + preset.HFRepo}
+	for i, c := range candidates {
+		if c == "" {
+			continue
+		}
+		w, src, err := checkpoints.Load(c)
+		if err != nil {
+			tried = append(tried, fmt.Sprintf("%s (%s): %v", labels[i], c, err))
+			if i < 2 {
+				return nil, "", fmt.Errorf("weights for preset %s from %s: %w", modelArg, labels[i], err)
+			}
+			continue
+		}
+		wc, pc := w.Config, preset
+		wc.Name, wc.HFRepo, pc.Name, pc.HFRepo, wc.RoPE, pc.RoPE, wc.MaxSeqLen, pc.MaxSeqLen = "", "", "", "", "", "", 0, 0
+		if wc != pc {
+			return nil, "", fmt.Errorf("the weights at %s do not have the shape of preset %s (got %+v)", src, modelArg, w.Config)
+		}
+		return w, src, nil
+	}
+	msg := fmt.Sprintf("preset %s needs its weights (%s parameters). Download them, e.g. `huggingface-cli download %s`, or pass --weights DIR (a Hugging Face Llama directory or a llama2.c .bin), or set DMC_WEIGHTS",
+		modelArg, HumanCount(preset.NumParams()), preset.HFRepo)
+	if len(tried) > 0 {
+		msg += "; tried: " + fmt.Sprint(tried)
+	}
+	return nil, "", errors.New(msg)
+}
+
+// HumanCount writes n with a K/M/B suffix and in full: "1.50M (1500000)".
+func HumanCount(n int64) string {
+	switch {
+	case n >= 1e9:
+		return fmt.Sprintf("%.2fB (%d)", float64(n)/1e9, n)
+	case n >= 1e6:
+		return fmt.Sprintf("%.2fM (%d)", float64(n)/1e6, n)
+	case n >= 1e3:
+		return fmt.Sprintf("%.1fK (%d)", float64(n)/1e3, n)
+	}
+	return fmt.Sprint(n)
+}

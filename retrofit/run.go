@@ -1,0 +1,233 @@
+package retrofit
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"path/filepath"
+
+	"github.com/dmc-project/dmc/data"
+	"github.com/dmc-project/dmc/eval"
+	"github.com/dmc-project/dmc/graph"
+	"github.com/dmc-project/dmc/internal/atomicfile"
+	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/trainer"
+)
+
+// Spec is what a retrofit run is asked to do. The persisted part is run.json (its keys are
+// the JSON names below), so that --resume needs only the run directory.
+type Spec struct {
+	Model     string   `json:"model"`               // checkpoint, hub id or preset
+	Weights   string   `json:"weights,omitempty"`   // weights of a preset
+	Tokenizer string   `json:"tokenizer,omitempty"` // default: the shards' manifest, or next to the model
+	Data      string   `json:"data"`                // training shards
+	Heldout   string   `json:"heldout,omitempty"`   // held-out data (default: the heldout split of Data)
+	Config    string   `json:"config,omitempty"`    // recipe name or YAML file (default: default)
+	TargetCR  float64  `json:"TargetCR"`            // overrides the recipe's target_cr when ≠ 0
+	Steps     int      `json:"Steps"`               // total steps; the recipe's stages are scaled to it when ≠ 0
+	Control   bool     `json:"Control"`             // plain continued training, no DMC
+	Set       []string `json:"Set"`                 // recipe overrides key=value
+
+	Out       string `json:"-"` // the run directory (required)
+	Resume    bool   `json:"-"` // continue from the latest checkpoint in Out
+	StopAfter int    `json:"-"` // stop (with a checkpoint) after this many steps in total
+}
+
+// Result is what Run reports.
+type Result struct {
+	Run     trainer.Result
+	Heldout *eval.PPLResult // the final held-out evaluation; nil when none ran
+	Cache   string          // the cache it ran with ("dmc" or "vanilla")
+	Recipe  trainer.Recipe
+	Source  string // the base checkpoint
+}
+
+// Run trains as spec says and, when held-out data is available, evaluates the result with
+// the real cache. Progress lines (the header, the trainer's progress) go to progress.
+func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
+	if progress == nil {
+		progress = io.Discard
+	}
+	if spec.Out == "" {
+		return nil, errors.New("no run directory: pass --out DIR")
+	}
+	specPath := filepath.Join(spec.Out, SpecFile)
+	if spec.Resume && spec.Model == "" {
+		s, err := ReadSpec(spec.Out)
+		if err != nil {
+			return nil, fmt.Errorf("--resume without --model needs %s (written when the run started): %w", specPath, err)
+		}
+		s.Out, s.Resume, s.StopAfter = spec.Out, spec.Resume, spec.StopAfter
+		spec = *s
+	}
+	if spec.Model == "" || spec.Data == "" {
+		return nil, errors.New("--model and --data are required (or --resume with an existing --out)")
+	}
+	recipe, err := ResolveRecipe(spec)
+	if err != nil {
+		return nil, err
+	}
+	w, src, err := ResolveWeights(spec.Model, spec.Weights)
+	if err != nil {
+		return nil, err
+	}
+	cfg := w.Config
+	if recipe.SeqLen > cfg.MaxSeqLen {
+		return nil, fmt.Errorf("recipe seq_len %d exceeds the model's context of %d tokens: use --set seq_len=%d or less", recipe.SeqLen, cfg.MaxSeqLen, cfg.MaxSeqLen)
+	}
+	dc := recipe.Config
+	if err := dc.Validate(); err != nil {
+		return nil, err
+	}
+	if err := dc.CheckHeadDim(cfg.HeadDim()); err != nil {
+		return nil, err
+	}
+	ds, err := data.OpenWith(spec.Data, data.OpenOptions{Split: splitOf(spec.Data, "train")})
+	if err != nil {
+		return nil, err
+	}
+	tokPath := spec.Tokenizer
+	if ds.Manifest != nil {
+		if ds.Manifest.Tokenizer.VocabSize > cfg.VocabSize {
+			return nil, fmt.Errorf("the shards in %s were tokenised with a %d-token vocabulary but the model has %d: re-run dmc data prepare with the model's tokenizer",
+				spec.Data, ds.Manifest.Tokenizer.VocabSize, cfg.VocabSize)
+		}
+		if tokPath == "" {
+			tokPath = ds.Manifest.Tokenizer.Path
+		}
+	}
+	source, err := newPackerSource(ds, data.PackerOptions{SeqLen: recipe.SeqLen, Shuffle: true, Seed: recipe.Seed})
+	if err != nil {
+		return nil, err
+	}
+	defer source.Close()
+	// With distillation, w itself (as loaded, before any training or resume) is the frozen teacher.
+	var teacher *model.Weights
+	if recipe.DistillWeight > 0 {
+		teacher = w
+	}
+	g, err := graph.NewExec(w, dc, recipe.MicroBatchSize(), recipe.SeqLen, graph.Options[float32]{Teacher: teacher})
+	if err != nil {
+		return nil, err
+	}
+	info := ModelInfo{Model: cfg, Base: src, Tokenizer: tokPath}
+	if recipe.Mode == trainer.ModeDMC {
+		info.DMC, info.TargetCR = &dc, recipe.TargetCR
+	}
+	if err := os.MkdirAll(spec.Out, 0o755); err != nil {
+		return nil, err
+	}
+	if !spec.Resume {
+		persisted := spec
+		persisted.Tokenizer = tokPath
+		b, _ := json.MarshalIndent(persisted, "", "  ")
+		if err := atomicfile.Write(specPath, append(b, '\n')); err != nil {
+			return nil, err
+		}
+	}
+	mode := "DMC retrofit to CR " + fmt.Sprint(recipe.TargetCR)
+	if recipe.Mode == trainer.ModeControl {
+		mode = "control run (no DMC)"
+	}
+	fmt.Fprintf(progress, "%s of %s (%s params): %d steps of %d×%d tokens, run dir %s\n",
+		mode, src, HumanCount(cfg.NumParams()), recipe.TotalSteps(), recipe.BatchSize, recipe.SeqLen, spec.Out)
+	res, err := trainer.Run(ctx, trainer.Options{
+		RunDir: spec.Out, Recipe: recipe, Model: g, Source: &vocabCheckedSource{source, cfg.VocabSize, spec.Data},
+		ModelConfig: info, Resume: spec.Resume, StopAfter: spec.StopAfter, Progress: progress,
+		OnZeroOutEnd: func(params []trainer.Param) error { return zeroDecisionRows(params, cfg, dc) },
+	})
+	if err != nil {
+		return nil, err
+	}
+	cache, _ := ChooseCache("auto", info.DMC)
+	out := &Result{Run: res, Cache: cache.Name, Recipe: recipe, Source: src}
+	if res.Interrupted || !res.Done {
+		return out, nil
+	}
+	heldout := spec.Heldout
+	if heldout == "" && ds.Manifest != nil {
+		if s, ok := ds.Manifest.Splits["heldout"]; ok && s.Docs > 0 {
+			heldout = spec.Data + ":heldout"
+		}
+	}
+	if heldout != "" {
+		hds, err := data.OpenWith(heldout, data.OpenOptions{})
+		if err != nil {
+			return out, err
+		}
+		// Decode at the model's full context, as dmc eval does, so the two numbers agree.
+		r, err := eval.Perplexity(ctx, g.Weights(), cache.Factory(cfg), hds.Documents(), eval.PPLOptions{})
+		if err != nil {
+			return out, err
+		}
+		out.Heldout = r
+		b, _ := json.MarshalIndent(r, "", "  ")
+		_ = atomicfile.Write(filepath.Join(spec.Out, HeldoutFile), append(b, '\n'))
+	}
+	return out, nil
+}
+
+// splitOf returns def when path is prepared shards with that split, else "" (all data).
+func splitOf(path, def string) string {
+	if m, err := data.ReadManifest(path); err == nil {
+		if _, ok := m.Splits[def]; ok {
+			return def
+		}
+	}
+	return ""
+}
+
+// ResolveRecipe resolves spec's recipe: Config (default "default"), then TargetCR, Control,
+// Set, the derived step counts, and Steps, which scales the stages; the result is validated.
+func ResolveRecipe(spec Spec) (trainer.Recipe, error) {
+	name := spec.Config
+	if name == "" {
+		name = "default"
+	}
+	r, err := trainer.LoadRecipe(name)
+	if err != nil {
+		return r, err
+	}
+	if spec.TargetCR != 0 {
+		if !(spec.TargetCR >= 1) {
+			return r, fmt.Errorf("--target-cr must be ≥ 1 (1 = no compression, 2 = half the KV cache), got %g", spec.TargetCR)
+		}
+		r.TargetCR = spec.TargetCR // stage lengths the recipe leaves at 0 are derived from it below
+	}
+	if spec.Control {
+		r.Mode = trainer.ModeControl
+	}
+	if err := r.ApplyOverrides(spec.Set); err != nil {
+		return r, err
+	}
+	r.Resolve()
+	if spec.Steps < 0 {
+		return r, fmt.Errorf("--steps must be positive, got %d", spec.Steps)
+	}
+	if spec.Steps > 0 {
+		scaleStages(&r, spec.Steps)
+	}
+	return r, r.Validate()
+}
+
+// scaleStages rescales the three stage lengths (and the ramp) so they sum to total.
+func scaleStages(r *trainer.Recipe, total int) {
+	old := r.TotalSteps()
+	if old <= 0 {
+		r.RetrofitSteps, r.RampSteps = total, total
+		return
+	}
+	f := float64(total) / float64(old)
+	r.ZeroOutSteps = int(math.Round(float64(r.ZeroOutSteps) * f))
+	ramp := int(math.Round(float64(r.RampSteps) * f))
+	r.FineTuneSteps = int(math.Round(float64(r.FineTuneSteps) * f))
+	r.RetrofitSteps = max(total-r.ZeroOutSteps-r.FineTuneSteps, 0)
+	r.RampSteps = min(ramp, r.RetrofitSteps)
+	if r.WarmupSteps > total/4 {
+		r.WarmupSteps = total / 4
+	}
+}

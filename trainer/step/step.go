@@ -1,0 +1,55 @@
+// Package step is the contract between the training loop (package trainer) and a trainable
+// model (the training graph, package graph, on any executor): the parameters, one micro-batch,
+// what the schedule asks of one step, and the losses it reports. It is a leaf: both sides
+// import it, neither imports the other.
+package step
+
+// Param is one trainable tensor under its Hugging Face name. Value and Grad share the model's
+// storage: the model overwrites Grad on every Step and the trainer updates Value in place.
+type Param struct {
+	Name  string
+	Shape []int
+	Value []float32
+	Grad  []float32
+}
+
+// Batch is one micro-batch of token ids, row-major [BatchSize, SeqLen]; Targets are the
+// Inputs shifted left by one token. A negative target is ignored by the loss.
+type Batch struct {
+	Inputs, Targets   []int
+	BatchSize, SeqLen int
+}
+
+// Context tells the model what the schedule wants for this step.
+type Context struct {
+	Step, MicroBatch int     // optimiser step (0-based) and micro-batch index within it
+	Seed             uint64  // keys the Gumbel noise; a pure function of (seed, step, rank, micro-batch)
+	DMC              bool    // relaxed DMC attention on (stages 2-3 of a dmc run); false: plain Llama
+	TargetAlpha      float64 // α*(s) = 1 − 1/CR(s) for the CR loss
+	// ZeroOut is the stage-1 multiplier of the decision channel q/k[ch]; 1 = none (vanilla,
+	// and stages 2-3, where DMC removes the channel itself). Below 1 the plain graph runs (no
+	// merging) with the channel scaled, whatever DMC says.
+	ZeroOut  float64
+	Hard     bool    // hard decisions 1[a > 0], no noise (evaluation)
+	CRWeight float64 // λ of L = L_LM + λ·L_CR (0 when the CR loss is off)
+	// DistillWeight β mixes the LM loss: (1−β)·cross-entropy + β·KL(teacher ‖ model), the
+	// teacher being the original model, run plain. 0 = plain cross-entropy.
+	DistillWeight float64
+}
+
+// Losses are what one forward (and backward) pass reports. Loss = (1−β)·LM + β·KD +
+// CRWeight·CR, β the distillation weight. LM (cross-entropy) is the token mean over the
+// micro-batch; MeanAlpha is the mean hard decision (0 when DMC is off).
+type Losses struct {
+	Loss, LM, CR, MeanAlpha float64
+	KD                      float64 // KL to the original model (distillation); 0 when off
+	Tokens                  int
+}
+
+// Model is a trainable model. Step runs forward and backward on one micro-batch and overwrites
+// every Param's Grad with the gradient of that micro-batch's Loss; Forward only evaluates.
+type Model interface {
+	Params() []Param
+	Step(b Batch, sc Context) (Losses, error)
+	Forward(b Batch, sc Context) (Losses, error)
+}
