@@ -6,8 +6,13 @@
 // # Prepare
 //
 // Prepare reads .txt (documents split by a separator, <|endoftext|> by default), .jsonl (a
-// string field, "text" by default) and .parquet (a string column, read one row group at a
-// time), tokenises each document with BOS first (EOS optional) and writes
+// string field, "text" by default), .parquet (a string column, read one row group at a
+// time) and Arrow data with a string column (Arrow IPC files and streams, Hugging Face
+// save_to_disk folders, Dataset or DatasetDict, "DIR:SPLIT"; TextColumn, by default the
+// column "text", else the only string column). A file named without a known extension is
+// recognised by its content (DetectFormat: Arrow magic, Parquet magic, JSON lines, else UTF-8
+// text), so WikiText's wiki.test.raw is text; bytes that are not UTF-8 text are refused with
+// their offset. It tokenises each document with BOS first (EOS optional) and writes
 //
 //	OUT/manifest.json          tokenizer (path, vocab size, fingerprint), split rule, counts
 //	OUT/train/shard-00000.arrow
@@ -15,15 +20,20 @@
 //
 // Shards are Arrow IPC file-format files with one column input_ids (list<int32>), one row
 // per document, rotated at a size limit and renamed into place only when complete; the
-// manifest is written last, so a directory with a manifest is whole. Documents go to
+// manifest is written last, so a directory with a manifest is whole. Everything is written
+// to a temporary directory next to OUT and moved in only when complete; with Overwrite
+// (--force) only the files the old manifest lists (Manifest.Files) are removed, and a
+// directory holding files but no manifest is never overwritten. Documents go to
 // train/held-out by a per-document hash (HeldoutFrac, Seed) or by where they start in the
 // input bytes (SplitByBytes: the TinyStories convention of 0.85).
 //
 // # Reading
 //
 // Open/OpenWith accept a shard file in either IPC format, a directory of *.arrow files, a
-// prepared directory (split "train" by default, "PATH:heldout" for the other) and Hugging
-// Face save_to_disk folders (state.json; DatasetDict with dataset_dict.json, "PATH:SPLIT").
+// prepared directory (split "train" by default, "PATH:heldout" for the other), Hugging
+// Face save_to_disk folders (state.json; DatasetDict with dataset_dict.json, "PATH:SPLIT")
+// and single text, JSON lines or Parquet files (by name or content; tokenised on the fly,
+// indexed in groups of documents so that packing can shuffle them).
 // Tokens come from an input_ids column (list or large_list of int32/int64) or from a text
 // column tokenised on the fly. Streams have no footer, so Open indexes the offset of every
 // record batch from the message headers alone; any batch of any shard can then be read

@@ -28,6 +28,7 @@ const (
 	LayoutHFDataset   = "hf-dataset"     // Hugging Face save_to_disk of a Dataset (state.json)
 	LayoutArrowDir    = "arrow-dir"      // a directory of *.arrow files
 	LayoutArrowFile   = "arrow-file"     // a single Arrow IPC file or stream
+	LayoutTextFile    = "text-file"      // a text, JSON lines or Parquet file, tokenised on the fly
 )
 
 // OpenOptions configures OpenWith.
@@ -36,8 +37,11 @@ type OpenOptions struct {
 	// the only split). "PATH:SPLIT" in the path does the same.
 	Split string
 	// TextColumn names a string column to tokenise. Empty means: use input_ids when present,
-	// else a column named "text".
+	// else a column named "text". For a JSON lines file it is the text field ("text" by
+	// default); for a Parquet file it defaults to "text", else the only string column.
 	TextColumn string
+	// Separator splits the documents of a plain-text file ("" means DefaultSeparator).
+	Separator string
 	// Tokenizer tokenises text columns (BOS first, EOS when AddEOS). For prepared
 	// directories it is checked against the manifest's fingerprint.
 	Tokenizer Tokenizer
@@ -69,6 +73,7 @@ type Dataset struct {
 	DeclaredRows int64
 
 	shards    []*shard
+	docFormat string // LayoutTextFile: the file's format
 	column    string
 	colIdx    int
 	kind      columnKind
@@ -79,12 +84,21 @@ type Dataset struct {
 
 // shard is one Arrow file. For the stream format (which has no footer) Open builds an index
 // of record-batch offsets by reading only message headers, so any batch can be read directly.
+// A text, JSON lines or Parquet file is a shard too (format set): its batches are groups of
+// documents (text, JSON lines: indexed by byte offset at Open) or row groups (Parquet),
+// delivered as records with one string column.
 type shard struct {
 	path       string
 	stream     bool
 	numBatches int
 	prefixEnd  int64   // stream: end of the schema (and dictionary) messages
-	offsets    []int64 // stream: start of each record batch, then the end of the last
+	offsets    []int64 // stream: start of each record batch, then the end of the last; text: the same for document groups
+
+	format    string // FormatTxt, FormatJSONL, FormatParquet, or "" for Arrow
+	lines     []int  // JSON lines: line number where each batch starts
+	separator string // text
+	column    string // the string column (JSON lines: the field)
+	schema    *arrow.Schema
 }
 
 // Open opens path with default options; see OpenWith.
@@ -116,7 +130,16 @@ func OpenWith(path string, opts OpenOptions) (*Dataset, error) {
 		return nil, fmt.Errorf("data: %s holds no Arrow shards", path)
 	}
 	for _, f := range files {
-		s, schema, err := openShard(f)
+		var s *shard
+		var schema *arrow.Schema
+		if d.Layout == LayoutTextFile {
+			s, err = openDocShard(f, d.docFormat, opts)
+			if s != nil {
+				schema = s.schema
+			}
+		} else {
+			s, schema, err = openShard(f)
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -161,9 +184,16 @@ func (d *Dataset) locate(path, split string) ([]string, error) {
 	}
 	if !st.IsDir() {
 		if split != "" {
-			return nil, fmt.Errorf("data: %s is a single Arrow file and has no splits; drop the split %q", path, split)
+			return nil, fmt.Errorf("data: %s is a single file and has no splits; drop the split %q", path, split)
+		}
+		f, err := docFileFormat(path)
+		if err != nil {
+			return nil, err
 		}
 		d.Layout = LayoutArrowFile
+		if f != "" {
+			d.Layout, d.docFormat = LayoutTextFile, f
+		}
 		return []string{path}, nil
 	}
 	has := func(name string) bool {
@@ -474,6 +504,9 @@ func (d *Dataset) Shards() []string {
 // Formats counts the shards in the Arrow IPC "file" and "stream" formats.
 func (d *Dataset) Formats() (files, streams int) {
 	for _, s := range d.shards {
+		if s.format != "" {
+			continue
+		}
 		if s.stream {
 			streams++
 		} else {
@@ -561,10 +594,15 @@ type batchReader struct {
 	f      *os.File
 	fr     *ipc.FileReader
 	sr     *ipc.Reader
-	stream int // the batch sr yields next
+	stream int          // the batch sr yields next
+	pq     *parquetText // a Parquet shard read on the fly
 }
 
 func (br *batchReader) close() {
+	if br.pq != nil {
+		br.pq.close()
+		br.pq = nil
+	}
 	if br.sr != nil {
 		br.sr.Release()
 		br.sr = nil
@@ -588,6 +626,9 @@ func (br *batchReader) read(si, b int) (rec arrow.Record, err error) {
 			rec, err = nil, fmt.Errorf("data: %s batch %d is corrupt (%v)", s.path, b, r)
 		}
 	}()
+	if s.format != "" {
+		return br.readDocs(si, b)
+	}
 	if br.shard != si {
 		br.close()
 		if br.f, err = os.Open(s.path); err != nil {

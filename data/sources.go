@@ -188,6 +188,7 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 type document struct {
 	text   string
 	offset int64
+	line   int // line number of a .jsonl document (0 for other formats)
 }
 
 // textOptions names the text inside structured inputs.
@@ -348,7 +349,7 @@ func readJSONLFrom(r io.Reader, path string, base int64, firstLine int, textFiel
 					path, lineNo, textField, raw, strings.Join(sortedKeys(obj), ", "))
 			}
 			if text != "" {
-				if err := fn(document{text: text, offset: start}); err != nil {
+				if err := fn(document{text: text, offset: start, line: lineNo}); err != nil {
 					return err
 				}
 			}
