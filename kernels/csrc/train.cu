@@ -1,0 +1,545 @@
+// Device kernels of the CUDA training executor: forward and backward of the fused ops of the
+// CPU training graph (graph/ops/doc.go), the fused AdamW step and the global gradient norm.
+// Compiled to PTX (kernels/ptx/train.ptx) by `make -C kernels ptx`, loaded by cuda_train.go.
+//
+// Conventions: fp32 activations and gradients, row-major, rows n = b·T + t; bf16 only as GEMM
+// operands (tr_cast_bf16). Every kernel writes all of its output. No kernel uses floating-point
+// atomics: every reduction has a fixed order (block trees of a fixed shape, or per-output
+// sequential sums), so results are bit-reproducible run to run. Block sizes are multiples of 32.
+#include <cuda_bf16.h>
+#include <stdint.h>
+
+#define FULL 0xffffffffu
+
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
+  return v;
+}
+__device__ __forceinline__ double warp_sumd(double v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
+  return v;
+}
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(FULL, v, o));
+  return v;
+}
+
+// block_sum returns the sum of v over the block to every thread (fixed order; sh holds 32).
+__device__ float block_sum(float v, float* sh) {
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  float r = lane < nw ? sh[lane] : 0.f;
+  return warp_sum(r);
+}
+__device__ double block_sumd(double v, double* sh) {
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_sumd(v);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  double r = lane < nw ? sh[lane] : 0.0;
+  return warp_sumd(r);
+}
+__device__ float block_max(float v, float* sh) {
+  int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+  v = warp_max(v);
+  __syncthreads();
+  if (lane == 0) sh[w] = v;
+  __syncthreads();
+  float r = lane < nw ? sh[lane] : -INFINITY;
+  return warp_max(r);
+}
+
+__device__ __forceinline__ double sigmoid_d(double x) {  // dmc.Sigmoid
+  if (x >= 0) return 1.0 / (1.0 + exp(-x));
+  double e = exp(x);
+  return e / (1.0 + e);
+}
+
+#define GRID_STRIDE(i, n) for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < (n); i += (long long)gridDim.x * blockDim.x)
+
+extern "C" {
+
+// ---- utilities -------------------------------------------------------------------------------
+
+__global__ void tr_fill_f32(float* p, long long n, float v) {
+  GRID_STRIDE(i, n) p[i] = v;
+}
+
+__global__ void tr_cast_bf16(__nv_bfloat16* dst, const float* src, long long n) {
+  GRID_STRIDE(i, n) dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+// tr_colsum: out[c] (+)= Σ_k part[k·d + c], k ascending (second pass of column reductions).
+__global__ void tr_colsum(float* out, const float* part, int chunks, int d, int accumulate) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= d) return;
+  float s = 0.f;
+  for (int k = 0; k < chunks; k++) s += part[(long long)k * d + c];
+  out[c] = accumulate ? out[c] + s : s;
+}
+
+// ---- RMSNorm ---------------------------------------------------------------------------------
+
+// One block per row: y = x·r·w with r = 1/sqrt(mean(x²)+eps); y16, when set, gets bf16(y).
+__global__ void tr_rmsnorm_fwd(float* y, __nv_bfloat16* y16, const float* x, const float* w, int rows, int d, float eps) {
+  __shared__ float sh[32];
+  const float* xr = x + (long long)blockIdx.x * d;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_sum(ss, sh);
+  float r = rsqrtf(ss / d + eps);
+  float* yr = y + (long long)blockIdx.x * d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float v = xr[i] * r * w[i];
+    yr[i] = v;
+    if (y16) y16[(long long)blockIdx.x * d + i] = __float2bfloat16_rn(v);
+  }
+}
+
+// dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x); rinv, when set, gets r per row (for tr_rmsnorm_dw_part).
+__global__ void tr_rmsnorm_dx(float* dx, float* rinv, const float* x, const float* w, const float* dy, int rows, int d, float eps) {
+  __shared__ float sh[32];
+  long long o = (long long)blockIdx.x * d;
+  float ss = 0.f, dot = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float xv = x[o + i];
+    ss += xv * xv;
+    dot += w[i] * dy[o + i] * xv;
+  }
+  ss = block_sum(ss, sh);
+  dot = block_sum(dot, sh);
+  float r = rsqrtf(ss / d + eps);
+  float c = dot * r * r * r / d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) dx[o + i] = r * w[i] * dy[o + i] - c * x[o + i];
+  if (rinv && threadIdx.x == 0) rinv[blockIdx.x] = r;
+}
+
+// tr_rms_inv: rinv[row] = 1/sqrt(mean(x²)+eps), one block per row.
+__global__ void tr_rms_inv(float* rinv, const float* x, int rows, int d, float eps) {
+  __shared__ float sh[32];
+  const float* xr = x + (long long)blockIdx.x * d;
+  float ss = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
+  ss = block_sum(ss, sh);
+  if (threadIdx.x == 0) rinv[blockIdx.x] = rsqrtf(ss / d + eps);
+}
+
+// First pass of dw = Σ_rows dy⊙x·r: part[chunk·d + c] over rows [chunk·per, (chunk+1)·per).
+__global__ void tr_rmsnorm_dw_part(float* part, const float* x, const float* dy, const float* rinv, int rows, int d, int per) {
+  int c = blockIdx.x * blockDim.x + threadIdx.x;
+  if (c >= d) return;
+  int r0 = blockIdx.y * per, r1 = min(rows, r0 + per);
+  float s = 0.f;
+  for (int r = r0; r < r1; r++) s += dy[(long long)r * d + c] * x[(long long)r * d + c] * rinv[r];
+  part[(long long)blockIdx.y * d + c] = s;
+}
+
+// ---- RoPE ------------------------------------------------------------------------------------
+
+// One thread per (row, head, pair), in float64 with the host's cos/sin tables [T, D/2] and no
+// contraction (as ropeKernel): forward y = R_t(S x), inverse dx = S R_tᵀ dy, S scaling channel ch
+// by s (ch < 0: none).
+__global__ void tr_rope(float* y, const float* x, const double* cosT, const double* sinT, const int* pa, const int* pb,
+                        int rows, int H, int D, int T, int ch, double s, int inverse) {
+  int half = D / 2;
+  long long n = (long long)rows * H * half;
+  GRID_STRIDE(idx, n) {
+    int i = (int)(idx % half);
+    long long rh = idx / half;
+    int h = (int)(rh % H);
+    long long row = rh / H;
+    int t = (int)(row % T);
+    int a = pa[i], b = pb[i];
+    long long base = row * (long long)H * D + (long long)h * D;
+    double c = cosT[t * half + i], si = sinT[t * half + i];
+    if (inverse) si = -si;
+    float xa = x[base + a], xb = x[base + b];
+    if (!inverse && ch >= 0) {
+      if (a == ch) xa = (float)__dmul_rn((double)xa, s);
+      if (b == ch) xb = (float)__dmul_rn((double)xb, s);
+    }
+    double x0 = xa, x1 = xb;
+    float ya = (float)__dsub_rn(__dmul_rn(x0, c), __dmul_rn(x1, si));
+    float yb = (float)__dadd_rn(__dmul_rn(x0, si), __dmul_rn(x1, c));
+    if (inverse && ch >= 0) {
+      if (a == ch) ya = (float)__dmul_rn((double)ya, s);
+      if (b == ch) yb = (float)__dmul_rn((double)yb, s);
+    }
+    y[base + a] = ya;
+    y[base + b] = yb;
+  }
+}
+
+// ---- SwiGLU ----------------------------------------------------------------------------------
+
+// out = silu(a)·b; out16, when set, gets bf16(out) (the down projection's operand).
+__global__ void tr_swiglu_fwd(float* out, __nv_bfloat16* out16, const float* a, const float* b, long long n) {
+  GRID_STRIDE(i, n) {
+    float x = a[i];
+    float v = x / (1.f + expf(-x)) * b[i];
+    out[i] = v;
+    if (out16) out16[i] = __float2bfloat16_rn(v);
+  }
+}
+
+// da = dy·b·σ(a)(1 + a(1−σ(a))), db = dy·silu(a).
+__global__ void tr_swiglu_bwd(float* da, float* db, const float* a, const float* b, const float* dy, long long n) {
+  GRID_STRIDE(i, n) {
+    float x = a[i];
+    float sg = 1.f / (1.f + expf(-x));
+    float g = dy[i];
+    da[i] = g * b[i] * sg * (1.f + x * (1.f - sg));
+    db[i] = g * x * sg;
+  }
+}
+
+// ---- Embedding -------------------------------------------------------------------------------
+
+__global__ void tr_embed_fwd(float* out, const float* E, const int* ids, int N, int d) {
+  long long n = (long long)N * d;
+  GRID_STRIDE(i, n) {
+    long long r = i / d;
+    out[i] = E[(long long)ids[r] * d + (i % d)];
+  }
+}
+
+// dE[v, c] (+)= Σ dy[pos[k], c] for k in [off[v], off[v+1]), positions ascending: a sequential
+// fp32 sum per element, the order of the CPU's scatterAdd, so the result is the same bit for bit.
+__global__ void tr_embed_bwd(float* dE, const float* dy, const int* off, const int* pos, int V, int d, int accumulate) {
+  long long n = (long long)V * d;
+  GRID_STRIDE(i, n) {
+    int v = (int)(i / d), c = (int)(i % d);
+    float s = accumulate ? dE[i] : 0.f;
+    for (int k = off[v]; k < off[v + 1]; k++) s += dy[(long long)pos[k] * d + c];
+    dE[i] = s;
+  }
+}
+
+// ---- Losses ----------------------------------------------------------------------------------
+
+// Per row log Σ exp of a row, normalised by its own maximum.
+__device__ float row_lse(const float* row, int V, float* sh) {
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, row[i]);
+  m = block_max(m, sh);
+  float z = 0.f;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) z += expf(row[i] - m);
+  z = block_sum(z, sh);
+  return m + logf(z);
+}
+
+// rowloss[n] = lse(logits[n]) − logits[n][t] (0 where t < 0). One block per row.
+__global__ void tr_xent_rows(float* rowloss, const float* logits, const int* tg, int N, int V) {
+  __shared__ float sh[32];
+  int t = tg[blockIdx.x];
+  if (t < 0) {
+    if (threadIdx.x == 0) rowloss[blockIdx.x] = 0.f;
+    return;
+  }
+  const float* row = logits + (long long)blockIdx.x * V;
+  float lz = row_lse(row, V, sh);
+  if (threadIdx.x == 0) rowloss[blockIdx.x] = lz - row[t];
+}
+
+// dl = scale·(softmax − onehot), zero rows where t < 0 (scale = g / counted tokens).
+__global__ void tr_xent_bwd(float* dl, const float* logits, const int* tg, int N, int V, float scale) {
+  __shared__ float sh[32];
+  int t = tg[blockIdx.x];
+  float* out = dl + (long long)blockIdx.x * V;
+  if (t < 0) {
+    for (int i = threadIdx.x; i < V; i += blockDim.x) out[i] = 0.f;
+    return;
+  }
+  const float* row = logits + (long long)blockIdx.x * V;
+  float lz = row_lse(row, V, sh);
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    float p = expf(row[i] - lz);
+    out[i] = scale * (i == t ? p - 1.f : p);
+  }
+}
+
+// rowloss[n] = KL(softmax(teacher[n]) ‖ softmax(logits[n])) (0 where t < 0).
+__global__ void tr_kl_rows(float* rowloss, const float* logits, const float* teacher, const int* tg, int N, int V) {
+  __shared__ float sh[32];
+  if (tg[blockIdx.x] < 0) {
+    if (threadIdx.x == 0) rowloss[blockIdx.x] = 0.f;
+    return;
+  }
+  const float* ls = logits + (long long)blockIdx.x * V;
+  const float* lt = teacher + (long long)blockIdx.x * V;
+  float zs = row_lse(ls, V, sh), zt = row_lse(lt, V, sh);
+  float kl = 0.f;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    float a = lt[i] - zt, b = ls[i] - zs;
+    kl += expf(a) * (a - b);
+  }
+  kl = block_sum(kl, sh);
+  if (threadIdx.x == 0) rowloss[blockIdx.x] = kl;
+}
+
+__global__ void tr_kl_bwd(float* dl, const float* logits, const float* teacher, const int* tg, int N, int V, float scale) {
+  __shared__ float sh[32];
+  float* out = dl + (long long)blockIdx.x * V;
+  if (tg[blockIdx.x] < 0) {
+    for (int i = threadIdx.x; i < V; i += blockDim.x) out[i] = 0.f;
+    return;
+  }
+  const float* ls = logits + (long long)blockIdx.x * V;
+  const float* lt = teacher + (long long)blockIdx.x * V;
+  float zs = row_lse(ls, V, sh), zt = row_lse(lt, V, sh);
+  for (int i = threadIdx.x; i < V; i += blockDim.x) out[i] = scale * (expf(ls[i] - zs) - expf(lt[i] - zt));
+}
+
+// out[0] = Σ rowloss / count, out[1] = count (targets ≥ 0); one block, float64 sums, fixed order.
+__global__ void tr_mean_loss(float* out, const float* rowloss, const int* tg, int N) {
+  __shared__ double sh[32];
+  double s = 0.0, c = 0.0;
+  for (int i = threadIdx.x; i < N; i += blockDim.x) {
+    if (tg[i] >= 0) {
+      s += rowloss[i];
+      c += 1.0;
+    }
+  }
+  s = block_sumd(s, sh);
+  c = block_sumd(c, sh);
+  if (threadIdx.x == 0) {
+    out[0] = c > 0 ? (float)(s / c) : 0.f;
+    out[1] = (float)c;
+  }
+}
+
+// ---- DMC gates -------------------------------------------------------------------------------
+
+// α [N,H]: soft σ((k[ch]−off+noise)/τ), hard 1[k[ch]−off > 0]; 0 at t = 0. Float64 as the CPU.
+__global__ void tr_dmc_decide(float* alpha, const float* k, const float* noise, int N, int H, int D, int T, int ch,
+                              double off, double tau, int hard) {
+  long long n = (long long)N * H;
+  GRID_STRIDE(i, n) {
+    long long row = i / H;
+    double a = (double)k[i * D + ch] - off;
+    double al;
+    if (row % T == 0) al = 0;
+    else if (hard) al = a > 0 ? 1 : 0;
+    else al = sigmoid_d((a + (double)noise[i]) / tau);
+    alpha[i] = (float)al;
+  }
+}
+
+// dk [N, H·D]: dα·α(1−α)/τ on channel ch (soft, t > 0), zero elsewhere.
+__global__ void tr_dmc_decide_bwd(float* dk, const float* k, const float* noise, const float* dA, int N, int H, int D, int T,
+                                  int ch, double off, double tau, int hard) {
+  long long n = (long long)N * H * D;
+  GRID_STRIDE(i, n) {
+    int c = (int)(i % D);
+    long long nh = i / D;
+    long long row = nh / H;
+    float v = 0.f;
+    if (c == ch && !hard && row % T != 0) {
+      double al = sigmoid_d(((double)k[i] - off + (double)noise[nh]) / tau);
+      v = (float)((double)dA[nh] * al * (1 - al) / tau);
+    }
+    dk[i] = v;
+  }
+}
+
+// ω [N,Hkv] = σ(mean over the group of q[ch] + off) + eps.
+__global__ void tr_dmc_importance(float* omega, const float* q, int N, int Hq, int Hkv, int D, int ch, double off, double eps) {
+  long long n = (long long)N * Hkv;
+  int G = Hq / Hkv;
+  GRID_STRIDE(i, n) {
+    long long row = i / Hkv;
+    int h = (int)(i % Hkv);
+    double s = 0;
+    for (int g = h * G; g < (h + 1) * G; g++) s += (double)q[(row * Hq + g) * D + ch];
+    omega[i] = (float)(sigmoid_d(s / G + off) + eps);
+  }
+}
+
+// dq [N, Hq·D]: dω·σ'(·)/G on channel ch of every head of the group, zero elsewhere.
+__global__ void tr_dmc_importance_bwd(float* dq, const float* q, const float* dW, int N, int Hq, int Hkv, int D, int ch, double off) {
+  long long n = (long long)N * Hq * D;
+  int G = Hq / Hkv;
+  GRID_STRIDE(i, n) {
+    int c = (int)(i % D);
+    float v = 0.f;
+    if (c == ch) {
+      long long nq = i / D;
+      long long row = nq / Hq;
+      int h = (int)(nq % Hq) / G;
+      double s = 0;
+      for (int g = h * G; g < (h + 1) * G; g++) s += (double)q[(row * Hq + g) * D + ch];
+      double sg = sigmoid_d(s / G + off);
+      v = (float)((double)dW[row * Hkv + h] * sg * (1 - sg) / G);
+    }
+    dq[i] = v;
+  }
+}
+
+// count[b] = #{α > 0.5} over the b-th block of per = T·H values (exact integer sums).
+__global__ void tr_dmc_hardcount(float* count, const float* alpha, int per) {
+  __shared__ float sh[32];
+  const float* a = alpha + (long long)blockIdx.x * per;
+  float c = 0.f;  // exact: per-thread and block sums stay far below 2^24
+  for (int i = threadIdx.x; i < per; i += blockDim.x) c += a[i] > 0.5f ? 1.f : 0.f;
+  c = block_sum(c, sh);
+  if (threadIdx.x == 0) count[blockIdx.x] = c;
+}
+
+__global__ void tr_dmc_hardcount_bwd(float* dA, const float* g, long long n, int per) {
+  GRID_STRIDE(i, n) dA[i] = g[i / per];
+}
+
+// ---- DMC merge -------------------------------------------------------------------------------
+// x̃_i = Σ_{j=lo..i} c_ij ω_j x_j / Σ c_ij ω_j, c_ij = Π_{m=j+1..i} α_m, lo = max(0, i−W+1) (0 for
+// W = 0). Grid (T, B·H), one thread per channel (blockDim ≥ D).
+
+__global__ void tr_dmc_merge_fwd(float* y, const float* x, const float* alpha, const float* omega, int T, int H, int D, int W) {
+  int i = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, d = threadIdx.x;
+  int lo = W > 0 ? max(0, i - W + 1) : 0;
+  float num = 0.f, den = 0.f, c = 1.f;
+  for (int j = i; j >= lo; j--) {
+    long long r = ((long long)b * T + j) * H + h;
+    float wt = c * omega[r];
+    if (d < D) num += wt * x[r * D + d];
+    den += wt;
+    c *= alpha[r];
+  }
+  if (d < D) y[(((long long)b * T + i) * H + h) * D + d] = num / den;
+}
+
+// Backward, first pass (grid (T, B·H), blockDim ≥ D, dynamic smem (2·span + span·nwarps) floats):
+// per output row i, Z_i, and per window slot k = i − j the contributions cW[i][k] = c_ij·e_ij to
+// dω_j and cA[i][k] = c_{i,i−k}·S_{i−k} to dα_{i−k} (zero in unused slots), with
+// e_ij = (g_i/Z_i)·x_j − (g_i·x̃_i)/Z_i and S the CPU kernel's recursion. The second pass gathers
+// them per j, so no two threads ever add into one value.
+__global__ void tr_dmc_merge_bwd_a(float* rowZ, float* cW, float* cA, const float* x, const float* alpha, const float* omega,
+                                   const float* dy, int T, int H, int D, int W, int span) {
+  extern __shared__ float smem[];
+  __shared__ float sh[32];
+  int nw = blockDim.x >> 5;
+  float* cs = smem;               // [span]
+  float* rho = smem + span;       // [span]
+  float* dots = smem + 2 * span;  // [span·nw]
+  int i = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, d = threadIdx.x, lane = d & 31, w = d >> 5;
+  int lo = W > 0 ? max(0, i - W + 1) : 0, len = i - lo + 1;
+  long long ri = ((long long)b * T + i) * H + h;
+  float num = 0.f, den = 0.f, c = 1.f;
+  for (int j = i; j >= lo; j--) {
+    long long r = ((long long)b * T + j) * H + h;
+    if (d == 0) cs[i - j] = c;
+    float wt = c * omega[r];
+    if (d < D) num += wt * x[r * D + d];
+    den += wt;
+    c *= alpha[r];
+  }
+  float g = d < D ? dy[ri * D + d] : 0.f;
+  float gy = block_sum(g * (num / den), sh);
+  float dZ = -gy / den;
+  float gd = g / den;
+  for (int k = 0; k < len; k++) {
+    long long r = ((long long)b * T + (i - k)) * H + h;
+    float v = warp_sum(d < D ? gd * x[r * D + d] : 0.f);
+    if (lane == 0) dots[k * nw + w] = v;
+  }
+  __syncthreads();
+  for (int k = d; k < span; k += blockDim.x) {
+    float cw = 0.f;
+    if (k < len) {
+      float dot = 0.f;
+      for (int u = 0; u < nw; u++) dot += dots[k * nw + u];
+      float e = dot + dZ;
+      long long r = ((long long)b * T + (i - k)) * H + h;
+      cw = cs[k] * e;
+      rho[k] = omega[r] * e;
+    }
+    cW[ri * span + k] = cw;
+  }
+  __syncthreads();
+  if (d == 0) {
+    rowZ[ri] = den;
+    // dα_m (m = lo+1..i) gets c_im·S_m, S_{m} = S_{m−1}·α_{m−1} + ρ_{m−1}; slot k = i − m.
+    float S = 0.f;
+    for (int m = lo + 1; m <= i; m++) {
+      long long r = ((long long)b * T + (m - 1)) * H + h;
+      S = S * alpha[r] + rho[i - (m - 1)];
+      cA[ri * span + (i - m)] = cs[i - m] * S;
+    }
+    for (int k = i - lo; k < span; k++) cA[ri * span + k] = 0.f;
+  }
+}
+
+// Backward, second pass (grid (T, B·H), blockDim ≥ D): for row j, with i over the rows whose
+// window holds j, dx_j = ω_j Σ_i c_ij g_i/Z_i, dω_j = Σ_i cW[i][i−j], dα_j = Σ_i cA[i][i−j].
+__global__ void tr_dmc_merge_bwd_b(float* dx, float* dA, float* dW, const float* alpha, const float* omega, const float* dy,
+                                   const float* rowZ, const float* cW, const float* cA, int T, int H, int D, int W, int span) {
+  int j = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, d = threadIdx.x;
+  int hi = W > 0 ? min(T - 1, j + W - 1) : T - 1;
+  long long rj = ((long long)b * T + j) * H + h;
+  float u = 0.f, c = 1.f, sw = 0.f, sa = 0.f;
+  for (int i = j; i <= hi; i++) {
+    long long r = ((long long)b * T + i) * H + h;
+    if (i > j) c *= alpha[r];
+    if (d < D) u += c * (dy[r * D + d] / rowZ[r]);
+    sw += cW[r * span + (i - j)];
+    sa += cA[r * span + (i - j)];
+  }
+  if (d < D) dx[rj * D + d] = omega[rj] * u;
+  if (d == 0) {
+    dW[rj] = sw;
+    dA[rj] = sa;
+  }
+}
+
+// ---- Optimiser -------------------------------------------------------------------------------
+
+// One AdamW step, trainer.AdamW.Update's formula operation for operation in fp32 with no
+// contraction (bit-identical to the CPU): g ← g·clip (clip: device scalar or null),
+// m ← β1 m + c1 g, v ← β2 v + c2 g g, w ← w·keep − step·m/(√v·invSqrtBC2 + eps). w16, when set,
+// gets bf16(w) for the next forward's GEMMs.
+__global__ void tr_adamw(float* w, __nv_bfloat16* w16, const float* g, float* m, float* v, const float* clip, long long n,
+                         float b1, float b2, float c1, float c2, float step, float invSqrtBC2, float eps, float keep) {
+  float cl = clip ? clip[0] : 1.f;
+  GRID_STRIDE(j, n) {
+    float gj = clip ? __fmul_rn(g[j], cl) : g[j];
+    float mj = __fadd_rn(__fmul_rn(b1, m[j]), __fmul_rn(c1, gj));
+    float vj = __fadd_rn(__fmul_rn(b2, v[j]), __fmul_rn(__fmul_rn(c2, gj), gj));
+    m[j] = mj;
+    v[j] = vj;
+    float denom = __fadd_rn(__fmul_rn(__fsqrt_rn(vj), invSqrtBC2), eps);
+    float wj = __fsub_rn(__fmul_rn(w[j], keep), __fdiv_rn(__fmul_rn(step, mj), denom));
+    w[j] = wj;
+    if (w16) w16[j] = __float2bfloat16_rn(wj);
+  }
+}
+
+// First pass of the global norm: part[blockIdx.x] = Σ g² over the block's chunk (float64).
+__global__ void tr_sumsq_part(double* part, const float* g, long long n, long long chunk) {
+  __shared__ double sh[32];
+  long long lo = (long long)blockIdx.x * chunk, hi = min(n, lo + chunk);
+  double s = 0.0;
+  for (long long i = lo + threadIdx.x; i < hi; i += blockDim.x) s += (double)g[i] * (double)g[i];
+  s = block_sumd(s, sh);
+  if (threadIdx.x == 0) part[blockIdx.x] = s;
+}
+
+// Second pass: norm[0] = sqrt(Σ part), clip[0] = maxNorm/norm when maxNorm > 0 and the norm is
+// finite and above it, else 1 (trainer.ClipGlobalNorm).
+__global__ void tr_norm_finish(double* norm, float* clip, const double* part, int nparts, double maxNorm) {
+  __shared__ double sh[32];
+  double s = 0.0;
+  for (int i = threadIdx.x; i < nparts; i += blockDim.x) s += part[i];
+  s = block_sumd(s, sh);
+  if (threadIdx.x == 0) {
+    double nr = sqrt(s);
+    norm[0] = nr;
+    float c = 1.f;
+    if (maxNorm > 0 && nr > maxNorm && !isinf(nr) && !isnan(nr)) c = (float)(maxNorm / nr);
+    clip[0] = c;
+  }
+}
+
+}  // extern "C"

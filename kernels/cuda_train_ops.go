@@ -1,0 +1,544 @@
+//go:build dmc_cuda
+
+package kernels
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/dmc-project/dmc/model"
+)
+
+// The device ops of the training executor. Each mirrors one fused op (or its backward) of
+// graph/ops on fp32 row-major buffers; shapes are passed explicitly and checked against the
+// buffers' lengths. Outputs are fully overwritten unless an accumulate flag says otherwise
+// (parameter gradients accumulate over micro-batches).
+
+// ---- GEMMs (bf16 operands, fp32 accumulation and output)
+
+// CastBF16 writes bf16(src) (round to nearest even) into dst.
+func (t *TrainDevice) CastBF16(dst, src *DevBuf) error {
+	if err := needAll("CastBF16", func() error { return need("", "dst", dst, BF16, src.n) }, func() error { return need("", "src", src, F32, 0) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_cast_bf16", int64(src.n), new(args).p(dst.ptr).p(src.ptr).i64(int64(src.n)))
+}
+
+func ifElse(c bool, a, b int) int {
+	if c {
+		return a
+	}
+	return b
+}
+
+func betaOf(accumulate bool) float32 {
+	if accumulate {
+		return 1
+	}
+	return 0
+}
+
+// LinearForward is y[rows,out] (+)= x[rows,in]·W[out,in]ᵀ (graph/ops Linear), x and W bf16.
+func (t *TrainDevice) LinearForward(y, x16, w16 *DevBuf, rows, in, out int, accumulate bool) error {
+	return t.Gemm(true, false, out, rows, in, 1, w16, in, x16, in, betaOf(accumulate), y, out)
+}
+
+// LinearBackwardX is dx[rows,in] (+)= dy[rows,out]·W[out,in], dy and W bf16.
+func (t *TrainDevice) LinearBackwardX(dx, dy16, w16 *DevBuf, rows, in, out int, accumulate bool) error {
+	return t.Gemm(false, false, in, rows, out, 1, w16, in, dy16, out, betaOf(accumulate), dx, in)
+}
+
+// LinearBackwardW is dW[out,in] (+)= dy[rows,out]ᵀ·x[rows,in], dy and x bf16 (accumulate: beta = 1,
+// gradient accumulation into the fp32 gradient).
+func (t *TrainDevice) LinearBackwardW(dw, dy16, x16 *DevBuf, rows, in, out int, accumulate bool) error {
+	return t.Gemm(false, true, in, out, rows, 1, x16, in, dy16, out, betaOf(accumulate), dw, in)
+}
+
+// ---- RMSNorm
+
+// RMSNormForward is y = x/rms(x)·w over rows of d; y16, when not nil, also gets bf16(y).
+func (t *TrainDevice) RMSNormForward(y, y16, x, w *DevBuf, rows, d int, eps float64) error {
+	if err := needAll("RMSNorm", func() error { return need("", "y", y, F32, rows*d) }, func() error { return need("", "x", x, F32, rows*d) },
+		func() error { return need("", "w", w, F32, d) }); err != nil {
+		return err
+	}
+	if y16 != nil {
+		if err := need("RMSNorm", "y16", y16, BF16, rows*d); err != nil {
+			return err
+		}
+	}
+	return t.launch("tr_rmsnorm_fwd", dim3{x: rows}, rowBlock(d), 0, new(args).p(y.ptr).pOpt(y16).p(x.ptr).p(w.ptr).i(rows).i(d).f(float32(eps)))
+}
+
+// RMSNormBackward writes dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x) and, when dw is not nil,
+// dw (+)= Σ_rows dy⊙x·r (two passes, fixed order). dx may be nil when only dw is wanted.
+func (t *TrainDevice) RMSNormBackward(dx, dw, x, w, dy *DevBuf, rows, d int, eps float64, accumulateW bool) error {
+	if err := needAll("RMSNormBackward", func() error { return need("", "x", x, F32, rows*d) }, func() error { return need("", "w", w, F32, d) },
+		func() error { return need("", "dy", dy, F32, rows*d) }); err != nil {
+		return err
+	}
+	rinv, err := t.scratchBuf("rms.rinv", F32, rows)
+	if err != nil {
+		return err
+	}
+	if dx != nil {
+		if err := need("RMSNormBackward", "dx", dx, F32, rows*d); err != nil {
+			return err
+		}
+		if err := t.launch("tr_rmsnorm_dx", dim3{x: rows}, rowBlock(d), 0,
+			new(args).p(dx.ptr).p(rinv.ptr).p(x.ptr).p(w.ptr).p(dy.ptr).i(rows).i(d).f(float32(eps))); err != nil {
+			return err
+		}
+	} else if err := t.launch("tr_rms_inv", dim3{x: rows}, rowBlock(d), 0, new(args).p(rinv.ptr).p(x.ptr).i(rows).i(d).f(float32(eps))); err != nil {
+		return err
+	}
+	if dw == nil {
+		return nil
+	}
+	if err := need("RMSNormBackward", "dw", dw, F32, d); err != nil {
+		return err
+	}
+	const per = 64
+	chunks := (rows + per - 1) / per
+	part, err := t.scratchBuf("rms.part", F32, chunks*d)
+	if err != nil {
+		return err
+	}
+	if err := t.launch("tr_rmsnorm_dw_part", dim3{x: (d + 127) / 128, y: chunks}, 128, 0,
+		new(args).p(part.ptr).p(x.ptr).p(dy.ptr).p(rinv.ptr).i(rows).i(d).i(per)); err != nil {
+		return err
+	}
+	acc := 0
+	if accumulateW {
+		acc = 1
+	}
+	return t.launch("tr_colsum", dim3{x: (d + 255) / 256}, 256, 0, new(args).p(dw.ptr).p(part.ptr).i(chunks).i(d).i(acc))
+}
+
+// ---- RoPE
+
+// RoPETables are the rotation tables of one (layout, theta, D, T): cos and sin of every
+// (position, pair) in float64 [T·D/2], and the pairs' channels.
+type RoPETables struct {
+	Cos, Sin, PairA, PairB *DevBuf
+	D, T                   int
+}
+
+// RoPEHostTables computes the tables exactly as graph/ops does (model.RoPE's angles, math.Sincos).
+func RoPEHostTables(layout model.RoPELayout, theta float64, D, T int) (cos, sin []float64, pairA, pairB []int32) {
+	r := model.NewRoPE(model.Config{Dim: D, NHeads: 1, RopeTheta: theta, RoPE: layout})
+	cos, sin = make([]float64, T*D/2), make([]float64, T*D/2)
+	for i := 0; i < D/2; i++ {
+		a, b := r.Pair(i)
+		pairA, pairB = append(pairA, int32(a)), append(pairB, int32(b))
+		for p := 0; p < T; p++ {
+			sin[p*D/2+i], cos[p*D/2+i] = math.Sincos(r.Angle(i, p))
+		}
+	}
+	return cos, sin, pairA, pairB
+}
+
+// NewRoPETables uploads the tables of RoPEHostTables.
+func (t *TrainDevice) NewRoPETables(layout model.RoPELayout, theta float64, D, T int) (*RoPETables, error) {
+	if D <= 0 || D%2 != 0 || T <= 0 {
+		return nil, fmt.Errorf("RoPE tables: invalid D %d, T %d", D, T)
+	}
+	c, s, a, b := RoPEHostTables(layout, theta, D, T)
+	tab := &RoPETables{D: D, T: T}
+	var err error
+	if tab.Cos, err = t.FromF64(c); err == nil {
+		if tab.Sin, err = t.FromF64(s); err == nil {
+			if tab.PairA, err = t.FromI32(a); err == nil {
+				tab.PairB, err = t.FromI32(b)
+			}
+		}
+	}
+	if err != nil {
+		tab.Free()
+		return nil, err
+	}
+	return tab, nil
+}
+
+// Free releases the tables.
+func (r *RoPETables) Free() {
+	for _, b := range []*DevBuf{r.Cos, r.Sin, r.PairA, r.PairB} {
+		b.Free()
+	}
+}
+
+// RoPE rotates every head of x [rows, heads·D] (row n at position n mod T) after scaling channel
+// ch (−1: none) by s; inverse is the backward (rotate by −angle, then scale). y may not alias x.
+func (t *TrainDevice) RoPE(y, x *DevBuf, tab *RoPETables, rows, heads, ch int, s float64, inverse bool) error {
+	n := rows * heads * tab.D
+	if err := needAll("RoPE", func() error { return need("", "y", y, F32, n) }, func() error { return need("", "x", x, F32, n) }); err != nil {
+		return err
+	}
+	inv := 0
+	if inverse {
+		inv = 1
+	}
+	return t.launch1D("tr_rope", int64(n/2), new(args).p(y.ptr).p(x.ptr).p(tab.Cos.ptr).p(tab.Sin.ptr).p(tab.PairA.ptr).p(tab.PairB.ptr).
+		i(rows).i(heads).i(tab.D).i(tab.T).i(ch).f64(s).i(inv))
+}
+
+// ---- SwiGLU
+
+// SwiGLUForward is out = silu(a)·b; out16, when not nil, also gets bf16(out).
+func (t *TrainDevice) SwiGLUForward(out, out16, a, b *DevBuf) error {
+	n := a.n
+	if err := needAll("SwiGLU", func() error { return need("", "out", out, F32, n) }, func() error { return need("", "b", b, F32, n) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_swiglu_fwd", int64(n), new(args).p(out.ptr).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n)))
+}
+
+// SwiGLUBackward writes da and db (the two halves of graph/ops' packed gradient).
+func (t *TrainDevice) SwiGLUBackward(da, db, a, b, dy *DevBuf) error {
+	n := a.n
+	if err := needAll("SwiGLUBackward", func() error { return need("", "da", da, F32, n) }, func() error { return need("", "db", db, F32, n) },
+		func() error { return need("", "b", b, F32, n) }, func() error { return need("", "dy", dy, F32, n) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_swiglu_bwd", int64(n), new(args).p(da.ptr).p(db.ptr).p(a.ptr).p(b.ptr).p(dy.ptr).i64(int64(n)))
+}
+
+// ---- Embedding
+
+// EmbeddingForward gathers rows ids [n] of table [V, d] into out [n, d]. Ids must be in range
+// (EmbeddingIndex checks them on the host, where they come from).
+func (t *TrainDevice) EmbeddingForward(out, table, ids *DevBuf, n, d int) error {
+	if err := needAll("Embedding", func() error { return need("", "out", out, F32, n*d) }, func() error { return need("", "ids", ids, I32, n) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_embed_fwd", int64(n*d), new(args).p(out.ptr).p(table.ptr).p(ids.ptr).i(n).i(d))
+}
+
+// EmbeddingIndex is the host-side counting sort that makes the backward a gather: positions of
+// token v are pos[off[v]:off[v+1]], ascending. It rejects ids outside [0, V).
+func EmbeddingIndex(ids []int32, V int) (off, pos []int32, err error) {
+	off = make([]int32, V+1)
+	for n, id := range ids {
+		if id < 0 || int(id) >= V {
+			return nil, nil, fmt.Errorf("Embedding: token id %d at index %d is outside [0, %d)", id, n, V)
+		}
+		off[id+1]++
+	}
+	for v := 0; v < V; v++ {
+		off[v+1] += off[v]
+	}
+	pos = make([]int32, len(ids))
+	next := append([]int32(nil), off[:V]...)
+	for n, id := range ids {
+		pos[next[id]] = int32(n)
+		next[id]++
+	}
+	return off, pos, nil
+}
+
+// EmbeddingBackward is dE [V, d] (+)= scatter-add of dy [n, d] by the ids behind (off, pos)
+// (EmbeddingIndex), as one sequential fp32 sum per element in position order: deterministic and
+// equal bit for bit to the CPU's scatterAdd (when not accumulating).
+func (t *TrainDevice) EmbeddingBackward(dE, dy, off, pos *DevBuf, V, d int, accumulate bool) error {
+	if err := needAll("EmbeddingBackward", func() error { return need("", "dE", dE, F32, V*d) }, func() error { return need("", "off", off, I32, V+1) },
+		func() error { return need("", "pos", pos, I32, 0) }, func() error { return need("", "dy", dy, F32, pos.n*d) }); err != nil {
+		return err
+	}
+	acc := 0
+	if accumulate {
+		acc = 1
+	}
+	return t.launch1D("tr_embed_bwd", int64(V*d), new(args).p(dE.ptr).p(dy.ptr).p(off.ptr).p(pos.ptr).i(V).i(d).i(acc))
+}
+
+// ---- Losses
+
+// SoftmaxCE writes loss[0] = mean over tokens with target ≥ 0 of −log softmax(logits)[target]
+// and loss[1] = that token count, for logits [rows, V] and targets I32 [rows]. Rows are
+// normalised by their own maxima.
+func (t *TrainDevice) SoftmaxCE(loss, logits, targets *DevBuf, rows, V int) error {
+	if err := t.lossCheck("SoftmaxCE", loss, logits, nil, targets, rows, V); err != nil {
+		return err
+	}
+	rl, err := t.scratchBuf("loss.rows", F32, rows)
+	if err != nil {
+		return err
+	}
+	if err := t.launch("tr_xent_rows", dim3{x: rows}, rowBlock(V), 0, new(args).p(rl.ptr).p(logits.ptr).p(targets.ptr).i(rows).i(V)); err != nil {
+		return err
+	}
+	return t.launch("tr_mean_loss", dim3{x: 1}, 1024, 0, new(args).p(loss.ptr).p(rl.ptr).p(targets.ptr).i(rows))
+}
+
+// SoftmaxCEBackward writes dl = scale·(softmax − onehot) (zero rows where target < 0), with
+// scale = dloss / counted tokens.
+func (t *TrainDevice) SoftmaxCEBackward(dl, logits, targets *DevBuf, rows, V int, scale float32) error {
+	if err := t.lossCheck("SoftmaxCEBackward", dl, logits, nil, targets, rows, V); err != nil {
+		return err
+	}
+	return t.launch("tr_xent_bwd", dim3{x: rows}, rowBlock(V), 0, new(args).p(dl.ptr).p(logits.ptr).p(targets.ptr).i(rows).i(V).f(scale))
+}
+
+// SoftmaxKL writes loss[0] = mean over counted tokens of KL(softmax(teacher) ‖ softmax(logits)),
+// loss[1] = the count (targets only mask, as graph/ops SoftmaxKL).
+func (t *TrainDevice) SoftmaxKL(loss, logits, teacher, targets *DevBuf, rows, V int) error {
+	if err := t.lossCheck("SoftmaxKL", loss, logits, teacher, targets, rows, V); err != nil {
+		return err
+	}
+	rl, err := t.scratchBuf("loss.rows", F32, rows)
+	if err != nil {
+		return err
+	}
+	if err := t.launch("tr_kl_rows", dim3{x: rows}, rowBlock(V), 0, new(args).p(rl.ptr).p(logits.ptr).p(teacher.ptr).p(targets.ptr).i(rows).i(V)); err != nil {
+		return err
+	}
+	return t.launch("tr_mean_loss", dim3{x: 1}, 1024, 0, new(args).p(loss.ptr).p(rl.ptr).p(targets.ptr).i(rows))
+}
+
+// SoftmaxKLBackward writes dl = scale·(softmax(logits) − softmax(teacher)), zero rows where
+// target < 0, scale = dloss / counted tokens.
+func (t *TrainDevice) SoftmaxKLBackward(dl, logits, teacher, targets *DevBuf, rows, V int, scale float32) error {
+	if err := t.lossCheck("SoftmaxKLBackward", dl, logits, teacher, targets, rows, V); err != nil {
+		return err
+	}
+	return t.launch("tr_kl_bwd", dim3{x: rows}, rowBlock(V), 0, new(args).p(dl.ptr).p(logits.ptr).p(teacher.ptr).p(targets.ptr).i(rows).i(V).f(scale))
+}
+
+func (t *TrainDevice) lossCheck(op string, out, logits, teacher, targets *DevBuf, rows, V int) error {
+	outN := 2
+	if out != nil && out.n >= rows*V && rows*V > 2 {
+		outN = rows * V
+	}
+	checks := []func() error{
+		func() error { return need("", "output", out, F32, outN) },
+		func() error { return need("", "logits", logits, F32, rows*V) },
+		func() error { return need("", "targets", targets, I32, rows) },
+	}
+	if teacher != nil {
+		checks = append(checks, func() error { return need("", "teacher", teacher, F32, rows*V) })
+	}
+	return needAll(op, checks...)
+}
+
+// ---- DMC
+
+// DMCGeom is graph/ops.DMCSpec for the device ops.
+type DMCGeom struct {
+	QHeads, KVHeads, HeadD, SeqLen int
+	Channel                        int
+	DecisionOffset                 float64
+	ImportanceOffset               float64
+	Temperature                    float64
+	Window                         int
+}
+
+func (g DMCGeom) check(op string, rows int) error {
+	if g.QHeads <= 0 || g.KVHeads <= 0 || g.QHeads%g.KVHeads != 0 || g.HeadD <= 0 || g.HeadD > 1024 || g.SeqLen <= 0 ||
+		g.Channel < 0 || g.Channel >= g.HeadD || !(g.Temperature > 0) || g.Window < 0 || rows%g.SeqLen != 0 {
+		return fmt.Errorf("%s: invalid DMC geometry %+v for %d rows", op, g, rows)
+	}
+	return nil
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// DMCDecide writes α [rows, Hkv] from pre-RoPE keys k [rows, Hkv·D] and noise [rows, Hkv].
+func (t *TrainDevice) DMCDecide(alpha, k, noise *DevBuf, g DMCGeom, rows int, hard bool) error {
+	H, D := g.KVHeads, g.HeadD
+	if err := needAll("DMCDecide", func() error { return g.check("", rows) }, func() error { return need("", "alpha", alpha, F32, rows*H) },
+		func() error { return need("", "k", k, F32, rows*H*D) }, func() error { return need("", "noise", noise, F32, rows*H) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_dmc_decide", int64(rows*H), new(args).p(alpha.ptr).p(k.ptr).p(noise.ptr).i(rows).i(H).i(D).i(g.SeqLen).i(g.Channel).
+		f64(g.DecisionOffset).f64(g.Temperature).i(b2i(hard)))
+}
+
+// DMCDecideBackward writes dk [rows, Hkv·D] (non-zero only on the decision channel).
+func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, rows int, hard bool) error {
+	H, D := g.KVHeads, g.HeadD
+	if err := needAll("DMCDecideBackward", func() error { return g.check("", rows) }, func() error { return need("", "dk", dk, F32, rows*H*D) },
+		func() error { return need("", "k", k, F32, rows*H*D) }, func() error { return need("", "noise", noise, F32, rows*H) },
+		func() error { return need("", "dalpha", dA, F32, rows*H) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_dmc_decide_bwd", int64(rows*H*D), new(args).p(dk.ptr).p(k.ptr).p(noise.ptr).p(dA.ptr).i(rows).i(H).i(D).i(g.SeqLen).
+		i(g.Channel).f64(g.DecisionOffset).f64(g.Temperature).i(b2i(hard)))
+}
+
+// DMCImportance writes ω [rows, Hkv] = σ(mean_group q[ch] + offset) + eps (eps: the float32
+// machine epsilon 2⁻²³, dmc.Epsilon[float32]).
+func (t *TrainDevice) DMCImportance(omega, q *DevBuf, g DMCGeom, rows int, eps float64) error {
+	if err := needAll("DMCImportance", func() error { return g.check("", rows) }, func() error { return need("", "omega", omega, F32, rows*g.KVHeads) },
+		func() error { return need("", "q", q, F32, rows*g.QHeads*g.HeadD) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_dmc_importance", int64(rows*g.KVHeads), new(args).p(omega.ptr).p(q.ptr).i(rows).i(g.QHeads).i(g.KVHeads).i(g.HeadD).
+		i(g.Channel).f64(g.ImportanceOffset).f64(eps))
+}
+
+// DMCImportanceBackward writes dq [rows, Hq·D] (non-zero only on the decision channel).
+func (t *TrainDevice) DMCImportanceBackward(dq, q, dW *DevBuf, g DMCGeom, rows int) error {
+	n := rows * g.QHeads * g.HeadD
+	if err := needAll("DMCImportanceBackward", func() error { return g.check("", rows) }, func() error { return need("", "dq", dq, F32, n) },
+		func() error { return need("", "q", q, F32, n) }, func() error { return need("", "domega", dW, F32, rows*g.KVHeads) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_dmc_importance_bwd", int64(n), new(args).p(dq.ptr).p(q.ptr).p(dW.ptr).i(rows).i(g.QHeads).i(g.KVHeads).i(g.HeadD).
+		i(g.Channel).f64(g.ImportanceOffset))
+}
+
+// DMCHardCount writes count [B] = #{α > 0.5} per sequence, α [B·T, H] (per = T·H).
+func (t *TrainDevice) DMCHardCount(count, alpha *DevBuf, B, per int) error {
+	if err := needAll("DMCHardCount", func() error { return need("", "count", count, F32, B) }, func() error { return need("", "alpha", alpha, F32, B*per) }); err != nil {
+		return err
+	}
+	return t.launch("tr_dmc_hardcount", dim3{x: B}, rowBlock(per), 0, new(args).p(count.ptr).p(alpha.ptr).i(per))
+}
+
+// DMCHardCountBackward writes dα = g[b] for every α of sequence b (straight-through).
+func (t *TrainDevice) DMCHardCountBackward(dA, g *DevBuf, B, per int) error {
+	if err := needAll("DMCHardCountBackward", func() error { return need("", "dalpha", dA, F32, B*per) }, func() error { return need("", "g", g, F32, B) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_dmc_hardcount_bwd", int64(B*per), new(args).p(dA.ptr).p(g.ptr).i64(int64(B*per)).i(per))
+}
+
+func mergeBlock(D int) int { return (D + 31) / 32 * 32 }
+
+// DMCMerge writes the windowed partial accumulations y [rows, Hkv·D] of x under α and ω
+// ([rows, Hkv]); y may not alias x.
+func (t *TrainDevice) DMCMerge(y, x, alpha, omega *DevBuf, g DMCGeom, rows int) error {
+	H, D := g.KVHeads, g.HeadD
+	if err := needAll("DMCMerge", func() error { return g.check("", rows) }, func() error { return need("", "y", y, F32, rows*H*D) },
+		func() error { return need("", "x", x, F32, rows*H*D) }, func() error { return need("", "alpha", alpha, F32, rows*H) },
+		func() error { return need("", "omega", omega, F32, rows*H) }); err != nil {
+		return err
+	}
+	B := rows / g.SeqLen
+	return t.launch("tr_dmc_merge_fwd", dim3{x: g.SeqLen, y: B * H}, mergeBlock(D), 0,
+		new(args).p(y.ptr).p(x.ptr).p(alpha.ptr).p(omega.ptr).i(g.SeqLen).i(H).i(D).i(g.Window))
+}
+
+// DMCMergeBackward writes dx [rows, Hkv·D], dα and dω [rows, Hkv] (graph/ops' packed
+// [dx | dα | dω]) in two gather passes without atomics: O(T·W·D) per (sequence, head), scratch
+// O(rows·Hkv·W) (W = 0: O(rows·Hkv·T), for short sequences only).
+func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, g DMCGeom, rows int) error {
+	H, D := g.KVHeads, g.HeadD
+	if err := needAll("DMCMergeBackward", func() error { return g.check("", rows) }, func() error { return need("", "dx", dx, F32, rows*H*D) },
+		func() error { return need("", "dalpha", dA, F32, rows*H) }, func() error { return need("", "domega", dW, F32, rows*H) },
+		func() error { return need("", "x", x, F32, rows*H*D) }, func() error { return need("", "alpha", alpha, F32, rows*H) },
+		func() error { return need("", "omega", omega, F32, rows*H) }, func() error { return need("", "dy", dy, F32, rows*H*D) }); err != nil {
+		return err
+	}
+	span := g.SeqLen
+	if g.Window > 0 {
+		span = min(g.Window, g.SeqLen)
+	}
+	block := mergeBlock(D)
+	smem := (2*span + span*(block/32)) * 4
+	if smem > 48<<10 {
+		return fmt.Errorf("DMCMergeBackward: window span %d needs %d bytes of shared memory (at most 48 KiB): use a window or shorter sequences", span, smem)
+	}
+	rowZ, err := t.scratchBuf("merge.z", F32, rows*H)
+	if err != nil {
+		return err
+	}
+	cW, err := t.scratchBuf("merge.cw", F32, rows*H*span)
+	if err != nil {
+		return err
+	}
+	cA, err := t.scratchBuf("merge.ca", F32, rows*H*span)
+	if err != nil {
+		return err
+	}
+	B := rows / g.SeqLen
+	if err := t.launch("tr_dmc_merge_bwd_a", dim3{x: g.SeqLen, y: B * H}, block, smem,
+		new(args).p(rowZ.ptr).p(cW.ptr).p(cA.ptr).p(x.ptr).p(alpha.ptr).p(omega.ptr).p(dy.ptr).i(g.SeqLen).i(H).i(D).i(g.Window).i(span)); err != nil {
+		return err
+	}
+	return t.launch("tr_dmc_merge_bwd_b", dim3{x: g.SeqLen, y: B * H}, block, 0,
+		new(args).p(dx.ptr).p(dA.ptr).p(dW.ptr).p(alpha.ptr).p(omega.ptr).p(dy.ptr).p(rowZ.ptr).p(cW.ptr).p(cA.ptr).
+			i(g.SeqLen).i(H).i(D).i(g.Window).i(span))
+}
+
+// ---- Optimiser
+
+// AdamWStep holds the hyper-parameters of one AdamW update of one parameter (trainer.AdamW).
+type AdamWStep struct {
+	Beta1, Beta2, Eps, WeightDecay, LR float64
+	Step                               int  // the update's number t ≥ 1 (bias correction)
+	Decay                              bool // this parameter gets weight decay
+}
+
+// AdamW applies one update to w with gradient g and moments m, v (fp32, n = len(w)), with
+// trainer.AdamW.Update's formula operation for operation (bit-identical results). clip, when
+// not nil, is the device scalar GlobalNorm wrote (the gradient is scaled by it first, as
+// ClipGlobalNorm does); w16, when not nil, gets bf16(w) for the next forward.
+func (t *TrainDevice) AdamW(w, w16, g, m, v, clip *DevBuf, h AdamWStep) error {
+	n := w.n
+	if err := needAll("AdamW", func() error { return need("", "w", w, F32, n) }, func() error { return need("", "g", g, F32, n) },
+		func() error { return need("", "m", m, F32, n) }, func() error { return need("", "v", v, F32, n) }); err != nil {
+		return err
+	}
+	if w16 != nil {
+		if err := need("AdamW", "w16", w16, BF16, n); err != nil {
+			return err
+		}
+	}
+	if clip != nil {
+		if err := need("AdamW", "clip", clip, F32, 1); err != nil {
+			return err
+		}
+	}
+	if h.Step < 1 {
+		return fmt.Errorf("AdamW: step %d, want ≥ 1", h.Step)
+	}
+	bc1 := 1 - math.Pow(h.Beta1, float64(h.Step))
+	bc2 := 1 - math.Pow(h.Beta2, float64(h.Step))
+	keep := float32(1)
+	if h.Decay {
+		keep = float32(1 - h.LR*h.WeightDecay)
+	}
+	return t.launch1D("tr_adamw", int64(n), new(args).p(w.ptr).pOpt(w16).p(g.ptr).p(m.ptr).p(v.ptr).pOpt(clip).i64(int64(n)).
+		f(float32(h.Beta1)).f(float32(h.Beta2)).f(float32(1-h.Beta1)).f(float32(1-h.Beta2)).f(float32(h.LR/bc1)).
+		f(float32(1/math.Sqrt(bc2))).f(float32(h.Eps)).f(keep))
+}
+
+const normChunk = 1 << 16
+
+// GlobalNorm writes norm F64[1] = the L2 norm over all grads (float64 sums in a fixed order,
+// two passes, no atomics) and clip F32[1] = maxNorm/norm when maxNorm > 0 and the norm is finite
+// and larger, else 1: the factor AdamW applies (trainer.ClipGlobalNorm).
+func (t *TrainDevice) GlobalNorm(norm, clip *DevBuf, maxNorm float64, grads ...*DevBuf) error {
+	if err := needAll("GlobalNorm", func() error { return need("", "norm", norm, F64, 1) }, func() error { return need("", "clip", clip, F32, 1) }); err != nil {
+		return err
+	}
+	parts := 0
+	for _, g := range grads {
+		if err := need("GlobalNorm", "gradient", g, F32, 0); err != nil {
+			return err
+		}
+		parts += (g.n + normChunk - 1) / normChunk
+	}
+	part, err := t.scratchBuf("norm.part", F64, parts)
+	if err != nil {
+		return err
+	}
+	off := 0
+	for _, g := range grads {
+		nb := (g.n + normChunk - 1) / normChunk
+		if nb == 0 {
+			continue
+		}
+		if err := t.launch("tr_sumsq_part", dim3{x: nb}, 256, 0, new(args).p(part.ptr+uint64(off*8)).p(g.ptr).i64(int64(g.n)).i64(normChunk)); err != nil {
+			return err
+		}
+		off += nb
+	}
+	return t.launch("tr_norm_finish", dim3{x: 1}, 1024, 0, new(args).p(norm.ptr).p(clip.ptr).p(part.ptr).i(parts).f64(maxNorm))
+}
