@@ -137,7 +137,9 @@ const findPattern = "tok*.bin"
 // Find locates the tokenizer belonging to a model: modelPath is either a model directory
 // (a Hugging Face layout) or a model file (a llama2.c .bin, a .safetensors file), whose
 // directory is searched. It returns tokenizer.model, else tokenizer.bin, else the single
-// file matching tok*.bin.
+// file matching tok*.bin. Failing those, a tokenizer of any name is found by content: the
+// single *.model or *.bin file (never modelPath itself) that loads as a tokenizer, such as
+// tok105.model beside model5000.bin. Several candidates are an error that lists them.
 func Find(modelPath string) (string, error) {
 	fi, err := os.Stat(modelPath)
 	if err != nil {
@@ -159,7 +161,7 @@ func Find(modelPath string) (string, error) {
 	}
 	var files []string
 	for _, m := range matches {
-		if st, err := os.Stat(m); err == nil && !st.IsDir() && m != modelPath {
+		if st, err := os.Stat(m); err == nil && !st.IsDir() && !sameFile(m, modelPath) {
 			files = append(files, m)
 		}
 	}
@@ -168,11 +170,68 @@ func Find(modelPath string) (string, error) {
 	case 1:
 		return files[0], nil
 	case 0:
-		return "", fmt.Errorf("tokenizer: no tokenizer in %s (looked for %s, %s); pass the tokenizer file explicitly",
-			dir, strings.Join(findNames, ", "), findPattern)
+	default:
+		return "", fmt.Errorf("tokenizer: several tokenizers in %s (%s); pass the one to use explicitly (--tokenizer PATH)",
+			dir, strings.Join(files, ", "))
 	}
-	return "", fmt.Errorf("tokenizer: several tokenizers in %s (%s); pass the one to use explicitly",
-		dir, strings.Join(files, ", "))
+	found, rejected, err := findByContent(dir, modelPath)
+	if err != nil {
+		return "", err
+	}
+	switch len(found) {
+	case 1:
+		return found[0], nil
+	case 0:
+		msg := fmt.Sprintf("tokenizer: no tokenizer in %s (looked for %s, %s, then any *.model or *.bin that loads as one)",
+			dir, strings.Join(findNames, ", "), findPattern)
+		if len(rejected) > 0 {
+			msg += "; not tokenizers: " + strings.Join(rejected, "; ")
+		}
+		return "", errors.New(msg + "; pass the tokenizer file explicitly (--tokenizer PATH)")
+	}
+	return "", fmt.Errorf("tokenizer: several tokenizers in %s (%s); pass the one to use explicitly (--tokenizer PATH)",
+		dir, strings.Join(found, ", "))
+}
+
+// findByContent returns the *.model and *.bin files of dir other than modelPath that load as
+// tokenizers, and for the others why not. Files larger than any tokenizer are skipped
+// unread (a model's weights, typically).
+func findByContent(dir, modelPath string) (found, rejected []string, err error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, nil, fmt.Errorf("tokenizer: %w", err)
+	}
+	for _, e := range entries {
+		ext := strings.ToLower(filepath.Ext(e.Name()))
+		if ext != ".model" && ext != ".bin" {
+			continue
+		}
+		p := filepath.Join(dir, e.Name())
+		st, err := os.Stat(p)
+		if err != nil || !st.Mode().IsRegular() || sameFile(p, modelPath) {
+			continue
+		}
+		if st.Size() > maxFileSize {
+			continue
+		}
+		if _, err := Load(p); err != nil {
+			rejected = append(rejected, fmt.Sprintf("%s (%v)", e.Name(), strings.TrimPrefix(err.Error(), "tokenizer: "+p+": ")))
+			continue
+		}
+		found = append(found, p)
+	}
+	sort.Strings(found)
+	return found, rejected, nil
+}
+
+// sameFile reports whether a and b name the same file.
+func sameFile(a, b string) bool {
+	if filepath.Clean(a) == filepath.Clean(b) {
+		return true
+	}
+	sa, err1 := os.Stat(a)
+	sb, err2 := os.Stat(b)
+	return err1 == nil && err2 == nil && os.SameFile(sa, sb)
 }
 
 // pieceKind classifies a vocabulary entry for decoding.
