@@ -3,10 +3,8 @@ package cli
 import (
 	"errors"
 	"fmt"
-	"io"
 	"path/filepath"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -95,14 +93,19 @@ func (o *DataPrepareOptions) Run(streams *IO) error {
 	if err != nil {
 		return err
 	}
-	prog := &prepareProgress{w: streams.Err, last: time.Now()} // quiet for short runs
+	prog := newProgressLine(streams.Err, "")
+	prog.last = time.Now() // quiet for short runs
 	m, err := data.Prepare(data.PrepareOptions{
 		Inputs: o.Inputs, Out: o.Out, Tokenizer: tok, TokenizerPath: o.Tokenizer,
 		Format: o.Format, Separator: o.Separator, TextField: o.TextField, AddEOS: o.EOS,
 		HeldoutFrac: o.HeldoutFrac, SplitByBytes: o.SplitByBytes, Seed: o.Seed,
-		ShardBytes: int64(o.ShardSizeMB) << 20, Overwrite: o.Force, Progress: prog.update,
+		ShardBytes: int64(o.ShardSizeMB) << 20, Overwrite: o.Force, Progress: func(pr data.PrepareProgress) {
+			if !pr.Done {
+				prog.printf(func() string { return prepareLine(pr) })
+			}
+		},
 	})
-	prog.finish()
+	prog.done()
 	if err != nil {
 		return err
 	}
@@ -111,7 +114,7 @@ func (o *DataPrepareOptions) Run(streams *IO) error {
 		docs, tokens = docs+s.Docs, tokens+s.Tokens
 	}
 	out := streams.Out
-	fmt.Fprintf(out, "prepared %s documents, %s tokens from %d file(s) into %s\n", humanCount(docs), humanCount(tokens), len(m.Sources), o.Out)
+	fmt.Fprintf(out, "prepared %s documents, %s tokens from %d file(s) into %s\n", retrofit.HumanCount(docs), retrofit.HumanCount(tokens), len(m.Sources), o.Out)
 	fmt.Fprintf(out, "  %-8s %14s %16s %7s %11s\n", "split", "documents", "tokens", "shards", "size")
 	for _, name := range []string{data.SplitTrain, data.SplitHeldout} {
 		s := m.Splits[name]
@@ -136,36 +139,12 @@ func (o *DataPrepareOptions) Run(streams *IO) error {
 	return nil
 }
 
-// prepareProgress prints one rewritten status line at most twice a second, starting half a
-// second in.
-type prepareProgress struct {
-	mu    sync.Mutex
-	w     io.Writer
-	last  time.Time
-	shown bool
-}
-
-func (p *prepareProgress) update(pr data.PrepareProgress) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if pr.Done || time.Since(p.last) < 500*time.Millisecond {
-		return
-	}
-	p.last = time.Now()
+func prepareLine(pr data.PrepareProgress) string {
 	pct := 100.0
 	if pr.BytesTotal > 0 {
 		pct = 100 * float64(pr.BytesDone) / float64(pr.BytesTotal)
 	}
-	fmt.Fprintf(p.w, "\r  %5.1f%% of %s, file %d/%d, %d documents, %d tokens   ", pct, humanBytes(pr.BytesTotal), pr.FileIndex+1, pr.Files, pr.Docs, pr.Tokens)
-	p.shown = true
-}
-
-func (p *prepareProgress) finish() {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.shown {
-		fmt.Fprintln(p.w)
-	}
+	return fmt.Sprintf("%5.1f%% of %s, file %d/%d, %d documents, %d tokens", pct, humanBytes(pr.BytesTotal), pr.FileIndex+1, pr.Files, pr.Docs, pr.Tokens)
 }
 
 // DataInspectOptions are the flags of "dmc data inspect".
@@ -260,7 +239,7 @@ func (o *DataInspectOptions) Run(streams *IO) error {
 		if rows > 0 {
 			mean = float64(tokens) / float64(rows)
 		}
-		row("tokens", fmt.Sprintf("%s (%.1f per row), largest id %d", humanCount(tokens), mean, maxID))
+		row("tokens", fmt.Sprintf("%s (%.1f per row), largest id %d", retrofit.HumanCount(tokens), mean, maxID))
 		if tok != nil && int(maxID) >= tok.VocabSize() {
 			fmt.Fprintf(streams.Err, "warning: token id %d is outside the tokenizer's vocabulary of %d\n", maxID, tok.VocabSize())
 		}

@@ -85,7 +85,7 @@ func (o *InspectOptions) Run(streams *IO) error {
 	row("context", cfg.MaxSeqLen)
 	row("RoPE", fmt.Sprintf("%s pairs, theta %g", cfg.RoPE, cfg.RopeTheta))
 	row("classifier", map[bool]string{true: "tied to the embedding", false: "separate"}[cfg.TieEmbeddings])
-	row("parameters", humanCount(cfg.NumParams()))
+	row("parameters", retrofit.HumanCount(cfg.NumParams()))
 	row("weights (bf16)", humanBytes(2*cfg.NumParams()))
 	row("KV cache per token", fmt.Sprintf("%s bf16, %s fp32", humanBytes(cfg.KVBytesPerToken(2)), humanBytes(cfg.KVBytesPerToken(4))))
 	row("KV cache at full context", humanBytes(cfg.KVBytesPerToken(2)*int64(cfg.MaxSeqLen))+" bf16 per sequence")
@@ -95,8 +95,6 @@ func (o *InspectOptions) Run(streams *IO) error {
 	}
 	return w.Flush()
 }
-
-func humanCount(n int64) string { return retrofit.HumanCount(n) }
 
 func humanBytes(n int64) string {
 	const unit = 1024

@@ -22,14 +22,20 @@ func newProgressLine(w io.Writer, unit string) *progressLine {
 }
 
 func (p *progressLine) update(n int) {
+	p.printf(func() string {
+		return fmt.Sprintf("%d %s (%.0f/s)", n, p.unit, float64(n)/max(time.Since(p.start).Seconds(), 1e-9))
+	})
+}
+
+// printf rewrites the line with line(), at most twice a second (so short work stays quiet).
+func (p *progressLine) printf(line func() string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if time.Since(p.last) < 500*time.Millisecond {
 		return
 	}
 	p.last = time.Now()
-	el := time.Since(p.start).Seconds()
-	fmt.Fprintf(p.w, "\r  %d %s (%.0f/s)   ", n, p.unit, float64(n)/max(el, 1e-9))
+	fmt.Fprintf(p.w, "\r  %s   ", line())
 	p.shown = true
 }
 
