@@ -21,7 +21,37 @@ type ExportOptions struct {
 	Measure   string // held-out data to measure the achieved CR on (default: the run's heldout.json)
 	Tokenizer string // tokenizer to ship (default: the run's)
 	ShardMB   int64  // largest safetensors shard in MB (default 5000)
+	Force     bool   // overwrite a directory that is not an export of this run
 	Warn      io.Writer
+}
+
+// ExportMarker is the file in an export that names the run it came from, so a later export
+// of another run into the same directory is refused without Force.
+const ExportMarker = "dmc-export.json"
+
+type exportMarker struct {
+	Run        string `json:"run"`
+	Checkpoint string `json:"checkpoint"`
+	Step       int    `json:"step"`
+}
+
+// checkExportTarget refuses to write into out when it holds anything but an earlier export of
+// the same run (unless force).
+func checkExportTarget(out, runDir string, force bool) error {
+	ents, err := os.ReadDir(out)
+	if err != nil || len(ents) == 0 || force {
+		return nil
+	}
+	absRun, _ := filepath.Abs(runDir)
+	var m exportMarker
+	b, err := os.ReadFile(filepath.Join(out, ExportMarker))
+	if err == nil && json.Unmarshal(b, &m) == nil {
+		if m.Run == absRun {
+			return nil
+		}
+		return fmt.Errorf("%s holds the export of another run (%s): choose another --out, or pass --force to replace it", out, m.Run)
+	}
+	return fmt.Errorf("%s already exists and is not an export of %s: choose another --out, or pass --force to write into it", out, runDir)
 }
 
 // ExportResult says what Export wrote.
@@ -47,6 +77,9 @@ func Export(ctx context.Context, runDir, out string, opt ExportOptions) (*Export
 	}
 	rd, err := OpenRun(runDir)
 	if err != nil {
+		return nil, err
+	}
+	if err := checkExportTarget(out, runDir, opt.Force); err != nil {
 		return nil, err
 	}
 	w, ck, err := rd.latest(opt.Warn)
@@ -88,6 +121,11 @@ func Export(ctx context.Context, runDir, out string, opt ExportOptions) (*Export
 		res.DMC = d
 	}
 	if err := checkpoints.WriteHF(out, w, opt.DType, extra, opt.ShardMB*1_000_000); err != nil {
+		return nil, err
+	}
+	absRun, _ := filepath.Abs(runDir)
+	mb, _ := json.MarshalIndent(exportMarker{Run: absRun, Checkpoint: ck.Name, Step: ck.State.Step}, "", "  ")
+	if err := atomicfile.Write(filepath.Join(out, ExportMarker), append(mb, '\n')); err != nil {
 		return nil, err
 	}
 	if res.Tokenizer != "" {

@@ -56,6 +56,11 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 		return nil, errors.New("no run directory: pass --out DIR")
 	}
 	specPath := filepath.Join(spec.Out, SpecFile)
+	unlock, err := lockRun(spec.Out)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
 	if spec.Resume && spec.Model == "" {
 		s, err := ReadSpec(spec.Out)
 		if err != nil {
@@ -114,7 +119,16 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	info := ModelInfo{Model: cfg, Base: src, Tokenizer: tokPath}
+	info := ModelInfo{Model: cfg, Base: absPath(src), Tokenizer: absPath(tokPath)}
+	if old, err := OpenRun(spec.Out); err == nil && spec.Resume {
+		// Runs written before paths were stored absolute keep their model.json as it was.
+		if old.Model.Base == src {
+			info.Base = src
+		}
+		if old.Model.Tokenizer == tokPath {
+			info.Tokenizer = tokPath
+		}
+	}
 	if recipe.Mode == trainer.ModeDMC {
 		info.DMC, info.TargetCR = &dc, recipe.TargetCR
 	}
@@ -122,8 +136,12 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 		return nil, err
 	}
 	if !spec.Resume {
+		// Paths are stored absolute, so --resume, eval and export work from any directory.
 		persisted := spec
 		persisted.Tokenizer = tokPath
+		for _, p := range []*string{&persisted.Model, &persisted.Weights, &persisted.Tokenizer, &persisted.Data, &persisted.Heldout, &persisted.Config} {
+			*p = absPath(*p)
+		}
 		b, _ := json.MarshalIndent(persisted, "", "  ")
 		if err := atomicfile.Write(specPath, append(b, '\n')); err != nil {
 			return nil, err

@@ -5,9 +5,7 @@ import (
 	"context"
 	"fmt"
 	"os"
-	"os/signal"
 	"path/filepath"
-	"syscall"
 	"text/tabwriter"
 	"time"
 
@@ -42,9 +40,13 @@ it with DMC to the target compression rate, evaluates vanilla vs DMC with the re
 exports the DMC model and generates from the export. About 10 minutes on 2 cores.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop, caught := signalContext(cmd.Context())
 			defer stop()
-			return o.Run(ctx, streams)
+			err := o.Run(ctx, streams)
+			if sig := caught(); sig != nil && err != nil {
+				return interrupted(sig, err.Error())
+			}
+			return err
 		},
 	}
 	f := cmd.Flags()

@@ -3,8 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/signal"
 	"strings"
 	"text/tabwriter"
 
@@ -44,9 +42,12 @@ DMC models, as in serving) and reports perplexity and the real compression rate
   dmc eval --model stories260K.bin --data shards/ --tasks channels --max-tokens 30000`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt)
+			ctx, stop, caught := signalContext(cmd.Context())
 			defer stop()
 			_, err := o.Run(ctx, streams)
+			if sig := caught(); sig != nil && err != nil {
+				return interrupted(sig, "interrupted: "+err.Error())
+			}
 			return err
 		},
 	}

@@ -17,6 +17,7 @@ type ExportOptions struct {
 	Measure   string
 	Tokenizer string
 	ShardMB   int64
+	Force     bool
 }
 
 func init() { register(newExportCmd) }
@@ -42,6 +43,7 @@ Llama loader reads its weights (the dmc block is extra).`,
 	f.StringVar(&o.Measure, "measure", "", "held-out data on which to measure the achieved CR per layer/head (default: the run's heldout.json)")
 	f.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer to ship (default: the run's)")
 	f.Int64Var(&o.ShardMB, "shard-mb", 5000, "largest safetensors shard in MB")
+	f.BoolVar(&o.Force, "force", false, "write into --out even if it holds something other than an export of this run")
 	_ = cmd.MarkFlagRequired("run")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
@@ -50,7 +52,7 @@ Llama loader reads its weights (the dmc block is extra).`,
 // Run writes the export.
 func (o *ExportOptions) Run(ctx context.Context, streams *IO) error {
 	res, err := retrofit.Export(ctx, o.RunDir, o.Out, retrofit.ExportOptions{DType: o.DType, Measure: o.Measure,
-		Tokenizer: o.Tokenizer, ShardMB: o.ShardMB, Warn: streams.Err})
+		Tokenizer: o.Tokenizer, ShardMB: o.ShardMB, Force: o.Force, Warn: streams.Err})
 	if err != nil {
 		return err
 	}

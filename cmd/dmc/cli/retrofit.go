@@ -3,9 +3,6 @@ package cli
 import (
 	"context"
 	"fmt"
-	"os"
-	"os/signal"
-	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -48,9 +45,12 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
   dmc retrofit --model stories260K.bin --data shards/ --control --steps 400 --out runs/control`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			ctx, stop, caught := signalContext(cmd.Context())
 			defer stop()
-			_, err := o.Run(ctx, streams)
+			res, err := o.Run(ctx, streams)
+			if err == nil && res.Run.Interrupted {
+				return interrupted(caught(), fmt.Sprintf("interrupted: saved %s; continue with: dmc retrofit --out %s --resume", res.Run.Checkpoint, o.Out))
+			}
 			return err
 		},
 	}
@@ -79,9 +79,6 @@ func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*retrofit.Resul
 		Out: o.Out, Resume: o.Resume, StopAfter: o.StopAfter}, streams.Err)
 	if err != nil {
 		return res, err
-	}
-	if res.Run.Interrupted {
-		fmt.Fprintf(streams.Err, "interrupted: saved %s; continue with: dmc retrofit --out %s --resume\n", res.Run.Checkpoint, o.Out)
 	}
 	if r := res.Heldout; r != nil {
 		fmt.Fprintf(streams.Out, "held-out perplexity %.4f over %d tokens, real compression %.2fx (%s cache)\n", r.PPL, r.Tokens, r.CR, res.Cache)

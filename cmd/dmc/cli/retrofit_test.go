@@ -8,7 +8,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/dmc-project/dmc/checkpoints"
 	"github.com/dmc-project/dmc/data"
@@ -316,5 +318,124 @@ func TestRetrofitDistillation(t *testing.T) {
 	}
 	if a[5] <= 0 {
 		t.Errorf("KL after DMC training is %v, want > 0", a[5])
+	}
+}
+
+// A second retrofit on a run directory that another process is training in is refused with
+// the holder's PID, and leaves the directory's files as they were.
+func TestRetrofitRunDirLock(t *testing.T) {
+	fx := newFixture(t)
+	runDir := filepath.Join(fx.dir, "run")
+	args := append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--steps", "4", "--out", runDir}, tinyRecipe...)
+	if _, e, c := run(t, append(args, "--stop-after", "2")...); c != 0 {
+		t.Fatal(e)
+	}
+	before, _ := os.ReadFile(filepath.Join(runDir, "metrics.jsonl"))
+	// Hold the lock as a running retrofit does (flock on RUN/.lock, PID inside).
+	f, err := os.OpenFile(filepath.Join(runDir, retrofit.LockFile), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		t.Fatal(err)
+	}
+	f.Truncate(0)
+	f.WriteAt([]byte("4242\n"), 0)
+	_, stderr, code := run(t, "retrofit", "--out", runDir, "--resume")
+	if code == 0 || !strings.Contains(stderr, "process 4242") || strings.Contains(stderr, "panic") {
+		t.Fatalf("exit %d, stderr %q: want a refusal naming PID 4242", code, stderr)
+	}
+	if after, _ := os.ReadFile(filepath.Join(runDir, "metrics.jsonl")); !bytes.Equal(before, after) {
+		t.Fatal("the refused run changed metrics.jsonl")
+	}
+	syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	if _, e, c := run(t, "retrofit", "--out", runDir, "--resume"); c != 0 {
+		t.Fatalf("resume after the lock was released: %s", e)
+	}
+}
+
+// run.json stores absolute paths: a run started with relative paths resumes, evaluates and
+// exports from another working directory.
+func TestRetrofitResumeFromAnotherDirectory(t *testing.T) {
+	fx := newFixture(t)
+	t.Chdir(fx.dir)
+	args := append([]string{"retrofit", "--model", "base", "--tokenizer", "tok.bin", "--data", "shards", "--steps", "4", "--out", "run", "--stop-after", "2"}, tinyRecipe...)
+	if _, e, c := run(t, args...); c != 0 {
+		t.Fatal(e)
+	}
+	elsewhere := t.TempDir()
+	t.Chdir(elsewhere)
+	runDir := filepath.Join(fx.dir, "run")
+	if _, e, c := run(t, "retrofit", "--out", runDir, "--resume"); c != 0 {
+		t.Fatalf("resume from another directory: %s", e)
+	}
+	if _, e, c := run(t, "export", "--run", runDir, "--out", "exp"); c != 0 {
+		t.Fatalf("export from another directory: %s", e)
+	}
+	if _, e, c := run(t, "eval", "--model", runDir, "--data", filepath.Join(fx.dir, "shards"), "--max-tokens", "200"); c != 0 {
+		t.Fatalf("eval from another directory: %s", e)
+	}
+}
+
+// SIGINT during a retrofit saves a checkpoint and exits 130 with one message saying how to
+// continue.
+func TestRetrofitInterruptExitCode(t *testing.T) {
+	fx := newFixture(t)
+	runDir := filepath.Join(fx.dir, "run")
+	args := append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--steps", "100000", "--out", runDir}, tinyRecipe...)
+	done := make(chan struct{})
+	var stderr string
+	var code int
+	go func() {
+		defer close(done)
+		_, stderr, code = run(t, args...)
+	}()
+	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if b, _ := os.ReadFile(filepath.Join(runDir, "metrics.jsonl")); bytes.Count(b, []byte("\n")) >= 2 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the run did not start")
+		}
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGINT)
+	<-done
+	if code != 130 || strings.Count(stderr, "interrupted: saved") != 1 || !strings.Contains(stderr, "--resume") {
+		t.Fatalf("exit %d, stderr %q: want 130 and one message with --resume", code, stderr)
+	}
+}
+
+// export refuses to overwrite another run's export (or any other folder) without --force,
+// and re-exporting the same run into its export works.
+func TestExportRefusesAnotherRunsExport(t *testing.T) {
+	fx := newFixture(t)
+	runA, runB, exp := filepath.Join(fx.dir, "a"), filepath.Join(fx.dir, "b"), filepath.Join(fx.dir, "exp")
+	for _, r := range []string{runA, runB} {
+		if _, e, c := run(t, append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--steps", "2", "--out", r, "--control"}, tinyRecipe...)...); c != 0 {
+			t.Fatal(e)
+		}
+	}
+	if _, e, c := run(t, "export", "--run", runA, "--out", exp); c != 0 {
+		t.Fatal(e)
+	}
+	if _, e, c := run(t, "export", "--run", runA, "--out", exp); c != 0 {
+		t.Fatalf("re-export of the same run: %s", e)
+	}
+	before, _ := os.ReadFile(filepath.Join(exp, "model.safetensors"))
+	_, stderr, code := run(t, "export", "--run", runB, "--out", exp)
+	if code == 0 || !strings.Contains(stderr, "another run") || !strings.Contains(stderr, "--force") {
+		t.Fatalf("exit %d, stderr %q: want a refusal", code, stderr)
+	}
+	if after, _ := os.ReadFile(filepath.Join(exp, "model.safetensors")); !bytes.Equal(before, after) {
+		t.Fatal("the refused export changed the weights")
+	}
+	if _, e, c := run(t, "export", "--run", runB, "--out", exp, "--force"); c != 0 {
+		t.Fatalf("--force: %s", e)
+	}
+	other := t.TempDir()
+	os.WriteFile(filepath.Join(other, "notes.txt"), []byte("mine"), 0o644)
+	if _, stderr, code := run(t, "export", "--run", runA, "--out", other); code == 0 || !strings.Contains(stderr, "not an export") {
+		t.Fatalf("export into a user folder: exit %d, %q", code, stderr)
 	}
 }

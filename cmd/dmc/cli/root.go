@@ -1,10 +1,15 @@
 package cli
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
+	"os"
+	"os/signal"
 	"sort"
+	"sync"
+	"syscall"
 
 	"github.com/spf13/cobra"
 )
@@ -51,6 +56,42 @@ type exitError struct {
 
 func (e *exitError) Error() string { return e.err.Error() }
 func (e *exitError) Unwrap() error { return e.err }
+
+// signalContext is cancelled by SIGINT or SIGTERM; caught reports which arrived (nil if none),
+// so an interrupted command exits 128+signal as shells expect (130 for Ctrl-C, 143 for SIGTERM).
+func signalContext(parent context.Context) (ctx context.Context, stop func(), caught func() os.Signal) {
+	ctx, cancel := context.WithCancel(parent)
+	ch := make(chan os.Signal, 1)
+	signal.Notify(ch, os.Interrupt, syscall.SIGTERM)
+	var mu sync.Mutex
+	var got os.Signal
+	go func() {
+		select {
+		case s := <-ch:
+			mu.Lock()
+			got = s
+			mu.Unlock()
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	stop = func() { signal.Stop(ch); cancel() }
+	caught = func() os.Signal {
+		mu.Lock()
+		defer mu.Unlock()
+		return got
+	}
+	return ctx, stop, caught
+}
+
+// interrupted is the error of a command stopped by sig: its message, and exit status 128+sig.
+func interrupted(sig os.Signal, msg string) error {
+	code := 130
+	if s, ok := sig.(syscall.Signal); ok {
+		code = 128 + int(s)
+	}
+	return &exitError{code: code, err: errors.New(msg)}
+}
 
 // Main runs the CLI and returns the process exit status. Errors are printed once, prefixed
 // with "dmc:", and never as a panic trace.
