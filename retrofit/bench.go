@@ -10,7 +10,6 @@ import (
 	"strings"
 	"time"
 
-	"github.com/dmc-project/dmc/checkpoints"
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/kernels"
 	"github.com/dmc-project/dmc/model"
@@ -136,31 +135,27 @@ func planBench(o BenchOptions) (*benchPlan, error) {
 		return nil, err
 	}
 	p := &benchPlan{crs: crs, weights: "random bf16 (seed " + strconv.FormatUint(o.Seed, 10) + ")"}
-	var info *checkpoints.DMCInfo
+	var dc *dmc.Config
 	if c, err := model.Preset(o.Model); err == nil {
 		if !o.RandomWeights {
 			return nil, fmt.Errorf("%q is a preset without weights: add --random-weights, or pass a checkpoint path", o.Model)
 		}
 		p.cfg = c
-	} else {
-		var src string
-		if o.RandomWeights {
-			if p.cfg, src, err = checkpoints.LoadConfig(o.Model); err != nil {
-				return nil, err
-			}
-		} else {
-			if p.w, src, err = checkpoints.Load(o.Model); err != nil {
-				return nil, err
-			}
-			p.cfg, p.weights = p.w.Config, src
-		}
-		if info, err = checkpoints.ReadDMCInfo(src); err != nil {
+	} else if o.RandomWeights {
+		ci, err := LoadConfig(o.Model)
+		if err != nil {
 			return nil, err
 		}
-	}
-	var dc *dmc.Config
-	if info != nil {
-		dc = &info.Config
+		p.cfg = ci.Config
+		if ci.DMC != nil {
+			dc = &ci.DMC.Config
+		}
+	} else {
+		m, err := LoadModel(o.Model, LoadOptions{})
+		if err != nil {
+			return nil, err
+		}
+		p.w, p.cfg, p.weights, dc = m.Weights, m.Weights.Config, m.Source, m.DMC
 	}
 	cache, _ := ChooseCache("dmc", dc)
 	p.dmc = cache.DMC
