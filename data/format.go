@@ -182,7 +182,7 @@ func resolveFormat(path string) (string, error) {
 		return "", derr
 	}
 	if kind, ok := notPlainText[strings.ToLower(filepath.Ext(path))]; ok && det != FormatJSONL {
-		return "", fmt.Errorf("data: %s is %s (by its extension), which dmc does not read; convert it to .jsonl or .parquet with a text field, or pass --format txt to read it as plain text", path, kind)
+		return "", fmt.Errorf("data: %s is %s (by its extension), which dmc does not read as documents; convert it to .jsonl or .parquet with a text field, or pass the format (--format txt|jsonl|parquet|arrow; txt reads it as plain text)", path, kind)
 	}
 	return det, nil
 }

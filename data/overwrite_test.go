@@ -337,3 +337,23 @@ func TestPrepareArrowInputs(t *testing.T) {
 		}
 	})
 }
+
+// TestPrepareWalkSkipsPreparedOutput: an output directory inside the corpus is not read back
+// as input when the corpus is prepared again with --force.
+func TestPrepareWalkSkipsPreparedOutput(t *testing.T) {
+	corpus := t.TempDir()
+	writeFile(t, filepath.Join(corpus, "a.txt"), "one<|endoftext|>two")
+	out := filepath.Join(corpus, "shards")
+	for _, force := range []bool{false, true} {
+		if _, err := Prepare(PrepareOptions{Inputs: []string{corpus}, Out: out, Tokenizer: byteTokenizer{}, Overwrite: force}); err != nil {
+			t.Fatal(err)
+		}
+		if got, want := readAllDocs(t, out, OpenOptions{}), encodeAll(byteTokenizer{}, []string{"one", "two"}, false); !reflect.DeepEqual(got, want) {
+			t.Fatalf("force=%v: %v, want %v", force, got, want)
+		}
+	}
+	if _, err := Prepare(PrepareOptions{Inputs: []string{out}, Out: t.TempDir(), Tokenizer: byteTokenizer{}}); err == nil ||
+		!strings.Contains(err.Error(), "already prepared data") {
+		t.Fatalf("preparing prepared data: %v", err)
+	}
+}

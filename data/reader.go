@@ -226,6 +226,11 @@ func (d *Dataset) locate(path, split string) ([]string, error) {
 		if err := readJSON(filepath.Join(path, "dataset_dict.json"), &dd); err != nil {
 			return nil, err
 		}
+		for _, s := range dd.Splits {
+			if err := checkSplitName(s); err != nil {
+				return nil, fmt.Errorf("data: %s/dataset_dict.json: %v", path, err)
+			}
+		}
 		if split == "" {
 			switch {
 			case slices.Contains(dd.Splits, "train"):
@@ -271,6 +276,9 @@ func (d *Dataset) locate(path, split string) ([]string, error) {
 		}
 		var files []string
 		for _, f := range state.DataFiles {
+			if !filepath.IsLocal(filepath.FromSlash(f.Filename)) {
+				return nil, fmt.Errorf("data: %s/state.json names the data file %q, which is not inside the folder", path, f.Filename)
+			}
 			files = append(files, filepath.Join(path, filepath.FromSlash(f.Filename)))
 		}
 		if len(files) == 0 {
@@ -292,6 +300,16 @@ func (d *Dataset) locate(path, split string) ([]string, error) {
 		d.Layout = LayoutArrowDir
 		return files, nil
 	}
+}
+
+// checkSplitName refuses split names that are not one directory name: a DatasetDict's split
+// is a subdirectory, and "", ".", ".." or a path would point back at the folder (an endless
+// recursion) or out of it.
+func checkSplitName(s string) error {
+	if s == "" || s == "." || s == ".." || strings.ContainsAny(s, `/\`) || !filepath.IsLocal(s) {
+		return fmt.Errorf("split name %q is not a directory name", s)
+	}
+	return nil
 }
 
 func mapsKeys[V any](m map[string]V) iter.Seq[string] {

@@ -162,6 +162,11 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 				}
 				return nil
 			}
+			if d.IsDir() && p != in {
+				if _, err := os.Stat(filepath.Join(p, ManifestName)); err == nil {
+					return filepath.SkipDir // prepared shards (e.g. an earlier --out inside the corpus) are not input
+				}
+			}
 			if d.Type().IsRegular() {
 				files = append(files, p)
 			}
@@ -487,22 +492,25 @@ type parquetText struct {
 }
 
 func openParquetText(path, column string) (p *parquetText, err error) {
+	// Not file.OpenParquetFile: it leaks the open file when the footer is bad.
+	src, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("data: %w", err)
+	}
+	ok := false
 	defer func() {
 		if r := recover(); r != nil { // the parquet reader panics on some corrupt files
 			p, err = nil, fmt.Errorf("data: %s: corrupt Parquet data: %v", path, r)
 		}
+		if !ok {
+			src.Close()
+		}
 	}()
-	pf, err := file.OpenParquetFile(path, false)
+	pf, err := file.NewParquetReader(src)
 	if err != nil {
 		return nil, fmt.Errorf("data: %s is not a readable Parquet file: %w", path, err)
 	}
 	p = &parquetText{path: path, pf: pf}
-	ok := false
-	defer func() {
-		if !ok {
-			pf.Close()
-		}
-	}()
 	p.fr, err = pqarrow.NewFileReader(pf, pqarrow.ArrowReadProperties{BatchSize: 4096}, memory.DefaultAllocator)
 	if err != nil {
 		return nil, fmt.Errorf("data: %s: %w", path, err)
