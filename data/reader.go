@@ -355,6 +355,9 @@ func openShard(path string) (s *shard, schema *arrow.Schema, err error) {
 	n, _ := f.ReadAt(magic, 0)
 	s = &shard{path: path}
 	if n == len(magic) && string(magic) == string(arrowFileMagic) {
+		if err := checkArrowFile(f, st.Size()); err != nil {
+			return nil, nil, fmt.Errorf("data: %s is not a valid Arrow IPC file: %v", path, err)
+		}
 		fr, err := ipc.NewFileReader(f)
 		if err != nil {
 			return nil, nil, fmt.Errorf("data: %s is not a valid Arrow IPC file: %v", path, err)
@@ -403,6 +406,9 @@ func (s *shard) indexStream(f io.ReaderAt, size int64) error {
 		meta := make([]byte, metaLen)
 		if _, err := f.ReadAt(meta, off+hdrLen); err != nil {
 			return fmt.Errorf("data: %s: %w", s.path, err)
+		}
+		if err := checkMessage(meta); err != nil {
+			return fmt.Errorf("data: %s is not an Arrow IPC file or stream (bad message at byte %d: %v); expected Arrow data", s.path, off, err)
 		}
 		msg := ipc.NewMessage(memory.NewBufferBytes(meta), memory.NewBufferBytes(nil))
 		typ, bodyLen := msg.Type(), msg.BodyLen()

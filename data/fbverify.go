@@ -1,0 +1,292 @@
+package data
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// The Arrow library trusts the lengths inside IPC flatbuffers: a corrupt schema claiming 2^31
+// fields makes it allocate them (found by FuzzArrowIPCStream). These checks walk the tables
+// and vectors of Message and Footer flatbuffers that the library decodes and make sure every
+// offset and vector lies inside the buffer, before the library sees it.
+
+var errFlatbuf = errors.New("corrupt flatbuffer")
+
+// maxFieldDepth bounds the nesting of a schema's fields (real schemas nest a few levels).
+const maxFieldDepth = 64
+
+type fbuf []byte
+
+func (b fbuf) u32(pos int64) (int64, error) {
+	if pos < 0 || pos+4 > int64(len(b)) {
+		return 0, errFlatbuf
+	}
+	return int64(binary.LittleEndian.Uint32(b[pos:])), nil
+}
+
+// fbTable is a table at pos with its vtable checked.
+type fbTable struct {
+	b       fbuf
+	pos, vt int64
+	vtSize  int64
+}
+
+func (b fbuf) table(pos int64) (fbTable, error) {
+	so, err := b.u32(pos)
+	if err != nil {
+		return fbTable{}, err
+	}
+	vt := pos - int64(int32(uint32(so)))
+	if vt < 0 || vt+4 > int64(len(b)) {
+		return fbTable{}, errFlatbuf
+	}
+	vs := int64(binary.LittleEndian.Uint16(b[vt:]))
+	ts := int64(binary.LittleEndian.Uint16(b[vt+2:]))
+	if vs < 4 || vs%2 != 0 || vt+vs > int64(len(b)) || pos+ts > int64(len(b)) {
+		return fbTable{}, errFlatbuf
+	}
+	return fbTable{b: b, pos: pos, vt: vt, vtSize: vs}, nil
+}
+
+// field returns the position of field i and whether it is present.
+func (t fbTable) field(i int) (int64, bool, error) {
+	o := int64(4 + 2*i)
+	if o+2 > t.vtSize {
+		return 0, false, nil
+	}
+	fo := int64(binary.LittleEndian.Uint16(t.b[t.vt+o:]))
+	if fo == 0 {
+		return 0, false, nil
+	}
+	if t.pos+fo >= int64(len(t.b)) {
+		return 0, false, errFlatbuf
+	}
+	return t.pos + fo, true, nil
+}
+
+// ref follows the offset stored in field i (a table, vector or string).
+func (t fbTable) ref(i int) (int64, bool, error) {
+	p, ok, err := t.field(i)
+	if !ok || err != nil {
+		return 0, ok, err
+	}
+	off, err := t.b.u32(p)
+	if err != nil {
+		return 0, false, err
+	}
+	return p + off, true, nil
+}
+
+func (t fbTable) subtable(i int) (fbTable, bool, error) {
+	p, ok, err := t.ref(i)
+	if !ok || err != nil {
+		return fbTable{}, ok, err
+	}
+	st, err := t.b.table(p)
+	return st, err == nil, err
+}
+
+// vector checks the vector in field i (elements of elem bytes) and returns its element start
+// and length.
+func (t fbTable) vector(i int, elem int64) (int64, int64, error) {
+	p, ok, err := t.ref(i)
+	if !ok || err != nil {
+		return 0, 0, err
+	}
+	n, err := t.b.u32(p)
+	if err != nil {
+		return 0, 0, err
+	}
+	if p+4+n*elem > int64(len(t.b)) {
+		return 0, 0, errFlatbuf
+	}
+	return p + 4, n, nil
+}
+
+// tables checks a vector of tables in field i with check.
+func (t fbTable) tables(i int, check func(fbTable) error) error {
+	start, n, err := t.vector(i, 4)
+	if err != nil {
+		return err
+	}
+	for k := int64(0); k < n; k++ {
+		off, err := t.b.u32(start + 4*k)
+		if err != nil {
+			return err
+		}
+		st, err := t.b.table(start + 4*k + off)
+		if err != nil {
+			return err
+		}
+		if check != nil {
+			if err := check(st); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func checkKeyValues(t fbTable, i int) error {
+	return t.tables(i, func(kv fbTable) error {
+		if _, _, err := kv.vector(0, 1); err != nil {
+			return err
+		}
+		_, _, err := kv.vector(1, 1)
+		return err
+	})
+}
+
+func checkField(f fbTable, depth int) error {
+	if depth > maxFieldDepth {
+		return fmt.Errorf("fields nested deeper than %d", maxFieldDepth)
+	}
+	if _, _, err := f.vector(0, 1); err != nil { // name
+		return err
+	}
+	if _, _, err := f.subtable(3); err != nil { // type
+		return err
+	}
+	if d, ok, err := f.subtable(4); err != nil { // dictionary
+		return err
+	} else if ok {
+		if _, _, err := d.subtable(1); err != nil {
+			return err
+		}
+	}
+	if err := f.tables(5, func(c fbTable) error { return checkField(c, depth+1) }); err != nil {
+		return err
+	}
+	return checkKeyValues(f, 6)
+}
+
+func checkSchema(s fbTable) error {
+	if err := s.tables(1, func(f fbTable) error { return checkField(f, 0) }); err != nil {
+		return err
+	}
+	if err := checkKeyValues(s, 2); err != nil {
+		return err
+	}
+	_, _, err := s.vector(3, 8)
+	return err
+}
+
+func checkRecordBatch(r fbTable) error {
+	for _, v := range []struct {
+		i    int
+		elem int64
+	}{{1, 16}, {2, 16}, {4, 8}} { // nodes, buffers, variadicBufferCounts
+		if _, _, err := r.vector(v.i, v.elem); err != nil {
+			return err
+		}
+	}
+	_, _, err := r.subtable(3) // compression
+	return err
+}
+
+// checkMessage verifies the flatbuffer of one IPC Message.
+func checkMessage(b []byte) error {
+	root, err := fbuf(b).u32(0)
+	if err != nil {
+		return err
+	}
+	m, err := fbuf(b).table(root)
+	if err != nil {
+		return err
+	}
+	var htype byte
+	if p, ok, err := m.field(1); err != nil {
+		return err
+	} else if ok {
+		htype = b[p]
+	}
+	h, ok, err := m.subtable(2)
+	if err != nil {
+		return err
+	}
+	if ok {
+		switch htype {
+		case 1:
+			err = checkSchema(h)
+		case 2:
+			var rb fbTable
+			if rb, ok, err = h.subtable(1); err == nil && ok {
+				err = checkRecordBatch(rb)
+			}
+		case 3:
+			err = checkRecordBatch(h)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return checkKeyValues(m, 4)
+}
+
+// checkArrowFile verifies the footer of an Arrow IPC file and the message of every block it
+// lists, reading only those bytes.
+func checkArrowFile(r io.ReaderAt, size int64) error {
+	const tail = 10 // int32 footer length + "ARROW1"
+	if size < int64(len(arrowFileMagic))+tail {
+		return errors.New("too short for an Arrow IPC file")
+	}
+	var t [tail]byte
+	if _, err := r.ReadAt(t[:], size-tail); err != nil {
+		return err
+	}
+	if string(t[4:]) != string(arrowFileMagic) {
+		return errors.New("no ARROW1 magic at the end (truncated?)")
+	}
+	n := int64(int32(binary.LittleEndian.Uint32(t[:4])))
+	if n <= 0 || n > size-tail-int64(len(arrowFileMagic)) {
+		return fmt.Errorf("footer length %d does not fit the file", n)
+	}
+	footer := make([]byte, n)
+	if _, err := r.ReadAt(footer, size-tail-n); err != nil {
+		return err
+	}
+	root, err := fbuf(footer).u32(0)
+	if err != nil {
+		return err
+	}
+	ft, err := fbuf(footer).table(root)
+	if err != nil {
+		return err
+	}
+	if s, ok, err := ft.subtable(1); err != nil {
+		return err
+	} else if ok {
+		if err := checkSchema(s); err != nil {
+			return err
+		}
+	}
+	for _, vi := range []int{2, 3} { // dictionaries, recordBatches: Block{offset i64, metaDataLength i32, pad, bodyLength i64}
+		start, cnt, err := ft.vector(vi, 24)
+		if err != nil {
+			return err
+		}
+		for k := int64(0); k < cnt; k++ {
+			blk := footer[start+24*k:]
+			off := int64(binary.LittleEndian.Uint64(blk))
+			ml := int64(int32(binary.LittleEndian.Uint32(blk[8:])))
+			body := int64(binary.LittleEndian.Uint64(blk[16:]))
+			if off < 0 || ml < 8 || body < 0 || off > size || ml > size-off || body > size-off-ml {
+				return fmt.Errorf("block %d does not fit the file", k)
+			}
+			meta := make([]byte, ml)
+			if _, err := r.ReadAt(meta, off); err != nil {
+				return err
+			}
+			skip := 4
+			if binary.LittleEndian.Uint32(meta) == 0xFFFFFFFF {
+				skip = 8
+			}
+			if err := checkMessage(meta[skip:]); err != nil {
+				return fmt.Errorf("block %d: %w", k, err)
+			}
+		}
+	}
+	return checkKeyValues(ft, 4)
+}
