@@ -1,0 +1,727 @@
+//go:build dmc_cuda
+
+package ops
+
+// Conformance of the CUDA training kernels (package kernels, cuda_train*.go) with the Go kernels
+// of this package: random inputs from fixed seeds, the Go kernel run in float64 as the oracle
+// (and in float32 where bit equality is claimed), every device output poisoned with NaN before
+// its launch, forward and every backward output compared by ‖got−want‖/‖want‖ with the
+// tolerance of its precision (fp32 kernels 1e-5, bf16-operand GEMMs 1e-2 against the fp32
+// inputs and 1e-5 against the bf16-rounded inputs). Skips without a GPU.
+//
+//	go test -c -tags dmc_cuda -o ops.test ./graph/ops && ./ops.test -test.run Conformance -test.v
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"sort"
+	"strings"
+	"testing"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/kernels"
+	"github.com/dmc-project/dmc/model"
+)
+
+const (
+	tolF32       = 1e-5 // fp32 kernels against the float64 oracle
+	tolBF16      = 1e-2 // bf16-operand GEMMs against the fp32 inputs' product
+	tolBF16Exact = 1e-5 // the same GEMMs against the product of the bf16-rounded inputs
+)
+
+type convRow struct {
+	name     string
+	rel, abs float64
+	tol      float64
+	note     string
+}
+
+type convSuite struct {
+	t    *testing.T
+	dev  *kernels.TrainDevice
+	rng  *rand.Rand
+	rows []convRow
+	bufs []*kernels.DevBuf
+}
+
+func TestCUDATrainConformance(t *testing.T) {
+	dev, err := kernels.OpenTrain(0)
+	if err != nil {
+		t.Skipf("no usable GPU: %v", err)
+	}
+	t.Logf("device: %s", dev.Describe())
+	s := &convSuite{t: t, dev: dev, rng: rand.New(rand.NewPCG(12, 2026))}
+	defer func() {
+		for _, b := range s.bufs {
+			b.Free()
+		}
+	}()
+	for _, c := range []struct {
+		name string
+		fn   func(*testing.T)
+	}{
+		{"Linear", s.testLinear}, {"RMSNorm", s.testRMSNorm}, {"RoPE", s.testRoPE}, {"SwiGLU", s.testSwiGLU},
+		{"Embedding", s.testEmbedding}, {"SoftmaxCE", s.testSoftmaxCE}, {"SoftmaxKL", s.testSoftmaxKL},
+		{"DMCDecide", s.testDecide}, {"DMCImportance", s.testImportance}, {"DMCHardCount", s.testHardCount},
+		{"DMCMerge", s.testMerge}, {"AdamW", s.testAdamW},
+	} {
+		c := c
+		t.Run(c.name, func(t *testing.T) {
+			s.t = t
+			c.fn(t)
+			if err := dev.Sync(); err != nil {
+				t.Fatalf("device error after %s: %v", c.name, err)
+			}
+		})
+	}
+	s.t = t
+	// Summary: worst error per output kind.
+	worst := map[string]convRow{}
+	var keys []string
+	for _, r := range s.rows {
+		k := r.name
+		if i := strings.Index(k, " "); i > 0 {
+			k = k[:i]
+		}
+		w, ok := worst[k]
+		if !ok {
+			keys = append(keys, k)
+		}
+		if !ok || r.rel > w.rel || (r.rel == w.rel && r.abs > w.abs) {
+			worst[k] = r
+		}
+	}
+	sort.Strings(keys)
+	var b strings.Builder
+	fmt.Fprintf(&b, "worst case per output (%d comparisons):\n", len(s.rows))
+	for _, k := range keys {
+		r := worst[k]
+		fmt.Fprintf(&b, "  %-28s rel %.2e  maxabs %.2e  tol %.0e  %s\n", k, r.rel, r.abs, r.tol, r.note)
+	}
+	t.Log(b.String())
+}
+
+// ---- helpers
+
+func (s *convSuite) up(x []float32) *kernels.DevBuf {
+	b, err := s.dev.FromF32(x)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.bufs = append(s.bufs, b)
+	return b
+}
+
+func (s *convSuite) upIDs(x []int) *kernels.DevBuf {
+	v := make([]int32, len(x))
+	for i, id := range x {
+		v[i] = int32(id)
+	}
+	b, err := s.dev.FromI32(v)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	s.bufs = append(s.bufs, b)
+	return b
+}
+
+func (s *convSuite) alloc(dt kernels.DType, n int) *kernels.DevBuf {
+	b, err := s.dev.Alloc(dt, n)
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	if err := b.Poison(); err != nil {
+		s.t.Fatal(err)
+	}
+	s.bufs = append(s.bufs, b)
+	return b
+}
+
+// out is a NaN-poisoned fp32 output.
+func (s *convSuite) out(n int) *kernels.DevBuf { return s.alloc(kernels.F32, n) }
+
+func (s *convSuite) down(b *kernels.DevBuf) []float32 {
+	v, err := b.F32s()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+	return v
+}
+
+func (s *convSuite) ok(err error) {
+	s.t.Helper()
+	if err != nil {
+		s.t.Fatal(err)
+	}
+}
+
+func (s *convSuite) normals(n int, std, mean float64) []float32 {
+	v := make([]float32, n)
+	for i := range v {
+		v[i] = float32(mean + std*s.rng.NormFloat64())
+	}
+	return v
+}
+
+func to64(x []float32) []float64 {
+	v := make([]float64, len(x))
+	for i, f := range x {
+		v[i] = float64(f)
+	}
+	return v
+}
+
+// relErr is ‖got−want‖/‖want‖ (‖got−want‖ when want = 0) and the largest |got−want|; NaN or Inf
+// in got (an element left unwritten) gives +Inf.
+func relErr(got []float32, want []float64) (rel, abs float64) {
+	if len(got) != len(want) {
+		return math.Inf(1), math.Inf(1)
+	}
+	var num, den float64
+	for i, g := range got {
+		if math.IsNaN(float64(g)) || math.IsInf(float64(g), 0) {
+			return math.Inf(1), math.Inf(1)
+		}
+		d := float64(g) - want[i]
+		num += d * d
+		den += want[i] * want[i]
+		abs = max(abs, math.Abs(d))
+	}
+	if den == 0 {
+		return math.Sqrt(num), abs
+	}
+	return math.Sqrt(num / den), abs
+}
+
+func (s *convSuite) check(name string, got []float32, want []float64, tol float64) {
+	s.t.Helper()
+	rel, abs := relErr(got, want)
+	s.rows = append(s.rows, convRow{name: name, rel: rel, abs: abs, tol: tol})
+	if !(rel <= tol) {
+		s.t.Errorf("%s: relative error %.3g (max abs %.3g) exceeds %.0e", name, rel, abs, tol)
+	}
+}
+
+// bitDiff counts elements whose bits differ.
+func bitDiff(a, b []float32) int {
+	if len(a) != len(b) {
+		return max(len(a), len(b))
+	}
+	n := 0
+	for i := range a {
+		if math.Float32bits(a[i]) != math.Float32bits(b[i]) {
+			n++
+		}
+	}
+	return n
+}
+
+// exact checks bit equality with the Go float32 kernel; required says whether a difference fails.
+func (s *convSuite) exact(name string, got, want []float32, required bool) {
+	s.t.Helper()
+	n := bitDiff(got, want)
+	note := fmt.Sprintf("bit-identical to Go float32: %d/%d differ", n, len(want))
+	if len(s.rows) > 0 {
+		s.rows[len(s.rows)-1].note = note
+	}
+	s.t.Logf("%s: %s", name, note)
+	if required && n != 0 {
+		s.t.Errorf("%s: %d of %d elements differ in bits from the Go float32 kernel", name, n, len(want))
+	}
+}
+
+// bf16 rounds to the nearest bfloat16 (ties to even), as __float2bfloat16_rn.
+func bf16(x float32) float32 {
+	b := math.Float32bits(x)
+	b += 0x7fff + (b>>16)&1
+	return math.Float32frombits(b &^ 0xffff)
+}
+
+func bf16s(x []float32) []float32 {
+	v := make([]float32, len(x))
+	for i, f := range x {
+		v[i] = bf16(f)
+	}
+	return v
+}
+
+func scale64(x []float64, c float64) []float64 {
+	v := make([]float64, len(x))
+	for i, f := range x {
+		v[i] = f * c
+	}
+	return v
+}
+
+// ---- ops
+
+func (s *convSuite) testLinear(t *testing.T) {
+	for _, sh := range []struct{ n, in, out int }{{5, 24, 8}, {13, 100, 36}, {37, 64, 48}, {256, 512, 384}, {1024, 1024, 512}} {
+		x, w, dy := s.normals(sh.n*sh.in, 1, 0), s.normals(sh.out*sh.in, 0.05, 0), s.normals(sh.n*sh.out, 1, 0)
+		acc0 := s.normals(sh.out*sh.in, 1, 0)
+		ref := func(x, w, dy []float32) (y, dx, dw []float64) {
+			x64, w64, dy64 := to64(x), to64(w), to64(dy)
+			y, dx, dw = make([]float64, sh.n*sh.out), make([]float64, sh.n*sh.in), make([]float64, sh.out*sh.in)
+			gemm(false, true, sh.n, sh.out, sh.in, 1, x64, sh.in, w64, sh.in, 0, y, sh.out)
+			gemm(false, false, sh.n, sh.in, sh.out, 1, dy64, sh.out, w64, sh.in, 0, dx, sh.in)
+			gemm(true, false, sh.out, sh.in, sh.n, 1, dy64, sh.out, x64, sh.in, 0, dw, sh.in)
+			return
+		}
+		y, dx, dw := ref(x, w, dy)
+		yb, dxb, dwb := ref(bf16s(x), bf16s(w), bf16s(dy))
+		cast := func(v []float32) *kernels.DevBuf {
+			b := s.alloc(kernels.BF16, len(v))
+			s.ok(s.dev.CastBF16(b, s.up(v)))
+			return b
+		}
+		x16, w16, dy16 := cast(x), cast(w), cast(dy)
+		for _, noLt := range []bool{false, true} {
+			s.dev.NoLt = noLt
+			tag := fmt.Sprintf("%dx%dx%d lt=%t", sh.n, sh.in, sh.out, !noLt)
+			dY, dX, dW := s.out(len(y)), s.out(len(dx)), s.out(len(dw))
+			s.ok(s.dev.LinearForward(dY, x16, w16, sh.n, sh.in, sh.out, false))
+			s.ok(s.dev.LinearBackwardX(dX, dy16, w16, sh.n, sh.in, sh.out, false))
+			s.ok(s.dev.LinearBackwardW(dW, dy16, x16, sh.n, sh.in, sh.out, false))
+			gy, gdx, gdw := s.down(dY), s.down(dX), s.down(dW)
+			s.check("Linear.y "+tag, gy, y, tolBF16)
+			s.check("Linear.dx "+tag, gdx, dx, tolBF16)
+			s.check("Linear.dW "+tag, gdw, dw, tolBF16)
+			s.check("Linear.y(bf16-in) "+tag, gy, yb, tolBF16Exact)
+			s.check("Linear.dx(bf16-in) "+tag, gdx, dxb, tolBF16Exact)
+			s.check("Linear.dW(bf16-in) "+tag, gdw, dwb, tolBF16Exact)
+			// Gradient accumulation: dW = acc0 + dyᵀx with beta = 1.
+			dA := s.up(acc0)
+			s.ok(s.dev.LinearBackwardW(dA, dy16, x16, sh.n, sh.in, sh.out, true))
+			want := to64(acc0)
+			for i := range want {
+				want[i] += dwb[i]
+			}
+			s.check("Linear.dW+=(bf16-in) "+tag, s.down(dA), want, tolBF16Exact)
+			// Determinism: the same call again gives the same bits.
+			s.ok(s.dev.LinearForward(dY, x16, w16, sh.n, sh.in, sh.out, false))
+			s.ok(s.dev.LinearBackwardW(dW, dy16, x16, sh.n, sh.in, sh.out, false))
+			if n := bitDiff(s.down(dY), gy) + bitDiff(s.down(dW), gdw); n != 0 {
+				t.Errorf("Linear %s: a repeated GEMM differs in %d elements", tag, n)
+			}
+		}
+		s.dev.NoLt = false
+	}
+}
+
+func (s *convSuite) testRMSNorm(t *testing.T) {
+	const eps = 1e-5
+	for _, sh := range []struct{ rows, d int }{{1, 8}, {3, 64}, {7, 100}, {5, 4096}, {130, 256}, {300, 33}} {
+		x, w, dy := s.normals(sh.rows*sh.d, 3, 0), s.normals(sh.d, 1, 0), s.normals(sh.rows*sh.d, 1, 0)
+		x64, w64, dy64 := to64(x), to64(w), to64(dy)
+		y, dx, dw := make([]float64, len(x)), make([]float64, len(x)), make([]float64, sh.d)
+		rmsNormFwd(y, x64, w64, eps)
+		rmsNormBwdX(dx, x64, w64, dy64, eps)
+		rmsNormBwdW(dw, x64, dy64, eps)
+		bx, bw, bdy := s.up(x), s.up(w), s.up(dy)
+		gy, gy16, gdx, gdw := s.out(len(x)), s.alloc(kernels.BF16, len(x)), s.out(len(x)), s.out(sh.d)
+		s.ok(s.dev.RMSNormForward(gy, gy16, bx, bw, sh.rows, sh.d, eps))
+		s.ok(s.dev.RMSNormBackward(gdx, gdw, bx, bw, bdy, sh.rows, sh.d, eps, false))
+		tag := fmt.Sprintf("%dx%d", sh.rows, sh.d)
+		yv := s.down(gy)
+		s.check("RMSNorm.y "+tag, yv, y, tolF32)
+		s.check("RMSNorm.dx "+tag, s.down(gdx), dx, tolF32)
+		s.check("RMSNorm.dw "+tag, s.down(gdw), dw, tolF32)
+		bits := make([]uint16, len(x))
+		s.ok(gy16.Download(bits))
+		for i, b := range bits {
+			if math.Float32frombits(uint32(b)<<16) != bf16(yv[i]) {
+				t.Fatalf("RMSNorm %s: bf16 output %d is %#x, want bf16(%g)", tag, i, b, yv[i])
+			}
+		}
+		// dw only, accumulating.
+		s.ok(s.dev.RMSNormBackward(nil, gdw, bx, bw, bdy, sh.rows, sh.d, eps, true))
+		s.check("RMSNorm.dw+= "+tag, s.down(gdw), scale64(dw, 2), tolF32)
+	}
+}
+
+func (s *convSuite) testRoPE(t *testing.T) {
+	type rc struct {
+		layout     model.RoPELayout
+		H, D, T, B int
+		ch         int
+		sc, theta  float64
+	}
+	for _, c := range []rc{
+		{model.RoPEInterleaved, 2, 8, 5, 2, -1, 1, 10000},
+		{model.RoPEInterleaved, 3, 8, 16, 2, 7, 0.3, 10000},
+		{model.RoPEHalf, 4, 64, 13, 3, 63, 0, 10000},
+		{model.RoPEHalf, 2, 128, 33, 1, 5, 0.7, 500000},
+		{model.RoPEInterleaved, 1, 64, 7, 2, 0, 2, 10000},
+	} {
+		tab, err := s.dev.NewRoPETables(c.layout, c.theta, c.D, c.T)
+		s.ok(err)
+		for _, inv := range []bool{false, true} {
+			spec := RoPESpec{Layout: c.layout, Theta: c.theta, Heads: c.H, HeadD: c.D, SeqLen: c.T, Channel: c.ch}
+			o, err := newRoPEOp(spec, inv)
+			s.ok(err)
+			rows := c.B * c.T
+			x := s.normals(rows*c.H*c.D, 1, 0)
+			want, want32 := make([]float64, len(x)), make([]float32, len(x))
+			ropeKernel(o, want, to64(x), c.sc)
+			ropeKernel(o, want32, x, c.sc)
+			got := s.out(len(x))
+			s.ok(s.dev.RoPE(got, s.up(x), tab, rows, c.H, c.ch, c.sc, inv))
+			g := s.down(got)
+			name := fmt.Sprintf("RoPE.y %s H%d D%d T%d ch%d inv=%t", c.layout, c.H, c.D, c.T, c.ch, inv)
+			s.check(name, g, want, tolF32)
+			s.exact(name, g, want32, false)
+		}
+		tab.Free()
+	}
+}
+
+func (s *convSuite) testSwiGLU(t *testing.T) {
+	for _, n := range []int{1, 1000, 3 * 4096} {
+		a, b, dy := s.normals(n, 2, 0), s.normals(n, 1, 0), s.normals(n, 1, 0)
+		a64, b64 := to64(a), to64(b)
+		y, g := make([]float64, n), make([]float64, 2*n)
+		swiGLUKernel(-1, y, a64, b64, nil)
+		swiGLUKernel(1, g, a64, b64, to64(dy))
+		ba, bb := s.up(a), s.up(b)
+		gy, gda, gdb := s.out(n), s.out(n), s.out(n)
+		s.ok(s.dev.SwiGLUForward(gy, nil, ba, bb))
+		s.ok(s.dev.SwiGLUBackward(gda, gdb, ba, bb, s.up(dy)))
+		tag := fmt.Sprint(n)
+		s.check("SwiGLU.y "+tag, s.down(gy), y, tolF32)
+		s.check("SwiGLU.da "+tag, s.down(gda), g[:n], tolF32)
+		s.check("SwiGLU.db "+tag, s.down(gdb), g[n:], tolF32)
+	}
+}
+
+func (s *convSuite) testEmbedding(t *testing.T) {
+	for _, sh := range []struct{ V, d, n int }{{50, 24, 200}, {1000, 128, 64}, {7, 5, 1}} {
+		table, dy := s.normals(sh.V*sh.d, 1, 0), s.normals(sh.n*sh.d, 1, 0)
+		ids := make([]int, sh.n)
+		ids32 := make([]int32, sh.n)
+		for i := range ids {
+			ids[i] = s.rng.IntN(sh.V)
+			ids32[i] = int32(ids[i])
+		}
+		y, dE := make([]float64, sh.n*sh.d), make([]float64, sh.V*sh.d)
+		gather(y, to64(table), ids, sh.d)
+		scatterAdd(dE, to64(dy), ids, sh.d)
+		dE32 := make([]float32, sh.V*sh.d)
+		scatterAdd(dE32, dy, ids, sh.d)
+		off, pos, err := kernels.EmbeddingIndex(ids32, sh.V)
+		s.ok(err)
+		boff, err := s.dev.FromI32(off)
+		s.ok(err)
+		bpos, err := s.dev.FromI32(pos)
+		s.ok(err)
+		s.bufs = append(s.bufs, boff, bpos)
+		gy, gdE := s.out(len(y)), s.out(len(dE))
+		s.ok(s.dev.EmbeddingForward(gy, s.up(table), s.upIDs(ids), sh.n, sh.d))
+		s.ok(s.dev.EmbeddingBackward(gdE, s.up(dy), boff, bpos, sh.V, sh.d, false))
+		tag := fmt.Sprintf("V%d d%d n%d", sh.V, sh.d, sh.n)
+		s.check("Embedding.y "+tag, s.down(gy), y, 0)
+		g := s.down(gdE)
+		s.check("Embedding.dE "+tag, g, dE, tolF32)
+		s.exact("Embedding.dE "+tag, g, dE32, true)
+	}
+	if _, _, err := kernels.EmbeddingIndex([]int32{3, 9}, 5); err == nil {
+		t.Error("EmbeddingIndex accepted an id outside the vocabulary")
+	}
+}
+
+// targets draws targets in [0, V) with about a fifth ignored (−1).
+func (s *convSuite) targets(n, V int, ignoreAll bool) []int {
+	tg := make([]int, n)
+	for i := range tg {
+		tg[i] = s.rng.IntN(V)
+		if ignoreAll || s.rng.IntN(5) == 0 {
+			tg[i] = -1
+		}
+	}
+	return tg
+}
+
+func (s *convSuite) testSoftmaxCE(t *testing.T) {
+	for _, sh := range []struct {
+		n, V int
+		none bool
+	}{{37, 1000, false}, {8, 32000, false}, {3, 17, false}, {4, 64, true}} {
+		logits := s.normals(sh.n*sh.V, 3, 0)
+		tg := s.targets(sh.n, sh.V, sh.none)
+		l64 := to64(logits)
+		loss := xentKernel(l64, tg, sh.V, 0, nil)
+		const g = 0.7
+		dl := make([]float64, len(logits))
+		xentKernel(l64, tg, sh.V, g, dl)
+		bl, bt := s.up(logits), s.upIDs(tg)
+		gl, gdl := s.out(2), s.out(len(logits))
+		s.ok(s.dev.SoftmaxCE(gl, bl, bt, sh.n, sh.V))
+		count := ValidTargets(tg)
+		scale := float32(0)
+		if count > 0 {
+			scale = float32(g / float64(count))
+		}
+		s.ok(s.dev.SoftmaxCEBackward(gdl, bl, bt, sh.n, sh.V, scale))
+		tag := fmt.Sprintf("%dx%d counted %d", sh.n, sh.V, count)
+		lv := s.down(gl)
+		s.check("SoftmaxCE.loss "+tag, lv[:1], []float64{loss}, tolF32)
+		if int(lv[1]) != count {
+			t.Errorf("SoftmaxCE %s: device counted %v tokens", tag, lv[1])
+		}
+		s.check("SoftmaxCE.dlogits "+tag, s.down(gdl), dl, tolF32)
+	}
+}
+
+func (s *convSuite) testSoftmaxKL(t *testing.T) {
+	for _, sh := range []struct {
+		n, V int
+		none bool
+	}{{37, 1000, false}, {8, 32000, false}, {5, 9, false}, {4, 64, true}} {
+		logits := s.normals(sh.n*sh.V, 2, 0)
+		teacher := make([]float32, len(logits))
+		for i := range teacher {
+			teacher[i] = logits[i] + float32(0.7*s.rng.NormFloat64())
+		}
+		tg := s.targets(sh.n, sh.V, sh.none)
+		l64, t64 := to64(logits), to64(teacher)
+		loss := klKernel(l64, t64, tg, sh.V, 0, nil)
+		const g = 1.3
+		dl := make([]float64, len(logits))
+		klKernel(l64, t64, tg, sh.V, g, dl)
+		bl, bte, bt := s.up(logits), s.up(teacher), s.upIDs(tg)
+		gl, gdl := s.out(2), s.out(len(logits))
+		s.ok(s.dev.SoftmaxKL(gl, bl, bte, bt, sh.n, sh.V))
+		count := ValidTargets(tg)
+		scale := float32(0)
+		if count > 0 {
+			scale = float32(g / float64(count))
+		}
+		s.ok(s.dev.SoftmaxKLBackward(gdl, bl, bte, bt, sh.n, sh.V, scale))
+		tag := fmt.Sprintf("%dx%d counted %d", sh.n, sh.V, count)
+		lv := s.down(gl)
+		s.check("SoftmaxKL.loss "+tag, lv[:1], []float64{loss}, tolF32)
+		s.check("SoftmaxKL.dlogits "+tag, s.down(gdl), dl, tolF32)
+	}
+}
+
+var convSpecs = []DMCSpec{
+	{QHeads: 8, KVHeads: 2, HeadD: 16, SeqLen: 13, Channel: 15, DecisionOffset: 5, ImportanceOffset: 5, Temperature: 0.5, Window: 12},
+	{QHeads: 4, KVHeads: 4, HeadD: 8, SeqLen: 29, Channel: 7, DecisionOffset: 5, ImportanceOffset: 5, Temperature: 0.1, Window: 12},
+	{QHeads: 16, KVHeads: 2, HeadD: 64, SeqLen: 17, Channel: 63, DecisionOffset: 5, ImportanceOffset: 5, Temperature: 1, Window: 0},
+	{QHeads: 4, KVHeads: 1, HeadD: 128, SeqLen: 40, Channel: 0, DecisionOffset: 3, ImportanceOffset: 2, Temperature: 0.3, Window: 4},
+}
+
+func geom(sp DMCSpec) kernels.DMCGeom {
+	return kernels.DMCGeom{QHeads: sp.QHeads, KVHeads: sp.KVHeads, HeadD: sp.HeadD, SeqLen: sp.SeqLen, Channel: sp.Channel,
+		DecisionOffset: sp.DecisionOffset, ImportanceOffset: sp.ImportanceOffset, Temperature: sp.Temperature, Window: sp.Window}
+}
+
+func specTag(sp DMCSpec) string {
+	return fmt.Sprintf("Hq%d Hkv%d D%d T%d W%d", sp.QHeads, sp.KVHeads, sp.HeadD, sp.SeqLen, sp.Window)
+}
+
+// keys draws pre-RoPE keys whose decision channel sits around the offset (decisions both ways).
+func (s *convSuite) keys(sp DMCSpec, rows, heads int) []float32 {
+	k := s.normals(rows*heads*sp.HeadD, 1, 0)
+	for r := 0; r < rows*heads; r++ {
+		k[r*sp.HeadD+sp.Channel] = float32(sp.DecisionOffset + 2*s.rng.NormFloat64())
+	}
+	return k
+}
+
+func (s *convSuite) testDecide(t *testing.T) {
+	for _, sp := range convSpecs {
+		B := 3
+		rows, H := B*sp.SeqLen, sp.KVHeads
+		k, noise, dA := s.keys(sp, rows, H), s.normals(rows*H, 1, 0), s.normals(rows*H, 1, 0)
+		bk, bn, bdA := s.up(k), s.up(noise), s.up(dA)
+		for _, hard := range []bool{false, true} {
+			al, dk := make([]float64, rows*H), make([]float64, len(k))
+			decideKernel(decideOp{sp, false}, al, to64(k), to64(noise), hard, nil)
+			decideKernel(decideOp{sp, true}, dk, to64(k), to64(noise), hard, to64(dA))
+			gal, gdk := s.out(len(al)), s.out(len(dk))
+			s.ok(s.dev.DMCDecide(gal, bk, bn, geom(sp), rows, hard))
+			s.ok(s.dev.DMCDecideBackward(gdk, bk, bn, bdA, geom(sp), rows, hard))
+			tag := fmt.Sprintf("%s hard=%t", specTag(sp), hard)
+			s.check("DMCDecide.alpha "+tag, s.down(gal), al, tolF32)
+			s.check("DMCDecide.dk "+tag, s.down(gdk), dk, tolF32)
+		}
+	}
+}
+
+func (s *convSuite) testImportance(t *testing.T) {
+	eps := dmc.Epsilon[float32]()
+	for _, sp := range convSpecs {
+		rows := 2 * sp.SeqLen
+		q, dW := s.normals(rows*sp.QHeads*sp.HeadD, 3, 0), s.normals(rows*sp.KVHeads, 1, 0)
+		om, dq := make([]float64, rows*sp.KVHeads), make([]float64, len(q))
+		importanceKernel(importanceOp{sp, false}, om, to64(q), nil, eps)
+		importanceKernel(importanceOp{sp, true}, dq, to64(q), to64(dW), eps)
+		bq := s.up(q)
+		gom, gdq := s.out(len(om)), s.out(len(dq))
+		s.ok(s.dev.DMCImportance(gom, bq, geom(sp), rows, eps))
+		s.ok(s.dev.DMCImportanceBackward(gdq, bq, s.up(dW), geom(sp), rows))
+		s.check("DMCImportance.omega "+specTag(sp), s.down(gom), om, tolF32)
+		s.check("DMCImportance.dq "+specTag(sp), s.down(gdq), dq, tolF32)
+	}
+}
+
+func (s *convSuite) testHardCount(t *testing.T) {
+	for _, sh := range []struct{ B, T, H int }{{3, 13, 2}, {1, 1, 1}, {4, 2048, 8}} {
+		alpha := make([]float32, sh.B*sh.T*sh.H)
+		for i := range alpha {
+			alpha[i] = s.rng.Float32()
+		}
+		alpha[0] = 0.5 // not counted: the threshold is strict
+		g := s.normals(sh.B, 1, 0)
+		per := sh.T * sh.H
+		cnt, dA := make([]float64, sh.B), make([]float64, len(alpha))
+		o := hardCountOp{T: sh.T}
+		hardCountKernel(o, cnt, to64(alpha), sh.H, nil)
+		hardCountKernel(hardCountOp{T: sh.T, back: true}, dA, to64(alpha), sh.H, []G.Value{nil, tensor.New(tensor.WithBacking(to64(g)))})
+		gc, gdA := s.out(sh.B), s.out(len(alpha))
+		s.ok(s.dev.DMCHardCount(gc, s.up(alpha), sh.B, per))
+		s.ok(s.dev.DMCHardCountBackward(gdA, s.up(g), sh.B, per))
+		tag := fmt.Sprintf("B%d T%d H%d", sh.B, sh.T, sh.H)
+		s.check("DMCHardCount.count "+tag, s.down(gc), cnt, 0)
+		s.check("DMCHardCount.dalpha "+tag, s.down(gdA), dA, 0)
+	}
+}
+
+func (s *convSuite) testMerge(t *testing.T) {
+	for _, sp := range convSpecs {
+		for _, mode := range []string{"soft", "hard"} {
+			B := 2
+			rows, H, D := B*sp.SeqLen, sp.KVHeads, sp.HeadD
+			x, dy := s.normals(rows*H*D, 1, 0), s.normals(rows*H*D, 1, 0)
+			alpha, omega := make([]float32, rows*H), make([]float32, rows*H)
+			for i := range alpha {
+				if mode == "hard" {
+					alpha[i] = float32(s.rng.IntN(2))
+				} else {
+					alpha[i] = float32(dmc.Sigmoid(2 * s.rng.NormFloat64()))
+				}
+				omega[i] = float32(dmc.Sigmoid(s.rng.NormFloat64()) + 0x1p-23)
+			}
+			for b := 0; b < B; b++ { // α = 0 at the first position of each sequence, as DMCDecide gives
+				for h := 0; h < H; h++ {
+					alpha[b*sp.SeqLen*H+h] = 0
+				}
+			}
+			N := rows
+			y, packed := make([]float64, len(x)), make([]float64, N*H*D+2*N*H)
+			mergeKernel(mergeOp{sp, false}, y, to64(x), to64(alpha), to64(omega), nil)
+			mergeKernel(mergeOp{sp, true}, packed, to64(x), to64(alpha), to64(omega), to64(dy))
+			bx, ba, bo := s.up(x), s.up(alpha), s.up(omega)
+			gy, gdx, gdA, gdW := s.out(len(x)), s.out(len(x)), s.out(N*H), s.out(N*H)
+			s.ok(s.dev.DMCMerge(gy, bx, ba, bo, geom(sp), rows))
+			s.ok(s.dev.DMCMergeBackward(gdx, gdA, gdW, bx, ba, bo, s.up(dy), geom(sp), rows))
+			tag := specTag(sp) + " " + mode
+			s.check("DMCMerge.y "+tag, s.down(gy), y, tolF32)
+			s.check("DMCMerge.dx "+tag, s.down(gdx), packed[:N*H*D], tolF32)
+			s.check("DMCMerge.dalpha "+tag, s.down(gdA), packed[N*H*D:N*H*D+N*H], tolF32)
+			s.check("DMCMerge.domega "+tag, s.down(gdW), packed[N*H*D+N*H:], tolF32)
+		}
+	}
+}
+
+// adamwCPU is trainer.AdamW.Update's loop for one parameter, verbatim (package trainer cannot be
+// imported here without risking an import cycle through the training graph).
+func adamwCPU(w, g, m, v []float32, beta1, beta2, epsilon, wd, lr float64, step int, decay bool) {
+	bc1 := 1 - math.Pow(beta1, float64(step))
+	bc2 := 1 - math.Pow(beta2, float64(step))
+	b1, b2 := float32(beta1), float32(beta2)
+	c1, c2 := float32(1-beta1), float32(1-beta2)
+	stepSize := float32(lr / bc1)
+	invSqrtBC2 := float32(1 / math.Sqrt(bc2))
+	eps := float32(epsilon)
+	keep := float32(1)
+	if decay {
+		keep = float32(1 - lr*wd)
+	}
+	for j := range w {
+		gj := g[j]
+		mj := b1*m[j] + c1*gj
+		vj := b2*v[j] + c2*gj*gj
+		m[j], v[j] = mj, vj
+		denom := float32(math.Sqrt(float64(vj)))*invSqrtBC2 + eps
+		w[j] = w[j]*keep - stepSize*mj/denom
+	}
+}
+
+func (s *convSuite) testAdamW(t *testing.T) {
+	const beta1, beta2, eps, wd = 0.9, 0.95, 1e-8, 0.1
+	for _, clipOn := range []bool{false, true} {
+		n1, n2 := 10007, 300
+		w1, w2 := s.normals(n1, 0.02, 0), s.normals(n2, 1, 1)
+		m1, v1, m2, v2 := make([]float32, n1), make([]float32, n1), make([]float32, n2), make([]float32, n2)
+		bw1, bw2, bm1, bv1, bm2, bv2 := s.up(w1), s.up(w2), s.up(m1), s.up(v1), s.up(m2), s.up(v2)
+		w16 := s.alloc(kernels.BF16, n1)
+		norm, clip := s.alloc(kernels.F64, 1), s.out(1)
+		maxNorm := 0.0
+		if clipOn {
+			maxNorm = 1
+		}
+		for step := 1; step <= 3; step++ {
+			lr := 1e-3 * float64(step)
+			g1, g2 := s.normals(n1, 0.05, 0), s.normals(n2, 0.05, 0.01)
+			bg1, bg2 := s.up(g1), s.up(g2)
+			// CPU: trainer.ClipGlobalNorm then Update.
+			var ss float64
+			for _, g := range [][]float32{g1, g2} {
+				for _, x := range g {
+					ss += float64(x) * float64(x)
+				}
+			}
+			nr := math.Sqrt(ss)
+			if maxNorm > 0 && nr > maxNorm {
+				sc := float32(maxNorm / nr)
+				for _, g := range [][]float32{g1, g2} {
+					for j := range g {
+						g[j] *= sc
+					}
+				}
+			}
+			adamwCPU(w1, g1, m1, v1, beta1, beta2, eps, wd, lr, step, true)
+			adamwCPU(w2, g2, m2, v2, beta1, beta2, eps, wd, lr, step, false)
+			var clipBuf *kernels.DevBuf
+			if clipOn {
+				s.ok(s.dev.GlobalNorm(norm, clip, maxNorm, bg1, bg2))
+				clipBuf = clip
+				got := make([]float64, 1)
+				s.ok(norm.Download(got))
+				s.check(fmt.Sprintf("GlobalNorm step %d", step), []float32{float32(got[0])}, []float64{nr}, 1e-7)
+				if d := math.Abs(got[0]-nr) / nr; d > 1e-12 {
+					t.Errorf("GlobalNorm step %d: %v, want %v (float64 relative %.2g)", step, got[0], nr, d)
+				}
+			}
+			h := kernels.AdamWStep{Beta1: beta1, Beta2: beta2, Eps: eps, WeightDecay: wd, LR: lr, Step: step, Decay: true}
+			s.ok(s.dev.AdamW(bw1, w16, bg1, bm1, bv1, clipBuf, h))
+			h.Decay = false
+			s.ok(s.dev.AdamW(bw2, nil, bg2, bm2, bv2, clipBuf, h))
+			tag := fmt.Sprintf("step %d clip=%t", step, clipOn)
+			for _, c := range []struct {
+				name string
+				b    *kernels.DevBuf
+				want []float32
+			}{{"AdamW.w ", bw1, w1}, {"AdamW.m ", bm1, m1}, {"AdamW.v ", bv1, v1}, {"AdamW.w(nodecay) ", bw2, w2}, {"AdamW.v(nodecay) ", bv2, v2}} {
+				got := s.down(c.b)
+				s.check(c.name+tag, got, to64(c.want), tolF32)
+				// Bit equality: the clip factor is float32(maxNorm/norm) of two norms that may
+				// round apart in float64's last bit, so it is required only without clipping.
+				s.exact(c.name+tag, got, c.want, !clipOn)
+			}
+			bits := make([]uint16, n1)
+			s.ok(w16.Download(bits))
+			wv := s.down(bw1)
+			for i, b := range bits {
+				if math.Float32frombits(uint32(b)<<16) != bf16(wv[i]) {
+					t.Fatalf("AdamW: bf16 weight %d is %#x, want bf16(%g)", i, b, wv[i])
+				}
+			}
+		}
+	}
+}
