@@ -139,9 +139,15 @@ func checkKeyValues(t fbTable, i int) error {
 	})
 }
 
-func checkField(f fbTable, depth int) error {
+// checkField checks a field and its children. budget counts the fields still allowed: a
+// flatbuffer may reference one table many times, so a small buffer can describe an
+// exponentially large tree of fields, which the Arrow library would walk.
+func checkField(f fbTable, depth int, budget *int) error {
 	if depth > maxFieldDepth {
 		return fmt.Errorf("fields nested deeper than %d", maxFieldDepth)
+	}
+	if *budget--; *budget < 0 {
+		return errors.New("more fields than the schema's size can hold (shared tables)")
 	}
 	if _, _, err := f.vector(0, 1); err != nil { // name
 		return err
@@ -156,14 +162,15 @@ func checkField(f fbTable, depth int) error {
 			return err
 		}
 	}
-	if err := f.tables(5, func(c fbTable) error { return checkField(c, depth+1) }); err != nil {
+	if err := f.tables(5, func(c fbTable) error { return checkField(c, depth+1, budget) }); err != nil {
 		return err
 	}
 	return checkKeyValues(f, 6)
 }
 
 func checkSchema(s fbTable) error {
-	if err := s.tables(1, func(f fbTable) error { return checkField(f, 0) }); err != nil {
+	budget := len(s.b)/8 + 16 // a field table takes well over 8 bytes
+	if err := s.tables(1, func(f fbTable) error { return checkField(f, 0, &budget) }); err != nil {
 		return err
 	}
 	if err := checkKeyValues(s, 2); err != nil {
