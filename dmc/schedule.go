@@ -1,6 +1,10 @@
 package dmc
 
-import "github.com/dmc-project/dmc/model"
+import (
+	"math"
+
+	"github.com/dmc-project/dmc/model"
+)
 
 // TargetCR is the compression-rate schedule CR(s) = 1 + (final − 1)·min(1, s/ramp): a linear
 // ramp from 1 at step 0 to final at step ramp, constant afterwards (ramp ≤ 0: final at once).
@@ -91,4 +95,16 @@ func DecisionRows[T model.Float](p *model.Params[T], cfg Config) ([][]T, error) 
 		}
 	}
 	return rows, nil
+}
+
+// AutoDecisionOffset is the decision offset a retrofit to compression rate cr starts from when
+// the recipe does not set one: the offset at which the logistic noise of training merges a
+// fraction p0 = α*(cr)/4 of the tokens (clamped to [0.01, 0.15]), offset = ln((1 − p0)/p0).
+// After stage 1 the decision channel is zero, so a = −offset for every token and the merge
+// rate at the start is p0 whatever the model; the decisions then sit where the noise gives
+// their logits a gradient (the reference's 5 merges 0.7% and learns only over billions of
+// tokens). CR 2 gives 1.95, CR 4 and above 1.73.
+func AutoDecisionOffset(cr float64) float64 {
+	p0 := min(0.15, max(0.01, TargetAlpha(max(cr, 1))/4))
+	return math.Round(100*math.Log((1-p0)/p0)) / 100
 }

@@ -122,3 +122,15 @@ func TestZeroDecisionRows(t *testing.T) {
 		t.Fatal("want an error for a channel outside the head")
 	}
 }
+
+func TestAutoDecisionOffset(t *testing.T) {
+	for _, tc := range []struct{ cr, want float64 }{{1, 4.6}, {2, 1.95}, {4, 1.73}, {8, 1.73}, {1.2, 3.14}} {
+		if got := AutoDecisionOffset(tc.cr); math.Abs(got-tc.want) > 1e-9 {
+			t.Errorf("AutoDecisionOffset(%g) = %g, want %g", tc.cr, got, tc.want)
+		}
+		// The initial merge rate under logistic noise is p0 = 1/(1+e^offset) ≤ α*/4 (up to the clamps).
+		if p0 := 1 / (1 + math.Exp(AutoDecisionOffset(tc.cr))); p0 > 0.151 || p0 < 0.0099 {
+			t.Errorf("CR %g: initial merge rate %g outside [0.01, 0.15]", tc.cr, p0)
+		}
+	}
+}

@@ -39,6 +39,16 @@ type ChannelAblationResult struct {
 // docs must yield the same documents each time it is called. w is modified during the call and
 // restored before it returns.
 func ChannelAblation(ctx context.Context, w *model.Weights, docs func() iter.Seq2[[]int32, error], opts PPLOptions, progress func(channel int, res *PPLResult)) (*ChannelAblationResult, error) {
+	return ChannelAblationOf(ctx, w, nil, docs, opts, progress)
+}
+
+// ChannelAblationOf is ChannelAblation over the given channels only (nil: all of them).
+func ChannelAblationOf(ctx context.Context, w *model.Weights, channels []int, docs func() iter.Seq2[[]int32, error], opts PPLOptions, progress func(channel int, res *PPLResult)) (*ChannelAblationResult, error) {
+	if channels == nil {
+		for c := range w.Config.HeadDim() {
+			channels = append(channels, c)
+		}
+	}
 	base, err := Perplexity(ctx, w, VanillaCaches(w.Config), docs(), opts)
 	if err != nil {
 		return nil, err
@@ -47,7 +57,8 @@ func ChannelAblation(ctx context.Context, w *model.Weights, docs func() iter.Seq
 		progress(-1, base)
 	}
 	out := &ChannelAblationResult{Base: base, BasePPL: base.PPL, Tokens: base.Tokens, Recommended: -1}
-	for c := range w.Config.HeadDim() {
+	best := -1
+	for _, c := range channels {
 		cfg := dmc.DefaultConfig()
 		cfg.DecisionChannel = c
 		res, err := withRowsZeroed(w, cfg, func() (*PPLResult, error) {
@@ -63,8 +74,8 @@ func ChannelAblation(ctx context.Context, w *model.Weights, docs func() iter.Seq
 			progress(c, res)
 		}
 		out.PerChannel = append(out.PerChannel, ChannelCost{Channel: c, PPL: res.PPL, Increase: res.PPL/base.PPL - 1})
-		if out.Recommended < 0 || res.PPL < out.PerChannel[out.Recommended].PPL {
-			out.Recommended = c
+		if best < 0 || res.PPL < out.PerChannel[best].PPL {
+			best, out.Recommended = len(out.PerChannel)-1, c
 		}
 	}
 	return out, nil

@@ -84,13 +84,6 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 	if recipe.SeqLen > cfg.MaxSeqLen {
 		return nil, fmt.Errorf("recipe seq_len %d exceeds the model's context of %d tokens: use --set seq_len=%d or less", recipe.SeqLen, cfg.MaxSeqLen, cfg.MaxSeqLen)
 	}
-	dc := recipe.Config
-	if err := dc.Validate(); err != nil {
-		return nil, err
-	}
-	if err := dc.CheckHeadDim(cfg.HeadDim()); err != nil {
-		return nil, err
-	}
 	ds, err := data.OpenWith(spec.Data, data.OpenOptions{Split: splitOf(spec.Data, "train")})
 	if err != nil {
 		return nil, err
@@ -104,6 +97,16 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 		if tokPath == "" {
 			tokPath = ds.Manifest.Tokenizer.Path
 		}
+	}
+	if err := autoTune(ctx, &recipe, w, ds, spec.Out, spec.Resume, progress); err != nil {
+		return nil, err
+	}
+	dc := recipe.Config
+	if err := dc.Validate(); err != nil {
+		return nil, err
+	}
+	if err := dc.CheckHeadDim(cfg.HeadDim()); err != nil {
+		return nil, err
 	}
 	source, err := newPackerSource(ds, data.PackerOptions{SeqLen: recipe.SeqLen, Shuffle: true, Seed: recipe.Seed})
 	if err != nil {

@@ -63,6 +63,12 @@ type Recipe struct {
 	// decision_offset, importance_offset, inline in the YAML. This one value goes to the
 	// training graph, the run's model.json, the export's dmc block and the CUDA engine.
 	dmc.Config   `yaml:",inline"`
+	// AutoChannel picks decision_channel at the start of a fresh run: the channel whose removal
+	// costs the base model least on the training data (retrofit's channel ablation). AutoOffset
+	// sets decision_offset from the target CR (dmc.AutoDecisionOffset). A recipe file or --set
+	// that states decision_channel / decision_offset turns the matching one off.
+	AutoChannel  bool    `yaml:"auto_channel"`
+	AutoOffset   bool    `yaml:"auto_offset"`
 	CRLossWeight float64 `yaml:"cr_loss_weight"` // λ
 	// DistillWeight β replaces part of the LM loss by distillation from the original model:
 	// L_LM = (1−β)·CE + β·KL(original ‖ model), in every stage and in control runs too. 0 is
@@ -140,7 +146,23 @@ func decodeStrict(b []byte, r *Recipe) error {
 	if err := root.Decode(r); err != nil {
 		return fmt.Errorf("parse recipe: %w", err)
 	}
+	given := map[string]bool{}
+	for i := 0; i < len(root.Content); i += 2 {
+		given[root.Content[i].Value] = true
+	}
+	r.explicit(given)
 	return nil
+}
+
+// explicit turns the automatic choice of a DMC setting off when that setting is given
+// (without its auto_ key also being given).
+func (r *Recipe) explicit(given map[string]bool) {
+	if given["decision_channel"] && !given["auto_channel"] {
+		r.AutoChannel = false
+	}
+	if given["decision_offset"] && !given["auto_offset"] {
+		r.AutoOffset = false
+	}
 }
 
 // Ramp is S_ramp: ramp_steps, or when that is 0, ramp_steps_per_cr·(target_cr − 1).
@@ -295,6 +317,7 @@ func (r *Recipe) Set(key, value string) error {
 		return fmt.Errorf("recipe field %s: cannot use %q as a %s", key, value, f.Type())
 	}
 	f.Set(nv.Elem())
+	r.explicit(map[string]bool{key: true})
 	return nil
 }
 

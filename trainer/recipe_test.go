@@ -194,3 +194,33 @@ func TestRecipeEndingInZeroOutIsRejected(t *testing.T) {
 		t.Fatalf("a control run of zero-out length only is fine: %v", err)
 	}
 }
+
+// Stating decision_channel or decision_offset (in a file or with --set) turns the matching
+// automatic choice off; the defaults leave both on.
+func TestRecipeExplicitDMCSettingsTurnAutoOff(t *testing.T) {
+	tests := []struct {
+		name             string
+		yaml             string
+		set              []string
+		autoCh, autoOffs bool
+	}{
+		{"defaults", "", nil, true, true},
+		{"file gives the channel", "decision_channel: 0\n", nil, false, true},
+		{"file gives the offset", "decision_offset: 2\n", nil, true, false},
+		{"file gives both and asks for auto", "decision_offset: 2\nauto_offset: true\n", nil, true, true},
+		{"--set offset", "", []string{"decision_offset=3"}, true, false},
+		{"--set channel", "", []string{"decision_channel=-2"}, false, true},
+	}
+	for _, tc := range tests {
+		r, err := ParseRecipe([]byte(tc.yaml))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.ApplyOverrides(tc.set); err != nil {
+			t.Fatal(err)
+		}
+		if r.AutoChannel != tc.autoCh || r.AutoOffset != tc.autoOffs {
+			t.Errorf("%s: auto_channel %v auto_offset %v, want %v %v", tc.name, r.AutoChannel, r.AutoOffset, tc.autoCh, tc.autoOffs)
+		}
+	}
+}

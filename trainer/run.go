@@ -98,6 +98,7 @@ type run struct {
 	store     *CheckpointStore
 	metrics   *os.File
 	progress  io.Writer
+	lag       crLagWatch
 	batch     Batch
 
 	step       int
@@ -317,6 +318,9 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		}
 		if t.step%r.LogEvery == 0 || t.step == end || t.step == t.startStep+1 {
 			t.printProgress(m, end)
+		}
+		if w := t.lag.observe(r, m); w != "" {
+			fmt.Fprintln(t.progress, w)
 		}
 		if (r.CheckpointEvery > 0 && t.step%r.CheckpointEvery == 0) || t.step == end {
 			if err := t.save(t.opts.Source.Position()); err != nil {

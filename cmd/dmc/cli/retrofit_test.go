@@ -2,6 +2,7 @@ package cli
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -17,8 +18,11 @@ import (
 	"github.com/dmc-project/dmc/data/bpe"
 	"github.com/dmc-project/dmc/data/synth"
 	"github.com/dmc-project/dmc/data/tokenizer"
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/eval"
 	"github.com/dmc-project/dmc/model"
 	"github.com/dmc-project/dmc/retrofit"
+	"gopkg.in/yaml.v3"
 )
 
 // fixture is a tiny model, tokenizer and prepared shards built from the synthetic corpus.
@@ -437,5 +441,61 @@ func TestExportRefusesAnotherRunsExport(t *testing.T) {
 	os.WriteFile(filepath.Join(other, "notes.txt"), []byte("mine"), 0o644)
 	if _, stderr, code := run(t, "export", "--run", runA, "--out", other); code == 0 || !strings.Contains(stderr, "not an export") {
 		t.Fatalf("export into a user folder: exit %d, %q", code, stderr)
+	}
+}
+
+// The default recipe chooses the decision channel (the cheapest to remove, measured on the
+// training data) and the decision offset (from the target CR) by itself; a recipe value given
+// with --set is kept as given.
+func TestRetrofitAutoChannelAndOffset(t *testing.T) {
+	fx := newFixture(t)
+	read := func(dir string) (ch int, off float64) {
+		b, err := os.ReadFile(filepath.Join(dir, "recipe.yaml"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var r struct {
+			Ch  int     `yaml:"decision_channel"`
+			Off float64 `yaml:"decision_offset"`
+		}
+		if err := yaml.Unmarshal(b, &r); err != nil {
+			t.Fatal(err)
+		}
+		return r.Ch, r.Off
+	}
+	auto := filepath.Join(fx.dir, "auto")
+	_, stderr, code := run(t, append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--target-cr", "2", "--steps", "2", "--out", auto}, tinyRecipe...)...)
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	w, _, err := checkpoints.Load(fx.model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ds, err := data.OpenWith(fx.shards, data.OpenOptions{Split: "train"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, err := eval.ChannelAblation(context.Background(), w, ds.Documents, eval.PPLOptions{MaxTokens: 4096}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch, off := read(auto); ch != want.Recommended || off != dmc.AutoDecisionOffset(2) {
+		t.Errorf("auto: channel %d offset %g, want channel %d (the ablation's cheapest) and offset %g", ch, off, want.Recommended, dmc.AutoDecisionOffset(2))
+	}
+	if !strings.Contains(stderr, "auto_channel") || !strings.Contains(stderr, "auto_offset") {
+		t.Errorf("the automatic choices are not reported: %q", stderr)
+	}
+	given := filepath.Join(fx.dir, "given")
+	if _, e, c := run(t, append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--target-cr", "2", "--steps", "2", "--out", given,
+		"--set", "decision_channel=2", "--set", "decision_offset=3.5"}, tinyRecipe...)...); c != 0 {
+		t.Fatal(e)
+	}
+	if ch, off := read(given); ch != 2 || off != 3.5 {
+		t.Errorf("given: channel %d offset %g, want 2 and 3.5", ch, off)
+	}
+	// Resume keeps the run's own choices (the recipe must match the checkpoint's).
+	if _, e, c := run(t, "retrofit", "--out", auto, "--resume"); c != 0 {
+		t.Fatalf("resume of an auto run: %s", e)
 	}
 }
