@@ -62,7 +62,7 @@ type Recipe struct {
 	// DMC knobs (dmc-spec.md §2, §4, §5): window, temperature, decision_channel,
 	// decision_offset, importance_offset, inline in the YAML. This one value goes to the
 	// training graph, the run's model.json, the export's dmc block and the CUDA engine.
-	dmc.Config   `yaml:",inline"`
+	dmc.Config `yaml:",inline"`
 	// AutoChannel picks decision_channel at the start of a fresh run: the channel whose removal
 	// costs the base model least on the training data (retrofit's channel ablation). AutoOffset
 	// sets decision_offset from the target CR (dmc.AutoDecisionOffset). A recipe file or --set
