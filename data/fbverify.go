@@ -180,7 +180,41 @@ func checkSchema(s fbTable) error {
 	return err
 }
 
-func checkRecordBatch(r fbTable) error {
+// i64 reads the int64 field i of t (0 when absent).
+func (t fbTable) i64(i int) (int64, error) {
+	p, ok, err := t.field(i)
+	if !ok || err != nil {
+		return 0, err
+	}
+	if p+8 > int64(len(t.b)) {
+		return 0, errFlatbuf
+	}
+	return int64(binary.LittleEndian.Uint64(t.b[p:])), nil
+}
+
+// checkRecordBatch checks a RecordBatch whose message has a body of body bytes. Row counts
+// are bounded by the body (a validity bitmap holds 8 rows a byte, offsets 1 row per 4
+// bytes): a corrupt length of 2^40 all-null rows would otherwise be iterated row by row.
+func checkRecordBatch(r fbTable, body int64) error {
+	limit := 8*max(body, 0) + 1024
+	n, err := r.i64(0)
+	if err != nil {
+		return err
+	}
+	if n < 0 || n > limit {
+		return fmt.Errorf("a record batch of %d rows in a %d-byte body", n, body)
+	}
+	start, cnt, err := r.vector(1, 16)
+	if err != nil {
+		return err
+	}
+	for k := int64(0); k < cnt; k++ {
+		node := r.b[start+16*k:]
+		l, nulls := int64(binary.LittleEndian.Uint64(node)), int64(binary.LittleEndian.Uint64(node[8:]))
+		if l < 0 || l > limit || nulls < 0 || nulls > l {
+			return fmt.Errorf("a column of %d values (%d null) in a %d-byte body", l, nulls, body)
+		}
+	}
 	for _, v := range []struct {
 		i    int
 		elem int64
@@ -189,7 +223,7 @@ func checkRecordBatch(r fbTable) error {
 			return err
 		}
 	}
-	_, _, err := r.subtable(3) // compression
+	_, _, err = r.subtable(3) // compression
 	return err
 }
 
@@ -213,6 +247,10 @@ func checkMessage(b []byte) error {
 	if err != nil {
 		return err
 	}
+	body, err := m.i64(3)
+	if err != nil {
+		return err
+	}
 	if ok {
 		switch htype {
 		case 1:
@@ -220,10 +258,10 @@ func checkMessage(b []byte) error {
 		case 2:
 			var rb fbTable
 			if rb, ok, err = h.subtable(1); err == nil && ok {
-				err = checkRecordBatch(rb)
+				err = checkRecordBatch(rb, body)
 			}
 		case 3:
-			err = checkRecordBatch(h)
+			err = checkRecordBatch(h, body)
 		}
 		if err != nil {
 			return err

@@ -738,13 +738,25 @@ func (c *docColumn) len() int { return c.n }
 
 // tokens returns row i's token ids, a view into the record when possible (else into
 // scratch, which is returned for reuse).
-func (c *docColumn) tokens(i int, scratch []int32) ([]int32, []int32, error) {
+func (c *docColumn) tokens(i int, scratch []int32) (ids, sc []int32, err error) {
+	defer func() {
+		if r := recover(); r != nil { // corrupt offsets inside an Arrow array
+			ids, sc, err = nil, scratch, fmt.Errorf("data: %s: row %d is corrupt (%v)", c.path, i, r)
+		}
+	}()
 	switch c.kind {
 	case kindTokens:
 		if c.list.IsNull(i) {
 			return nil, scratch, nil
 		}
 		start, end := c.list.ValueOffsets(i)
+		n := int64(len(c.vals32))
+		if c.vals32 == nil {
+			n = int64(len(c.vals64))
+		}
+		if start < 0 || end < start || end > n {
+			return nil, scratch, fmt.Errorf("data: %s: row %d has token offsets %d..%d outside its %d values (corrupt data)", c.path, i, start, end, n)
+		}
 		if c.vals32 != nil || c.vals64 == nil {
 			return c.vals32[start:end], scratch, nil
 		}
