@@ -11,6 +11,8 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+
+	"github.com/dmc-project/dmc/internal/atomicfile"
 )
 
 // Tokenizer is what this package needs from a tokenizer. The concrete ones live in
@@ -138,13 +140,7 @@ func writeManifest(dir string, m *Manifest) error {
 	return writeFileAtomic(filepath.Join(dir, ManifestName), buf.Bytes())
 }
 
-func writeFileAtomic(path string, b []byte) error {
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o644); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
-}
+func writeFileAtomic(path string, b []byte) error { return atomicfile.Write(path, b) }
 
 // TokenizerFingerprint hashes the tokenizer's behaviour (vocabulary size, BOS/EOS and the
 // decoding of every id), so the same vocabulary gives the same fingerprint whatever file
