@@ -581,7 +581,9 @@ func (s *convSuite) testHardCount(t *testing.T) {
 		cnt, dA := make([]float64, sh.B), make([]float64, len(alpha))
 		o := hardCountOp{T: sh.T}
 		hardCountKernel(o, cnt, to64(alpha), sh.H, nil)
-		hardCountKernel(hardCountOp{T: sh.T, back: true}, dA, to64(alpha), sh.H, []G.Value{nil, tensor.New(tensor.WithBacking(to64(g)))})
+		// g padded by one element: a one-element tensor would read back as a scalar.
+		gv := tensor.New(tensor.WithShape(sh.B+1), tensor.WithBacking(append(to64(g), 0)))
+		hardCountKernel(hardCountOp{T: sh.T, back: true}, dA, to64(alpha), sh.H, []G.Value{nil, gv})
 		gc, gdA := s.out(sh.B), s.out(len(alpha))
 		s.ok(s.dev.DMCHardCount(gc, s.up(alpha), sh.B, per))
 		s.ok(s.dev.DMCHardCountBackward(gdA, s.up(g), sh.B, per))
