@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"strings"
 
@@ -61,6 +62,9 @@ func LoadModel(path string, opt LoadOptions) (*Model, error) {
 			return nil, err
 		}
 		m.Weights, m.DMC, m.Run, m.Source = w, rd.Model.DMC, rd, fmt.Sprintf("%s (%s)", path, ck)
+		if err := CheckFinite(w, m.Source); err != nil {
+			return nil, err
+		}
 		if tokPath == "" {
 			tokPath = rd.Model.Tokenizer
 		}
@@ -141,6 +145,29 @@ func LoadConfig(path string) (ConfigInfo, error) {
 // ResolveWeights loads a checkpoint, or for a preset finds its weights (weights, then
 // $DMC_WEIGHTS, then the Hugging Face cache) and checks they have the preset's shape.
 func ResolveWeights(modelArg, weights string) (*model.Weights, string, error) {
+	w, src, err := resolveWeights(modelArg, weights)
+	if err == nil {
+		err = CheckFinite(w, src)
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	return w, src, nil
+}
+
+// CheckFinite reports the first NaN or infinite weight, naming its tensor.
+func CheckFinite(w *model.Weights, src string) error {
+	for _, t := range w.Tensors() {
+		for i, v := range t.Data {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				return fmt.Errorf("%s: tensor %s holds %v at index %d: the checkpoint is corrupt or was trained into divergence", src, t.Name, v, i)
+			}
+		}
+	}
+	return nil
+}
+
+func resolveWeights(modelArg, weights string) (*model.Weights, string, error) {
 	preset, perr := model.Preset(modelArg)
 	if perr != nil {
 		return checkpoints.Load(modelArg)

@@ -1,6 +1,14 @@
 package retrofit
 
-import "testing"
+import (
+	"math"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dmc-project/dmc/checkpoints"
+	"github.com/dmc-project/dmc/model"
+)
 
 // --target-cr keeps stage lengths a recipe states and derives only those it leaves at 0;
 // --steps rescales all of them to the requested total.
@@ -22,6 +30,34 @@ func TestRetrofitRecipeResolution(t *testing.T) {
 		if r.ZeroOutSteps != tc.zero || r.RampSteps != tc.ramp || r.RetrofitSteps != tc.retro || r.FineTuneSteps != tc.fine || r.TargetCR != tc.targetCR {
 			t.Errorf("%+v: stages %d/%d/%d/%d CR %g, want %d/%d/%d/%d CR %g", tc.opts, r.ZeroOutSteps, r.RampSteps, r.RetrofitSteps,
 				r.FineTuneSteps, r.TargetCR, tc.zero, tc.ramp, tc.retro, tc.fine, tc.targetCR)
+		}
+	}
+}
+
+// NaN or infinite weights are refused at load, naming the tensor.
+func TestLoadRefusesNonFiniteWeights(t *testing.T) {
+	cfg, err := model.Preset("demo-small")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, bad := range []float32{float32(math.NaN()), float32(math.Inf(-1))} {
+		w, err := model.RandomParams[float32](cfg, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Layers[1].Wk[7] = bad
+		dir := filepath.Join(t.TempDir(), "m")
+		if err := checkpoints.WriteHF(dir, w, "fp32", nil, 1<<40); err != nil {
+			t.Fatal(err)
+		}
+		for name, load := range map[string]func() error{
+			"LoadModel":      func() error { _, err := LoadModel(dir, LoadOptions{}); return err },
+			"ResolveWeights": func() error { _, _, err := ResolveWeights(dir, ""); return err },
+		} {
+			err := load()
+			if err == nil || !strings.Contains(err.Error(), "model.layers.1.self_attn.k_proj.weight") || !strings.Contains(err.Error(), "index 7") {
+				t.Errorf("%s with %v: %v, want an error naming the tensor and index", name, bad, err)
+			}
 		}
 	}
 }
