@@ -32,9 +32,20 @@ type Spec struct {
 	Control   bool     `json:"Control"`             // plain continued training, no DMC
 	Set       []string `json:"Set"`                 // recipe overrides key=value
 
+	HeldoutTokens int `json:"heldout_tokens,omitempty"` // stop the final held-out evaluation after about this many tokens (0 = all)
+
 	Out       string `json:"-"` // the run directory (required)
 	Resume    bool   `json:"-"` // continue from the latest checkpoint in Out
 	StopAfter int    `json:"-"` // stop (with a checkpoint) after this many steps in total
+	// HeldoutProgress, when set, hears the tokens scored so far by the final evaluation.
+	HeldoutProgress func(tokens int) `json:"-"`
+}
+
+// heldoutRecord is heldout.json: the evaluation (eval.PPLResult's fields) and what it measured.
+type heldoutRecord struct {
+	*eval.PPLResult
+	Step      int `json:"step"`
+	MaxTokens int `json:"max_tokens,omitempty"`
 }
 
 // Result is what Run reports.
@@ -66,11 +77,22 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--resume without --model needs %s (written when the run started): %w", specPath, err)
 		}
-		s.Out, s.Resume, s.StopAfter = spec.Out, spec.Resume, spec.StopAfter
+		s.Out, s.Resume, s.StopAfter, s.HeldoutProgress = spec.Out, spec.Resume, spec.StopAfter, spec.HeldoutProgress
+		if spec.HeldoutTokens != 0 {
+			s.HeldoutTokens = spec.HeldoutTokens
+		}
 		spec = *s
 	}
 	if spec.Model == "" || spec.Data == "" {
 		return nil, errors.New("--model and --data are required (or --resume with an existing --out)")
+	}
+	if spec.HeldoutTokens < 0 {
+		return nil, fmt.Errorf("--heldout-tokens must be ≥ 0 (0 = all), got %d", spec.HeldoutTokens)
+	}
+	if spec.Heldout != "" { // refused now, not after training
+		if _, err := data.OpenWith(spec.Heldout, data.OpenOptions{}); err != nil {
+			return nil, fmt.Errorf("--heldout: %w", err)
+		}
 	}
 	recipe, err := ResolveRecipe(spec)
 	if err != nil {
@@ -156,6 +178,12 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 	}
 	fmt.Fprintf(progress, "%s of %s (%s params): %d steps of %d×%d tokens, run dir %s\n",
 		mode, src, HumanCount(cfg.NumParams()), recipe.TotalSteps(), recipe.BatchSize, recipe.SeqLen, spec.Out)
+	if spec.Resume {
+		if ck, err := (&RunDir{Dir: spec.Out}).store().OpenLatest(true, io.Discard); err == nil && ck.State.Step >= recipe.TotalSteps() {
+			fmt.Fprintf(progress, "run %s is already finished (step %d of %d); to train further start a new run from its export (dmc export, then dmc retrofit --model EXPORT)\n",
+				spec.Out, ck.State.Step, recipe.TotalSteps())
+		}
+	}
 	res, err := trainer.Run(ctx, trainer.Options{
 		RunDir: spec.Out, Recipe: recipe, Model: g, Source: &vocabCheckedSource{source, cfg.VocabSize, spec.Data},
 		ModelConfig: info, Resume: spec.Resume, StopAfter: spec.StopAfter, Progress: progress,
@@ -176,18 +204,29 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 		}
 	}
 	if heldout != "" {
+		hpath := filepath.Join(spec.Out, HeldoutFile)
+		if b, err := os.ReadFile(hpath); err == nil && spec.Resume {
+			// Already evaluated at this step with this limit (a resume of a finished run).
+			rec := heldoutRecord{PPLResult: &eval.PPLResult{}}
+			if json.Unmarshal(b, &rec) == nil && rec.Step == res.Step && rec.MaxTokens == spec.HeldoutTokens && rec.Tokens > 0 {
+				out.Heldout = rec.PPLResult
+				return out, nil
+			}
+		}
 		hds, err := data.OpenWith(heldout, data.OpenOptions{})
 		if err != nil {
 			return out, err
 		}
+		fmt.Fprintf(progress, "held-out evaluation on %s (%s cache)\n", heldout, cache.Name)
 		// Decode at the model's full context, as dmc eval does, so the two numbers agree.
-		r, err := eval.Perplexity(ctx, g.Weights(), cache.Factory(cfg), hds.Documents(), eval.PPLOptions{})
+		r, err := eval.Perplexity(ctx, g.Weights(), cache.Factory(cfg), hds.Documents(),
+			eval.PPLOptions{MaxTokens: spec.HeldoutTokens, Progress: spec.HeldoutProgress})
 		if err != nil {
 			return out, err
 		}
 		out.Heldout = r
-		b, _ := json.MarshalIndent(r, "", "  ")
-		_ = atomicfile.Write(filepath.Join(spec.Out, HeldoutFile), append(b, '\n'))
+		b, _ := json.MarshalIndent(heldoutRecord{PPLResult: r, Step: res.Step, MaxTokens: spec.HeldoutTokens}, "", "  ")
+		_ = atomicfile.Write(hpath, append(b, '\n'))
 	}
 	return out, nil
 }

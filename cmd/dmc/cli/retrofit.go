@@ -25,6 +25,8 @@ type RetrofitOptions struct {
 	Control   bool
 	Set       []string
 	StopAfter int
+	// HeldoutTokens limits the final held-out evaluation.
+	HeldoutTokens int
 }
 
 func init() { register(newRetrofitCmd) }
@@ -67,6 +69,7 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 	f.BoolVar(&o.Resume, "resume", false, "continue the run in --out from its latest checkpoint")
 	f.BoolVar(&o.Control, "control", false, "plain continued training with the same steps and data, no DMC (the control run)")
 	f.StringArrayVar(&o.Set, "set", nil, "override a recipe field, e.g. --set lr=1e-4 (repeatable)")
+	f.IntVar(&o.HeldoutTokens, "heldout-tokens", 0, "stop the final held-out evaluation after about this many tokens (0 = all)")
 	f.IntVar(&o.StopAfter, "stop-after", 0, "stop (with a checkpoint) after this many steps in total; resume later")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
@@ -74,9 +77,11 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 
 // Run trains and prints the outcome.
 func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*retrofit.Result, error) {
+	prog := newProgressLine(streams.Err, "held-out tokens")
 	res, err := retrofit.Run(ctx, retrofit.Spec{Model: o.Model, Weights: o.Weights, Tokenizer: o.Tokenizer, Data: o.Data,
 		Heldout: o.Heldout, Config: o.Config, TargetCR: o.TargetCR, Steps: o.Steps, Control: o.Control, Set: o.Set,
-		Out: o.Out, Resume: o.Resume, StopAfter: o.StopAfter}, streams.Err)
+		Out: o.Out, Resume: o.Resume, StopAfter: o.StopAfter, HeldoutTokens: o.HeldoutTokens, HeldoutProgress: prog.update}, streams.Err)
+	prog.done()
 	if err != nil {
 		return res, err
 	}

@@ -499,3 +499,45 @@ func TestRetrofitAutoChannelAndOffset(t *testing.T) {
 		t.Fatalf("resume of an auto run: %s", e)
 	}
 }
+
+// --heldout-tokens limits the final evaluation; resuming a finished run says so and reuses the
+// evaluation instead of running it again; a bad --heldout is refused before training.
+func TestRetrofitHeldoutAndFinishedResume(t *testing.T) {
+	fx := newFixture(t)
+	runDir := filepath.Join(fx.dir, "run")
+	args := append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--steps", "2", "--out", runDir, "--heldout-tokens", "300"}, tinyRecipe...)
+	out, e, c := run(t, args...)
+	if c != 0 {
+		t.Fatal(e)
+	}
+	b, _ := os.ReadFile(filepath.Join(runDir, "heldout.json"))
+	var got map[string]any
+	if err := json.Unmarshal(b, &got); err != nil {
+		t.Fatal(err)
+	}
+	if tok := got["tokens"].(float64); tok < 300 || tok > 300+64 {
+		t.Errorf("held-out tokens %v, want about 300", tok)
+	}
+	if got["step"].(float64) != 2 || got["max_tokens"].(float64) != 300 {
+		t.Errorf("heldout.json does not record the step and limit: %s", b)
+	}
+	before, _ := os.Stat(filepath.Join(runDir, "heldout.json"))
+	out2, stderr, code := run(t, "retrofit", "--out", runDir, "--resume")
+	if code != 0 || !strings.Contains(stderr, "already finished") {
+		t.Fatalf("resume of a finished run: exit %d, %q", code, stderr)
+	}
+	if after, _ := os.Stat(filepath.Join(runDir, "heldout.json")); !after.ModTime().Equal(before.ModTime()) {
+		t.Error("the finished run's evaluation ran again")
+	}
+	if out2 != out {
+		t.Errorf("resume reports %q, the run reported %q", out2, out)
+	}
+	_, stderr, code = run(t, append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--steps", "2", "--out", filepath.Join(fx.dir, "r2"),
+		"--heldout", filepath.Join(fx.dir, "missing")}, tinyRecipe...)...)
+	if code == 0 || !strings.Contains(stderr, "--heldout") {
+		t.Fatalf("missing --heldout: exit %d, %q", code, stderr)
+	}
+	if _, err := os.Stat(filepath.Join(fx.dir, "r2", "metrics.jsonl")); err == nil {
+		t.Error("training started before the bad --heldout was refused")
+	}
+}
