@@ -39,6 +39,7 @@ const (
 	manifestFile     = "manifest.json"
 	tmpPrefix        = ".tmp-"
 	oldPrefix        = ".old-"
+	corruptPrefix    = "corrupt-"
 )
 
 // RNGState describes the trainer's randomness. It is counter-based: the noise of a step is
@@ -102,7 +103,7 @@ func (e *CorruptError) Error() string {
 	msg := fmt.Sprintf("checkpoint %s is corrupt: %s; ", e.Name, e.Reason)
 	if e.Previous != "" {
 		step, _ := ParseCheckpointName(e.Previous)
-		return msg + fmt.Sprintf("delete it (rm -r %s) or resume from step %d (%s, with the resume fallback option)", path.Join(e.dir, e.Name), step, e.Previous)
+		return msg + fmt.Sprintf("delete it (rm -r %s) and resume: the run continues from step %d (%s, the newest checkpoint that verifies)", path.Join(e.dir, e.Name), step, e.Previous)
 	}
 	return msg + fmt.Sprintf("no older checkpoint verifies either: delete %s and start the run again without resume", path.Join(e.dir, e.Name))
 }
@@ -326,8 +327,9 @@ func (s *CheckpointStore) prune(keep string) {
 		return
 	}
 	k := max(s.Keep, 1)
+	latest, _ := s.readLatest() // == keep after a save; never remove what "latest" names
 	for i := 0; i < len(names)-k; i++ {
-		if names[i] != keep {
+		if names[i] != keep && names[i] != latest {
 			_ = s.FS.RemoveAll(path.Join(s.Dir, names[i]))
 		}
 	}
@@ -443,7 +445,8 @@ func (s *CheckpointStore) OpenLatest(fallback bool, warn io.Writer) (*Checkpoint
 	}
 	latestStep, _ := ParseCheckpointName(latest)
 	for i := len(names) - 1; i >= 0; i-- {
-		if st, _ := ParseCheckpointName(names[i]); st >= latestStep {
+		st, _ := ParseCheckpointName(names[i])
+		if st >= latestStep {
 			continue
 		}
 		prev, perr := s.Open(names[i])
@@ -452,10 +455,23 @@ func (s *CheckpointStore) OpenLatest(fallback bool, warn io.Writer) (*Checkpoint
 		}
 		ce.Previous = names[i]
 		if fallback {
-			fmt.Fprintf(warn, "warning: %v\nwarning: resuming from %s instead\n", ce, names[i])
+			fmt.Fprintf(warn, "warning: checkpoint %s is corrupt: %s; using %s (step %d), the newest checkpoint that verifies\n", ce.Name, ce.Reason, names[i], st)
 			return prev, nil
 		}
 		return nil, ce
 	}
 	return nil, ce
+}
+
+// SetAside renames a checkpoint that failed verification to corrupt-NAME (replacing an
+// earlier one of that name), out of List and pruning, and returns the new path.
+func (s *CheckpointStore) SetAside(name string) (string, error) {
+	to := path.Join(s.Dir, corruptPrefix+name)
+	if err := s.FS.RemoveAll(to); err != nil {
+		return "", err
+	}
+	if err := s.FS.Rename(path.Join(s.Dir, name), to); err != nil {
+		return "", err
+	}
+	return to, s.FS.SyncDir(s.Dir)
 }

@@ -222,14 +222,14 @@ func TestCorruptCheckpointIsReported(t *testing.T) {
 	if !errors.As(err, &ce) {
 		t.Fatalf("error %v, want a CorruptError", err)
 	}
-	for _, want := range []string{"checkpoint step-0000010 is corrupt", "weights.safetensors sha256", "delete it", "resume from step 5"} {
+	for _, want := range []string{"checkpoint step-0000010 is corrupt", "weights.safetensors sha256", "delete it", "continues from step 5"} {
 		if !strings.Contains(err.Error(), want) {
 			t.Errorf("error %q lacks %q", err, want)
 		}
 	}
 	var warn bytes.Buffer
 	c, err := s.OpenLatest(true, &warn)
-	if err != nil || c.State.Step != 5 || !strings.Contains(warn.String(), "resuming from step-0000005") {
+	if err != nil || c.State.Step != 5 || !strings.Contains(warn.String(), "using step-0000005") {
 		t.Fatalf("fallback: %v, %+v, warning %q", err, c, warn.String())
 	}
 

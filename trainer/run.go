@@ -26,9 +26,12 @@ type Options struct {
 	Eval        Source // held-out windows for eval_every; the same windows are used each time
 	ModelConfig any    // written as JSON into the run dir and every checkpoint; must match on resume
 
-	Resume         bool // continue from RUN_DIR/checkpoints/latest
-	ResumeFallback bool // if the latest checkpoint is corrupt, resume from the newest one that verifies
-	StopAfter      int  // stop (with a checkpoint) once this many steps are done; 0 = run the recipe to its end
+	Resume bool // continue from RUN_DIR/checkpoints/latest
+	// A corrupt latest checkpoint is set aside (renamed corrupt-step-N, kept for inspection)
+	// and the run resumes from the newest one that verifies, with a warning naming both;
+	// ResumeStrict makes it an error instead.
+	ResumeStrict bool
+	StopAfter    int // stop (with a checkpoint) once this many steps are done; 0 = run the recipe to its end
 
 	// OnZeroOutEnd runs once, before the first step after stage 1 (dmc mode only; before step 0
 	// when zero_out_steps is 0). It must zero the W_q/W_k rows that produce the decision channel.
@@ -199,9 +202,22 @@ func (t *run) close() {
 }
 
 func (t *run) resume() error {
-	c, err := t.store.OpenLatest(t.opts.ResumeFallback, t.progress)
+	latest, _ := t.store.readLatest()
+	c, err := t.store.OpenLatest(!t.opts.ResumeStrict, t.progress)
 	if err != nil {
 		return err
+	}
+	if latest != "" && c.Name != latest {
+		// Fell back past a corrupt checkpoint: set it aside and point "latest" at the one
+		// resumed from, so nothing names the corrupt one and the next save of its step is clean.
+		aside, err := t.store.SetAside(latest)
+		if err != nil {
+			return fmt.Errorf("set the corrupt checkpoint %s aside: %w", latest, err)
+		}
+		if err := t.store.writeLatest(c.Name); err != nil {
+			return err
+		}
+		fmt.Fprintf(t.progress, "warning: moved the corrupt checkpoint %s to %s; latest now names %s\n", latest, aside, c.Name)
 	}
 	if !bytes.Equal(bytes.TrimSpace(c.ModelConfig), bytes.TrimSpace(t.modelJSON)) {
 		return fmt.Errorf("checkpoint %s was written for another model config:\n%s\nthis run has:\n%s\nresume with the same model, or start a new run directory", c.Name, c.ModelConfig, t.modelJSON)

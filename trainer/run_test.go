@@ -430,3 +430,73 @@ func TestHeldOutEvaluation(t *testing.T) {
 		t.Fatalf("empty evaluation: %v", err)
 	}
 }
+
+// A corrupt newest checkpoint does not stop a resume: the run continues from the newest one
+// that verifies (bit-exactly, so the final weights equal an uninterrupted run's), the corrupt
+// one is set aside with a warning naming it, and "latest" never names it again.
+func TestResumeFallsBackPastCorruptCheckpoint(t *testing.T) {
+	r := testRecipe(t, "checkpoint_every=2", "keep_checkpoints=3")
+	straight := newSession(t, t.TempDir(), r, 1)
+	straight.run(t, context.Background())
+
+	dir := t.TempDir()
+	first := newSession(t, dir, r, 1)
+	first.opts.StopAfter = 6
+	first.run(t, context.Background())
+	w := filepath.Join(dir, "checkpoints", "step-0000006", "weights.safetensors")
+	b, err := os.ReadFile(w)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)-3] ^= 0x10
+	os.WriteFile(w, b, 0o644)
+
+	strict := newSession(t, dir, r, 99)
+	strict.opts.Resume, strict.opts.ResumeStrict = true, true
+	if _, err := Run(context.Background(), strict.opts); err == nil || !strings.Contains(err.Error(), "continues from step 4") {
+		t.Fatalf("strict resume past a corrupt checkpoint: %v", err)
+	}
+
+	second := newSession(t, dir, r, 99)
+	second.opts.Resume = true
+	second.opts.StopAfter = 5
+	if res := second.run(t, context.Background()); res.Step != 5 {
+		t.Fatalf("resumed run stopped at %d, want 5", res.Step)
+	}
+	log := second.out.String()
+	for _, want := range []string{"checkpoint step-0000006 is corrupt", "using step-0000004", "resumed from step-0000004 (step 4)", "corrupt-step-0000006"} {
+		if !strings.Contains(log, want) {
+			t.Errorf("resume log lacks %q:\n%s", want, log)
+		}
+	}
+	if _, err := os.Stat(filepath.Join(dir, "checkpoints", "corrupt-step-0000006")); err != nil {
+		t.Errorf("the corrupt checkpoint was not kept aside: %v", err)
+	}
+	checkLatestStep(t, dir, 5)
+
+	third := newSession(t, dir, r, 7)
+	third.opts.Resume = true
+	if res := third.run(t, context.Background()); !res.Done || res.Step != 10 {
+		t.Fatalf("final resume: %+v", res)
+	}
+	requireSameWeights(t, straight.model, third.model, "resume past a corrupt checkpoint")
+	checkLatestStep(t, dir, 10)
+}
+
+// Pruning never removes the checkpoint "latest" names, even when newer (stale) ones exist.
+func TestPruneKeepsLatest(t *testing.T) {
+	dir := t.TempDir()
+	s := &CheckpointStore{FS: OSFS{}, Dir: dir, Keep: 1}
+	for _, step := range []int{8, 4} { // 8 is stale: the run went back to 4
+		_, _, in := ckptFixture(step)
+		if _, err := s.Save(in); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Open("step-0000004"); err != nil {
+		t.Fatalf("latest was pruned: %v", err)
+	}
+	if name, err := s.readLatest(); err != nil || name != "step-0000004" {
+		t.Fatalf("latest names %q (%v)", name, err)
+	}
+}
