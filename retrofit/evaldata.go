@@ -1,6 +1,7 @@
 package retrofit
 
 import (
+	"cmp"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -14,9 +15,26 @@ import (
 // file on the fly with the tokenizer at tokPath (which must have vocab tokens). split ""
 // picks the heldout split when there is one. The returned cleanup removes what was prepared.
 func OpenEvalData(path, split, separator, tokPath string, vocab int) (*data.Dataset, func(), error) {
+	return OpenEvalDataWith(path, EvalDataOptions{Split: split, Separator: separator, TokenizerPath: tokPath, Vocab: vocab})
+}
+
+// EvalDataOptions refine OpenEvalDataWith.
+type EvalDataOptions struct {
+	Split, Separator string
+	TokenizerPath    string
+	Vocab            int
+	// TextField is the text field of .jsonl data (--text-field), TextColumn the text column of
+	// Parquet, Arrow and Hugging Face data (--text-column); "" = the data package's defaults.
+	TextField, TextColumn string
+}
+
+// OpenEvalDataWith is OpenEvalData with the text field or column to tokenise.
+func OpenEvalDataWith(path string, o EvalDataOptions) (*data.Dataset, func(), error) {
+	split, separator, tokPath, vocab := o.Split, o.Separator, o.TokenizerPath, o.Vocab
 	cleanup := func() {}
 	ext := strings.ToLower(filepath.Ext(path))
 	var tok tokenizer.Tokenizer
+	prepared := false // a text file tokenised into a temporary directory
 	loadTok := func() error {
 		if tokPath == "" {
 			return fmt.Errorf("%s is text: pass --tokenizer (the one the model was trained with)", path)
@@ -40,10 +58,11 @@ func OpenEvalData(path, split, separator, tokPath string, vocab int) (*data.Data
 			return nil, cleanup, err
 		}
 		cleanup = func() { os.RemoveAll(tmp) }
-		if _, err := data.Prepare(data.PrepareOptions{Inputs: []string{path}, Out: tmp, Tokenizer: tok, Separator: separator, Overwrite: true}); err != nil {
+		if _, err := data.Prepare(data.PrepareOptions{Inputs: []string{path}, Out: tmp, Tokenizer: tok, Separator: separator,
+			TextField: o.TextField, TextColumn: o.TextColumn, Overwrite: true}); err != nil {
 			return nil, cleanup, err
 		}
-		path, split = tmp, "train"
+		path, split, prepared = tmp, "train", true
 	}
 	if split == "" {
 		if m, err := data.ReadManifest(path); err == nil {
@@ -53,11 +72,18 @@ func OpenEvalData(path, split, separator, tokPath string, vocab int) (*data.Data
 		}
 	}
 	opts := data.OpenOptions{Split: split}
+	if col := cmp.Or(o.TextColumn, o.TextField); col != "" && !prepared {
+		// A named text column of Arrow or HF data: tokenise it.
+		if err := loadTok(); err != nil {
+			return nil, cleanup, fmt.Errorf("text column %q: %w", col, err)
+		}
+		opts.TextColumn, opts.Tokenizer = col, tok
+	}
 	ds, err := data.OpenWith(path, opts)
 	if err != nil {
 		return nil, cleanup, err
 	}
-	if col, isText := ds.Column(); isText {
+	if col, isText := ds.Column(); isText && opts.Tokenizer == nil {
 		if err := loadTok(); err != nil {
 			return nil, cleanup, fmt.Errorf("column %q holds text: %w", col, err)
 		}

@@ -23,6 +23,8 @@ type EvalSpec struct {
 	SeqLen    int
 	MaxTokens int
 	Separator string
+	// TextField (.jsonl) and TextColumn (Parquet, Arrow, HF datasets) name the text to tokenise.
+	TextField, TextColumn string
 }
 
 // EvalHooks receive progress: Start before each task, PPL with tokens scored so far, Channel
@@ -71,7 +73,8 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 	if tasks["channels"] && m.DMC != nil {
 		return nil, fmt.Errorf("--tasks channels measures which channel a retrofit should repurpose, so it needs the base model; %s is already a DMC model (decision channel %d)", m.Source, m.DMC.Channel(cfg.HeadDim()))
 	}
-	ds, cleanup, err := OpenEvalData(spec.Data, spec.Split, spec.Separator, m.TokenizerPath, cfg.VocabSize)
+	ds, cleanup, err := OpenEvalDataWith(spec.Data, EvalDataOptions{Split: spec.Split, Separator: spec.Separator,
+		TokenizerPath: m.TokenizerPath, Vocab: cfg.VocabSize, TextField: spec.TextField, TextColumn: spec.TextColumn})
 	defer cleanup()
 	if err != nil {
 		return nil, err

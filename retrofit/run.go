@@ -180,8 +180,8 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 		mode, src, HumanCount(cfg.NumParams()), recipe.TotalSteps(), recipe.BatchSize, recipe.SeqLen, spec.Out)
 	if spec.Resume {
 		if ck, err := (&RunDir{Dir: spec.Out}).store().OpenLatest(true, io.Discard); err == nil && ck.State.Step >= recipe.TotalSteps() {
-			fmt.Fprintf(progress, "run %s is already finished (step %d of %d); to train further start a new run from its export (dmc export, then dmc retrofit --model EXPORT)\n",
-				spec.Out, ck.State.Step, recipe.TotalSteps())
+			fmt.Fprintf(progress, "run %s is already finished at step %d; pass --steps M (> %d) with --resume to train further (the fine-tune stage is extended)\n",
+				spec.Out, ck.State.Step, ck.State.Step)
 		}
 	}
 	res, err := trainer.Run(ctx, trainer.Options{
