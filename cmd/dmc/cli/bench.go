@@ -72,6 +72,13 @@ type BenchReport = retrofit.BenchReport
 
 // Run executes the benchmark.
 func (o *BenchDecodeOptions) Run(streams *IO) error {
+	if err := firstErr(checkInt("prompt", o.Prompt, 1, "≥ 1 (prompt tokens per sequence)"),
+		checkInt("gen", o.Gen, 3, "≥ 3 (generated tokens per sequence; the first two are not timed)"),
+		checkFloat("bandwidth-gib", o.BandwidthGiB, func(x float64) bool { return x > 0 && x <= 1024 }, "in (0, 1024] (GiB copied to measure the bandwidth)"),
+		checkInt("device", o.Device, 0, "≥ 0 (a GPU ordinal)"),
+		retrofit.CheckWritable(o.JSON, "--json")); err != nil {
+		return err
+	}
 	rep, err := retrofit.BenchDecode(retrofit.BenchOptions{Model: o.Model, RandomWeights: o.RandomWeights, CR: o.CR, Batch: o.Batch,
 		Prompt: o.Prompt, Gen: o.Gen, Seed: o.Seed, Device: o.Device, BandwidthGiB: o.BandwidthGiB,
 		Command: "dmc bench decode " + strings.Join(os.Args[min(len(os.Args), 3):], " ")}, streams.Err)

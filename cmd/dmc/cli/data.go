@@ -42,6 +42,9 @@ type DataPrepareOptions struct {
 	EOS          bool
 	Force        bool
 	Inputs       []string
+	TextColumn   string
+
+	splitByBytesGiven bool
 }
 
 func newDataPrepareCmd(streams *IO) *cobra.Command {
@@ -53,7 +56,8 @@ func newDataPrepareCmd(streams *IO) *cobra.Command {
   dmc data prepare --tokenizer tokenizer.model --out data/web --text-field content corpus/`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			o.Inputs = args
-			if cmd.Flags().Changed("split-by-bytes") {
+			o.splitByBytesGiven = cmd.Flags().Changed("split-by-bytes")
+			if o.splitByBytesGiven {
 				if cmd.Flags().Changed("heldout-frac") {
 					return errors.New("give either --heldout-frac or --split-by-bytes, not both")
 				}
@@ -68,6 +72,7 @@ func newDataPrepareCmd(streams *IO) *cobra.Command {
 	f.StringVar(&o.Format, "format", "", "input format: txt, jsonl or parquet (default: by file extension)")
 	f.StringVar(&o.Separator, "separator", data.DefaultSeparator, "document separator in .txt inputs")
 	f.StringVar(&o.TextField, "text-field", data.DefaultTextField, "text field of .jsonl inputs / text column of .parquet inputs")
+	f.StringVar(&o.TextColumn, "text-column", "", "text column of Parquet and Arrow inputs and Hugging Face save_to_disk folders (default text, or the only string column)")
 	f.Float64Var(&o.HeldoutFrac, "heldout-frac", data.DefaultHeldoutFrac, "fraction of documents held out (chosen by a hash of the document index and --seed); 0 = none")
 	f.Float64Var(&o.SplitByBytes, "split-by-bytes", 0, "instead: documents starting in the first F of the input bytes are train, the rest held out (TinyStories uses 0.85)")
 	f.Uint64Var(&o.Seed, "seed", 0, "seed of the --heldout-frac assignment")
@@ -87,8 +92,13 @@ func (o *DataPrepareOptions) Run(streams *IO) error {
 	case len(o.Inputs) == 0:
 		return errors.New("no inputs: pass one or more .txt, .jsonl or .parquet files or directories after the flags")
 	case o.ShardSizeMB < 1:
-		return fmt.Errorf("--shard-size-mb %d must be at least 1", o.ShardSizeMB)
+		return fmt.Errorf("--shard-size-mb must be ≥ 1 (MiB per shard), got %d", o.ShardSizeMB)
+	case !finite(o.HeldoutFrac) || o.HeldoutFrac < 0 || o.HeldoutFrac >= 1:
+		return fmt.Errorf("--heldout-frac must be in [0, 1) (the fraction of documents held out; 0 = none), got %g", o.HeldoutFrac)
+	case o.splitByBytesGiven && (!finite(o.SplitByBytes) || o.SplitByBytes <= 0 || o.SplitByBytes >= 1):
+		return fmt.Errorf("--split-by-bytes must be in (0, 1) (the fraction of the input bytes in train, e.g. 0.85), got %g", o.SplitByBytes)
 	}
+
 	tok, err := tokenizer.Load(o.Tokenizer)
 	if err != nil {
 		return err
@@ -97,7 +107,7 @@ func (o *DataPrepareOptions) Run(streams *IO) error {
 	prog.last = time.Now() // quiet for short runs
 	m, err := data.Prepare(data.PrepareOptions{
 		Inputs: o.Inputs, Out: o.Out, Tokenizer: tok, TokenizerPath: o.Tokenizer,
-		Format: o.Format, Separator: o.Separator, TextField: o.TextField, AddEOS: o.EOS,
+		Format: o.Format, Separator: o.Separator, TextField: o.TextField, TextColumn: o.TextColumn, AddEOS: o.EOS,
 		HeldoutFrac: o.HeldoutFrac, SplitByBytes: o.SplitByBytes, Seed: o.Seed,
 		ShardBytes: int64(o.ShardSizeMB) << 20, Overwrite: o.Force, Progress: func(pr data.PrepareProgress) {
 			if !pr.Done {

@@ -61,6 +61,11 @@ exports the DMC model and generates from the export. About 10 minutes on 2 cores
 
 // Run executes the demo stages; each stage's output is reused when the demo is run again.
 func (o *DemoOptions) Run(ctx context.Context, streams *IO) error {
+	if err := firstErr(checkFloat("corpus-mb", o.CorpusMB, func(x float64) bool { return x > 0 && x <= 1e5 }, "in (0, 100000] (MB of generated stories)"),
+		checkInt("pretrain-steps", o.PretrainSteps, 1, "≥ 1"), checkInt("retrofit-steps", o.RetrofitSteps, 1, "≥ 1"),
+		checkFloat("target-cr", o.TargetCR, func(x float64) bool { return x >= 1 }, "≥ 1 (1 = no compression, 2 = half the KV cache)")); err != nil {
+		return err
+	}
 	start := time.Now()
 	say := func(format string, a ...any) {
 		fmt.Fprintf(streams.Err, "[%5.0fs] ", time.Since(start).Seconds())

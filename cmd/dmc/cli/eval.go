@@ -24,6 +24,8 @@ type EvalOptions struct {
 	SeqLen    int
 	MaxTokens int
 	Separator string
+	// TextField (.jsonl) and TextColumn (Parquet, Arrow, HF datasets) name the text to tokenise.
+	TextField, TextColumn string
 }
 
 func init() { register(newEvalCmd) }
@@ -62,6 +64,8 @@ DMC models, as in serving) and reports perplexity and the real compression rate
 	f.IntVar(&o.SeqLen, "seq-len", 0, "longest sequence decoded from one cache (default: the model's context)")
 	f.IntVar(&o.MaxTokens, "max-tokens", 0, "stop after about this many scored tokens (0 = all)")
 	f.StringVar(&o.Separator, "separator", "", "document separator of .txt data (default <|endoftext|>)")
+	f.StringVar(&o.TextField, "text-field", "", "text field of .jsonl data (default text)")
+	f.StringVar(&o.TextColumn, "text-column", "", "text column of Parquet/Arrow data or a Hugging Face dataset (default text, or the only string column)")
 	_ = cmd.MarkFlagRequired("model")
 	_ = cmd.MarkFlagRequired("data")
 	return cmd
@@ -72,9 +76,13 @@ type EvalReport = retrofit.EvalReport
 
 // Run evaluates and prints a table; it returns the report.
 func (o *EvalOptions) Run(ctx context.Context, streams *IO) (*EvalReport, error) {
+	if err := o.check(); err != nil {
+		return nil, err
+	}
 	prog := newProgressLine(streams.Err, "tokens")
 	rep, err := retrofit.Evaluate(ctx, retrofit.EvalSpec{Model: o.Model, Tokenizer: o.Tokenizer, Data: o.Data, Split: o.Split,
-		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator},
+		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator,
+		TextField: o.TextField, TextColumn: o.TextColumn},
 		retrofit.EvalHooks{
 			Start: func(what string) { prog.done(); fmt.Fprintln(streams.Err, what) },
 			PPL:   prog.update,
@@ -135,4 +143,19 @@ func printEval(streams *IO, r *EvalReport) {
 		fmt.Fprintf(w, "  layer %d heads\t%s\n", l, strings.Join(s, " "))
 	}
 	w.Flush()
+}
+
+// check refuses bad flags before the model is loaded.
+func (o *EvalOptions) check() error {
+	if o.SeqLen < 0 || o.SeqLen == 1 {
+		return fmt.Errorf("--seq-len must be 0 (the model's context) or ≥ 2 (a prediction needs two tokens), got %d", o.SeqLen)
+	}
+	if err := firstErr(checkInt("max-tokens", o.MaxTokens, 0, "≥ 0 (0 = all)"),
+		retrofit.CheckDataPath(o.Data, "--data"), retrofit.CheckWritable(o.JSON, "--json")); err != nil {
+		return err
+	}
+	if o.TextField != "" && o.TextColumn != "" && o.TextField != o.TextColumn {
+		return fmt.Errorf("--text-field %q and --text-column %q differ: give one (--text-field for .jsonl, --text-column for Parquet/Arrow)", o.TextField, o.TextColumn)
+	}
+	return nil
 }

@@ -51,6 +51,14 @@ Llama loader reads its weights (the dmc block is extra).`,
 
 // Run writes the export.
 func (o *ExportOptions) Run(ctx context.Context, streams *IO) error {
+	if o.ShardMB <= 0 {
+		return fmt.Errorf("--shard-mb must be > 0 (the largest safetensors shard in MB; the default is 5000), got %d", o.ShardMB)
+	}
+	switch o.DType {
+	case "bf16", "fp16", "fp32":
+	default:
+		return fmt.Errorf("--dtype must be bf16, fp16 or fp32, got %q", o.DType)
+	}
 	res, err := retrofit.Export(ctx, o.RunDir, o.Out, retrofit.ExportOptions{DType: o.DType, Measure: o.Measure,
 		Tokenizer: o.Tokenizer, ShardMB: o.ShardMB, Force: o.Force, Warn: streams.Err})
 	if err != nil {

@@ -55,8 +55,11 @@ func (o *GenerateOptions) Run(streams *IO) error {
 	if o.MaxTokens <= 0 {
 		return fmt.Errorf("--max-tokens must be positive (got %d)", o.MaxTokens)
 	}
-	if o.Temperature < 0 {
-		return fmt.Errorf("--temperature must be ≥ 0 (got %g); use 0 for greedy decoding", o.Temperature)
+	if !finite(o.Temperature) || o.Temperature < 0 {
+		return fmt.Errorf("--temperature must be a finite number ≥ 0 (got %g); use 0 for greedy decoding", o.Temperature)
+	}
+	if err := checkFloat("top-p", o.TopP, func(p float64) bool { return p > 0 && p <= 1 }, "in (0, 1] (1 disables nucleus sampling)"); err != nil {
+		return err
 	}
 	if o.Device != "cpu" && o.Device != "cuda" {
 		return fmt.Errorf("unknown --device %q: use cpu or cuda", o.Device)

@@ -27,6 +27,9 @@ type RetrofitOptions struct {
 	StopAfter int
 	// HeldoutTokens limits the final held-out evaluation.
 	HeldoutTokens int
+	// StepsGiven and TargetCRGiven say whether --steps and --target-cr were on the command
+	// line (an explicit --target-cr 0 is refused; --steps with --resume extends a run).
+	StepsGiven, TargetCRGiven bool
 }
 
 func init() { register(newRetrofitCmd) }
@@ -49,6 +52,7 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop, caught := signalContext(cmd.Context())
 			defer stop()
+			o.StepsGiven, o.TargetCRGiven = cmd.Flags().Changed("steps"), cmd.Flags().Changed("target-cr")
 			res, err := o.Run(ctx, streams)
 			if err == nil && res.Run.Interrupted {
 				return interrupted(caught(), fmt.Sprintf("interrupted: saved %s; continue with: dmc retrofit --out %s --resume", res.Run.Checkpoint, o.Out))
@@ -77,10 +81,25 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 
 // Run trains and prints the outcome.
 func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*retrofit.Result, error) {
+	if o.TargetCRGiven && !(o.TargetCR >= 1) {
+		return nil, fmt.Errorf("--target-cr must be ≥ 1 and finite (1 = no compression, 2 = half the KV cache), got %g", o.TargetCR)
+	}
 	prog := newProgressLine(streams.Err, "held-out tokens")
-	res, err := retrofit.Run(ctx, retrofit.Spec{Model: o.Model, Weights: o.Weights, Tokenizer: o.Tokenizer, Data: o.Data,
+	spec := retrofit.Spec{Model: o.Model, Weights: o.Weights, Tokenizer: o.Tokenizer, Data: o.Data,
 		Heldout: o.Heldout, Config: o.Config, TargetCR: o.TargetCR, Steps: o.Steps, Control: o.Control, Set: o.Set,
-		Out: o.Out, Resume: o.Resume, StopAfter: o.StopAfter, HeldoutTokens: o.HeldoutTokens, HeldoutProgress: prog.update}, streams.Err)
+		Out: o.Out, Resume: o.Resume, StopAfter: o.StopAfter, HeldoutTokens: o.HeldoutTokens, HeldoutProgress: prog.update}
+	// Everything that can be checked without loading weights is checked before any work.
+	if err := retrofit.CheckSpec(spec); err != nil {
+		return nil, err
+	}
+	spec, err := retrofit.ResumeSpec(spec, o.StepsGiven)
+	if err != nil {
+		return nil, err
+	}
+	if err := retrofit.Preflight(spec); err != nil {
+		return nil, err
+	}
+	res, err := retrofit.Run(ctx, spec, streams.Err)
 	prog.done()
 	if err != nil {
 		return res, err
