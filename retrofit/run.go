@@ -86,13 +86,9 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 	if spec.Model == "" || spec.Data == "" {
 		return nil, errors.New("--model and --data are required (or --resume with an existing --out)")
 	}
-	if spec.HeldoutTokens < 0 {
-		return nil, fmt.Errorf("--heldout-tokens must be ≥ 0 (0 = all), got %d", spec.HeldoutTokens)
-	}
-	if spec.Heldout != "" { // refused now, not after training
-		if _, err := data.OpenWith(spec.Heldout, data.OpenOptions{}); err != nil {
-			return nil, fmt.Errorf("--heldout: %w", err)
-		}
+	// Library callers get the same checks as the CLI, before any work.
+	if err := Preflight(spec); err != nil {
+		return nil, err
 	}
 	recipe, err := ResolveRecipe(spec)
 	if err != nil {
