@@ -59,7 +59,7 @@ type Result struct {
 
 // Run trains as spec says and, when held-out data is available, evaluates the result with
 // the real cache. Progress lines (the header, the trainer's progress) go to progress.
-func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
+func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err error) {
 	if progress == nil {
 		progress = io.Discard
 	}
@@ -67,11 +67,19 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (*Result, error) {
 		return nil, errors.New("no run directory: pass --out DIR")
 	}
 	specPath := filepath.Join(spec.Out, SpecFile)
+	_, statErr := os.Stat(spec.Out)
 	unlock, err := lockRun(spec.Out)
 	if err != nil {
 		return nil, err
 	}
 	defer unlock()
+	if statErr != nil { // a run refused before it wrote anything leaves no folder behind
+		defer func() {
+			if ents, _ := os.ReadDir(spec.Out); err != nil && len(ents) == 1 && ents[0].Name() == LockFile {
+				os.RemoveAll(spec.Out)
+			}
+		}()
+	}
 	if spec.Resume && spec.Model == "" {
 		s, err := ReadSpec(spec.Out)
 		if err != nil {

@@ -1,7 +1,9 @@
 package retrofit
 
 import (
+	"context"
 	"math"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -49,6 +51,13 @@ func TestLoadRefusesNonFiniteWeights(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "m")
 		if err := checkpoints.WriteHF(dir, w, "fp32", nil, 1<<40); err != nil {
 			t.Fatal(err)
+		}
+		out := filepath.Join(t.TempDir(), "run")
+		if _, err := Run(context.Background(), Spec{Model: dir, Data: dir, Out: out}, nil); err == nil {
+			t.Errorf("Run of a model with %v weights: no error", bad)
+		}
+		if _, err := os.Stat(out); err == nil {
+			t.Errorf("a refused run left its folder %s behind", out)
 		}
 		for name, load := range map[string]func() error{
 			"LoadModel":      func() error { _, err := LoadModel(dir, LoadOptions{}); return err },
