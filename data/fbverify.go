@@ -14,6 +14,12 @@ import (
 
 var errFlatbuf = errors.New("corrupt flatbuffer")
 
+// Type union codes of the view types (Schema.fbs).
+const (
+	fbTypeBinaryView = 23
+	fbTypeUtf8View   = 24
+)
+
 // maxFieldDepth bounds the nesting of a schema's fields (real schemas nest a few levels).
 const maxFieldDepth = 64
 
@@ -152,6 +158,13 @@ func checkField(f fbTable, depth int, budget *int) error {
 	if _, _, err := f.vector(0, 1); err != nil { // name
 		return err
 	}
+	if p, ok, err := f.field(2); err != nil { // type_type
+		return err
+	} else if ok && (f.b[p] == fbTypeBinaryView || f.b[p] == fbTypeUtf8View) {
+		// Their arrays take a count of data buffers from the batch's variadicBufferCounts,
+		// which the library reads past the end of that vector and then allocates.
+		return errors.New("binary_view/string_view columns are not supported (cast them to binary/string)")
+	}
 	if _, _, err := f.subtable(3); err != nil { // type
 		return err
 	}
@@ -215,12 +228,27 @@ func checkRecordBatch(r fbTable, body int64) error {
 			return fmt.Errorf("a column of %d values (%d null) in a %d-byte body", l, nulls, body)
 		}
 	}
-	for _, v := range []struct {
-		i    int
-		elem int64
-	}{{1, 16}, {2, 16}, {4, 8}} { // nodes, buffers, variadicBufferCounts
-		if _, _, err := r.vector(v.i, v.elem); err != nil {
-			return err
+	// Buffers (offset, length) must lie inside the body: the library allocates a buffer's
+	// claimed length before reading it from the body.
+	bstart, nbuf, err := r.vector(2, 16)
+	if err != nil {
+		return err
+	}
+	for k := int64(0); k < nbuf; k++ {
+		buf := r.b[bstart+16*k:]
+		o, l := int64(binary.LittleEndian.Uint64(buf)), int64(binary.LittleEndian.Uint64(buf[8:]))
+		if o < 0 || l < 0 || o > body || l > body-o {
+			return fmt.Errorf("buffer %d claims %d bytes at offset %d of a %d-byte body", k, l, o, body)
+		}
+	}
+	// variadicBufferCounts: the library makes a slice of each count.
+	vstart, nv, err := r.vector(4, 8)
+	if err != nil {
+		return err
+	}
+	for k := int64(0); k < nv; k++ {
+		if c := int64(binary.LittleEndian.Uint64(r.b[vstart+8*k:])); c < 0 || c > nbuf {
+			return fmt.Errorf("a variadic buffer count of %d in a batch of %d buffers", c, nbuf)
 		}
 	}
 	_, _, err = r.subtable(3) // compression

@@ -90,6 +90,7 @@ type Dataset struct {
 type shard struct {
 	path       string
 	stream     bool
+	size       int64 // bytes of the file
 	numBatches int
 	prefixEnd  int64   // stream: end of the schema (and dictionary) messages
 	offsets    []int64 // stream: start of each record batch, then the end of the last; text: the same for document groups
@@ -353,12 +354,12 @@ func openShard(path string) (s *shard, schema *arrow.Schema, err error) {
 	}
 	magic := make([]byte, len(arrowFileMagic))
 	n, _ := f.ReadAt(magic, 0)
-	s = &shard{path: path}
+	s = &shard{path: path, size: st.Size()}
 	if n == len(magic) && string(magic) == string(arrowFileMagic) {
 		if err := checkArrowFile(f, st.Size()); err != nil {
 			return nil, nil, fmt.Errorf("data: %s is not a valid Arrow IPC file: %v", path, err)
 		}
-		fr, err := ipc.NewFileReader(f)
+		fr, err := ipc.NewFileReader(f, ipc.WithAllocator(arrowAlloc(s.size)))
 		if err != nil {
 			return nil, nil, fmt.Errorf("data: %s is not a valid Arrow IPC file: %v", path, err)
 		}
@@ -370,7 +371,7 @@ func openShard(path string) (s *shard, schema *arrow.Schema, err error) {
 	if err := s.indexStream(f, st.Size()); err != nil {
 		return nil, nil, err
 	}
-	rdr, err := ipc.NewReader(io.NewSectionReader(f, 0, s.prefixEnd))
+	rdr, err := ipc.NewReader(io.NewSectionReader(f, 0, s.prefixEnd), ipc.WithAllocator(arrowAlloc(s.size)))
 	if err != nil {
 		return nil, nil, fmt.Errorf("data: %s is not an Arrow IPC file or stream: %v (expected Arrow data; convert CSV/JSON with dmc data prepare)", path, err)
 	}
@@ -413,6 +414,11 @@ func (s *shard) indexStream(f io.ReaderAt, size int64) error {
 		msg := ipc.NewMessage(memory.NewBufferBytes(meta), memory.NewBufferBytes(nil))
 		typ, bodyLen := msg.Type(), msg.BodyLen()
 		msg.Release()
+		// A negative body length would walk back (to the same message, for ever, growing
+		// s.offsets); one past the end would be allocated by the library before reading.
+		if end := off + hdrLen + metaLen; bodyLen < 0 || bodyLen > size-end {
+			return fmt.Errorf("data: %s: the message at byte %d claims a %d-byte body, but %d bytes follow it (corrupt or truncated)", s.path, off, bodyLen, size-end)
+		}
 		switch typ {
 		case ipc.MessageSchema:
 			if off != 0 {
@@ -660,7 +666,7 @@ func (br *batchReader) read(si, b int) (rec arrow.Record, err error) {
 		}
 		br.shard = si
 		if !s.stream {
-			if br.fr, err = ipc.NewFileReader(br.f); err != nil {
+			if br.fr, err = ipc.NewFileReader(br.f, ipc.WithAllocator(arrowAlloc(s.size))); err != nil {
 				return nil, fmt.Errorf("data: %s: %w", s.path, err)
 			}
 		}
@@ -677,7 +683,7 @@ func (br *batchReader) read(si, b int) (rec arrow.Record, err error) {
 		}
 		body := io.NewSectionReader(br.f, s.offsets[b], s.offsets[s.numBatches]-s.offsets[b])
 		src := io.MultiReader(io.NewSectionReader(br.f, 0, s.prefixEnd), bufio.NewReaderSize(body, 1<<16))
-		if br.sr, err = ipc.NewReader(src); err != nil {
+		if br.sr, err = ipc.NewReader(src, ipc.WithAllocator(arrowAlloc(s.size))); err != nil {
 			return nil, fmt.Errorf("data: %s: %w", s.path, err)
 		}
 	}
