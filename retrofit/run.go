@@ -80,16 +80,9 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 			}
 		}()
 	}
-	if spec.Resume && spec.Model == "" {
-		s, err := ReadSpec(spec.Out)
-		if err != nil {
-			return nil, fmt.Errorf("--resume without --model needs %s (written when the run started): %w", specPath, err)
-		}
-		s.Out, s.Resume, s.StopAfter, s.HeldoutProgress = spec.Out, spec.Resume, spec.StopAfter, spec.HeldoutProgress
-		if spec.HeldoutTokens != 0 {
-			s.HeldoutTokens = spec.HeldoutTokens
-		}
-		spec = *s
+	// --resume with only --out: the run's own spec (the CLI has done this already; then it is a no-op).
+	if spec, err = ResumeSpec(spec, spec.Steps != 0); err != nil {
+		return nil, err
 	}
 	if spec.Model == "" || spec.Data == "" {
 		return nil, errors.New("--model and --data are required (or --resume with an existing --out)")

@@ -25,6 +25,7 @@ import (
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/kernels"
 	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/trainer"
 )
 
 const (
@@ -630,28 +631,12 @@ func (s *convSuite) testMerge(t *testing.T) {
 	}
 }
 
-// adamwCPU is trainer.AdamW.Update's loop for one parameter, verbatim (package trainer cannot be
-// imported here without risking an import cycle through the training graph).
+// adamwCPU runs the trainer's own AdamW update (trainer.AdamW.Update) on one parameter at
+// optimiser step step, with moments m and v updated in place.
 func adamwCPU(w, g, m, v []float32, beta1, beta2, epsilon, wd, lr float64, step int, decay bool) {
-	bc1 := 1 - math.Pow(beta1, float64(step))
-	bc2 := 1 - math.Pow(beta2, float64(step))
-	b1, b2 := float32(beta1), float32(beta2)
-	c1, c2 := float32(1-beta1), float32(1-beta2)
-	stepSize := float32(lr / bc1)
-	invSqrtBC2 := float32(1 / math.Sqrt(bc2))
-	eps := float32(epsilon)
-	keep := float32(1)
-	if decay {
-		keep = float32(1 - lr*wd)
-	}
-	for j := range w {
-		gj := g[j]
-		mj := b1*m[j] + c1*gj
-		vj := b2*v[j] + c2*gj*gj
-		m[j], v[j] = mj, vj
-		denom := float32(math.Sqrt(float64(vj)))*invSqrtBC2 + eps
-		w[j] = w[j]*keep - stepSize*mj/denom
-	}
+	o := &trainer.AdamW{Beta1: beta1, Beta2: beta2, Eps: epsilon, WeightDecay: wd, T: step - 1,
+		Decay: []bool{decay}, M: [][]float32{m}, V: [][]float32{v}}
+	o.Update([]trainer.Param{{Name: "p", Shape: []int{len(w)}, Value: w}}, [][]float32{g}, lr)
 }
 
 func (s *convSuite) testAdamW(t *testing.T) {

@@ -1,0 +1,52 @@
+package model
+
+import (
+	"math"
+	"testing"
+)
+
+// The batched LogProbs of the CPU decoder equals scoring token by token through Prefill and
+// Decode (LogProbsByDecoding, what the CUDA engine uses), and greedy Prefill/Decode follow
+// the argmax of those logits.
+func TestCPUDecoderLogProbsMatchDecoding(t *testing.T) {
+	cfg := Config{Dim: 32, HiddenDim: 64, NLayers: 2, NHeads: 4, NKVHeads: 2, VocabSize: 50, MaxSeqLen: 32,
+		NormEps: 1e-5, RopeTheta: 10000, RoPE: RoPEHalf, TieEmbeddings: true}
+	w, err := RandomParams[float32](cfg, 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := NewCPUDecoder(w, func() (KVCache[float32], error) { return NewVanillaCache[float32](cfg), nil })
+	tokens := []int{1, 5, 9, 2, 44, 17, 3, 30}
+	batched, err := d.LogProbs(tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stepwise, err := LogProbsByDecoding(d, tokens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(batched) != len(tokens)-1 || len(stepwise) != len(batched) {
+		t.Fatalf("lengths %d and %d, want %d", len(batched), len(stepwise), len(tokens)-1)
+	}
+	for i := range batched {
+		if batched[i] > 0 || math.Abs(batched[i]-stepwise[i]) > 1e-5 {
+			t.Errorf("token %d: batched %v, step by step %v", i+1, batched[i], stepwise[i])
+		}
+	}
+	if len(d.seqs) != 0 {
+		t.Errorf("%d sequences left active after scoring", len(d.seqs))
+	}
+	ids, next, logits, err := d.Prefill([][]int{tokens[:3]}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if next[0] != Argmax(logits[0]) {
+		t.Errorf("greedy next %d, argmax of the logits %d", next[0], Argmax(logits[0]))
+	}
+	if _, _, err := d.Decode(ids, []int{4, 5}, false); err == nil {
+		t.Error("Decode with more tokens than sequences: want an error")
+	}
+	if err := d.Release(ids...); err != nil || d.Release(ids...) == nil {
+		t.Errorf("release once: %v; a second release must fail", err)
+	}
+}
