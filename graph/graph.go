@@ -236,7 +236,8 @@ func (e *Exec[T]) run(b Batch, sc StepContext, backward bool) (Losses, error) {
 	return v.run(e, b, sc, backward)
 }
 
-var errNaN = errors.New("graph: the loss is not finite (NaN or Inf); lower the learning rate or check the data")
+// ErrNotFinite is the error of a step whose loss is NaN or infinite.
+var ErrNotFinite = errors.New("graph: the loss is not finite (NaN or Inf); lower the learning rate or check the data")
 
 // StepFLOPs is the conventional cost of one training step (forward + backward) on batch×seqLen
 // tokens: 6·(matmul parameters)·tokens + 12·layers·Hq·D·T·tokens for attention (scores and

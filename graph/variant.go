@@ -1,14 +1,12 @@
 package graph
 
 import (
-	"errors"
 	"fmt"
 	"math"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
 
-	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/graph/ops"
 	"github.com/dmc-project/dmc/model"
 )
@@ -30,6 +28,8 @@ type variant[T model.Float] struct {
 	full, fwd                             G.VM
 	// arena holds the fused ops' output tensors, reused by every run
 	arena *ops.Arena
+	// prog names the roles of the graph's nodes (Exec.Program)
+	prog Program
 }
 
 func dtypeOf[T model.Float]() tensor.Dtype {
@@ -58,6 +58,10 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 		return G.NewScalar(g, dt, G.WithName(name), G.WithValue(T(0)))
 	}
 	v.chScale, v.hard, v.alphaStar, v.crWeight = scalarIn("ch_scale"), scalarIn("hard"), scalarIn("alpha_star"), scalarIn("cr_weight")
+	pr := &v.prog
+	pr.Graph, pr.DMC, pr.B, pr.T = g, useDMC, B, Tn
+	pr.IDs, pr.Targets = ids, targets
+	pr.ChScale, pr.Hard, pr.AlphaStar, pr.CRWeight = v.chScale, v.hard, v.alphaStar, v.crWeight
 
 	nodes := map[string]*G.Node{}
 	var wrt G.Nodes
@@ -65,6 +69,7 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 		n := G.NewTensor(g, dt, len(p.shape), G.WithShape(p.shape...), G.WithName(p.name), G.WithValue(p.value))
 		nodes[p.name] = n
 		wrt = append(wrt, n)
+		pr.Params = append(pr.Params, n)
 	}
 	P := func(name string) *G.Node { return nodes[name] }
 
@@ -98,6 +103,7 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 			nt := tensor.New(tensor.WithShape(N, Hkv), tensor.WithBacking(make([]T, N*Hkv)))
 			v.noise = append(v.noise, nt)
 			noise := G.NewMatrix(g, dt, G.WithShape(N, Hkv), G.WithName(fmt.Sprintf("noise.%d", l)), G.WithValue(nt))
+			pr.Noise = append(pr.Noise, noise)
 			alpha := must(ops.DMCDecide(k, noise, v.hard, ds))
 			omega := must(ops.DMCImportance(q, ds))
 			km := must(ops.DMCMerge(k, alpha, omega, ds))
@@ -142,6 +148,7 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 		tl := G.NewMatrix(g, dt, G.WithShape(N, c.VocabSize), G.WithName("teacher_logits"), G.WithValue(v.teacher))
 		v.lmWeight, v.kdWgt = scalarIn("lm_weight"), scalarIn("kd_weight")
 		kd := must(ops.SoftmaxKL(logits, tl, targets))
+		pr.TeacherLogits, pr.LMWeight, pr.KDWeight, pr.KD = tl, v.lmWeight, v.kdWgt, kd
 		loss = must(G.Add(must(G.Mul(v.lmWeight, lm)), must(G.Mul(v.kdWgt, kd))))
 		reads = append(reads, G.Read(kd, &v.kdV))
 	}
@@ -153,6 +160,7 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 		lcr := must(G.Mean(hinge))
 		loss = must(G.Add(loss, must(G.Mul(v.crWeight, lcr))))
 		meanAlpha := must(G.Mean(abar))
+		pr.CR, pr.MeanAlpha = lcr, meanAlpha
 		reads = append(reads, G.Read(lcr, &v.crV), G.Read(meanAlpha, &v.alphaV))
 	}
 	if err != nil {
@@ -162,6 +170,7 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 	if e.opt.KeepLogits {
 		reads = append(reads, G.Read(logits, &v.logitsV))
 	}
+	pr.Loss, pr.LM, pr.Logits = loss, lm, logits
 	v.fwd = G.NewTapeMachine(g.SubgraphRoots(reads...))
 	if e.opt.ForwardOnly {
 		return v, nil
@@ -170,6 +179,7 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 	if err != nil {
 		return nil, fmt.Errorf("graph: differentiate: %w", err)
 	}
+	pr.Grads = grads
 	for i, p := range e.params {
 		G.Read(grads[i], &p.gradV)
 	}
@@ -178,73 +188,38 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 }
 
 func (v *variant[T]) run(e *Exec[T], b Batch, sc StepContext, backward bool) (Losses, error) {
-	c := e.cfg
+	in, err := e.Inputs(b, sc)
+	if err != nil {
+		return Losses{}, err
+	}
 	copy(v.ids.Data().([]int), b.Inputs)
 	copy(v.targets.Data().([]int), b.Targets)
-	for i, id := range b.Inputs {
-		if id < 0 || id >= c.VocabSize {
-			return Losses{}, fmt.Errorf("graph: input token %d at index %d is outside the vocabulary [0, %d)", id, i, c.VocabSize)
-		}
-	}
-	for i, id := range b.Targets {
-		if id >= c.VocabSize {
-			return Losses{}, fmt.Errorf("graph: target token %d at index %d is outside the vocabulary [0, %d)", id, i, c.VocabSize)
-		}
-	}
-	chScale := 1.0
-	switch {
-	case v.useDMC:
-		chScale = 0
-	case sc.ZeroOut < 1:
-		chScale = max(0, sc.ZeroOut)
-	}
-	hard := 0.0
-	if sc.Hard {
-		hard = 1
-	}
 	for _, s := range []struct {
 		n *G.Node
 		x float64
-	}{{v.chScale, chScale}, {v.hard, hard}, {v.alphaStar, sc.TargetAlpha}, {v.crWeight, sc.CRWeight}} {
+	}{{v.chScale, in.ChScale}, {v.hard, in.Hard}, {v.alphaStar, in.AlphaStar}, {v.crWeight, in.CRWeight}} {
 		if err := G.Let(s.n, T(s.x)); err != nil {
 			return Losses{}, err
 		}
 	}
-	if sc.DistillWeight != 0 && e.teacher == nil {
-		return Losses{}, errors.New("graph: a distillation weight was given but the graph has no teacher (Options.Teacher)")
-	}
 	if e.teacher != nil {
-		beta := sc.DistillWeight
-		if !(beta >= 0 && beta <= 1) {
-			return Losses{}, fmt.Errorf("graph: distillation weight %g is outside [0, 1]", beta)
-		}
-		if beta > 0 {
+		if in.Teacher {
 			// The teacher is the original model: plain graph, full decision channel.
 			if _, err := e.teacher.Forward(b, StepContext{ZeroOut: 1}); err != nil {
 				return Losses{}, fmt.Errorf("graph: distillation teacher: %w", err)
 			}
 			copy(v.teacher.Data().([]T), e.teacher.Logits())
 		}
-		if err := G.Let(v.lmWeight, T(1-beta)); err != nil {
+		if err := G.Let(v.lmWeight, T(in.LMWeight)); err != nil {
 			return Losses{}, err
 		}
-		if err := G.Let(v.kdWgt, T(beta)); err != nil {
+		if err := G.Let(v.kdWgt, T(in.KDWeight)); err != nil {
 			return Losses{}, err
 		}
 	}
 	if v.useDMC && !sc.Hard {
-		Hkv, B, Tn := c.NKVHeads, e.B, e.T
 		for l, nt := range v.noise {
-			key := dmc.NoiseKey{Seed: sc.Seed, Step: uint64(sc.Step), MicroBatch: uint64(sc.MicroBatch), Layer: uint64(l)}
-			key.Fill(e.noise) // element (b·Hkv + h)·T + t
-			dst := nt.Data().([]T)
-			for b := 0; b < B; b++ {
-				for h := 0; h < Hkv; h++ {
-					for t := 0; t < Tn; t++ {
-						dst[(b*Tn+t)*Hkv+h] = T(e.noise[(b*Hkv+h)*Tn+t])
-					}
-				}
-			}
+			e.NoiseInto(nt.Data().([]T), sc, l)
 		}
 	}
 	m := v.fwd
@@ -276,7 +251,7 @@ func (v *variant[T]) run(e *Exec[T], b Batch, sc StepContext, backward bool) (Lo
 		l.KD = read(v.kdV)
 	}
 	if math.IsNaN(l.Loss) || math.IsInf(l.Loss, 0) {
-		return l, errNaN
+		return l, ErrNotFinite
 	}
 	return l, nil
 }

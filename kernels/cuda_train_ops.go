@@ -3,6 +3,7 @@
 package kernels
 
 import (
+	"errors"
 	"fmt"
 	"math"
 
@@ -272,11 +273,14 @@ func (t *TrainDevice) SoftmaxCE(loss, logits, targets *DevBuf, rows, V int) erro
 
 // SoftmaxCEBackward writes dl = scale·(softmax − onehot) (zero rows where target < 0), with
 // scale = dloss / counted tokens.
-func (t *TrainDevice) SoftmaxCEBackward(dl, logits, targets *DevBuf, rows, V int, scale float32) error {
+//
+// gScale, when not nil, is a device scalar F32[1] that multiplies scale (the loss's upstream
+// gradient, computed on the device by the executor).
+func (t *TrainDevice) SoftmaxCEBackward(dl, logits, targets *DevBuf, rows, V int, scale float32, gScale *DevBuf) error {
 	if err := t.lossCheck("SoftmaxCEBackward", dl, logits, nil, targets, rows, V); err != nil {
 		return err
 	}
-	return t.launch("tr_xent_bwd", dim3{x: rows}, rowBlock(V), 0, new(args).p(dl.ptr).p(logits.ptr).p(targets.ptr).i(rows).i(V).f(scale))
+	return t.launch("tr_xent_bwd", dim3{x: rows}, rowBlock(V), 0, new(args).p(dl.ptr).p(logits.ptr).p(targets.ptr).i(rows).i(V).f(scale).pOpt(gScale))
 }
 
 // SoftmaxKL writes loss[0] = mean over counted tokens of KL(softmax(teacher) ‖ softmax(logits)),
@@ -297,11 +301,12 @@ func (t *TrainDevice) SoftmaxKL(loss, logits, teacher, targets *DevBuf, rows, V 
 
 // SoftmaxKLBackward writes dl = scale·(softmax(logits) − softmax(teacher)), zero rows where
 // target < 0, scale = dloss / counted tokens.
-func (t *TrainDevice) SoftmaxKLBackward(dl, logits, teacher, targets *DevBuf, rows, V int, scale float32) error {
+// (gScale as SoftmaxCEBackward).
+func (t *TrainDevice) SoftmaxKLBackward(dl, logits, teacher, targets *DevBuf, rows, V int, scale float32, gScale *DevBuf) error {
 	if err := t.lossCheck("SoftmaxKLBackward", dl, logits, teacher, targets, rows, V); err != nil {
 		return err
 	}
-	return t.launch("tr_kl_bwd", dim3{x: rows}, rowBlock(V), 0, new(args).p(dl.ptr).p(logits.ptr).p(teacher.ptr).p(targets.ptr).i(rows).i(V).f(scale))
+	return t.launch("tr_kl_bwd", dim3{x: rows}, rowBlock(V), 0, new(args).p(dl.ptr).p(logits.ptr).p(teacher.ptr).p(targets.ptr).i(rows).i(V).f(scale).pOpt(gScale))
 }
 
 func (t *TrainDevice) lossCheck(op string, out, logits, teacher, targets *DevBuf, rows, V int) error {
@@ -464,6 +469,161 @@ func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, 
 	return t.launch("tr_dmc_merge_bwd_b", dim3{x: g.SeqLen, y: B * H}, block, 0,
 		new(args).p(dx.ptr).p(dA.ptr).p(dW.ptr).p(alpha.ptr).p(omega.ptr).p(dy.ptr).p(rowZ.ptr).p(cW.ptr).p(cA.ptr).
 			i(g.SeqLen).i(H).i(D).i(g.Window).i(span))
+}
+
+// ---- Attention
+
+// AttnGeom is graph/ops.AttnSpec for the device ops (Masked: an α input is given).
+type AttnGeom struct{ QHeads, KVHeads, HeadD, SeqLen int }
+
+const attnThreads = 128
+
+// attnLanes is the number of lanes sharing one row of D channels: the smallest power of two
+// that divides D and leaves at most 16 channels per lane (the kernels' register arrays).
+func attnLanes(D int) (int, error) {
+	for tpr := 1; tpr <= 32; tpr *= 2 {
+		if D%tpr == 0 && D/tpr <= 16 {
+			return tpr, nil
+		}
+	}
+	return 0, fmt.Errorf("attention: head dimension %d is not supported (it needs a power-of-two divisor ≤ 32 leaving ≤ 16 channels per lane, e.g. D ≤ 512 and a multiple of D/16)", D)
+}
+
+// attnTile is the number of rows of the tile staged in shared memory: two [tile, D] float
+// tiles plus three per-row floats within 48 KiB, at most 64.
+func attnTile(D int) int {
+	tile := 64
+	for tile > 8 && (2*tile*D+3*tile)*4 > 48<<10 {
+		tile /= 2
+	}
+	return tile
+}
+
+func (g AttnGeom) check(op string, rows int) error {
+	if g.QHeads <= 0 || g.KVHeads <= 0 || g.QHeads%g.KVHeads != 0 || g.HeadD <= 0 || g.SeqLen <= 0 || rows%g.SeqLen != 0 {
+		return fmt.Errorf("%s: invalid geometry %+v for %d rows", op, g, rows)
+	}
+	return nil
+}
+
+// AttentionForward writes o [rows, Hq·D] = causal GQA softmax(q·kᵀ/√D + M)·v per query head
+// (graph/ops Attention; M the DMC mask log(1 − α_{j+1}) when alpha is not nil) and stats
+// [2·rows·Hq] (row maxima, then log-sum-exps) for AttentionBackward. No T×T matrix is formed.
+func (t *TrainDevice) AttentionForward(o, stats, q, k, v, alpha *DevBuf, g AttnGeom, rows int) error {
+	Hq, Hkv, D := g.QHeads, g.KVHeads, g.HeadD
+	checks := []func() error{func() error { return g.check("", rows) },
+		func() error { return need("", "o", o, F32, rows*Hq*D) }, func() error { return need("", "stats", stats, F32, 2*rows*Hq) },
+		func() error { return need("", "q", q, F32, rows*Hq*D) }, func() error { return need("", "k", k, F32, rows*Hkv*D) },
+		func() error { return need("", "v", v, F32, rows*Hkv*D) }}
+	if alpha != nil {
+		checks = append(checks, func() error { return need("", "alpha", alpha, F32, rows*Hkv) })
+	}
+	if err := needAll("AttentionForward", checks...); err != nil {
+		return err
+	}
+	tpr, err := attnLanes(D)
+	if err != nil {
+		return err
+	}
+	per, bk := attnThreads/tpr, attnTile(D)
+	return t.launch("tr_attn_fwd", dim3{x: (g.SeqLen + per - 1) / per, y: Hq, z: rows / g.SeqLen}, attnThreads, (2*bk*D+bk)*4,
+		new(args).p(o.ptr).p(stats.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).i(D).i(tpr).i(bk).
+			f(float32(1/math.Sqrt(float64(D)))))
+}
+
+// AttentionBackward writes dq, dk, dv and, when alpha is not nil, dα [rows, Hkv] (graph/ops'
+// packed attention gradient) from the forward's o and stats, recomputing the probabilities
+// tile by tile: a delta pass, a pass per query row (dq) and a pass per key row (dk, dv, dα,
+// looping over the G query heads of its KV head). No atomics.
+func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats, dO *DevBuf, g AttnGeom, rows int) error {
+	Hq, Hkv, D := g.QHeads, g.KVHeads, g.HeadD
+	checks := []func() error{func() error { return g.check("", rows) },
+		func() error { return need("", "dq", dq, F32, rows*Hq*D) }, func() error { return need("", "dk", dk, F32, rows*Hkv*D) },
+		func() error { return need("", "dv", dv, F32, rows*Hkv*D) }, func() error { return need("", "o", o, F32, rows*Hq*D) },
+		func() error { return need("", "dO", dO, F32, rows*Hq*D) }, func() error { return need("", "stats", stats, F32, 2*rows*Hq) },
+		func() error { return need("", "q", q, F32, rows*Hq*D) }, func() error { return need("", "k", k, F32, rows*Hkv*D) },
+		func() error { return need("", "v", v, F32, rows*Hkv*D) }}
+	if (alpha == nil) != (dA == nil) {
+		return errors.New("AttentionBackward: alpha and dalpha must be given together")
+	}
+	if alpha != nil {
+		checks = append(checks, func() error { return need("", "alpha", alpha, F32, rows*Hkv) },
+			func() error { return need("", "dalpha", dA, F32, rows*Hkv) })
+	}
+	if err := needAll("AttentionBackward", checks...); err != nil {
+		return err
+	}
+	tpr, err := attnLanes(D)
+	if err != nil {
+		return err
+	}
+	delta, err := t.scratchBuf("attn.delta", F32, rows*Hq)
+	if err != nil {
+		return err
+	}
+	if err := t.launch1D("tr_attn_delta", int64(rows*Hq), new(args).p(delta.ptr).p(o.ptr).p(dO.ptr).i64(int64(rows*Hq)).i(D)); err != nil {
+		return err
+	}
+	per, tile := attnThreads/tpr, attnTile(D)
+	scale := float32(1 / math.Sqrt(float64(D)))
+	B := rows / g.SeqLen
+	if err := t.launch("tr_attn_bwd_q", dim3{x: (g.SeqLen + per - 1) / per, y: Hq, z: B}, attnThreads, (2*tile*D+tile)*4,
+		new(args).p(dq.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
+			i(g.SeqLen).i(Hq).i(Hkv).i(D).i(tpr).i(tile).f(scale)); err != nil {
+		return err
+	}
+	return t.launch("tr_attn_bwd_kv", dim3{x: (g.SeqLen + per - 1) / per, y: Hkv, z: B}, attnThreads, (2*tile*D+3*tile)*4,
+		new(args).p(dk.ptr).p(dv.ptr).pOpt(dA).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
+			i(g.SeqLen).i(Hq).i(Hkv).i(D).i(tpr).i(tile).f(scale))
+}
+
+// ---- Element-wise ops of the loss head and gradient sums
+
+// EwOp is an element-wise operation of EW.
+type EwOp int
+
+const (
+	EwAdd EwOp = iota
+	EwSub
+	EwMul
+	EwDiv
+	EwGE // 1 where a ≥ b, else 0
+	EwNeg
+	EwCopy
+	EwReLU
+)
+
+// EW writes out[i] = a[i·sa] op b[i·sb] for i < n, where a stride of 0 broadcasts a one-element
+// operand (b is ignored, and may be nil, for the unary ops).
+func (t *TrainDevice) EW(op EwOp, out, a, b *DevBuf, n int, aScalar, bScalar bool) error {
+	sa, sb := 1-b2i(aScalar), 1-b2i(bScalar)
+	checks := []func() error{func() error { return need("", "out", out, F32, n) },
+		func() error { return need("", "a", a, F32, max(1, n*sa)) }}
+	if op < EwNeg {
+		checks = append(checks, func() error { return need("", "b", b, F32, max(1, n*sb)) })
+	} else {
+		b = nil
+	}
+	if err := needAll("EW", checks...); err != nil {
+		return err
+	}
+	return t.launch1D("tr_ew", int64(n), new(args).p(out.ptr).p(a.ptr).pOpt(b).i64(int64(n)).i(sa).i(sb).i(int(op)))
+}
+
+// SumAll writes out[0] = Σ a[:n] (float64 sums, fixed order).
+func (t *TrainDevice) SumAll(out, a *DevBuf, n int) error {
+	if err := needAll("SumAll", func() error { return need("", "out", out, F32, 1) }, func() error { return need("", "a", a, F32, n) }); err != nil {
+		return err
+	}
+	return t.launch("tr_sum_all", dim3{x: 1}, 1024, 0, new(args).p(out.ptr).p(a.ptr).i64(int64(n)))
+}
+
+// Scale multiplies every element of a float32 buffer by s.
+func (t *TrainDevice) Scale(x *DevBuf, s float32) error {
+	if err := need("Scale", "x", x, F32, 0); err != nil {
+		return err
+	}
+	return t.launch1D("tr_scale", int64(x.n), new(args).p(x.ptr).i64(int64(x.n)).f(s))
 }
 
 // ---- Optimiser

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dmc-project/dmc/internal/atomicfile"
+	"github.com/dmc-project/dmc/trainer/step"
 )
 
 // Options configure one training run.
@@ -103,6 +104,8 @@ type run struct {
 	progress  io.Writer
 	lag       crLagWatch
 	batch     Batch
+	// dev is the model when it runs the optimiser itself on its device (step.Optimizer).
+	dev step.Optimizer
 
 	step       int
 	tokens     int64
@@ -155,7 +158,10 @@ func newRun(opts Options) (*run, error) {
 	}
 	t.opt = NewAdamW(t.params, r.Beta1, r.Beta2, r.Eps, r.WeightDecay, opts.Decay)
 	t.grads = make([][]float32, len(t.params))
-	if r.GradAccum > 1 {
+	t.dev, _ = opts.Model.(step.Optimizer)
+	if t.dev != nil {
+		// The device accumulates, clips and updates; the host keeps only what checkpoints hold.
+	} else if r.GradAccum > 1 {
 		t.accum = make([][]float32, len(t.params))
 		for i, p := range t.params {
 			t.accum[i] = make([]float32, len(p.Value))
@@ -175,6 +181,9 @@ func newRun(opts Options) (*run, error) {
 	}
 	if opts.Resume {
 		if err := t.resume(); err != nil {
+			return nil, err
+		}
+		if err := t.push(); err != nil {
 			return nil, err
 		}
 	} else if names, _ := t.store.List(); len(names) > 0 {
@@ -300,14 +309,22 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		if !finite(m.Loss) || !finite(m.LMLoss) || !finite(m.CRLoss) || !finite(m.MeanAlpha) {
 			return t.result(last), t.diverged(fmt.Sprintf("loss is %v (lm %v, cr %v, mean α %v)", m.Loss, m.LMLoss, m.CRLoss, m.MeanAlpha))
 		}
-		if t.accum != nil {
-			scaleAll(t.accum, float32(1/n)) // mean over micro-batches: the gradient of the batch mean
+		if t.dev != nil {
+			norm, err := t.deviceUpdate(r.GradAccum, plan.LR)
+			if err != nil {
+				return t.result(last), err
+			}
+			m.GradNorm = norm
+		} else {
+			if t.accum != nil {
+				scaleAll(t.accum, float32(1/n)) // mean over micro-batches: the gradient of the batch mean
+			}
+			m.GradNorm = ClipGlobalNorm(t.grads, r.GradClip)
+			if !finite(m.GradNorm) {
+				return t.result(last), t.diverged(fmt.Sprintf("the gradient norm is %v", m.GradNorm))
+			}
+			t.opt.Update(t.params, t.grads, plan.LR)
 		}
-		m.GradNorm = ClipGlobalNorm(t.grads, r.GradClip)
-		if !finite(m.GradNorm) {
-			return t.result(last), t.diverged(fmt.Sprintf("the gradient norm is %v", m.GradNorm))
-		}
-		t.opt.Update(t.params, t.grads, plan.LR)
 		t.step++
 		t.tokens += int64(tokens)
 
@@ -376,6 +393,11 @@ func (t *run) save(dataPos json.RawMessage) error {
 	if t.savedStep == t.step {
 		return nil // this exact state is already on disk
 	}
+	if t.dev != nil {
+		if err := t.dev.Pull(t.opt.M, t.opt.V); err != nil {
+			return fmt.Errorf("copy the weights from the device for a checkpoint: %w", err)
+		}
+	}
 	stage, _ := t.r.StageAt(t.step)
 	st := TrainState{
 		Step: t.step, Stage: stage.String(), AdamStep: t.opt.T, DataPosition: dataPos,
@@ -410,6 +432,34 @@ func (t *run) fillBatch() error {
 		copy(t.batch.Targets[b*T:(b+1)*T], w[1:])
 	}
 	return nil
+}
+
+// push uploads the host's weights and moments to a device model (after a resume or a hook).
+func (t *run) push() error {
+	if t.dev == nil {
+		return nil
+	}
+	if err := t.dev.Push(t.opt.M, t.opt.V); err != nil {
+		return fmt.Errorf("copy the weights to the device: %w", err)
+	}
+	return nil
+}
+
+// deviceUpdate ends a step on a device model: the mean over micro-batches, clipping and AdamW
+// run there; t.opt counts the update so that checkpoints record it.
+func (t *run) deviceUpdate(micro int, lr float64) (float64, error) {
+	r := &t.r
+	norm, err := t.dev.Update(step.AdamW{Beta1: r.Beta1, Beta2: r.Beta2, Eps: r.Eps, WeightDecay: r.WeightDecay,
+		Decay: t.opt.Decay, T: t.opt.T + 1}, micro, r.GradClip, lr)
+	if err != nil {
+		return norm, fmt.Errorf("step %d: optimiser update on the device: %w", t.step+1, err)
+	}
+	if !finite(norm) {
+		// The device skips the update of a non-finite gradient, as the host path does.
+		return norm, t.diverged(fmt.Sprintf("the gradient norm is %v", norm))
+	}
+	t.opt.T++
+	return norm, nil
 }
 
 // accumulate adds the model's fresh gradients into the accumulators (a copy for the first
@@ -455,6 +505,11 @@ func (t *run) evaluate(m *Metrics) error {
 }
 
 func (t *run) applyZeroOutHook() error {
+	if t.dev != nil {
+		if err := t.dev.Pull(t.opt.M, t.opt.V); err != nil {
+			return fmt.Errorf("end of the zero-out stage (step %d): copy the weights from the device: %w", t.step, err)
+		}
+	}
 	if t.snapshot == nil {
 		t.snapshot = make([][]float32, len(t.params))
 		for i, p := range t.params {
@@ -474,6 +529,9 @@ func (t *run) applyZeroOutHook() error {
 		}
 	}
 	t.snapshot = nil
+	if err := t.push(); err != nil {
+		return fmt.Errorf("end of the zero-out stage (step %d): %w", t.step, err)
+	}
 	fmt.Fprintf(t.progress, "zero-out stage done at step %d: the hook changed %d weights (their optimiser moments were reset)\n", t.step, changed)
 	return nil
 }

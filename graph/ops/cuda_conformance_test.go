@@ -68,7 +68,7 @@ func TestCUDATrainConformance(t *testing.T) {
 		{"Linear", s.testLinear}, {"RMSNorm", s.testRMSNorm}, {"RoPE", s.testRoPE}, {"SwiGLU", s.testSwiGLU},
 		{"Embedding", s.testEmbedding}, {"SoftmaxCE", s.testSoftmaxCE}, {"SoftmaxKL", s.testSoftmaxKL},
 		{"DMCDecide", s.testDecide}, {"DMCImportance", s.testImportance}, {"DMCHardCount", s.testHardCount},
-		{"DMCMerge", s.testMerge}, {"AdamW", s.testAdamW},
+		{"DMCMerge", s.testMerge}, {"Attention", s.testAttention}, {"EW", s.testEW}, {"AdamW", s.testAdamW},
 	} {
 		c := c
 		t.Run(c.name, func(t *testing.T) {
@@ -465,7 +465,7 @@ func (s *convSuite) testSoftmaxCE(t *testing.T) {
 		if count > 0 {
 			scale = float32(g / float64(count))
 		}
-		s.ok(s.dev.SoftmaxCEBackward(gdl, bl, bt, sh.n, sh.V, scale))
+		s.ok(s.dev.SoftmaxCEBackward(gdl, bl, bt, sh.n, sh.V, scale, nil))
 		tag := fmt.Sprintf("%dx%d counted %d", sh.n, sh.V, count)
 		lv := s.down(gl)
 		s.check("SoftmaxCE.loss "+tag, lv[:1], []float64{loss}, tolF32)
@@ -473,6 +473,11 @@ func (s *convSuite) testSoftmaxCE(t *testing.T) {
 			t.Errorf("SoftmaxCE %s: device counted %v tokens", tag, lv[1])
 		}
 		s.check("SoftmaxCE.dlogits "+tag, s.down(gdl), dl, tolF32)
+		// The upstream gradient as a device scalar: scale 1/count times g on the device.
+		if count > 0 {
+			s.ok(s.dev.SoftmaxCEBackward(gdl, bl, bt, sh.n, sh.V, float32(1/float64(count)), s.up([]float32{g})))
+			s.check("SoftmaxCE.dlogits(device g) "+tag, s.down(gdl), dl, tolF32)
+		}
 	}
 }
 
@@ -500,11 +505,15 @@ func (s *convSuite) testSoftmaxKL(t *testing.T) {
 		if count > 0 {
 			scale = float32(g / float64(count))
 		}
-		s.ok(s.dev.SoftmaxKLBackward(gdl, bl, bte, bt, sh.n, sh.V, scale))
+		s.ok(s.dev.SoftmaxKLBackward(gdl, bl, bte, bt, sh.n, sh.V, scale, nil))
 		tag := fmt.Sprintf("%dx%d counted %d", sh.n, sh.V, count)
 		lv := s.down(gl)
 		s.check("SoftmaxKL.loss "+tag, lv[:1], []float64{loss}, tolF32)
 		s.check("SoftmaxKL.dlogits "+tag, s.down(gdl), dl, tolF32)
+		if count > 0 {
+			s.ok(s.dev.SoftmaxKLBackward(gdl, bl, bte, bt, sh.n, sh.V, float32(1/float64(count)), s.up([]float32{g})))
+			s.check("SoftmaxKL.dlogits(device g) "+tag, s.down(gdl), dl, tolF32)
+		}
 	}
 }
 
@@ -711,4 +720,118 @@ func (s *convSuite) testAdamW(t *testing.T) {
 			}
 		}
 	}
+}
+
+// testAttention compares the flash-style device attention with the Go kernel in float64 (GQA,
+// odd lengths, masked with α containing exact 0s and 1s, unmasked), forward and backward, and
+// checks that a repeated run gives the same bits.
+func (s *convSuite) testAttention(t *testing.T) {
+	for _, sh := range []struct {
+		B, T, Hq, Hkv, D int
+		masked           bool
+	}{{2, 13, 8, 2, 16, true}, {1, 29, 4, 4, 8, false}, {3, 7, 4, 2, 4, true}, {1, 130, 16, 2, 64, true},
+		{2, 67, 4, 1, 128, false}, {1, 200, 4, 1, 128, true}, {2, 257, 2, 2, 8, true}, {1, 1, 2, 1, 8, true}} {
+		N := sh.B * sh.T
+		spec := AttnSpec{QHeads: sh.Hq, KVHeads: sh.Hkv, HeadD: sh.D, SeqLen: sh.T, Masked: sh.masked}
+		q, k, v := s.normals(N*sh.Hq*sh.D, 1, 0), s.normals(N*sh.Hkv*sh.D, 1, 0), s.normals(N*sh.Hkv*sh.D, 1, 0)
+		dO := s.normals(N*sh.Hq*sh.D, 1, 0)
+		alpha := make([]float32, N*sh.Hkv)
+		for i := range alpha {
+			switch s.rng.IntN(6) {
+			case 0:
+				alpha[i] = 1 // a fully masked key
+			case 1:
+				alpha[i] = 0
+			default:
+				alpha[i] = float32(s.rng.Float64())
+			}
+		}
+		dense := func(x []float32, shape ...int) G.Value {
+			return tensor.New(tensor.WithShape(shape...), tensor.WithBacking(to64(x)))
+		}
+		in := []G.Value{dense(q, N, sh.Hq*sh.D), dense(k, N, sh.Hkv*sh.D), dense(v, N, sh.Hkv*sh.D)}
+		if sh.masked {
+			in = append(in, dense(alpha, N, sh.Hkv))
+		}
+		oWant := make([]float64, N*sh.Hq*sh.D)
+		attnKernel[float64](attnOp{spec, false}, oWant, in)
+		nPacked := N * (sh.Hq + 2*sh.Hkv) * sh.D
+		if sh.masked {
+			nPacked += N * sh.Hkv
+		}
+		packed := make([]float64, nPacked)
+		attnKernel[float64](attnOp{spec, true}, packed, append(append([]G.Value{}, in...), dense(dO, N, sh.Hq*sh.D)))
+		bq, bk, bv, bdO := s.up(q), s.up(k), s.up(v), s.up(dO)
+		var ba, gdA *kernels.DevBuf
+		if sh.masked {
+			ba, gdA = s.up(alpha), s.out(N*sh.Hkv)
+		}
+		g := kernels.AttnGeom{QHeads: sh.Hq, KVHeads: sh.Hkv, HeadD: sh.D, SeqLen: sh.T}
+		o, stats := s.out(N*sh.Hq*sh.D), s.out(2*N*sh.Hq)
+		gdq, gdk, gdv := s.out(N*sh.Hq*sh.D), s.out(N*sh.Hkv*sh.D), s.out(N*sh.Hkv*sh.D)
+		s.ok(s.dev.AttentionForward(o, stats, bq, bk, bv, ba, g, N))
+		s.ok(s.dev.AttentionBackward(gdq, gdk, gdv, gdA, bq, bk, bv, ba, o, stats, bdO, g, N))
+		tag := fmt.Sprintf("B%d T%d Hq%d Hkv%d D%d masked=%t", sh.B, sh.T, sh.Hq, sh.Hkv, sh.D, sh.masked)
+		nq, nk := N*sh.Hq*sh.D, N*sh.Hkv*sh.D
+		const tolAttn = 1e-5
+		gotO := s.down(o)
+		s.check("Attention.o "+tag, gotO, oWant, tolAttn)
+		s.check("Attention.dq "+tag, s.down(gdq), packed[:nq], tolAttn)
+		s.check("Attention.dk "+tag, s.down(gdk), packed[nq:nq+nk], tolAttn)
+		s.check("Attention.dv "+tag, s.down(gdv), packed[nq+nk:nq+2*nk], tolAttn)
+		var gotA []float32
+		if sh.masked {
+			gotA = s.down(gdA)
+			s.check("Attention.dalpha "+tag, gotA, packed[nq+2*nk:], tolAttn)
+		}
+		s.ok(s.dev.AttentionForward(o, stats, bq, bk, bv, ba, g, N))
+		s.ok(s.dev.AttentionBackward(gdq, gdk, gdv, gdA, bq, bk, bv, ba, o, stats, bdO, g, N))
+		n := bitDiff(s.down(o), gotO)
+		if sh.masked {
+			n += bitDiff(s.down(gdA), gotA)
+		}
+		if n != 0 {
+			t.Errorf("Attention %s: a repeated run differs in %d elements", tag, n)
+		}
+	}
+}
+
+// testEW checks the element-wise ops of the loss head against Go, with scalar broadcasting.
+func (s *convSuite) testEW(t *testing.T) {
+	const n = 1000
+	a, b := s.normals(n, 1, 0), s.normals(n, 1, 0)
+	ba, bb, bs := s.up(a), s.up(b), s.up([]float32{0.25})
+	for _, c := range []struct {
+		name    string
+		op      kernels.EwOp
+		bScalar bool
+		f       func(x, y float64) float64
+	}{
+		{"add", kernels.EwAdd, false, func(x, y float64) float64 { return x + y }},
+		{"sub", kernels.EwSub, true, func(x, y float64) float64 { return x - 0.25 }},
+		{"mul", kernels.EwMul, true, func(x, y float64) float64 { return x * 0.25 }},
+		{"div", kernels.EwDiv, false, func(x, y float64) float64 { return x / y }},
+		{"ge", kernels.EwGE, false, func(x, y float64) float64 { return map[bool]float64{true: 1, false: 0}[x >= y] }},
+		{"neg", kernels.EwNeg, false, func(x, y float64) float64 { return -x }},
+		{"relu", kernels.EwReLU, false, func(x, y float64) float64 { return max(x, 0) }},
+	} {
+		other := bb
+		if c.bScalar {
+			other = bs
+		}
+		out := s.out(n)
+		s.ok(s.dev.EW(c.op, out, ba, other, n, false, c.bScalar))
+		want := make([]float64, n)
+		for i := range want {
+			want[i] = float64(float32(c.f(float64(a[i]), float64(b[i]))))
+		}
+		s.check("EW."+c.name, s.down(out), want, 1e-7)
+	}
+	sum := s.out(1)
+	s.ok(s.dev.SumAll(sum, ba, n))
+	var want float64
+	for _, x := range a {
+		want += float64(x)
+	}
+	s.check("EW.sum", s.down(sum), []float64{want}, 1e-6)
 }

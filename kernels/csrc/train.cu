@@ -245,9 +245,11 @@ __global__ void tr_xent_rows(float* rowloss, const float* logits, const int* tg,
   if (threadIdx.x == 0) rowloss[blockIdx.x] = lz - row[t];
 }
 
-// dl = scale·(softmax − onehot), zero rows where t < 0 (scale = g / counted tokens).
-__global__ void tr_xent_bwd(float* dl, const float* logits, const int* tg, int N, int V, float scale) {
+// dl = scale·(softmax − onehot), zero rows where t < 0 (scale = g / counted tokens, times
+// gscale[0] when set: the loss's upstream gradient as a device scalar).
+__global__ void tr_xent_bwd(float* dl, const float* logits, const int* tg, int N, int V, float scale, const float* gscale) {
   __shared__ float sh[32];
+  if (gscale != nullptr) scale *= gscale[0];
   int t = tg[blockIdx.x];
   float* out = dl + (long long)blockIdx.x * V;
   if (t < 0) {
@@ -281,8 +283,10 @@ __global__ void tr_kl_rows(float* rowloss, const float* logits, const float* tea
   if (threadIdx.x == 0) rowloss[blockIdx.x] = kl;
 }
 
-__global__ void tr_kl_bwd(float* dl, const float* logits, const float* teacher, const int* tg, int N, int V, float scale) {
+__global__ void tr_kl_bwd(float* dl, const float* logits, const float* teacher, const int* tg, int N, int V, float scale,
+                          const float* gscale) {
   __shared__ float sh[32];
+  if (gscale != nullptr) scale *= gscale[0];
   float* out = dl + (long long)blockIdx.x * V;
   if (tg[blockIdx.x] < 0) {
     for (int i = threadIdx.x; i < V; i += blockDim.x) out[i] = 0.f;
@@ -540,6 +544,275 @@ __global__ void tr_norm_finish(double* norm, float* clip, const double* part, in
     if (maxNorm > 0 && nr > maxNorm && !isinf(nr) && !isnan(nr)) c = (float)(maxNorm / nr);
     clip[0] = c;
   }
+}
+
+
+// ---- attention ---------------------------------------------------------------------------------
+// Causal GQA attention with the DMC mask, in the flash-attention manner: no T×T matrix. The
+// forward keeps per (row, query head) the row maximum m and lse = m + log L (stats [2][N·Hq]);
+// the backward recomputes the probabilities tile by tile. One row of D channels belongs to a
+// group of tpr lanes (tpr a power of two ≤ 32, ch = D/tpr ≤ ATT_MAXCH channels each, channel
+// c·tpr + lane), dot products are reduced by shuffles within the group. Every lane of a block
+// runs every loop iteration (shuffles are never divergent); rows past T and keys after the
+// query are masked arithmetically. No atomics: dK, dV and dα belong to the key's group (it loops
+// over the G query heads of its KV head and every later query), dQ to the query's group.
+// Scores are s = (q·k)·scale; masked scores add log(1 − α_{j+1}) for keys j < i.
+#define ATT_MAXCH 16
+
+__device__ __forceinline__ float group_sum(float v, int tpr) {
+  for (int o = tpr >> 1; o > 0; o >>= 1) v += __shfl_xor_sync(FULL, v, o);
+  return v;
+}
+
+__device__ __forceinline__ float att_logm(const float* alpha, int b, int j, int T, int Hkv, int hk) {
+  return (alpha != nullptr && j + 1 < T) ? log1pf(-alpha[((long long)b * T + j + 1) * Hkv + hk]) : 0.f;
+}
+
+// grid (ceil(T/rows), Hq, B), rows = blockDim/tpr query rows per block; smem (2·bk·D + bk) floats.
+__global__ void tr_attn_fwd(float* o, float* stats, const float* q, const float* k, const float* v, const float* alpha,
+                            int T, int Hq, int Hkv, int D, int tpr, int bk, float scale) {
+  extern __shared__ float smf[];
+  float *Ks = smf, *Vs = smf + bk * D, *Lm = smf + 2 * bk * D;
+  const int rowsPer = blockDim.x / tpr, g = threadIdx.x / tpr, lane = threadIdx.x % tpr, ch = D / tpr;
+  const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv);
+  const int i0 = blockIdx.x * rowsPer, i = i0 + g;
+  const bool live = i < T;
+  const long long N = (long long)gridDim.z * T;
+  const long long qoff = ((long long)b * T + (live ? i : T - 1)) * Hq * D + h * D;
+  float qr[ATT_MAXCH], acc[ATT_MAXCH];
+#pragma unroll
+  for (int c = 0; c < ATT_MAXCH; c++) {
+    qr[c] = c < ch ? q[qoff + c * tpr + lane] : 0.f;
+    acc[c] = 0.f;
+  }
+  float m = -INFINITY, l = 0.f;
+  const int iLast = min(T, i0 + rowsPer) - 1;
+  for (int j0 = 0; j0 <= iLast; j0 += bk) {
+    const int nk = min(bk, iLast + 1 - j0);
+    __syncthreads();
+    for (int x = threadIdx.x; x < nk * D; x += blockDim.x) {
+      int jj = x / D, d = x % D;
+      long long r = ((long long)b * T + j0 + jj) * Hkv * D + hk * D + d;
+      Ks[x] = k[r];
+      Vs[x] = v[r];
+    }
+    for (int jj = threadIdx.x; jj < nk; jj += blockDim.x) Lm[jj] = att_logm(alpha, b, j0 + jj, T, Hkv, hk);
+    __syncthreads();
+    for (int jj = 0; jj < nk; jj++) {
+      const float* kr = Ks + jj * D + lane;
+      float s = 0.f;
+#pragma unroll
+      for (int c = 0; c < ATT_MAXCH; c++)
+        if (c < ch) s += qr[c] * kr[c * tpr];
+      s = group_sum(s, tpr) * scale;
+      const int j = j0 + jj;
+      float sm = j < i ? s + Lm[jj] : s;
+      if (j > i) sm = -INFINITY;
+      if (sm > -INFINITY) {
+        float mn = fmaxf(m, sm);
+        float corr = expf(m - mn), p = expf(sm - mn);
+        l = l * corr + p;
+        const float* vr = Vs + jj * D + lane;
+#pragma unroll
+        for (int c = 0; c < ATT_MAXCH; c++)
+          if (c < ch) acc[c] = acc[c] * corr + p * vr[c * tpr];
+        m = mn;
+      }
+    }
+  }
+  if (!live) return;
+  const float inv = 1.f / l;
+#pragma unroll
+  for (int c = 0; c < ATT_MAXCH; c++)
+    if (c < ch) o[qoff + c * tpr + lane] = acc[c] * inv;
+  if (lane == 0) {
+    long long r = ((long long)b * T + i) * Hq + h;
+    stats[r] = m;
+    stats[N * Hq + r] = m + logf(l);
+  }
+}
+
+// delta[n·Hq + h] = Σ_d dO·O over the head's channels (one thread per row and head).
+__global__ void tr_attn_delta(float* delta, const float* o, const float* dO, long long NH, int D) {
+  GRID_STRIDE(r, NH) {
+    const float *a = o + r * D, *b = dO + r * D;
+    float s = 0.f;
+    for (int d = 0; d < D; d++) s += a[d] * b[d];
+    delta[r] = s;
+  }
+}
+
+// dq: grid as tr_attn_fwd; smem (2·bk·D + bk) floats.
+__global__ void tr_attn_bwd_q(float* dq, const float* q, const float* k, const float* v, const float* alpha,
+                              const float* stats, const float* delta, const float* dO, int T, int Hq, int Hkv, int D,
+                              int tpr, int bk, float scale) {
+  extern __shared__ float smf[];
+  float *Ks = smf, *Vs = smf + bk * D, *Lm = smf + 2 * bk * D;
+  const int rowsPer = blockDim.x / tpr, g = threadIdx.x / tpr, lane = threadIdx.x % tpr, ch = D / tpr;
+  const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv);
+  const int i0 = blockIdx.x * rowsPer, i = i0 + g;
+  const bool live = i < T;
+  const long long N = (long long)gridDim.z * T;
+  const long long r = ((long long)b * T + (live ? i : T - 1)) * Hq + h;
+  const long long qoff = r * D;
+  const float lse = stats[N * Hq + r], dl = delta[r];
+  float qr[ATT_MAXCH], gr[ATT_MAXCH], acc[ATT_MAXCH];
+#pragma unroll
+  for (int c = 0; c < ATT_MAXCH; c++) {
+    qr[c] = c < ch ? q[qoff + c * tpr + lane] : 0.f;
+    gr[c] = c < ch ? dO[qoff + c * tpr + lane] : 0.f;
+    acc[c] = 0.f;
+  }
+  const int iLast = min(T, i0 + rowsPer) - 1;
+  for (int j0 = 0; j0 <= iLast; j0 += bk) {
+    const int nk = min(bk, iLast + 1 - j0);
+    __syncthreads();
+    for (int x = threadIdx.x; x < nk * D; x += blockDim.x) {
+      int jj = x / D, d = x % D;
+      long long kr = ((long long)b * T + j0 + jj) * Hkv * D + hk * D + d;
+      Ks[x] = k[kr];
+      Vs[x] = v[kr];
+    }
+    for (int jj = threadIdx.x; jj < nk; jj += blockDim.x) Lm[jj] = att_logm(alpha, b, j0 + jj, T, Hkv, hk);
+    __syncthreads();
+    for (int jj = 0; jj < nk; jj++) {
+      const float *kr = Ks + jj * D + lane, *vr = Vs + jj * D + lane;
+      float s = 0.f, dp = 0.f;
+#pragma unroll
+      for (int c = 0; c < ATT_MAXCH; c++)
+        if (c < ch) {
+          s += qr[c] * kr[c * tpr];
+          dp += gr[c] * vr[c * tpr];
+        }
+      s = group_sum(s, tpr) * scale;
+      dp = group_sum(dp, tpr);
+      const int j = j0 + jj;
+      float sm = j < i ? s + Lm[jj] : s;
+      float p = (j <= i && sm > -INFINITY) ? expf(sm - lse) : 0.f;
+      float ds = p * (dp - dl) * scale;
+#pragma unroll
+      for (int c = 0; c < ATT_MAXCH; c++)
+        if (c < ch) acc[c] += ds * kr[c * tpr];
+    }
+  }
+  if (!live) return;
+#pragma unroll
+  for (int c = 0; c < ATT_MAXCH; c++)
+    if (c < ch) dq[qoff + c * tpr + lane] = acc[c];
+}
+
+// dk, dv [N, Hkv·D] and dα [N, Hkv] (when alpha is set): grid (ceil(T/rows), Hkv, B), one key row
+// per group; smem (2·bq·D + 3·bq) floats.
+__global__ void tr_attn_bwd_kv(float* dk, float* dv, float* dA, const float* q, const float* k, const float* v,
+                               const float* alpha, const float* stats, const float* delta, const float* dO, int T, int Hq,
+                               int Hkv, int D, int tpr, int bq, float scale) {
+  extern __shared__ float smf[];
+  float *Qs = smf, *Gs = smf + bq * D, *Ls = smf + 2 * bq * D, *Ms = Ls + bq, *Ds = Ms + bq;
+  const int rowsPer = blockDim.x / tpr, g = threadIdx.x / tpr, lane = threadIdx.x % tpr, ch = D / tpr;
+  const int b = blockIdx.z, hk = blockIdx.y, G = Hq / Hkv;
+  const int j0 = blockIdx.x * rowsPer, j = j0 + g;
+  const bool live = j < T;
+  const long long N = (long long)gridDim.z * T;
+  const long long koff = ((long long)b * T + (live ? j : T - 1)) * Hkv * D + hk * D;
+  const float logm = att_logm(alpha, b, live ? j : T - 1, T, Hkv, hk);
+  float kr[ATT_MAXCH], vr[ATT_MAXCH], dkA[ATT_MAXCH], dvA[ATT_MAXCH];
+#pragma unroll
+  for (int c = 0; c < ATT_MAXCH; c++) {
+    kr[c] = c < ch ? k[koff + c * tpr + lane] : 0.f;
+    vr[c] = c < ch ? v[koff + c * tpr + lane] : 0.f;
+    dkA[c] = dvA[c] = 0.f;
+  }
+  float accA = 0.f;
+  for (int h = hk * G; h < (hk + 1) * G; h++) {
+    for (int q0 = j0; q0 < T; q0 += bq) {
+      const int nq = min(bq, T - q0);
+      __syncthreads();
+      for (int x = threadIdx.x; x < nq * D; x += blockDim.x) {
+        int ii = x / D, d = x % D;
+        long long qr = (((long long)b * T + q0 + ii) * Hq + h) * D + d;
+        Qs[x] = q[qr];
+        Gs[x] = dO[qr];
+      }
+      for (int ii = threadIdx.x; ii < nq; ii += blockDim.x) {
+        long long r = ((long long)b * T + q0 + ii) * Hq + h;
+        Ms[ii] = stats[r];
+        Ls[ii] = stats[N * Hq + r];
+        Ds[ii] = delta[r];
+      }
+      __syncthreads();
+      for (int ii = 0; ii < nq; ii++) {
+        const float *qq = Qs + ii * D + lane, *gg = Gs + ii * D + lane;
+        float s = 0.f, dp = 0.f;
+#pragma unroll
+        for (int c = 0; c < ATT_MAXCH; c++)
+          if (c < ch) {
+            s += qq[c * tpr] * kr[c];
+            dp += gg[c * tpr] * vr[c];
+          }
+        s = group_sum(s, tpr) * scale;
+        dp = group_sum(dp, tpr);
+        const int i = q0 + ii;
+        const bool ok = live && j <= i;
+        float sm = j < i ? s + logm : s;
+        float p = (ok && sm > -INFINITY) ? expf(sm - Ls[ii]) : 0.f;
+        float gd = dp - Ds[ii];
+        float ds = p * gd * scale;
+#pragma unroll
+        for (int c = 0; c < ATT_MAXCH; c++)
+          if (c < ch) {
+            dvA[c] += p * gg[c * tpr];
+            dkA[c] += ds * qq[c * tpr];
+          }
+        if (alpha != nullptr && ok && j < i) accA -= expf(fminf(s - Ms[ii], 40.f) - (Ls[ii] - Ms[ii])) * gd;
+      }
+    }
+  }
+  if (!live) return;
+#pragma unroll
+  for (int c = 0; c < ATT_MAXCH; c++)
+    if (c < ch) {
+      dk[koff + c * tpr + lane] = dkA[c];
+      dv[koff + c * tpr + lane] = dvA[c];
+    }
+  if (dA != nullptr && lane == 0) {
+    if (j + 1 < T) dA[((long long)b * T + j + 1) * Hkv + hk] = accA;
+    if (j == 0) dA[(long long)b * T * Hkv + hk] = 0.f;
+  }
+}
+
+// ---- small element-wise ops of the loss head and the gradient sums -----------------------------
+
+// out[i] = a[i·sa] op b[i·sb] (sa, sb ∈ {0, 1}: a stride of 0 broadcasts a scalar).
+// op: 0 add, 1 sub, 2 mul, 3 div, 4 a ≥ b (1 or 0), 5 −a, 6 a, 7 max(a, 0).
+__global__ void tr_ew(float* out, const float* a, const float* b, long long n, int sa, int sb, int op) {
+  GRID_STRIDE(i, n) {
+    float x = a[i * sa], y = b != nullptr ? b[i * sb] : 0.f, r;
+    switch (op) {
+      case 0: r = x + y; break;
+      case 1: r = x - y; break;
+      case 2: r = x * y; break;
+      case 3: r = x / y; break;
+      case 4: r = x >= y ? 1.f : 0.f; break;
+      case 5: r = -x; break;
+      case 6: r = x; break;
+      default: r = x > 0.f ? x : 0.f; break;
+    }
+    out[i] = r;
+  }
+}
+
+// out[0] = Σ a in float64, one block, fixed order.
+__global__ void tr_sum_all(float* out, const float* a, long long n) {
+  __shared__ double sh[32];
+  double s = 0.0;
+  for (long long i = threadIdx.x; i < n; i += blockDim.x) s += a[i];
+  s = block_sumd(s, sh);
+  if (threadIdx.x == 0) out[0] = (float)s;
+}
+
+// x[i] *= s.
+__global__ void tr_scale(float* x, long long n, float s) {
+  GRID_STRIDE(i, n) x[i] *= s;
 }
 
 }  // extern "C"

@@ -53,3 +53,29 @@ type Model interface {
 	Step(b Batch, sc Context) (Losses, error)
 	Forward(b Batch, sc Context) (Losses, error)
 }
+
+// Optimizer is implemented by a Model that keeps its parameters, gradients and optimiser state
+// on an accelerator (the CUDA executor). The trainer then leaves gradient accumulation,
+// clipping and the AdamW update to it, and moves state to and from the host only for
+// checkpoints, resumes and host-side weight changes.
+type Optimizer interface {
+	Model
+	// Update ends an optimiser step: it divides the gradient accumulated over the step's micro
+	// (≥ 1) micro-batches by micro, clips it to the global norm maxNorm (≤ 0: no clipping),
+	// applies one AdamW update with learning rate lr, and returns the norm before clipping. A
+	// Step with Context.MicroBatch > 0 adds to the gradient of the earlier micro-batches.
+	Update(h AdamW, micro int, maxNorm, lr float64) (gradNorm float64, err error)
+	// Pull copies the device's parameter values into Params()' Value slices and its moments
+	// into m and v (shaped like the parameters).
+	Pull(m, v [][]float32) error
+	// Push uploads Params()' Value slices and the moments m, v to the device.
+	Push(m, v [][]float32) error
+}
+
+// AdamW is the optimiser's configuration for one update: trainer.AdamW's fields, with T the
+// number of the update (≥ 1, for the bias correction).
+type AdamW struct {
+	Beta1, Beta2, Eps, WeightDecay float64
+	Decay                          []bool // per parameter, in Params() order
+	T                              int
+}
