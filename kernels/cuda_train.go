@@ -106,8 +106,9 @@ static int tr_plan_run(tr_plan* p, float alpha, float beta, tr_ptr A, tr_ptr B, 
   return tr_ltMatmul(tr_lt, p->desc, &alpha, (const void*)A, p->a, (const void*)B, p->b, &beta, (const void*)C, p->c, (void*)C,
                      p->c, &p->h.algo, (void*)ws, wsSize, tr_stream);
 }
-static int tr_gemm_ex(int ta, int tb, int m, int n, int k, float alpha, tr_ptr A, int lda, tr_ptr B, int ldb, float beta, tr_ptr C, int ldc) {
-  return tr_gemmex(tr_blas, ta, tb, m, n, k, &alpha, (const void*)A, 14, lda, (const void*)B, 14, ldb, &beta, (void*)C, 0, ldc, 68, -1);
+// ab: the operands' cudaDataType (14 bf16, 0 fp32); compute is CUBLAS_COMPUTE_32F (no TF32).
+static int tr_gemm_ex(int ta, int tb, int m, int n, int k, float alpha, tr_ptr A, int lda, tr_ptr B, int ldb, float beta, tr_ptr C, int ldc, int ab) {
+  return tr_gemmex(tr_blas, ta, tb, m, n, k, &alpha, (const void*)A, ab, lda, (const void*)B, ab, ldb, &beta, (void*)C, 0, ldc, 68, -1);
 }
 */
 import "C"
@@ -373,10 +374,15 @@ func (b *DevBuf) Poison() error {
 // Gemm is C = alpha·op(A)·op(B) + beta·C in cuBLAS's column-major terms, A and B bf16, C fp32.
 // It runs cuBLASLt with the heuristic's first algorithm for the shape, chosen once and reused
 // (so the same shape always runs the same kernels: bit-reproducible), or cublasGemmEx where
-// cuBLASLt is missing, offers nothing, or a pointer is not 256-byte aligned.
+// cuBLASLt is missing, offers nothing, or a pointer is not 256-byte aligned. With A and B both
+// fp32 it runs an fp32 GEMM (cublasGemmEx, fp32 compute without TF32: the executor's exact mode).
 func (t *TrainDevice) Gemm(transA, transB bool, m, n, k int, alpha float32, A *DevBuf, lda int, B *DevBuf, ldb int,
 	beta float32, Cm *DevBuf, ldc int) error {
-	if err := needAll("Gemm", func() error { return need("", "A", A, BF16, 0) }, func() error { return need("", "B", B, BF16, 0) },
+	opType := BF16
+	if A != nil && A.dt == F32 {
+		opType = F32
+	}
+	if err := needAll("Gemm", func() error { return need("", "A", A, opType, 0) }, func() error { return need("", "B", B, opType, 0) },
 		func() error { return need("", "C", Cm, F32, ldc*(n-1)+m) }); err != nil {
 		return err
 	}
@@ -400,6 +406,10 @@ func (t *TrainDevice) Gemm(transA, transB bool, m, n, k int, alpha float32, A *D
 	t.d.enter()
 	defer t.d.exit()
 	aligned := A.ptr%256 == 0 && B.ptr%256 == 0 && Cm.ptr%256 == 0
+	ab := 14
+	if opType == F32 {
+		ab, aligned = 0, false // fp32 operands: cublasGemmEx
+	}
 	if t.lt && !t.NoLt && aligned {
 		key := trGemmKey{ta, tb, m, n, k, lda, ldb, ldc}
 		p, ok := t.plans[key]
@@ -419,7 +429,7 @@ func (t *TrainDevice) Gemm(transA, transB bool, m, n, k int, alpha float32, A *D
 		}
 	}
 	if st := C.tr_gemm_ex(C.int(ta), C.int(tb), C.int(m), C.int(n), C.int(k), C.float(alpha), C.tr_ptr(A.ptr), C.int(lda),
-		C.tr_ptr(B.ptr), C.int(ldb), C.float(beta), C.tr_ptr(Cm.ptr), C.int(ldc)); st != 0 {
+		C.tr_ptr(B.ptr), C.int(ldb), C.float(beta), C.tr_ptr(Cm.ptr), C.int(ldc), C.int(ab)); st != 0 {
 		return fmt.Errorf("cublasGemmEx %dx%dx%d failed with status %d", m, n, k, int(st))
 	}
 	return nil

@@ -39,7 +39,8 @@ func betaOf(accumulate bool) float32 {
 	return 0
 }
 
-// LinearForward is y[rows,out] (+)= x[rows,in]·W[out,in]ᵀ (graph/ops Linear), x and W bf16.
+// LinearForward is y[rows,out] (+)= x[rows,in]·W[out,in]ᵀ (graph/ops Linear), x and W bf16 (or
+// both fp32: an fp32 GEMM, for exact comparisons; likewise the backward GEMMs).
 func (t *TrainDevice) LinearForward(y, x16, w16 *DevBuf, rows, in, out int, accumulate bool) error {
 	return t.Gemm(true, false, out, rows, in, 1, w16, in, x16, in, betaOf(accumulate), y, out)
 }

@@ -143,7 +143,7 @@ func ResumeSpec(spec Spec, stepsGiven bool) (Spec, error) {
 	}
 	given := spec
 	spec = *s
-	spec.Out, spec.Resume, spec.StopAfter, spec.HeldoutProgress = given.Out, given.Resume, given.StopAfter, given.HeldoutProgress
+	spec.Out, spec.Resume, spec.StopAfter, spec.HeldoutProgress, spec.Device, spec.GEMM = given.Out, given.Resume, given.StopAfter, given.HeldoutProgress, given.Device, given.GEMM
 	if given.HeldoutTokens != 0 {
 		spec.HeldoutTokens = given.HeldoutTokens
 	}

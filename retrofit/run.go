@@ -13,7 +13,9 @@ import (
 	"github.com/dmc-project/dmc/data"
 	"github.com/dmc-project/dmc/eval"
 	"github.com/dmc-project/dmc/graph"
+	"github.com/dmc-project/dmc/graph/device"
 	"github.com/dmc-project/dmc/internal/atomicfile"
+	"github.com/dmc-project/dmc/kernels"
 	"github.com/dmc-project/dmc/model"
 	"github.com/dmc-project/dmc/trainer"
 )
@@ -33,6 +35,13 @@ type Spec struct {
 	Set       []string `json:"Set"`                 // recipe overrides key=value
 
 	HeldoutTokens int `json:"heldout_tokens,omitempty"` // stop the final held-out evaluation after about this many tokens (0 = all)
+
+	// Device trains on "cpu" (default) or "cuda" (GPU 0; needs the dmc_cuda build). It is not
+	// stored in run.json: checkpoints are the same on both, so a run resumes on either.
+	Device string `json:"-"`
+	// GEMM is the GPU's GEMM operand precision: "bf16" (default: bf16 operands, fp32
+	// accumulation) or "fp32" (exact fp32, slower; for parity checks against the CPU).
+	GEMM string `json:"-"`
 
 	Out       string `json:"-"` // the run directory (required)
 	Resume    bool   `json:"-"` // continue from the latest checkpoint in Out
@@ -181,11 +190,35 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 				spec.Out, ck.State.Step, ck.State.Step)
 		}
 	}
-	res, err := trainer.Run(ctx, trainer.Options{
+	topts := trainer.Options{
 		RunDir: spec.Out, Recipe: recipe, Model: g, Source: &vocabCheckedSource{source, cfg.VocabSize, spec.Data},
 		ModelConfig: info, Resume: spec.Resume, StopAfter: spec.StopAfter, Progress: progress,
 		OnZeroOutEnd: func(params []trainer.Param) error { return zeroDecisionRows(params, cfg, dc) },
-	})
+	}
+	weights := g.Weights
+	if spec.Device == "cuda" {
+		dm, err := device.New(g, device.Options{FP32GEMM: spec.GEMM == "fp32"})
+		if err != nil {
+			return nil, fmt.Errorf("--device cuda: %w", err)
+		}
+		defer dm.Close()
+		topts.Model = dm
+		topts.StepFLOPs = graph.StepFLOPs(cfg, recipe.MicroBatchSize(), recipe.SeqLen) * float64(recipe.GradAccum)
+		topts.PeakFLOPS = kernels.PeakBF16FLOPS(dm.Describe())
+		if topts.PeakFLOPS > 0 {
+			fmt.Fprintf(progress, "training on %s (MFU against %.0f TFLOP/s dense bf16)\n", dm.Describe(), topts.PeakFLOPS/1e12)
+		} else {
+			fmt.Fprintf(progress, "training on %s (its bf16 peak is unknown: set DMC_PEAK_TFLOPS for MFU figures)\n", dm.Describe())
+		}
+		weights = func() *model.Weights {
+			w, err := dm.Weights()
+			if err != nil {
+				return g.Weights() // the last checkpoint's weights (the trainer pulled them to save it)
+			}
+			return w
+		}
+	}
+	res, err := trainer.Run(ctx, topts)
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +249,7 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 		}
 		fmt.Fprintf(progress, "held-out evaluation on %s (%s cache)\n", heldout, cache.Name)
 		// Decode at the model's full context, as dmc eval does, so the two numbers agree.
-		r, err := eval.Perplexity(ctx, g.Weights(), cache.Factory(cfg), hds.Documents(),
+		r, err := eval.Perplexity(ctx, weights(), cache.Factory(cfg), hds.Documents(),
 			eval.PPLOptions{MaxTokens: spec.HeldoutTokens, Progress: spec.HeldoutProgress})
 		if err != nil {
 			return out, err

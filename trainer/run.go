@@ -44,6 +44,11 @@ type Options struct {
 	Progress io.Writer        // human progress lines; nil = discard
 	FS       FS               // checkpoint filesystem; nil = OSFS
 	Rank     int              // data-parallel rank (seeds the noise); 0 on one device
+
+	// StepFLOPs is the cost of one optimiser step (graph.StepFLOPs times the micro-batches) and
+	// PeakFLOPS the device's dense peak it is compared with; both set: metrics and the progress
+	// line report the model FLOPs utilisation.
+	StepFLOPs, PeakFLOPS float64
 }
 
 // Metrics is one line of RUN_DIR/metrics.jsonl.
@@ -61,7 +66,8 @@ type Metrics struct {
 	GradNorm   float64  `json:"grad_norm"` // before clipping
 	Tokens     int      `json:"tokens"`
 	TokensPerS float64  `json:"tokens_per_s"`
-	Elapsed    float64  `json:"elapsed_s"` // over all sessions of the run
+	MFU        *float64 `json:"mfu,omitempty"` // model FLOPs utilisation (Options.StepFLOPs / PeakFLOPS)
+	Elapsed    float64  `json:"elapsed_s"`     // over all sessions of the run
 
 	// Held-out evaluation (hard decisions, no noise), on steps that are multiples of eval_every.
 	EvalLoss       *float64 `json:"eval_loss,omitempty"`
@@ -338,6 +344,10 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		}
 		if d := time.Since(stepStart).Seconds(); d > 0 {
 			m.TokensPerS = float64(tokens) / d
+			if t.opts.StepFLOPs > 0 && t.opts.PeakFLOPS > 0 {
+				mfu := t.opts.StepFLOPs / d / t.opts.PeakFLOPS
+				m.MFU = &mfu
+			}
 		}
 		if r.EvalEvery > 0 && t.opts.Eval != nil && (t.step%r.EvalEvery == 0 || t.step == end) {
 			if err := t.evaluate(&m); err != nil {
@@ -562,6 +572,9 @@ func (t *run) printProgress(m Metrics, end int) {
 		}
 	}
 	fmt.Fprintf(&b, " lr %.2e |g| %.3g %.0f tok/s", m.LR, m.GradNorm, m.TokensPerS)
+	if m.MFU != nil {
+		fmt.Fprintf(&b, " MFU %.1f%%", 100**m.MFU)
+	}
 	if done := t.step - t.startStep; done > 0 && t.step < end {
 		per := time.Since(t.start) / time.Duration(done)
 		fmt.Fprintf(&b, " ETA %s", (per * time.Duration(end-t.step)).Round(time.Second))

@@ -25,6 +25,8 @@ type RetrofitOptions struct {
 	Control   bool
 	Set       []string
 	StopAfter int
+	Device    string
+	GEMM      string
 	// HeldoutTokens limits the final held-out evaluation.
 	HeldoutTokens int
 	// StepsGiven and TargetCRGiven say whether --steps and --target-cr were on the command
@@ -47,6 +49,7 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 		Example: `  dmc retrofit --model stories260K.bin --data shards/ --target-cr 2 --steps 400 --out runs/cr2
   dmc retrofit --model llama2-7b --weights /models/Llama-2-7b-hf --data shards/ --target-cr 4 --out runs/7b-cr4
   dmc retrofit --out runs/cr2 --resume
+  dmc retrofit --model stories260K.bin --data shards/ --target-cr 4 --device cuda --out runs/cr4-gpu
   dmc retrofit --model stories260K.bin --data shards/ --control --steps 400 --out runs/control`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -75,6 +78,8 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 	f.StringArrayVar(&o.Set, "set", nil, "override a recipe field, e.g. --set lr=1e-4 (repeatable)")
 	f.IntVar(&o.HeldoutTokens, "heldout-tokens", 0, "stop the final held-out evaluation after about this many tokens (0 = all)")
 	f.IntVar(&o.StopAfter, "stop-after", 0, "stop (with a checkpoint) after this many steps in total; resume later")
+	f.StringVar(&o.Device, "device", "cpu", "train on cpu or cuda (GPU 0; needs the dmc_cuda build); a run can resume on either")
+	f.StringVar(&o.GEMM, "gemm", "bf16", "GPU GEMM operands: bf16 (fp32 accumulation) or fp32 (exact, slower: parity checks with the CPU)")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
 }
@@ -84,10 +89,16 @@ func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*retrofit.Resul
 	if o.TargetCRGiven && !(o.TargetCR >= 1) {
 		return nil, fmt.Errorf("--target-cr must be ≥ 1 and finite (1 = no compression, 2 = half the KV cache), got %g", o.TargetCR)
 	}
+	if o.Device != "cpu" && o.Device != "cuda" {
+		return nil, fmt.Errorf("unknown --device %q: use cpu or cuda", o.Device)
+	}
+	if o.GEMM != "bf16" && o.GEMM != "fp32" {
+		return nil, fmt.Errorf("unknown --gemm %q: use bf16 or fp32", o.GEMM)
+	}
 	prog := newProgressLine(streams.Err, "held-out tokens")
 	spec := retrofit.Spec{Model: o.Model, Weights: o.Weights, Tokenizer: o.Tokenizer, Data: o.Data,
 		Heldout: o.Heldout, Config: o.Config, TargetCR: o.TargetCR, Steps: o.Steps, Control: o.Control, Set: o.Set,
-		Out: o.Out, Resume: o.Resume, StopAfter: o.StopAfter, HeldoutTokens: o.HeldoutTokens, HeldoutProgress: prog.update}
+		Out: o.Out, Resume: o.Resume, StopAfter: o.StopAfter, HeldoutTokens: o.HeldoutTokens, HeldoutProgress: prog.update, Device: o.Device, GEMM: o.GEMM}
 	// Everything that can be checked without loading weights is checked before any work.
 	if err := retrofit.CheckSpec(spec); err != nil {
 		return nil, err

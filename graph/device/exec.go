@@ -1,0 +1,807 @@
+//go:build dmc_cuda
+
+package device
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/graph"
+	"github.com/dmc-project/dmc/graph/ops"
+	"github.com/dmc-project/dmc/kernels"
+	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/trainer/step"
+)
+
+// Options configure the executor.
+type Options struct {
+	Ordinal int // GPU ordinal
+	// FP32GEMM runs every GEMM with fp32 operands and fp32 compute (no bf16, no TF32): slower,
+	// for parity tests against the CPU graph.
+	FP32GEMM bool
+}
+
+// dparam is one parameter on the device: fp32 master, bf16 copy and, when trained, the
+// gradient accumulator and the AdamW moments.
+type dparam struct {
+	name    string
+	n       int
+	w, w16  *kernels.DevBuf
+	g, m, v *kernels.DevBuf
+	host    []float32 // the CPU graph's tensor (Params()[i].Value)
+}
+
+// runner executes the schedules of one graph.Exec (the model, or its distillation teacher).
+type runner struct {
+	dev       *kernels.TrainDevice
+	g         *graph.Graph
+	cfg       model.Config
+	params    []*dparam
+	scheds    map[[2]bool]*schedule
+	arena     [4]*kernels.DevBuf
+	gen       int
+	ids, tgts *kernels.DevBuf
+	embOff    *kernels.DevBuf
+	embPos    *kernels.DevBuf
+	noise     *kernels.DevBuf
+	scal      *kernels.DevBuf
+	results   *kernels.DevBuf
+	zeroTL    *kernels.DevBuf
+	rope      map[ops.RoPESpec]*kernels.RoPETables
+	owned     []*kernels.DevBuf
+	hostIDs   []int32
+	hostTgts  []int32
+	hostNoise []float32
+	keepLogit bool
+	fp32GEMM  bool
+	// per run
+	in        graph.Inputs
+	scalarsV  [6]float64
+	teacherTL *kernels.DevBuf
+}
+
+// Model is the GPU executor of a training graph: step.Model and step.Optimizer.
+type Model struct {
+	r       *runner
+	teacher *runner
+	norm    *kernels.DevBuf // F64[1]
+	clip    *kernels.DevBuf // F32[1]
+}
+
+var _ step.Optimizer = (*Model)(nil)
+
+// New puts g's parameters on GPU opt.Ordinal and returns its executor. g stays the model's
+// definition and its host mirror: Params() are g's tensors, which Pull refreshes.
+func New(g *graph.Graph, opt Options) (*Model, error) {
+	dev, err := kernels.OpenTrain(opt.Ordinal)
+	if err != nil {
+		return nil, fmt.Errorf("open GPU %d: %w", opt.Ordinal, err)
+	}
+	m := &Model{}
+	if m.r, err = newRunner(dev, g, !g.ForwardOnly(), false, opt.FP32GEMM); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if t := g.Teacher(); t != nil {
+		if m.teacher, err = newRunner(dev, t, false, true, opt.FP32GEMM); err != nil {
+			m.Close()
+			return nil, fmt.Errorf("distillation teacher: %w", err)
+		}
+	}
+	if m.norm, err = dev.Alloc(kernels.F64, 1); err != nil {
+		m.Close()
+		return nil, err
+	}
+	if m.clip, err = dev.Alloc(kernels.F32, 1); err != nil {
+		m.Close()
+		return nil, err
+	}
+	return m, nil
+}
+
+func newRunner(dev *kernels.TrainDevice, g *graph.Graph, train, keepLogits, fp32GEMM bool) (*runner, error) {
+	r := &runner{dev: dev, g: g, cfg: g.Config(), scheds: map[[2]bool]*schedule{}, rope: map[ops.RoPESpec]*kernels.RoPETables{},
+		keepLogit: keepLogits, fp32GEMM: fp32GEMM}
+	alloc := func(dt kernels.DType, n int) (*kernels.DevBuf, error) {
+		b, err := dev.Alloc(dt, max(n, 1))
+		if err == nil {
+			r.owned = append(r.owned, b)
+		}
+		return b, err
+	}
+	ps := g.ParamsT()
+	for _, p := range ps {
+		d := &dparam{name: p.Name, n: len(p.Value), host: p.Value}
+		var err error
+		if d.w, err = alloc(kernels.F32, d.n); err != nil {
+			r.free()
+			return nil, fmt.Errorf("device memory for %s: %w", p.Name, err)
+		}
+		if d.w16, err = alloc(kernels.BF16, d.n); err != nil {
+			r.free()
+			return nil, fmt.Errorf("device memory for %s: %w", p.Name, err)
+		}
+		if train {
+			for _, b := range []**kernels.DevBuf{&d.g, &d.m, &d.v} {
+				if *b, err = alloc(kernels.F32, d.n); err != nil {
+					r.free()
+					return nil, fmt.Errorf("device memory for %s: %w", p.Name, err)
+				}
+				if err := (*b).Zero(); err != nil {
+					r.free()
+					return nil, err
+				}
+			}
+		}
+		r.params = append(r.params, d)
+	}
+	if err := r.pushWeights(); err != nil {
+		r.free()
+		return nil, err
+	}
+	c := r.cfg
+	N := g.B * g.T
+	var err error
+	for _, x := range []struct {
+		b  **kernels.DevBuf
+		dt kernels.DType
+		n  int
+	}{{&r.ids, kernels.I32, N}, {&r.tgts, kernels.I32, N}, {&r.embOff, kernels.I32, c.VocabSize + 1}, {&r.embPos, kernels.I32, N},
+		{&r.noise, kernels.F32, c.NLayers * N * c.NKVHeads}, {&r.scal, kernels.F32, 6}, {&r.results, kernels.F32, 5}} {
+		if *x.b, err = alloc(x.dt, x.n); err != nil {
+			r.free()
+			return nil, err
+		}
+	}
+	if err := r.results.Zero(); err != nil {
+		r.free()
+		return nil, err
+	}
+	r.hostIDs, r.hostTgts = make([]int32, N), make([]int32, N)
+	r.hostNoise = make([]float32, c.NLayers*N*c.NKVHeads)
+	return r, nil
+}
+
+func (r *runner) pushWeights() error {
+	for _, d := range r.params {
+		if err := d.w.Upload(d.host); err != nil {
+			return err
+		}
+		if err := r.dev.CastBF16(d.w16, d.w); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (r *runner) free() {
+	for _, b := range r.owned {
+		b.Free()
+	}
+	r.owned = nil
+	for i, a := range r.arena {
+		if a != nil {
+			a.Free()
+			r.arena[i] = nil
+		}
+	}
+	for _, t := range r.rope {
+		t.Free()
+	}
+	r.rope = map[ops.RoPESpec]*kernels.RoPETables{}
+	for _, s := range r.scheds {
+		for _, c := range s.consts {
+			if c.buf != nil {
+				c.buf.Free()
+			}
+		}
+	}
+	if r.zeroTL != nil {
+		r.zeroTL.Free()
+		r.zeroTL = nil
+	}
+}
+
+// Close frees the device memory (the Model is unusable afterwards).
+func (m *Model) Close() {
+	if m.r != nil {
+		m.r.free()
+	}
+	if m.teacher != nil {
+		m.teacher.free()
+	}
+	if m.norm != nil {
+		m.norm.Free()
+	}
+	if m.clip != nil {
+		m.clip.Free()
+	}
+	if m.r != nil {
+		m.r.dev.Close()
+	}
+}
+
+// Describe names the device.
+func (m *Model) Describe() string { return m.r.dev.Describe() }
+
+// Config returns the model configuration.
+func (m *Model) Config() model.Config { return m.r.cfg }
+
+// ArenaBytes is the activation and gradient arena's size (the largest schedule so far).
+func (m *Model) ArenaBytes() int64 {
+	var n int64
+	for _, r := range []*runner{m.r, m.teacher} {
+		if r == nil {
+			continue
+		}
+		for _, a := range r.arena {
+			if a != nil {
+				n += a.Bytes()
+			}
+		}
+	}
+	return n
+}
+
+// Params returns the host mirrors of the parameters (current after Pull).
+func (m *Model) Params() []step.Param { return m.r.g.Params() }
+
+// Weights returns a float32 copy of the device's current parameters.
+func (m *Model) Weights() (*model.Weights, error) {
+	if err := m.pullValues(); err != nil {
+		return nil, err
+	}
+	return m.r.g.Weights(), nil
+}
+
+func (m *Model) pullValues() error {
+	for _, d := range m.r.params {
+		if err := d.w.Download(d.host); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Step runs forward and backward on one micro-batch; the gradient is added to the earlier
+// micro-batches' when sc.MicroBatch > 0.
+func (m *Model) Step(b step.Batch, sc step.Context) (step.Losses, error) { return m.run(b, sc, true) }
+
+// Forward runs the forward pass only.
+func (m *Model) Forward(b step.Batch, sc step.Context) (step.Losses, error) {
+	return m.run(b, sc, false)
+}
+
+func (m *Model) run(b step.Batch, sc step.Context, backward bool) (step.Losses, error) {
+	r := m.r
+	if backward && r.params[0].g == nil {
+		return step.Losses{}, fmt.Errorf("device: Step on a forward-only model")
+	}
+	in, err := r.g.Inputs(b, sc)
+	if err != nil {
+		return step.Losses{}, err
+	}
+	r.teacherTL = nil
+	if m.teacher != nil && in.Teacher {
+		tin, err := m.teacher.g.Inputs(b, step.Context{ZeroOut: 1})
+		if err != nil {
+			return step.Losses{}, fmt.Errorf("distillation teacher: %w", err)
+		}
+		if _, err := m.teacher.exec(b, step.Context{ZeroOut: 1}, tin, false); err != nil {
+			return step.Losses{}, fmt.Errorf("distillation teacher: %w", err)
+		}
+		s := m.teacher.scheds[[2]bool{false, false}]
+		r.teacherTL = s.vals[s.prog.Logits].buf
+	}
+	l, err := r.exec(b, sc, in, backward)
+	if err != nil {
+		return l, err
+	}
+	if !finite(l.Loss) {
+		return l, graph.ErrNotFinite
+	}
+	return l, nil
+}
+
+func finite(x float64) bool { return !math.IsNaN(x) && !math.IsInf(x, 0) }
+
+// schedule returns (compiling on first use) the schedule of a variant.
+func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
+	key := [2]bool{useDMC, backward}
+	if s, ok := r.scheds[key]; ok {
+		return s, nil
+	}
+	p, err := r.g.Program(useDMC)
+	if err != nil {
+		return nil, err
+	}
+	s, err := compileWith(p, backward, r.keepLogit, r.fp32GEMM)
+	if err != nil {
+		return nil, err
+	}
+	for _, c := range s.consts {
+		if c.buf, err = r.dev.FromF32([]float32{c.constV}); err != nil {
+			return nil, err
+		}
+	}
+	for _, ins := range s.instrs {
+		if ins.fused && ins.info.Kind == ops.KindEmbeddingDW {
+			s.embedDW = true
+		}
+		if ins.fused && ins.info.Kind == ops.KindRoPE {
+			sp := ins.info.RoPE
+			sp.Channel, sp.Heads = 0, 0 // the tables depend on layout, theta, D and T only
+			if _, ok := r.rope[sp]; !ok {
+				t, err := r.dev.NewRoPETables(sp.Layout, sp.Theta, sp.HeadD, sp.SeqLen)
+				if err != nil {
+					return nil, err
+				}
+				r.rope[sp] = t
+			}
+		}
+	}
+	// Grow the arenas to the largest schedule; every schedule re-binds after a growth.
+	for dt, need := range s.peak {
+		if need == 0 || (r.arena[dt] != nil && r.arena[dt].Len() >= need) {
+			continue
+		}
+		if r.arena[dt] != nil {
+			r.arena[dt].Free()
+			r.arena[dt] = nil
+		}
+		if r.arena[dt], err = r.dev.Alloc(kernels.DType(dt), need); err != nil {
+			return nil, fmt.Errorf("device memory for the activations (%d elements of %s): %w; use a smaller batch or sequence", need, kernels.DType(dt), err)
+		}
+		r.gen++
+	}
+	r.scheds[key] = s
+	return s, nil
+}
+
+// bind resolves every value's device buffer for the current arenas.
+func (r *runner) bind(s *schedule) {
+	if s.bound == r.gen {
+		return
+	}
+	var resolve func(v *val) *kernels.DevBuf
+	resolve = func(v *val) *kernels.DevBuf {
+		switch v.kind {
+		case valArena:
+			v.buf = r.arena[v.dt].Slice(v.off, v.n)
+		case valView:
+			v.buf = resolve(v.base).Slice(v.viewOff, v.n)
+		case valParam:
+			v.buf = r.params[v.param].w
+		case valGrad:
+			v.buf = r.params[v.param].g
+		}
+		if v.b16 != nil {
+			resolve(v.b16)
+		}
+		return v.buf
+	}
+	for _, v := range s.vals {
+		resolve(v)
+	}
+	for _, ins := range s.instrs {
+		if ins.stats != nil {
+			resolve(ins.stats)
+		}
+	}
+	if s.ids != nil {
+		s.ids.buf = r.ids
+	}
+	if s.targets != nil {
+		s.targets.buf = r.tgts
+	}
+	for l, v := range s.noise {
+		if v != nil {
+			v.buf = r.noise.Slice(l*s.noiseLen, s.noiseLen)
+		}
+	}
+	for n, i := range s.scalars {
+		if v, ok := s.vals[n]; ok {
+			v.buf = r.scal.Slice(i, 1)
+		}
+	}
+	s.bound = r.gen
+}
+
+// b16 is the bf16 operand of v: a parameter's copy or v's shadow.
+func (r *runner) b16(v *val) *kernels.DevBuf {
+	if r.fp32GEMM {
+		return v.buf
+	}
+	if v.kind == valParam {
+		return r.params[v.param].w16
+	}
+	return v.b16.buf
+}
+
+func (r *runner) exec(b step.Batch, sc step.Context, in graph.Inputs, backward bool) (step.Losses, error) {
+	s, err := r.schedule(in.UseDMC, backward)
+	if err != nil {
+		return step.Losses{}, err
+	}
+	r.bind(s)
+	r.in = in
+	r.scalarsV = [6]float64{in.ChScale, in.Hard, in.AlphaStar, in.CRWeight, in.LMWeight, in.KDWeight}
+	sv := make([]float32, 6)
+	for i, x := range r.scalarsV {
+		sv[i] = float32(x)
+	}
+	if err := r.scal.Upload(sv); err != nil {
+		return step.Losses{}, err
+	}
+	for i, id := range b.Inputs {
+		r.hostIDs[i] = int32(id)
+	}
+	for i, id := range b.Targets {
+		r.hostTgts[i] = int32(id)
+	}
+	if err := r.ids.Upload(r.hostIDs); err != nil {
+		return step.Losses{}, err
+	}
+	if err := r.tgts.Upload(r.hostTgts); err != nil {
+		return step.Losses{}, err
+	}
+	if s.embedDW && backward {
+		off, pos, err := kernels.EmbeddingIndex(r.hostIDs, r.cfg.VocabSize)
+		if err != nil {
+			return step.Losses{}, err
+		}
+		if err := r.embOff.Upload(off); err != nil {
+			return step.Losses{}, err
+		}
+		if err := r.embPos.Upload(pos); err != nil {
+			return step.Losses{}, err
+		}
+	}
+	if in.Noise && len(s.noise) > 0 {
+		for l := range s.noise {
+			r.g.NoiseInto(r.hostNoise[l*s.noiseLen:(l+1)*s.noiseLen], sc, l)
+		}
+		if err := r.noise.Upload(r.hostNoise[:len(s.noise)*s.noiseLen]); err != nil {
+			return step.Losses{}, err
+		}
+	}
+	if s.teacher != nil {
+		if r.teacherTL != nil {
+			s.teacher.buf = r.teacherTL
+		} else {
+			// No teacher pass (β = 0): zero logits keep the unused KL term finite, as on the CPU.
+			if r.zeroTL == nil {
+				if r.zeroTL, err = r.dev.Alloc(kernels.F32, s.teacher.n); err != nil {
+					return step.Losses{}, err
+				}
+				if err := r.zeroTL.Zero(); err != nil {
+					return step.Losses{}, err
+				}
+			}
+			s.teacher.buf = r.zeroTL
+		}
+	}
+	for _, v := range s.castAt[0] {
+		if err := r.dev.CastBF16(v.b16.buf, v.buf); err != nil {
+			return step.Losses{}, err
+		}
+	}
+	for i, ins := range s.instrs {
+		if err := r.run(s, ins, sc.MicroBatch); err != nil {
+			return step.Losses{}, fmt.Errorf("device: %s (node %q): %w", opName(ins), ins.node.Name(), err)
+		}
+		for _, v := range s.castAt[i+1] {
+			if err := r.dev.CastBF16(v.b16.buf, v.buf); err != nil {
+				return step.Losses{}, err
+			}
+		}
+	}
+	for i, o := range s.outputs {
+		if o != nil {
+			if err := r.dev.EW(kernels.EwCopy, r.results.Slice(i, 1), o.buf, nil, 1, false, false); err != nil {
+				return step.Losses{}, err
+			}
+		}
+	}
+	res := make([]float32, 5)
+	if err := r.results.Download(res); err != nil {
+		return step.Losses{}, err
+	}
+	l := step.Losses{Loss: float64(res[0]), LM: float64(res[1]), Tokens: in.ValidTargets}
+	if in.UseDMC {
+		l.CR, l.MeanAlpha = float64(res[3]), float64(res[4])
+	}
+	if sc.DistillWeight > 0 {
+		l.KD = float64(res[2])
+	}
+	return l, nil
+}
+
+func opName(ins *instr) string {
+	if ins.fused {
+		return ins.info.Kind.String()
+	}
+	return ins.node.Op().String()
+}
+
+// hostScalar is the value of a scalar input for this run.
+func (r *runner) hostScalar(s *schedule, v *val) (float64, error) {
+	i, ok := s.scalars[v.node]
+	if !ok {
+		return 0, fmt.Errorf("a scalar operand that is not a graph input (%q) needs a host value", v.node.Name())
+	}
+	return r.scalarsV[i], nil
+}
+
+func dims(v *val) (int, int) {
+	s := v.node.Shape()
+	if len(s) != 2 {
+		panic(fmt.Sprintf("device: %q has shape %v, want a matrix", v.node.Name(), s))
+	}
+	return s[0], s[1]
+}
+
+func dmcGeom(s ops.DMCSpec) kernels.DMCGeom {
+	return kernels.DMCGeom{QHeads: s.QHeads, KVHeads: s.KVHeads, HeadD: s.HeadD, SeqLen: s.SeqLen, Channel: s.Channel,
+		DecisionOffset: s.DecisionOffset, ImportanceOffset: s.ImportanceOffset, Temperature: s.Temperature, Window: s.Window}
+}
+
+// run executes one instruction and, for a parameter's gradient, adds it into the accumulator.
+func (r *runner) run(s *schedule, ins *instr, mb int) error {
+	d, out := r.dev, ins.out.buf
+	acc := mb > 0 // direct gradient kernels accumulate from the second micro-batch on
+	var err error
+	if !ins.fused {
+		err = r.runGeneric(ins)
+	} else {
+		err = r.runFused(s, ins, acc)
+	}
+	if err != nil || ins.grad < 0 || ins.direct {
+		return err
+	}
+	g := r.params[ins.grad].g
+	if mb == 0 {
+		return d.EW(kernels.EwCopy, g, out, nil, g.Len(), false, false)
+	}
+	return d.EW(kernels.EwAdd, g, g, out, g.Len(), false, false)
+}
+
+// runGeneric runs one of gorgonia's element-wise ops.
+func (r *runner) runGeneric(ins *instr) error {
+	d, in, out, n := r.dev, ins.in, ins.out.buf, ins.out.n
+	switch ins.gen {
+	case genEW:
+		var b *kernels.DevBuf
+		bScalar := false
+		if len(in) > 1 {
+			b, bScalar = in[1].buf, in[1].n == 1 && n > 1
+		}
+		return d.EW(ins.ew, out, in[0].buf, b, n, in[0].n == 1 && n > 1, bScalar)
+	case genSum:
+		return d.SumAll(out, in[0].buf, in[0].n)
+	case genRepeat:
+		return d.EW(kernels.EwCopy, out, in[0].buf, nil, n, true, false)
+	}
+	return fmt.Errorf("no kernel")
+}
+
+// runFused runs one fused op of graph/ops.
+func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
+	d, in, out := r.dev, ins.in, ins.out.buf
+	var err error
+	switch ins.info.Kind {
+	case ops.KindLinear:
+		rows, inD := dims(in[0])
+		outD, _ := dims(in[1])
+		err = d.LinearForward(out, r.b16(in[0]), r.b16(in[1]), rows, inD, outD, false)
+	case ops.KindLinearDX:
+		rows, outD := dims(in[0])
+		_, inD := dims(in[1])
+		err = d.LinearBackwardX(out, r.b16(in[0]), r.b16(in[1]), rows, inD, outD, false)
+	case ops.KindLinearDW:
+		rows, outD := dims(in[0])
+		_, inD := dims(in[1])
+		err = d.LinearBackwardW(out, r.b16(in[0]), r.b16(in[1]), rows, inD, outD, ins.direct && acc)
+	case ops.KindRMSNorm:
+		rows, dd := dims(in[0])
+		var y16 *kernels.DevBuf
+		if ins.out.b16Fused {
+			y16 = ins.out.b16.buf
+		}
+		err = d.RMSNormForward(out, y16, in[0].buf, in[1].buf, rows, dd, ins.info.Eps)
+	case ops.KindRMSNormDX:
+		rows, dd := dims(in[0])
+		err = d.RMSNormBackward(out, nil, in[0].buf, in[1].buf, in[2].buf, rows, dd, ins.info.Eps, false)
+	case ops.KindRMSNormDW:
+		rows, dd := dims(in[0])
+		// dw only: the kernel does not read w then; out stands in for it.
+		err = d.RMSNormBackward(nil, out, in[0].buf, out, in[1].buf, rows, dd, ins.info.Eps, ins.direct && acc)
+	case ops.KindRoPE:
+		sp := ins.info.RoPE
+		key := sp
+		key.Channel, key.Heads = 0, 0
+		var sc float64
+		if sc, err = r.hostScalar(s, in[1]); err == nil {
+			rows, _ := dims(in[0])
+			err = d.RoPE(out, in[0].buf, r.rope[key], rows, sp.Heads, sp.Channel, sc, ins.info.Inverse)
+		}
+	case ops.KindSwiGLU:
+		var y16 *kernels.DevBuf
+		if ins.out.b16Fused {
+			y16 = ins.out.b16.buf
+		}
+		err = d.SwiGLUForward(out, y16, in[0].buf, in[1].buf)
+	case ops.KindSwiGLUGrad:
+		n := in[0].n
+		err = d.SwiGLUBackward(out.Slice(0, n), out.Slice(n, n), in[0].buf, in[1].buf, in[2].buf)
+	case ops.KindEmbedding:
+		_, dd := dims(in[0])
+		err = d.EmbeddingForward(out, in[0].buf, in[1].buf, in[1].n, dd)
+	case ops.KindEmbeddingDW:
+		_, dd := dims(in[1])
+		err = d.EmbeddingBackward(out, in[1].buf, r.embOff, r.embPos, ins.info.Vocab, dd, ins.direct && acc)
+	case ops.KindSoftmaxCE:
+		rows, V := dims(in[0])
+		err = d.SoftmaxCE(out, in[0].buf, in[1].buf, rows, V)
+	case ops.KindSoftmaxCEGrad:
+		rows, V := dims(in[0])
+		err = d.SoftmaxCEBackward(out, in[0].buf, in[1].buf, rows, V, r.invCount(), in[2].buf)
+	case ops.KindSoftmaxKL:
+		rows, V := dims(in[0])
+		err = d.SoftmaxKL(out, in[0].buf, in[1].buf, in[2].buf, rows, V)
+	case ops.KindSoftmaxKLGrad:
+		rows, V := dims(in[0])
+		err = d.SoftmaxKLBackward(out, in[0].buf, in[1].buf, in[2].buf, rows, V, r.invCount(), in[3].buf)
+	case ops.KindDMCDecide, ops.KindDMCDecideGrad:
+		var hard float64
+		if hard, err = r.hostScalar(s, in[2]); err == nil {
+			rows, _ := dims(in[0])
+			if ins.info.Kind == ops.KindDMCDecide {
+				err = d.DMCDecide(out, in[0].buf, in[1].buf, dmcGeom(ins.info.DMC), rows, hard != 0)
+			} else {
+				err = d.DMCDecideBackward(out, in[0].buf, in[1].buf, in[3].buf, dmcGeom(ins.info.DMC), rows, hard != 0)
+			}
+		}
+	case ops.KindDMCImportance:
+		rows, _ := dims(in[0])
+		err = d.DMCImportance(out, in[0].buf, dmcGeom(ins.info.DMC), rows, dmc.Epsilon[float32]())
+	case ops.KindDMCImportanceGrad:
+		rows, _ := dims(in[0])
+		err = d.DMCImportanceBackward(out, in[0].buf, in[1].buf, dmcGeom(ins.info.DMC), rows)
+	case ops.KindDMCMerge:
+		rows, _ := dims(in[0])
+		err = d.DMCMerge(out, in[0].buf, in[1].buf, in[2].buf, dmcGeom(ins.info.DMC), rows)
+	case ops.KindDMCMergeGrad:
+		rows, _ := dims(in[0])
+		nx, na := in[0].n, in[1].n
+		err = d.DMCMergeBackward(out.Slice(0, nx), out.Slice(nx, na), out.Slice(nx+na, na), in[0].buf, in[1].buf, in[2].buf, in[3].buf,
+			dmcGeom(ins.info.DMC), rows)
+	case ops.KindAttention:
+		a := ins.info.Attn
+		rows, _ := dims(in[0])
+		var alpha *kernels.DevBuf
+		if a.Masked {
+			alpha = in[3].buf
+		}
+		err = d.AttentionForward(out, ins.stats.buf, in[0].buf, in[1].buf, in[2].buf, alpha,
+			kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen}, rows)
+	case ops.KindAttentionGrad:
+		a := ins.info.Attn
+		rows, _ := dims(in[0])
+		nq, nk := in[0].n, in[1].n
+		var alpha, dA *kernels.DevBuf
+		dO := in[3]
+		if a.Masked {
+			alpha, dO, dA = in[3].buf, in[4], out.Slice(nq+2*nk, in[3].n)
+		}
+		err = d.AttentionBackward(out.Slice(0, nq), out.Slice(nq, nk), out.Slice(nq+nk, nk), dA, in[0].buf, in[1].buf, in[2].buf,
+			alpha, ins.fwd.out.buf, ins.fwd.stats.buf, dO.buf, kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen}, rows)
+	case ops.KindHardCount:
+		rows, H := dims(in[0])
+		T := ins.info.SeqLen
+		err = d.DMCHardCount(out, in[0].buf, rows/T, T*H)
+	case ops.KindHardCountGrad:
+		rows, H := dims(in[0])
+		T := ins.info.SeqLen
+		err = d.DMCHardCountBackward(out, in[1].buf, rows/T, T*H)
+	default:
+		err = fmt.Errorf("no device kernel for %s", ins.info.Kind)
+	}
+	return err
+}
+
+// invCount is 1 / (counted targets), the loss's mean (0 when nothing counts, as on the CPU).
+func (r *runner) invCount() float32 {
+	if r.in.ValidTargets == 0 {
+		return 0
+	}
+	return float32(1 / float64(r.in.ValidTargets))
+}
+
+// Update implements step.Optimizer: mean over micro-batches, global-norm clipping and AdamW,
+// all on the device; one float64 comes back (the norm, to skip a non-finite update).
+func (m *Model) Update(h step.AdamW, micro int, maxNorm, lr float64) (float64, error) {
+	r := m.r
+	if len(h.Decay) != len(r.params) {
+		return 0, fmt.Errorf("device: %d weight-decay flags for %d parameters", len(h.Decay), len(r.params))
+	}
+	grads := make([]*kernels.DevBuf, len(r.params))
+	for i, p := range r.params {
+		if micro > 1 {
+			if err := r.dev.Scale(p.g, float32(1/float64(micro))); err != nil {
+				return 0, err
+			}
+		}
+		grads[i] = p.g
+	}
+	if err := r.dev.GlobalNorm(m.norm, m.clip, maxNorm, grads...); err != nil {
+		return 0, err
+	}
+	nv := make([]float64, 1)
+	if err := m.norm.Download(nv); err != nil {
+		return 0, err
+	}
+	if !finite(nv[0]) {
+		return nv[0], nil
+	}
+	for i, p := range r.params {
+		if err := r.dev.AdamW(p.w, p.w16, p.g, p.m, p.v, m.clip, kernels.AdamWStep{Beta1: h.Beta1, Beta2: h.Beta2, Eps: h.Eps,
+			WeightDecay: h.WeightDecay, LR: lr, Step: h.T, Decay: h.Decay[i]}); err != nil {
+			return 0, err
+		}
+	}
+	return nv[0], nil
+}
+
+// Pull implements step.Optimizer.
+func (m *Model) Pull(mo, v [][]float32) error {
+	if err := m.pullValues(); err != nil {
+		return err
+	}
+	for i, p := range m.r.params {
+		if p.m == nil {
+			continue
+		}
+		if err := p.m.Download(mo[i]); err != nil {
+			return err
+		}
+		if err := p.v.Download(v[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Push implements step.Optimizer.
+func (m *Model) Push(mo, v [][]float32) error {
+	if err := m.r.pushWeights(); err != nil {
+		return err
+	}
+	for i, p := range m.r.params {
+		if p.m == nil {
+			continue
+		}
+		if err := p.m.Upload(mo[i]); err != nil {
+			return err
+		}
+		if err := p.v.Upload(v[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// HostGrads copies the accumulated gradient into Params()' Grad slices (tests, diagnostics).
+func (m *Model) HostGrads() error {
+	ps := m.r.g.Params()
+	for i, p := range m.r.params {
+		if p.g == nil {
+			return fmt.Errorf("device: a forward-only model has no gradients")
+		}
+		if err := p.g.Download(ps[i].Grad); err != nil {
+			return err
+		}
+	}
+	return nil
+}

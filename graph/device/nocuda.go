@@ -1,0 +1,39 @@
+//go:build !dmc_cuda
+
+package device
+
+import (
+	"errors"
+
+	"github.com/dmc-project/dmc/graph"
+	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/trainer/step"
+)
+
+// ErrNoCUDA is returned by New in builds without the dmc_cuda tag.
+var ErrNoCUDA = errors.New("this dmc was built without CUDA: build it with `go build -tags dmc_cuda ./cmd/dmc` (docs/gpu.md) to train on the GPU, or use --device cpu")
+
+// Model is the GPU executor; in this build it cannot be created.
+type Model struct{}
+
+// Options configure the executor.
+type Options struct {
+	Ordinal  int  // GPU ordinal
+	FP32GEMM bool // fp32 GEMM operands (parity tests)
+}
+
+// New fails: this build has no CUDA.
+func New(g *graph.Graph, opt Options) (*Model, error) { return nil, ErrNoCUDA }
+
+func (*Model) Params() []step.Param                                  { return nil }
+func (*Model) Step(step.Batch, step.Context) (step.Losses, error)    { return step.Losses{}, ErrNoCUDA }
+func (*Model) Forward(step.Batch, step.Context) (step.Losses, error) { return step.Losses{}, ErrNoCUDA }
+
+// Describe names the device (none in this build).
+func (*Model) Describe() string { return "no CUDA in this build" }
+
+// Weights fails: this build has no CUDA.
+func (*Model) Weights() (*model.Weights, error) { return nil, ErrNoCUDA }
+
+// Close releases nothing.
+func (*Model) Close() {}

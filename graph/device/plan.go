@@ -1,0 +1,550 @@
+//go:build dmc_cuda
+
+package device
+
+import (
+	"fmt"
+	"sort"
+	"strings"
+
+	G "gorgonia.org/gorgonia"
+	"gorgonia.org/tensor"
+
+	"github.com/dmc-project/dmc/graph"
+	"github.com/dmc-project/dmc/graph/ops"
+	"github.com/dmc-project/dmc/kernels"
+)
+
+// valKind is where a value lives.
+type valKind int
+
+const (
+	valArena valKind = iota // planned in the schedule's arena
+	valView                 // a view into another value (Unpack, Reshape)
+	valParam                // a parameter's fp32 master
+	valInput                // fed per run (tokens, noise, scalars, teacher logits)
+	valConst                // a constant evaluated once at plan time
+	valGrad                 // a parameter's gradient accumulator (written by its kernel)
+)
+
+// val is one value of a schedule: a node's output, an input, a bf16 shadow or a side buffer.
+type val struct {
+	node     *G.Node
+	kind     valKind
+	dt       kernels.DType
+	n        int  // elements
+	base     *val // valView: the viewed value; viewOff elements in
+	viewOff  int
+	param    int     // valParam: index into the params
+	constV   float32 // valConst
+	def      int     // index of the defining instruction (-1 for inputs)
+	last     int     // index of the last instruction that reads it
+	off      int     // valArena: offset in the arena of its dtype
+	buf      *kernels.DevBuf
+	b16      *val // bf16 shadow (GEMM operand), when one is needed
+	b16Fused bool // the producer writes the shadow itself (RMSNorm, SwiGLU)
+}
+
+// root is the value that owns the storage of v.
+func (v *val) root() *val {
+	for v.kind == valView {
+		v = v.base
+	}
+	return v
+}
+
+// genOp is one of gorgonia's own element-wise ops.
+type genOp int
+
+const (
+	genNone genOp = iota
+	genEW
+	genSum
+	genRepeat
+)
+
+// instr is one node's computation.
+type instr struct {
+	node  *G.Node
+	info  ops.OpInfo
+	fused bool
+	gen   genOp
+	ew    kernels.EwOp
+	in    []*val
+	out   *val
+	stats *val // attention: the forward's row maxima and log-sum-exps
+	fwd   *instr
+	// grad ≥ 0: the node is the gradient of parameter grad; it is added into the accumulator
+	// right after it is computed (direct: written into the accumulator by the kernel itself).
+	grad   int
+	direct bool
+}
+
+// schedule is one compiled run of a Program: forward only, or forward and backward.
+type schedule struct {
+	prog     *graph.Program
+	backward bool
+	instrs   []*instr
+	vals     map[*G.Node]*val
+	consts   []*val
+	peak     [4]int // arena elements per dtype
+	outputs  [5]*val
+	ids      *val
+	targets  *val
+	noise    []*val
+	scalars  map[*G.Node]int // scalar input → index in the scalar upload
+	teacher  *val
+	embedDW  bool
+	bound    int // arena generation the views were resolved against
+	noiseLen int
+	// castAt[i+1] lists the values whose bf16 shadow is cast right after instruction i
+	// (castAt[0]: before the first, for inputs).
+	castAt   [][]*val
+	fp32GEMM bool
+}
+
+var scalarOrder = func(p *graph.Program) []*G.Node {
+	return []*G.Node{p.ChScale, p.Hard, p.AlphaStar, p.CRWeight, p.LMWeight, p.KDWeight}
+}
+
+func size(n *G.Node) int {
+	s := n.Shape()
+	if len(s) == 0 {
+		return 1
+	}
+	return max(1, s.TotalSize())
+}
+
+// children are n's inputs in argument order.
+func children(n *G.Node) []*G.Node {
+	it := n.Graph().From(n.ID())
+	out := make([]*G.Node, 0, it.Len())
+	for it.Next() {
+		out = append(out, it.Node().(*G.Node))
+	}
+	return out
+}
+
+// order lists the nodes reachable from roots, children before parents (depth-first, in the
+// order of the roots and of each node's children: deterministic).
+func order(roots []*G.Node) []*G.Node {
+	seen := map[*G.Node]bool{}
+	var out []*G.Node
+	var visit func(n *G.Node)
+	visit = func(n *G.Node) {
+		if seen[n] {
+			return
+		}
+		seen[n] = true
+		for _, c := range children(n) {
+			visit(c)
+		}
+		out = append(out, n)
+	}
+	for _, r := range roots {
+		if r != nil {
+			visit(r)
+		}
+	}
+	return out
+}
+
+// compile plans one schedule of p: instruction order, views, liveness and the arena layout.
+func compile(p *graph.Program, backward bool, keepLogits bool) (*schedule, error) {
+	return compileWith(p, backward, keepLogits, false)
+}
+
+// compileWith plans a schedule; fp32GEMM keeps GEMM operands in fp32 (no bf16 shadows).
+func compileWith(p *graph.Program, backward, keepLogits, fp32GEMM bool) (*schedule, error) {
+	s := &schedule{prog: p, backward: backward, vals: map[*G.Node]*val{}, scalars: map[*G.Node]int{}}
+	s.outputs = [5]*val{}
+	outs := []*G.Node{p.Loss, p.LM, p.KD, p.CR, p.MeanAlpha}
+	roots := append([]*G.Node{}, outs...)
+	if keepLogits {
+		roots = append(roots, p.Logits)
+	}
+	gradOf := map[*G.Node]int{}
+	if backward {
+		if p.Grads == nil {
+			return nil, fmt.Errorf("device: the program has no gradients (a forward-only graph)")
+		}
+		for i, g := range p.Grads {
+			if _, dup := gradOf[g]; dup {
+				return nil, fmt.Errorf("device: two parameters share the gradient node %v", g)
+			}
+			gradOf[g] = i
+			roots = append(roots, g)
+		}
+	}
+	paramIdx := map[*G.Node]int{}
+	for i, n := range p.Params {
+		paramIdx[n] = i
+	}
+	noiseIdx := map[*G.Node]int{}
+	for i, n := range p.Noise {
+		noiseIdx[n] = i
+	}
+	for i, n := range scalarOrder(p) {
+		if n != nil {
+			s.scalars[n] = i
+		}
+	}
+	nodes := order(roots)
+	consumers := map[*G.Node]int{}
+	for _, n := range nodes {
+		for _, c := range children(n) {
+			consumers[c]++
+		}
+	}
+	for _, n := range nodes {
+		v := &val{node: n, dt: kernels.F32, n: size(n), def: -1, last: -1}
+		s.vals[n] = v
+		op := n.Op()
+		if op == nil {
+			if err := s.input(v, paramIdx, noiseIdx); err != nil {
+				return nil, err
+			}
+			continue
+		}
+		if c, ok := hostConstant(n); ok {
+			v.kind, v.constV = valConst, c
+			s.consts = append(s.consts, v)
+			continue
+		}
+		in := make([]*val, len(children(n)))
+		for i, c := range children(n) {
+			in[i] = s.vals[c]
+		}
+		ins := &instr{node: n, in: in, out: v, grad: -1}
+		if info, ok := ops.Describe(op); ok {
+			ins.info, ins.fused = info, true
+			switch info.Kind {
+			case ops.KindUnpack:
+				v.kind, v.base, v.viewOff, v.def = valView, in[0], info.Offset, in[0].root().def
+				continue
+			case ops.KindSoftmaxCE, ops.KindSoftmaxKL:
+				v.n = 2 // the kernels also write the token count
+			}
+		} else if err := generic(ins, op); err != nil {
+			return nil, fmt.Errorf("device: node %q: %w", n.Name(), err)
+		} else if ins.gen == genNone {
+			v.kind, v.base, v.def = valView, in[0], in[0].root().def // reshape
+			continue
+		}
+		if g, ok := gradOf[n]; ok {
+			ins.grad = g
+			k := ins.info.Kind
+			ins.direct = ins.fused && consumers[n] == 0 && (k == ops.KindLinearDW || k == ops.KindRMSNormDW || k == ops.KindEmbeddingDW)
+			if ins.direct {
+				v.kind, v.param = valGrad, g
+			}
+		}
+		v.def = len(s.instrs)
+		s.instrs = append(s.instrs, ins)
+	}
+	for i, o := range outs {
+		if o != nil {
+			s.outputs[i] = s.vals[o] // Loss and LM may be one node
+		}
+	}
+	s.fp32GEMM = fp32GEMM
+	if err := s.link(); err != nil {
+		return nil, err
+	}
+	s.plan(keepLogits)
+	return s, nil
+}
+
+// input classifies an input node.
+func (s *schedule) input(v *val, paramIdx, noiseIdx map[*G.Node]int) error {
+	n, p := v.node, s.prog
+	v.kind = valInput
+	if i, ok := paramIdx[n]; ok {
+		v.kind, v.param = valParam, i
+		return nil
+	}
+	switch {
+	case n == p.IDs:
+		v.dt, s.ids = kernels.I32, v
+	case n == p.Targets:
+		v.dt, s.targets = kernels.I32, v
+	case n == p.TeacherLogits:
+		s.teacher = v
+	default:
+		if i, ok := noiseIdx[n]; ok {
+			for len(s.noise) <= i {
+				s.noise = append(s.noise, nil)
+			}
+			s.noise[i] = v
+			s.noiseLen = v.n
+			return nil
+		}
+		if _, ok := s.scalars[n]; ok {
+			return nil
+		}
+		return fmt.Errorf("device: the graph has an input %q the executor does not know", n.Name())
+	}
+	return nil
+}
+
+// hostConstant evaluates constants and shape-only ops (gorgonia's SizeOf) once on the host.
+func hostConstant(n *G.Node) (float32, bool) {
+	t := fmt.Sprintf("%T", n.Op())
+	if t != "gorgonia.constantScalar" && t != "gorgonia.sizeOp" {
+		return 0, false
+	}
+	var in []G.Value
+	for _, c := range children(n) {
+		if size(c) > 1<<20 {
+			return 0, false
+		}
+		shp := c.Shape()
+		if len(shp) == 0 {
+			in = append(in, G.NewF32(0))
+		} else {
+			in = append(in, tensor.New(tensor.Of(tensor.Float32), tensor.WithShape(shp...)))
+		}
+	}
+	v, err := n.Op().Do(in...)
+	if err != nil {
+		return 0, false
+	}
+	switch x := v.Data().(type) {
+	case float32:
+		return x, true
+	case float64:
+		return float32(x), true
+	case int:
+		return float32(x), true
+	}
+	return 0, false
+}
+
+// generic maps one of gorgonia's ops; genNone (with no error) means a reshape (a view).
+func generic(ins *instr, op G.Op) error {
+	t, str := fmt.Sprintf("%T", op), op.String()
+	f := strings.Fields(str)
+	switch t {
+	case "gorgonia.elemBinOp":
+		sym := map[string]kernels.EwOp{"+": kernels.EwAdd, "-": kernels.EwSub, "⊙": kernels.EwMul, "÷": kernels.EwDiv, ">=": kernels.EwGE}
+		e, ok := sym[f[0]]
+		if !ok || (e == kernels.EwGE && (len(f) < 2 || f[1] != "true")) {
+			return fmt.Errorf("element-wise op %q is not supported on the GPU", str)
+		}
+		ins.gen, ins.ew = genEW, e
+	case "gorgonia.elemUnaryOp":
+		if f[0] != "neg" {
+			return fmt.Errorf("unary op %q is not supported on the GPU", str)
+		}
+		ins.gen, ins.ew = genEW, kernels.EwNeg
+	case "gorgonia.sumOp":
+		if len(ins.in[0].node.Shape()) > 1 || size(ins.node) != 1 {
+			return fmt.Errorf("sum %q over shape %v is not supported on the GPU (only full sums of vectors)", str, ins.in[0].node.Shape())
+		}
+		ins.gen = genSum
+	case "*gorgonia.repeatOp":
+		if ins.in[0].n != 1 {
+			return fmt.Errorf("repeat %q of a non-scalar is not supported on the GPU", str)
+		}
+		ins.gen = genRepeat
+	case "gorgonia.reshapeOp":
+		ins.gen = genNone
+	default:
+		return fmt.Errorf("op %s (%s) is not supported on the GPU", str, t)
+	}
+	return nil
+}
+
+// link pairs attention backward nodes with their forwards and marks GEMM operands for shadows.
+func (s *schedule) link() error {
+	fwds := map[[3]*val]*instr{}
+	for _, ins := range s.instrs {
+		if !ins.fused {
+			continue
+		}
+		switch ins.info.Kind {
+		case ops.KindAttention:
+			ins.stats = &val{kind: valArena, dt: kernels.F32, n: 2 * ins.in[0].n / ins.info.Attn.HeadD, def: ins.out.def, last: ins.out.def}
+			fwds[[3]*val{ins.in[0], ins.in[1], ins.in[2]}] = ins
+		case ops.KindAttentionGrad:
+			f, ok := fwds[[3]*val{ins.in[0], ins.in[1], ins.in[2]}]
+			if !ok {
+				return fmt.Errorf("device: attention backward %q has no forward in the schedule", ins.node.Name())
+			}
+			ins.fwd = f
+		case ops.KindLinear:
+			s.shadow(ins.in[0])
+			s.shadow(ins.in[1])
+		case ops.KindLinearDX:
+			s.shadow(ins.in[0])
+			s.shadow(ins.in[1])
+		case ops.KindLinearDW:
+			s.shadow(ins.in[0])
+			s.shadow(ins.in[1])
+		}
+	}
+	return nil
+}
+
+// shadow gives v a bf16 copy (parameters have theirs already).
+func (s *schedule) shadow(v *val) {
+	if v.kind == valParam || v.b16 != nil || s.fp32GEMM {
+		return
+	}
+	v.b16 = &val{node: v.node, kind: valArena, dt: kernels.BF16, n: v.n, def: v.def, last: v.def}
+	if v.def >= 0 {
+		if p := s.instrs[v.def]; p.fused && (p.info.Kind == ops.KindRMSNorm || p.info.Kind == ops.KindSwiGLU) {
+			v.b16Fused = true
+		}
+	}
+}
+
+// plan computes liveness and places every arena value with a first-fit allocator.
+func (s *schedule) plan(keepLogits bool) {
+	end := len(s.instrs)
+	use := func(v *val, i int) {
+		r := v.root()
+		r.last = max(r.last, i)
+		if v.b16 != nil {
+			v.b16.last = max(v.b16.last, i)
+		}
+	}
+	for i, ins := range s.instrs {
+		for _, v := range ins.in {
+			use(v, i)
+		}
+		if ins.fwd != nil {
+			use(ins.fwd.out, i)
+			ins.fwd.stats.last = max(ins.fwd.stats.last, i)
+		}
+	}
+	for _, o := range s.outputs {
+		if o != nil {
+			use(o, end)
+		}
+	}
+	if keepLogits {
+		use(s.vals[s.prog.Logits], end)
+	}
+	// bf16 shadows are read by the GEMMs that read their fp32 source.
+	for i, ins := range s.instrs {
+		for _, v := range ins.in {
+			if v.b16 != nil {
+				v.b16.last = max(v.b16.last, i)
+			}
+		}
+	}
+	s.castAt = make([][]*val, end+1)
+	for _, v := range s.vals {
+		if v.b16 != nil && !v.b16Fused {
+			s.castAt[v.def+1] = append(s.castAt[v.def+1], v)
+		}
+	}
+	for _, c := range s.castAt {
+		sortVals(c)
+	}
+	alloc := [4]*firstFit{{}, {}, {}, {}}
+	born := make([][]*val, end+1)
+	dies := make([][]*val, end+1)
+	add := func(v *val) {
+		if v == nil || v.kind != valArena {
+			return
+		}
+		d := max(v.def, 0)
+		if v.last < d {
+			v.last = d
+		}
+		born[d] = append(born[d], v)
+		dies[v.last] = append(dies[v.last], v)
+	}
+	for _, ins := range s.instrs {
+		add(ins.out)
+		add(ins.stats)
+		add(ins.out.b16)
+	}
+	// Shadows of views and of inputs are not any instruction's output.
+	var extra []*val
+	for _, v := range s.vals {
+		if v.b16 != nil && (v.kind == valView || v.kind == valInput) {
+			extra = append(extra, v.b16)
+		}
+	}
+	sortVals(extra)
+	for _, v := range extra {
+		add(v)
+	}
+	for i := 0; i <= end; i++ {
+		for _, v := range born[i] {
+			v.off = alloc[v.dt].get(v.n)
+		}
+		for _, v := range dies[i] {
+			alloc[v.dt].put(v.off, v.n)
+		}
+	}
+	for dt := range alloc {
+		s.peak[dt] = alloc[dt].top
+	}
+}
+
+// firstFit places blocks in a line of elements, reusing freed ranges (aligned to 64 elements).
+type firstFit struct {
+	free [][2]int // sorted, coalesced [offset, size)
+	top  int
+}
+
+const align = 128 // elements: 256-byte aligned bf16 views, so cuBLASLt takes every GEMM
+
+func (a *firstFit) get(n int) int {
+	n = (n + align - 1) / align * align
+	for i, f := range a.free {
+		if f[1] >= n {
+			off := f[0]
+			if f[1] == n {
+				a.free = append(a.free[:i], a.free[i+1:]...)
+			} else {
+				a.free[i] = [2]int{f[0] + n, f[1] - n}
+			}
+			return off
+		}
+	}
+	if k := len(a.free); k > 0 && a.free[k-1][0]+a.free[k-1][1] == a.top {
+		// Extend the last free block at the top.
+		off := a.free[k-1][0]
+		a.free = a.free[:k-1]
+		a.top = off + n
+		return off
+	}
+	off := a.top
+	a.top += n
+	return off
+}
+
+func (a *firstFit) put(off, n int) {
+	n = (n + align - 1) / align * align
+	i := 0
+	for i < len(a.free) && a.free[i][0] < off {
+		i++
+	}
+	a.free = append(a.free, [2]int{})
+	copy(a.free[i+1:], a.free[i:])
+	a.free[i] = [2]int{off, n}
+	// Coalesce with the neighbours.
+	if i+1 < len(a.free) && a.free[i][0]+a.free[i][1] == a.free[i+1][0] {
+		a.free[i][1] += a.free[i+1][1]
+		a.free = append(a.free[:i+1], a.free[i+2:]...)
+	}
+	if i > 0 && a.free[i-1][0]+a.free[i-1][1] == a.free[i][0] {
+		a.free[i-1][1] += a.free[i][1]
+		a.free = append(a.free[:i], a.free[i+1:]...)
+	}
+}
+
+// sortVals orders values by definition, then size (map iteration must not decide the layout).
+func sortVals(vs []*val) {
+	sort.SliceStable(vs, func(i, j int) bool {
+		if vs[i].def != vs[j].def {
+			return vs[i].def < vs[j].def
+		}
+		return vs[i].node != nil && vs[j].node != nil && vs[i].node.ID() < vs[j].node.ID()
+	})
+}
