@@ -214,6 +214,13 @@ func (t *TrainDevice) Describe() string {
 	return s
 }
 
+// MemInfo reports the device's free and total memory in bytes.
+func (t *TrainDevice) MemInfo() (free, total int64) {
+	t.d.enter()
+	defer t.d.exit()
+	return t.d.memInfo()
+}
+
 // Sync waits for all queued work and reports the first asynchronous error.
 func (t *TrainDevice) Sync() error {
 	t.d.enter()

@@ -475,7 +475,21 @@ func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, 
 // ---- Attention
 
 // AttnGeom is graph/ops.AttnSpec for the device ops (Masked: an α input is given).
-type AttnGeom struct{ QHeads, KVHeads, HeadD, SeqLen int }
+// TensorCores selects the bf16 tensor-core kernels (fp32 accumulation) where the head
+// dimension allows them (16, 32, 64 or 128); otherwise, and when it is false, the exact fp32
+// kernels run.
+type AttnGeom struct {
+	QHeads, KVHeads, HeadD, SeqLen int
+	TensorCores                    bool
+}
+
+// tc reports whether the tensor-core kernels run for g.
+func (g AttnGeom) tc() bool {
+	D := g.HeadD
+	return g.TensorCores && (D == 16 || D == 32 || D == 64 || D == 128)
+}
+
+const tcRows = 32 // rows of a tensor-core attention block (kernels/csrc/train.cu TC_B)
 
 const attnThreads = 128
 
@@ -522,14 +536,18 @@ func (t *TrainDevice) AttentionForward(o, stats, q, k, v, alpha *DevBuf, g AttnG
 	if err := needAll("AttentionForward", checks...); err != nil {
 		return err
 	}
+	scale := float32(1 / math.Sqrt(float64(D)))
+	if g.tc() {
+		return t.launch(fmt.Sprintf("tc_attn_fwd_%d", D), dim3{x: (g.SeqLen + tcRows - 1) / tcRows, y: Hq, z: rows / g.SeqLen}, 64, 0,
+			new(args).p(o.ptr).p(stats.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).f(scale))
+	}
 	tpr, err := attnLanes(D)
 	if err != nil {
 		return err
 	}
 	per, bk := attnThreads/tpr, attnTile(D)
 	return t.launch("tr_attn_fwd", dim3{x: (g.SeqLen + per - 1) / per, y: Hq, z: rows / g.SeqLen}, attnThreads, (2*bk*D+bk)*4,
-		new(args).p(o.ptr).p(stats.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).i(D).i(tpr).i(bk).
-			f(float32(1/math.Sqrt(float64(D)))))
+		new(args).p(o.ptr).p(stats.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).i(D).i(tpr).i(bk).f(scale))
 }
 
 // AttentionBackward writes dq, dk, dv and, when alpha is not nil, dα [rows, Hkv] (graph/ops'
@@ -554,10 +572,6 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 	if err := needAll("AttentionBackward", checks...); err != nil {
 		return err
 	}
-	tpr, err := attnLanes(D)
-	if err != nil {
-		return err
-	}
 	delta, err := t.scratchBuf("attn.delta", F32, rows*Hq)
 	if err != nil {
 		return err
@@ -565,9 +579,24 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 	if err := t.launch1D("tr_attn_delta", int64(rows*Hq), new(args).p(delta.ptr).p(o.ptr).p(dO.ptr).i64(int64(rows*Hq)).i(D)); err != nil {
 		return err
 	}
-	per, tile := attnThreads/tpr, attnTile(D)
 	scale := float32(1 / math.Sqrt(float64(D)))
 	B := rows / g.SeqLen
+	if g.tc() {
+		blocks := (g.SeqLen + tcRows - 1) / tcRows
+		if err := t.launch(fmt.Sprintf("tc_attn_bwd_q_%d", D), dim3{x: blocks, y: Hq, z: B}, 64, 0,
+			new(args).p(dq.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
+				i(g.SeqLen).i(Hq).i(Hkv).f(scale)); err != nil {
+			return err
+		}
+		return t.launch(fmt.Sprintf("tc_attn_bwd_kv_%d", D), dim3{x: blocks, y: Hkv, z: B}, 64, 0,
+			new(args).p(dk.ptr).p(dv.ptr).pOpt(dA).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
+				i(g.SeqLen).i(Hq).i(Hkv).f(scale))
+	}
+	tpr, err := attnLanes(D)
+	if err != nil {
+		return err
+	}
+	per, tile := attnThreads/tpr, attnTile(D)
 	if err := t.launch("tr_attn_bwd_q", dim3{x: (g.SeqLen + per - 1) / per, y: Hq, z: B}, attnThreads, (2*tile*D+tile)*4,
 		new(args).p(dq.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
 			i(g.SeqLen).i(Hq).i(Hkv).i(D).i(tpr).i(tile).f(scale)); err != nil {

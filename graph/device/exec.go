@@ -5,6 +5,9 @@ package device
 import (
 	"fmt"
 	"math"
+	"sort"
+	"strings"
+	"time"
 
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/graph"
@@ -17,8 +20,9 @@ import (
 // Options configure the executor.
 type Options struct {
 	Ordinal int // GPU ordinal
-	// FP32GEMM runs every GEMM with fp32 operands and fp32 compute (no bf16, no TF32): slower,
-	// for parity tests against the CPU graph.
+	// FP32GEMM runs every GEMM with fp32 operands and fp32 compute (no bf16, no TF32) and the
+	// exact fp32 attention kernels: slower, for parity tests against the CPU graph. Otherwise
+	// GEMMs take bf16 operands and attention runs on tensor cores where D allows (16–128).
 	FP32GEMM bool
 }
 
@@ -55,6 +59,8 @@ type runner struct {
 	hostNoise []float32
 	keepLogit bool
 	fp32GEMM  bool
+	// profile, when set, accumulates the time of each op kind (a sync after every op)
+	profile map[string]*opTime
 	// per run
 	in        graph.Inputs
 	scalarsV  [6]float64
@@ -488,7 +494,29 @@ func (r *runner) exec(b step.Batch, sc step.Context, in graph.Inputs, backward b
 		}
 	}
 	for i, ins := range s.instrs {
-		if err := r.run(s, ins, sc.MicroBatch); err != nil {
+		var t0 time.Time
+		if r.profile != nil {
+			if err := r.dev.Sync(); err != nil {
+				return step.Losses{}, err
+			}
+			t0 = time.Now()
+		}
+		err := r.run(s, ins, sc.MicroBatch)
+		if r.profile != nil && err == nil {
+			err = r.dev.Sync()
+			k := opName(ins)
+			if ins.grad >= 0 && !ins.direct {
+				k += " (+grad add)"
+			}
+			pt := r.profile[k]
+			if pt == nil {
+				pt = &opTime{}
+				r.profile[k] = pt
+			}
+			pt.n++
+			pt.d += time.Since(t0)
+		}
+		if err != nil {
 			return step.Losses{}, fmt.Errorf("device: %s (node %q): %w", opName(ins), ins.node.Name(), err)
 		}
 		for _, v := range s.castAt[i+1] {
@@ -685,7 +713,7 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 			alpha = in[3].buf
 		}
 		err = d.AttentionForward(out, ins.stats.buf, in[0].buf, in[1].buf, in[2].buf, alpha,
-			kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen}, rows)
+			kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen, TensorCores: !r.fp32GEMM}, rows)
 	case ops.KindAttentionGrad:
 		a := ins.info.Attn
 		rows, _ := dims(in[0])
@@ -696,7 +724,7 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 			alpha, dO, dA = in[3].buf, in[4], out.Slice(nq+2*nk, in[3].n)
 		}
 		err = d.AttentionBackward(out.Slice(0, nq), out.Slice(nq, nk), out.Slice(nq+nk, nk), dA, in[0].buf, in[1].buf, in[2].buf,
-			alpha, ins.fwd.out.buf, ins.fwd.stats.buf, dO.buf, kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen}, rows)
+			alpha, ins.fwd.out.buf, ins.fwd.stats.buf, dO.buf, kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen, TensorCores: !r.fp32GEMM}, rows)
 	case ops.KindHardCount:
 		rows, H := dims(in[0])
 		T := ins.info.SeqLen
@@ -805,3 +833,60 @@ func (m *Model) HostGrads() error {
 	}
 	return nil
 }
+
+type opTime struct {
+	n int
+	d time.Duration
+}
+
+// Profile turns per-op timing on (every op is followed by a device sync, which slows the step)
+// or off; ProfileReport lists the accumulated time per op kind, largest first.
+func (m *Model) Profile(on bool) {
+	for _, r := range []*runner{m.r, m.teacher} {
+		if r != nil {
+			r.profile = nil
+			if on {
+				r.profile = map[string]*opTime{}
+			}
+		}
+	}
+}
+
+// ProfileReport formats the per-op times collected since Profile(true).
+func (m *Model) ProfileReport() string {
+	all := map[string]*opTime{}
+	var total time.Duration
+	for _, r := range []*runner{m.r, m.teacher} {
+		if r == nil {
+			continue
+		}
+		for k, v := range r.profile {
+			a := all[k]
+			if a == nil {
+				a = &opTime{}
+				all[k] = a
+			}
+			a.n += v.n
+			a.d += v.d
+			total += v.d
+		}
+	}
+	keys := make([]string, 0, len(all))
+	for k := range all {
+		keys = append(keys, k)
+	}
+	sort.Slice(keys, func(i, j int) bool { return all[keys[i]].d > all[keys[j]].d })
+	var b strings.Builder
+	fmt.Fprintf(&b, "%-32s %8s %10s %6s\n", "op", "calls", "ms", "share")
+	for _, k := range keys {
+		v := all[k]
+		fmt.Fprintf(&b, "%-32s %8d %10.2f %5.1f%%\n", k, v.n, float64(v.d.Microseconds())/1e3, 100*float64(v.d)/float64(max(total, 1)))
+	}
+	return b.String()
+}
+
+// MemInfo reports the device's free and total memory in bytes.
+func (m *Model) MemInfo() (free, total int64) { return m.r.dev.MemInfo() }
+
+// Sync waits for the device's queued work.
+func (m *Model) Sync() error { return m.r.dev.Sync() }

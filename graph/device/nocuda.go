@@ -37,3 +37,21 @@ func (*Model) Weights() (*model.Weights, error) { return nil, ErrNoCUDA }
 
 // Close releases nothing.
 func (*Model) Close() {}
+
+// MemInfo reports nothing in this build.
+func (*Model) MemInfo() (free, total int64) { return 0, 0 }
+
+// Sync does nothing in this build.
+func (*Model) Sync() error { return ErrNoCUDA }
+
+// Update fails: this build has no CUDA.
+func (*Model) Update(step.AdamW, int, float64, float64) (float64, error) { return 0, ErrNoCUDA }
+
+// ArenaBytes is 0 in this build.
+func (*Model) ArenaBytes() int64 { return 0 }
+
+// Profile does nothing in this build.
+func (*Model) Profile(bool) {}
+
+// ProfileReport is empty in this build.
+func (*Model) ProfileReport() string { return "" }

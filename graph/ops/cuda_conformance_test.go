@@ -766,35 +766,50 @@ func (s *convSuite) testAttention(t *testing.T) {
 		if sh.masked {
 			ba, gdA = s.up(alpha), s.out(N*sh.Hkv)
 		}
-		g := kernels.AttnGeom{QHeads: sh.Hq, KVHeads: sh.Hkv, HeadD: sh.D, SeqLen: sh.T}
-		o, stats := s.out(N*sh.Hq*sh.D), s.out(2*N*sh.Hq)
-		gdq, gdk, gdv := s.out(N*sh.Hq*sh.D), s.out(N*sh.Hkv*sh.D), s.out(N*sh.Hkv*sh.D)
-		s.ok(s.dev.AttentionForward(o, stats, bq, bk, bv, ba, g, N))
-		s.ok(s.dev.AttentionBackward(gdq, gdk, gdv, gdA, bq, bk, bv, ba, o, stats, bdO, g, N))
-		tag := fmt.Sprintf("B%d T%d Hq%d Hkv%d D%d masked=%t", sh.B, sh.T, sh.Hq, sh.Hkv, sh.D, sh.masked)
-		nq, nk := N*sh.Hq*sh.D, N*sh.Hkv*sh.D
-		const tolAttn = 1e-5
-		gotO := s.down(o)
-		s.check("Attention.o "+tag, gotO, oWant, tolAttn)
-		s.check("Attention.dq "+tag, s.down(gdq), packed[:nq], tolAttn)
-		s.check("Attention.dk "+tag, s.down(gdk), packed[nq:nq+nk], tolAttn)
-		s.check("Attention.dv "+tag, s.down(gdv), packed[nq+nk:nq+2*nk], tolAttn)
-		var gotA []float32
-		if sh.masked {
-			gotA = s.down(gdA)
-			s.check("Attention.dalpha "+tag, gotA, packed[nq+2*nk:], tolAttn)
-		}
-		s.ok(s.dev.AttentionForward(o, stats, bq, bk, bv, ba, g, N))
-		s.ok(s.dev.AttentionBackward(gdq, gdk, gdv, gdA, bq, bk, bv, ba, o, stats, bdO, g, N))
-		n := bitDiff(s.down(o), gotO)
-		if sh.masked {
-			n += bitDiff(s.down(gdA), gotA)
-		}
-		if n != 0 {
-			t.Errorf("Attention %s: a repeated run differs in %d elements", tag, n)
+		for _, tc := range []bool{false, true} {
+			if tc && sh.D%16 != 0 {
+				continue
+			}
+			g := kernels.AttnGeom{QHeads: sh.Hq, KVHeads: sh.Hkv, HeadD: sh.D, SeqLen: sh.T, TensorCores: tc}
+			if sh.masked {
+				gdA = s.out(N * sh.Hkv)
+			}
+			o, stats := s.out(N*sh.Hq*sh.D), s.out(2*N*sh.Hq)
+			gdq, gdk, gdv := s.out(N*sh.Hq*sh.D), s.out(N*sh.Hkv*sh.D), s.out(N*sh.Hkv*sh.D)
+			s.ok(s.dev.AttentionForward(o, stats, bq, bk, bv, ba, g, N))
+			s.ok(s.dev.AttentionBackward(gdq, gdk, gdv, gdA, bq, bk, bv, ba, o, stats, bdO, g, N))
+			tag := fmt.Sprintf("B%d T%d Hq%d Hkv%d D%d masked=%t tc=%t", sh.B, sh.T, sh.Hq, sh.Hkv, sh.D, sh.masked, tc)
+			nq, nk := N*sh.Hq*sh.D, N*sh.Hkv*sh.D
+			tolAttn := 1e-5
+			if tc {
+				tolAttn = tolAttnTC
+			}
+			gotO := s.down(o)
+			s.check("Attention.o "+tag, gotO, oWant, tolAttn)
+			s.check("Attention.dq "+tag, s.down(gdq), packed[:nq], tolAttn)
+			s.check("Attention.dk "+tag, s.down(gdk), packed[nq:nq+nk], tolAttn)
+			s.check("Attention.dv "+tag, s.down(gdv), packed[nq+nk:nq+2*nk], tolAttn)
+			var gotA []float32
+			if sh.masked {
+				gotA = s.down(gdA)
+				s.check("Attention.dalpha "+tag, gotA, packed[nq+2*nk:], tolAttn)
+			}
+			s.ok(s.dev.AttentionForward(o, stats, bq, bk, bv, ba, g, N))
+			s.ok(s.dev.AttentionBackward(gdq, gdk, gdv, gdA, bq, bk, bv, ba, o, stats, bdO, g, N))
+			n := bitDiff(s.down(o), gotO)
+			if sh.masked {
+				n += bitDiff(s.down(gdA), gotA)
+			}
+			if n != 0 {
+				t.Errorf("Attention %s: a repeated run differs in %d elements", tag, n)
+			}
 		}
 	}
 }
+
+// tolAttnTC bounds the tensor-core attention: q, k, v, dO, P and dS rounded to bf16 (8-bit
+// mantissa, relative rounding 2⁻⁹) with fp32 accumulation.
+const tolAttnTC = 2e-2
 
 // testEW checks the element-wise ops of the loss head against Go, with scalar broadcasting.
 func (s *convSuite) testEW(t *testing.T) {

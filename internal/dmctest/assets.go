@@ -12,7 +12,12 @@ import (
 
 // AssetPath is a file of the shared test assets, which live in ../shared/assets next to the
 // repository root; it is resolved from this source file, so any package's tests can use it.
+//
+// $DMC_ASSETS names another assets folder (for test binaries carried to another machine).
 func AssetPath(rel string) string {
+	if d := os.Getenv("DMC_ASSETS"); d != "" {
+		return filepath.Join(d, rel)
+	}
 	_, self, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(self), "..", "..")
 	return filepath.Join(root, "..", "shared", "assets", rel)

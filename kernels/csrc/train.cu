@@ -7,6 +7,7 @@
 // atomics: every reduction has a fixed order (block trees of a fixed shape, or per-output
 // sequential sums), so results are bit-reproducible run to run. Block sizes are multiples of 32.
 #include <cuda_bf16.h>
+#include <mma.h>
 #include <stdint.h>
 
 #define FULL 0xffffffffu
@@ -814,5 +815,312 @@ __global__ void tr_sum_all(float* out, const float* a, long long n) {
 __global__ void tr_scale(float* x, long long n, float s) {
   GRID_STRIDE(i, n) x[i] *= s;
 }
+
+
+// ---- attention on tensor cores ------------------------------------------------------------------
+// The same three passes as tr_attn_* with bf16 WMMA products (fp32 accumulation): a block holds
+// 32 query rows (forward, dq) or 32 key rows (dk, dv, dα) of one head, two warps of 16 rows
+// each, and walks 32-row tiles of the other side. q, k, v, dO are fp32 in memory and rounded to
+// bf16 into shared memory; P and dS are rounded to bf16 for their products. The forward keeps O
+// in shared memory (it is rescaled per row); dk, dv and dq stay in accumulator fragments. No
+// atomics: dα of a key is summed by two fixed threads in a fixed order and combined once.
+#define TC_B 32
+#define TC_THREADS 64
+
+}  // extern "C" (templates below)
+
+template <int D>
+__device__ __forceinline__ void tc_load_tile(__nv_bfloat16* dst, const float* src, int r0, int rows, int T, long long rowStride,
+                                             long long base) {
+  for (int x = threadIdx.x; x < TC_B * D; x += TC_THREADS) {
+    int r = x / D, d = x % D;
+    int t = r0 + r;
+    dst[x] = __float2bfloat16_rn(r < rows && t < T ? src[base + (long long)t * rowStride + d] : 0.f);
+  }
+}
+
+template <int D>
+__device__ void tc_attn_fwd(float* o, float* stats, const float* q, const float* k, const float* v, const float* alpha, int T,
+                            int Hq, int Hkv, float scale) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __nv_bfloat16 Qs[TC_B * D], Ks[TC_B * D], Vs[TC_B * D], Ps[TC_B * TC_B];
+  __shared__ __align__(32) float Ss[TC_B * TC_B], Os[TC_B * D];
+  __shared__ float Mr[TC_B], Lr[TC_B], Lm[TC_B];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv), i0 = blockIdx.x * TC_B;
+  const long long N = (long long)gridDim.z * T;
+  tc_load_tile<D>(Qs, q, i0, TC_B, T, (long long)Hq * D, (long long)b * T * Hq * D + (long long)h * D);
+  for (int x = threadIdx.x; x < TC_B * D; x += TC_THREADS) Os[x] = 0.f;
+  if (threadIdx.x < TC_B) {
+    Mr[threadIdx.x] = -INFINITY;
+    Lr[threadIdx.x] = 0.f;
+  }
+  const int iLast = min(T, i0 + TC_B) - 1;
+  const int r = warp * 16 + lane / 2, half = lane % 2, i = i0 + r;  // softmax: 2 lanes per row
+  for (int j0 = 0; j0 <= iLast; j0 += TC_B) {
+    __syncthreads();
+    long long kb = (long long)b * T * Hkv * D + (long long)hk * D;
+    tc_load_tile<D>(Ks, k, j0, TC_B, T, (long long)Hkv * D, kb);
+    tc_load_tile<D>(Vs, v, j0, TC_B, T, (long long)Hkv * D, kb);
+    if (threadIdx.x < TC_B) Lm[threadIdx.x] = j0 + threadIdx.x < T ? att_logm(alpha, b, j0 + threadIdx.x, T, Hkv, hk) : 0.f;
+    __syncthreads();
+    for (int n = 0; n < TC_B / 16; n++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+      wmma::fill_fragment(c, 0.f);
+      for (int kk = 0; kk < D / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bb;
+        wmma::load_matrix_sync(a, Qs + warp * 16 * D + kk * 16, D);
+        wmma::load_matrix_sync(bb, Ks + n * 16 * D + kk * 16, D);
+        wmma::mma_sync(c, a, bb, c);
+      }
+      wmma::store_matrix_sync(Ss + warp * 16 * TC_B + n * 16, c, TC_B, wmma::mem_row_major);
+    }
+    __syncwarp();
+    float sv[16], mt = -INFINITY;
+#pragma unroll
+    for (int c = 0; c < 16; c++) {
+      int col = half * 16 + c, j = j0 + col;
+      float s = Ss[r * TC_B + col] * scale;
+      float sm = j < i ? s + Lm[col] : s;
+      if (j > i || j >= T) sm = -INFINITY;
+      sv[c] = sm;
+      mt = fmaxf(mt, sm);
+    }
+    mt = fmaxf(mt, __shfl_xor_sync(FULL, mt, 1));
+    const float mold = Mr[r], mnew = fmaxf(mold, mt);
+    const float corr = mnew == -INFINITY ? 1.f : expf(mold - mnew);
+    float ls = 0.f;
+#pragma unroll
+    for (int c = 0; c < 16; c++) {
+      float p = sv[c] == -INFINITY ? 0.f : expf(sv[c] - mnew);
+      ls += p;
+      Ps[r * TC_B + half * 16 + c] = __float2bfloat16_rn(p);
+    }
+    ls += __shfl_xor_sync(FULL, ls, 1);
+    for (int d = half; d < D; d += 2) Os[r * D + d] *= corr;
+    __syncwarp();
+    if (half == 0) {
+      Lr[r] = Lr[r] * corr + ls;
+      Mr[r] = mnew;
+    }
+    for (int n = 0; n < D / 16; n++) {
+      wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+      wmma::load_matrix_sync(c, Os + warp * 16 * D + n * 16, D, wmma::mem_row_major);
+      for (int kk = 0; kk < TC_B / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bb;
+        wmma::load_matrix_sync(a, Ps + warp * 16 * TC_B + kk * 16, TC_B);
+        wmma::load_matrix_sync(bb, Vs + kk * 16 * D + n * 16, D);
+        wmma::mma_sync(c, a, bb, c);
+      }
+      wmma::store_matrix_sync(Os + warp * 16 * D + n * 16, c, D, wmma::mem_row_major);
+    }
+    __syncwarp();
+  }
+  __syncthreads();
+  for (int x = threadIdx.x; x < TC_B * D; x += TC_THREADS) {
+    int rr = x / D, d = x % D, ii = i0 + rr;
+    if (ii < T) o[(((long long)b * T + ii) * Hq + h) * D + d] = Os[x] / Lr[rr];
+  }
+  if (threadIdx.x < TC_B && i0 + (int)threadIdx.x < T) {
+    long long rr = ((long long)b * T + i0 + threadIdx.x) * Hq + h;
+    stats[rr] = Mr[threadIdx.x];
+    stats[N * Hq + rr] = Mr[threadIdx.x] + logf(Lr[threadIdx.x]);
+  }
+}
+
+// S (or Sᵀ) tile products for the backward: C[16 rows of this warp][32] = A·Bᵀ with A, B row-major
+// [32][D] bf16 tiles (rows of A: this warp's 16).
+template <int D>
+__device__ __forceinline__ void tc_abT(float* C, const __nv_bfloat16* A, const __nv_bfloat16* B, int warp) {
+  using namespace nvcuda;
+  for (int n = 0; n < TC_B / 16; n++) {
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
+    wmma::fill_fragment(c, 0.f);
+    for (int kk = 0; kk < D / 16; kk++) {
+      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bb;
+      wmma::load_matrix_sync(a, A + warp * 16 * D + kk * 16, D);
+      wmma::load_matrix_sync(bb, B + n * 16 * D + kk * 16, D);
+      wmma::mma_sync(c, a, bb, c);
+    }
+    wmma::store_matrix_sync(C + warp * 16 * TC_B + n * 16, c, TC_B, wmma::mem_row_major);
+  }
+}
+
+// dq: grid (ceil(T/32), Hq, B).
+template <int D>
+__device__ void tc_attn_bwd_q(float* dq, const float* q, const float* k, const float* v, const float* alpha, const float* stats,
+                              const float* delta, const float* dO, int T, int Hq, int Hkv, float scale) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __nv_bfloat16 Qs[TC_B * D], Gs[TC_B * D], Ks[TC_B * D], Vs[TC_B * D], dSs[TC_B * TC_B];
+  __shared__ __align__(32) float Ss[TC_B * TC_B], Ps[TC_B * TC_B];
+  __shared__ float Lm[TC_B];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv), i0 = blockIdx.x * TC_B;
+  const long long N = (long long)gridDim.z * T;
+  long long qb = (long long)b * T * Hq * D + (long long)h * D;
+  tc_load_tile<D>(Qs, q, i0, TC_B, T, (long long)Hq * D, qb);
+  tc_load_tile<D>(Gs, dO, i0, TC_B, T, (long long)Hq * D, qb);
+  const int r = warp * 16 + lane / 2, half = lane % 2, i = i0 + r;
+  const long long rr = ((long long)b * T + min(i, T - 1)) * Hq + h;
+  const float lse = stats[N * Hq + rr], dl = delta[rr];
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[D / 16];
+  for (int n = 0; n < D / 16; n++) wmma::fill_fragment(acc[n], 0.f);
+  const int iLast = min(T, i0 + TC_B) - 1;
+  for (int j0 = 0; j0 <= iLast; j0 += TC_B) {
+    __syncthreads();
+    long long kb = (long long)b * T * Hkv * D + (long long)hk * D;
+    tc_load_tile<D>(Ks, k, j0, TC_B, T, (long long)Hkv * D, kb);
+    tc_load_tile<D>(Vs, v, j0, TC_B, T, (long long)Hkv * D, kb);
+    if (threadIdx.x < TC_B) Lm[threadIdx.x] = j0 + threadIdx.x < T ? att_logm(alpha, b, j0 + threadIdx.x, T, Hkv, hk) : 0.f;
+    __syncthreads();
+    tc_abT<D>(Ss, Qs, Ks, warp);
+    tc_abT<D>(Ps, Gs, Vs, warp);  // dP = dO·Vᵀ
+    __syncwarp();
+#pragma unroll
+    for (int c = 0; c < 16; c++) {
+      int col = half * 16 + c, j = j0 + col;
+      float s = Ss[r * TC_B + col] * scale;
+      float sm = j < i ? s + Lm[col] : s;
+      float p = (j <= i && i < T && sm > -INFINITY) ? expf(sm - lse) : 0.f;
+      dSs[r * TC_B + col] = __float2bfloat16_rn(p * (Ps[r * TC_B + col] - dl) * scale);
+    }
+    __syncwarp();
+    for (int n = 0; n < D / 16; n++) {
+      for (int kk = 0; kk < TC_B / 16; kk++) {
+        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bb;
+        wmma::load_matrix_sync(a, dSs + warp * 16 * TC_B + kk * 16, TC_B);
+        wmma::load_matrix_sync(bb, Ks + kk * 16 * D + n * 16, D);
+        wmma::mma_sync(acc[n], a, bb, acc[n]);
+      }
+    }
+  }
+  __syncthreads();
+  float* out = Ss;  // reuse: 16 rows × 16 columns per fragment, one warp at a time per row block
+  for (int n = 0; n < D / 16; n++) {
+    wmma::store_matrix_sync(out + warp * 16 * 16, acc[n], 16, wmma::mem_row_major);
+    __syncwarp();
+    for (int x = lane; x < 256; x += 32) {
+      int rr2 = x / 16, d = n * 16 + x % 16, ii = i0 + warp * 16 + rr2;
+      if (ii < T) dq[(((long long)b * T + ii) * Hq + h) * D + d] = out[warp * 256 + x];
+    }
+    __syncwarp();
+  }
+}
+
+// dk, dv, dα: grid (ceil(T/32), Hkv, B); the block's 32 keys against every later query of the
+// G query heads.
+template <int D>
+__device__ void tc_attn_bwd_kv(float* dk, float* dv, float* dA, const float* q, const float* k, const float* v, const float* alpha,
+                               const float* stats, const float* delta, const float* dO, int T, int Hq, int Hkv, float scale) {
+  using namespace nvcuda;
+  __shared__ __align__(32) __nv_bfloat16 Ks[TC_B * D], Vs[TC_B * D], Qs[TC_B * D], Gs[TC_B * D], Pt[TC_B * TC_B], dSt[TC_B * TC_B];
+  __shared__ __align__(32) float St[TC_B * TC_B], DPt[TC_B * TC_B];
+  __shared__ float Mq[TC_B], Lq[TC_B], Dq[TC_B];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int b = blockIdx.z, hk = blockIdx.y, G = Hq / Hkv, j0 = blockIdx.x * TC_B;
+  const long long N = (long long)gridDim.z * T;
+  long long kb = (long long)b * T * Hkv * D + (long long)hk * D;
+  tc_load_tile<D>(Ks, k, j0, TC_B, T, (long long)Hkv * D, kb);
+  tc_load_tile<D>(Vs, v, j0, TC_B, T, (long long)Hkv * D, kb);
+  const int r = warp * 16 + lane / 2, half = lane % 2, j = j0 + r;  // elementwise: key row r, 16 queries
+  const float logm = j < T ? att_logm(alpha, b, j, T, Hkv, hk) : 0.f;
+  wmma::fragment<wmma::accumulator, 16, 16, 16, float> accK[D / 16], accV[D / 16];
+  for (int n = 0; n < D / 16; n++) {
+    wmma::fill_fragment(accK[n], 0.f);
+    wmma::fill_fragment(accV[n], 0.f);
+  }
+  float accA = 0.f;
+  for (int h = hk * G; h < (hk + 1) * G; h++) {
+    long long qb = (long long)b * T * Hq * D + (long long)h * D;
+    for (int q0 = j0; q0 < T; q0 += TC_B) {
+      __syncthreads();
+      tc_load_tile<D>(Qs, q, q0, TC_B, T, (long long)Hq * D, qb);
+      tc_load_tile<D>(Gs, dO, q0, TC_B, T, (long long)Hq * D, qb);
+      if (threadIdx.x < TC_B) {
+        int ii = min(q0 + (int)threadIdx.x, T - 1);
+        long long rr = ((long long)b * T + ii) * Hq + h;
+        Mq[threadIdx.x] = stats[rr];
+        Lq[threadIdx.x] = stats[N * Hq + rr];
+        Dq[threadIdx.x] = delta[rr];
+      }
+      __syncthreads();
+      tc_abT<D>(St, Ks, Qs, warp);   // Sᵀ = K·Qᵀ
+      tc_abT<D>(DPt, Vs, Gs, warp);  // dPᵀ = V·dOᵀ
+      __syncwarp();
+#pragma unroll
+      for (int c = 0; c < 16; c++) {
+        int col = half * 16 + c, i = q0 + col;
+        float s = St[r * TC_B + col] * scale;
+        bool ok = j < T && i < T && j <= i;
+        float sm = j < i ? s + logm : s;
+        float p = (ok && sm > -INFINITY) ? expf(sm - Lq[col]) : 0.f;
+        float gd = DPt[r * TC_B + col] - Dq[col];
+        Pt[r * TC_B + col] = __float2bfloat16_rn(p);
+        dSt[r * TC_B + col] = __float2bfloat16_rn(p * gd * scale);
+        if (alpha != nullptr && ok && j < i) accA -= expf(fminf(s - Mq[col], 40.f) - (Lq[col] - Mq[col])) * gd;
+      }
+      __syncwarp();
+      for (int n = 0; n < D / 16; n++) {
+        for (int kk = 0; kk < TC_B / 16; kk++) {
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bb;
+          wmma::load_matrix_sync(a, Pt + warp * 16 * TC_B + kk * 16, TC_B);
+          wmma::load_matrix_sync(bb, Gs + kk * 16 * D + n * 16, D);
+          wmma::mma_sync(accV[n], a, bb, accV[n]);
+          wmma::load_matrix_sync(a, dSt + warp * 16 * TC_B + kk * 16, TC_B);
+          wmma::load_matrix_sync(bb, Qs + kk * 16 * D + n * 16, D);
+          wmma::mma_sync(accK[n], a, bb, accK[n]);
+        }
+      }
+    }
+  }
+  accA += __shfl_xor_sync(FULL, accA, 1);
+  __syncthreads();
+  float* out = St;  // reuse as a 16×16 staging tile per warp (St and DPt are contiguous 2×1024 floats)
+  for (int n = 0; n < D / 16; n++) {
+    for (int which = 0; which < 2; which++) {
+      wmma::store_matrix_sync(out + warp * 256, which ? accV[n] : accK[n], 16, wmma::mem_row_major);
+      __syncwarp();
+      float* dst = which ? dv : dk;
+      for (int x = lane; x < 256; x += 32) {
+        int rr2 = x / 16, d = n * 16 + x % 16, jj = j0 + warp * 16 + rr2;
+        if (jj < T) dst[((long long)b * T + jj) * Hkv * D + (long long)hk * D + d] = out[warp * 256 + x];
+      }
+      __syncwarp();
+    }
+  }
+  if (dA != nullptr && half == 0 && j < T) {
+    if (j + 1 < T) dA[((long long)b * T + j + 1) * Hkv + hk] = accA;
+    if (j == 0) dA[(long long)b * T * Hkv + hk] = 0.f;
+  }
+}
+
+extern "C" {
+
+#define TC_INST(D)                                                                                                         \
+  __global__ void __launch_bounds__(TC_THREADS) tc_attn_fwd_##D(float* o, float* stats, const float* q, const float* k,     \
+                                                                const float* v, const float* alpha, int T, int Hq, int Hkv, \
+                                                                float scale) {                                              \
+    tc_attn_fwd<D>(o, stats, q, k, v, alpha, T, Hq, Hkv, scale);                                                           \
+  }                                                                                                                        \
+  __global__ void __launch_bounds__(TC_THREADS)                                                                            \
+      tc_attn_bwd_q_##D(float* dq, const float* q, const float* k, const float* v, const float* alpha, const float* stats, \
+                        const float* delta, const float* dO, int T, int Hq, int Hkv, float scale) {                        \
+    tc_attn_bwd_q<D>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                             \
+  }                                                                                                                        \
+  __global__ void __launch_bounds__(TC_THREADS)                                                                            \
+      tc_attn_bwd_kv_##D(float* dk, float* dv, float* dA, const float* q, const float* k, const float* v,                  \
+                         const float* alpha, const float* stats, const float* delta, const float* dO, int T, int Hq,       \
+                         int Hkv, float scale) {                                                                           \
+    tc_attn_bwd_kv<D>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                    \
+  }
+TC_INST(16)
+TC_INST(32)
+TC_INST(64)
+TC_INST(128)
 
 }  // extern "C"

@@ -10,6 +10,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/dmc-project/dmc/model"
 	"github.com/dmc-project/dmc/retrofit"
 )
 
@@ -63,8 +64,86 @@ weights; reported as "forced").`,
 	f.IntVar(&o.Device, "device", 0, "GPU ordinal")
 	f.Float64Var(&o.BandwidthGiB, "bandwidth-gib", 2, "size of the device copy that measures the bandwidth ceiling")
 	_ = dec.MarkFlagRequired("model")
-	cmd.AddCommand(dec)
+	cmd.AddCommand(dec, newBenchTrainCmd(streams))
 	return cmd
+}
+
+// BenchTrainOptions are the flags of `dmc bench train`.
+type BenchTrainOptions struct {
+	Model         string
+	RandomWeights bool
+	Device        string
+	Seq, Batch    int
+	Cache         string
+	Steps, Warmup int
+	GEMM          string
+	JSON          string
+	Seed          uint64
+	Profile       bool
+}
+
+func newBenchTrainCmd(streams *IO) *cobra.Command {
+	o := &BenchTrainOptions{}
+	cmd := &cobra.Command{
+		Use:   "train",
+		Short: "Training-step throughput of the GPU trainer: tokens/s, step time, MFU, peak memory",
+		Long: `Runs --warmup untimed and --steps timed training steps (forward, backward, gradient clipping
+and AdamW, all on the GPU) of the DMC graph (--cache dmc: relaxed decisions, stage 2) or the
+vanilla graph, on random tokens, and reports the median step time, tokens/s, MFU and the peak
+device memory. MFU = graph.StepFLOPs (6·matmul parameters·tokens + 12·layers·heads·D·T·tokens
+for attention) / step time / the device's dense bf16 peak, which is printed with it.`,
+		Example: `  dmc bench train --model bench-953m --random-weights --device cuda --seq 2048 --batch 8 --cache dmc
+  dmc bench train --model llama2-7b --random-weights --device cuda --seq 4096 --batch 1 --json 7b.json`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.Run(streams) },
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Model, "model", "", "model preset ("+fmt.Sprint(model.PresetNames())+"), YAML config or checkpoint (required)")
+	f.BoolVar(&o.RandomWeights, "random-weights", false, "random initial weights (for presets and configs)")
+	f.StringVar(&o.Device, "device", "cuda", "cuda (GPU 0)")
+	f.IntVar(&o.Seq, "seq", 2048, "sequence length")
+	f.IntVar(&o.Batch, "batch", 8, "sequences per step")
+	f.StringVar(&o.Cache, "cache", "dmc", "dmc (the DMC training graph) or vanilla")
+	f.IntVar(&o.Steps, "steps", 5, "timed steps")
+	f.IntVar(&o.Warmup, "warmup", 2, "untimed warm-up steps")
+	f.StringVar(&o.GEMM, "gemm", "bf16", "GEMM operands: bf16 or fp32")
+	f.StringVar(&o.JSON, "json", "", "also write the report as JSON to this file")
+	f.Uint64Var(&o.Seed, "seed", 1, "seed of the weights and tokens")
+	f.BoolVar(&o.Profile, "profile", false, "also time every op of one extra step (forward and backward, no update) and print the table")
+	_ = cmd.MarkFlagRequired("model")
+	return cmd
+}
+
+// Run executes the benchmark.
+func (o *BenchTrainOptions) Run(streams *IO) error {
+	if err := firstErr(checkInt("seq", o.Seq, 1, "≥ 1 (tokens per sequence)"), checkInt("batch", o.Batch, 1, "≥ 1 (sequences per step)"),
+		checkInt("steps", o.Steps, 1, "≥ 1 (timed steps)"), checkInt("warmup", o.Warmup, 0, "≥ 0 (untimed steps)"),
+		retrofit.CheckWritable(o.JSON, "--json")); err != nil {
+		return err
+	}
+	if o.GEMM != "bf16" && o.GEMM != "fp32" {
+		return fmt.Errorf("unknown --gemm %q: use bf16 or fp32", o.GEMM)
+	}
+	rep, err := retrofit.BenchTrain(retrofit.TrainBenchOptions{Model: o.Model, RandomWeights: o.RandomWeights, Seq: o.Seq, Batch: o.Batch,
+		Cache: o.Cache, Device: o.Device, Steps: o.Steps, Warmup: o.Warmup, GEMM: o.GEMM, Seed: o.Seed, Profile: o.Profile,
+		Command: "dmc bench train " + strings.Join(os.Args[min(len(os.Args), 3):], " ")}, streams.Err)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(streams.Out, "device: %s\nmodel: %s (%s params), %d×%d tokens, %s graph, %s GEMMs\n", rep.Device, rep.Model,
+		retrofit.HumanCount(rep.Params), rep.Batch, rep.Seq, rep.Cache, rep.GEMM)
+	fmt.Fprintf(streams.Out, "median step %.1f ms, %.0f tokens/s, MFU %.1f%% of %.0f TFLOP/s (dense bf16 peak), peak memory %.1f GiB (arena %.1f GiB)\n",
+		rep.MedianMs, rep.TokensPerS, 100*rep.MFU, rep.PeakFLOPS/1e12, rep.PeakMemGiB, rep.ArenaGiB)
+	if rep.Profile != "" {
+		fmt.Fprintf(streams.Out, "per-op time of one step (synchronised after every op):\n%s", rep.Profile)
+	}
+	if o.JSON != "" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(o.JSON, append(b, '\n'), 0o644); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // BenchReport is the JSON document of a run.
