@@ -124,27 +124,6 @@ import (
 //go:embed ptx/train.ptx
 var trainPTX string
 
-// DType is the element type of a device buffer.
-type DType int
-
-const (
-	F32  DType = iota // float32: activations, gradients, master weights, optimiser moments
-	BF16              // bfloat16: GEMM operands
-	I32               // int32: token ids, targets, index tables
-	F64               // float64: RoPE tables, norm partial sums
-)
-
-func (t DType) size() int {
-	switch t {
-	case BF16:
-		return 2
-	case F64:
-		return 8
-	}
-	return 4
-}
-
-func (t DType) String() string { return [...]string{"f32", "bf16", "i32", "f64"}[t] }
 
 // TrainDevice is the GPU of the training executor: the engine's device (shared context, stream
 // and cuBLAS handle) with the training kernels (train.ptx) loaded and cuBLASLt GEMM plans.

@@ -609,19 +609,6 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 
 // ---- Element-wise ops of the loss head and gradient sums
 
-// EwOp is an element-wise operation of EW.
-type EwOp int
-
-const (
-	EwAdd EwOp = iota
-	EwSub
-	EwMul
-	EwDiv
-	EwGE // 1 where a ≥ b, else 0
-	EwNeg
-	EwCopy
-	EwReLU
-)
 
 // EW writes out[i] = a[i·sa] op b[i·sb] for i < n, where a stride of 0 broadcasts a one-element
 // operand (b is ignored, and may be nil, for the unary ops).
@@ -646,6 +633,25 @@ func (t *TrainDevice) SumAll(out, a *DevBuf, n int) error {
 		return err
 	}
 	return t.launch("tr_sum_all", dim3{x: 1}, 1024, 0, new(args).p(out.ptr).p(a.ptr).i64(int64(n)))
+}
+
+// GatherRows copies rows (I32, len(rows) = nrows) of the [·, cols] matrix src into the compact
+// [nrows, cols] dst; ScatterRows is the reverse.
+func (t *TrainDevice) GatherRows(dst, src, rows *DevBuf, nrows, cols int) error {
+	return t.rowsCopy("tr_gather_rows", dst, src, rows, nrows, cols, dst)
+}
+
+// ScatterRows writes the compact [nrows, cols] src into rows of dst.
+func (t *TrainDevice) ScatterRows(dst, src, rows *DevBuf, nrows, cols int) error {
+	return t.rowsCopy("tr_scatter_rows", dst, src, rows, nrows, cols, src)
+}
+
+func (t *TrainDevice) rowsCopy(name string, dst, src, rows *DevBuf, nrows, cols int, compact *DevBuf) error {
+	if err := needAll(name, func() error { return need("", "rows", rows, I32, nrows) }, func() error { return need("", "compact", compact, F32, nrows*cols) },
+		func() error { return need("", "dst", dst, F32, 0) }, func() error { return need("", "src", src, F32, 0) }); err != nil {
+		return err
+	}
+	return t.launch1D(name, int64(nrows*cols), new(args).p(dst.ptr).p(src.ptr).p(rows.ptr).i64(int64(nrows*cols)).i(cols))
 }
 
 // Scale multiplies every element of a float32 buffer by s.

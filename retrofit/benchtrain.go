@@ -26,6 +26,7 @@ type TrainBenchOptions struct {
 	Steps, Warmup int    // timed steps and untimed warm-up steps
 	GEMM          string // "bf16" or "fp32"
 	Profile       bool   // time every op of one extra step (synchronising after each)
+	Train         string // what is trained: all, attention or decisions (the recipe's train)
 	Seed          uint64
 	Command       string // recorded in the report
 }
@@ -39,6 +40,7 @@ type TrainBenchReport struct {
 	Seq         int       `json:"seq"`
 	Batch       int       `json:"batch"`
 	Cache       string    `json:"cache"`
+	Train       string    `json:"train"`
 	GEMM        string    `json:"gemm"`
 	StepMs      []float64 `json:"step_ms"`
 	MedianMs    float64   `json:"median_step_ms"`
@@ -97,13 +99,17 @@ func BenchTrain(o TrainBenchOptions, progress io.Writer) (*TrainBenchReport, err
 		return nil, err
 	}
 	w = nil // the graph holds its own copy
-	dm, err := device.New(g, device.Options{FP32GEMM: o.GEMM == "fp32"})
+	sel, err := TrainSelection(o.Train, g.Params(), cfg, dc)
+	if err != nil {
+		return nil, err
+	}
+	dm, err := device.New(g, device.Options{FP32GEMM: o.GEMM == "fp32", Train: sel})
 	if err != nil {
 		return nil, err
 	}
 	defer dm.Close()
 	rep := &TrainBenchReport{Command: o.Command, Device: dm.Describe(), Model: cfg.Name, Params: cfg.NumParams(), Seq: o.Seq,
-		Batch: o.Batch, Cache: o.Cache, GEMM: o.GEMM, StepFLOPs: graph.StepFLOPs(cfg, o.Batch, o.Seq),
+		Batch: o.Batch, Cache: o.Cache, Train: o.Train, GEMM: o.GEMM, StepFLOPs: graph.StepFLOPs(cfg, o.Batch, o.Seq),
 		PeakFLOPS: kernels.PeakBF16FLOPS(dm.Describe()), GeneratedAt: time.Now().UTC().Format(time.RFC3339)}
 	sc := step.Context{ZeroOut: 1}
 	if o.Cache == "dmc" {
@@ -127,7 +133,7 @@ func BenchTrain(o TrainBenchOptions, progress io.Writer) (*TrainBenchReport, err
 		if err != nil {
 			return nil, fmt.Errorf("step %d: %w", s+1, err)
 		}
-		if _, err := dm.Update(step.AdamW{Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1, Decay: decay, T: s + 1}, 1, 1, 1e-4); err != nil {
+		if _, err := dm.Update(step.AdamW{Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1, Decay: decay, T: s + 1, Train: sel}, 1, 1, 1e-4); err != nil {
 			return nil, fmt.Errorf("step %d: %w", s+1, err)
 		}
 		if err := dm.Sync(); err != nil {

@@ -190,14 +190,18 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 				spec.Out, ck.State.Step, ck.State.Step)
 		}
 	}
-	topts := trainer.Options{
+	sel, err := TrainSelection(recipe.Train, g.Params(), cfg, dc)
+	if err != nil {
+		return nil, err
+	}
+	topts := trainer.Options{Train: sel,
 		RunDir: spec.Out, Recipe: recipe, Model: g, Source: &vocabCheckedSource{source, cfg.VocabSize, spec.Data},
 		ModelConfig: info, Resume: spec.Resume, StopAfter: spec.StopAfter, Progress: progress,
 		OnZeroOutEnd: func(params []trainer.Param) error { return zeroDecisionRows(params, cfg, dc) },
 	}
 	weights := g.Weights
 	if spec.Device == "cuda" {
-		dm, err := device.New(g, device.Options{FP32GEMM: spec.GEMM == "fp32"})
+		dm, err := device.New(g, device.Options{FP32GEMM: spec.GEMM == "fp32", Train: sel})
 		if err != nil {
 			return nil, fmt.Errorf("--device cuda: %w", err)
 		}

@@ -3,7 +3,10 @@ package trainer
 import (
 	"fmt"
 	"math"
+	"slices"
 	"strings"
+
+	"github.com/dmc-project/dmc/trainer/step"
 )
 
 // AdamW is Adam with decoupled weight decay (Loshchilov & Hutter), PyTorch's formulation:
@@ -16,8 +19,13 @@ import (
 type AdamW struct {
 	Beta1, Beta2, Eps, WeightDecay float64
 	Decay                          []bool      // per parameter: apply weight decay
-	M, V                           [][]float32 // first and second moments, shaped like the params
+	M, V                           [][]float32 // first and second moments of what is trained (see Train)
 	T                              int         // number of updates taken (bias correction)
+	// Train, when set (Restrict), says what of each parameter is updated: the moments hold
+	// only those elements (a trained row subset is stored compacted, a frozen parameter has
+	// none). Nil: everything is trained and the moments are shaped like the parameters.
+	Train []step.Trained
+	cols  []int
 }
 
 // DefaultDecay is the usual weight-decay mask: matrices decay; vectors (norm weights, biases)
@@ -45,6 +53,97 @@ func NewAdamW(params []Param, beta1, beta2, eps, weightDecay float64, decay func
 	return o
 }
 
+// Restrict limits the optimiser to what train selects (one entry per parameter; nil: all) and
+// reallocates the moments to match (zeroed).
+func (o *AdamW) Restrict(params []Param, train []step.Trained) error {
+	if train == nil {
+		return nil
+	}
+	if len(train) != len(params) {
+		return fmt.Errorf("trainer: %d training selections for %d parameters", len(train), len(params))
+	}
+	o.Train, o.cols = train, make([]int, len(params))
+	for i, p := range params {
+		cols := len(p.Value)
+		if len(p.Shape) == 2 {
+			cols = p.Shape[1]
+		}
+		o.cols[i] = cols
+		for k, r := range train[i].Rows {
+			if len(p.Shape) != 2 || r < 0 || r >= p.Shape[0] {
+				return fmt.Errorf("trainer: row %d of %s %v cannot be trained", r, p.Name, p.Shape)
+			}
+			if k > 0 && r <= train[i].Rows[k-1] {
+				return fmt.Errorf("trainer: the trained rows of %s must ascend without repeats", p.Name)
+			}
+		}
+		n := train[i].Elements(len(p.Value), cols)
+		o.M[i], o.V[i] = make([]float32, n), make([]float32, n)
+	}
+	return nil
+}
+
+// selection is what of parameter i is trained.
+func (o *AdamW) selection(i int) step.Trained {
+	if o.Train == nil {
+		return step.Trained{All: true}
+	}
+	return o.Train[i]
+}
+
+// MomentShape is the shape of parameter i's moments as checkpoints store them: the
+// parameter's, [len(rows), cols] for a row subset, nil for a frozen parameter.
+func (o *AdamW) MomentShape(i int, p Param) []int {
+	sel := o.selection(i)
+	switch {
+	case sel.All:
+		return p.Shape
+	case sel.Frozen():
+		return nil
+	}
+	return []int{len(sel.Rows), o.cols[i]}
+}
+
+// ResetMoments zeroes the moments of element j of parameter i (nothing when it is not trained).
+func (o *AdamW) ResetMoments(i, j int) {
+	sel := o.selection(i)
+	switch {
+	case sel.All:
+		o.M[i][j], o.V[i][j] = 0, 0
+	case sel.Frozen():
+	default:
+		cols := o.cols[i]
+		if k, ok := slices.BinarySearch(sel.Rows, j/cols); ok {
+			o.M[i][k*cols+j%cols], o.V[i][k*cols+j%cols] = 0, 0
+		}
+	}
+}
+
+// MaskUntrained zeroes the gradient of every element the optimiser does not train, so that
+// the global norm and the clipping see only what is trained.
+func (o *AdamW) MaskUntrained(grads [][]float32) {
+	if o.Train == nil {
+		return
+	}
+	for i, g := range grads {
+		sel := o.Train[i]
+		switch {
+		case sel.All:
+		case sel.Frozen():
+			clear(g)
+		default:
+			cols, next := o.cols[i], 0
+			for r := 0; r*cols < len(g); r++ {
+				if next < len(sel.Rows) && sel.Rows[next] == r {
+					next++
+					continue
+				}
+				clear(g[r*cols : (r+1)*cols])
+			}
+		}
+	}
+}
+
 // Update applies one AdamW step with learning rate lr to params using grads (grads[i] has the
 // length of params[i].Value). It panics on mismatched lengths: that is a wiring bug.
 func (o *AdamW) Update(params []Param, grads [][]float32, lr float64) {
@@ -61,22 +160,40 @@ func (o *AdamW) Update(params []Param, grads [][]float32, lr float64) {
 	eps := float32(o.Eps)
 	for i, p := range params {
 		w, g, m, v := p.Value, grads[i], o.M[i], o.V[i]
-		if len(w) != len(m) || len(g) != len(m) {
+		sel := o.selection(i)
+		if len(g) != len(w) || len(m) != len(v) || len(m) != sel.Elements(len(w), o.colsOf(i, len(w))) {
 			panic(fmt.Sprintf("trainer: AdamW param %q: %d values, %d grads, %d moments", p.Name, len(w), len(g), len(m)))
 		}
 		keep := float32(1)
 		if o.Decay[i] {
 			keep = float32(1 - lr*o.WeightDecay)
 		}
-		for j := range w {
-			gj := g[j]
-			mj := b1*m[j] + c1*gj
-			vj := b2*v[j] + c2*gj*gj
-			m[j], v[j] = mj, vj
-			denom := float32(math.Sqrt(float64(vj)))*invSqrtBC2 + eps
-			w[j] = w[j]*keep - stepSize*mj/denom
+		update := func(w, g, m, v []float32) {
+			for j := range w {
+				gj := g[j]
+				mj := b1*m[j] + c1*gj
+				vj := b2*v[j] + c2*gj*gj
+				m[j], v[j] = mj, vj
+				denom := float32(math.Sqrt(float64(vj)))*invSqrtBC2 + eps
+				w[j] = w[j]*keep - stepSize*mj/denom
+			}
+		}
+		if sel.All {
+			update(w, g, m, v)
+			continue
+		}
+		cols := o.cols[i]
+		for k, r := range sel.Rows {
+			update(w[r*cols:(r+1)*cols], g[r*cols:(r+1)*cols], m[k*cols:(k+1)*cols], v[k*cols:(k+1)*cols])
 		}
 	}
+}
+
+func (o *AdamW) colsOf(i, n int) int {
+	if o.cols == nil {
+		return n
+	}
+	return o.cols[i]
 }
 
 // GlobalNorm is the L2 norm over all gradient buffers, accumulated in float64.

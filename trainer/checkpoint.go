@@ -167,7 +167,7 @@ func (s *CheckpointStore) Save(in SaveInput) (name string, err error) {
 	moments := make([]model.Tensor[float32], 0, 2*len(in.Params))
 	for i, p := range in.Params {
 		weights[i] = model.Tensor[float32]{Name: p.Name, Shape: p.Shape, Data: p.Value}
-		moments = append(moments, model.Tensor[float32]{Name: "m." + p.Name, Shape: p.Shape, Data: in.Opt.M[i]}, model.Tensor[float32]{Name: "v." + p.Name, Shape: p.Shape, Data: in.Opt.V[i]})
+		moments = appendMoments(moments, in.Opt, i, p)
 	}
 	meta := map[string]string{"format": "dmc-training-checkpoint", "step": strconv.Itoa(in.State.Step)}
 	files := []struct {
@@ -393,13 +393,24 @@ func (s *CheckpointStore) Open(name string) (*Checkpoint, error) {
 	return c, nil
 }
 
+// appendMoments adds parameter i's moments (none for a frozen parameter; a trained row subset
+// compacted, see AdamW.MomentShape).
+func appendMoments(ts []model.Tensor[float32], opt *AdamW, i int, p Param) []model.Tensor[float32] {
+	shape := opt.MomentShape(i, p)
+	if shape == nil {
+		return ts
+	}
+	return append(ts, model.Tensor[float32]{Name: "m." + p.Name, Shape: shape, Data: opt.M[i]},
+		model.Tensor[float32]{Name: "v." + p.Name, Shape: shape, Data: opt.V[i]})
+}
+
 // Restore reads the checkpoint's weights into params and its moments into opt.
 func (s *CheckpointStore) Restore(c *Checkpoint, params []Param, opt *AdamW) error {
 	weights := make([]model.Tensor[float32], len(params))
 	moments := make([]model.Tensor[float32], 0, 2*len(params))
 	for i, p := range params {
 		weights[i] = model.Tensor[float32]{Name: p.Name, Shape: p.Shape, Data: p.Value}
-		moments = append(moments, model.Tensor[float32]{Name: "m." + p.Name, Shape: p.Shape, Data: opt.M[i]}, model.Tensor[float32]{Name: "v." + p.Name, Shape: p.Shape, Data: opt.V[i]})
+		moments = appendMoments(moments, opt, i, p)
 	}
 	for _, f := range []struct {
 		name string

@@ -74,6 +74,10 @@ type Recipe struct {
 	// L_LM = (1−β)·CE + β·KL(original ‖ model), in every stage and in control runs too. 0 is
 	// the reference (plain CE); DMS (arXiv 2506.05345) retrofits with β = 1.
 	DistillWeight float64 `yaml:"distill_weight"`
+	// Train is what the retrofit updates: all (the reference), attention (the q, k, v and o
+	// projections) or decisions (only the W_q/W_k rows that produce the decision channel: the
+	// cheap, DMS-like retrofit). The optimiser keeps moments only for what is trained.
+	Train string `yaml:"train"`
 
 	// Bookkeeping.
 	CheckpointEvery int    `yaml:"checkpoint_every"` // 0: only at the end and on interruption
@@ -83,6 +87,13 @@ type Recipe struct {
 	EvalBatches     int    `yaml:"eval_batches"`     // batches of batch_size/grad_accum sequences per evaluation
 	Seed            uint64 `yaml:"seed"`
 }
+
+// The values of Recipe.Train.
+const (
+	TrainAll       = "all"
+	TrainAttention = "attention"
+	TrainDecisions = "decisions"
+)
 
 // DefaultRecipe is the embedded default.yaml, already resolved.
 func DefaultRecipe() (Recipe, error) { return LoadRecipe("default") }
@@ -194,6 +205,11 @@ func (r *Recipe) Validate() error {
 	bad := func(format string, a ...any) { errs = append(errs, fmt.Sprintf(format, a...)) }
 	if r.Mode != ModeDMC && r.Mode != ModeControl {
 		bad("mode must be %q or %q, got %q", ModeDMC, ModeControl, r.Mode)
+	}
+	switch r.Train {
+	case "", TrainAll, TrainAttention, TrainDecisions:
+	default:
+		bad("train must be %s, %s or %s, got %q", TrainAll, TrainAttention, TrainDecisions, r.Train)
 	}
 	if !(r.TargetCR >= 1) || math.IsInf(r.TargetCR, 0) {
 		bad("target CR must be ≥ 1 (1 = no compression, 2 = half the KV cache), got %g", r.TargetCR)

@@ -45,6 +45,10 @@ type Options struct {
 	FS       FS               // checkpoint filesystem; nil = OSFS
 	Rank     int              // data-parallel rank (seeds the noise); 0 on one device
 
+	// Train says what of each parameter is trained (one entry per Model.Params(); nil: all),
+	// usually from the recipe's train field (retrofit.TrainSelection).
+	Train []step.Trained
+
 	// StepFLOPs is the cost of one optimiser step (graph.StepFLOPs times the micro-batches) and
 	// PeakFLOPS the device's dense peak it is compared with; both set: metrics and the progress
 	// line report the model FLOPs utilisation.
@@ -163,6 +167,9 @@ func newRun(opts Options) (*run, error) {
 		seen[p.Name] = true
 	}
 	t.opt = NewAdamW(t.params, r.Beta1, r.Beta2, r.Eps, r.WeightDecay, opts.Decay)
+	if err := t.opt.Restrict(t.params, opts.Train); err != nil {
+		return nil, err
+	}
 	t.grads = make([][]float32, len(t.params))
 	t.dev, _ = opts.Model.(step.Optimizer)
 	if t.dev != nil {
@@ -325,6 +332,7 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 			if t.accum != nil {
 				scaleAll(t.accum, float32(1/n)) // mean over micro-batches: the gradient of the batch mean
 			}
+			t.opt.MaskUntrained(t.grads)
 			m.GradNorm = ClipGlobalNorm(t.grads, r.GradClip)
 			if !finite(m.GradNorm) {
 				return t.result(last), t.diverged(fmt.Sprintf("the gradient norm is %v", m.GradNorm))
@@ -460,7 +468,7 @@ func (t *run) push() error {
 func (t *run) deviceUpdate(micro int, lr float64) (float64, error) {
 	r := &t.r
 	norm, err := t.dev.Update(step.AdamW{Beta1: r.Beta1, Beta2: r.Beta2, Eps: r.Eps, WeightDecay: r.WeightDecay,
-		Decay: t.opt.Decay, T: t.opt.T + 1}, micro, r.GradClip, lr)
+		Decay: t.opt.Decay, T: t.opt.T + 1, Train: t.opt.Train}, micro, r.GradClip, lr)
 	if err != nil {
 		return norm, fmt.Errorf("step %d: optimiser update on the device: %w", t.step+1, err)
 	}
@@ -533,7 +541,7 @@ func (t *run) applyZeroOutHook() error {
 	for i, p := range t.params {
 		for j, v := range p.Value {
 			if math.Float32bits(v) != math.Float32bits(t.snapshot[i][j]) {
-				t.opt.M[i][j], t.opt.V[i][j] = 0, 0
+				t.opt.ResetMoments(i, j)
 				changed++
 			}
 		}

@@ -17,6 +17,9 @@ import (
 	"github.com/dmc-project/dmc/trainer/step"
 )
 
+// devBuf is a value's device buffer (plan.go's val.buf).
+type devBuf = *kernels.DevBuf
+
 // Options configure the executor.
 type Options struct {
 	Ordinal int // GPU ordinal
@@ -24,6 +27,10 @@ type Options struct {
 	// exact fp32 attention kernels: slower, for parity tests against the CPU graph. Otherwise
 	// GEMMs take bf16 operands and attention runs on tensor cores where D allows (16–128).
 	FP32GEMM bool
+	// Train says what of each parameter is trained (nil: all): frozen parameters get no
+	// gradient (their weight-gradient GEMMs are not run) and no moments; a row subset gets
+	// moments for its rows only.
+	Train []step.Trained
 }
 
 // dparam is one parameter on the device: fp32 master, bf16 copy and, when trained, the
@@ -32,8 +39,12 @@ type dparam struct {
 	name    string
 	n       int
 	w, w16  *kernels.DevBuf
-	g, m, v *kernels.DevBuf
-	host    []float32 // the CPU graph's tensor (Params()[i].Value)
+	g, m, v *kernels.DevBuf // nil when frozen (or not training)
+	host    []float32       // the CPU graph's tensor (Params()[i].Value)
+	sel     step.Trained
+	cols    int
+	// a trained row subset: the rows, and compact copies of the gradient and weight rows
+	rows, cg, cw *kernels.DevBuf
 }
 
 // runner executes the schedules of one graph.Exec (the model, or its distillation teacher).
@@ -85,12 +96,12 @@ func New(g *graph.Graph, opt Options) (*Model, error) {
 		return nil, fmt.Errorf("open GPU %d: %w", opt.Ordinal, err)
 	}
 	m := &Model{}
-	if m.r, err = newRunner(dev, g, !g.ForwardOnly(), false, opt.FP32GEMM); err != nil {
+	if m.r, err = newRunner(dev, g, !g.ForwardOnly(), false, opt.FP32GEMM, opt.Train); err != nil {
 		m.Close()
 		return nil, err
 	}
 	if t := g.Teacher(); t != nil {
-		if m.teacher, err = newRunner(dev, t, false, true, opt.FP32GEMM); err != nil {
+		if m.teacher, err = newRunner(dev, t, false, true, opt.FP32GEMM, nil); err != nil {
 			m.Close()
 			return nil, fmt.Errorf("distillation teacher: %w", err)
 		}
@@ -106,9 +117,12 @@ func New(g *graph.Graph, opt Options) (*Model, error) {
 	return m, nil
 }
 
-func newRunner(dev *kernels.TrainDevice, g *graph.Graph, train, keepLogits, fp32GEMM bool) (*runner, error) {
+func newRunner(dev *kernels.TrainDevice, g *graph.Graph, train, keepLogits, fp32GEMM bool, sel []step.Trained) (*runner, error) {
 	r := &runner{dev: dev, g: g, cfg: g.Config(), scheds: map[[2]bool]*schedule{}, rope: map[ops.RoPESpec]*kernels.RoPETables{},
 		keepLogit: keepLogits, fp32GEMM: fp32GEMM}
+	if sel != nil && len(sel) != len(g.ParamsT()) {
+		return nil, fmt.Errorf("device: %d training selections for %d parameters", len(sel), len(g.ParamsT()))
+	}
 	alloc := func(dt kernels.DType, n int) (*kernels.DevBuf, error) {
 		b, err := dev.Alloc(dt, max(n, 1))
 		if err == nil {
@@ -117,8 +131,14 @@ func newRunner(dev *kernels.TrainDevice, g *graph.Graph, train, keepLogits, fp32
 		return b, err
 	}
 	ps := g.ParamsT()
-	for _, p := range ps {
-		d := &dparam{name: p.Name, n: len(p.Value), host: p.Value}
+	for i, p := range ps {
+		d := &dparam{name: p.Name, n: len(p.Value), host: p.Value, sel: step.Trained{All: true}, cols: len(p.Value)}
+		if len(p.Shape) == 2 {
+			d.cols = p.Shape[1]
+		}
+		if sel != nil {
+			d.sel = sel[i]
+		}
 		var err error
 		if d.w, err = alloc(kernels.F32, d.n); err != nil {
 			r.free()
@@ -128,16 +148,41 @@ func newRunner(dev *kernels.TrainDevice, g *graph.Graph, train, keepLogits, fp32
 			r.free()
 			return nil, fmt.Errorf("device memory for %s: %w", p.Name, err)
 		}
-		if train {
-			for _, b := range []**kernels.DevBuf{&d.g, &d.m, &d.v} {
-				if *b, err = alloc(kernels.F32, d.n); err != nil {
+		if train && !d.sel.Frozen() {
+			nm := d.sel.Elements(d.n, d.cols)
+			bufs := []struct {
+				b **kernels.DevBuf
+				n int
+			}{{&d.g, d.n}, {&d.m, nm}, {&d.v, nm}}
+			if !d.sel.All {
+				bufs = append(bufs, struct {
+					b **kernels.DevBuf
+					n int
+				}{&d.cg, nm}, struct {
+					b **kernels.DevBuf
+					n int
+				}{&d.cw, nm})
+			}
+			for _, x := range bufs {
+				if *x.b, err = alloc(kernels.F32, x.n); err != nil {
 					r.free()
 					return nil, fmt.Errorf("device memory for %s: %w", p.Name, err)
 				}
-				if err := (*b).Zero(); err != nil {
+				if err := (*x.b).Zero(); err != nil {
 					r.free()
 					return nil, err
 				}
+			}
+			if !d.sel.All {
+				idx := make([]int32, len(d.sel.Rows))
+				for k, row := range d.sel.Rows {
+					idx[k] = int32(row)
+				}
+				if d.rows, err = dev.FromI32(idx); err != nil {
+					r.free()
+					return nil, err
+				}
+				r.owned = append(r.owned, d.rows)
 			}
 		}
 		r.params = append(r.params, d)
@@ -281,7 +326,7 @@ func (m *Model) Forward(b step.Batch, sc step.Context) (step.Losses, error) {
 
 func (m *Model) run(b step.Batch, sc step.Context, backward bool) (step.Losses, error) {
 	r := m.r
-	if backward && r.params[0].g == nil {
+	if backward && r.g.ForwardOnly() {
 		return step.Losses{}, fmt.Errorf("device: Step on a forward-only model")
 	}
 	in, err := r.g.Inputs(b, sc)
@@ -322,7 +367,11 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := compileWith(p, backward, r.keepLogit, r.fp32GEMM)
+	frozen := make([]bool, len(r.params))
+	for i, d := range r.params {
+		frozen[i] = d.g == nil
+	}
+	s, err := compileWith(p, backward, r.keepLogit, r.fp32GEMM, frozen)
 	if err != nil {
 		return nil, err
 	}
@@ -754,14 +803,25 @@ func (m *Model) Update(h step.AdamW, micro int, maxNorm, lr float64) (float64, e
 	if len(h.Decay) != len(r.params) {
 		return 0, fmt.Errorf("device: %d weight-decay flags for %d parameters", len(h.Decay), len(r.params))
 	}
-	grads := make([]*kernels.DevBuf, len(r.params))
-	for i, p := range r.params {
+	var grads []*kernels.DevBuf
+	for _, p := range r.params {
+		if p.g == nil {
+			continue // frozen
+		}
 		if micro > 1 {
 			if err := r.dev.Scale(p.g, float32(1/float64(micro))); err != nil {
 				return 0, err
 			}
 		}
-		grads[i] = p.g
+		if p.sel.All {
+			grads = append(grads, p.g)
+			continue
+		}
+		// A row subset: its rows as a compact block for the norm and the update.
+		if err := r.dev.GatherRows(p.cg, p.g, p.rows, len(p.sel.Rows), p.cols); err != nil {
+			return 0, err
+		}
+		grads = append(grads, p.cg)
 	}
 	if err := r.dev.GlobalNorm(m.norm, m.clip, maxNorm, grads...); err != nil {
 		return 0, err
@@ -774,8 +834,27 @@ func (m *Model) Update(h step.AdamW, micro int, maxNorm, lr float64) (float64, e
 		return nv[0], nil
 	}
 	for i, p := range r.params {
-		if err := r.dev.AdamW(p.w, p.w16, p.g, p.m, p.v, m.clip, kernels.AdamWStep{Beta1: h.Beta1, Beta2: h.Beta2, Eps: h.Eps,
-			WeightDecay: h.WeightDecay, LR: lr, Step: h.T, Decay: h.Decay[i]}); err != nil {
+		if p.g == nil {
+			continue
+		}
+		hs := kernels.AdamWStep{Beta1: h.Beta1, Beta2: h.Beta2, Eps: h.Eps, WeightDecay: h.WeightDecay, LR: lr, Step: h.T, Decay: h.Decay[i]}
+		if p.sel.All {
+			if err := r.dev.AdamW(p.w, p.w16, p.g, p.m, p.v, m.clip, hs); err != nil {
+				return 0, err
+			}
+			continue
+		}
+		nr := len(p.sel.Rows)
+		if err := r.dev.GatherRows(p.cw, p.w, p.rows, nr, p.cols); err != nil {
+			return 0, err
+		}
+		if err := r.dev.AdamW(p.cw, nil, p.cg, p.m, p.v, m.clip, hs); err != nil {
+			return 0, err
+		}
+		if err := r.dev.ScatterRows(p.w, p.cw, p.rows, nr, p.cols); err != nil {
+			return 0, err
+		}
+		if err := r.dev.CastBF16(p.w16, p.w); err != nil {
 			return 0, err
 		}
 	}
@@ -825,7 +904,8 @@ func (m *Model) HostGrads() error {
 	ps := m.r.g.Params()
 	for i, p := range m.r.params {
 		if p.g == nil {
-			return fmt.Errorf("device: a forward-only model has no gradients")
+			clear(ps[i].Grad) // frozen (or a forward-only model)
+			continue
 		}
 		if err := p.g.Download(ps[i].Grad); err != nil {
 			return err

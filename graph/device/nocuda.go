@@ -13,13 +13,17 @@ import (
 // ErrNoCUDA is returned by New in builds without the dmc_cuda tag.
 var ErrNoCUDA = errors.New("this dmc was built without CUDA: build it with `go build -tags dmc_cuda ./cmd/dmc` (docs/gpu.md) to train on the GPU, or use --device cpu")
 
+// devBuf stands for a device buffer in the planner's values; this build binds none.
+type devBuf = struct{}
+
 // Model is the GPU executor; in this build it cannot be created.
 type Model struct{}
 
 // Options configure the executor.
 type Options struct {
-	Ordinal  int  // GPU ordinal
-	FP32GEMM bool // fp32 GEMM operands (parity tests)
+	Ordinal  int            // GPU ordinal
+	FP32GEMM bool           // fp32 GEMM operands (parity tests)
+	Train    []step.Trained // what is trained (nil: all)
 }
 
 // New fails: this build has no CUDA.

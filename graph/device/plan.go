@@ -1,5 +1,3 @@
-//go:build dmc_cuda
-
 package device
 
 import (
@@ -40,9 +38,9 @@ type val struct {
 	def      int     // index of the defining instruction (-1 for inputs)
 	last     int     // index of the last instruction that reads it
 	off      int     // valArena: offset in the arena of its dtype
-	buf      *kernels.DevBuf
-	b16      *val // bf16 shadow (GEMM operand), when one is needed
-	b16Fused bool // the producer writes the shadow itself (RMSNorm, SwiGLU)
+	buf      devBuf  // the device buffer, bound at run time (exec.go)
+	b16      *val    // bf16 shadow (GEMM operand), when one is needed
+	b16Fused bool    // the producer writes the shadow itself (RMSNorm, SwiGLU)
 }
 
 // root is the value that owns the storage of v.
@@ -151,11 +149,12 @@ func order(roots []*G.Node) []*G.Node {
 
 // compile plans one schedule of p: instruction order, views, liveness and the arena layout.
 func compile(p *graph.Program, backward bool, keepLogits bool) (*schedule, error) {
-	return compileWith(p, backward, keepLogits, false)
+	return compileWith(p, backward, keepLogits, false, nil)
 }
 
-// compileWith plans a schedule; fp32GEMM keeps GEMM operands in fp32 (no bf16 shadows).
-func compileWith(p *graph.Program, backward, keepLogits, fp32GEMM bool) (*schedule, error) {
+// compileWith plans a schedule; fp32GEMM keeps GEMM operands in fp32 (no bf16 shadows), and
+// the gradients of frozen parameters are not computed at all.
+func compileWith(p *graph.Program, backward, keepLogits, fp32GEMM bool, frozen []bool) (*schedule, error) {
 	s := &schedule{prog: p, backward: backward, vals: map[*G.Node]*val{}, scalars: map[*G.Node]int{}}
 	s.outputs = [5]*val{}
 	outs := []*G.Node{p.Loss, p.LM, p.KD, p.CR, p.MeanAlpha}
@@ -169,6 +168,9 @@ func compileWith(p *graph.Program, backward, keepLogits, fp32GEMM bool) (*schedu
 			return nil, fmt.Errorf("device: the program has no gradients (a forward-only graph)")
 		}
 		for i, g := range p.Grads {
+			if frozen != nil && frozen[i] {
+				continue
+			}
 			if _, dup := gradOf[g]; dup {
 				return nil, fmt.Errorf("device: two parameters share the gradient node %v", g)
 			}

@@ -811,6 +811,15 @@ __global__ void tr_sum_all(float* out, const float* a, long long n) {
   if (threadIdx.x == 0) out[0] = (float)s;
 }
 
+// out[k·cols + c] = in[rows[k]·cols + c] (gather) and the reverse (scatter): the trained rows of
+// a parameter (recipe train: decisions) as a compact block for the norm and the AdamW kernel.
+__global__ void tr_gather_rows(float* out, const float* in, const int* rows, long long n, int cols) {
+  GRID_STRIDE(i, n) out[i] = in[(long long)rows[i / cols] * cols + i % cols];
+}
+__global__ void tr_scatter_rows(float* out, const float* in, const int* rows, long long n, int cols) {
+  GRID_STRIDE(i, n) out[(long long)rows[i / cols] * cols + i % cols] = in[i];
+}
+
 // x[i] *= s.
 __global__ void tr_scale(float* x, long long n, float s) {
   GRID_STRIDE(i, n) x[i] *= s;

@@ -78,4 +78,26 @@ type AdamW struct {
 	Beta1, Beta2, Eps, WeightDecay float64
 	Decay                          []bool // per parameter, in Params() order
 	T                              int
+	// Train says what of each parameter is updated (nil: everything); the gradient norm and
+	// the clipping cover only what is trained.
+	Train []Trained
+}
+
+// Trained says what of one parameter the optimiser updates and keeps moments for: every
+// element (All), the listed rows of its [out, in] matrix (Rows, ascending), or nothing (a
+// frozen parameter: neither).
+type Trained struct {
+	All  bool
+	Rows []int
+}
+
+// Frozen reports whether nothing of the parameter is trained.
+func (t Trained) Frozen() bool { return !t.All && len(t.Rows) == 0 }
+
+// Elements is the number of trained elements of a parameter of n elements in rows of cols.
+func (t Trained) Elements(n, cols int) int {
+	if t.All {
+		return n
+	}
+	return len(t.Rows) * cols
 }

@@ -1,0 +1,159 @@
+package device
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/dmc-project/dmc/graph"
+	"github.com/dmc-project/dmc/graph/ops"
+)
+
+// The plan keeps far fewer values alive than the schedule produces: a forward pass holds about
+// one layer's temporaries, a training step the activations its backward reads.
+func TestPlanReusesMemory(t *testing.T) {
+	w, dc := randomModel(t, 128, 4, 4, 2, 97, 256, false)
+	g, err := graph.NewExec(w, dc, 2, 256, graph.Options[float32]{Teacher: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, useDMC := range []bool{false, true} {
+		p, err := g.Program(useDMC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, backward := range []bool{false, true} {
+			s, err := compile(p, backward, false)
+			if err != nil {
+				t.Fatalf("dmc=%t backward=%t: %v", useDMC, backward, err)
+			}
+			total := 0
+			for _, ins := range s.instrs {
+				if ins.out.kind == valArena {
+					total += ins.out.n
+				}
+			}
+			t.Logf("dmc=%t backward=%t: %d instructions, arena %d of %d produced elements (%.0f%%)", useDMC, backward,
+				len(s.instrs), s.peak[0], total, 100*float64(s.peak[0])/float64(total))
+			limit := 0.25
+			if backward {
+				limit = 0.6
+			}
+			if float64(s.peak[0]) > limit*float64(total) {
+				t.Errorf("dmc=%t backward=%t: the arena holds %d of %d elements (limit %.0f%%)", useDMC, backward, s.peak[0], total, 100*limit)
+			}
+		}
+	}
+}
+
+// Every variant of the training graph the trainer can build compiles to a schedule: every op is
+// one the executor knows (a graph change that adds another op fails here, in CI, not on the GPU).
+func TestPlanCoversEveryVariant(t *testing.T) {
+	for _, tie := range []bool{false, true} {
+		for _, teacher := range []bool{false, true} {
+			w, dc := randomModel(t, 64, 2, 4, 2, 50, 32, tie)
+			var tw = w
+			if !teacher {
+				tw = nil
+			}
+			g, err := graph.NewExec(w, dc, 2, 16, graph.Options[float32]{Teacher: tw})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, useDMC := range []bool{false, true} {
+				p, err := g.Program(useDMC)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, backward := range []bool{false, true} {
+					for _, fp32 := range []bool{false, true} {
+						name := fmt.Sprintf("tie=%t teacher=%t dmc=%t backward=%t fp32=%t", tie, teacher, useDMC, backward, fp32)
+						s, err := compileWith(p, backward, !backward, fp32, nil)
+						if err != nil {
+							t.Fatalf("%s: %v", name, err)
+						}
+						grads := 0
+						for _, ins := range s.instrs {
+							if ins.grad >= 0 {
+								grads++
+							}
+							if ins.fused && ins.info.Kind == ops.KindAttentionGrad && ins.fwd == nil {
+								t.Errorf("%s: attention backward without its forward", name)
+							}
+						}
+						if backward && grads != len(p.Params) {
+							t.Errorf("%s: %d gradient instructions for %d parameters", name, grads, len(p.Params))
+						}
+						for i, o := range s.outputs {
+							if o == nil && (i < 2 || (i == 2 && teacher) || (i >= 3 && useDMC)) {
+								t.Errorf("%s: output %d is not computed", name, i)
+							}
+						}
+					}
+				}
+				if t.Failed() {
+					return
+				}
+			}
+			// The teacher's forward-only program compiles too.
+			if tg := g.Teacher(); tg != nil {
+				p, err := tg.Program(false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if _, err := compile(p, false, true); err != nil {
+					t.Fatalf("teacher: %v", err)
+				}
+			}
+		}
+	}
+}
+
+// Frozen parameters get no gradient instructions, so their weight-gradient GEMMs never run.
+func TestPlanSkipsFrozenGradients(t *testing.T) {
+	w, dc := randomModel(t, 64, 2, 4, 2, 50, 32, false)
+	g, err := graph.NewExec(w, dc, 2, 16, graph.Options[float32]{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := g.Program(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	frozen := make([]bool, len(p.Params))
+	for i := range frozen {
+		frozen[i] = i%2 == 0
+	}
+	all, err := compileWith(p, true, false, false, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	some, err := compileWith(p, true, false, false, frozen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, ins := range some.instrs {
+		if ins.grad >= 0 && frozen[ins.grad] {
+			t.Fatalf("a gradient of the frozen parameter %d is computed", ins.grad)
+		}
+	}
+	if len(some.instrs) >= len(all.instrs) {
+		t.Errorf("freezing half the parameters left %d of %d instructions", len(some.instrs), len(all.instrs))
+	}
+}
+
+func TestFirstFitReusesAndCoalesces(t *testing.T) {
+	var a firstFit
+	x, y, z := a.get(100), a.get(200), a.get(50)
+	if x != 0 || y != 128 || z != 384 || a.top != 512 {
+		t.Fatalf("offsets %d %d %d top %d", x, y, z, a.top)
+	}
+	a.put(y, 200)
+	a.put(x, 100) // coalesces with y's block: [0, 384)
+	if got := a.get(300); got != 0 {
+		t.Fatalf("a 300-element block went to %d, want the coalesced hole at 0", got)
+	}
+	a.put(z, 50)
+	if got := a.get(1000); got != 384 || a.top != 1408 {
+		t.Fatalf("a block past the top went to %d (top %d), want 384 (the freed top block extended)", got, a.top)
+	}
+}
