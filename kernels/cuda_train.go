@@ -124,7 +124,6 @@ import (
 //go:embed ptx/train.ptx
 var trainPTX string
 
-
 // TrainDevice is the GPU of the training executor: the engine's device (shared context, stream
 // and cuBLAS handle) with the training kernels (train.ptx) loaded and cuBLASLt GEMM plans.
 // Like the engine's device, it is used from one goroutine at a time.

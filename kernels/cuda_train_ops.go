@@ -609,7 +609,6 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 
 // ---- Element-wise ops of the loss head and gradient sums
 
-
 // EW writes out[i] = a[i·sa] op b[i·sb] for i < n, where a stride of 0 broadcasts a one-element
 // operand (b is ignored, and may be nil, for the unary ops).
 func (t *TrainDevice) EW(op EwOp, out, a, b *DevBuf, n int, aScalar, bScalar bool) error {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/dmc-project/dmc/data"
 	"github.com/dmc-project/dmc/internal/atomicfile"
+	"github.com/dmc-project/dmc/kernels"
 	"github.com/dmc-project/dmc/model"
 	"github.com/dmc-project/dmc/trainer"
 )
@@ -90,6 +91,11 @@ func CheckSpec(spec Spec) error {
 func Preflight(spec Spec) error {
 	if err := CheckSpec(spec); err != nil {
 		return err
+	}
+	if spec.Device == "cuda" {
+		if err := kernels.Available(); err != nil {
+			return fmt.Errorf("--device cuda: %w", err)
+		}
 	}
 	if spec.Model == "" || spec.Data == "" {
 		return nil // Run says what is missing

@@ -3,15 +3,14 @@
 package device
 
 import (
-	"errors"
-
 	"github.com/dmc-project/dmc/graph"
+	"github.com/dmc-project/dmc/kernels"
 	"github.com/dmc-project/dmc/model"
 	"github.com/dmc-project/dmc/trainer/step"
 )
 
 // ErrNoCUDA is returned by New in builds without the dmc_cuda tag.
-var ErrNoCUDA = errors.New("this dmc was built without CUDA: build it with `go build -tags dmc_cuda ./cmd/dmc` (docs/gpu.md) to train on the GPU, or use --device cpu")
+var ErrNoCUDA = kernels.ErrNoCUDA
 
 // devBuf stands for a device buffer in the planner's values; this build binds none.
 type devBuf = struct{}

@@ -18,7 +18,7 @@ func TestNewWithoutCUDA(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, err = New(g, Options{})
-	if !errors.Is(err, ErrNoCUDA) || !strings.Contains(err.Error(), "-tags dmc_cuda") {
+	if !errors.Is(err, ErrNoCUDA) || !strings.Contains(err.Error(), "rebuild with") {
 		t.Fatalf("New without CUDA: %v", err)
 	}
 }
