@@ -71,7 +71,10 @@ type Metrics struct {
 	Tokens     int      `json:"tokens"`
 	TokensPerS float64  `json:"tokens_per_s"`
 	MFU        *float64 `json:"mfu,omitempty"` // model FLOPs utilisation (Options.StepFLOPs / PeakFLOPS)
-	Elapsed    float64  `json:"elapsed_s"`     // over all sessions of the run
+	// DataWait is how long the step waited for its micro-batches (the reader runs ahead of the
+	// step; a value near 0 means the data never starved the device).
+	DataWait float64 `json:"data_wait_s"`
+	Elapsed  float64 `json:"elapsed_s"` // over all sessions of the run
 
 	// Held-out evaluation (hard decisions, no noise), on steps that are multiples of eval_every.
 	EvalLoss       *float64 `json:"eval_loss,omitempty"`
@@ -126,7 +129,12 @@ type run struct {
 	savedStep  int
 	snapshot   [][]float32
 	dataBefore json.RawMessage
-	evalStart  json.RawMessage
+	// pf reads ahead; pos is the source position after the last micro-batch a step consumed
+	// (what checkpoints record), dataWait the time the current step waited for data.
+	pf        *prefetcher
+	pos       json.RawMessage
+	dataWait  time.Duration
+	evalStart json.RawMessage
 }
 
 func newRun(opts Options) (*run, error) {
@@ -218,6 +226,10 @@ func newRun(opts Options) (*run, error) {
 }
 
 func (t *run) close() {
+	if t.pf != nil {
+		t.pf.close()
+		t.pf = nil
+	}
 	if t.metrics != nil {
 		t.metrics.Close()
 	}
@@ -269,17 +281,19 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		end = t.opts.StopAfter
 	}
 	t.start, t.startStep = time.Now(), t.step
+	t.pos = append(json.RawMessage(nil), t.opts.Source.Position()...) // before the reader takes the source over
 	var last Metrics
 	for t.step < end {
 		if ctx.Err() != nil {
-			return t.interrupted(last, t.opts.Source.Position())
+			return t.interrupted(last, t.pos)
 		}
 		if r.Mode == ModeDMC && t.step == r.ZeroOutSteps && t.opts.OnZeroOutEnd != nil {
 			if err := t.applyZeroOutHook(); err != nil {
 				return t.result(last), err
 			}
 		}
-		t.dataBefore = append(t.dataBefore[:0], t.opts.Source.Position()...) // copy: a source may reuse its buffer
+		t.dataBefore = append(t.dataBefore[:0], t.pos...)
+		t.dataWait = 0
 		stepStart := time.Now()
 		plan := r.PlanAt(t.step)
 		var lossSum, lmSum, crSum, alphaSum, kdSum float64
@@ -350,6 +364,7 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 				m.AchievedCR = &ac
 			}
 		}
+		m.DataWait = t.dataWait.Seconds()
 		if d := time.Since(stepStart).Seconds(); d > 0 {
 			m.TokensPerS = float64(tokens) / d
 			if t.opts.StepFLOPs > 0 && t.opts.PeakFLOPS > 0 {
@@ -374,7 +389,7 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 			fmt.Fprintln(t.progress, w)
 		}
 		if (r.CheckpointEvery > 0 && t.step%r.CheckpointEvery == 0) || t.step == end {
-			if err := t.save(t.opts.Source.Position()); err != nil {
+			if err := t.save(t.pos); err != nil {
 				return t.result(last), err
 			}
 		}
@@ -433,22 +448,23 @@ func (t *run) save(dataPos json.RawMessage) error {
 func (t *run) elapsed() float64 { return t.elapsed0 + time.Since(t.start).Seconds() }
 
 func (t *run) fillBatch() error {
-	T := t.r.SeqLen
-	for b := 0; b < t.batch.BatchSize; b++ {
-		w, err := t.opts.Source.Next()
-		if err != nil {
-			if errors.Is(err, io.EOF) {
-				return fmt.Errorf("the data ran out at step %d after %d tokens; the recipe needs %d tokens (%d steps × %d): give more data, allow epochs in the data source, or reduce the steps",
-					t.step+1, t.tokens, int64(t.r.TotalSteps())*int64(t.r.TokensPerStep()), t.r.TotalSteps(), t.r.TokensPerStep())
-			}
-			return fmt.Errorf("step %d: read data: %w", t.step+1, err)
-		}
-		if len(w) != T+1 {
-			return fmt.Errorf("the data source gave a window of %d tokens; seq_len %d needs %d", len(w), T, T+1)
-		}
-		copy(t.batch.Inputs[b*T:(b+1)*T], w[:T])
-		copy(t.batch.Targets[b*T:(b+1)*T], w[1:])
+	if t.pf == nil {
+		t.pf = startPrefetch(t.opts.Source, t.batch.BatchSize, t.r.SeqLen)
 	}
+	mb, wait := t.pf.next()
+	t.dataWait += wait
+	if mb.err != nil {
+		t.pf.close()
+		t.pf = nil
+		if errors.Is(mb.err, io.EOF) {
+			return fmt.Errorf("the data ran out at step %d after %d tokens; the recipe needs %d tokens (%d steps × %d): give more data, allow epochs in the data source, or reduce the steps",
+				t.step+1, t.tokens, int64(t.r.TotalSteps())*int64(t.r.TokensPerStep()), t.r.TotalSteps(), t.r.TokensPerStep())
+		}
+		return fmt.Errorf("step %d: read data: %w", t.step+1, mb.err)
+	}
+	copy(t.batch.Inputs, mb.inputs)
+	copy(t.batch.Targets, mb.targets)
+	t.pos = mb.pos
 	return nil
 }
 
