@@ -27,6 +27,7 @@ type TrainBenchOptions struct {
 	GEMM          string // "bf16" or "fp32"
 	Profile       bool   // time every op of one extra step (synchronising after each)
 	Train         string // what is trained: all, attention or decisions (the recipe's train)
+	Recompute     bool   // recompute activations per layer in the backward
 	Seed          uint64
 	Command       string // recorded in the report
 }
@@ -41,6 +42,7 @@ type TrainBenchReport struct {
 	Batch       int       `json:"batch"`
 	Cache       string    `json:"cache"`
 	Train       string    `json:"train"`
+	Recompute   bool      `json:"recompute"`
 	GEMM        string    `json:"gemm"`
 	StepMs      []float64 `json:"step_ms"`
 	MedianMs    float64   `json:"median_step_ms"`
@@ -103,13 +105,13 @@ func BenchTrain(o TrainBenchOptions, progress io.Writer) (*TrainBenchReport, err
 	if err != nil {
 		return nil, err
 	}
-	dm, err := device.New(g, device.Options{FP32GEMM: o.GEMM == "fp32", Train: sel})
+	dm, err := device.New(g, device.Options{FP32GEMM: o.GEMM == "fp32", Train: sel, Recompute: o.Recompute})
 	if err != nil {
 		return nil, err
 	}
 	defer dm.Close()
 	rep := &TrainBenchReport{Command: o.Command, Device: dm.Describe(), Model: cfg.Name, Params: cfg.NumParams(), Seq: o.Seq,
-		Batch: o.Batch, Cache: o.Cache, Train: o.Train, GEMM: o.GEMM, StepFLOPs: graph.StepFLOPs(cfg, o.Batch, o.Seq),
+		Batch: o.Batch, Cache: o.Cache, Train: o.Train, Recompute: o.Recompute, GEMM: o.GEMM, StepFLOPs: graph.StepFLOPs(cfg, o.Batch, o.Seq),
 		PeakFLOPS: kernels.PeakBF16FLOPS(dm.Describe()), GeneratedAt: time.Now().UTC().Format(time.RFC3339)}
 	sc := step.Context{ZeroOut: 1}
 	if o.Cache == "dmc" {

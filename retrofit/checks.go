@@ -149,7 +149,7 @@ func ResumeSpec(spec Spec, stepsGiven bool) (Spec, error) {
 	}
 	given := spec
 	spec = *s
-	spec.Out, spec.Resume, spec.StopAfter, spec.HeldoutProgress, spec.Device, spec.GEMM = given.Out, given.Resume, given.StopAfter, given.HeldoutProgress, given.Device, given.GEMM
+	spec.Out, spec.Resume, spec.StopAfter, spec.HeldoutProgress, spec.Device, spec.GEMM, spec.Recompute = given.Out, given.Resume, given.StopAfter, given.HeldoutProgress, given.Device, given.GEMM, given.Recompute
 	if given.HeldoutTokens != 0 {
 		spec.HeldoutTokens = given.HeldoutTokens
 	}

@@ -42,6 +42,9 @@ type Spec struct {
 	// GEMM is the GPU's GEMM operand precision: "bf16" (default: bf16 operands, fp32
 	// accumulation) or "fp32" (exact fp32, slower; for parity checks against the CPU).
 	GEMM string `json:"-"`
+	// Recompute recomputes each layer's activations in the GPU backward (less memory; the same
+	// results).
+	Recompute bool `json:"-"`
 
 	Out       string `json:"-"` // the run directory (required)
 	Resume    bool   `json:"-"` // continue from the latest checkpoint in Out
@@ -201,7 +204,7 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	}
 	weights := g.Weights
 	if spec.Device == "cuda" {
-		dm, err := device.New(g, device.Options{FP32GEMM: spec.GEMM == "fp32", Train: sel})
+		dm, err := device.New(g, device.Options{FP32GEMM: spec.GEMM == "fp32", Train: sel, Recompute: spec.Recompute})
 		if err != nil {
 			return nil, fmt.Errorf("--device cuda: %w", err)
 		}

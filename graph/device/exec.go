@@ -31,6 +31,10 @@ type Options struct {
 	// gradient (their weight-gradient GEMMs are not run) and no moments; a row subset gets
 	// moments for its rows only.
 	Train []step.Trained
+	// Recompute keeps only each layer's input through the forward pass and recomputes the
+	// layer's activations just before its backward (less memory, about a third more compute;
+	// the results are the same).
+	Recompute bool
 }
 
 // dparam is one parameter on the device: fp32 master, bf16 copy and, when trained, the
@@ -70,6 +74,7 @@ type runner struct {
 	hostNoise []float32
 	keepLogit bool
 	fp32GEMM  bool
+	recompute bool
 	// profile, when set, accumulates the time of each op kind (a sync after every op)
 	profile map[string]*opTime
 	// per run
@@ -96,7 +101,10 @@ func New(g *graph.Graph, opt Options) (*Model, error) {
 		return nil, fmt.Errorf("open GPU %d: %w", opt.Ordinal, err)
 	}
 	m := &Model{}
-	if m.r, err = newRunner(dev, g, !g.ForwardOnly(), false, opt.FP32GEMM, opt.Train); err != nil {
+	if m.r, err = newRunner(dev, g, !g.ForwardOnly(), false, opt.FP32GEMM, opt.Train); err == nil {
+		m.r.recompute = opt.Recompute
+	}
+	if err != nil {
 		m.Close()
 		return nil, err
 	}
@@ -371,7 +379,7 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 	for i, d := range r.params {
 		frozen[i] = d.g == nil
 	}
-	s, err := compileWith(p, backward, r.keepLogit, r.fp32GEMM, frozen)
+	s, err := compileOpts(p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, recompute: r.recompute})
 	if err != nil {
 		return nil, err
 	}
@@ -436,7 +444,7 @@ func (r *runner) bind(s *schedule) {
 		}
 		return v.buf
 	}
-	for _, v := range s.vals {
+	for _, v := range s.all { // the nodes' values and the recomputed copies
 		resolve(v)
 	}
 	for _, ins := range s.instrs {

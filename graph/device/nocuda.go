@@ -20,9 +20,10 @@ type Model struct{}
 
 // Options configure the executor.
 type Options struct {
-	Ordinal  int            // GPU ordinal
-	FP32GEMM bool           // fp32 GEMM operands (parity tests)
-	Train    []step.Trained // what is trained (nil: all)
+	Ordinal   int            // GPU ordinal
+	FP32GEMM  bool           // fp32 GEMM operands (parity tests)
+	Train     []step.Trained // what is trained (nil: all)
+	Recompute bool           // recompute activations per layer in the backward
 }
 
 // New fails: this build has no CUDA.

@@ -99,6 +99,10 @@ type schedule struct {
 	// (castAt[0]: before the first, for inputs).
 	castAt   [][]*val
 	fp32GEMM bool
+	// all lists every value (the nodes' and the recomputed copies), in a fixed order
+	all []*val
+	// recomputed counts the instructions run again by rematerialisation
+	recomputed int
 }
 
 var scalarOrder = func(p *graph.Program) []*G.Node {
@@ -155,6 +159,20 @@ func compile(p *graph.Program, backward bool, keepLogits bool) (*schedule, error
 // compileWith plans a schedule; fp32GEMM keeps GEMM operands in fp32 (no bf16 shadows), and
 // the gradients of frozen parameters are not computed at all.
 func compileWith(p *graph.Program, backward, keepLogits, fp32GEMM bool, frozen []bool) (*schedule, error) {
+	return compileOpts(p, planOptions{backward: backward, keepLogits: keepLogits, fp32GEMM: fp32GEMM, frozen: frozen})
+}
+
+// planOptions are compileOpts' choices.
+type planOptions struct {
+	backward, keepLogits, fp32GEMM bool
+	frozen                         []bool
+	// recompute keeps only each layer's input through the forward pass and runs the layer's
+	// forward again just before its backward needs it (activation rematerialisation).
+	recompute bool
+}
+
+func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
+	backward, keepLogits, fp32GEMM, frozen := o.backward, o.keepLogits, o.fp32GEMM, o.frozen
 	s := &schedule{prog: p, backward: backward, vals: map[*G.Node]*val{}, scalars: map[*G.Node]int{}}
 	s.outputs = [5]*val{}
 	outs := []*G.Node{p.Loss, p.LM, p.KD, p.CR, p.MeanAlpha}
@@ -167,7 +185,12 @@ func compileWith(p *graph.Program, backward, keepLogits, fp32GEMM bool, frozen [
 		if p.Grads == nil {
 			return nil, fmt.Errorf("device: the program has no gradients (a forward-only graph)")
 		}
-		for i, g := range p.Grads {
+		// Gradients in reverse parameter order (the head and the last layer first): the
+		// depth-first order then runs each weight gradient as soon as its output gradient
+		// exists, layer by layer down the network, so activations and output gradients die
+		// early (in parameter order every weight gradient would wait for the whole chain).
+		for i := len(p.Grads) - 1; i >= 0; i-- {
+			g := p.Grads[i]
 			if frozen != nil && frozen[i] {
 				continue
 			}
@@ -250,6 +273,15 @@ func compileWith(p *graph.Program, backward, keepLogits, fp32GEMM bool, frozen [
 		}
 	}
 	s.fp32GEMM = fp32GEMM
+	for _, v := range s.vals {
+		s.all = append(s.all, v)
+	}
+	sortVals(s.all)
+	if o.recompute && backward {
+		if err := s.rematerialise(); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.link(); err != nil {
 		return nil, err
 	}
@@ -437,7 +469,7 @@ func (s *schedule) plan(keepLogits bool) {
 		}
 	}
 	s.castAt = make([][]*val, end+1)
-	for _, v := range s.vals {
+	for _, v := range s.all {
 		if v.b16 != nil && !v.b16Fused {
 			s.castAt[v.def+1] = append(s.castAt[v.def+1], v)
 		}
@@ -466,7 +498,7 @@ func (s *schedule) plan(keepLogits bool) {
 	}
 	// Shadows of views and of inputs are not any instruction's output.
 	var extra []*val
-	for _, v := range s.vals {
+	for _, v := range s.all {
 		if v.b16 != nil && (v.kind == valView || v.kind == valInput) {
 			extra = append(extra, v.b16)
 		}
@@ -549,4 +581,169 @@ func sortVals(vs []*val) {
 		}
 		return vs[i].node != nil && vs[j].node != nil && vs[i].node.ID() < vs[j].node.ID()
 	})
+}
+
+// rematerialise rewrites a training schedule so that each transformer layer's forward
+// activations are freed after the forward pass and computed again right before the first
+// backward instruction that reads them. The checkpoints are the layers' inputs (the residual
+// stream entering input_layernorm); a layer's forward is every forward instruction that
+// depends on its checkpoint and not on the next one. The copies run the same kernels on the
+// same inputs (noise included), so the step's results do not change.
+func (s *schedule) rematerialise() error {
+	n := len(s.instrs)
+	// Forward instructions: those the outputs need (the loss head included).
+	fwd := make([]bool, n)
+	var mark func(v *val)
+	mark = func(v *val) {
+		v = v.root()
+		if v.def < 0 || fwd[v.def] {
+			return
+		}
+		fwd[v.def] = true
+		for _, in := range s.instrs[v.def].in {
+			mark(in)
+		}
+	}
+	for _, o := range s.outputs {
+		if o != nil {
+			mark(o)
+		}
+	}
+	// Checkpoints: the x input of every input_layernorm RMSNorm, by layer order in the schedule.
+	var checkpoints []*val
+	for i, ins := range s.instrs {
+		if fwd[i] && ins.fused && ins.info.Kind == ops.KindRMSNorm && strings.Contains(ins.in[1].node.Name(), "input_layernorm") {
+			checkpoints = append(checkpoints, ins.in[0].root())
+		}
+	}
+	if len(checkpoints) == 0 {
+		return nil
+	}
+	level := map[*val]int{}
+	for l, c := range checkpoints {
+		level[c] = l
+	}
+	layer := make([]int, n) // -1: before the first checkpoint, or not a forward instruction
+	for i, ins := range s.instrs {
+		layer[i] = -1
+		if !fwd[i] {
+			continue
+		}
+		for _, in := range ins.in {
+			r := in.root()
+			if l, ok := level[r]; ok {
+				layer[i] = max(layer[i], l)
+			} else if r.def >= 0 {
+				layer[i] = max(layer[i], layer[r.def])
+			}
+		}
+		if _, ok := level[ins.out]; ok {
+			layer[i] = -1 // a checkpoint stays: it is the next layer's input
+		}
+	}
+	// Values of layer l that the backward reads get copies, made right before the first reader.
+	type seg struct {
+		instrs []int
+		first  int // the first backward instruction that reads one of the segment's values
+	}
+	segs := make([]seg, len(checkpoints))
+	for l := range segs {
+		segs[l].first = -1
+	}
+	for i := range s.instrs {
+		if l := layer[i]; l >= 0 {
+			segs[l].instrs = append(segs[l].instrs, i)
+		}
+	}
+	readsLayer := func(ins *instr, l int) bool {
+		vs := append([]*val{}, ins.in...)
+		if ins.fwd != nil {
+			vs = append(vs, ins.fwd.out)
+		}
+		for _, v := range vs {
+			if r := v.root(); r.def >= 0 && layer[r.def] == l {
+				return true
+			}
+		}
+		return false
+	}
+	for i, ins := range s.instrs {
+		if fwd[i] {
+			continue
+		}
+		for l := range segs {
+			if segs[l].first < 0 && len(segs[l].instrs) > 0 && readsLayer(ins, l) {
+				segs[l].first = i
+			}
+		}
+	}
+	// Attention backward instructions are linked to their forward later (link); pair them by
+	// inputs as link does, after the rewrite. Build the new instruction list.
+	insertAt := map[int][]int{}
+	for l, sg := range segs {
+		// The last layer's backward starts right after the forward: its activations stay.
+		if sg.first >= 0 && l < len(segs)-1 {
+			insertAt[sg.first] = append(insertAt[sg.first], l)
+		}
+	}
+	clones := map[*val]*val{} // original (root or view) → copy, per layer
+	clone := func(v *val) *val {
+		if c, ok := clones[v]; ok {
+			return c
+		}
+		return v
+	}
+	var out []*instr
+	for i, ins := range s.instrs {
+		for _, l := range insertAt[i] {
+			for _, j := range segs[l].instrs {
+				orig := s.instrs[j]
+				cp := *orig
+				cp.in = make([]*val, len(orig.in))
+				for k, v := range orig.in {
+					cp.in[k] = clone(v)
+				}
+				nv := *orig.out
+				nv.b16, nv.b16Fused = nil, false
+				cp.out = &nv
+				clones[orig.out] = &nv
+				s.all = append(s.all, &nv)
+				cp.stats = nil
+				cp.grad, cp.direct = -1, false
+				out = append(out, &cp)
+				s.recomputed++
+			}
+			// Views of the segment's values (Unpack/Reshape of forward values) follow their base.
+			for _, v := range s.all {
+				if v.kind == valView {
+					if b, ok := clones[v.base]; ok {
+						if _, done := clones[v]; !done {
+							nv := *v
+							nv.base, nv.b16, nv.b16Fused = b, nil, false
+							clones[v] = &nv
+							s.all = append(s.all, &nv)
+						}
+					}
+				}
+			}
+		}
+		if !fwd[i] {
+			for k, v := range ins.in {
+				if r := v.root(); r.def >= 0 && layer[r.def] >= 0 {
+					ins.in[k] = clone(v)
+				}
+			}
+		}
+		out = append(out, ins)
+	}
+	s.instrs = out
+	for i, ins := range s.instrs {
+		ins.out.def = i
+	}
+	for _, v := range s.all {
+		if v.kind == valView {
+			v.def = v.root().def
+		}
+	}
+	return nil
 }

@@ -71,6 +71,7 @@ func TestPlanCoversEveryVariant(t *testing.T) {
 						if err != nil {
 							t.Fatalf("%s: %v", name, err)
 						}
+						requireBindable(t, s)
 						grads := 0
 						for _, ins := range s.instrs {
 							if ins.grad >= 0 {
@@ -155,5 +156,70 @@ func TestFirstFitReusesAndCoalesces(t *testing.T) {
 	a.put(z, 50)
 	if got := a.get(1000); got != 384 || a.top != 1408 {
 		t.Fatalf("a block past the top went to %d (top %d), want 384 (the freed top block extended)", got, a.top)
+	}
+}
+
+// Recomputation keeps only the layers' inputs through the forward pass: the arena of a training
+// step shrinks, every layer but the last is recomputed once, and every variant still plans.
+func TestPlanRecompute(t *testing.T) {
+	w, dc := randomModel(t, 128, 6, 4, 2, 97, 256, false)
+	g, err := graph.NewExec(w, dc, 2, 256, graph.Options[float32]{Teacher: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, useDMC := range []bool{false, true} {
+		p, err := g.Program(useDMC)
+		if err != nil {
+			t.Fatal(err)
+		}
+		plain, err := compileOpts(p, planOptions{backward: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		rc, err := compileOpts(p, planOptions{backward: true, recompute: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("dmc=%t: arena %d → %d elements with recomputation (%.0f%%), %d of %d instructions recomputed",
+			useDMC, plain.peak[0], rc.peak[0], 100*float64(rc.peak[0])/float64(plain.peak[0]), rc.recomputed, len(plain.instrs))
+		if rc.recomputed == 0 || float64(rc.peak[0]) > 0.6*float64(plain.peak[0]) {
+			t.Errorf("dmc=%t: recomputation left %d of %d arena elements (%d instructions recomputed)", useDMC, rc.peak[0], plain.peak[0], rc.recomputed)
+		}
+		requireBindable(t, rc)
+		requireBindable(t, plain)
+		if len(rc.instrs) != len(plain.instrs)+rc.recomputed {
+			t.Errorf("dmc=%t: %d instructions, want %d + %d", useDMC, len(rc.instrs), len(plain.instrs), rc.recomputed)
+		}
+		for _, ins := range rc.instrs {
+			if ins.fused && ins.info.Kind == ops.KindAttentionGrad && ins.fwd == nil {
+				t.Fatalf("dmc=%t: an attention backward lost its forward", useDMC)
+			}
+		}
+	}
+}
+
+// requireBindable checks that every value an instruction reads or writes is one bind resolves
+// (schedule.all), with its view bases and bf16 shadows: a value outside it would run unbound.
+func requireBindable(t *testing.T, s *schedule) {
+	t.Helper()
+	known := map[*val]bool{}
+	for _, v := range s.all {
+		known[v] = true
+	}
+	check := func(i int, v *val) {
+		for x := v; x != nil; x = x.base {
+			if !known[x] {
+				t.Fatalf("instruction %d (%s) uses a value bind never sees", i, s.instrs[i].node.Name())
+			}
+			if x.kind != valView {
+				break
+			}
+		}
+	}
+	for i, ins := range s.instrs {
+		check(i, ins.out)
+		for _, v := range ins.in {
+			check(i, v)
+		}
 	}
 }
