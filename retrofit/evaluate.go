@@ -4,10 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"strings"
 
+	"github.com/dmc-project/dmc/data"
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/eval"
+	"github.com/dmc-project/dmc/eval/tasks"
 	"github.com/dmc-project/dmc/internal/atomicfile"
 )
 
@@ -17,7 +18,7 @@ type EvalSpec struct {
 	Tokenizer string
 	Data      string
 	Split     string
-	Tasks     string // comma-separated: ppl, channels
+	Tasks     string // comma-separated: ppl, channels, and benchmarks (eval/tasks)
 	JSON      string // also write the report here
 	Cache     string // auto, vanilla, dmc
 	SeqLen    int
@@ -25,6 +26,13 @@ type EvalSpec struct {
 	Separator string
 	// TextField (.jsonl) and TextColumn (Parquet, Arrow, HF datasets) name the text to tokenise.
 	TextField, TextColumn string
+	// Benchmarks: the data folder (default $DMC_EVAL_DATA), few-shot examples, the first Limit
+	// items only (0: all), the few-shot seed, and a JSONL file of every scored item.
+	DataDir    string
+	NumFewShot int
+	Limit      int
+	Seed       uint64
+	LogSamples string
 }
 
 // EvalHooks receive progress: Start before each task, PPL with tokens scored so far, Channel
@@ -33,6 +41,7 @@ type EvalHooks struct {
 	Start   func(what string)
 	PPL     func(tokens int)
 	Channel func(channel int, r *eval.PPLResult)
+	Items   func(done, total int) // benchmark items scored
 }
 
 // EvalReport is the JSON written by `dmc eval --json`.
@@ -52,20 +61,22 @@ type EvalReport struct {
 	Channels *eval.ChannelAblationResult `json:"channels,omitempty"`
 	// HeadDim is the model's head dimension (for printing the channel table).
 	HeadDim int `json:"-"`
+	// Benchmarks are the downstream tasks' results in lm-evaluation-harness's shape; with
+	// benchmarks, --json holds this document (and the ppl task as one of its results).
+	Benchmarks       *tasks.Report   `json:"-"`
+	BenchmarkResults []*tasks.Result `json:"-"`
 }
 
 // Evaluate runs the tasks of spec on its model and data with the chosen cache.
 func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport, error) {
-	tasks := map[string]bool{}
-	for _, t := range strings.Split(spec.Tasks, ",") {
-		switch t = strings.TrimSpace(t); t {
-		case "ppl", "channels":
-			tasks[t] = true
-		default:
-			return nil, fmt.Errorf("unknown task %q: available tasks are ppl and channels", t)
-		}
+	tasks, bench, err := splitTasks(spec.Tasks)
+	if err != nil {
+		return nil, err
 	}
-	m, err := LoadModel(spec.Model, LoadOptions{Tokenizer: spec.Tokenizer})
+	if (tasks["ppl"] || tasks["channels"]) && spec.Data == "" {
+		return nil, fmt.Errorf("--tasks ppl and channels need --data (held-out text or shards)")
+	}
+	m, err := LoadModel(spec.Model, LoadOptions{Tokenizer: spec.Tokenizer, NeedTokenizer: len(bench) > 0})
 	if err != nil {
 		return nil, err
 	}
@@ -73,11 +84,15 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 	if tasks["channels"] && m.DMC != nil {
 		return nil, fmt.Errorf("--tasks channels measures which channel a retrofit should repurpose, so it needs the base model; %s is already a DMC model (decision channel %d)", m.Source, m.DMC.Channel(cfg.HeadDim()))
 	}
-	ds, cleanup, err := OpenEvalDataWith(spec.Data, EvalDataOptions{Split: spec.Split, Separator: spec.Separator,
-		TokenizerPath: m.TokenizerPath, Vocab: cfg.VocabSize, TextField: spec.TextField, TextColumn: spec.TextColumn})
-	defer cleanup()
-	if err != nil {
-		return nil, err
+	var ds *data.Dataset
+	if spec.Data != "" {
+		d, cleanup, err := OpenEvalDataWith(spec.Data, EvalDataOptions{Split: spec.Split, Separator: spec.Separator,
+			TokenizerPath: m.TokenizerPath, Vocab: cfg.VocabSize, TextField: spec.TextField, TextColumn: spec.TextColumn})
+		defer cleanup()
+		if err != nil {
+			return nil, err
+		}
+		ds = d
 	}
 	rep := &EvalReport{Model: m.Source, Data: spec.Data, HeadDim: cfg.HeadDim()}
 	opts := eval.PPLOptions{SeqLen: spec.SeqLen, MaxTokens: spec.MaxTokens}
@@ -114,8 +129,27 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 			rep.setPPL(res.Base, Cache{Name: "vanilla"})
 		}
 	}
+	if len(bench) > 0 {
+		cache, err := m.Cache(spec.Cache)
+		if err != nil {
+			return nil, err
+		}
+		if err := runBenchmarks(ctx, m, cache, bench, spec, hooks, rep); err != nil {
+			return nil, err
+		}
+	}
 	if spec.JSON != "" {
-		b, _ := json.MarshalIndent(rep, "", "  ")
+		var doc any = rep
+		if rep.Benchmarks != nil {
+			if rep.PPL != nil {
+				rep.Benchmarks.Results["ppl"] = map[string]any{"alias": "ppl", "perplexity,none": rep.Perplexity, "tokens,none": rep.Tokens, "cr,none": rep.CR}
+			}
+			doc = rep.Benchmarks
+			if err := writeBenchmarkMarkdown(spec.JSON, rep.BenchmarkResults); err != nil {
+				return nil, err
+			}
+		}
+		b, _ := json.MarshalIndent(doc, "", "  ")
 		if err := atomicfile.Write(spec.JSON, append(b, '\n')); err != nil {
 			return nil, err
 		}

@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/dmc-project/dmc/eval"
+	"github.com/dmc-project/dmc/eval/tasks"
 	"github.com/dmc-project/dmc/retrofit"
 )
 
@@ -26,6 +27,12 @@ type EvalOptions struct {
 	Separator string
 	// TextField (.jsonl) and TextColumn (Parquet, Arrow, HF datasets) name the text to tokenise.
 	TextField, TextColumn string
+	// Benchmarks.
+	DataDir    string
+	NumFewShot int
+	Limit      int
+	Seed       uint64
+	LogSamples string
 }
 
 func init() { register(newEvalCmd) }
@@ -37,11 +44,25 @@ func newEvalCmd(streams *IO) *cobra.Command {
 		Short: "Held-out perplexity with the real (compressed) KV cache, and the real compression rate",
 		Long: `Decodes every held-out document with the model's KV cache (the DMC compressed cache for
 DMC models, as in serving) and reports perplexity and the real compression rate
-(tokens / cache slots) overall, per layer and per KV head.`,
+(tokens / cache slots) overall, per layer and per KV head.
+
+Benchmarks (--tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande,boolq,lambada_openai,
+openbookqa,copa,siqa,mmlu) are scored as lm-evaluation-harness scores them: the log-likelihood
+of each continuation given its context with the model's real cache; acc (argmax), acc_norm
+(divided by the continuation's length in characters), LAMBADA accuracy and perplexity, MMLU with
+the standard prompt and dev-split shots, lm-eval's standard errors. --json then holds lm-eval's
+results shape (a Markdown table is written next to it). The files are read as users download
+them, from --data-dir (default $DMC_EVAL_DATA), laid out as ../shared/assets:
+  piqa/valid.jsonl + piqa/valid-labels.lst (original PIQA), else eval-llmfoundry/piqa.jsonl
+  hellaswag/hellaswag_val.jsonl (original) or hellaswag/hellaswag_val_full.txt[.bz2] (6-line text)
+  eval-llmfoundry/{arc_easy,arc_challenge,winogrande,boolq,lambada_openai,openbook_qa,copa,siqa}.jsonl
+  mmlu/{test,val,dev}/<subject>_<split>.csv (the release's csv; shots from dev/)`,
 		Example: `  dmc eval --model runs/cr2 --data shards/ --json cr2.json
   dmc eval --model export/ --data ../shared/assets/english-text/tinyshakespeare_input.txt
   dmc eval --model stories260K.bin --data shards/ --cache vanilla
-  dmc eval --model stories260K.bin --data shards/ --tasks channels --max-tokens 30000`,
+  dmc eval --model stories260K.bin --data shards/ --tasks channels --max-tokens 30000
+  dmc eval --model runs/cr4 --tasks piqa,hellaswag,arc_easy --data-dir ../shared/assets --json cr4-tasks.json
+  dmc eval --model runs/cr4 --tasks mmlu --num-fewshot 5 --limit 100 --data-dir /data/mmlu-release`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop, caught := signalContext(cmd.Context())
@@ -58,7 +79,12 @@ DMC models, as in serving) and reports perplexity and the real compression rate
 	f.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer (default: the run's, or found next to the model); used for text data")
 	f.StringVar(&o.Data, "data", "", "prepared shards (held-out split by default), Arrow/HF dataset, or a .txt/.jsonl/.parquet file (required)")
 	f.StringVar(&o.Split, "split", "", "split to evaluate (default: heldout when present, else train)")
-	f.StringVar(&o.Tasks, "tasks", "ppl", "comma-separated tasks: ppl (perplexity and real CR), channels (what removing each q/k channel costs a base model: which to repurpose)")
+	f.StringVar(&o.Tasks, "tasks", "ppl", "comma-separated tasks: ppl (perplexity and real CR), channels (what removing each q/k channel costs a base model: which to repurpose), and benchmarks: "+strings.Join(tasks.Names(), ", "))
+	f.StringVar(&o.DataDir, "data-dir", "", "benchmark data folder laid out as ../shared/assets (default $DMC_EVAL_DATA)")
+	f.IntVar(&o.NumFewShot, "num-fewshot", 0, "few-shot examples per benchmark item")
+	f.IntVar(&o.Limit, "limit", 0, "score only the first N items of each benchmark (0 = all)")
+	f.Uint64Var(&o.Seed, "seed", 1234, "seed of the few-shot sampling")
+	f.StringVar(&o.LogSamples, "log-samples", "", "write every scored benchmark item (log-likelihoods, target, acc) as JSONL to this file")
 	f.StringVar(&o.JSON, "json", "", "also write the results as JSON to this file")
 	f.StringVar(&o.Cache, "cache", "auto", "auto (DMC for DMC models), vanilla or dmc")
 	f.IntVar(&o.SeqLen, "seq-len", 0, "longest sequence decoded from one cache (default: the model's context)")
@@ -67,7 +93,6 @@ DMC models, as in serving) and reports perplexity and the real compression rate
 	f.StringVar(&o.TextField, "text-field", "", "text field of .jsonl data (default text)")
 	f.StringVar(&o.TextColumn, "text-column", "", "text column of Parquet/Arrow data or a Hugging Face dataset (default text, or the only string column)")
 	_ = cmd.MarkFlagRequired("model")
-	_ = cmd.MarkFlagRequired("data")
 	return cmd
 }
 
@@ -80,11 +105,14 @@ func (o *EvalOptions) Run(ctx context.Context, streams *IO) (*EvalReport, error)
 		return nil, err
 	}
 	prog := newProgressLine(streams.Err, "tokens")
+	items := newProgressLine(streams.Err, "items")
 	rep, err := retrofit.Evaluate(ctx, retrofit.EvalSpec{Model: o.Model, Tokenizer: o.Tokenizer, Data: o.Data, Split: o.Split,
 		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator,
-		TextField: o.TextField, TextColumn: o.TextColumn},
+		TextField: o.TextField, TextColumn: o.TextColumn, DataDir: o.DataDir, NumFewShot: o.NumFewShot, Limit: o.Limit, Seed: o.Seed,
+		LogSamples: o.LogSamples},
 		retrofit.EvalHooks{
-			Start: func(what string) { prog.done(); fmt.Fprintln(streams.Err, what) },
+			Start: func(what string) { prog.done(); items.done(); fmt.Fprintln(streams.Err, what) },
+			Items: func(done, total int) { items.update(done) },
 			PPL:   prog.update,
 			Channel: func(c int, r *eval.PPLResult) {
 				what := "no channel removed"
@@ -95,11 +123,17 @@ func (o *EvalOptions) Run(ctx context.Context, streams *IO) (*EvalReport, error)
 			},
 		})
 	prog.done()
+	items.done()
 	if err != nil {
 		return nil, err
 	}
-	if rep.Channels == nil || rep.PPL != rep.Channels.Base {
+	if rep.PPL != nil && (rep.Channels == nil || rep.PPL != rep.Channels.Base) {
 		printEval(streams, rep)
+	}
+	if rep.BenchmarkResults != nil {
+		if err := tasks.WriteMarkdown(streams.Out, rep.BenchmarkResults); err != nil {
+			return nil, err
+		}
 	}
 	if rep.Channels != nil {
 		printChannels(streams, rep.Channels, rep.HeadDim)
@@ -150,8 +184,13 @@ func (o *EvalOptions) check() error {
 	if o.SeqLen < 0 || o.SeqLen == 1 {
 		return fmt.Errorf("--seq-len must be 0 (the model's context) or ≥ 2 (a prediction needs two tokens), got %d", o.SeqLen)
 	}
-	if err := firstErr(checkInt("max-tokens", o.MaxTokens, 0, "≥ 0 (0 = all)"),
-		retrofit.CheckDataPath(o.Data, "--data"), retrofit.CheckWritable(o.JSON, "--json")); err != nil {
+	var dataErr error
+	if o.Data != "" {
+		dataErr = retrofit.CheckDataPath(o.Data, "--data")
+	}
+	if err := firstErr(checkInt("max-tokens", o.MaxTokens, 0, "≥ 0 (0 = all)"), checkInt("num-fewshot", o.NumFewShot, 0, "≥ 0"),
+		checkInt("limit", o.Limit, 0, "≥ 0 (0 = all)"), dataErr, retrofit.CheckWritable(o.JSON, "--json"),
+		retrofit.CheckWritable(o.LogSamples, "--log-samples")); err != nil {
 		return err
 	}
 	if o.TextField != "" && o.TextColumn != "" && o.TextField != o.TextColumn {

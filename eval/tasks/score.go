@@ -1,0 +1,294 @@
+package tasks
+
+import (
+	"fmt"
+	"math"
+	"math/rand/v2"
+	"strings"
+	"unicode"
+
+	"github.com/dmc-project/dmc/data/tokenizer"
+	"github.com/dmc-project/dmc/model"
+)
+
+// Scorer returns the log-likelihood of a request's continuation given its context, summed
+// over the continuation's tokens, and whether every one of them is the model's greedy choice.
+type Scorer interface {
+	LogLikelihood(r Request) (ll float64, greedy bool, err error)
+}
+
+// DecoderScorer scores with a model's decoder (its real cache) and tokenizer, as lm-eval's
+// Hugging Face model does: trailing white space of the context moves to the continuation, the
+// pair is encoded whole and the continuation is what follows the context's own encoding, BOS
+// first, and contexts longer than MaxLen tokens lose their oldest tokens.
+type DecoderScorer struct {
+	Dec    model.Decoder
+	Tok    tokenizer.Tokenizer
+	MaxLen int
+	// Greedy asks for the greedy check too (LAMBADA's acc); it decodes the continuation token
+	// by token, so it is off for multiple-choice tasks.
+	Greedy bool
+}
+
+// EncodePair is lm-eval's _encode_pair: the context's and the continuation's tokens.
+func EncodePair(tok tokenizer.Tokenizer, context, continuation string) (ctx, cont []int) {
+	if n := len(context) - len(strings.TrimRightFunc(context, unicode.IsSpace)); n > 0 {
+		continuation = context[len(context)-n:] + continuation
+		context = context[:len(context)-n]
+	}
+	whole := tok.Encode(context+continuation, false, false)
+	ctx = tok.Encode(context, false, false)
+	if len(ctx) > len(whole) {
+		ctx = whole[:0]
+	}
+	return ctx, whole[len(ctx):]
+}
+
+// LogLikelihood implements Scorer.
+func (s DecoderScorer) LogLikelihood(r Request) (float64, bool, error) {
+	ctx, cont := EncodePair(s.Tok, r.Context, r.Continuation)
+	if len(cont) == 0 {
+		return 0, true, fmt.Errorf("the continuation %q encodes to no tokens", r.Continuation)
+	}
+	tokens := append(append([]int{s.Tok.BOS()}, ctx...), cont...)
+	if s.MaxLen > 1 && len(tokens) > s.MaxLen {
+		if len(cont) >= s.MaxLen {
+			return 0, false, fmt.Errorf("the continuation has %d tokens; the model's context is %d", len(cont), s.MaxLen)
+		}
+		tokens = append([]int{s.Tok.BOS()}, tokens[len(tokens)-s.MaxLen+1:]...)
+	}
+	first := len(tokens) - len(cont) // index of the first continuation token
+	if !s.Greedy {
+		lp, err := s.Dec.LogProbs(tokens)
+		if err != nil {
+			return 0, false, err
+		}
+		var ll float64
+		for i := first; i < len(tokens); i++ {
+			ll += lp[i-1]
+		}
+		return ll, false, nil
+	}
+	ids, next, logits, err := s.Dec.Prefill([][]int{tokens[:first]}, true)
+	if err != nil {
+		return 0, false, err
+	}
+	defer s.Dec.Release(ids...)
+	var ll float64
+	greedy := true
+	for i := first; i < len(tokens); i++ {
+		ll += model.LogSoftmaxAt(logits[0], tokens[i])
+		greedy = greedy && next[0] == tokens[i]
+		if i+1 < len(tokens) {
+			if next, logits, err = s.Dec.Decode(ids, tokens[i:i+1], true); err != nil {
+				return 0, false, err
+			}
+		}
+	}
+	return ll, greedy, nil
+}
+
+// Metric is a value with lm-eval's standard error.
+type Metric struct {
+	Value, Stderr float64
+}
+
+// Sample is one scored item (--log-samples).
+type Sample struct {
+	Index   int       `json:"doc_id"`
+	Source  string    `json:"source"`
+	LL      []float64 `json:"loglikelihoods"`
+	Greedy  []bool    `json:"is_greedy,omitempty"`
+	Gold    int       `json:"target"`
+	Acc     float64   `json:"acc"`
+	AccNorm *float64  `json:"acc_norm,omitempty"`
+}
+
+// Result is one task's scores.
+type Result struct {
+	Task       string
+	Version    string
+	N          int
+	NShot      int
+	Acc        Metric
+	AccNorm    *Metric
+	Perplexity *Metric
+	Samples    []Sample
+}
+
+// Options are Score's settings.
+type Options struct {
+	NumFewShot int    // examples prepended to each item's context
+	Limit      int    // score only the first Limit items (0: all)
+	Seed       uint64 // few-shot sampling
+	// Progress, when set, hears the items scored so far.
+	Progress func(done, total int)
+}
+
+// Score evaluates a task's items with s.
+func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
+	if o.Limit > 0 && o.Limit < len(items) {
+		items = items[:o.Limit]
+	}
+	if o.NumFewShot < 0 {
+		return nil, fmt.Errorf("%s: --num-fewshot must be ≥ 0, got %d", t.Name, o.NumFewShot)
+	}
+	if t.MaxShots == nil && o.NumFewShot > 0 && o.NumFewShot > len(shots)-1 {
+		return nil, fmt.Errorf("%s: %d few-shot examples asked for, but its few-shot split has %d items", t.Name, o.NumFewShot, len(shots))
+	}
+	res := &Result{Task: t.Name, Version: t.Version, N: len(items), NShot: o.NumFewShot}
+	rng := rand.New(rand.NewPCG(o.Seed, 1234))
+	var accs, norms, lls []float64
+	for i, it := range items {
+		if t.MaxShots != nil && o.NumFewShot > t.MaxShots(shots, it) {
+			return nil, fmt.Errorf("%s: %s: %d few-shot examples asked for, but the few-shot split has %d for it", t.Name, it.Source, o.NumFewShot, t.MaxShots(shots, it))
+		}
+		switch {
+		case t.FewShot != nil:
+			it = t.FewShot(shots, it, o.NumFewShot, rng)
+		case o.NumFewShot > 0:
+			it = withShots(pickShots(rng, shots, it, o.NumFewShot), it)
+		}
+		smp := Sample{Index: i, Source: it.Source, Gold: it.Gold}
+		for _, r := range it.Requests {
+			ll, g, err := s.LogLikelihood(r)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %s: %w", t.Name, it.Source, err)
+			}
+			smp.LL = append(smp.LL, ll)
+			smp.Greedy = append(smp.Greedy, g)
+		}
+		switch t.Kind {
+		case LogLikelihood:
+			smp.Acc = b2f(smp.Greedy[0])
+			lls = append(lls, smp.LL[0])
+		default:
+			smp.Acc = b2f(argmax(smp.LL) == it.Gold)
+			smp.Greedy = nil
+			if t.Norm {
+				normed := make([]float64, len(smp.LL))
+				for k, r := range it.Requests {
+					normed[k] = smp.LL[k] / float64(len(r.Continuation))
+				}
+				v := b2f(argmax(normed) == it.Gold)
+				smp.AccNorm = &v
+				norms = append(norms, v)
+			}
+		}
+		accs = append(accs, smp.Acc)
+		res.Samples = append(res.Samples, smp)
+		if o.Progress != nil {
+			o.Progress(i+1, len(items))
+		}
+	}
+	res.Acc = meanStderr(accs)
+	if t.Norm && t.Kind == MultipleChoice {
+		m := meanStderr(norms)
+		res.AccNorm = &m
+	}
+	if t.Kind == LogLikelihood {
+		p := perplexity(lls, o.Seed)
+		res.Perplexity = &p
+	}
+	return res, nil
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
+// argmax is the first index of the largest value (numpy's argmax: ties go to the first).
+func argmax(x []float64) int {
+	best := 0
+	for i, v := range x {
+		if v > x[best] {
+			best = i
+		}
+	}
+	return best
+}
+
+// meanStderr is lm-eval's mean with mean_stderr: the sample standard deviation (n − 1) over √n.
+func meanStderr(x []float64) Metric {
+	n := float64(len(x))
+	if n == 0 {
+		return Metric{Value: math.NaN(), Stderr: math.NaN()}
+	}
+	var s float64
+	for _, v := range x {
+		s += v
+	}
+	mu := s / n
+	if n < 2 {
+		return Metric{Value: mu, Stderr: math.NaN()}
+	}
+	var ss float64
+	for _, v := range x {
+		ss += (v - mu) * (v - mu)
+	}
+	return Metric{Value: mu, Stderr: math.Sqrt(ss/(n-1)) / math.Sqrt(n)}
+}
+
+// perplexityBootstrap is the number of resamples of the perplexity's standard error.
+const perplexityBootstrap = 100
+
+// perplexity is lm-eval's perplexity aggregation, exp(−mean log-likelihood) over items, with a
+// bootstrap standard error (a fixed seed: the same inputs give the same error).
+func perplexity(lls []float64, seed uint64) Metric {
+	agg := func(x []float64) float64 {
+		var s float64
+		for _, v := range x {
+			s += v
+		}
+		return math.Exp(-s / float64(len(x)))
+	}
+	if len(lls) == 0 {
+		return Metric{Value: math.NaN(), Stderr: math.NaN()}
+	}
+	rng := rand.New(rand.NewPCG(seed, 42))
+	vals := make([]float64, perplexityBootstrap)
+	buf := make([]float64, len(lls))
+	for b := range vals {
+		for i := range buf {
+			buf[i] = lls[rng.IntN(len(lls))]
+		}
+		vals[b] = agg(buf)
+	}
+	sd := meanStderr(vals)
+	// The bootstrap's standard error is the standard deviation of the resampled statistic.
+	return Metric{Value: agg(lls), Stderr: sd.Stderr * math.Sqrt(float64(len(vals)))}
+}
+
+// pickShots draws k distinct examples for an item, never the item itself.
+func pickShots(rng *rand.Rand, pool []Item, it Item, k int) []Item {
+	idx := rng.Perm(len(pool))
+	out := make([]Item, 0, k)
+	for _, i := range idx {
+		if pool[i].Source == it.Source && it.Source != "" {
+			continue
+		}
+		out = append(out, pool[i])
+		if len(out) == k {
+			break
+		}
+	}
+	return out
+}
+
+// withShots prepends few-shot examples to every request of an item.
+func withShots(shots []Item, it Item) Item {
+	var b strings.Builder
+	for _, sh := range shots {
+		r := sh.Requests[sh.Gold]
+		b.WriteString(r.Context + r.Continuation + "\n\n")
+	}
+	out := it
+	out.Requests = make([]Request, len(it.Requests))
+	for i, r := range it.Requests {
+		out.Requests[i] = Request{Context: b.String() + r.Context, Continuation: r.Continuation}
+	}
+	return out
+}

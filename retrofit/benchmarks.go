@@ -1,0 +1,123 @@
+package retrofit
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/dmc-project/dmc/eval/tasks"
+	"github.com/dmc-project/dmc/internal/atomicfile"
+)
+
+// DefaultEvalDataDir is where the benchmark files are looked for without --data-dir:
+// $DMC_EVAL_DATA.
+func DefaultEvalDataDir() string { return os.Getenv("DMC_EVAL_DATA") }
+
+// splitTasks separates ppl/channels from the downstream benchmark names, refusing unknown ones.
+func splitTasks(list string) (builtin map[string]bool, bench []*tasks.Task, err error) {
+	builtin = map[string]bool{}
+	for _, t := range strings.Split(list, ",") {
+		switch t = strings.TrimSpace(t); t {
+		case "":
+		case "ppl", "channels":
+			builtin[t] = true
+		default:
+			task, err := tasks.Lookup(t)
+			if err != nil {
+				return nil, nil, fmt.Errorf("%w, ppl and channels", err)
+			}
+			bench = append(bench, task)
+		}
+	}
+	if len(builtin) == 0 && len(bench) == 0 {
+		return nil, nil, fmt.Errorf("--tasks is empty: give ppl, channels or benchmarks (%s)", strings.Join(tasks.Names(), ", "))
+	}
+	return builtin, bench, nil
+}
+
+// runBenchmarks scores the downstream tasks with the model's real cache on the CPU and fills
+// rep.Benchmarks (lm-eval's results shape).
+func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Task, spec EvalSpec, hooks EvalHooks, rep *EvalReport) error {
+	if m.Tokenizer == nil {
+		return fmt.Errorf("benchmarks need the model's tokenizer: pass --tokenizer")
+	}
+	root := spec.DataDir
+	if root == "" {
+		root = DefaultEvalDataDir()
+	}
+	if root == "" {
+		return fmt.Errorf("benchmarks need their data: pass --data-dir (a folder laid out as ../shared/assets: piqa/, hellaswag/, eval-llmfoundry/, mmlu/) or set $DMC_EVAL_DATA")
+	}
+	dec, err := NewDecoder(m, cache, "cpu", m.Weights.Config.MaxSeqLen)
+	if err != nil {
+		return err
+	}
+	var results []*tasks.Result
+	total := map[string]int{}
+	var samples *os.File
+	if spec.LogSamples != "" {
+		if samples, err = os.Create(spec.LogSamples); err != nil {
+			return err
+		}
+		defer samples.Close()
+	}
+	for _, t := range bench {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		items, shots, err := t.Load(root)
+		if err != nil {
+			return fmt.Errorf("%s: %w", t.Name, err)
+		}
+		total[t.Name] = len(items)
+		if hooks.Start != nil {
+			n := len(items)
+			if spec.Limit > 0 {
+				n = min(n, spec.Limit)
+			}
+			hooks.Start(fmt.Sprintf("%s: %d items, %d-shot (%s cache)", t.Name, n, spec.NumFewShot, cache.Name))
+		}
+		sc := tasks.DecoderScorer{Dec: dec, Tok: m.Tokenizer, MaxLen: m.Weights.Config.MaxSeqLen, Greedy: t.Kind == tasks.LogLikelihood}
+		res, err := tasks.Score(t, items, shots, sc, tasks.Options{NumFewShot: spec.NumFewShot, Limit: spec.Limit, Seed: spec.Seed,
+			Progress: hooks.Items})
+		if err != nil {
+			return err
+		}
+		results = append(results, res)
+		if samples != nil {
+			enc := json.NewEncoder(samples)
+			for _, s := range res.Samples {
+				if err := enc.Encode(struct {
+					Task string `json:"task"`
+					tasks.Sample
+				}{t.Name, s}); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	cfg := map[string]any{"model": m.Source, "cache": cache.Name, "num_fewshot": spec.NumFewShot, "limit": spec.Limit, "seed": spec.Seed,
+		"data_dir": absPath(root)}
+	if cache.DMC != nil {
+		cfg["dmc"] = cache.DMC
+	}
+	if rep.PPL != nil {
+		cfg["real_cr"] = rep.CR // measured by the ppl task with the same cache
+	}
+	rep.Benchmarks = tasks.NewReport(results, total, cfg)
+	rep.BenchmarkResults = results
+	return nil
+}
+
+// writeBenchmarkMarkdown writes the lm-eval-style table next to a JSON report.
+func writeBenchmarkMarkdown(jsonPath string, results []*tasks.Result) error {
+	var b strings.Builder
+	if err := tasks.WriteMarkdown(&b, results); err != nil {
+		return err
+	}
+	p := strings.TrimSuffix(jsonPath, filepath.Ext(jsonPath)) + ".md"
+	return atomicfile.Write(p, []byte(b.String()))
+}
