@@ -253,7 +253,8 @@ func TestRetrofitBadInput(t *testing.T) {
 		{"distillation weight above 1", append(append([]string{"retrofit", "--model", fx.model, "--out", filepath.Join(fx.dir, "f")}, common...), "--set", "distill_weight=2"), "distill_weight must be in [0, 1]"},
 		{"unknown recipe field", append(append([]string{"retrofit", "--model", fx.model, "--out", filepath.Join(fx.dir, "e")}, common...), "--set", "lr_warp=3"), "lr_warp"},
 		{"export of a non-run", []string{"export", "--run", fx.dir, "--out", filepath.Join(fx.dir, "x")}, "not a retrofit run"},
-		{"eval with an unknown task", []string{"eval", "--model", fx.model, "--data", fx.shards, "--tasks", "mmlu"}, "unknown task"},
+		{"eval with an unknown task", []string{"eval", "--model", fx.model, "--data", fx.shards, "--tasks", "mmlux"}, "unknown task \"mmlux\": known tasks are"},
+		{"eval ppl without data", []string{"eval", "--model", fx.model, "--tasks", "ppl"}, "need --data"},
 	}
 	t.Setenv("HF_HUB_CACHE", filepath.Join(fx.dir, "empty-hub"))
 	t.Setenv("DMC_WEIGHTS", "")
