@@ -52,10 +52,13 @@ func init() {
 		Load: foundryChoices("openbook_qa", func(q string) string { return q })})
 	register(&Task{Name: "boolq", Version: "2.0", Files: "eval-llmfoundry/boolq.jsonl",
 		Load: foundryChoices("boolq", func(q string) string { return strings.TrimPrefix(q, "Passage: ") + "\nAnswer:" })})
+	// COPA: lm-eval's utils.doc_to_choice already puts a space before each (first letter
+	// lower-cased) choice and the default target delimiter adds another: two spaces.
 	register(&Task{Name: "copa", Version: "1.0", Files: "eval-llmfoundry/copa.jsonl",
-		Load: foundryChoices("copa", func(q string) string { return q })})
-	register(&Task{Name: "siqa", Version: "0.0", Files: "eval-llmfoundry/siqa.jsonl (its converted prompt lists the options; scored as given)",
-		Load: foundryChoices("siqa", func(q string) string { return q })})
+		Load: foundryChoicesWith("copa", func(q string) string { return q }, func(c string) string { return "  " + lowerFirst(c) })})
+	register(&Task{Name: "siqa", Version: "0.0",
+		Files: "eval-llmfoundry/siqa.jsonl (its converted query is parsed back into lm-eval's \"Q: {context} {question}\\nA:\" with the answer texts; that file keeps 2 of the 3 answers)",
+		Load:  loadSIQA})
 	register(&Task{Name: "winogrande", Version: "1.0", Files: "eval-llmfoundry/winogrande.jsonl (partial scoring: one context per option)",
 		Load: func(root string) ([]Item, []Item, error) {
 			items, err := loadFoundry(root, "winogrande", []string{"context_options", "continuation", "gold"}, func(f foundry) (Item, error) {
@@ -95,6 +98,19 @@ func init() {
 
 // foundryChoices is a multiple-choice task from an llm-foundry jsonl (query, choices, gold).
 func foundryChoices(file string, text func(query string) string) func(root string) ([]Item, []Item, error) {
+	return foundryChoicesWith(file, text, func(c string) string { return " " + c })
+}
+
+func lowerFirst(s string) string {
+	if s == "" {
+		return s
+	}
+	r := []rune(s)
+	return strings.ToLower(string(r[0])) + string(r[1:])
+}
+
+// foundryChoicesWith is foundryChoices with the continuation built by cont.
+func foundryChoicesWith(file string, text func(query string) string, cont func(choice string) string) func(root string) ([]Item, []Item, error) {
 	return func(root string) ([]Item, []Item, error) {
 		items, err := loadFoundry(root, file, []string{"query", "choices", "gold"}, func(f foundry) (Item, error) {
 			if err := checkGold(*f.Gold, len(f.Choices)); err != nil {
@@ -103,12 +119,39 @@ func foundryChoices(file string, text func(query string) string) func(root strin
 			ctx := text(*f.Query)
 			it := Item{Gold: *f.Gold}
 			for _, c := range f.Choices {
-				it.Requests = append(it.Requests, Request{ctx, " " + c})
+				it.Requests = append(it.Requests, Request{ctx, cont(c)})
 			}
 			return it, nil
 		})
 		return items, items, err
 	}
+}
+
+// loadSIQA parses the llm-foundry query ("Context: …\nQuestion: …\nChoices:\nA. …\nB. …\nAnswer:")
+// back into lm-eval's social_iqa prompt and answer texts.
+func loadSIQA(root string) ([]Item, []Item, error) {
+	items, err := loadFoundry(root, "siqa", []string{"query", "choices", "gold"}, func(f foundry) (Item, error) {
+		lines := strings.Split(*f.Query, "\n")
+		if len(lines) < 5 || !strings.HasPrefix(lines[0], "Context: ") || !strings.HasPrefix(lines[1], "Question: ") || lines[2] != "Choices:" ||
+			lines[len(lines)-1] != "Answer:" {
+			return Item{}, fmt.Errorf("query is not \"Context: …\\nQuestion: …\\nChoices:\\nA. …\\nAnswer:\"")
+		}
+		answers := lines[3 : len(lines)-1]
+		if err := checkGold(*f.Gold, len(answers)); err != nil {
+			return Item{}, err
+		}
+		ctx := "Q: " + strings.TrimPrefix(lines[0], "Context: ") + " " + strings.TrimPrefix(lines[1], "Question: ") + "\nA:"
+		it := Item{Gold: *f.Gold}
+		for k, a := range answers {
+			prefix := string(rune('A'+k)) + ". "
+			if !strings.HasPrefix(a, prefix) {
+				return Item{}, fmt.Errorf("answer line %q does not start with %q", a, prefix)
+			}
+			it.Requests = append(it.Requests, Request{ctx, " " + strings.TrimPrefix(a, prefix)})
+		}
+		return it, nil
+	})
+	return items, items, err
 }
 
 func ensurePrefix(s, p string) string {

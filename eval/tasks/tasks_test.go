@@ -117,13 +117,13 @@ func TestPromptsOnTheRealFiles(t *testing.T) {
 			" Sunlight is the source of energy for nearly all ecosystems."},
 		{"arc_challenge", 1172, "Question: An astronomer observes that a planet rotates faster after a meteorite impact. Which is the most likely effect of this increase in rotation?\nAnswer:",
 			" Planetary density will decrease."},
-		{"copa", 100, "The man turned on the faucet, therefore", " the toilet filled with water."},
+		{"copa", 100, "The man turned on the faucet, therefore", "  the toilet filled with water."},
 		{"openbookqa", 500, "A person wants to start saving money so that they can afford a nice vacation at the end of the year. After looking over their budget and expenses, they decide the best way to save money is to",
 			" make more phone calls"},
 		{"winogrande", 1267, "Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."},
 		{"boolq", 3270, "", " no"},
-		{"lambada_openai", 5153, "", ""},
-		{"siqa", 1954, "", ""},
+		{"lambada_openai", 5153, "In my palm is a clear stone, and inside it is a small ivory statuette. A guardian angel.\n\n\"Figured if you're going to be out at night getting hit by cars, you might as well have some backup.\"\n\nI look at him, feeling stunned. Like this is some sort of sign. But as I stare at Harlin, his mouth curved in a confident grin, I don't care about", " signs"},
+		{"siqa", 1954, "Q: Tracy didn't go home that evening and resisted Riley's attacks. What does Tracy need to do before this?\nA:", " make a new plan"},
 		{"mmlu", 285, "The following are multiple choice questions (with answers) about abstract algebra.\n\nFind all c in Z_3 such that Z_3[x]/(x^2 + c) is a field.\nA. 0\nB. 1\nC. 2\nD. 3\nAnswer:", " A"},
 	} {
 		task, err := Lookup(tc.task)
@@ -146,6 +146,15 @@ func TestPromptsOnTheRealFiles(t *testing.T) {
 		}
 		if tc.cont0 != "" && it.Requests[0].Continuation != tc.cont0 {
 			t.Errorf("%s: first continuation %q, want %q", tc.task, it.Requests[0].Continuation, tc.cont0)
+		}
+		if tc.task == "boolq" {
+			c := it.Requests[0].Context
+			if strings.HasPrefix(c, "Passage: ") || !strings.Contains(c, "\nQuestion: ") || !strings.HasSuffix(c, "?\nAnswer:") {
+				t.Errorf("boolq context is not \"{passage}\\nQuestion: {question}?\\nAnswer:\": %q", c)
+			}
+			if it.Requests[1].Continuation != " yes" {
+				t.Errorf("boolq choices %q", it.Requests[1].Continuation)
+			}
 		}
 	}
 }
@@ -191,6 +200,7 @@ func TestBadInput(t *testing.T) {
 		{"mmlu", "mmlu/dev/x_dev.csv", "q,a,b,c,d,E\n", "x_dev.csv:1: answer \"E\" is not A, B, C or D"},
 		{"piqa", "piqa/valid.jsonl", `{"goal": "g", "sol1": "a", "sol2": "b"}`, "needs its labels file"},
 		{"lambada_openai", "eval-llmfoundry/other.jsonl", "", "none of eval-llmfoundry/lambada_openai.jsonl"},
+		{"siqa", "eval-llmfoundry/siqa.jsonl", `{"query": "Context: c\nQuestion: q\nChoices:\nA. x\nC. y\nAnswer:", "choices": ["A", "B"], "gold": 0}`, `does not start with "B. "`},
 	} {
 		task, err := Lookup(tc.task)
 		if err != nil {
