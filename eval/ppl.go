@@ -244,6 +244,11 @@ func VanillaCaches(cfg model.Config) CacheFactory {
 	return func() (model.KVCache[float32], error) { return model.NewVanillaCache[float32](cfg), nil }
 }
 
+// EvictingCaches makes caches of a training-free eviction policy (dmc.EvictingCache).
+func EvictingCaches(cfg model.Config, ec dmc.EvictConfig) CacheFactory {
+	return func() (model.KVCache[float32], error) { return dmc.NewEvictingCache[float32](cfg, ec) }
+}
+
 // DMCCaches makes DMC compressed caches.
 func DMCCaches(cfg model.Config, dc dmc.Config) CacheFactory {
 	return func() (model.KVCache[float32], error) { return dmc.NewCompressedCache[float32](cfg, dc) }

@@ -104,6 +104,9 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 	if cache.DMC != nil {
 		cfg["dmc"] = cache.DMC
 	}
+	if cache.Evict != nil {
+		cfg["evict"] = cache.Evict
+	}
 	if rep.PPL != nil {
 		cfg["real_cr"] = rep.CR // measured by the ppl task with the same cache
 	}

@@ -2,6 +2,7 @@ package retrofit
 
 import (
 	"fmt"
+	"math"
 
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/eval"
@@ -12,18 +13,46 @@ import (
 // Cache is the KV cache chosen for a model: its name and, for "dmc", the DMC settings. It is
 // decided once (Model.Cache) and gives every executor its cache.
 type Cache struct {
-	Name string      // "vanilla" or "dmc"
-	DMC  *dmc.Config // nil for vanilla
+	Name  string           // "vanilla", "dmc", or a training-free policy (window, streaming, h2o, tova)
+	DMC   *dmc.Config      // nil unless "dmc"
+	Evict *dmc.EvictConfig // the policy and its budget; nil unless a policy
 }
 
 // CacheKinds are the values of --cache.
-const CacheKinds = "auto, vanilla or dmc"
+const CacheKinds = "auto, vanilla, dmc, or a training-free policy: window, streaming, h2o, tova"
+
+// CacheOptions size the training-free policies: Budget slots per (layer, KV head), or a target
+// compression CR, which gives a budget of Context/CR slots (Context: the longest sequence one
+// cache holds).
+type CacheOptions struct {
+	Budget  int
+	CR      float64
+	Context int
+}
 
 // ChooseCache picks the cache of kind ("auto": DMC for DMC models; "vanilla"; "dmc": the
 // model's DMC settings, or the reference defaults for a model that has none) for a model
 // whose DMC settings are dc (nil = vanilla model).
 func ChooseCache(kind string, dc *dmc.Config) (Cache, error) {
+	return ChooseCacheWith(kind, dc, CacheOptions{})
+}
+
+// ChooseCacheWith is ChooseCache with the training-free policies too (sized by o).
+func ChooseCacheWith(kind string, dc *dmc.Config, o CacheOptions) (Cache, error) {
 	switch kind {
+	case dmc.PolicyWindow, dmc.PolicyStreaming, dmc.PolicyH2O, dmc.PolicyTOVA:
+		budget := o.Budget
+		if budget == 0 && o.CR > 0 && o.Context > 0 {
+			budget = int(math.Ceil(float64(o.Context) / o.CR))
+		}
+		if budget <= 0 {
+			return Cache{}, fmt.Errorf("--cache %s needs a size: --kv-budget N (slots per layer and KV head) or --cr X (a budget of context/X slots)", kind)
+		}
+		ec := dmc.EvictConfig{Policy: kind, Budget: budget}
+		if err := ec.Validate(); err != nil {
+			return Cache{}, err
+		}
+		return Cache{Name: kind, Evict: &ec}, nil
 	case "auto":
 		if dc == nil {
 			return Cache{Name: "vanilla"}, nil
@@ -45,8 +74,16 @@ func ChooseCache(kind string, dc *dmc.Config) (Cache, error) {
 // Cache picks the model's cache of kind (see ChooseCache).
 func (m *Model) Cache(kind string) (Cache, error) { return ChooseCache(kind, m.DMC) }
 
+// CacheWith picks the model's cache of kind, sizing a training-free policy by o.
+func (m *Model) CacheWith(kind string, o CacheOptions) (Cache, error) {
+	return ChooseCacheWith(kind, m.DMC, o)
+}
+
 // Factory makes one fresh CPU cache per sequence.
 func (c Cache) Factory(cfg model.Config) eval.CacheFactory {
+	if c.Evict != nil {
+		return eval.EvictingCaches(cfg, *c.Evict)
+	}
 	if c.DMC == nil {
 		return eval.VanillaCaches(cfg)
 	}

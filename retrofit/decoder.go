@@ -26,6 +26,9 @@ func NewDecoder(m *Model, cache Cache, device string, maxContext int) (*Decoder,
 		cpu := model.NewCPUDecoder(m.Weights, func() (model.KVCache[float32], error) { return factory() })
 		return &Decoder{Decoder: cpu, cpu: cpu, cache: cache}, nil
 	case "cuda":
+		if cache.Evict != nil {
+			return nil, fmt.Errorf("the CUDA engine has no %s cache: run training-free policies with --device cpu", cache.Name)
+		}
 		if err := kernels.Available(); err != nil {
 			return nil, err
 		}

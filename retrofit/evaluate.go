@@ -20,7 +20,11 @@ type EvalSpec struct {
 	Split     string
 	Tasks     string // comma-separated: ppl, channels, and benchmarks (eval/tasks)
 	JSON      string // also write the report here
-	Cache     string // auto, vanilla, dmc
+	Cache     string // auto, vanilla, dmc, or a training-free policy (window, streaming, h2o, tova)
+	// KVBudget (slots per layer and KV head) or CR (a budget of the context over CR) sizes a
+	// training-free policy.
+	KVBudget  int
+	CR        float64
 	SeqLen    int
 	MaxTokens int
 	Separator string
@@ -46,11 +50,12 @@ type EvalHooks struct {
 
 // EvalReport is the JSON written by `dmc eval --json`.
 type EvalReport struct {
-	Model string          `json:"model"`
-	Data  string          `json:"data"`
-	Cache string          `json:"cache"`
-	DMC   *dmc.Config     `json:"dmc,omitempty"`
-	PPL   *eval.PPLResult `json:"ppl_result"`
+	Model string           `json:"model"`
+	Data  string           `json:"data"`
+	Cache string           `json:"cache"`
+	DMC   *dmc.Config      `json:"dmc,omitempty"`
+	Evict *dmc.EvictConfig `json:"evict,omitempty"` // a training-free policy and its budget
+	PPL   *eval.PPLResult  `json:"ppl_result"`
 	// Flattened headline numbers for scripts.
 	Perplexity float64     `json:"ppl"`
 	Tokens     int         `json:"tokens"`
@@ -97,7 +102,7 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 	rep := &EvalReport{Model: m.Source, Data: spec.Data, HeadDim: cfg.HeadDim()}
 	opts := eval.PPLOptions{SeqLen: spec.SeqLen, MaxTokens: spec.MaxTokens}
 	if tasks["ppl"] {
-		cache, err := m.Cache(spec.Cache)
+		cache, err := m.CacheWith(spec.Cache, spec.cacheOptions(cfg.MaxSeqLen))
 		if err != nil {
 			return nil, err
 		}
@@ -130,7 +135,7 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 		}
 	}
 	if len(bench) > 0 {
-		cache, err := m.Cache(spec.Cache)
+		cache, err := m.CacheWith(spec.Cache, spec.cacheOptions(cfg.MaxSeqLen))
 		if err != nil {
 			return nil, err
 		}
@@ -157,8 +162,17 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 	return rep, nil
 }
 
+// cacheOptions sizes a training-free policy: the budget given, or the context over CR.
+func (spec EvalSpec) cacheOptions(maxSeq int) CacheOptions {
+	ctx := maxSeq
+	if spec.SeqLen > 0 {
+		ctx = min(ctx, spec.SeqLen)
+	}
+	return CacheOptions{Budget: spec.KVBudget, CR: spec.CR, Context: ctx}
+}
+
 func (r *EvalReport) setPPL(res *eval.PPLResult, c Cache) {
 	r.Cache, r.PPL, r.Perplexity, r.Tokens = c.Name, res, res.PPL, res.Tokens
 	r.CR, r.CRPerLayer, r.CRPerHead = res.CR, res.CRPerLayer, res.CRPerHead
-	r.DMC = c.DMC
+	r.DMC, r.Evict = c.DMC, c.Evict
 }

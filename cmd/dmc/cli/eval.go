@@ -22,6 +22,8 @@ type EvalOptions struct {
 	Tasks     string
 	JSON      string
 	Cache     string
+	KVBudget  int
+	CR        float64
 	SeqLen    int
 	MaxTokens int
 	Separator string
@@ -86,7 +88,9 @@ them, from --data-dir (default $DMC_EVAL_DATA), laid out as ../shared/assets:
 	f.Uint64Var(&o.Seed, "seed", 1234, "seed of the few-shot sampling")
 	f.StringVar(&o.LogSamples, "log-samples", "", "write every scored benchmark item (log-likelihoods, target, acc) as JSONL to this file")
 	f.StringVar(&o.JSON, "json", "", "also write the results as JSON to this file")
-	f.StringVar(&o.Cache, "cache", "auto", "auto (DMC for DMC models), vanilla or dmc")
+	f.StringVar(&o.Cache, "cache", "auto", "auto (DMC for DMC models), vanilla, dmc, or a training-free policy: window, streaming (4 sinks + recent), h2o (heavy hitters + recent), tova")
+	f.IntVar(&o.KVBudget, "kv-budget", 0, "slots per layer and KV head of a training-free policy")
+	f.Float64Var(&o.CR, "cr", 0, "size a training-free policy for this compression: a budget of context/CR slots")
 	f.IntVar(&o.SeqLen, "seq-len", 0, "longest sequence decoded from one cache (default: the model's context)")
 	f.IntVar(&o.MaxTokens, "max-tokens", 0, "stop after about this many scored tokens (0 = all)")
 	f.StringVar(&o.Separator, "separator", "", "document separator of .txt data (default <|endoftext|>)")
@@ -107,7 +111,7 @@ func (o *EvalOptions) Run(ctx context.Context, streams *IO) (*EvalReport, error)
 	prog := newProgressLine(streams.Err, "tokens")
 	items := newProgressLine(streams.Err, "items")
 	rep, err := retrofit.Evaluate(ctx, retrofit.EvalSpec{Model: o.Model, Tokenizer: o.Tokenizer, Data: o.Data, Split: o.Split,
-		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator,
+		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, KVBudget: o.KVBudget, CR: o.CR, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator,
 		TextField: o.TextField, TextColumn: o.TextColumn, DataDir: o.DataDir, NumFewShot: o.NumFewShot, Limit: o.Limit, Seed: o.Seed,
 		LogSamples: o.LogSamples},
 		retrofit.EvalHooks{
@@ -189,6 +193,8 @@ func (o *EvalOptions) check() error {
 		dataErr = retrofit.CheckDataPath(o.Data, "--data")
 	}
 	if err := firstErr(checkInt("max-tokens", o.MaxTokens, 0, "≥ 0 (0 = all)"), checkInt("num-fewshot", o.NumFewShot, 0, "≥ 0"),
+		checkInt("kv-budget", o.KVBudget, 0, "≥ 0 (slots per layer and KV head)"),
+		checkFloat("cr", o.CR, func(x float64) bool { return x == 0 || x >= 1 }, "0 or ≥ 1 (a compression rate)"),
 		checkInt("limit", o.Limit, 0, "≥ 0 (0 = all)"), dataErr, retrofit.CheckWritable(o.JSON, "--json"),
 		retrofit.CheckWritable(o.LogSamples, "--log-samples")); err != nil {
 		return err

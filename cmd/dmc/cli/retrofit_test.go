@@ -255,6 +255,8 @@ func TestRetrofitBadInput(t *testing.T) {
 		{"export of a non-run", []string{"export", "--run", fx.dir, "--out", filepath.Join(fx.dir, "x")}, "not a retrofit run"},
 		{"eval with an unknown task", []string{"eval", "--model", fx.model, "--data", fx.shards, "--tasks", "mmlux"}, "unknown task \"mmlux\": known tasks are"},
 		{"eval ppl without data", []string{"eval", "--model", fx.model, "--tasks", "ppl"}, "need --data"},
+		{"eval h2o without a budget", []string{"eval", "--model", fx.model, "--data", fx.shards, "--cache", "h2o"}, "--cache h2o needs a size: --kv-budget N"},
+		{"eval unknown cache", []string{"eval", "--model", fx.model, "--data", fx.shards, "--cache", "lru"}, "unknown --cache \"lru\""},
 	}
 	t.Setenv("HF_HUB_CACHE", filepath.Join(fx.dir, "empty-hub"))
 	t.Setenv("DMC_WEIGHTS", "")

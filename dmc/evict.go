@@ -1,0 +1,200 @@
+package dmc
+
+import (
+	"fmt"
+	"math"
+
+	"github.com/dmc-project/dmc/model"
+)
+
+// Training-free KV-cache policies, the baselines DMC is compared with at equal compression.
+// Each keeps at most Budget slots per (layer, KV head) and evicts one slot when a new token
+// arrives at a full cache, chosen as its paper does:
+//
+//	window     the oldest slot (a sliding window of the most recent tokens)
+//	streaming  StreamingLLM (arXiv 2309.17453): the oldest slot after the Sinks first tokens
+//	h2o        H2O (arXiv 2306.14048): the lowest accumulated attention, outside the Recent newest
+//	tova       TOVA (arXiv 2401.06104): the lowest attention from the last query, averaged over
+//	           the query heads of the KV head's group
+//
+// Attention scores are the model's own: softmax(q·kᵀ/√D) of the new token's rotated queries
+// over the head's slots, recomputed here when a token arrives (the attention the model then
+// runs on the same slots), so the cache works behind model.KVCache unchanged.
+const (
+	PolicyWindow    = "window"
+	PolicyStreaming = "streaming"
+	PolicyH2O       = "h2o"
+	PolicyTOVA      = "tova"
+)
+
+// EvictConfig configures an EvictingCache.
+type EvictConfig struct {
+	Policy string
+	Budget int // slots per (layer, KV head), ≥ 1 (≥ Sinks + 1 for streaming)
+	Sinks  int // streaming: attention-sink tokens kept (0 → 4)
+	Recent int // h2o: newest slots never evicted (0 → Budget/2, as the paper's equal split)
+}
+
+// Validate checks the configuration and fills the defaults.
+func (c *EvictConfig) Validate() error {
+	switch c.Policy {
+	case PolicyWindow, PolicyStreaming, PolicyH2O, PolicyTOVA:
+	default:
+		return fmt.Errorf("unknown cache policy %q: use window, streaming, h2o or tova", c.Policy)
+	}
+	if c.Budget < 1 {
+		return fmt.Errorf("the %s cache needs a budget of at least 1 slot per head, got %d", c.Policy, c.Budget)
+	}
+	if c.Policy == PolicyStreaming {
+		if c.Sinks == 0 {
+			c.Sinks = 4
+		}
+		if c.Sinks < 0 || c.Sinks >= c.Budget {
+			return fmt.Errorf("streaming: %d sink tokens leave no room in a budget of %d slots", c.Sinks, c.Budget)
+		}
+	}
+	if c.Policy == PolicyH2O {
+		if c.Recent == 0 {
+			c.Recent = c.Budget / 2
+		}
+		if c.Recent < 0 || c.Recent >= c.Budget {
+			return fmt.Errorf("h2o: a recent window of %d leaves no heavy-hitter room in a budget of %d", c.Recent, c.Budget)
+		}
+	}
+	return nil
+}
+
+// EvictingCache is a model.KVCache that evicts by a training-free policy.
+type EvictingCache[T model.Float] struct {
+	cfg          model.Config
+	ec           EvictConfig
+	rope         *model.RoPE
+	keys, values [][]T       // [layer·Hkv + head] → n·D, keys rotated
+	pos          [][]int     // the token position of each slot
+	score        [][]float64 // h2o: accumulated attention; tova: the last query's attention
+	seen         []int
+	qrot         []T
+	probs        []float64
+}
+
+// NewEvictingCache makes an empty cache for cfg.
+func NewEvictingCache[T model.Float](cfg model.Config, ec EvictConfig) (*EvictingCache[T], error) {
+	if err := ec.Validate(); err != nil {
+		return nil, err
+	}
+	n := cfg.NLayers * cfg.NKVHeads
+	return &EvictingCache[T]{cfg: cfg, ec: ec, rope: model.NewRoPE(cfg), keys: make([][]T, n), values: make([][]T, n),
+		pos: make([][]int, n), score: make([][]float64, n), seen: make([]int, n), qrot: make([]T, cfg.HeadDim())}, nil
+}
+
+// Put evicts one slot of every full head (by the policy, from the scores so far), appends the
+// new token, and updates the attention scores with the new token's queries.
+func (c *EvictingCache[T]) Put(layer, pos int, q, k, v []T) {
+	D, Hkv := c.cfg.HeadDim(), c.cfg.NKVHeads
+	G := c.cfg.NHeads / Hkv
+	for h := 0; h < Hkv; h++ {
+		i := layer*Hkv + h
+		if len(c.pos[i]) >= c.ec.Budget {
+			c.remove(i, c.victim(i))
+		}
+		start := len(c.keys[i])
+		c.keys[i] = append(c.keys[i], k[h*D:(h+1)*D]...)
+		model.Rotate(c.rope, c.keys[i][start:], pos)
+		c.values[i] = append(c.values[i], v[h*D:(h+1)*D]...)
+		c.pos[i] = append(c.pos[i], pos)
+		c.score[i] = append(c.score[i], 0)
+		c.seen[i]++
+		if c.ec.Policy != PolicyH2O && c.ec.Policy != PolicyTOVA {
+			continue
+		}
+		n := len(c.pos[i])
+		if cap(c.probs) < n {
+			c.probs = make([]float64, n)
+		}
+		avg := make([]float64, n)
+		for g := 0; g < G; g++ {
+			qh := h*G + g
+			copy(c.qrot, q[qh*D:(qh+1)*D])
+			model.Rotate(c.rope, c.qrot, pos)
+			p := c.probs[:n]
+			m := math.Inf(-1)
+			for j := 0; j < n; j++ {
+				var s float64
+				kj := c.keys[i][j*D : (j+1)*D]
+				for d := 0; d < D; d++ {
+					s += float64(c.qrot[d]) * float64(kj[d])
+				}
+				p[j] = s / math.Sqrt(float64(D))
+				m = max(m, p[j])
+			}
+			var z float64
+			for j := range p {
+				p[j] = math.Exp(p[j] - m)
+				z += p[j]
+			}
+			for j := range p {
+				avg[j] += p[j] / z / float64(G)
+			}
+		}
+		for j := 0; j < n; j++ {
+			if c.ec.Policy == PolicyH2O {
+				c.score[i][j] += avg[j]
+			} else {
+				c.score[i][j] = avg[j]
+			}
+		}
+	}
+}
+
+// victim is the slot the policy evicts from head i.
+func (c *EvictingCache[T]) victim(i int) int {
+	n := len(c.pos[i])
+	switch c.ec.Policy {
+	case PolicyWindow:
+		return 0
+	case PolicyStreaming:
+		for j := 0; j < n; j++ {
+			if c.pos[i][j] >= c.ec.Sinks {
+				return j
+			}
+		}
+		return n - 1
+	}
+	limit := n
+	if c.ec.Policy == PolicyH2O {
+		limit = n - c.ec.Recent // the newest Recent slots stay
+	}
+	best := 0
+	for j := 1; j < limit; j++ {
+		if c.score[i][j] < c.score[i][best] {
+			best = j
+		}
+	}
+	return best
+}
+
+func (c *EvictingCache[T]) remove(i, j int) {
+	D := c.cfg.HeadDim()
+	c.keys[i] = append(c.keys[i][:j*D], c.keys[i][(j+1)*D:]...)
+	c.values[i] = append(c.values[i][:j*D], c.values[i][(j+1)*D:]...)
+	c.pos[i] = append(c.pos[i][:j], c.pos[i][j+1:]...)
+	c.score[i] = append(c.score[i][:j], c.score[i][j+1:]...)
+}
+
+// Slots returns the stored keys and values of (layer, kvHead).
+func (c *EvictingCache[T]) Slots(layer, kvHead int) ([]T, []T, int) {
+	i := layer*c.cfg.NKVHeads + kvHead
+	return c.keys[i], c.values[i], len(c.pos[i])
+}
+
+// Positions are the token positions the slots of (layer, kvHead) hold (tests, inspection).
+func (c *EvictingCache[T]) Positions(layer, kvHead int) []int {
+	return append([]int(nil), c.pos[layer*c.cfg.NKVHeads+kvHead]...)
+}
+
+// Tokens is how many tokens (layer, kvHead) has seen; NumSlots how many it holds: their
+// ratio is the real compression rate, reported as for DMC.
+func (c *EvictingCache[T]) Tokens(layer, kvHead int) int { return c.seen[layer*c.cfg.NKVHeads+kvHead] }
+
+// NumSlots is the number of slots (layer, kvHead) holds.
+func (c *EvictingCache[T]) NumSlots(layer, kvHead int) int { return len(c.pos[layer*c.cfg.NKVHeads+kvHead]) }
