@@ -22,7 +22,7 @@ func init() {
 			items := make([]Item, len(docs))
 			for i, d := range docs {
 				ctx := "Question: " + d.Goal + "\nAnswer:"
-				items[i] = Item{Requests: []Request{{ctx, " " + d.Sol1}, {ctx, " " + d.Sol2}}, Gold: d.Label, Source: d.Source}
+				items[i] = Item{Requests: []Request{choice(ctx, d.Sol1), choice(ctx, d.Sol2)}, Gold: d.Label, Source: d.Source}
 			}
 			return items, items, nil
 		}})
@@ -38,7 +38,7 @@ func init() {
 				ctx := hellaswagPreprocess(d.Query)
 				it := Item{Gold: d.Label, Source: d.Source}
 				for _, e := range d.Endings {
-					it.Requests = append(it.Requests, Request{ctx, " " + hellaswagPreprocess(e)})
+					it.Requests = append(it.Requests, choice(ctx, hellaswagPreprocess(e)))
 				}
 				items[i] = it
 			}
@@ -55,7 +55,9 @@ func init() {
 	// COPA: lm-eval's utils.doc_to_choice already puts a space before each (first letter
 	// lower-cased) choice and the default target delimiter adds another: two spaces.
 	register(&Task{Name: "copa", Version: "1.0", Files: "eval-llmfoundry/copa.jsonl",
-		Load: foundryChoicesWith("copa", func(q string) string { return q }, func(c string) string { return "  " + lowerFirst(c) })})
+		Load: foundryChoicesWith("copa", func(q string) string { return q }, func(ctx, c string) Request {
+			return choice(ctx, " "+lowerFirst(c)) // lm-eval's choice is " the …", so acc_norm counts that space
+		})})
 	register(&Task{Name: "siqa", Version: "0.0",
 		Files: "eval-llmfoundry/siqa.jsonl (its converted query is parsed back into lm-eval's \"Q: {context} {question}\\nA:\" with the answer texts; that file keeps 2 of the 3 answers)",
 		Load:  loadSIQA})
@@ -67,7 +69,7 @@ func init() {
 				}
 				it := Item{Gold: *f.Gold}
 				for _, c := range f.ContextOptions {
-					it.Requests = append(it.Requests, Request{c, " " + strings.TrimSpace(*f.Continuation)})
+					it.Requests = append(it.Requests, choice(c, strings.TrimSpace(*f.Continuation)))
 				}
 				return it, nil
 			})
@@ -79,7 +81,8 @@ func init() {
 				if strings.TrimSpace(*f.Continuation) == "" {
 					return Item{}, fmt.Errorf("empty continuation")
 				}
-				return Item{Requests: []Request{{strings.TrimRight(*f.Context, " "), " " + strings.TrimSpace(*f.Continuation)}}}, nil
+				// lambada's target template carries the space itself; no delimiter is added.
+				return Item{Requests: []Request{{Context: strings.TrimRight(*f.Context, " "), Continuation: " " + strings.TrimSpace(*f.Continuation)}}}, nil
 			})
 			return items, items, err
 		}})
@@ -98,7 +101,7 @@ func init() {
 
 // foundryChoices is a multiple-choice task from an llm-foundry jsonl (query, choices, gold).
 func foundryChoices(file string, text func(query string) string) func(root string) ([]Item, []Item, error) {
-	return foundryChoicesWith(file, text, func(c string) string { return " " + c })
+	return foundryChoicesWith(file, text, choice)
 }
 
 func lowerFirst(s string) string {
@@ -110,7 +113,7 @@ func lowerFirst(s string) string {
 }
 
 // foundryChoicesWith is foundryChoices with the continuation built by cont.
-func foundryChoicesWith(file string, text func(query string) string, cont func(choice string) string) func(root string) ([]Item, []Item, error) {
+func foundryChoicesWith(file string, text func(query string) string, cont func(ctx, choice string) Request) func(root string) ([]Item, []Item, error) {
 	return func(root string) ([]Item, []Item, error) {
 		items, err := loadFoundry(root, file, []string{"query", "choices", "gold"}, func(f foundry) (Item, error) {
 			if err := checkGold(*f.Gold, len(f.Choices)); err != nil {
@@ -119,7 +122,7 @@ func foundryChoicesWith(file string, text func(query string) string, cont func(c
 			ctx := text(*f.Query)
 			it := Item{Gold: *f.Gold}
 			for _, c := range f.Choices {
-				it.Requests = append(it.Requests, Request{ctx, cont(c)})
+				it.Requests = append(it.Requests, cont(ctx, c))
 			}
 			return it, nil
 		})
@@ -147,7 +150,7 @@ func loadSIQA(root string) ([]Item, []Item, error) {
 			if !strings.HasPrefix(a, prefix) {
 				return Item{}, fmt.Errorf("answer line %q does not start with %q", a, prefix)
 			}
-			it.Requests = append(it.Requests, Request{ctx, " " + strings.TrimPrefix(a, prefix)})
+			it.Requests = append(it.Requests, choice(ctx, strings.TrimPrefix(a, prefix)))
 		}
 		return it, nil
 	})
@@ -207,7 +210,7 @@ func loadMMLU(root string) ([]Item, []Item, error) {
 func mmluItem(d mmluDoc) Item {
 	it := Item{Gold: d.Answer, Source: d.Subject + "|" + d.Source}
 	for _, l := range []string{"A", "B", "C", "D"} {
-		it.Requests = append(it.Requests, Request{mmluQuestion(d), " " + l})
+		it.Requests = append(it.Requests, choice(mmluQuestion(d), l))
 	}
 	return it
 }
@@ -234,7 +237,7 @@ func mmluFewShot(pool []Item, it Item, k int, _ *rand.Rand) Item {
 	out := it
 	out.Requests = make([]Request, len(it.Requests))
 	for i, r := range it.Requests {
-		out.Requests[i] = Request{b.String() + r.Context, r.Continuation}
+		out.Requests[i] = Request{Context: b.String() + r.Context, Continuation: r.Continuation, Chars: r.Chars}
 	}
 	return out
 }

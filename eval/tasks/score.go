@@ -4,8 +4,11 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"runtime"
 	"strings"
+	"sync"
 	"unicode"
+	"unicode/utf8"
 
 	"github.com/dmc-project/dmc/data/tokenizer"
 	"github.com/dmc-project/dmc/model"
@@ -121,9 +124,19 @@ type Options struct {
 	NumFewShot int    // examples prepended to each item's context
 	Limit      int    // score only the first Limit items (0: all)
 	Seed       uint64 // few-shot sampling
+	// Workers scores items in parallel (0: one per core); the Scorer must then be safe for
+	// concurrent use (DecoderScorer is, without Greedy). Results do not depend on it.
+	Workers int
 	// Progress, when set, hears the items scored so far.
 	Progress func(done, total int)
 }
+
+// ConcurrentScorer is implemented by scorers that say whether they may run in parallel.
+type ConcurrentScorer interface{ Concurrent() bool }
+
+// Concurrent reports whether LogLikelihood may run in parallel: the batched log-probability
+// path may, the greedy check (prefill and decode on shared sequences) may not.
+func (s DecoderScorer) Concurrent() bool { return !s.Greedy }
 
 // Score evaluates a task's items with s.
 func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
@@ -138,7 +151,8 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 	}
 	res := &Result{Task: t.Name, Version: t.Version, N: len(items), NShot: o.NumFewShot}
 	rng := rand.New(rand.NewPCG(o.Seed, 1234))
-	var accs, norms, lls []float64
+	// Few-shot contexts are drawn in item order first, so the shots do not depend on Workers.
+	prepared := make([]Item, len(items))
 	for i, it := range items {
 		if t.MaxShots != nil && o.NumFewShot > t.MaxShots(shots, it) {
 			return nil, fmt.Errorf("%s: %s: %d few-shot examples asked for, but the few-shot split has %d for it", t.Name, it.Source, o.NumFewShot, t.MaxShots(shots, it))
@@ -149,36 +163,54 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 		case o.NumFewShot > 0:
 			it = withShots(pickShots(rng, shots, it, o.NumFewShot), it)
 		}
-		smp := Sample{Index: i, Source: it.Source, Gold: it.Gold}
-		for _, r := range it.Requests {
-			ll, g, err := s.LogLikelihood(r)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %s: %w", t.Name, it.Source, err)
-			}
-			smp.LL = append(smp.LL, ll)
-			smp.Greedy = append(smp.Greedy, g)
-		}
-		switch t.Kind {
-		case LogLikelihood:
-			smp.Acc = b2f(smp.Greedy[0])
-			lls = append(lls, smp.LL[0])
-		default:
-			smp.Acc = b2f(argmax(smp.LL) == it.Gold)
-			smp.Greedy = nil
-			if t.Norm {
-				normed := make([]float64, len(smp.LL))
-				for k, r := range it.Requests {
-					normed[k] = smp.LL[k] / float64(len(r.Continuation))
+		prepared[i] = it
+	}
+	workers := o.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	if cs, ok := s.(ConcurrentScorer); !ok || !cs.Concurrent() {
+		workers = 1
+	}
+	res.Samples = make([]Sample, len(prepared))
+	errs := make([]error, len(prepared))
+	var mu sync.Mutex
+	next, done := 0, 0
+	var wg sync.WaitGroup
+	for w := 0; w < min(workers, len(prepared)); w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				mu.Lock()
+				i := next
+				next++
+				mu.Unlock()
+				if i >= len(prepared) {
+					return
 				}
-				v := b2f(argmax(normed) == it.Gold)
-				smp.AccNorm = &v
-				norms = append(norms, v)
+				res.Samples[i], errs[i] = scoreItem(t, s, i, prepared[i])
+				mu.Lock()
+				done++
+				if o.Progress != nil {
+					o.Progress(done, len(prepared))
+				}
+				mu.Unlock()
 			}
+		}()
+	}
+	wg.Wait()
+	var accs, norms, lls []float64
+	for i, smp := range res.Samples {
+		if errs[i] != nil {
+			return nil, errs[i]
 		}
 		accs = append(accs, smp.Acc)
-		res.Samples = append(res.Samples, smp)
-		if o.Progress != nil {
-			o.Progress(i+1, len(items))
+		if smp.AccNorm != nil {
+			norms = append(norms, *smp.AccNorm)
+		}
+		if t.Kind == LogLikelihood {
+			lls = append(lls, smp.LL[0])
 		}
 	}
 	res.Acc = meanStderr(accs)
@@ -191,6 +223,39 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 		res.Perplexity = &p
 	}
 	return res, nil
+}
+
+// scoreItem scores the requests of one item.
+func scoreItem(t *Task, s Scorer, i int, it Item) (Sample, error) {
+	smp := Sample{Index: i, Source: it.Source, Gold: it.Gold}
+	for _, r := range it.Requests {
+		ll, g, err := s.LogLikelihood(r)
+		if err != nil {
+			return smp, fmt.Errorf("%s: %s: %w", t.Name, it.Source, err)
+		}
+		smp.LL = append(smp.LL, ll)
+		smp.Greedy = append(smp.Greedy, g)
+	}
+	switch t.Kind {
+	case LogLikelihood:
+		smp.Acc = b2f(smp.Greedy[0])
+	default:
+		smp.Acc = b2f(argmax(smp.LL) == it.Gold)
+		smp.Greedy = nil
+		if t.Norm {
+			normed := make([]float64, len(smp.LL))
+			for k, r := range it.Requests {
+				n := r.Chars
+				if n == 0 {
+					n = utf8.RuneCountInString(r.Continuation)
+				}
+				normed[k] = smp.LL[k] / float64(n)
+			}
+			v := b2f(argmax(normed) == it.Gold)
+			smp.AccNorm = &v
+		}
+	}
+	return smp, nil
 }
 
 func b2f(b bool) float64 {
@@ -289,7 +354,7 @@ func withShots(shots []Item, it Item) Item {
 	out := it
 	out.Requests = make([]Request, len(it.Requests))
 	for i, r := range it.Requests {
-		out.Requests[i] = Request{Context: b.String() + r.Context, Continuation: r.Continuation}
+		out.Requests[i] = Request{Context: b.String() + r.Context, Continuation: r.Continuation, Chars: r.Chars}
 	}
 	return out
 }

@@ -5,11 +5,20 @@ import (
 	"math/rand/v2"
 	"sort"
 	"strings"
+	"unicode/utf8"
 )
 
-// Request is one continuation to score: log p(Continuation | Context).
+// Request is one continuation to score: log p(Continuation | Context). Continuation is the
+// target delimiter plus the choice; Chars is the choice's length in characters (Python's
+// len, without the delimiter), which acc_norm divides by.
 type Request struct {
 	Context, Continuation string
+	Chars                 int
+}
+
+// choice is the request of one choice after lm-eval's default target delimiter " ".
+func choice(ctx, c string) Request {
+	return Request{Context: ctx, Continuation: " " + c, Chars: utf8.RuneCountInString(c)}
 }
 
 // Item is one benchmark question: one request per choice and the index of the right one. For a

@@ -26,7 +26,7 @@ func (f fakeScorer) LogLikelihood(r Request) (float64, bool, error) {
 func mc(ctx string, gold int, choices ...string) Item {
 	it := Item{Gold: gold, Source: ctx}
 	for _, c := range choices {
-		it.Requests = append(it.Requests, Request{ctx, c})
+		it.Requests = append(it.Requests, choice(ctx, c))
 	}
 	return it
 }
@@ -36,17 +36,17 @@ func mc(ctx string, gold int, choices ...string) Item {
 func TestScoreAccAndAccNorm(t *testing.T) {
 	task := &Task{Name: "hand", Version: "1.0", Norm: true}
 	items := []Item{
-		mc("q1", 0, " a", " bbbbbbbbbb"), // ll: a −2 (norm −1), b −3 (norm −0.27): acc wrong, norm right... gold 0: acc right, norm wrong
-		mc("q2", 1, " cc", " dddddddd"),  // c −1 (−0.33), d −4 (−0.44): acc wrong, norm wrong
-		mc("q3", 1, " e", " ffff"),       // e −5 (−2.5), f −1 (−0.2): both right
+		// acc_norm divides by the choice's characters without the delimiter (a: 1, b: 10, …).
+		mc("q1", 0, "a", "bbbbbbbbbb"), // a −2 (norm −2), b −3 (−0.3): acc right, norm wrong
+		mc("q2", 1, "ccc", "dddddddd"), // c −1 (−0.33), d −4 (−0.5): both wrong
+		mc("q3", 1, "ee", "fffff"),     // e −5 (−2.5), f −1 (−0.2): both right
 	}
-	s := fakeScorer{ll: map[string]float64{" a": -2, " bbbbbbbbbb": -3, " cc": -1, " dddddddd": -4, " e": -5, " ffff": -1}}
+	s := fakeScorer{ll: map[string]float64{" a": -2, " bbbbbbbbbb": -3, " ccc": -1, " dddddddd": -4, " ee": -5, " fffff": -1}}
 	res, err := Score(task, items, nil, s, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	// acc: q1 right, q2 wrong, q3 right → 2/3; acc_norm: q1 wrong (b −3/11 > a −2/2), q2 right?
-	// c: −1/3 = −0.333, d: −4/9 = −0.444 → argmax c (index 0) ≠ gold 1: wrong; q3 right → 1/3.
+	// acc: q1 right, q2 wrong, q3 right → 2/3; acc_norm: only q3 → 1/3.
 	wantAcc, wantNorm := 2.0/3, 1.0/3
 	if math.Abs(res.Acc.Value-wantAcc) > 1e-12 || math.Abs(res.AccNorm.Value-wantNorm) > 1e-12 {
 		t.Fatalf("acc %v acc_norm %v, want %v %v", res.Acc.Value, res.AccNorm.Value, wantAcc, wantNorm)
@@ -63,7 +63,7 @@ func TestScoreAccAndAccNorm(t *testing.T) {
 // LAMBADA: acc is "every continuation token greedy", perplexity exp(−mean ll).
 func TestScoreLogLikelihood(t *testing.T) {
 	task := &Task{Name: "ll", Version: "1.0", Kind: LogLikelihood}
-	items := []Item{{Requests: []Request{{"x", " w1"}}}, {Requests: []Request{{"y", " w2"}}}}
+	items := []Item{{Requests: []Request{{Context: "x", Continuation: " w1"}}}, {Requests: []Request{{Context: "y", Continuation: " w2"}}}}
 	s := fakeScorer{ll: map[string]float64{" w1": -1, " w2": -3}, greedy: map[string]bool{" w1": true}}
 	res, err := Score(task, items, items, s, Options{})
 	if err != nil {
@@ -88,7 +88,7 @@ func TestWinograndePartialScoring(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := []Request{{"Sarah beat Maria so Sarah", " was sad."}, {"Sarah beat Maria so Maria", " was sad."}}
+	want := []Request{choice("Sarah beat Maria so Sarah", "was sad."), choice("Sarah beat Maria so Maria", "was sad.")}
 	if len(items) != 1 || items[0].Requests[0] != want[0] || items[0].Requests[1] != want[1] {
 		t.Fatalf("requests %+v, want %+v", items[0].Requests, want)
 	}
@@ -213,5 +213,39 @@ func TestBadInput(t *testing.T) {
 	}
 	if _, err := Lookup("piqaa"); err == nil || !strings.Contains(err.Error(), "known tasks are") {
 		t.Errorf("unknown task: %v", err)
+	}
+}
+
+// concurrentFake is a fakeScorer that may run in parallel.
+type concurrentFake struct{ fakeScorer }
+
+func (concurrentFake) Concurrent() bool { return true }
+
+// Parallel scoring gives exactly the serial results, item for item.
+func TestScoreParallelEqualsSerial(t *testing.T) {
+	task := &Task{Name: "p", Version: "1.0", Norm: true}
+	ll := map[string]float64{}
+	var items []Item
+	for i := 0; i < 200; i++ {
+		a, b := strings.Repeat("x", 1+i%7), strings.Repeat("y", 1+i%5)
+		items = append(items, mc("q", i%2, a, b))
+		ll[" "+a], ll[" "+b] = -float64(i%7)-1, -float64(i%5)-1.5
+	}
+	s := concurrentFake{fakeScorer{ll: ll}}
+	one, err := Score(task, items, items, s, Options{Workers: 1, NumFewShot: 2, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	many, err := Score(task, items, items, s, Options{Workers: 8, NumFewShot: 2, Seed: 7})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if one.Acc != many.Acc || *one.AccNorm != *many.AccNorm {
+		t.Fatalf("serial %+v %+v, parallel %+v %+v", one.Acc, *one.AccNorm, many.Acc, *many.AccNorm)
+	}
+	for i := range one.Samples {
+		if one.Samples[i].Acc != many.Samples[i].Acc || one.Samples[i].LL[0] != many.Samples[i].LL[0] {
+			t.Fatalf("item %d differs", i)
+		}
 	}
 }
