@@ -104,5 +104,8 @@ func Describe(c model.KVCache[float32]) string {
 	if cc, ok := c.(*dmc.CompressedCache[float32]); ok {
 		return fmt.Sprintf("DMC, %d slots, compression %.2fx", cc.TotalSlots(), cc.CR())
 	}
+	if ec, ok := c.(*dmc.EvictingCache[float32]); ok {
+		return fmt.Sprintf("%s eviction, %d slots per head", ec.Policy(), ec.Budget())
+	}
 	return "vanilla"
 }

@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"encoding/json"
 	"math"
 	"os"
 	"path/filepath"
@@ -247,5 +248,38 @@ func TestScoreParallelEqualsSerial(t *testing.T) {
 		if one.Samples[i].Acc != many.Samples[i].Acc || one.Samples[i].LL[0] != many.Samples[i].LL[0] {
 			t.Fatalf("item %d differs", i)
 		}
+	}
+}
+
+// The JSON has lm-eval's keys: results.<task>."acc,none" and "acc_stderr,none", n-shot,
+// versions, n-samples, and the config it was given.
+func TestReportShape(t *testing.T) {
+	r := NewReport([]*Result{{Task: "piqa", Version: "1.0", N: 10, NShot: 0, Acc: Metric{0.6, 0.1}, AccNorm: &Metric{0.7, 0.2}},
+		{Task: "lambada_openai", Version: "1.0", N: 5, Acc: Metric{0.2, 0.05}, Perplexity: &Metric{30, 3}}},
+		map[string]int{"piqa": 1838}, map[string]any{"model": "m", "cache": "dmc", "real_cr": 4.2})
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back map[string]any
+	if err := json.Unmarshal(b, &back); err != nil {
+		t.Fatal(err)
+	}
+	res := back["results"].(map[string]any)
+	piqa := res["piqa"].(map[string]any)
+	if piqa["acc,none"] != 0.6 || piqa["acc_stderr,none"] != 0.1 || piqa["acc_norm,none"] != 0.7 {
+		t.Fatalf("piqa %v", piqa)
+	}
+	if res["lambada_openai"].(map[string]any)["perplexity,none"] != 30.0 {
+		t.Fatalf("lambada %v", res["lambada_openai"])
+	}
+	ns := back["n-samples"].(map[string]any)["piqa"].(map[string]any)
+	if ns["original"] != 1838.0 || ns["effective"] != 10.0 || back["config"].(map[string]any)["real_cr"] != 4.2 {
+		t.Fatalf("n-samples %v config %v", ns, back["config"])
+	}
+	var md strings.Builder
+	if err := WriteMarkdown(&md, []*Result{{Task: "piqa", Version: "1.0", Acc: Metric{0.6, 0.1}}}); err != nil ||
+		!strings.Contains(md.String(), "| piqa | 1.0 | 0 | acc | 0.6000 | ± | 0.1000 |") {
+		t.Fatalf("markdown %q, %v", md.String(), err)
 	}
 }
