@@ -6,6 +6,10 @@
 // sum divided by the continuation's length in characters, LAMBADA accuracy (every target token
 // greedy) and perplexity, and lm-eval's standard errors.
 //
+// Sequences longer than the model's context keep their newest tokens (lm-eval truncates on the
+// left); a continuation longer than the whole context is scored on the tokens that keep a
+// prefix inside it.
+//
 // A task turns a data folder into Items; an Item is one question with its choices as
 // (context, continuation) pairs. Score evaluates Items with any Scorer (the model's real cache
 // behind it: vanilla, DMC or a training-free policy); a fake Scorer with fixed log-likelihoods

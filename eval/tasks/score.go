@@ -54,13 +54,14 @@ func (s DecoderScorer) LogLikelihood(r Request) (float64, bool, error) {
 		return 0, true, fmt.Errorf("the continuation %q encodes to no tokens", r.Continuation)
 	}
 	tokens := append(append([]int{s.Tok.BOS()}, ctx...), cont...)
-	if s.MaxLen > 1 && len(tokens) > s.MaxLen {
-		if len(cont) >= s.MaxLen {
-			return 0, false, fmt.Errorf("the continuation has %d tokens; the model's context is %d", len(cont), s.MaxLen)
-		}
-		tokens = append([]int{s.Tok.BOS()}, tokens[len(tokens)-s.MaxLen+1:]...)
-	}
 	first := len(tokens) - len(cont) // index of the first continuation token
+	if s.MaxLen > 1 && len(tokens) > s.MaxLen {
+		// Keep the newest MaxLen tokens, as lm-eval truncates on the left. A continuation
+		// longer than the context is scored on the tokens that keep a prefix in the window.
+		cut := len(tokens) - s.MaxLen
+		tokens = tokens[cut:]
+		first = max(1, first-cut)
+	}
 	if !s.Greedy {
 		lp, err := s.Dec.LogProbs(tokens)
 		if err != nil {

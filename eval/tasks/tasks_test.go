@@ -283,3 +283,61 @@ func TestReportShape(t *testing.T) {
 		t.Fatalf("markdown %q, %v", md.String(), err)
 	}
 }
+
+// runeTok encodes every rune as one token (ids from 10), BOS 1.
+type runeTok struct{}
+
+func (runeTok) Encode(text string, addBOS, addEOS bool) []int {
+	var out []int
+	for _, r := range text {
+		out = append(out, 10+int(r)%100)
+	}
+	return out
+}
+func (runeTok) Decode([]int) string   { return "" }
+func (runeTok) Piece(int, int) string { return "" }
+func (runeTok) VocabSize() int        { return 110 }
+func (runeTok) BOS() int              { return 1 }
+func (runeTok) EOS() int              { return 2 }
+func (runeTok) ID(string) (int, bool) { return 0, false }
+
+// lpDecoder scores every next token −1 and records what it was asked.
+type lpDecoder struct{ last []int }
+
+func (d *lpDecoder) Prefill([][]int, bool) ([]int, []int, [][]float32, error) {
+	return nil, nil, nil, nil
+}
+func (d *lpDecoder) Decode([]int, []int, bool) ([]int, [][]float32, error) { return nil, nil, nil }
+func (d *lpDecoder) Release(...int) error                                  { return nil }
+func (d *lpDecoder) LogProbs(tokens []int) ([]float64, error) {
+	d.last = tokens
+	out := make([]float64, len(tokens)-1)
+	for i := range out {
+		out[i] = -1
+	}
+	return out, nil
+}
+
+func TestDecoderScorerEncodingAndTruncation(t *testing.T) {
+	// Trailing white space of the context moves to the continuation (lm-eval's _encode_pair).
+	ctx, cont := EncodePair(runeTok{}, "ab ", "cd")
+	if len(ctx) != 2 || len(cont) != 3 {
+		t.Fatalf("context %v continuation %v; want 2 and 3 tokens (the space moved)", ctx, cont)
+	}
+	d := &lpDecoder{}
+	s := DecoderScorer{Dec: d, Tok: runeTok{}, MaxLen: 8}
+	ll, _, err := s.LogLikelihood(Request{Context: "abc", Continuation: "de"})
+	if err != nil || ll != -2 || len(d.last) != 6 || d.last[0] != 1 {
+		t.Fatalf("ll %v tokens %v, %v; want −2 over BOS+5 tokens", ll, d.last, err)
+	}
+	// Too long: the newest 8 tokens are kept; a continuation longer than the window is scored
+	// on the 7 tokens that keep a prefix.
+	ll, _, err = s.LogLikelihood(Request{Context: "abcdefgh", Continuation: "ijk"})
+	if err != nil || ll != -3 || len(d.last) != 8 {
+		t.Fatalf("truncated context: ll %v over %d tokens, %v", ll, len(d.last), err)
+	}
+	ll, _, err = s.LogLikelihood(Request{Context: "ab", Continuation: "cdefghijklmn"})
+	if err != nil || ll != -7 || len(d.last) != 8 {
+		t.Fatalf("continuation longer than the context: ll %v over %d tokens, %v", ll, len(d.last), err)
+	}
+}
