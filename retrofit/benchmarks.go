@@ -124,3 +124,47 @@ func writeBenchmarkMarkdown(jsonPath string, results []*tasks.Result) error {
 	p := strings.TrimSuffix(jsonPath, filepath.Ext(jsonPath)) + ".md"
 	return atomicfile.Write(p, []byte(b.String()))
 }
+
+// CompareRow is one cache policy of a comparison.
+type CompareRow struct {
+	Cache      string                    `json:"cache"`
+	Perplexity float64                   `json:"ppl,omitempty"`
+	CR         float64                   `json:"real_cr,omitempty"`
+	Tasks      map[string]map[string]any `json:"results,omitempty"` // lm-eval's results per benchmark
+}
+
+// Compare runs spec once per cache policy (spec.Cache first when it is not among them), each
+// training-free policy sized by spec.KVBudget or spec.CR, and returns one row per policy: the
+// same tasks at matched budget, so the real compression rates can be compared with a DMC
+// model's (pass its real CR as --cr).
+func Compare(ctx context.Context, spec EvalSpec, policies []string, hooks EvalHooks) ([]CompareRow, error) {
+	jsonPath := spec.JSON
+	spec.JSON = ""
+	var rows []CompareRow
+	for _, p := range policies {
+		s := spec
+		s.Cache = strings.TrimSpace(p)
+		if hooks.Start != nil {
+			hooks.Start("cache " + s.Cache)
+		}
+		rep, err := Evaluate(ctx, s, hooks)
+		if err != nil {
+			return rows, fmt.Errorf("--compare %s: %w", s.Cache, err)
+		}
+		row := CompareRow{Cache: s.Cache}
+		if rep.PPL != nil {
+			row.Perplexity, row.CR = rep.Perplexity, rep.CR
+		}
+		if rep.Benchmarks != nil {
+			row.Tasks = rep.Benchmarks.Results
+		}
+		rows = append(rows, row)
+	}
+	if jsonPath != "" {
+		b, _ := json.MarshalIndent(map[string]any{"rows": rows, "model": spec.Model, "kv_budget": spec.KVBudget, "cr": spec.CR, "tasks": spec.Tasks}, "", "  ")
+		if err := atomicfile.Write(jsonPath, append(b, '\n')); err != nil {
+			return rows, err
+		}
+	}
+	return rows, nil
+}

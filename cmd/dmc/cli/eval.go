@@ -3,6 +3,8 @@ package cli
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sort"
 	"strings"
 	"text/tabwriter"
 
@@ -24,6 +26,7 @@ type EvalOptions struct {
 	Cache     string
 	KVBudget  int
 	CR        float64
+	Compare   string
 	SeqLen    int
 	MaxTokens int
 	Separator string
@@ -89,6 +92,7 @@ them, from --data-dir (default $DMC_EVAL_DATA), laid out as ../shared/assets:
 	f.StringVar(&o.LogSamples, "log-samples", "", "write every scored benchmark item (log-likelihoods, target, acc) as JSONL to this file")
 	f.StringVar(&o.JSON, "json", "", "also write the results as JSON to this file")
 	f.StringVar(&o.Cache, "cache", "auto", "auto (DMC for DMC models), vanilla, dmc, or a training-free policy: window, streaming (4 sinks + recent), h2o (heavy hitters + recent), tova")
+	f.StringVar(&o.Compare, "compare", "", "run the tasks once per cache (e.g. vanilla,window,streaming,h2o,tova) at the same --kv-budget or --cr and print one table")
 	f.IntVar(&o.KVBudget, "kv-budget", 0, "slots per layer and KV head of a training-free policy")
 	f.Float64Var(&o.CR, "cr", 0, "size a training-free policy for this compression: a budget of context/CR slots")
 	f.IntVar(&o.SeqLen, "seq-len", 0, "longest sequence decoded from one cache (default: the model's context)")
@@ -110,10 +114,10 @@ func (o *EvalOptions) Run(ctx context.Context, streams *IO) (*EvalReport, error)
 	}
 	prog := newProgressLine(streams.Err, "tokens")
 	items := newProgressLine(streams.Err, "items")
-	rep, err := retrofit.Evaluate(ctx, retrofit.EvalSpec{Model: o.Model, Tokenizer: o.Tokenizer, Data: o.Data, Split: o.Split,
-		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, KVBudget: o.KVBudget, CR: o.CR, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator,
-		TextField: o.TextField, TextColumn: o.TextColumn, DataDir: o.DataDir, NumFewShot: o.NumFewShot, Limit: o.Limit, Seed: o.Seed,
-		LogSamples: o.LogSamples},
+	if o.Compare != "" {
+		return nil, o.runCompare(ctx, streams, prog, items)
+	}
+	rep, err := retrofit.Evaluate(ctx, o.spec(),
 		retrofit.EvalHooks{
 			Start: func(what string) { prog.done(); items.done(); fmt.Fprintln(streams.Err, what) },
 			Items: func(done, total int) { items.update(done) },
@@ -203,4 +207,54 @@ func (o *EvalOptions) check() error {
 		return fmt.Errorf("--text-field %q and --text-column %q differ: give one (--text-field for .jsonl, --text-column for Parquet/Arrow)", o.TextField, o.TextColumn)
 	}
 	return nil
+}
+
+// runCompare runs --compare: one row per cache policy.
+func (o *EvalOptions) runCompare(ctx context.Context, streams *IO, prog, items *progressLine) error {
+	spec := o.spec()
+	rows, err := retrofit.Compare(ctx, spec, strings.Split(o.Compare, ","), retrofit.EvalHooks{
+		Start: func(what string) { prog.done(); items.done(); fmt.Fprintln(streams.Err, what) },
+		PPL:   prog.update,
+		Items: func(done, total int) { items.update(done) },
+	})
+	prog.done()
+	items.done()
+	if err != nil {
+		return err
+	}
+	var names []string
+	for _, r := range rows {
+		for n := range r.Tasks {
+			if !slices.Contains(names, n) {
+				names = append(names, n)
+			}
+		}
+	}
+	sort.Strings(names)
+	w := tabwriter.NewWriter(streams.Out, 0, 2, 2, ' ', 0)
+	fmt.Fprint(w, "cache\tperplexity\treal CR")
+	for _, n := range names {
+		fmt.Fprintf(w, "\t%s acc", n)
+	}
+	fmt.Fprintln(w)
+	for _, r := range rows {
+		fmt.Fprintf(w, "%s\t%.4f\t%.2fx", r.Cache, r.Perplexity, r.CR)
+		for _, n := range names {
+			if v, ok := r.Tasks[n]["acc,none"].(float64); ok {
+				fmt.Fprintf(w, "\t%.4f", v)
+			} else {
+				fmt.Fprint(w, "\t-")
+			}
+		}
+		fmt.Fprintln(w)
+	}
+	return w.Flush()
+}
+
+// spec is the evaluation the flags ask for.
+func (o *EvalOptions) spec() retrofit.EvalSpec {
+	return retrofit.EvalSpec{Model: o.Model, Tokenizer: o.Tokenizer, Data: o.Data, Split: o.Split,
+		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, KVBudget: o.KVBudget, CR: o.CR, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator,
+		TextField: o.TextField, TextColumn: o.TextColumn, DataDir: o.DataDir, NumFewShot: o.NumFewShot, Limit: o.Limit, Seed: o.Seed,
+		LogSamples: o.LogSamples}
 }
