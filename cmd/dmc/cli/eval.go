@@ -54,14 +54,18 @@ DMC models, as in serving) and reports perplexity and the real compression rate
 Benchmarks (--tasks piqa,hellaswag,arc_easy,arc_challenge,winogrande,boolq,lambada_openai,
 openbookqa,copa,siqa,mmlu) are scored as lm-evaluation-harness scores them: the log-likelihood
 of each continuation given its context with the model's real cache; acc (argmax), acc_norm
-(divided by the continuation's length in characters), LAMBADA accuracy and perplexity, MMLU with
+(divided by the choice's length in characters), LAMBADA accuracy and perplexity, MMLU with
 the standard prompt and dev-split shots, lm-eval's standard errors. --json then holds lm-eval's
 results shape (a Markdown table is written next to it). The files are read as users download
 them, from --data-dir (default $DMC_EVAL_DATA), laid out as ../shared/assets:
   piqa/valid.jsonl + piqa/valid-labels.lst (original PIQA), else eval-llmfoundry/piqa.jsonl
   hellaswag/hellaswag_val.jsonl (original) or hellaswag/hellaswag_val_full.txt[.bz2] (6-line text)
   eval-llmfoundry/{arc_easy,arc_challenge,winogrande,boolq,lambada_openai,openbook_qa,copa,siqa}.jsonl
-  mmlu/{test,val,dev}/<subject>_<split>.csv (the release's csv; shots from dev/)`,
+  mmlu/{test,val,dev}/<subject>_<split>.csv (the release's csv; shots from dev/)
+Known differences from lm-eval: random few-shot examples come from a Go generator (MMLU's are
+the first dev rows, as lm-eval's); the 6-line HellaSwag text cannot restore ctx_b's capital
+letter (the jsonl can); the llm-foundry SIQA file keeps 2 of the 3 answers.
+Training-free caches (--cache window|streaming|h2o|tova with --kv-budget or --cr) run on the CPU.`,
 		Example: `  dmc eval --model runs/cr2 --data shards/ --json cr2.json
   dmc eval --model export/ --data ../shared/assets/english-text/tinyshakespeare_input.txt
   dmc eval --model stories260K.bin --data shards/ --cache vanilla
@@ -82,7 +86,7 @@ them, from --data-dir (default $DMC_EVAL_DATA), laid out as ../shared/assets:
 	f := cmd.Flags()
 	f.StringVar(&o.Model, "model", "", "a retrofit run directory, a dmc export directory, or any checkpoint (required)")
 	f.StringVar(&o.Tokenizer, "tokenizer", "", "tokenizer (default: the run's, or found next to the model); used for text data")
-	f.StringVar(&o.Data, "data", "", "prepared shards (held-out split by default), Arrow/HF dataset, or a .txt/.jsonl/.parquet file (required)")
+	f.StringVar(&o.Data, "data", "", "prepared shards (held-out split by default), Arrow/HF dataset, or a .txt/.jsonl/.parquet file (needed by --tasks ppl and channels)")
 	f.StringVar(&o.Split, "split", "", "split to evaluate (default: heldout when present, else train)")
 	f.StringVar(&o.Tasks, "tasks", "ppl", "comma-separated tasks: ppl (perplexity and real CR), channels (what removing each q/k channel costs a base model: which to repurpose), and benchmarks: "+strings.Join(tasks.Names(), ", "))
 	f.StringVar(&o.DataDir, "data-dir", "", "benchmark data folder laid out as ../shared/assets (default $DMC_EVAL_DATA)")
