@@ -197,7 +197,9 @@ func (c *EvictingCache[T]) Positions(layer, kvHead int) []int {
 func (c *EvictingCache[T]) Tokens(layer, kvHead int) int { return c.seen[layer*c.cfg.NKVHeads+kvHead] }
 
 // NumSlots is the number of slots (layer, kvHead) holds.
-func (c *EvictingCache[T]) NumSlots(layer, kvHead int) int { return len(c.pos[layer*c.cfg.NKVHeads+kvHead]) }
+func (c *EvictingCache[T]) NumSlots(layer, kvHead int) int {
+	return len(c.pos[layer*c.cfg.NKVHeads+kvHead])
+}
 
 // Policy is the cache's eviction policy; Budget its slots per (layer, KV head).
 func (c *EvictingCache[T]) Policy() string { return c.ec.Policy }
