@@ -124,7 +124,7 @@ func (o *EvalOptions) Run(ctx context.Context, streams *IO) (*EvalReport, error)
 	rep, err := retrofit.Evaluate(ctx, o.spec(),
 		retrofit.EvalHooks{
 			Start: func(what string) { prog.done(); items.done(); fmt.Fprintln(streams.Err, what) },
-			Items: func(done, total int) { items.update(done) },
+			Items: items.updateOf,
 			PPL:   prog.update,
 			Channel: func(c int, r *eval.PPLResult) {
 				what := "no channel removed"
@@ -219,7 +219,7 @@ func (o *EvalOptions) runCompare(ctx context.Context, streams *IO, prog, items *
 	rows, err := retrofit.Compare(ctx, spec, strings.Split(o.Compare, ","), retrofit.EvalHooks{
 		Start: func(what string) { prog.done(); items.done(); fmt.Fprintln(streams.Err, what) },
 		PPL:   prog.update,
-		Items: func(done, total int) { items.update(done) },
+		Items: items.updateOf,
 	})
 	prog.done()
 	items.done()

@@ -39,10 +39,25 @@ func (p *progressLine) printf(line func() string) {
 	p.shown = true
 }
 
+// updateOf shows n of total with the rate and the time left.
+func (p *progressLine) updateOf(n, total int) {
+	p.printf(func() string {
+		el := max(time.Since(p.start).Seconds(), 1e-9)
+		rate := float64(n) / el
+		eta := ""
+		if n > 0 && total > n {
+			eta = fmt.Sprintf(", ETA %s", (time.Duration(float64(total-n) / rate * float64(time.Second))).Round(time.Second))
+		}
+		return fmt.Sprintf("%d/%d %s (%.1f/s%s)", n, total, p.unit, rate, eta)
+	})
+}
+
+// done ends the line and restarts the clock for the next piece of work.
 func (p *progressLine) done() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.shown {
 		fmt.Fprintln(p.w)
 	}
+	p.shown, p.start, p.last = false, time.Now(), time.Time{}
 }
