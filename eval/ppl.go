@@ -253,3 +253,57 @@ func EvictingCaches(cfg model.Config, ec dmc.EvictConfig) CacheFactory {
 func DMCCaches(cfg model.Config, dc dmc.Config) CacheFactory {
 	return func() (model.KVCache[float32], error) { return dmc.NewCompressedCache[float32](cfg, dc) }
 }
+
+// SequenceLengths lists the tokens a cache sees for every sequence Perplexity scores (the same
+// chunks of seqLen, up to maxTokens): what fixes the real compression rate of a fixed budget.
+func SequenceLengths(docs iter.Seq2[[]int32, error], seqLen, maxTokens int) ([]int, error) {
+	var out []int
+	queued := 0
+	for doc, err := range docs {
+		if err != nil {
+			return nil, err
+		}
+		for s := 0; s+1 < len(doc); s += seqLen {
+			n := min(s+seqLen, len(doc)) - s - 1
+			out = append(out, n)
+			queued += n
+			if maxTokens > 0 && queued >= maxTokens {
+				return out, nil
+			}
+		}
+	}
+	return out, nil
+}
+
+// BudgetForCR is the largest per-head slot budget whose real compression rate on sequences of
+// these lengths (Σ tokens / Σ min(tokens, budget)) is at least cr: a fixed-budget eviction
+// policy matched to a measured compression rate (a DMC model's). 0 when no budget reaches cr.
+func BudgetForCR(lengths []int, cr float64) int {
+	rate := func(b int) float64 {
+		var seen, slots float64
+		for _, n := range lengths {
+			seen += float64(n)
+			slots += float64(min(n, b))
+		}
+		if slots == 0 {
+			return 0
+		}
+		return seen / slots
+	}
+	lo, hi := 1, 1
+	for _, n := range lengths {
+		hi = max(hi, n)
+	}
+	if rate(lo) < cr {
+		return 0
+	}
+	for lo < hi { // the largest b with rate(b) ≥ cr; rate falls as b grows
+		mid := (lo + hi + 1) / 2
+		if rate(mid) >= cr {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return lo
+}

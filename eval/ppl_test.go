@@ -109,3 +109,17 @@ func TestPerplexityErrors(t *testing.T) {
 		t.Errorf("empty data: %v", err)
 	}
 }
+
+func TestBudgetForCR(t *testing.T) {
+	lengths := []int{100, 100, 50, 10}
+	// budget 25: slots 25+25+25+10 = 85 of 260 tokens → 3.06; budget 26: 88 → 2.95.
+	if b := BudgetForCR(lengths, 3); b != 25 {
+		t.Fatalf("budget for CR 3: %d, want 25", b)
+	}
+	if b := BudgetForCR(lengths, 1); b != 100 {
+		t.Fatalf("budget for CR 1: %d, want 100 (everything kept)", b)
+	}
+	if b := BudgetForCR(lengths, 1000); b != 0 {
+		t.Fatalf("an unreachable CR gave budget %d", b)
+	}
+}

@@ -28,6 +28,10 @@ type CacheOptions struct {
 	Budget  int
 	CR      float64
 	Context int
+	// Lengths, when given, are the tokens each evaluated sequence puts in one cache: the budget
+	// for CR is then solved so that the real compression rate on them matches CR
+	// (eval.BudgetForCR), instead of Context/CR.
+	Lengths []int
 }
 
 // ChooseCache picks the cache of kind ("auto": DMC for DMC models; "vanilla"; "dmc": the
@@ -42,7 +46,13 @@ func ChooseCacheWith(kind string, dc *dmc.Config, o CacheOptions) (Cache, error)
 	switch kind {
 	case dmc.PolicyWindow, dmc.PolicyStreaming, dmc.PolicyH2O, dmc.PolicyTOVA:
 		budget := o.Budget
-		if budget == 0 && o.CR > 0 && o.Context > 0 {
+		switch {
+		case budget > 0:
+		case o.CR > 0 && len(o.Lengths) > 0:
+			if budget = eval.BudgetForCR(o.Lengths, o.CR); budget == 0 {
+				return Cache{}, fmt.Errorf("--cr %g is more than a budget of one slot per head reaches on this data", o.CR)
+			}
+		case o.CR > 0 && o.Context > 0:
 			budget = int(math.Ceil(float64(o.Context) / o.CR))
 		}
 		if budget <= 0 {

@@ -102,7 +102,14 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 	rep := &EvalReport{Model: m.Source, Data: spec.Data, HeadDim: cfg.HeadDim()}
 	opts := eval.PPLOptions{SeqLen: spec.SeqLen, MaxTokens: spec.MaxTokens}
 	if tasks["ppl"] {
-		cache, err := m.CacheWith(spec.Cache, spec.cacheOptions(cfg.MaxSeqLen))
+		co := spec.cacheOptions(cfg.MaxSeqLen)
+		if spec.CR > 0 && spec.KVBudget == 0 && spec.Cache != "vanilla" && spec.Cache != "dmc" && spec.Cache != "auto" {
+			// Solve the budget on the very sequences scored, so the real CR matches --cr.
+			if co.Lengths, err = eval.SequenceLengths(ds.Documents(), co.Context, spec.MaxTokens); err != nil {
+				return nil, err
+			}
+		}
+		cache, err := m.CacheWith(spec.Cache, co)
 		if err != nil {
 			return nil, err
 		}
