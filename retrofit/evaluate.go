@@ -74,11 +74,11 @@ type EvalReport struct {
 
 // Evaluate runs the tasks of spec on its model and data with the chosen cache.
 func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport, error) {
-	tasks, bench, err := splitTasks(spec.Tasks)
+	builtin, bench, err := splitTasks(spec.Tasks)
 	if err != nil {
 		return nil, err
 	}
-	if (tasks["ppl"] || tasks["channels"]) && spec.Data == "" {
+	if (builtin["ppl"] || builtin["channels"]) && spec.Data == "" {
 		return nil, fmt.Errorf("--tasks ppl and channels need --data (held-out text or shards)")
 	}
 	m, err := LoadModel(spec.Model, LoadOptions{Tokenizer: spec.Tokenizer, NeedTokenizer: len(bench) > 0})
@@ -86,7 +86,7 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 		return nil, err
 	}
 	cfg := m.Weights.Config
-	if tasks["channels"] && m.DMC != nil {
+	if builtin["channels"] && m.DMC != nil {
 		return nil, fmt.Errorf("--tasks channels measures which channel a retrofit should repurpose, so it needs the base model; %s is already a DMC model (decision channel %d)", m.Source, m.DMC.Channel(cfg.HeadDim()))
 	}
 	var ds *data.Dataset
@@ -101,7 +101,7 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 	}
 	rep := &EvalReport{Model: m.Source, Data: spec.Data, HeadDim: cfg.HeadDim()}
 	opts := eval.PPLOptions{SeqLen: spec.SeqLen, MaxTokens: spec.MaxTokens}
-	if tasks["ppl"] {
+	if builtin["ppl"] {
 		co := spec.cacheOptions(cfg.MaxSeqLen)
 		if spec.CR > 0 && spec.KVBudget == 0 && spec.Cache != "vanilla" && spec.Cache != "dmc" && spec.Cache != "auto" {
 			// Solve the budget on the very sequences scored, so the real CR matches --cr.
@@ -123,7 +123,7 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 		}
 		rep.setPPL(res, cache)
 	}
-	if tasks["channels"] {
+	if builtin["channels"] {
 		if hooks.Start != nil {
 			hooks.Start(fmt.Sprintf("removing each of the %d head channels of q and k in turn from %s on %s", cfg.HeadDim(), m.Source, spec.Data))
 		}
@@ -137,7 +137,7 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 			return nil, err
 		}
 		rep.Channels = res
-		if !tasks["ppl"] {
+		if !builtin["ppl"] {
 			rep.setPPL(res.Base, Cache{Name: "vanilla"})
 		}
 	}
