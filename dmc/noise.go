@@ -33,6 +33,10 @@ func mix64(z uint64) uint64 { return splitmix.Mix(z) }
 
 func absorb(h, f uint64) uint64 { return mix64(h ^ mix64(f+golden)) }
 
+// State is the SplitMix64 state the key's elements are drawn from (the derivation above), for
+// generators elsewhere (the GPU executor's noise kernel) that must draw the same values.
+func (k NoiseKey) State() uint64 { return k.state() }
+
 func (k NoiseKey) state() uint64 {
 	h := mix64(k.Seed + golden)
 	for _, f := range [...]uint64{k.Step, k.Rank, k.MicroBatch, k.Layer} {

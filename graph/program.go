@@ -111,12 +111,17 @@ func (e *Exec[T]) Inputs(b Batch, sc StepContext) (Inputs, error) {
 	return in, nil
 }
 
+// NoiseKey is the key of layer l's Gumbel noise in the step context: element
+// (b·Hkv + h)·T + t of its stream is the noise of sequence b, KV head h, position t.
+func (e *Exec[T]) NoiseKey(sc StepContext, l int) dmc.NoiseKey {
+	return dmc.NoiseKey{Seed: sc.Seed, Step: uint64(sc.Step), MicroBatch: uint64(sc.MicroBatch), Layer: uint64(l)}
+}
+
 // NoiseInto writes layer l's Gumbel noise of the step context into dst [B·T, Hkv] (row
 // b·T + t, column h), from dmc.NoiseKey exactly as Step does.
 func (e *Exec[T]) NoiseInto(dst []T, sc StepContext, l int) {
 	Hkv, B, Tn := e.cfg.NKVHeads, e.B, e.T
-	key := dmc.NoiseKey{Seed: sc.Seed, Step: uint64(sc.Step), MicroBatch: uint64(sc.MicroBatch), Layer: uint64(l)}
-	key.Fill(e.noise) // element (b·Hkv + h)·T + t
+	e.NoiseKey(sc, l).Fill(e.noise) // element (b·Hkv + h)·T + t
 	for b := 0; b < B; b++ {
 		for h := 0; h < Hkv; h++ {
 			for t := 0; t < Tn; t++ {

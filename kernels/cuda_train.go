@@ -18,11 +18,13 @@ typedef int (*tr_modload_fn)(void**, const void*);
 typedef int (*tr_getfn_fn)(void**, void*, const char*);
 typedef int (*tr_launch_fn)(void*, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, void*, void**, void**);
 typedef int (*tr_getstream_fn)(void*, void**);
+typedef int (*tr_setattr_fn)(void*, int, int);
 typedef int (*tr_gemmex_fn)(void*, int, int, int, int, int, const void*, const void*, int, int, const void*, int, int,
                             const void*, void*, int, int, int, int);
 static tr_modload_fn tr_modload;
 static tr_getfn_fn tr_getfn;
 static tr_launch_fn tr_launchk;
+static tr_setattr_fn tr_setattr;
 static tr_gemmex_fn tr_gemmex;
 static void* tr_stream;
 static void* tr_blas;
@@ -52,7 +54,8 @@ static int tr_open(void* blasHandle, const char* blasLib, char* err, int n) {
   tr_modload = (tr_modload_fn)dlsym(h, "cuModuleLoadData");
   tr_getfn = (tr_getfn_fn)dlsym(h, "cuModuleGetFunction");
   tr_launch_fn l = (tr_launch_fn)dlsym(h, "cuLaunchKernel");
-  if (!tr_modload || !tr_getfn || !l) { snprintf(err, n, "libcuda.so.1 lacks the module or launch API"); return -1; }
+  tr_setattr = (tr_setattr_fn)dlsym(h, "cuFuncSetAttribute");
+  if (!tr_modload || !tr_getfn || !l || !tr_setattr) { snprintf(err, n, "libcuda.so.1 lacks the module or launch API"); return -1; }
   void* b = dlopen(blasLib, RTLD_NOW | RTLD_LOCAL);
   if (!b) { snprintf(err, n, "%s", dlerror()); return -1; }
   tr_getstream_fn gs = (tr_getstream_fn)dlsym(b, "cublasGetStream_v2");
@@ -83,6 +86,8 @@ static int tr_have_lt(void) { return tr_lt != 0; }
 
 static int tr_load(void** mod, const char* img) { return tr_modload(mod, img); }
 static int tr_fn(void** f, void* mod, const char* name) { return tr_getfn(f, mod, name); }
+// Dynamic shared memory above the default 48 KiB must be allowed per function.
+static int tr_allow_smem(void* f, int bytes) { return tr_setattr(f, 8, bytes); }  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
 static int tr_launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned smem, void* buf, size_t size) {
   void* extra[] = {(void*)1, buf, (void*)2, &size, (void*)0};  // CU_LAUNCH_PARAM_BUFFER_POINTER, _SIZE, _END
   return tr_launchk(f, gx, gy, gz, bx, 1, 1, smem, tr_stream, 0, extra);
@@ -131,6 +136,7 @@ type TrainDevice struct {
 	d       *device
 	mod     unsafe.Pointer
 	fns     map[string]unsafe.Pointer
+	smem    map[string]int // dynamic shared memory allowed per function beyond 48 KiB
 	lt      bool
 	ws      devPtr
 	plans   map[trGemmKey]*C.tr_plan
@@ -169,7 +175,7 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 	if C.tr_open(unsafe.Pointer(d.blas), lib, &msg[0], 512) != 0 {
 		return nil, fmt.Errorf("training kernels: %s", C.GoString(&msg[0]))
 	}
-	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{}}
+	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{}}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {
@@ -448,6 +454,12 @@ func (t *TrainDevice) launch(name string, grid dim3, block, smem int, a *args) e
 	grid.y, grid.z = max(grid.y, 1), max(grid.z, 1)
 	if grid.x == 0 {
 		return nil
+	}
+	if smem > 48<<10 && t.smem[name] < smem {
+		if r := C.tr_allow_smem(f, C.int(smem)); r != 0 {
+			return fmt.Errorf("%w: %s needs %d bytes of shared memory: %v", errNoLaunch, name, smem, cuError(C.CUresult(r), "cuFuncSetAttribute"))
+		}
+		t.smem[name] = smem
 	}
 	if len(a.b) == 0 {
 		a.b = append(a.b, make([]byte, 8)...)

@@ -414,7 +414,8 @@ func (t *TrainDevice) DMCHardCountBackward(dA, g *DevBuf, B, per int) error {
 	return t.launch1D("tr_dmc_hardcount_bwd", int64(B*per), new(args).p(dA.ptr).p(g.ptr).i64(int64(B*per)).i(per))
 }
 
-func mergeBlock(D int) int { return (D + 31) / 32 * 32 }
+// mergeWarps is the number of rows (one warp each) of a DMC merge block.
+const mergeWarps = 8
 
 // DMCMerge writes the windowed partial accumulations y [rows, Hkv·D] of x under α and ω
 // ([rows, Hkv]); y may not alias x.
@@ -426,7 +427,7 @@ func (t *TrainDevice) DMCMerge(y, x, alpha, omega *DevBuf, g DMCGeom, rows int) 
 		return err
 	}
 	B := rows / g.SeqLen
-	return t.launch("tr_dmc_merge_fwd", dim3{x: g.SeqLen, y: B * H}, mergeBlock(D), 0,
+	return t.launch("tr_dmc_merge_fwd", dim3{x: (g.SeqLen + mergeWarps - 1) / mergeWarps, y: B * H}, 32*mergeWarps, 0,
 		new(args).p(y.ptr).p(x.ptr).p(alpha.ptr).p(omega.ptr).i(g.SeqLen).i(H).i(D).i(g.Window))
 }
 
@@ -445,11 +446,11 @@ func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, 
 	if g.Window > 0 {
 		span = min(g.Window, g.SeqLen)
 	}
-	block := mergeBlock(D)
-	smem := (2*span + span*(block/32)) * 4
-	if smem > 48<<10 {
-		return fmt.Errorf("DMCMergeBackward: window span %d needs %d bytes of shared memory (at most 48 KiB): use a window or shorter sequences", span, smem)
+	perWarp := 3 * span * 4 // c, ρ and the dot products of one row's window
+	if perWarp > 48<<10 {
+		return fmt.Errorf("DMCMergeBackward: window span %d needs %d bytes of shared memory (at most 48 KiB): use a window (dmc window ≤ 4096) or shorter sequences", span, perWarp)
 	}
+	warpsA := min(mergeWarps, (48<<10)/perWarp)
 	rowZ, err := t.scratchBuf("merge.z", F32, rows*H)
 	if err != nil {
 		return err
@@ -463,13 +464,23 @@ func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, 
 		return err
 	}
 	B := rows / g.SeqLen
-	if err := t.launch("tr_dmc_merge_bwd_a", dim3{x: g.SeqLen, y: B * H}, block, smem,
+	if err := t.launch("tr_dmc_merge_bwd_a", dim3{x: (g.SeqLen + warpsA - 1) / warpsA, y: B * H}, 32*warpsA, warpsA*perWarp,
 		new(args).p(rowZ.ptr).p(cW.ptr).p(cA.ptr).p(x.ptr).p(alpha.ptr).p(omega.ptr).p(dy.ptr).i(g.SeqLen).i(H).i(D).i(g.Window).i(span)); err != nil {
 		return err
 	}
-	return t.launch("tr_dmc_merge_bwd_b", dim3{x: g.SeqLen, y: B * H}, block, 0,
+	return t.launch("tr_dmc_merge_bwd_b", dim3{x: (g.SeqLen + mergeWarps - 1) / mergeWarps, y: B * H}, 32*mergeWarps, 0,
 		new(args).p(dx.ptr).p(dA.ptr).p(dW.ptr).p(alpha.ptr).p(omega.ptr).p(dy.ptr).p(rowZ.ptr).p(cW.ptr).p(cA.ptr).
 			i(g.SeqLen).i(H).i(D).i(g.Window).i(span))
+}
+
+// LogisticNoise writes the Gumbel-sigmoid noise of one layer, dst [B·T, Hkv] (row b·T + t,
+// column h), from a dmc.NoiseKey's SplitMix64 state, as dmc.NoiseKey.Fill and
+// graph.Exec.NoiseInto lay it out (float64 arithmetic, rounded to fp32).
+func (t *TrainDevice) LogisticNoise(dst *DevBuf, state uint64, B, T, Hkv int) error {
+	if err := needAll("LogisticNoise", func() error { return need("", "dst", dst, F32, B*T*Hkv) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_noise", int64(B*T*Hkv), new(args).p(dst.ptr).i64(int64(state)).i(B).i(T).i(Hkv))
 }
 
 // ---- Attention
@@ -489,7 +500,31 @@ func (g AttnGeom) tc() bool {
 	return g.TensorCores && (D == 16 || D == 32 || D == 64 || D == 128)
 }
 
-const tcRows = 32 // rows of a tensor-core attention block (kernels/csrc/train.cu TC_B)
+// Tiles of the tensor-core kernels (kernels/csrc/train.cu FA_*): 64 query rows per block in
+// the forward and dq passes (32-key tiles in dq), 64 keys per block in the dk/dv pass
+// (32-query tiles); four warps of 16 rows each.
+const (
+	tcRows    = 64
+	tcThreads = 128
+)
+
+// tcSmem returns the dynamic shared memory of the tensor-core kernels for head dimension D:
+// bf16 tiles padded by 8 elements per row, plus per-row floats.
+func tcSmem(D int) (fwd, bwdQ, bwdKV int) {
+	row := (D + 8) * 2
+	return 2*64*row + 64*4, 2*64*row + 32*4, (2*64+2*32)*row + 3*32*4
+}
+
+// aligned16 reports whether every buffer starts on a 16-byte boundary (the tensor-core kernels
+// read rows as float4).
+func aligned16(bufs ...*DevBuf) bool {
+	for _, b := range bufs {
+		if b != nil && b.ptr%16 != 0 {
+			return false
+		}
+	}
+	return true
+}
 
 const attnThreads = 128
 
@@ -537,8 +572,9 @@ func (t *TrainDevice) AttentionForward(o, stats, q, k, v, alpha *DevBuf, g AttnG
 		return err
 	}
 	scale := float32(1 / math.Sqrt(float64(D)))
-	if g.tc() {
-		return t.launch(fmt.Sprintf("tc_attn_fwd_%d", D), dim3{x: (g.SeqLen + tcRows - 1) / tcRows, y: Hq, z: rows / g.SeqLen}, 64, 0,
+	if g.tc() && aligned16(q, k, v) {
+		smem, _, _ := tcSmem(D)
+		return t.launch(fmt.Sprintf("tc_attn_fwd_%d", D), dim3{x: (g.SeqLen + tcRows - 1) / tcRows, y: Hq, z: rows / g.SeqLen}, tcThreads, smem,
 			new(args).p(o.ptr).p(stats.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).f(scale))
 	}
 	tpr, err := attnLanes(D)
@@ -581,14 +617,15 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 	}
 	scale := float32(1 / math.Sqrt(float64(D)))
 	B := rows / g.SeqLen
-	if g.tc() {
+	if g.tc() && aligned16(q, k, v, dO) {
 		blocks := (g.SeqLen + tcRows - 1) / tcRows
-		if err := t.launch(fmt.Sprintf("tc_attn_bwd_q_%d", D), dim3{x: blocks, y: Hq, z: B}, 64, 0,
+		_, smemQ, smemKV := tcSmem(D)
+		if err := t.launch(fmt.Sprintf("tc_attn_bwd_q_%d", D), dim3{x: blocks, y: Hq, z: B}, tcThreads, smemQ,
 			new(args).p(dq.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
 				i(g.SeqLen).i(Hq).i(Hkv).f(scale)); err != nil {
 			return err
 		}
-		return t.launch(fmt.Sprintf("tc_attn_bwd_kv_%d", D), dim3{x: blocks, y: Hkv, z: B}, 64, 0,
+		return t.launch(fmt.Sprintf("tc_attn_bwd_kv_%d", D), dim3{x: blocks, y: Hkv, z: B}, tcThreads, smemKV,
 			new(args).p(dk.ptr).p(dv.ptr).pOpt(dA).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
 				i(g.SeqLen).i(Hq).i(Hkv).f(scale))
 	}

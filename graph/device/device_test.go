@@ -23,6 +23,7 @@ import (
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/graph"
 	"github.com/dmc-project/dmc/internal/dmctest"
+	"github.com/dmc-project/dmc/kernels"
 	"github.com/dmc-project/dmc/model"
 	"github.com/dmc-project/dmc/trainer"
 	"github.com/dmc-project/dmc/trainer/step"
@@ -469,4 +470,41 @@ func TestTrainingRunMatchesCPU(t *testing.T) {
 		}
 	}
 	t.Logf("LM loss at the last step: CPU %.6f, GPU %.6f", cpu[len(cpu)-1], gpu[len(gpu)-1])
+}
+
+// The device draws the Gumbel noise the host would (graph.Exec.NoiseInto, dmc.NoiseKey).
+func TestNoiseMatchesHost(t *testing.T) {
+	dev, err := kernels.OpenTrain(0)
+	if err != nil {
+		t.Skip(err)
+	}
+	w, dc := randomModel(t, 64, 2, 4, 2, 50, 128, false)
+	for _, sh := range []struct{ B, T int }{{1, 1}, {2, 37}, {3, 128}} {
+		e, err := graph.NewExec(w, dc, sh.B, sh.T, graph.Options[float32]{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc := graph.StepContext{Seed: 9, Step: 11, MicroBatch: 2}
+		Hkv := w.Config.NKVHeads
+		host, got := make([]float32, sh.B*sh.T*Hkv), make([]float32, sh.B*sh.T*Hkv)
+		buf, err := dev.Alloc(kernels.F32, len(got))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for l := 0; l < 2; l++ {
+			e.NoiseInto(host, sc, l)
+			if err := dev.LogisticNoise(buf, e.NoiseKey(sc, l).State(), sh.B, sh.T, Hkv); err != nil {
+				t.Fatal(err)
+			}
+			if err := buf.Download(got); err != nil {
+				t.Fatal(err)
+			}
+			for i := range host {
+				if host[i] != got[i] {
+					t.Fatalf("B %d T %d layer %d element %d: device %v, host %v", sh.B, sh.T, l, i, got[i], host[i])
+				}
+			}
+		}
+		buf.Free()
+	}
 }

@@ -7,7 +7,6 @@
 // atomics: every reduction has a fixed order (block trees of a fixed shape, or per-output
 // sequential sums), so results are bit-reproducible run to run. Block sizes are multiples of 32.
 #include <cuda_bf16.h>
-#include <mma.h>
 #include <stdint.h>
 
 #define FULL 0xffffffffu
@@ -400,76 +399,116 @@ __global__ void tr_dmc_hardcount_bwd(float* dA, const float* g, long long n, int
 
 // ---- DMC merge -------------------------------------------------------------------------------
 // x̃_i = Σ_{j=lo..i} c_ij ω_j x_j / Σ c_ij ω_j, c_ij = Π_{m=j+1..i} α_m, lo = max(0, i−W+1) (0 for
-// W = 0). Grid (T, B·H), one thread per channel (blockDim ≥ D).
+// W = 0). One warp per row i (blockDim = 32·warps, grid (ceil(T/warps), B·H)); lane l holds
+// channels l + 32c, in chunks of MG_C·32 channels; no block-wide synchronisation.
+#define MG_C 4
 
 __global__ void tr_dmc_merge_fwd(float* y, const float* x, const float* alpha, const float* omega, int T, int H, int D, int W) {
-  int i = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, d = threadIdx.x;
-  int lo = W > 0 ? max(0, i - W + 1) : 0;
-  float num = 0.f, den = 0.f, c = 1.f;
-  for (int j = i; j >= lo; j--) {
-    long long r = ((long long)b * T + j) * H + h;
-    float wt = c * omega[r];
-    if (d < D) num += wt * x[r * D + d];
-    den += wt;
-    c *= alpha[r];
+  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const int i = blockIdx.x * wpb + (threadIdx.x >> 5), bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (i >= T) return;
+  const int lo = W > 0 ? max(0, i - W + 1) : 0;
+  const long long ri = ((long long)b * T + i) * H + h;
+  for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
+    float num[MG_C], den = 0.f, c = 1.f;
+#pragma unroll
+    for (int u = 0; u < MG_C; u++) num[u] = 0.f;
+    for (int j = i; j >= lo; j--) {
+      const long long r = ((long long)b * T + j) * H + h;
+      const float wt = c * omega[r];
+#pragma unroll
+      for (int u = 0; u < MG_C; u++) {
+        const int d = d0 + lane + 32 * u;
+        if (d < D) num[u] += wt * x[r * D + d];
+      }
+      den += wt;
+      c *= alpha[r];
+    }
+#pragma unroll
+    for (int u = 0; u < MG_C; u++) {
+      const int d = d0 + lane + 32 * u;
+      if (d < D) y[ri * D + d] = num[u] / den;
+    }
   }
-  if (d < D) y[(((long long)b * T + i) * H + h) * D + d] = num / den;
 }
 
-// Backward, first pass (grid (T, B·H), blockDim ≥ D, dynamic smem (2·span + span·nwarps) floats):
-// per output row i, Z_i, and per window slot k = i − j the contributions cW[i][k] = c_ij·e_ij to
-// dω_j and cA[i][k] = c_{i,i−k}·S_{i−k} to dα_{i−k} (zero in unused slots), with
+// Backward, first pass (one warp per output row i, dynamic smem 3·span floats per warp): Z_i,
+// and per window slot k = i − j the contributions cW[i][k] = c_ij·e_ij to dω_j and
+// cA[i][k] = c_{i,i−k}·S_{i−k} to dα_{i−k} (zero in unused slots), with
 // e_ij = (g_i/Z_i)·x_j − (g_i·x̃_i)/Z_i and S the CPU kernel's recursion. The second pass gathers
 // them per j, so no two threads ever add into one value.
 __global__ void tr_dmc_merge_bwd_a(float* rowZ, float* cW, float* cA, const float* x, const float* alpha, const float* omega,
                                    const float* dy, int T, int H, int D, int W, int span) {
   extern __shared__ float smem[];
-  __shared__ float sh[32];
-  int nw = blockDim.x >> 5;
-  float* cs = smem;               // [span]
-  float* rho = smem + span;       // [span]
-  float* dots = smem + 2 * span;  // [span·nw]
-  int i = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, d = threadIdx.x, lane = d & 31, w = d >> 5;
-  int lo = W > 0 ? max(0, i - W + 1) : 0, len = i - lo + 1;
-  long long ri = ((long long)b * T + i) * H + h;
-  float num = 0.f, den = 0.f, c = 1.f;
+  const int wpb = blockDim.x >> 5, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  float* cs = smem + warp * 3 * span;  // [span] c_{i,i−k}
+  float* rho = cs + span;              // [span]
+  float* dots = rho + span;            // [span] Σ_d (g/Z)·x_{i−k}
+  const int i = blockIdx.x * wpb + warp, bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (i >= T) return;
+  const int lo = W > 0 ? max(0, i - W + 1) : 0, len = i - lo + 1;
+  const long long ri = ((long long)b * T + i) * H + h;
+  float den = 0.f, c = 1.f;
   for (int j = i; j >= lo; j--) {
-    long long r = ((long long)b * T + j) * H + h;
-    if (d == 0) cs[i - j] = c;
-    float wt = c * omega[r];
-    if (d < D) num += wt * x[r * D + d];
-    den += wt;
+    const long long r = ((long long)b * T + j) * H + h;
+    if (lane == 0) cs[i - j] = c;
+    den += c * omega[r];
     c *= alpha[r];
   }
-  float g = d < D ? dy[ri * D + d] : 0.f;
-  float gy = block_sum(g * (num / den), sh);
-  float dZ = -gy / den;
-  float gd = g / den;
-  for (int k = 0; k < len; k++) {
-    long long r = ((long long)b * T + (i - k)) * H + h;
-    float v = warp_sum(d < D ? gd * x[r * D + d] : 0.f);
-    if (lane == 0) dots[k * nw + w] = v;
+  for (int k = lane; k < len; k += 32) dots[k] = 0.f;
+  __syncwarp();
+  float gy = 0.f;
+  for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
+    float num[MG_C], g[MG_C];
+#pragma unroll
+    for (int u = 0; u < MG_C; u++) num[u] = 0.f;
+    for (int j = i; j >= lo; j--) {
+      const long long r = ((long long)b * T + j) * H + h;
+      const float wt = cs[i - j] * omega[r];
+#pragma unroll
+      for (int u = 0; u < MG_C; u++) {
+        const int d = d0 + lane + 32 * u;
+        if (d < D) num[u] += wt * x[r * D + d];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < MG_C; u++) {
+      const int d = d0 + lane + 32 * u;
+      g[u] = d < D ? dy[ri * D + d] : 0.f;
+      gy += g[u] * (num[u] / den);
+      g[u] /= den;
+    }
+    for (int k = 0; k < len; k++) {
+      const long long r = ((long long)b * T + (i - k)) * H + h;
+      float v = 0.f;
+#pragma unroll
+      for (int u = 0; u < MG_C; u++) {
+        const int d = d0 + lane + 32 * u;
+        if (d < D) v += g[u] * x[r * D + d];
+      }
+      v = warp_sum(v);
+      if (lane == 0) dots[k] += v;
+    }
   }
-  __syncthreads();
-  for (int k = d; k < span; k += blockDim.x) {
+  gy = warp_sum(gy);
+  const float dZ = -gy / den;
+  __syncwarp();
+  for (int k = lane; k < span; k += 32) {
     float cw = 0.f;
     if (k < len) {
-      float dot = 0.f;
-      for (int u = 0; u < nw; u++) dot += dots[k * nw + u];
-      float e = dot + dZ;
-      long long r = ((long long)b * T + (i - k)) * H + h;
+      const float e = dots[k] + dZ;
       cw = cs[k] * e;
-      rho[k] = omega[r] * e;
+      rho[k] = omega[((long long)b * T + (i - k)) * H + h] * e;
     }
     cW[ri * span + k] = cw;
   }
-  __syncthreads();
-  if (d == 0) {
+  __syncwarp();
+  if (lane == 0) {
     rowZ[ri] = den;
     // dα_m (m = lo+1..i) gets c_im·S_m, S_{m} = S_{m−1}·α_{m−1} + ρ_{m−1}; slot k = i − m.
     float S = 0.f;
     for (int m = lo + 1; m <= i; m++) {
-      long long r = ((long long)b * T + (m - 1)) * H + h;
+      const long long r = ((long long)b * T + (m - 1)) * H + h;
       S = S * alpha[r] + rho[i - (m - 1)];
       cA[ri * span + (i - m)] = cs[i - m] * S;
     }
@@ -477,25 +516,69 @@ __global__ void tr_dmc_merge_bwd_a(float* rowZ, float* cW, float* cA, const floa
   }
 }
 
-// Backward, second pass (grid (T, B·H), blockDim ≥ D): for row j, with i over the rows whose
-// window holds j, dx_j = ω_j Σ_i c_ij g_i/Z_i, dω_j = Σ_i cW[i][i−j], dα_j = Σ_i cA[i][i−j].
+// Backward, second pass (one warp per row j): with i over the rows whose window holds j,
+// dx_j = ω_j Σ_i c_ij g_i/Z_i, dω_j = Σ_i cW[i][i−j], dα_j = Σ_i cA[i][i−j].
 __global__ void tr_dmc_merge_bwd_b(float* dx, float* dA, float* dW, const float* alpha, const float* omega, const float* dy,
                                    const float* rowZ, const float* cW, const float* cA, int T, int H, int D, int W, int span) {
-  int j = blockIdx.x, bh = blockIdx.y, b = bh / H, h = bh % H, d = threadIdx.x;
-  int hi = W > 0 ? min(T - 1, j + W - 1) : T - 1;
-  long long rj = ((long long)b * T + j) * H + h;
-  float u = 0.f, c = 1.f, sw = 0.f, sa = 0.f;
-  for (int i = j; i <= hi; i++) {
-    long long r = ((long long)b * T + i) * H + h;
-    if (i > j) c *= alpha[r];
-    if (d < D) u += c * (dy[r * D + d] / rowZ[r]);
-    sw += cW[r * span + (i - j)];
-    sa += cA[r * span + (i - j)];
+  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const int j = blockIdx.x * wpb + (threadIdx.x >> 5), bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (j >= T) return;
+  const int hi = W > 0 ? min(T - 1, j + W - 1) : T - 1;
+  const long long rj = ((long long)b * T + j) * H + h;
+  for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
+    float u[MG_C], c = 1.f;
+#pragma unroll
+    for (int q = 0; q < MG_C; q++) u[q] = 0.f;
+    for (int i = j; i <= hi; i++) {
+      const long long r = ((long long)b * T + i) * H + h;
+      if (i > j) c *= alpha[r];
+      const float gz = c / rowZ[r];
+#pragma unroll
+      for (int q = 0; q < MG_C; q++) {
+        const int d = d0 + lane + 32 * q;
+        if (d < D) u[q] += gz * dy[r * D + d];
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < MG_C; q++) {
+      const int d = d0 + lane + 32 * q;
+      if (d < D) dx[rj * D + d] = omega[rj] * u[q];
+    }
   }
-  if (d < D) dx[rj * D + d] = omega[rj] * u;
-  if (d == 0) {
+  if (lane == 0) {
+    float sw = 0.f, sa = 0.f;
+    for (int i = j; i <= hi; i++) {
+      const long long r = ((long long)b * T + i) * H + h;
+      sw += cW[r * span + (i - j)];
+      sa += cA[r * span + (i - j)];
+    }
     dW[rj] = sw;
     dA[rj] = sa;
+  }
+}
+
+// ---- Gumbel noise ----------------------------------------------------------------------------
+// out[(b·T + t)·Hkv + h] = logistic noise of element i = (b·Hkv + h)·T + t of the stream whose
+// SplitMix64 state is given (dmc.NoiseKey: x_i = mix(state + (i+1)·γ), u = ((x>>11) + ½)·2⁻⁵³,
+// log u − log1p(−u) in float64).
+__device__ __forceinline__ unsigned long long sm_mix(unsigned long long z) {
+  z ^= z >> 30;
+  z *= 0xbf58476d1ce4e5b9ULL;
+  z ^= z >> 27;
+  z *= 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+__global__ void tr_noise(float* out, unsigned long long state, int B, int T, int Hkv) {
+  const long long n = (long long)B * T * Hkv;
+  GRID_STRIDE(r, n) {
+    const int h = (int)(r % Hkv);
+    const long long bt = r / Hkv;
+    const int t = (int)(bt % T), b = (int)(bt / T);
+    const unsigned long long i = ((unsigned long long)b * Hkv + h) * T + t;
+    const unsigned long long x = sm_mix(state + (i + 1) * 0x9e3779b97f4a7c15ULL);
+    const double u = ((double)(x >> 11) + 0.5) * 0x1p-53;
+    out[r] = (float)(log(u) - log1p(-u));
   }
 }
 
@@ -826,310 +909,437 @@ __global__ void tr_scale(float* x, long long n, float s) {
 }
 
 
-// ---- attention on tensor cores ------------------------------------------------------------------
-// The same three passes as tr_attn_* with bf16 WMMA products (fp32 accumulation): a block holds
-// 32 query rows (forward, dq) or 32 key rows (dk, dv, dα) of one head, two warps of 16 rows
-// each, and walks 32-row tiles of the other side. q, k, v, dO are fp32 in memory and rounded to
-// bf16 into shared memory; P and dS are rounded to bf16 for their products. The forward keeps O
-// in shared memory (it is rescaled per row); dk, dv and dq stay in accumulator fragments. No
-// atomics: dα of a key is summed by two fixed threads in a fixed order and combined once.
-#define TC_B 32
-#define TC_THREADS 64
+// ---- attention on tensor cores (flash-attention 2 style) ----------------------------------------
+// The same three passes as tr_attn_* with bf16 mma.sync m16n8k16 products (fp32 accumulation),
+// in the FlashAttention-2 manner: each warp owns 16 rows, the score tile, the probabilities and
+// the output accumulator stay in registers (the score fragment is re-packed as the A operand of
+// the next product), and only K/V (or Q/dO) tiles pass through shared memory, padded by 8
+// elements per row so that ldmatrix is free of bank conflicts. q, k, v, dO are fp32 in memory and
+// rounded to bf16 when staged; the softmax runs in base 2 (exp2 of log2(e)-scaled scores) and
+// the stats are stored in natural units as by tr_attn_fwd. Causal tiles above the diagonal are
+// never visited and tiles below it skip the per-element causal test. No atomics: dk, dv and dα
+// belong to the key block (looping over the G query heads), dq to the query block; dα of a key
+// is summed by one thread per column share and combined across the four lanes of a quad.
+#define FA_THREADS 128
+#define FA_LOG2E 1.4426950408889634f
+#define FA_LN2 0.6931471805599453f
 
 }  // extern "C" (templates below)
 
+__device__ __forceinline__ uint32_t fa_pack(float lo, float hi) {
+  __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<uint32_t*>(&v);
+}
+
+__device__ __forceinline__ void fa_ldsm(uint32_t* r, const __nv_bfloat16* p) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+__device__ __forceinline__ void fa_ldsm_t(uint32_t* r, const __nv_bfloat16* p) {
+  unsigned a = (unsigned)__cvta_generic_to_shared(p);
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(a));
+}
+
+// c[16×8] += a[16×16] · b[16×8] (bf16 operands, fp32 accumulators).
+__device__ __forceinline__ void fa_mma(float* c, const uint32_t* a, uint32_t b0, uint32_t b1) {
+  asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+               : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+               : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// fa_stage rounds rows [r0, r0+rows) of a [T, stride] fp32 matrix (columns base..base+D) to bf16
+// into dst [rows][D+8]; rows past T are zero.
 template <int D>
-__device__ __forceinline__ void tc_load_tile(__nv_bfloat16* dst, const float* src, int r0, int rows, int T, long long rowStride,
-                                             long long base) {
-  for (int x = threadIdx.x; x < TC_B * D; x += TC_THREADS) {
-    int r = x / D, d = x % D;
-    int t = r0 + r;
-    dst[x] = __float2bfloat16_rn(r < rows && t < T ? src[base + (long long)t * rowStride + d] : 0.f);
+__device__ __forceinline__ void fa_stage(__nv_bfloat16* dst, const float* src, int r0, int rows, int T, long long stride,
+                                         long long base) {
+  constexpr int V4 = D / 4;
+#pragma unroll 4
+  for (int x = threadIdx.x; x < rows * V4; x += FA_THREADS) {
+    int r = x / V4, c = (x % V4) * 4, t = r0 + r;
+    float4 f = t < T ? *reinterpret_cast<const float4*>(src + base + (long long)t * stride + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+    uint2 u;
+    u.x = fa_pack(f.x, f.y);
+    u.y = fa_pack(f.z, f.w);
+    *reinterpret_cast<uint2*>(dst + r * (D + 8) + c) = u;
   }
 }
 
+// A fragment (16 rows × 16 columns at column c0) of a staged tile whose warp rows start at row0.
 template <int D>
-__device__ void tc_attn_fwd(float* o, float* stats, const float* q, const float* k, const float* v, const float* alpha, int T,
+__device__ __forceinline__ void fa_afrag(uint32_t* a, const __nv_bfloat16* tile, int row0, int c0) {
+  const int lane = threadIdx.x & 31;
+  fa_ldsm(a, tile + (row0 + (lane & 15)) * (D + 8) + c0 + (lane >> 4) * 8);
+}
+
+// B fragments of two adjacent n8 tiles from a tile stored [n][k] (rows n0.., columns k0..):
+// b[0], b[1] for rows n0..n0+7 and b[2], b[3] for n0+8..n0+15.
+template <int D>
+__device__ __forceinline__ void fa_bfrag(uint32_t* b, const __nv_bfloat16* tile, int n0, int k0) {
+  const int lane = threadIdx.x & 31;
+  fa_ldsm(b, tile + (n0 + (lane & 7) + ((lane >> 4) << 3)) * (D + 8) + k0 + ((lane >> 3) & 1) * 8);
+}
+
+// The same from a tile stored [k][n] (rows k0.., columns n0..), transposed by ldmatrix.
+template <int D>
+__device__ __forceinline__ void fa_bfrag_t(uint32_t* b, const __nv_bfloat16* tile, int k0, int n0) {
+  const int lane = threadIdx.x & 31;
+  fa_ldsm_t(b, tile + (k0 + (lane & 15)) * (D + 8) + n0 + (lane >> 4) * 8);
+}
+
+// s[NT][4] = A(16×D, fragments af) · Bᵀ for NT·8 rows of a [n][D] tile starting at row n0.
+template <int D, int NT>
+__device__ __forceinline__ void fa_scores(float (*s)[4], const uint32_t (*af)[4], const __nv_bfloat16* tile, int n0) {
+#pragma unroll
+  for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) {
+#pragma unroll
+    for (int np = 0; np < NT / 2; np++) {
+      uint32_t b[4];
+      fa_bfrag<D>(b, tile, n0 + np * 16, kk * 16);
+      fa_mma(s[2 * np], af[kk], b[0], b[1]);
+      fa_mma(s[2 * np + 1], af[kk], b[2], b[3]);
+    }
+  }
+}
+
+// acc[D/8][4] += P(16×KT·16, as score fragments p) · tile rows [KT·16][D] (stored [k][n]).
+template <int D, int KT>
+__device__ __forceinline__ void fa_pv(float (*acc)[4], const float (*p)[4], const __nv_bfloat16* tile) {
+#pragma unroll
+  for (int kk = 0; kk < KT; kk++) {
+    uint32_t a[4] = {fa_pack(p[2 * kk][0], p[2 * kk][1]), fa_pack(p[2 * kk][2], p[2 * kk][3]),
+                     fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+#pragma unroll
+    for (int np = 0; np < D / 16; np++) {
+      uint32_t b[4];
+      fa_bfrag_t<D>(b, tile, kk * 16, np * 16);
+      fa_mma(acc[2 * np], a, b[0], b[1]);
+      fa_mma(acc[2 * np + 1], a, b[2], b[3]);
+    }
+  }
+}
+
+// Writes a warp's 16×D accumulator (rows r0.. of a [T, stride] fp32 matrix at column base).
+template <int D>
+__device__ __forceinline__ void fa_store(float* dst, const float (*acc)[4], int r0, int T, long long stride, long long base,
+                                         float sa, float sb) {
+  const int lane = threadIdx.x & 31, ra = r0 + (lane >> 2), rb = ra + 8, c = 2 * (lane & 3);
+#pragma unroll
+  for (int n = 0; n < D / 8; n++) {
+    if (ra < T) *reinterpret_cast<float2*>(dst + base + (long long)ra * stride + n * 8 + c) = make_float2(acc[n][0] * sa, acc[n][1] * sa);
+    if (rb < T) *reinterpret_cast<float2*>(dst + base + (long long)rb * stride + n * 8 + c) = make_float2(acc[n][2] * sb, acc[n][3] * sb);
+  }
+}
+
+#define FA_FWD_BQ 64
+#define FA_FWD_BK 64
+#define FA_BWDQ_BK 32
+#define FA_BWDKV_BK 64
+#define FA_BWDKV_BQ 32
+
+// Forward: grid (ceil(T/64), Hq, B), the last query blocks (the longest) first; dynamic smem
+// 2·64·(D+8) bf16 + 64 floats.
+template <int D>
+__device__ void fa_attn_fwd(float* o, float* stats, const float* q, const float* k, const float* v, const float* alpha, int T,
                             int Hq, int Hkv, float scale) {
-  using namespace nvcuda;
-  __shared__ __align__(32) __nv_bfloat16 Qs[TC_B * D], Ks[TC_B * D], Vs[TC_B * D], Ps[TC_B * TC_B];
-  __shared__ __align__(32) float Ss[TC_B * TC_B], Os[TC_B * D];
-  __shared__ float Mr[TC_B], Lr[TC_B], Lm[TC_B];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv), i0 = blockIdx.x * TC_B;
+  constexpr int SD = D + 8, BK = FA_FWD_BK, NT = BK / 8;
+  extern __shared__ __align__(16) unsigned char fa_sm[];
+  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(fa_sm);
+  __nv_bfloat16* Vs = Ks + BK * SD;
+  float* Lm = reinterpret_cast<float*>(Vs + BK * SD);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane & 3;
+  const int nblk = (T + FA_FWD_BQ - 1) / FA_FWD_BQ, i0 = (nblk - 1 - (int)blockIdx.x) * FA_FWD_BQ;
+  const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv);
   const long long N = (long long)gridDim.z * T;
-  tc_load_tile<D>(Qs, q, i0, TC_B, T, (long long)Hq * D, (long long)b * T * Hq * D + (long long)h * D);
-  for (int x = threadIdx.x; x < TC_B * D; x += TC_THREADS) Os[x] = 0.f;
-  if (threadIdx.x < TC_B) {
-    Mr[threadIdx.x] = -INFINITY;
-    Lr[threadIdx.x] = 0.f;
-  }
-  const int iLast = min(T, i0 + TC_B) - 1;
-  const int r = warp * 16 + lane / 2, half = lane % 2, i = i0 + r;  // softmax: 2 lanes per row
-  for (int j0 = 0; j0 <= iLast; j0 += TC_B) {
-    __syncthreads();
-    long long kb = (long long)b * T * Hkv * D + (long long)hk * D;
-    tc_load_tile<D>(Ks, k, j0, TC_B, T, (long long)Hkv * D, kb);
-    tc_load_tile<D>(Vs, v, j0, TC_B, T, (long long)Hkv * D, kb);
-    if (threadIdx.x < TC_B) Lm[threadIdx.x] = j0 + threadIdx.x < T ? att_logm(alpha, b, j0 + threadIdx.x, T, Hkv, hk) : 0.f;
-    __syncthreads();
-    for (int n = 0; n < TC_B / 16; n++) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
-      wmma::fill_fragment(c, 0.f);
-      for (int kk = 0; kk < D / 16; kk++) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bb;
-        wmma::load_matrix_sync(a, Qs + warp * 16 * D + kk * 16, D);
-        wmma::load_matrix_sync(bb, Ks + n * 16 * D + kk * 16, D);
-        wmma::mma_sync(c, a, bb, c);
-      }
-      wmma::store_matrix_sync(Ss + warp * 16 * TC_B + n * 16, c, TC_B, wmma::mem_row_major);
-    }
-    __syncwarp();
-    float sv[16], mt = -INFINITY;
-#pragma unroll
-    for (int c = 0; c < 16; c++) {
-      int col = half * 16 + c, j = j0 + col;
-      float s = Ss[r * TC_B + col] * scale;
-      float sm = j < i ? s + Lm[col] : s;
-      if (j > i || j >= T) sm = -INFINITY;
-      sv[c] = sm;
-      mt = fmaxf(mt, sm);
-    }
-    mt = fmaxf(mt, __shfl_xor_sync(FULL, mt, 1));
-    const float mold = Mr[r], mnew = fmaxf(mold, mt);
-    const float corr = mnew == -INFINITY ? 1.f : expf(mold - mnew);
-    float ls = 0.f;
-#pragma unroll
-    for (int c = 0; c < 16; c++) {
-      float p = sv[c] == -INFINITY ? 0.f : expf(sv[c] - mnew);
-      ls += p;
-      Ps[r * TC_B + half * 16 + c] = __float2bfloat16_rn(p);
-    }
-    ls += __shfl_xor_sync(FULL, ls, 1);
-    for (int d = half; d < D; d += 2) Os[r * D + d] *= corr;
-    __syncwarp();
-    if (half == 0) {
-      Lr[r] = Lr[r] * corr + ls;
-      Mr[r] = mnew;
-    }
-    for (int n = 0; n < D / 16; n++) {
-      wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
-      wmma::load_matrix_sync(c, Os + warp * 16 * D + n * 16, D, wmma::mem_row_major);
-      for (int kk = 0; kk < TC_B / 16; kk++) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bb;
-        wmma::load_matrix_sync(a, Ps + warp * 16 * TC_B + kk * 16, TC_B);
-        wmma::load_matrix_sync(bb, Vs + kk * 16 * D + n * 16, D);
-        wmma::mma_sync(c, a, bb, c);
-      }
-      wmma::store_matrix_sync(Os + warp * 16 * D + n * 16, c, D, wmma::mem_row_major);
-    }
-    __syncwarp();
-  }
+  const long long qbase = (long long)b * T * Hq * D + (long long)h * D, kbase = (long long)b * T * Hkv * D + (long long)hk * D;
+  const int w0 = i0 + warp * 16, ra = w0 + (lane >> 2), rb = ra + 8;
+  const bool live = w0 < T;
+  fa_stage<D>(Ks, q, i0, FA_FWD_BQ, T, (long long)Hq * D, qbase);
   __syncthreads();
-  for (int x = threadIdx.x; x < TC_B * D; x += TC_THREADS) {
-    int rr = x / D, d = x % D, ii = i0 + rr;
-    if (ii < T) o[(((long long)b * T + ii) * Hq + h) * D + d] = Os[x] / Lr[rr];
-  }
-  if (threadIdx.x < TC_B && i0 + (int)threadIdx.x < T) {
-    long long rr = ((long long)b * T + i0 + threadIdx.x) * Hq + h;
-    stats[rr] = Mr[threadIdx.x];
-    stats[N * Hq + rr] = Mr[threadIdx.x] + logf(Lr[threadIdx.x]);
-  }
-}
-
-// S (or Sᵀ) tile products for the backward: C[16 rows of this warp][32] = A·Bᵀ with A, B row-major
-// [32][D] bf16 tiles (rows of A: this warp's 16).
-template <int D>
-__device__ __forceinline__ void tc_abT(float* C, const __nv_bfloat16* A, const __nv_bfloat16* B, int warp) {
-  using namespace nvcuda;
-  for (int n = 0; n < TC_B / 16; n++) {
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c;
-    wmma::fill_fragment(c, 0.f);
-    for (int kk = 0; kk < D / 16; kk++) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> bb;
-      wmma::load_matrix_sync(a, A + warp * 16 * D + kk * 16, D);
-      wmma::load_matrix_sync(bb, B + n * 16 * D + kk * 16, D);
-      wmma::mma_sync(c, a, bb, c);
+  uint32_t qf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(qf[kk], Ks, warp * 16, kk * 16);
+  float acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  float mr[2] = {-INFINITY, -INFINITY}, lr[2] = {0.f, 0.f};
+  const float sl2 = scale * FA_LOG2E;
+  const int iLast = min(T, i0 + FA_FWD_BQ) - 1, wLast = min(T - 1, w0 + 15);
+  for (int j0 = 0; j0 <= iLast; j0 += BK) {
+    __syncthreads();
+    fa_stage<D>(Ks, k, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_stage<D>(Vs, v, j0, BK, T, (long long)Hkv * D, kbase);
+    if (threadIdx.x < BK) {
+      int j = j0 + threadIdx.x;
+      Lm[threadIdx.x] = j < T ? att_logm(alpha, b, j, T, Hkv, hk) * FA_LOG2E : 0.f;
     }
-    wmma::store_matrix_sync(C + warp * 16 * TC_B + n * 16, c, TC_B, wmma::mem_row_major);
+    __syncthreads();
+    if (!live || j0 > wLast) continue;
+    float s[NT][4];
+    fa_scores<D, NT>(s, qf, Ks, 0);
+    const bool diag = j0 + BK - 1 >= w0;
+    float mx[2] = {mr[0], mr[1]};
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb;
+        float x = s[n][e] * sl2;
+        if (diag) {
+          x = j < i ? x + Lm[col] : x;
+          if (j > i || j >= T) x = -INFINITY;
+        } else {
+          x += Lm[col];
+        }
+        s[n][e] = x;
+        mx[e >> 1] = fmaxf(mx[e >> 1], x);
+      }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 1));
+      mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 2));
+      corr[r] = mx[r] == -INFINITY ? 1.f : exp2f(mr[r] - mx[r]);
+      mr[r] = mx[r];
+      lr[r] *= corr[r];
+    }
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        float p = s[n][e] == -INFINITY ? 0.f : exp2f(s[n][e] - mx[e >> 1]);
+        s[n][e] = p;
+        lr[e >> 1] += p;
+      }
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) {
+      acc[n][0] *= corr[0];
+      acc[n][1] *= corr[0];
+      acc[n][2] *= corr[1];
+      acc[n][3] *= corr[1];
+    }
+    fa_pv<D, BK / 16>(acc, s, Vs);
+  }
+  if (!live) return;
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    lr[r] += __shfl_xor_sync(FULL, lr[r], 1);
+    lr[r] += __shfl_xor_sync(FULL, lr[r], 2);
+  }
+  fa_store<D>(o, acc, w0, T, (long long)Hq * D, qbase, 1.f / lr[0], 1.f / lr[1]);
+  if (t4 == 0) {
+    if (ra < T) {
+      long long rr = ((long long)b * T + ra) * Hq + h;
+      stats[rr] = mr[0] * FA_LN2;
+      stats[N * Hq + rr] = (mr[0] + log2f(lr[0])) * FA_LN2;
+    }
+    if (rb < T) {
+      long long rr = ((long long)b * T + rb) * Hq + h;
+      stats[rr] = mr[1] * FA_LN2;
+      stats[N * Hq + rr] = (mr[1] + log2f(lr[1])) * FA_LN2;
+    }
   }
 }
 
-// dq: grid (ceil(T/32), Hq, B).
+// dq: grid (ceil(T/64), Hq, B); q and dO fragments stay in registers, 32-key tiles of K and V
+// pass through shared memory: dynamic smem 2·64·(D+8) bf16 + 32 floats.
 template <int D>
-__device__ void tc_attn_bwd_q(float* dq, const float* q, const float* k, const float* v, const float* alpha, const float* stats,
+__device__ void fa_attn_bwd_q(float* dq, const float* q, const float* k, const float* v, const float* alpha, const float* stats,
                               const float* delta, const float* dO, int T, int Hq, int Hkv, float scale) {
-  using namespace nvcuda;
-  __shared__ __align__(32) __nv_bfloat16 Qs[TC_B * D], Gs[TC_B * D], Ks[TC_B * D], Vs[TC_B * D], dSs[TC_B * TC_B];
-  __shared__ __align__(32) float Ss[TC_B * TC_B], Ps[TC_B * TC_B];
-  __shared__ float Lm[TC_B];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv), i0 = blockIdx.x * TC_B;
+  constexpr int SD = D + 8, BK = FA_BWDQ_BK, NT = BK / 8;
+  extern __shared__ __align__(16) unsigned char fa_sm[];
+  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(fa_sm);
+  __nv_bfloat16* Vs = Ks + 64 * SD;
+  float* Lm = reinterpret_cast<float*>(Vs + 64 * SD);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane & 3;
+  const int nblk = (T + 63) / 64, i0 = (nblk - 1 - (int)blockIdx.x) * 64;
+  const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv);
   const long long N = (long long)gridDim.z * T;
-  long long qb = (long long)b * T * Hq * D + (long long)h * D;
-  tc_load_tile<D>(Qs, q, i0, TC_B, T, (long long)Hq * D, qb);
-  tc_load_tile<D>(Gs, dO, i0, TC_B, T, (long long)Hq * D, qb);
-  const int r = warp * 16 + lane / 2, half = lane % 2, i = i0 + r;
-  const long long rr = ((long long)b * T + min(i, T - 1)) * Hq + h;
-  const float lse = stats[N * Hq + rr], dl = delta[rr];
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[D / 16];
-  for (int n = 0; n < D / 16; n++) wmma::fill_fragment(acc[n], 0.f);
-  const int iLast = min(T, i0 + TC_B) - 1;
-  for (int j0 = 0; j0 <= iLast; j0 += TC_B) {
-    __syncthreads();
-    long long kb = (long long)b * T * Hkv * D + (long long)hk * D;
-    tc_load_tile<D>(Ks, k, j0, TC_B, T, (long long)Hkv * D, kb);
-    tc_load_tile<D>(Vs, v, j0, TC_B, T, (long long)Hkv * D, kb);
-    if (threadIdx.x < TC_B) Lm[threadIdx.x] = j0 + threadIdx.x < T ? att_logm(alpha, b, j0 + threadIdx.x, T, Hkv, hk) : 0.f;
-    __syncthreads();
-    tc_abT<D>(Ss, Qs, Ks, warp);
-    tc_abT<D>(Ps, Gs, Vs, warp);  // dP = dO·Vᵀ
-    __syncwarp();
-#pragma unroll
-    for (int c = 0; c < 16; c++) {
-      int col = half * 16 + c, j = j0 + col;
-      float s = Ss[r * TC_B + col] * scale;
-      float sm = j < i ? s + Lm[col] : s;
-      float p = (j <= i && i < T && sm > -INFINITY) ? expf(sm - lse) : 0.f;
-      dSs[r * TC_B + col] = __float2bfloat16_rn(p * (Ps[r * TC_B + col] - dl) * scale);
-    }
-    __syncwarp();
-    for (int n = 0; n < D / 16; n++) {
-      for (int kk = 0; kk < TC_B / 16; kk++) {
-        wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-        wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bb;
-        wmma::load_matrix_sync(a, dSs + warp * 16 * TC_B + kk * 16, TC_B);
-        wmma::load_matrix_sync(bb, Ks + kk * 16 * D + n * 16, D);
-        wmma::mma_sync(acc[n], a, bb, acc[n]);
-      }
-    }
-  }
+  const long long qbase = (long long)b * T * Hq * D + (long long)h * D, kbase = (long long)b * T * Hkv * D + (long long)hk * D;
+  const int w0 = i0 + warp * 16, ra = w0 + (lane >> 2), rb = ra + 8;
+  const bool live = w0 < T;
+  fa_stage<D>(Ks, q, i0, 64, T, (long long)Hq * D, qbase);
+  fa_stage<D>(Vs, dO, i0, 64, T, (long long)Hq * D, qbase);
   __syncthreads();
-  float* out = Ss;  // reuse: 16 rows × 16 columns per fragment, one warp at a time per row block
-  for (int n = 0; n < D / 16; n++) {
-    wmma::store_matrix_sync(out + warp * 16 * 16, acc[n], 16, wmma::mem_row_major);
-    __syncwarp();
-    for (int x = lane; x < 256; x += 32) {
-      int rr2 = x / 16, d = n * 16 + x % 16, ii = i0 + warp * 16 + rr2;
-      if (ii < T) dq[(((long long)b * T + ii) * Hq + h) * D + d] = out[warp * 256 + x];
-    }
-    __syncwarp();
+  uint32_t qf[D / 16][4], gf[D / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < D / 16; kk++) {
+    fa_afrag<D>(qf[kk], Ks, warp * 16, kk * 16);
+    fa_afrag<D>(gf[kk], Vs, warp * 16, kk * 16);
   }
+  float lse2[2], dl[2];
+  {
+    long long rra = ((long long)b * T + min(ra, T - 1)) * Hq + h, rrb = ((long long)b * T + min(rb, T - 1)) * Hq + h;
+    lse2[0] = stats[N * Hq + rra] * FA_LOG2E;
+    lse2[1] = stats[N * Hq + rrb] * FA_LOG2E;
+    dl[0] = delta[rra];
+    dl[1] = delta[rrb];
+  }
+  float acc[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+  const float sl2 = scale * FA_LOG2E;
+  const int iLast = min(T, i0 + 64) - 1, wLast = min(T - 1, w0 + 15);
+  for (int j0 = 0; j0 <= iLast; j0 += BK) {
+    __syncthreads();
+    fa_stage<D>(Ks, k, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_stage<D>(Vs, v, j0, BK, T, (long long)Hkv * D, kbase);
+    if (threadIdx.x < BK) {
+      int j = j0 + threadIdx.x;
+      Lm[threadIdx.x] = j < T ? att_logm(alpha, b, j, T, Hkv, hk) * FA_LOG2E : 0.f;
+    }
+    __syncthreads();
+    if (!live || j0 > wLast) continue;
+    float s[NT][4], dp[NT][4];
+    fa_scores<D, NT>(s, qf, Ks, 0);
+    fa_scores<D, NT>(dp, gf, Vs, 0);
+    const bool diag = j0 + BK - 1 >= w0;
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) {
+        const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb, r = e >> 1;
+        float x = s[n][e] * sl2;
+        bool ok = true;
+        if (diag) {
+          ok = j <= i && i < T;
+          x = j < i ? x + Lm[col] : x;
+        } else {
+          x += Lm[col];
+        }
+        float p = (ok && x > -INFINITY) ? exp2f(x - lse2[r]) : 0.f;
+        s[n][e] = p * (dp[n][e] - dl[r]) * scale;
+      }
+    fa_pv<D, BK / 16>(acc, s, Ks);
+  }
+  if (!live) return;
+  fa_store<D>(dq, acc, w0, T, (long long)Hq * D, qbase, 1.f, 1.f);
 }
 
-// dk, dv, dα: grid (ceil(T/32), Hkv, B); the block's 32 keys against every later query of the
-// G query heads.
+// dk, dv, dα: grid (ceil(T/64), Hkv, B), each warp 16 keys against every later query of the G
+// query heads in 32-query tiles; dynamic smem (2·64 + 2·32)·(D+8) bf16 + 3·32 floats.
 template <int D>
-__device__ void tc_attn_bwd_kv(float* dk, float* dv, float* dA, const float* q, const float* k, const float* v, const float* alpha,
+__device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const float* q, const float* k, const float* v, const float* alpha,
                                const float* stats, const float* delta, const float* dO, int T, int Hq, int Hkv, float scale) {
-  using namespace nvcuda;
-  __shared__ __align__(32) __nv_bfloat16 Ks[TC_B * D], Vs[TC_B * D], Qs[TC_B * D], Gs[TC_B * D], Pt[TC_B * TC_B], dSt[TC_B * TC_B];
-  __shared__ __align__(32) float St[TC_B * TC_B], DPt[TC_B * TC_B];
-  __shared__ float Mq[TC_B], Lq[TC_B], Dq[TC_B];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int b = blockIdx.z, hk = blockIdx.y, G = Hq / Hkv, j0 = blockIdx.x * TC_B;
+  constexpr int SD = D + 8, BQ = FA_BWDKV_BQ, NT = BQ / 8;
+  extern __shared__ __align__(16) unsigned char fa_sm[];
+  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(fa_sm);
+  __nv_bfloat16* Vs = Ks + FA_BWDKV_BK * SD;
+  __nv_bfloat16* Qs = Vs + FA_BWDKV_BK * SD;
+  __nv_bfloat16* Gs = Qs + BQ * SD;
+  float* Lq = reinterpret_cast<float*>(Gs + BQ * SD);
+  float *Mq = Lq + BQ, *Dq = Mq + BQ;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane & 3;
+  const int nblk = (T + FA_BWDKV_BK - 1) / FA_BWDKV_BK, j0 = (int)blockIdx.x * FA_BWDKV_BK;
+  (void)nblk;
+  const int b = blockIdx.z, hk = blockIdx.y, G = Hq / Hkv;
   const long long N = (long long)gridDim.z * T;
-  long long kb = (long long)b * T * Hkv * D + (long long)hk * D;
-  tc_load_tile<D>(Ks, k, j0, TC_B, T, (long long)Hkv * D, kb);
-  tc_load_tile<D>(Vs, v, j0, TC_B, T, (long long)Hkv * D, kb);
-  const int r = warp * 16 + lane / 2, half = lane % 2, j = j0 + r;  // elementwise: key row r, 16 queries
-  const float logm = j < T ? att_logm(alpha, b, j, T, Hkv, hk) : 0.f;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> accK[D / 16], accV[D / 16];
-  for (int n = 0; n < D / 16; n++) {
-    wmma::fill_fragment(accK[n], 0.f);
-    wmma::fill_fragment(accV[n], 0.f);
-  }
-  float accA = 0.f;
+  const long long kbase = (long long)b * T * Hkv * D + (long long)hk * D;
+  const int w0 = j0 + warp * 16, ja = w0 + (lane >> 2), jb = ja + 8;
+  const bool live = w0 < T;
+  fa_stage<D>(Ks, k, j0, FA_BWDKV_BK, T, (long long)Hkv * D, kbase);
+  fa_stage<D>(Vs, v, j0, FA_BWDKV_BK, T, (long long)Hkv * D, kbase);
+  float lm2[2] = {ja < T ? att_logm(alpha, b, ja, T, Hkv, hk) * FA_LOG2E : 0.f,
+                  jb < T ? att_logm(alpha, b, jb, T, Hkv, hk) * FA_LOG2E : 0.f};
+  float accK[D / 8][4], accV[D / 8][4];
+#pragma unroll
+  for (int n = 0; n < D / 8; n++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) accK[n][e] = accV[n][e] = 0.f;
+  float accA[2] = {0.f, 0.f};
   for (int h = hk * G; h < (hk + 1) * G; h++) {
-    long long qb = (long long)b * T * Hq * D + (long long)h * D;
-    for (int q0 = j0; q0 < T; q0 += TC_B) {
+    const long long qbase = (long long)b * T * Hq * D + (long long)h * D;
+    for (int q0 = j0; q0 < T; q0 += BQ) {
       __syncthreads();
-      tc_load_tile<D>(Qs, q, q0, TC_B, T, (long long)Hq * D, qb);
-      tc_load_tile<D>(Gs, dO, q0, TC_B, T, (long long)Hq * D, qb);
-      if (threadIdx.x < TC_B) {
-        int ii = min(q0 + (int)threadIdx.x, T - 1);
-        long long rr = ((long long)b * T + ii) * Hq + h;
+      fa_stage<D>(Qs, q, q0, BQ, T, (long long)Hq * D, qbase);
+      fa_stage<D>(Gs, dO, q0, BQ, T, (long long)Hq * D, qbase);
+      if (threadIdx.x < BQ) {
+        long long rr = ((long long)b * T + min(q0 + (int)threadIdx.x, T - 1)) * Hq + h;
         Mq[threadIdx.x] = stats[rr];
         Lq[threadIdx.x] = stats[N * Hq + rr];
         Dq[threadIdx.x] = delta[rr];
       }
       __syncthreads();
-      tc_abT<D>(St, Ks, Qs, warp);   // Sᵀ = K·Qᵀ
-      tc_abT<D>(DPt, Vs, Gs, warp);  // dPᵀ = V·dOᵀ
-      __syncwarp();
+      if (!live || q0 + BQ - 1 < w0) continue;
+      float s[NT][4], dp[NT][4];
+      {
+        uint32_t af[D / 16][4];
 #pragma unroll
-      for (int c = 0; c < 16; c++) {
-        int col = half * 16 + c, i = q0 + col;
-        float s = St[r * TC_B + col] * scale;
-        bool ok = j < T && i < T && j <= i;
-        float sm = j < i ? s + logm : s;
-        float p = (ok && sm > -INFINITY) ? expf(sm - Lq[col]) : 0.f;
-        float gd = DPt[r * TC_B + col] - Dq[col];
-        Pt[r * TC_B + col] = __float2bfloat16_rn(p);
-        dSt[r * TC_B + col] = __float2bfloat16_rn(p * gd * scale);
-        if (alpha != nullptr && ok && j < i) accA -= expf(fminf(s - Mq[col], 40.f) - (Lq[col] - Mq[col])) * gd;
+        for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(af[kk], Ks, warp * 16, kk * 16);
+        fa_scores<D, NT>(s, af, Qs, 0);  // Sᵀ = K·Qᵀ
+#pragma unroll
+        for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(af[kk], Vs, warp * 16, kk * 16);
+        fa_scores<D, NT>(dp, af, Gs, 0);  // dPᵀ = V·dOᵀ
       }
-      __syncwarp();
-      for (int n = 0; n < D / 16; n++) {
-        for (int kk = 0; kk < TC_B / 16; kk++) {
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> a;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> bb;
-          wmma::load_matrix_sync(a, Pt + warp * 16 * TC_B + kk * 16, TC_B);
-          wmma::load_matrix_sync(bb, Gs + kk * 16 * D + n * 16, D);
-          wmma::mma_sync(accV[n], a, bb, accV[n]);
-          wmma::load_matrix_sync(a, dSt + warp * 16 * TC_B + kk * 16, TC_B);
-          wmma::load_matrix_sync(bb, Qs + kk * 16 * D + n * 16, D);
-          wmma::mma_sync(accK[n], a, bb, accK[n]);
+      const bool diag = q0 <= w0 + 15;
+#pragma unroll
+      for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          const int col = n * 8 + 2 * t4 + (e & 1), i = q0 + col, j = e < 2 ? ja : jb, r = e >> 1;
+          const float raw = s[n][e] * scale;
+          bool ok = i < T, below = true;
+          if (diag) {
+            ok = ok && j < T && j <= i;
+            below = j < i;
+          }
+          const float x = raw * FA_LOG2E + (below ? lm2[r] : 0.f);
+          const float p = (ok && x > -INFINITY) ? exp2f(x - Lq[col] * FA_LOG2E) : 0.f;
+          const float gd = dp[n][e] - Dq[col];
+          s[n][e] = p;
+          dp[n][e] = p * gd * scale;
+          if (alpha != nullptr && ok && below) accA[r] -= exp2f((fminf(raw - Mq[col], 40.f) - (Lq[col] - Mq[col])) * FA_LOG2E) * gd;
         }
-      }
+      fa_pv<D, BQ / 16>(accV, s, Gs);   // dV += Pᵀ·dO
+      fa_pv<D, BQ / 16>(accK, dp, Qs);  // dK += dSᵀ·Q
     }
   }
-  accA += __shfl_xor_sync(FULL, accA, 1);
-  __syncthreads();
-  float* out = St;  // reuse as a 16×16 staging tile per warp (St and DPt are contiguous 2×1024 floats)
-  for (int n = 0; n < D / 16; n++) {
-    for (int which = 0; which < 2; which++) {
-      wmma::store_matrix_sync(out + warp * 256, which ? accV[n] : accK[n], 16, wmma::mem_row_major);
-      __syncwarp();
-      float* dst = which ? dv : dk;
-      for (int x = lane; x < 256; x += 32) {
-        int rr2 = x / 16, d = n * 16 + x % 16, jj = j0 + warp * 16 + rr2;
-        if (jj < T) dst[((long long)b * T + jj) * Hkv * D + (long long)hk * D + d] = out[warp * 256 + x];
-      }
-      __syncwarp();
-    }
+  if (!live) return;
+  fa_store<D>(dk, accK, w0, T, (long long)Hkv * D, kbase, 1.f, 1.f);
+  fa_store<D>(dv, accV, w0, T, (long long)Hkv * D, kbase, 1.f, 1.f);
+#pragma unroll
+  for (int r = 0; r < 2; r++) {
+    accA[r] += __shfl_xor_sync(FULL, accA[r], 1);
+    accA[r] += __shfl_xor_sync(FULL, accA[r], 2);
   }
-  if (dA != nullptr && half == 0 && j < T) {
-    if (j + 1 < T) dA[((long long)b * T + j + 1) * Hkv + hk] = accA;
-    if (j == 0) dA[(long long)b * T * Hkv + hk] = 0.f;
+  if (dA != nullptr && t4 == 0) {
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      const int j = r ? jb : ja;
+      if (j + 1 < T) dA[((long long)b * T + j + 1) * Hkv + hk] = accA[r];
+      if (j == 0) dA[(long long)b * T * Hkv + hk] = 0.f;
+    }
   }
 }
 
 extern "C" {
 
-#define TC_INST(D)                                                                                                         \
-  __global__ void __launch_bounds__(TC_THREADS) tc_attn_fwd_##D(float* o, float* stats, const float* q, const float* k,     \
+#define FA_INST(D)                                                                                                         \
+  __global__ void __launch_bounds__(FA_THREADS) tc_attn_fwd_##D(float* o, float* stats, const float* q, const float* k,     \
                                                                 const float* v, const float* alpha, int T, int Hq, int Hkv, \
                                                                 float scale) {                                              \
-    tc_attn_fwd<D>(o, stats, q, k, v, alpha, T, Hq, Hkv, scale);                                                           \
+    fa_attn_fwd<D>(o, stats, q, k, v, alpha, T, Hq, Hkv, scale);                                                           \
   }                                                                                                                        \
-  __global__ void __launch_bounds__(TC_THREADS)                                                                            \
+  __global__ void __launch_bounds__(FA_THREADS)                                                                            \
       tc_attn_bwd_q_##D(float* dq, const float* q, const float* k, const float* v, const float* alpha, const float* stats, \
                         const float* delta, const float* dO, int T, int Hq, int Hkv, float scale) {                        \
-    tc_attn_bwd_q<D>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                             \
+    fa_attn_bwd_q<D>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                             \
   }                                                                                                                        \
-  __global__ void __launch_bounds__(TC_THREADS)                                                                            \
+  __global__ void __launch_bounds__(FA_THREADS)                                                                            \
       tc_attn_bwd_kv_##D(float* dk, float* dv, float* dA, const float* q, const float* k, const float* v,                  \
                          const float* alpha, const float* stats, const float* delta, const float* dO, int T, int Hq,       \
                          int Hkv, float scale) {                                                                           \
-    tc_attn_bwd_kv<D>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                    \
+    fa_attn_bwd_kv<D>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                    \
   }
-TC_INST(16)
-TC_INST(32)
-TC_INST(64)
-TC_INST(128)
+FA_INST(16)
+FA_INST(32)
+FA_INST(64)
+FA_INST(128)
 
 }  // extern "C"
