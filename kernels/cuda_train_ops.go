@@ -509,21 +509,34 @@ const (
 )
 
 // tcSmem returns the dynamic shared memory of the tensor-core kernels for head dimension D:
-// bf16 tiles padded by 8 elements per row, plus per-row floats.
+// double-buffered bf16 tiles padded by 8 elements per row, plus per-row floats.
 func tcSmem(D int) (fwd, bwdQ, bwdKV int) {
 	row := (D + 8) * 2
-	return 2*64*row + 64*4, 2*64*row + 32*4, (2*64+2*32)*row + 3*32*4
+	return 4*64*row + 2*64*4, 4*32*row + 2*32*4, (2*64+4*32)*row + 6*32*4
 }
 
-// aligned16 reports whether every buffer starts on a 16-byte boundary (the tensor-core kernels
-// read rows as float4).
-func aligned16(bufs ...*DevBuf) bool {
-	for _, b := range bufs {
-		if b != nil && b.ptr%16 != 0 {
-			return false
-		}
+// bf16Copy rounds the first n elements of src into the named scratch buffer (the tensor-core
+// attention kernels read bf16 rows with cp.async).
+func (t *TrainDevice) bf16Copy(name string, src *DevBuf, n int) (*DevBuf, error) {
+	dst, err := t.scratchBuf(name, BF16, n)
+	if err != nil {
+		return nil, err
 	}
-	return true
+	dst = dst.Slice(0, n)
+	return dst, t.CastBF16(dst, src.Slice(0, n))
+}
+
+// attnBF16 returns bf16 copies of q, k and v for the tensor-core kernels.
+func (t *TrainDevice) attnBF16(q, k, v *DevBuf, rows int, g AttnGeom) (q16, k16, v16 *DevBuf, err error) {
+	D := g.HeadD
+	if q16, err = t.bf16Copy("attn.q16", q, rows*g.QHeads*D); err != nil {
+		return
+	}
+	if k16, err = t.bf16Copy("attn.k16", k, rows*g.KVHeads*D); err != nil {
+		return
+	}
+	v16, err = t.bf16Copy("attn.v16", v, rows*g.KVHeads*D)
+	return
 }
 
 const attnThreads = 128
@@ -572,10 +585,14 @@ func (t *TrainDevice) AttentionForward(o, stats, q, k, v, alpha *DevBuf, g AttnG
 		return err
 	}
 	scale := float32(1 / math.Sqrt(float64(D)))
-	if g.tc() && aligned16(q, k, v) {
+	if g.tc() {
+		q16, k16, v16, err := t.attnBF16(q, k, v, rows, g)
+		if err != nil {
+			return err
+		}
 		smem, _, _ := tcSmem(D)
 		return t.launch(fmt.Sprintf("tc_attn_fwd_%d", D), dim3{x: (g.SeqLen + tcRows - 1) / tcRows, y: Hq, z: rows / g.SeqLen}, tcThreads, smem,
-			new(args).p(o.ptr).p(stats.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).f(scale))
+			new(args).p(o.ptr).p(stats.ptr).p(q16.ptr).p(k16.ptr).p(v16.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).f(scale))
 	}
 	tpr, err := attnLanes(D)
 	if err != nil {
@@ -617,7 +634,16 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 	}
 	scale := float32(1 / math.Sqrt(float64(D)))
 	B := rows / g.SeqLen
-	if g.tc() && aligned16(q, k, v, dO) {
+	if g.tc() {
+		q16, k16, v16, err := t.attnBF16(q, k, v, rows, g)
+		if err != nil {
+			return err
+		}
+		g16, err := t.bf16Copy("attn.dO16", dO, rows*Hq*D)
+		if err != nil {
+			return err
+		}
+		q, k, v, dO = q16, k16, v16, g16
 		blocks := (g.SeqLen + tcRows - 1) / tcRows
 		_, smemQ, smemKV := tcSmem(D)
 		if err := t.launch(fmt.Sprintf("tc_attn_bwd_q_%d", D), dim3{x: blocks, y: Hq, z: B}, tcThreads, smemQ,

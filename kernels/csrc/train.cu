@@ -914,8 +914,9 @@ __global__ void tr_scale(float* x, long long n, float s) {
 // in the FlashAttention-2 manner: each warp owns 16 rows, the score tile, the probabilities and
 // the output accumulator stay in registers (the score fragment is re-packed as the A operand of
 // the next product), and only K/V (or Q/dO) tiles pass through shared memory, padded by 8
-// elements per row so that ldmatrix is free of bank conflicts. q, k, v, dO are fp32 in memory and
-// rounded to bf16 when staged; the softmax runs in base 2 (exp2 of log2(e)-scaled scores) and
+// elements per row so that ldmatrix is free of bank conflicts. q, k, v, dO arrive as bf16 copies
+// (kernels.AttentionForward/Backward round them) and are staged with cp.async, the next tile's
+// copy running under the current tile's products; the softmax runs in base 2 (exp2 of log2(e)-scaled scores) and
 // the stats are stored in natural units as by tr_attn_fwd. Causal tiles above the diagonal are
 // never visited and tiles below it skip the per-element causal test. No atomics: dk, dv and dα
 // belong to the key block (looping over the G query heads), dq to the query block; dα of a key
@@ -952,20 +953,29 @@ __device__ __forceinline__ void fa_mma(float* c, const uint32_t* a, uint32_t b0,
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// fa_stage rounds rows [r0, r0+rows) of a [T, stride] fp32 matrix (columns base..base+D) to bf16
-// into dst [rows][D+8]; rows past T are zero.
+// fa_stage copies rows [r0, r0+rows) of a [T, stride] bf16 matrix (columns base..base+D) into
+// dst [rows][D+8] with cp.async (16 bytes a copy, zero-filled past T); the caller commits and
+// waits. base, stride and D are multiples of 8 elements.
+__device__ __forceinline__ void fa_cp16(void* dst, const void* src, bool valid) {
+  unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+  int n = valid ? 16 : 0;
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void fa_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
 template <int D>
-__device__ __forceinline__ void fa_stage(__nv_bfloat16* dst, const float* src, int r0, int rows, int T, long long stride,
+__device__ __forceinline__ void fa_stage(__nv_bfloat16* dst, const __nv_bfloat16* src, int r0, int rows, int T, long long stride,
                                          long long base) {
-  constexpr int V4 = D / 4;
+  constexpr int C8 = D / 8;
 #pragma unroll 4
-  for (int x = threadIdx.x; x < rows * V4; x += FA_THREADS) {
-    int r = x / V4, c = (x % V4) * 4, t = r0 + r;
-    float4 f = t < T ? *reinterpret_cast<const float4*>(src + base + (long long)t * stride + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-    uint2 u;
-    u.x = fa_pack(f.x, f.y);
-    u.y = fa_pack(f.z, f.w);
-    *reinterpret_cast<uint2*>(dst + r * (D + 8) + c) = u;
+  for (int x = threadIdx.x; x < rows * C8; x += FA_THREADS) {
+    const int r = x / C8, c = (x % C8) * 8, t = r0 + r;
+    const bool ok = t < T;
+    fa_cp16(dst + r * (D + 8) + c, src + base + (long long)(ok ? t : 0) * stride + c, ok);
   }
 }
 
@@ -1043,16 +1053,16 @@ __device__ __forceinline__ void fa_store(float* dst, const float (*acc)[4], int 
 #define FA_BWDKV_BK 64
 #define FA_BWDKV_BQ 32
 
-// Forward: grid (ceil(T/64), Hq, B), the last query blocks (the longest) first; dynamic smem
-// 2·64·(D+8) bf16 + 64 floats.
+// Forward: grid (ceil(T/64), Hq, B), the last query blocks (the longest) first. q, k, v are the
+// bf16 copies. K/V tiles are double-buffered: the next tile's cp.async runs under this tile's
+// products. Dynamic smem 2·2·64·(D+8) bf16 + 2·64 floats.
 template <int D>
-__device__ void fa_attn_fwd(float* o, float* stats, const float* q, const float* k, const float* v, const float* alpha, int T,
-                            int Hq, int Hkv, float scale) {
+__device__ void fa_attn_fwd(float* o, float* stats, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                            const float* alpha, int T, int Hq, int Hkv, float scale) {
   constexpr int SD = D + 8, BK = FA_FWD_BK, NT = BK / 8;
   extern __shared__ __align__(16) unsigned char fa_sm[];
-  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(fa_sm);
-  __nv_bfloat16* Vs = Ks + BK * SD;
-  float* Lm = reinterpret_cast<float*>(Vs + BK * SD);
+  __nv_bfloat16* buf = reinterpret_cast<__nv_bfloat16*>(fa_sm);  // [2][K | V][BK][SD]
+  float* Lm = reinterpret_cast<float*>(buf + 4 * BK * SD);       // [2][BK]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane & 3;
   const int nblk = (T + FA_FWD_BQ - 1) / FA_FWD_BQ, i0 = (nblk - 1 - (int)blockIdx.x) * FA_FWD_BQ;
   const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv);
@@ -1060,71 +1070,91 @@ __device__ void fa_attn_fwd(float* o, float* stats, const float* q, const float*
   const long long qbase = (long long)b * T * Hq * D + (long long)h * D, kbase = (long long)b * T * Hkv * D + (long long)hk * D;
   const int w0 = i0 + warp * 16, ra = w0 + (lane >> 2), rb = ra + 8;
   const bool live = w0 < T;
-  fa_stage<D>(Ks, q, i0, FA_FWD_BQ, T, (long long)Hq * D, qbase);
+  const int iLast = min(T, i0 + FA_FWD_BQ) - 1, wLast = min(T - 1, w0 + 15), ntiles = iLast / BK + 1;
+  auto issue = [&](int tile) {
+    __nv_bfloat16* Kt = buf + (tile & 1) * 2 * BK * SD;
+    const int j0 = tile * BK;
+    fa_stage<D>(Kt, k, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_stage<D>(Kt + BK * SD, v, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_commit();
+    if (threadIdx.x < BK) {
+      const int j = j0 + threadIdx.x;
+      Lm[(tile & 1) * BK + threadIdx.x] = j < T ? att_logm(alpha, b, j, T, Hkv, hk) * FA_LOG2E : 0.f;
+    }
+  };
+  fa_stage<D>(buf + 2 * BK * SD, q, i0, FA_FWD_BQ, T, (long long)Hq * D, qbase);  // Q through buffer 1
+  fa_commit();
+  issue(0);
+  fa_wait<1>();
   __syncthreads();
   uint32_t qf[D / 16][4];
 #pragma unroll
-  for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(qf[kk], Ks, warp * 16, kk * 16);
+  for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(qf[kk], buf + 2 * BK * SD, warp * 16, kk * 16);
+  __syncthreads();
   float acc[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
   float mr[2] = {-INFINITY, -INFINITY}, lr[2] = {0.f, 0.f};
   const float sl2 = scale * FA_LOG2E;
-  const int iLast = min(T, i0 + FA_FWD_BQ) - 1, wLast = min(T - 1, w0 + 15);
-  for (int j0 = 0; j0 <= iLast; j0 += BK) {
-    __syncthreads();
-    fa_stage<D>(Ks, k, j0, BK, T, (long long)Hkv * D, kbase);
-    fa_stage<D>(Vs, v, j0, BK, T, (long long)Hkv * D, kbase);
-    if (threadIdx.x < BK) {
-      int j = j0 + threadIdx.x;
-      Lm[threadIdx.x] = j < T ? att_logm(alpha, b, j, T, Hkv, hk) * FA_LOG2E : 0.f;
+  for (int tile = 0; tile < ntiles; tile++) {
+    if (tile + 1 < ntiles) {
+      issue(tile + 1);
+      fa_wait<1>();
+    } else {
+      fa_wait<0>();
     }
     __syncthreads();
-    if (!live || j0 > wLast) continue;
-    float s[NT][4];
-    fa_scores<D, NT>(s, qf, Ks, 0);
-    const bool diag = j0 + BK - 1 >= w0;
-    float mx[2] = {mr[0], mr[1]};
+    const int j0 = tile * BK;
+    const __nv_bfloat16* Ks = buf + (tile & 1) * 2 * BK * SD;
+    const __nv_bfloat16* Vs = Ks + BK * SD;
+    const float* Lt = Lm + (tile & 1) * BK;
+    if (live && j0 <= wLast) {
+      float s[NT][4];
+      fa_scores<D, NT>(s, qf, Ks, 0);
+      const bool diag = j0 + BK - 1 >= w0;
+      float mx[2] = {mr[0], mr[1]};
 #pragma unroll
-    for (int n = 0; n < NT; n++)
+      for (int n = 0; n < NT; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb;
-        float x = s[n][e] * sl2;
-        if (diag) {
-          x = j < i ? x + Lm[col] : x;
-          if (j > i || j >= T) x = -INFINITY;
-        } else {
-          x += Lm[col];
+        for (int e = 0; e < 4; e++) {
+          const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb;
+          float x = s[n][e] * sl2;
+          if (diag) {
+            x = j < i ? x + Lt[col] : x;
+            if (j > i || j >= T) x = -INFINITY;
+          } else {
+            x += Lt[col];
+          }
+          s[n][e] = x;
+          mx[e >> 1] = fmaxf(mx[e >> 1], x);
         }
-        s[n][e] = x;
-        mx[e >> 1] = fmaxf(mx[e >> 1], x);
-      }
-    float corr[2];
+      float corr[2];
 #pragma unroll
-    for (int r = 0; r < 2; r++) {
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 1));
-      mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 2));
-      corr[r] = mx[r] == -INFINITY ? 1.f : exp2f(mr[r] - mx[r]);
-      mr[r] = mx[r];
-      lr[r] *= corr[r];
-    }
-#pragma unroll
-    for (int n = 0; n < NT; n++)
-#pragma unroll
-      for (int e = 0; e < 4; e++) {
-        float p = s[n][e] == -INFINITY ? 0.f : exp2f(s[n][e] - mx[e >> 1]);
-        s[n][e] = p;
-        lr[e >> 1] += p;
+      for (int r = 0; r < 2; r++) {
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 1));
+        mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 2));
+        corr[r] = mx[r] == -INFINITY ? 1.f : exp2f(mr[r] - mx[r]);
+        mr[r] = mx[r];
+        lr[r] *= corr[r];
       }
 #pragma unroll
-    for (int n = 0; n < D / 8; n++) {
-      acc[n][0] *= corr[0];
-      acc[n][1] *= corr[0];
-      acc[n][2] *= corr[1];
-      acc[n][3] *= corr[1];
+      for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+          float p = s[n][e] == -INFINITY ? 0.f : exp2f(s[n][e] - mx[e >> 1]);
+          s[n][e] = p;
+          lr[e >> 1] += p;
+        }
+#pragma unroll
+      for (int n = 0; n < D / 8; n++) {
+        acc[n][0] *= corr[0];
+        acc[n][1] *= corr[0];
+        acc[n][2] *= corr[1];
+        acc[n][3] *= corr[1];
+      }
+      fa_pv<D, BK / 16>(acc, s, Vs);
     }
-    fa_pv<D, BK / 16>(acc, s, Vs);
+    __syncthreads();  // the buffer is refilled by the next iteration's issue
   }
   if (!live) return;
 #pragma unroll
@@ -1147,16 +1177,16 @@ __device__ void fa_attn_fwd(float* o, float* stats, const float* q, const float*
   }
 }
 
-// dq: grid (ceil(T/64), Hq, B); q and dO fragments stay in registers, 32-key tiles of K and V
-// pass through shared memory: dynamic smem 2·64·(D+8) bf16 + 32 floats.
+// dq: grid (ceil(T/64), Hq, B); q and dO fragments stay in registers (staged through the
+// buffers), 32-key tiles of K and V double-buffered: dynamic smem 2·2·32·(D+8) bf16 (at least
+// the 2·64 staging rows) + 2·32 floats.
 template <int D>
-__device__ void fa_attn_bwd_q(float* dq, const float* q, const float* k, const float* v, const float* alpha, const float* stats,
-                              const float* delta, const float* dO, int T, int Hq, int Hkv, float scale) {
+__device__ void fa_attn_bwd_q(float* dq, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const float* alpha,
+                              const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq, int Hkv, float scale) {
   constexpr int SD = D + 8, BK = FA_BWDQ_BK, NT = BK / 8;
   extern __shared__ __align__(16) unsigned char fa_sm[];
-  __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(fa_sm);
-  __nv_bfloat16* Vs = Ks + 64 * SD;
-  float* Lm = reinterpret_cast<float*>(Vs + 64 * SD);
+  __nv_bfloat16* buf = reinterpret_cast<__nv_bfloat16*>(fa_sm);  // [2][K | V][BK][SD]
+  float* Lm = reinterpret_cast<float*>(buf + 4 * 32 * SD);      // [2][BK]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane & 3;
   const int nblk = (T + 63) / 64, i0 = (nblk - 1 - (int)blockIdx.x) * 64;
   const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv);
@@ -1164,15 +1194,18 @@ __device__ void fa_attn_bwd_q(float* dq, const float* q, const float* k, const f
   const long long qbase = (long long)b * T * Hq * D + (long long)h * D, kbase = (long long)b * T * Hkv * D + (long long)hk * D;
   const int w0 = i0 + warp * 16, ra = w0 + (lane >> 2), rb = ra + 8;
   const bool live = w0 < T;
-  fa_stage<D>(Ks, q, i0, 64, T, (long long)Hq * D, qbase);
-  fa_stage<D>(Vs, dO, i0, 64, T, (long long)Hq * D, qbase);
+  fa_stage<D>(buf, q, i0, 64, T, (long long)Hq * D, qbase);
+  fa_stage<D>(buf + 64 * SD, dO, i0, 64, T, (long long)Hq * D, qbase);
+  fa_commit();
+  fa_wait<0>();
   __syncthreads();
   uint32_t qf[D / 16][4], gf[D / 16][4];
 #pragma unroll
   for (int kk = 0; kk < D / 16; kk++) {
-    fa_afrag<D>(qf[kk], Ks, warp * 16, kk * 16);
-    fa_afrag<D>(gf[kk], Vs, warp * 16, kk * 16);
+    fa_afrag<D>(qf[kk], buf, warp * 16, kk * 16);
+    fa_afrag<D>(gf[kk], buf + 64 * SD, warp * 16, kk * 16);
   }
+  __syncthreads();
   float lse2[2], dl[2];
   {
     long long rra = ((long long)b * T + min(ra, T - 1)) * Hq + h, rrb = ((long long)b * T + min(rb, T - 1)) * Hq + h;
@@ -1185,66 +1218,83 @@ __device__ void fa_attn_bwd_q(float* dq, const float* q, const float* k, const f
 #pragma unroll
   for (int n = 0; n < D / 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
   const float sl2 = scale * FA_LOG2E;
-  const int iLast = min(T, i0 + 64) - 1, wLast = min(T - 1, w0 + 15);
-  for (int j0 = 0; j0 <= iLast; j0 += BK) {
-    __syncthreads();
-    fa_stage<D>(Ks, k, j0, BK, T, (long long)Hkv * D, kbase);
-    fa_stage<D>(Vs, v, j0, BK, T, (long long)Hkv * D, kbase);
+  const int iLast = min(T, i0 + 64) - 1, wLast = min(T - 1, w0 + 15), ntiles = iLast / BK + 1;
+  auto issue = [&](int tile) {
+    __nv_bfloat16* Kt = buf + (tile & 1) * 2 * BK * SD;
+    const int j0 = tile * BK;
+    fa_stage<D>(Kt, k, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_stage<D>(Kt + BK * SD, v, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_commit();
     if (threadIdx.x < BK) {
-      int j = j0 + threadIdx.x;
-      Lm[threadIdx.x] = j < T ? att_logm(alpha, b, j, T, Hkv, hk) * FA_LOG2E : 0.f;
+      const int j = j0 + threadIdx.x;
+      Lm[(tile & 1) * BK + threadIdx.x] = j < T ? att_logm(alpha, b, j, T, Hkv, hk) * FA_LOG2E : 0.f;
+    }
+  };
+  issue(0);
+  for (int tile = 0; tile < ntiles; tile++) {
+    if (tile + 1 < ntiles) {
+      issue(tile + 1);
+      fa_wait<1>();
+    } else {
+      fa_wait<0>();
     }
     __syncthreads();
-    if (!live || j0 > wLast) continue;
-    float s[NT][4], dp[NT][4];
-    fa_scores<D, NT>(s, qf, Ks, 0);
-    fa_scores<D, NT>(dp, gf, Vs, 0);
-    const bool diag = j0 + BK - 1 >= w0;
+    const int j0 = tile * BK;
+    const __nv_bfloat16* Ks = buf + (tile & 1) * 2 * BK * SD;
+    const __nv_bfloat16* Vs = Ks + BK * SD;
+    const float* Lt = Lm + (tile & 1) * BK;
+    if (live && j0 <= wLast) {
+      float s[NT][4], dp[NT][4];
+      fa_scores<D, NT>(s, qf, Ks, 0);
+      fa_scores<D, NT>(dp, gf, Vs, 0);
+      const bool diag = j0 + BK - 1 >= w0;
 #pragma unroll
-    for (int n = 0; n < NT; n++)
+      for (int n = 0; n < NT; n++)
 #pragma unroll
-      for (int e = 0; e < 4; e++) {
-        const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb, r = e >> 1;
-        float x = s[n][e] * sl2;
-        bool ok = true;
-        if (diag) {
-          ok = j <= i && i < T;
-          x = j < i ? x + Lm[col] : x;
-        } else {
-          x += Lm[col];
+        for (int e = 0; e < 4; e++) {
+          const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb, r = e >> 1;
+          float x = s[n][e] * sl2;
+          bool ok = true;
+          if (diag) {
+            ok = j <= i && i < T;
+            x = j < i ? x + Lt[col] : x;
+          } else {
+            x += Lt[col];
+          }
+          float p = (ok && x > -INFINITY) ? exp2f(x - lse2[r]) : 0.f;
+          s[n][e] = p * (dp[n][e] - dl[r]) * scale;
         }
-        float p = (ok && x > -INFINITY) ? exp2f(x - lse2[r]) : 0.f;
-        s[n][e] = p * (dp[n][e] - dl[r]) * scale;
-      }
-    fa_pv<D, BK / 16>(acc, s, Ks);
+      fa_pv<D, BK / 16>(acc, s, Ks);
+    }
+    __syncthreads();
   }
   if (!live) return;
   fa_store<D>(dq, acc, w0, T, (long long)Hq * D, qbase, 1.f, 1.f);
 }
 
 // dk, dv, dα: grid (ceil(T/64), Hkv, B), each warp 16 keys against every later query of the G
-// query heads in 32-query tiles; dynamic smem (2·64 + 2·32)·(D+8) bf16 + 3·32 floats.
+// query heads in 32-query tiles (double-buffered Q/dO tiles and their stats); dynamic smem
+// (2·64 + 2·2·32)·(D+8) bf16 + 2·3·32 floats.
 template <int D>
-__device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const float* q, const float* k, const float* v, const float* alpha,
-                               const float* stats, const float* delta, const float* dO, int T, int Hq, int Hkv, float scale) {
-  constexpr int SD = D + 8, BQ = FA_BWDKV_BQ, NT = BQ / 8;
+__device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                               const float* alpha, const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq,
+                               int Hkv, float scale) {
+  constexpr int SD = D + 8, BQ = FA_BWDKV_BQ, NT = BQ / 8, BKEY = FA_BWDKV_BK;
   extern __shared__ __align__(16) unsigned char fa_sm[];
   __nv_bfloat16* Ks = reinterpret_cast<__nv_bfloat16*>(fa_sm);
-  __nv_bfloat16* Vs = Ks + FA_BWDKV_BK * SD;
-  __nv_bfloat16* Qs = Vs + FA_BWDKV_BK * SD;
-  __nv_bfloat16* Gs = Qs + BQ * SD;
-  float* Lq = reinterpret_cast<float*>(Gs + BQ * SD);
-  float *Mq = Lq + BQ, *Dq = Mq + BQ;
+  __nv_bfloat16* Vs = Ks + BKEY * SD;
+  __nv_bfloat16* qbuf = Vs + BKEY * SD;                         // [2][Q | dO][BQ][SD]
+  float* st = reinterpret_cast<float*>(qbuf + 4 * BQ * SD);     // [2][L | M | delta][BQ]
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane & 3;
-  const int nblk = (T + FA_BWDKV_BK - 1) / FA_BWDKV_BK, j0 = (int)blockIdx.x * FA_BWDKV_BK;
-  (void)nblk;
+  const int j0 = (int)blockIdx.x * BKEY;
   const int b = blockIdx.z, hk = blockIdx.y, G = Hq / Hkv;
   const long long N = (long long)gridDim.z * T;
   const long long kbase = (long long)b * T * Hkv * D + (long long)hk * D;
   const int w0 = j0 + warp * 16, ja = w0 + (lane >> 2), jb = ja + 8;
   const bool live = w0 < T;
-  fa_stage<D>(Ks, k, j0, FA_BWDKV_BK, T, (long long)Hkv * D, kbase);
-  fa_stage<D>(Vs, v, j0, FA_BWDKV_BK, T, (long long)Hkv * D, kbase);
+  fa_stage<D>(Ks, k, j0, BKEY, T, (long long)Hkv * D, kbase);
+  fa_stage<D>(Vs, v, j0, BKEY, T, (long long)Hkv * D, kbase);
+  fa_commit();
   float lm2[2] = {ja < T ? att_logm(alpha, b, ja, T, Hkv, hk) * FA_LOG2E : 0.f,
                   jb < T ? att_logm(alpha, b, jb, T, Hkv, hk) * FA_LOG2E : 0.f};
   float accK[D / 8][4], accV[D / 8][4];
@@ -1253,20 +1303,37 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const float* q, 
 #pragma unroll
     for (int e = 0; e < 4; e++) accK[n][e] = accV[n][e] = 0.f;
   float accA[2] = {0.f, 0.f};
-  for (int h = hk * G; h < (hk + 1) * G; h++) {
+  // The (head, query tile) pairs in order: tile u of head hk·G + u / per.
+  const int per = (T - j0 + BQ - 1) / BQ, ntiles = G * per;
+  auto issue = [&](int u) {
+    const int h = hk * G + u / per, q0 = j0 + (u % per) * BQ;
     const long long qbase = (long long)b * T * Hq * D + (long long)h * D;
-    for (int q0 = j0; q0 < T; q0 += BQ) {
-      __syncthreads();
-      fa_stage<D>(Qs, q, q0, BQ, T, (long long)Hq * D, qbase);
-      fa_stage<D>(Gs, dO, q0, BQ, T, (long long)Hq * D, qbase);
-      if (threadIdx.x < BQ) {
-        long long rr = ((long long)b * T + min(q0 + (int)threadIdx.x, T - 1)) * Hq + h;
-        Mq[threadIdx.x] = stats[rr];
-        Lq[threadIdx.x] = stats[N * Hq + rr];
-        Dq[threadIdx.x] = delta[rr];
-      }
-      __syncthreads();
-      if (!live || q0 + BQ - 1 < w0) continue;
+    __nv_bfloat16* Qt = qbuf + (u & 1) * 2 * BQ * SD;
+    fa_stage<D>(Qt, q, q0, BQ, T, (long long)Hq * D, qbase);
+    fa_stage<D>(Qt + BQ * SD, dO, q0, BQ, T, (long long)Hq * D, qbase);
+    fa_commit();
+    if (threadIdx.x < BQ) {
+      float* sb = st + (u & 1) * 3 * BQ;
+      long long rr = ((long long)b * T + min(q0 + (int)threadIdx.x, T - 1)) * Hq + h;
+      sb[threadIdx.x] = stats[N * Hq + rr];
+      sb[BQ + threadIdx.x] = stats[rr];
+      sb[2 * BQ + threadIdx.x] = delta[rr];
+    }
+  };
+  if (ntiles > 0) issue(0);
+  for (int u = 0; u < ntiles; u++) {
+    if (u + 1 < ntiles) {
+      issue(u + 1);
+      fa_wait<1>();
+    } else {
+      fa_wait<0>();
+    }
+    __syncthreads();
+    const int q0 = j0 + (u % per) * BQ;
+    const __nv_bfloat16* Qs = qbuf + (u & 1) * 2 * BQ * SD;
+    const __nv_bfloat16* Gs = Qs + BQ * SD;
+    const float *Lq = st + (u & 1) * 3 * BQ, *Mq = Lq + BQ, *Dq = Mq + BQ;
+    if (live && q0 + BQ - 1 >= w0) {
       float s[NT][4], dp[NT][4];
       {
         uint32_t af[D / 16][4];
@@ -1299,7 +1366,9 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const float* q, 
       fa_pv<D, BQ / 16>(accV, s, Gs);   // dV += Pᵀ·dO
       fa_pv<D, BQ / 16>(accK, dp, Qs);  // dK += dSᵀ·Q
     }
+    __syncthreads();
   }
+  fa_wait<0>();
   if (!live) return;
   fa_store<D>(dk, accK, w0, T, (long long)Hkv * D, kbase, 1.f, 1.f);
   fa_store<D>(dv, accV, w0, T, (long long)Hkv * D, kbase, 1.f, 1.f);
@@ -1321,20 +1390,21 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const float* q, 
 extern "C" {
 
 #define FA_INST(D)                                                                                                         \
-  __global__ void __launch_bounds__(FA_THREADS) tc_attn_fwd_##D(float* o, float* stats, const float* q, const float* k,     \
-                                                                const float* v, const float* alpha, int T, int Hq, int Hkv, \
-                                                                float scale) {                                              \
+  __global__ void __launch_bounds__(FA_THREADS) tc_attn_fwd_##D(float* o, float* stats, const __nv_bfloat16* q,            \
+                                                                const __nv_bfloat16* k, const __nv_bfloat16* v,             \
+                                                                const float* alpha, int T, int Hq, int Hkv, float scale) {                                              \
     fa_attn_fwd<D>(o, stats, q, k, v, alpha, T, Hq, Hkv, scale);                                                           \
   }                                                                                                                        \
   __global__ void __launch_bounds__(FA_THREADS)                                                                            \
-      tc_attn_bwd_q_##D(float* dq, const float* q, const float* k, const float* v, const float* alpha, const float* stats, \
-                        const float* delta, const float* dO, int T, int Hq, int Hkv, float scale) {                        \
+      tc_attn_bwd_q_##D(float* dq, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,                \
+                        const float* alpha, const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq, \
+                        int Hkv, float scale) {                        \
     fa_attn_bwd_q<D>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                             \
   }                                                                                                                        \
   __global__ void __launch_bounds__(FA_THREADS)                                                                            \
-      tc_attn_bwd_kv_##D(float* dk, float* dv, float* dA, const float* q, const float* k, const float* v,                  \
-                         const float* alpha, const float* stats, const float* delta, const float* dO, int T, int Hq,       \
-                         int Hkv, float scale) {                                                                           \
+      tc_attn_bwd_kv_##D(float* dk, float* dv, float* dA, const __nv_bfloat16* q, const __nv_bfloat16* k,                \
+                         const __nv_bfloat16* v, const float* alpha, const float* stats, const float* delta,               \
+                         const __nv_bfloat16* dO, int T, int Hq, int Hkv, float scale) {                                                                           \
     fa_attn_bwd_kv<D>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                    \
   }
 FA_INST(16)
