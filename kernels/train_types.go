@@ -13,6 +13,9 @@ const (
 	F64               // float64: RoPE tables, norm partial sums
 )
 
+// Size is the bytes of one element.
+func (t DType) Size() int { return t.size() }
+
 func (t DType) size() int {
 	switch t {
 	case BF16:

@@ -414,12 +414,12 @@ func (t *run) interrupted(last Metrics, pos json.RawMessage) (Result, error) {
 }
 
 func (t *run) diverged(what string) error {
-	cp := t.lastSaved
-	if cp == "" {
-		cp = "none yet"
+	if t.lastSaved == "" {
+		return fmt.Errorf("step %d: %s; training diverged and the weights were not updated. No checkpoint was saved yet: lower lr (now %g) or grad_clip (now %g) and start the run again",
+			t.step+1, what, t.r.LR, t.r.GradClip)
 	}
 	return fmt.Errorf("step %d: %s; training diverged and the weights were not updated. The last good checkpoint is %s: lower lr (now %g) or grad_clip (now %g) and resume from it",
-		t.step+1, what, cp, t.r.LR, t.r.GradClip)
+		t.step+1, what, t.lastSaved, t.r.LR, t.r.GradClip)
 }
 
 func (t *run) save(dataPos json.RawMessage) error {

@@ -138,6 +138,29 @@ func newRunner(dev *kernels.TrainDevice, g *graph.Graph, train, keepLogits, fp32
 		return b, err
 	}
 	ps := g.ParamsT()
+	var need, frozenN, total int64
+	for i, p := range ps {
+		n, cols := len(p.Value), len(p.Value)
+		if len(p.Shape) == 2 {
+			cols = p.Shape[1]
+		}
+		s := step.Trained{All: true}
+		if sel != nil {
+			s = sel[i]
+		}
+		trained := 0
+		if train && !s.Frozen() {
+			trained = s.Elements(n, cols)
+		}
+		need += paramState(n, trained, !s.All)
+		total += int64(n)
+		if trained == 0 {
+			frozenN += int64(n)
+		}
+	}
+	if free, _ := dev.MemInfo(); need > free {
+		return nil, fmt.Errorf("%w: %s", ErrDoesNotFit, stateAdvice(need, free, float64(frozenN)/float64(max(total, 1))))
+	}
 	for i, p := range ps {
 		d := &dparam{name: p.Name, n: len(p.Value), host: p.Value, sel: step.Trained{All: true}, cols: len(p.Value)}
 		if len(p.Shape) == 2 {
@@ -402,6 +425,9 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 			}
 		}
 	}
+	if err := r.checkFit(s, p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen}); err != nil {
+		return nil, err
+	}
 	// Grow the arenas to the largest schedule; every schedule re-binds after a growth.
 	for dt, need := range s.peak {
 		if need == 0 || (r.arena[dt] != nil && r.arena[dt].Len() >= need) {
@@ -418,6 +444,36 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 	}
 	r.scheds[key] = s
 	return s, nil
+}
+
+// checkFit refuses a schedule whose arenas cannot be allocated, before trying, with advice on
+// what would fit (opt: the schedule's options, to plan the recomputed variant for comparison).
+func (r *runner) checkFit(s *schedule, p *graph.Program, opt planOptions) error {
+	var grow, have int64
+	for dt, need := range s.peak {
+		size := int64(kernels.DType(dt).Size())
+		if cur := r.arena[dt]; cur != nil {
+			have += int64(cur.Len()) * size
+			if cur.Len() >= need {
+				continue
+			}
+		}
+		grow += int64(need) * size
+	}
+	free, _ := r.dev.MemInfo()
+	const reserve = 512 << 20 // cuBLAS workspaces, scratch buffers of the kernels
+	avail := free + have - reserve
+	if grow == 0 || s.arenaBytes() <= avail {
+		return nil
+	}
+	var rc int64
+	if !r.recompute && opt.backward {
+		opt.recompute = true
+		if alt, err := compileOpts(p, opt); err == nil {
+			rc = alt.arenaBytes()
+		}
+	}
+	return fmt.Errorf("%w: %s", ErrDoesNotFit, fitAdvice(s.arenaBytes(), max(avail, 0), rc, r.recompute, r.g.B))
 }
 
 // bind resolves every value's device buffer for the current arenas.

@@ -1,6 +1,7 @@
 package device
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -746,4 +747,72 @@ func (s *schedule) rematerialise() error {
 		}
 	}
 	return nil
+}
+
+// arenaBytes is the device memory of a schedule's arenas.
+func (s *schedule) arenaBytes() int64 {
+	var n int64
+	for dt, e := range s.peak {
+		n += int64(e) * int64(kernels.DType(dt).Size())
+	}
+	return n
+}
+
+const gib = 1 << 30
+
+// fitAdvice explains a step whose activations (need bytes) exceed the memory left (avail bytes)
+// after the weights, gradients and optimiser state, and says what would fit: recomputation
+// (recomputeNeed bytes, when it is not on yet), a smaller batch (activations scale with it),
+// or a smaller training selection.
+func fitAdvice(need, avail, recomputeNeed int64, recompute bool, batch int) string {
+	msg := fmt.Sprintf("the step's activations need %.1f GiB but %.1f GiB of GPU memory are left after the weights, gradients and optimiser state", float64(need)/gib, float64(avail)/gib)
+	var tips []string
+	if !recompute && recomputeNeed > 0 {
+		if recomputeNeed <= avail {
+			tips = append(tips, fmt.Sprintf("--recompute (activations %.1f GiB: fits)", float64(recomputeNeed)/gib))
+		} else {
+			tips = append(tips, fmt.Sprintf("--recompute (activations %.1f GiB: still too much alone)", float64(recomputeNeed)/gib))
+		}
+	}
+	best := need
+	if !recompute && recomputeNeed > 0 && recomputeNeed < need {
+		best = recomputeNeed
+	}
+	if batch > 1 && best > 0 {
+		if fit := int(int64(batch) * avail / best); fit >= 1 && fit < batch {
+			tips = append(tips, fmt.Sprintf("a batch of %d or less (with gradient accumulation for the same tokens per step)", fit))
+		}
+	}
+	tips = append(tips, "a shorter sequence", "training a subset (recipe train: attention or decisions), which drops the gradients and moments of the rest")
+	return msg + "; try " + strings.Join(tips, ", or ")
+}
+
+// ErrDoesNotFit is the error of a model or step that does not fit in the GPU's memory; the
+// message says what would.
+var ErrDoesNotFit = errors.New("device: does not fit in GPU memory")
+
+// paramState is the device memory of one parameter of n elements of which trained are
+// trained (0 when frozen): fp32 master and bf16 copy, and when trained an fp32 gradient and
+// the two AdamW moments (plus compact gradient and weight blocks for a row subset).
+func paramState(n, trained int, subset bool) int64 {
+	b := int64(n) * 6
+	if trained > 0 {
+		b += int64(n)*4 + int64(trained)*8
+		if subset {
+			b += int64(trained) * 8
+		}
+	}
+	return b
+}
+
+// stateAdvice explains a model whose weights, gradients and moments (need bytes) exceed the
+// free memory.
+func stateAdvice(need, free int64, frozenShare float64) string {
+	msg := fmt.Sprintf("the weights (fp32 and bf16), gradients and AdamW moments need %.1f GiB but the GPU has %.1f GiB free", float64(need)/gib, float64(free)/gib)
+	if frozenShare < 0.5 {
+		msg += "; train a subset (recipe train: attention, or decisions for about 6 bytes per parameter instead of 18), or use a smaller model"
+	} else {
+		msg += "; use a smaller model (weights alone take 6 bytes per parameter)"
+	}
+	return msg
 }

@@ -2,6 +2,7 @@ package device
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/dmc-project/dmc/graph"
@@ -221,5 +222,53 @@ func requireBindable(t *testing.T, s *schedule) {
 		for _, v := range ins.in {
 			check(i, v)
 		}
+	}
+}
+
+func TestFitAdvice(t *testing.T) {
+	for _, c := range []struct {
+		name            string
+		need, avail, rc int64
+		recompute       bool
+		batch           int
+		want, wantNot   []string
+	}{
+		{"recompute fits", 50 * gib, 20 * gib, 5 * gib, false, 1, []string{"50.0 GiB", "20.0 GiB", "--recompute (activations 5.0 GiB: fits)", "train: attention or decisions"}, []string{"a batch of"}},
+		{"smaller batch", 40 * gib, 10 * gib, 0, true, 8, []string{"a batch of 2 or less"}, []string{"--recompute"}},
+		{"recompute and batch", 80 * gib, 10 * gib, 20 * gib, false, 8, []string{"still too much alone", "a batch of 4 or less"}, nil},
+		{"nothing but subset", 80 * gib, 0, 0, true, 1, []string{"a shorter sequence", "train: attention"}, []string{"a batch of", "--recompute"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got := fitAdvice(c.need, c.avail, c.rc, c.recompute, c.batch)
+			for _, w := range c.want {
+				if !strings.Contains(got, w) {
+					t.Errorf("%q lacks %q", got, w)
+				}
+			}
+			for _, w := range c.wantNot {
+				if strings.Contains(got, w) {
+					t.Errorf("%q should not say %q", got, w)
+				}
+			}
+		})
+	}
+}
+
+func TestParamState(t *testing.T) {
+	for _, c := range []struct {
+		n, trained int
+		subset     bool
+		want       int64
+	}{
+		{1000, 0, false, 6000},                     // frozen: fp32 + bf16
+		{1000, 1000, false, 18000},                 // + gradient + two moments
+		{1000, 100, true, 6000 + 4000 + 800 + 800}, // row subset: compact moments and blocks
+	} {
+		if got := paramState(c.n, c.trained, c.subset); got != c.want {
+			t.Errorf("paramState(%d, %d, %t) = %d, want %d", c.n, c.trained, c.subset, got, c.want)
+		}
+	}
+	if s := stateAdvice(130*gib, 100*gib, 0); !strings.Contains(s, "130.0 GiB") || !strings.Contains(s, "decisions") {
+		t.Errorf("stateAdvice: %q", s)
 	}
 }

@@ -413,6 +413,7 @@ __global__ void tr_dmc_merge_fwd(float* y, const float* x, const float* alpha, c
     float num[MG_C], den = 0.f, c = 1.f;
 #pragma unroll
     for (int u = 0; u < MG_C; u++) num[u] = 0.f;
+#pragma unroll 4
     for (int j = i; j >= lo; j--) {
       const long long r = ((long long)b * T + j) * H + h;
       const float wt = c * omega[r];
@@ -462,6 +463,7 @@ __global__ void tr_dmc_merge_bwd_a(float* rowZ, float* cW, float* cA, const floa
     float num[MG_C], g[MG_C];
 #pragma unroll
     for (int u = 0; u < MG_C; u++) num[u] = 0.f;
+#pragma unroll 4
     for (int j = i; j >= lo; j--) {
       const long long r = ((long long)b * T + j) * H + h;
       const float wt = cs[i - j] * omega[r];
@@ -478,6 +480,7 @@ __global__ void tr_dmc_merge_bwd_a(float* rowZ, float* cW, float* cA, const floa
       gy += g[u] * (num[u] / den);
       g[u] /= den;
     }
+#pragma unroll 4
     for (int k = 0; k < len; k++) {
       const long long r = ((long long)b * T + (i - k)) * H + h;
       float v = 0.f;
@@ -529,6 +532,7 @@ __global__ void tr_dmc_merge_bwd_b(float* dx, float* dA, float* dW, const float*
     float u[MG_C], c = 1.f;
 #pragma unroll
     for (int q = 0; q < MG_C; q++) u[q] = 0.f;
+#pragma unroll 4
     for (int i = j; i <= hi; i++) {
       const long long r = ((long long)b * T + i) * H + h;
       if (i > j) c *= alpha[r];
