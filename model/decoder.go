@@ -42,6 +42,9 @@ func NewCPUDecoder(w *Weights, newCache func() (KVCache[float32], error)) *CPUDe
 	return &CPUDecoder{m: New(w), newCache: newCache, seqs: map[int]*cpuSeq{}}
 }
 
+// Active is the number of sequences holding a cache.
+func (d *CPUDecoder) Active() int { return len(d.seqs) }
+
 // Cache returns the cache of sequence id (nil when there is none), for its statistics.
 func (d *CPUDecoder) Cache(id int) KVCache[float32] {
 	if s := d.seqs[id]; s != nil {
@@ -139,6 +142,29 @@ func (d *CPUDecoder) LogProbs(tokens []int) ([]float64, error) {
 	out := make([]float64, len(tokens)-1)
 	for i := range out {
 		out[i] = LogSoftmaxAt(all[i*V:(i+1)*V], tokens[i+1])
+	}
+	return out, nil
+}
+
+// PromptLogits returns the logits after each of tokens (row i: the distribution of the token
+// after tokens[:i+1]) from one forward over a new sequence with the decoder's cache, which is
+// dropped after (serve's echoed prompt log-probabilities).
+func (d *CPUDecoder) PromptLogits(tokens []int) ([][]float32, error) {
+	if len(tokens) == 0 {
+		return nil, nil
+	}
+	c, err := d.newCache()
+	if err != nil {
+		return nil, err
+	}
+	V := d.m.Cfg.VocabSize
+	all, err := d.m.Forward(c, tokens, 0, true)
+	if err != nil {
+		return nil, err
+	}
+	out := make([][]float32, len(tokens))
+	for i := range out {
+		out[i] = all[i*V : (i+1)*V : (i+1)*V]
 	}
 	return out, nil
 }

@@ -19,6 +19,12 @@ type Decoder struct {
 // NewDecoder runs m with cache on device "cpu" (the pure-Go reference) or "cuda" (the CUDA
 // engine, sized for sequences of up to maxContext positions).
 func NewDecoder(m *Model, cache Cache, device string, maxContext int) (*Decoder, error) {
+	return NewBatchDecoder(m, cache, device, maxContext, 1)
+}
+
+// NewBatchDecoder is NewDecoder for up to maxBatch sequences at once on CUDA (the engine sizes
+// its block tables and scratch for them; the CPU decoder has no limit).
+func NewBatchDecoder(m *Model, cache Cache, device string, maxContext, maxBatch int) (*Decoder, error) {
 	cfg := m.Weights.Config
 	switch device {
 	case "cpu":
@@ -34,6 +40,7 @@ func NewDecoder(m *Model, cache Cache, device string, maxContext int) (*Decoder,
 		}
 		opt := cache.Kernels(kernels.DefaultOptions())
 		opt.MaxContext = min(cfg.MaxSeqLen, maxContext)
+		opt.MaxBatch = max(1, maxBatch)
 		e, err := kernels.NewEngine(m.Weights, opt)
 		if err != nil {
 			return nil, err
@@ -72,4 +79,17 @@ func (d *Decoder) Close() error {
 		return d.engine.Close()
 	}
 	return nil
+}
+
+// CacheOccupancy reads the KV slots the CUDA engine's running sequences hold and their real
+// compression rate; ok is false on the CPU, where each sequence has its own cache.
+func (d *Decoder) CacheOccupancy() (slots int64, cr float64, ok bool, err error) {
+	if d.engine == nil {
+		return 0, 0, false, nil
+	}
+	st, err := d.engine.CacheStats()
+	if err != nil {
+		return 0, 0, true, err
+	}
+	return st.Slots, st.CR(), true, nil
 }
