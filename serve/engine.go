@@ -28,6 +28,15 @@ type Backend struct {
 	// Cache, when set, reads the KV cache occupancy (slots held, real compression rate) for
 	// /metrics; the CUDA engine's pool statistics.
 	Cache func() (slots int64, cr float64, err error)
+	// Pool, when set, admits sequences by KV pool capacity as well as by MaxBatch: a sequence
+	// of n positions reserves Need(n) of Total pages until it ends.
+	Pool *Pool
+}
+
+// Pool is a paged KV cache's admission rule.
+type Pool struct {
+	Total int64
+	Need  func(positions int) int64
 }
 
 // PromptLogitser is a decoder that returns the logits after every prompt position in one pass
@@ -73,6 +82,7 @@ type job struct {
 	enqueued time.Time
 
 	id        int
+	reserved  int64
 	started   bool
 	last      int
 	pos, n    int
@@ -94,15 +104,16 @@ func (j *job) send(ev event) {
 
 // Engine batches requests continuously over one decoder.
 type Engine struct {
-	b       Backend
-	m       *metrics
-	submit  chan *job
-	quit    chan struct{}
-	done    chan struct{}
-	once    sync.Once
-	mu      sync.Mutex
-	active  int // sequences holding a cache
-	waiting int
+	b        Backend
+	m        *metrics
+	submit   chan *job
+	quit     chan struct{}
+	done     chan struct{}
+	once     sync.Once
+	mu       sync.Mutex
+	reserved int64 // pool pages reserved by admitted sequences (loop goroutine only)
+	active   int   // sequences holding a cache
+	waiting  int
 }
 
 // ErrClosed is returned for requests submitted after Close.
@@ -168,6 +179,8 @@ func (e *Engine) loop() {
 			_ = d.Release(j.id)
 			j.started = false
 		}
+		e.reserved -= j.reserved
+		j.reserved = 0
 	}
 	finish := func(j *job, reason string, err error) {
 		release(j)
@@ -217,7 +230,16 @@ func (e *Engine) loop() {
 		active, waiting = alive(active), alive(waiting)
 		var admit []*job
 		for len(waiting) > 0 && len(active)+len(admit) < e.b.MaxBatch {
-			admit = append(admit, waiting[0])
+			j := waiting[0]
+			if p := e.b.Pool; p != nil {
+				need := p.Need(len(j.tokens) + j.maxNew)
+				if e.reserved+need > p.Total {
+					break // waits for pages; first come, first served
+				}
+				j.reserved = need
+				e.reserved += need
+			}
+			admit = append(admit, j)
 			waiting = waiting[1:]
 		}
 		e.setLoad(len(active)+len(admit), len(waiting))

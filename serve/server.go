@@ -215,6 +215,9 @@ func (s *Server) prepare(q *request) error {
 		if n+m > c {
 			return badRequest("max_tokens", "prompt %d has %d tokens and max_tokens is %d: %d exceeds the context of %d tokens; shorten the prompt or lower max_tokens", i, n, m, n+m, c)
 		}
+		if p := s.b.Pool; p != nil && p.Need(n+m) > p.Total {
+			return badRequest("max_tokens", "prompt %d with max_tokens needs %d KV pages but the pool has %d: it can never fit; shorten it", i, p.Need(n+m), p.Total)
+		}
 	}
 	return nil
 }

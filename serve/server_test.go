@@ -459,3 +459,29 @@ func TestRunDrains(t *testing.T) {
 		t.Fatalf("after Run: %d running, %d waiting", a, w)
 	}
 }
+
+// Admission by pool pages: sequences wait for pages (none fails), and one that can never fit
+// is refused with 400 naming the limit.
+func TestPoolAdmission(t *testing.T) {
+	f := stories(t)
+	b := Backend{Decoder: model.NewCPUDecoder(f.w, vanilla(f.w)), Tokenizer: f.tok, ModelID: "m", MaxContext: 512, MaxBatch: 8,
+		Pool: &Pool{Total: 3, Need: func(n int) int64 { return int64((n + 63) / 64) }}}
+	s, err := New(b, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	defer func() { hs.Close(); s.Close() }()
+	code, body := post(t, hs.URL+"/v1/completions", `{"prompt": "Once", "max_tokens": 300}`)
+	if code != 400 || !strings.Contains(string(body), "can never fit") {
+		t.Fatalf("%d %s", code, body)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	// Each request takes 1 page (≤ 64 positions): at most 3 run at once, the rest wait.
+	rep := LoadTest(ctx, hs.URL, LoadOptions{Clients: 6, Requests: 2, Prompt: f.tok.Encode("Once upon a time", true, false), MaxTokens: 20})
+	if rep.Failed != 0 || rep.Requests != 12 {
+		t.Fatal(rep)
+	}
+	waitIdle(t, s)
+}

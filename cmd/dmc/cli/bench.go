@@ -64,7 +64,7 @@ weights; reported as "forced").`,
 	f.IntVar(&o.Device, "device", 0, "GPU ordinal")
 	f.Float64Var(&o.BandwidthGiB, "bandwidth-gib", 2, "size of the device copy that measures the bandwidth ceiling")
 	_ = dec.MarkFlagRequired("model")
-	cmd.AddCommand(dec, newBenchTrainCmd(streams))
+	cmd.AddCommand(dec, newBenchTrainCmd(streams), newBenchServeCmd(streams))
 	return cmd
 }
 
