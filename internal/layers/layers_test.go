@@ -10,7 +10,7 @@ import (
 
 const module = "github.com/dmc-project/dmc/"
 
-// floors, top to bottom: cmd → retrofit → the training graph → {trainer, checkpoints, eval,
+// floors, top to bottom: cmd → retrofit → {the training graph, serve} → {trainer, checkpoints, eval,
 // kernels} → dmc → model → {data, configs}; floor 0 holds leaves any package may use (the step
 // contract, small shared utilities). A package's floor is that of its longest listed prefix.
 var floors = []struct {
@@ -19,7 +19,7 @@ var floors = []struct {
 }{
 	{"cmd", 7},
 	{"retrofit", 6},
-	{"graph", 5},
+	{"graph", 5}, {"serve", 5},
 	{"trainer", 4}, {"checkpoints", 4}, {"eval", 4}, {"kernels", 4},
 	{"dmc", 3},
 	{"model", 2},
