@@ -71,7 +71,8 @@ Training-free caches (--cache window|streaming|h2o|tova with --kv-budget or --cr
   dmc eval --model stories260K.bin --data shards/ --cache vanilla
   dmc eval --model stories260K.bin --data shards/ --tasks channels --max-tokens 30000
   dmc eval --model runs/cr4 --tasks piqa,hellaswag,arc_easy --data-dir ../shared/assets --json cr4-tasks.json
-  dmc eval --model runs/cr4 --tasks mmlu --num-fewshot 5 --limit 100 --data-dir /data/mmlu-release`,
+  dmc eval --model runs/cr4 --tasks mmlu --num-fewshot 5 --limit 100 --data-dir /data/mmlu-release
+  dmc eval plot --out plots/ cmp.json cr4-tasks.json   # PNGs of the results JSONs`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop, caught := signalContext(cmd.Context())
@@ -105,6 +106,7 @@ Training-free caches (--cache window|streaming|h2o|tova with --kv-budget or --cr
 	f.StringVar(&o.TextField, "text-field", "", "text field of .jsonl data (default text)")
 	f.StringVar(&o.TextColumn, "text-column", "", "text column of Parquet/Arrow data or a Hugging Face dataset (default text, or the only string column)")
 	_ = cmd.MarkFlagRequired("model")
+	cmd.AddCommand(newEvalPlotCmd(streams))
 	return cmd
 }
 
