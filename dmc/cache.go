@@ -264,3 +264,23 @@ func (c *CompressedCache[T]) Reset() {
 }
 
 var _ model.KVCache[float32] = (*CompressedCache[float32])(nil)
+
+// Clone implements model.Cloner: a deep copy of every head's slots, running sums, ring and
+// recorded decisions.
+func (c *CompressedCache[T]) Clone() model.KVCache[T] {
+	n := *c
+	n.heads = make([]headState[T], len(c.heads))
+	for i, h := range c.heads {
+		h.keys = append([]T(nil), h.keys...)
+		h.values = append([]T(nil), h.values...)
+		h.sk = append([]float64(nil), h.sk...)
+		h.sv = append([]float64(nil), h.sv...)
+		h.ring = append([]T(nil), h.ring...)
+		h.decisions = append([]Decision(nil), h.decisions...)
+		n.heads[i] = h
+	}
+	n.logit = make([]float64, len(c.logit))
+	n.omega = make([]float64, len(c.omega))
+	n.slot = make([]float64, len(c.slot))
+	return &n
+}

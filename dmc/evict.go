@@ -206,3 +206,28 @@ func (c *EvictingCache[T]) Policy() string { return c.ec.Policy }
 
 // Budget is the most slots one (layer, KV head) holds.
 func (c *EvictingCache[T]) Budget() int { return c.ec.Budget }
+
+// Clone implements model.Cloner.
+func (c *EvictingCache[T]) Clone() model.KVCache[T] {
+	n := *c
+	cp := func(x [][]T) [][]T {
+		out := make([][]T, len(x))
+		for i := range x {
+			out[i] = append([]T(nil), x[i]...)
+		}
+		return out
+	}
+	n.keys, n.values = cp(c.keys), cp(c.values)
+	n.pos = make([][]int, len(c.pos))
+	for i := range c.pos {
+		n.pos[i] = append([]int(nil), c.pos[i]...)
+	}
+	n.score = make([][]float64, len(c.score))
+	for i := range c.score {
+		n.score[i] = append([]float64(nil), c.score[i]...)
+	}
+	n.seen = append([]int(nil), c.seen...)
+	n.qrot = make([]T, len(c.qrot))
+	n.probs = append([]float64(nil), c.probs...)
+	return &n
+}

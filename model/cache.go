@@ -14,6 +14,12 @@ type KVCache[T Float] interface {
 	Slots(layer, kvHead int) (keys, values []T, n int)
 }
 
+// Cloner is a cache that can be copied: the copy continues independently from the same state
+// (the choices of a multiple-choice item continue one context, computed once).
+type Cloner[T Float] interface {
+	Clone() KVCache[T]
+}
+
 // VanillaCache stores every token's rotated key and value: compression rate 1.
 type VanillaCache[T Float] struct {
 	cfg    Config
@@ -52,4 +58,14 @@ func (c *VanillaCache[T]) Reset() {
 		c.keys[i] = c.keys[i][:0]
 		c.values[i] = c.values[i][:0]
 	}
+}
+
+// Clone implements Cloner.
+func (c *VanillaCache[T]) Clone() KVCache[T] {
+	n := &VanillaCache[T]{cfg: c.cfg, rope: c.rope, keys: make([][]T, len(c.keys)), values: make([][]T, len(c.values))}
+	for i := range c.keys {
+		n.keys[i] = append([]T(nil), c.keys[i]...)
+		n.values[i] = append([]T(nil), c.values[i]...)
+	}
+	return n
 }

@@ -169,6 +169,53 @@ func (d *CPUDecoder) PromptLogits(tokens []int) ([][]float32, error) {
 	return out, nil
 }
 
+// LogProbsShared scores several continuations of one prefix: out[r][i] = log p(rests[r][i] |
+// prefix, rests[r][:i]). The prefix goes through the model once and each continuation starts
+// from a copy of its cache (a cache that is not a Cloner is recomputed per continuation); the
+// result equals LogProbs(prefix + rest) on the same positions.
+func (d *CPUDecoder) LogProbsShared(prefix []int, rests [][]int) ([][]float64, error) {
+	out := make([][]float64, len(rests))
+	if len(prefix) == 0 {
+		return nil, fmt.Errorf("log-probabilities: empty prefix")
+	}
+	c, err := d.newCache()
+	if err != nil {
+		return nil, err
+	}
+	last, err := d.m.Forward(c, prefix, 0, false)
+	if err != nil {
+		return nil, err
+	}
+	cl, canClone := c.(Cloner[float32])
+	V := d.m.Cfg.VocabSize
+	for r, rest := range rests {
+		if len(rest) == 0 {
+			continue
+		}
+		if !canClone {
+			lp, err := d.LogProbs(append(append([]int(nil), prefix...), rest...))
+			if err != nil {
+				return nil, err
+			}
+			out[r] = lp[len(prefix)-1:]
+			continue
+		}
+		lp := make([]float64, len(rest))
+		lp[0] = LogSoftmaxAt(last, rest[0])
+		if len(rest) > 1 {
+			all, err := d.m.Forward(cl.Clone(), rest[:len(rest)-1], len(prefix), true)
+			if err != nil {
+				return nil, err
+			}
+			for i := 1; i < len(rest); i++ {
+				lp[i] = LogSoftmaxAt(all[(i-1)*V:i*V], rest[i])
+			}
+		}
+		out[r] = lp
+	}
+	return out, nil
+}
+
 // LogProbsByDecoding is LogProbs for any Decoder that can only prefill and decode: one prefill
 // of the first token, then one decode step per token, with logits.
 func LogProbsByDecoding(d Decoder, tokens []int) ([]float64, error) {

@@ -93,3 +93,20 @@ func (d *Decoder) CacheOccupancy() (slots int64, cr float64, ok bool, err error)
 	}
 	return st.Slots, st.CR(), true, nil
 }
+
+// LogProbsShared scores continuations of one prefix, computing the prefix once on the CPU
+// (eval/tasks.SharedScorer); on CUDA each continuation is scored whole.
+func (d *Decoder) LogProbsShared(prefix []int, rests [][]int) ([][]float64, error) {
+	if d.cpu != nil {
+		return d.cpu.LogProbsShared(prefix, rests)
+	}
+	out := make([][]float64, len(rests))
+	for i, r := range rests {
+		lp, err := d.LogProbs(append(append([]int(nil), prefix...), r...))
+		if err != nil {
+			return nil, err
+		}
+		out[i] = lp[len(prefix)-1:]
+	}
+	return out, nil
+}

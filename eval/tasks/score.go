@@ -47,11 +47,12 @@ func EncodePair(tok tokenizer.Tokenizer, context, continuation string) (ctx, con
 	return ctx, whole[len(ctx):]
 }
 
-// LogLikelihood implements Scorer.
-func (s DecoderScorer) LogLikelihood(r Request) (float64, bool, error) {
+// tokens is a request's token sequence (BOS, context, continuation, left-truncated to MaxLen)
+// and the index of its first continuation token.
+func (s DecoderScorer) tokens(r Request) ([]int, int, error) {
 	ctx, cont := EncodePair(s.Tok, r.Context, r.Continuation)
 	if len(cont) == 0 {
-		return 0, true, fmt.Errorf("the continuation %q encodes to no tokens", r.Continuation)
+		return nil, 0, fmt.Errorf("the continuation %q encodes to no tokens", r.Continuation)
 	}
 	tokens := append(append([]int{s.Tok.BOS()}, ctx...), cont...)
 	first := len(tokens) - len(cont) // index of the first continuation token
@@ -61,6 +62,80 @@ func (s DecoderScorer) LogLikelihood(r Request) (float64, bool, error) {
 		cut := len(tokens) - s.MaxLen
 		tokens = tokens[cut:]
 		first = max(1, first-cut)
+	}
+	return tokens, first, nil
+}
+
+// SharedScorer is a decoder that scores several continuations of one prefix, computing the
+// prefix once (model.CPUDecoder, retrofit.Decoder).
+type SharedScorer interface {
+	LogProbsShared(prefix []int, rests [][]int) ([][]float64, error)
+}
+
+// LogLikelihoods scores the requests of one item. When the decoder is a SharedScorer, the
+// tokens all requests share before their first continuation token (the choices' common
+// context) go through the model once, and each choice continues a copy of that cache: the
+// same numbers as LogLikelihood per request, for a fraction of the work.
+func (s DecoderScorer) LogLikelihoods(rs []Request) ([]float64, []bool, error) {
+	ss, shared := s.Dec.(SharedScorer)
+	lls, gs := make([]float64, len(rs)), make([]bool, len(rs))
+	if !shared || s.Greedy || len(rs) < 2 {
+		for i, r := range rs {
+			var err error
+			if lls[i], gs[i], err = s.LogLikelihood(r); err != nil {
+				return nil, nil, err
+			}
+		}
+		return lls, gs, nil
+	}
+	toks, firsts := make([][]int, len(rs)), make([]int, len(rs))
+	P := -1
+	for i, r := range rs {
+		var err error
+		if toks[i], firsts[i], err = s.tokens(r); err != nil {
+			return nil, nil, err
+		}
+		if P < 0 {
+			P = firsts[i]
+		}
+		P = min(P, firsts[i], commonPrefix(toks[0], toks[i]))
+	}
+	if P < 1 { // left truncation made the sequences differ from their first token
+		s.Dec = sharedless{s.Dec}
+		return s.LogLikelihoods(rs)
+	}
+	rests := make([][]int, len(rs))
+	for i := range rs {
+		rests[i] = toks[i][P:]
+	}
+	lps, err := ss.LogProbsShared(toks[0][:P], rests)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i := range rs {
+		for j := firsts[i]; j < len(toks[i]); j++ {
+			lls[i] += lps[i][j-P]
+		}
+	}
+	return lls, gs, nil
+}
+
+// sharedless hides a decoder's SharedScorer method.
+type sharedless struct{ model.Decoder }
+
+func commonPrefix(a, b []int) int {
+	n := 0
+	for n < len(a) && n < len(b) && a[n] == b[n] {
+		n++
+	}
+	return n
+}
+
+// LogLikelihood implements Scorer.
+func (s DecoderScorer) LogLikelihood(r Request) (float64, bool, error) {
+	tokens, first, err := s.tokens(r)
+	if err != nil {
+		return 0, false, err
 	}
 	if !s.Greedy {
 		lp, err := s.Dec.LogProbs(tokens)
@@ -229,13 +304,23 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 // scoreItem scores the requests of one item.
 func scoreItem(t *Task, s Scorer, i int, it Item) (Sample, error) {
 	smp := Sample{Index: i, Source: it.Source, Gold: it.Gold}
-	for _, r := range it.Requests {
-		ll, g, err := s.LogLikelihood(r)
+	if is, ok := s.(interface {
+		LogLikelihoods([]Request) ([]float64, []bool, error)
+	}); ok {
+		lls, gs, err := is.LogLikelihoods(it.Requests)
 		if err != nil {
 			return smp, fmt.Errorf("%s: %s: %w", t.Name, it.Source, err)
 		}
-		smp.LL = append(smp.LL, ll)
-		smp.Greedy = append(smp.Greedy, g)
+		smp.LL, smp.Greedy = lls, gs
+	} else {
+		for _, r := range it.Requests {
+			ll, g, err := s.LogLikelihood(r)
+			if err != nil {
+				return smp, fmt.Errorf("%s: %s: %w", t.Name, it.Source, err)
+			}
+			smp.LL = append(smp.LL, ll)
+			smp.Greedy = append(smp.Greedy, g)
+		}
 	}
 	switch t.Kind {
 	case LogLikelihood:
