@@ -82,6 +82,14 @@ func CheckSpec(spec Spec) error {
 	if spec.HeldoutTokens < 0 {
 		return fmt.Errorf("--heldout-tokens must be ≥ 0 (0 = all held-out tokens), got %d", spec.HeldoutTokens)
 	}
+	switch spec.Init {
+	case "", "weights", "random":
+	default:
+		return fmt.Errorf("--init %q: use weights (start from --model's weights) or random (pre-train --model's architecture from scratch)", spec.Init)
+	}
+	if RandomInit(spec) && spec.Weights != "" {
+		return fmt.Errorf("--init random draws new weights: drop --weights %s", spec.Weights)
+	}
 	return nil
 }
 

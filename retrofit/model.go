@@ -6,6 +6,7 @@ import (
 	"io"
 	"math"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/dmc-project/dmc/checkpoints"
@@ -125,10 +126,25 @@ type ConfigInfo struct {
 	DMC    *checkpoints.DMCInfo
 }
 
-// LoadConfig reads an architecture from a preset name or a checkpoint, without weights.
+// LoadConfig reads an architecture from a preset name, a YAML model config file (the presets'
+// format, configs/models/*.yaml) or a checkpoint, without weights.
 func LoadConfig(path string) (ConfigInfo, error) {
 	if cfg, err := model.Preset(path); err == nil {
 		return ConfigInfo{Config: cfg, Source: "preset " + path}, nil
+	}
+	if ext := strings.ToLower(filepath.Ext(path)); ext == ".yaml" || ext == ".yml" {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return ConfigInfo{}, fmt.Errorf("model config: %w", err)
+		}
+		cfg, err := model.ParseConfigYAML(b)
+		if err != nil {
+			return ConfigInfo{}, fmt.Errorf("model config %s: %w", path, err)
+		}
+		if err := cfg.Validate(); err != nil {
+			return ConfigInfo{}, fmt.Errorf("model config %s: %w", path, err)
+		}
+		return ConfigInfo{Config: cfg, Source: "config " + path}, nil
 	}
 	cfg, src, err := checkpoints.LoadConfig(path)
 	if err != nil {

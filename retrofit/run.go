@@ -23,16 +23,20 @@ import (
 // Spec is what a retrofit run is asked to do. The persisted part is run.json (its keys are
 // the JSON names below), so that --resume needs only the run directory.
 type Spec struct {
-	Model     string   `json:"model"`               // checkpoint, hub id or preset
-	Weights   string   `json:"weights,omitempty"`   // weights of a preset
-	Tokenizer string   `json:"tokenizer,omitempty"` // default: the shards' manifest, or next to the model
-	Data      string   `json:"data"`                // training shards
-	Heldout   string   `json:"heldout,omitempty"`   // held-out data (default: the heldout split of Data)
-	Config    string   `json:"config,omitempty"`    // recipe name or YAML file (default: default)
-	TargetCR  float64  `json:"TargetCR"`            // overrides the recipe's target_cr when ≠ 0
-	Steps     int      `json:"Steps"`               // total steps; the recipe's stages are scaled to it when ≠ 0
-	Control   bool     `json:"Control"`             // plain continued training, no DMC
-	Set       []string `json:"Set"`                 // recipe overrides key=value
+	Model     string  `json:"model"`               // checkpoint, hub id or preset
+	Weights   string  `json:"weights,omitempty"`   // weights of a preset
+	Tokenizer string  `json:"tokenizer,omitempty"` // default: the shards' manifest, or next to the model
+	Data      string  `json:"data"`                // training shards
+	Heldout   string  `json:"heldout,omitempty"`   // held-out data (default: the heldout split of Data)
+	Config    string  `json:"config,omitempty"`    // recipe name or YAML file (default: default)
+	TargetCR  float64 `json:"TargetCR"`            // overrides the recipe's target_cr when ≠ 0
+	Steps     int     `json:"Steps"`               // total steps; the recipe's stages are scaled to it when ≠ 0
+	Control   bool    `json:"Control"`             // plain continued training, no DMC
+	// Init "random" starts from a random initialisation of Model's architecture (a preset, a
+	// YAML model config or a checkpoint's config) instead of its weights: pre-training from
+	// scratch, with --control and a pre-training recipe. "" (or "weights") loads the weights.
+	Init string   `json:"init,omitempty"`
+	Set  []string `json:"Set"` // recipe overrides key=value
 
 	HeldoutTokens int `json:"heldout_tokens,omitempty"` // stop the final held-out evaluation after about this many tokens (0 = all)
 
@@ -107,7 +111,10 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	if err != nil {
 		return nil, err
 	}
-	w, src, err := ResolveWeights(spec.Model, spec.Weights)
+	if RandomInit(spec) && recipe.DistillWeight > 0 {
+		return nil, fmt.Errorf("--init random: the recipe distils from the initial weights (distill_weight %g), which are random; add --set distill_weight=0 or use a pre-training recipe (--config demo-pretrain)", recipe.DistillWeight)
+	}
+	w, src, err := initialWeights(spec, recipe.Seed)
 	if err != nil {
 		return nil, err
 	}
@@ -328,3 +335,24 @@ func scaleStages(r *trainer.Recipe, total int) {
 		r.WarmupSteps = total / 4
 	}
 }
+
+// initialWeights are the weights a run starts from: the model's (Spec.Init "" or "weights"), or
+// a random initialisation of its architecture drawn from seed (Spec.Init "random"), the same
+// initialisation `dmc demo` pre-trains from.
+func initialWeights(spec Spec, seed uint64) (*model.Weights, string, error) {
+	if !RandomInit(spec) {
+		return ResolveWeights(spec.Model, spec.Weights)
+	}
+	ci, err := LoadConfig(spec.Model)
+	if err != nil {
+		return nil, "", fmt.Errorf("--init random needs an architecture: %w", err)
+	}
+	w, err := model.RandomParams[float32](ci.Config, seed)
+	if err != nil {
+		return nil, "", err
+	}
+	return w, fmt.Sprintf("random initialisation (seed %d) of %s", seed, ci.Source), nil
+}
+
+// RandomInit reports whether spec trains from a random initialisation.
+func RandomInit(spec Spec) bool { return spec.Init == "random" }

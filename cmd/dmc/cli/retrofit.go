@@ -23,6 +23,7 @@ type RetrofitOptions struct {
 	Steps     int
 	Resume    bool
 	Control   bool
+	Init      string
 	Set       []string
 	StopAfter int
 	Device    string
@@ -51,7 +52,8 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
   dmc retrofit --model llama2-7b --weights /models/Llama-2-7b-hf --data shards/ --target-cr 4 --out runs/7b-cr4
   dmc retrofit --out runs/cr2 --resume
   dmc retrofit --model stories260K.bin --data shards/ --target-cr 4 --device cuda --out runs/cr4-gpu
-  dmc retrofit --model stories260K.bin --data shards/ --control --steps 400 --out runs/control`,
+  dmc retrofit --model stories260K.bin --data shards/ --control --steps 400 --out runs/control
+  dmc retrofit --model configs/models/bench-20m.yaml --init random --control --config demo-pretrain --data shards/ --out runs/base`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop, caught := signalContext(cmd.Context())
@@ -76,6 +78,7 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 	f.IntVar(&o.Steps, "steps", 0, "total optimiser steps; the recipe's stage lengths are scaled to sum to it")
 	f.BoolVar(&o.Resume, "resume", false, "continue the run in --out from its latest checkpoint")
 	f.BoolVar(&o.Control, "control", false, "plain continued training with the same steps and data, no DMC (the control run)")
+	f.StringVar(&o.Init, "init", "weights", "weights: start from --model's weights; random: a random initialisation of --model's architecture (preset, YAML model config or checkpoint), to pre-train from scratch with --control --config demo-pretrain")
 	f.StringArrayVar(&o.Set, "set", nil, "override a recipe field, e.g. --set lr=1e-4 (repeatable)")
 	f.IntVar(&o.HeldoutTokens, "heldout-tokens", 0, "stop the final held-out evaluation after about this many tokens (0 = all)")
 	f.IntVar(&o.StopAfter, "stop-after", 0, "stop (with a checkpoint) after this many steps in total; resume later")
@@ -99,7 +102,7 @@ func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*retrofit.Resul
 	}
 	prog := newProgressLine(streams.Err, "held-out tokens")
 	spec := retrofit.Spec{Model: o.Model, Weights: o.Weights, Tokenizer: o.Tokenizer, Data: o.Data,
-		Heldout: o.Heldout, Config: o.Config, TargetCR: o.TargetCR, Steps: o.Steps, Control: o.Control, Set: o.Set,
+		Heldout: o.Heldout, Config: o.Config, TargetCR: o.TargetCR, Steps: o.Steps, Control: o.Control, Init: o.Init, Set: o.Set,
 		Out: o.Out, Resume: o.Resume, StopAfter: o.StopAfter, HeldoutTokens: o.HeldoutTokens, HeldoutProgress: prog.update, Device: o.Device, GEMM: o.GEMM, Recompute: o.Recompute}
 	// Everything that can be checked without loading weights is checked before any work.
 	if err := retrofit.CheckSpec(spec); err != nil {

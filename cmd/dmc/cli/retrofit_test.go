@@ -544,3 +544,36 @@ func TestRetrofitHeldoutAndFinishedResume(t *testing.T) {
 		t.Error("training started before the bad --heldout was refused")
 	}
 }
+
+// --init random pre-trains a YAML model config from scratch (a control run), and refuses what
+// makes no sense with random weights.
+func TestRetrofitInitRandom(t *testing.T) {
+	fx := newFixture(t)
+	cfgPath := filepath.Join(fx.dir, "tiny.yaml")
+	os.WriteFile(cfgPath, []byte("name: tiny\ndim: 32\nhidden_dim: 64\nn_layers: 2\nn_heads: 4\nn_kv_heads: 2\nvocab_size: 320\nmax_seq_len: 64\nnorm_eps: 1.0e-5\nrope_theta: 10000\nrope_layout: half\ntie_embeddings: true\n"), 0o644)
+	runDir := filepath.Join(fx.dir, "pretrain")
+	args := append([]string{"retrofit", "--model", cfgPath, "--init", "random", "--control", "--config", "demo-pretrain", "--tokenizer", fx.tok, "--data", fx.shards,
+		"--steps", "4", "--out", runDir}, tinyRecipe...)
+	_, stderr, code := run(t, args...)
+	if code != 0 {
+		t.Fatalf("pre-training exit %d: %s", code, stderr)
+	}
+	if !strings.Contains(stderr, "random initialisation") || !strings.Contains(stderr, "step 4/4") {
+		t.Fatalf("pre-training output: %s", stderr)
+	}
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--init", "zeros"}, "use weights"},
+		{[]string{"--init", "random", "--weights", fx.model}, "drop --weights"},
+		{[]string{"--init", "random", "--set", "distill_weight=1"}, "distill_weight=0"},
+		{[]string{"--init", "random", "--model", "no-such-preset"}, "not a preset"},
+	} {
+		a := append([]string{"retrofit", "--model", cfgPath, "--tokenizer", fx.tok, "--data", fx.shards, "--steps", "2", "--out", filepath.Join(fx.dir, "bad")}, tinyRecipe...)
+		a = append(a, c.args...)
+		if _, stderr, code := run(t, a...); code == 0 || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, %q; want an error containing %q", c.args, code, stderr, c.want)
+		}
+	}
+}
