@@ -132,6 +132,11 @@ func Export(ctx context.Context, runDir, out string, opt ExportOptions) (*Export
 		if err := atomicfile.Copy(res.Tokenizer, filepath.Join(out, tokenizerFileName(res.Tokenizer))); err != nil {
 			return nil, fmt.Errorf("copy the tokenizer: %w", err)
 		}
+		// The Hugging Face layout too (tokenizer.model + tokenizer_config.json), so that
+		// AutoTokenizer.from_pretrained loads the export.
+		if _, err := WriteHFTokenizer(out, res.Tokenizer, w.Config.MaxSeqLen); err != nil {
+			fmt.Fprintf(opt.Warn, "note: no Hugging Face tokenizer files in the export: %v\n", err)
+		}
 	} else {
 		fmt.Fprintln(opt.Warn, "note: the run records no tokenizer; pass --tokenizer to ship one with the export")
 	}
