@@ -17,6 +17,7 @@ type ServeOptions struct {
 	ModelID          string // the name in responses (default: the model path's base name)
 	MaxBatch         int    // sequences decoded together
 	MaxContext       int    // positions per sequence (0: the model's max_seq_len)
+	PrefillTokens    int    // prompt tokens prefilled between two decode steps (0: no bound)
 	Warn             io.Writer
 }
 
@@ -61,7 +62,7 @@ func OpenServe(o ServeOptions) (*ServeBackend, error) {
 		id = strings.TrimSuffix(filepath.Base(filepath.Clean(o.Model)), filepath.Ext(o.Model))
 	}
 	b := &ServeBackend{Decoder: dec, Backend: serve.Backend{Decoder: dec, Tokenizer: m.Tokenizer, ModelID: id,
-		MaxContext: ctxLen, MaxBatch: o.MaxBatch}}
+		MaxContext: ctxLen, MaxBatch: o.MaxBatch, PrefillTokens: o.PrefillTokens}}
 	if _, _, ok, _ := dec.CacheOccupancy(); ok {
 		b.Cache = func() (int64, float64, error) {
 			slots, cr, _, err := dec.CacheOccupancy()

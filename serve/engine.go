@@ -28,6 +28,11 @@ type Backend struct {
 	// Cache, when set, reads the KV cache occupancy (slots held, real compression rate) for
 	// /metrics; the CUDA engine's pool statistics.
 	Cache func() (slots int64, cr float64, err error)
+	// PrefillTokens, when > 0, bounds the prompt tokens prefilled between two decode steps, so
+	// a burst of new requests delays the running sequences' next token by one bounded prefill
+	// rather than by all of them (one prompt is always admitted, whatever its length); 0
+	// prefills every admitted request at once (the most throughput).
+	PrefillTokens int
 	// Pool, when set, admits sequences by KV pool capacity as well as by MaxBatch: a sequence
 	// of n positions reserves Need(n) of Total pages until it ends.
 	Pool *Pool
@@ -229,8 +234,16 @@ func (e *Engine) loop() {
 		}
 		active, waiting = alive(active), alive(waiting)
 		var admit []*job
+		budget := e.b.PrefillTokens
+		if budget <= 0 {
+			budget = math.MaxInt
+		}
 		for len(waiting) > 0 && len(active)+len(admit) < e.b.MaxBatch {
 			j := waiting[0]
+			if len(admit) > 0 && len(j.tokens) > budget {
+				break // the next step prefills it
+			}
+			budget -= len(j.tokens)
 			if p := e.b.Pool; p != nil {
 				need := p.Need(len(j.tokens) + j.maxNew)
 				if e.reserved+need > p.Total {

@@ -485,3 +485,23 @@ func TestPoolAdmission(t *testing.T) {
 	}
 	waitIdle(t, s)
 }
+
+// With a small prefill budget, new requests are admitted over several steps while the running
+// ones keep decoding, and every request still completes.
+func TestPrefillBudget(t *testing.T) {
+	f := stories(t)
+	b := Backend{Decoder: model.NewCPUDecoder(f.w, vanilla(f.w)), Tokenizer: f.tok, ModelID: "m", MaxContext: 512, MaxBatch: 8, PrefillTokens: 6}
+	s, err := New(b, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs := httptest.NewServer(s.Handler())
+	defer func() { hs.Close(); s.Close() }()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	rep := LoadTest(ctx, hs.URL, LoadOptions{Clients: 8, Requests: 2, Prompt: f.tok.Encode("Once upon a time", true, false), MaxTokens: 16})
+	if rep.Failed != 0 || rep.Requests != 16 {
+		t.Fatal(rep)
+	}
+	waitIdle(t, s)
+}

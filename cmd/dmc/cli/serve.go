@@ -59,6 +59,7 @@ drains: /health answers 503, new requests get 503, running ones have --drain to 
 	f.StringVar(&o.Cache, "cache", "auto", "KV cache: auto (DMC for dmc exports, else vanilla), vanilla, or dmc")
 	f.StringVar(&o.Addr, "addr", "127.0.0.1:8000", "listen address HOST:PORT (port 0 picks a free one)")
 	f.IntVar(&o.MaxBatch, "max-batch", 8, "sequences decoded together; more requests wait")
+	f.IntVar(&o.PrefillTokens, "prefill-tokens", 0, "bound on prompt tokens prefilled between two decode steps, for steadier inter-token latency under bursts (0: none)")
 	f.IntVar(&o.MaxContext, "max-context", 0, "positions per sequence, prompt plus output (0: the model's max_seq_len)")
 	f.StringVar(&o.APIKey, "api-key", "", "require Authorization: Bearer KEY on /v1 (default: $DMC_API_KEY; empty: no key)")
 	f.StringVar(&o.ModelID, "model-id", "", "model name in responses and /v1/models (default: the model's file or directory name)")
