@@ -35,6 +35,15 @@ type BenchCR struct {
 	ForceCR int
 }
 
+// Slots is the most KV slots a (layer, KV head) row holds for a sequence of n positions: n,
+// or with a forced rate N, one slot per N tokens plus the one being merged into.
+func (c BenchCR) Slots(n int) int {
+	if c.ForceCR > 1 {
+		return (n+c.ForceCR-1)/c.ForceCR + 1
+	}
+	return n
+}
+
 // ParseCRList parses --cr.
 func ParseCRList(s string) ([]BenchCR, error) {
 	var out []BenchCR
@@ -204,11 +213,7 @@ func BenchDecode(o BenchOptions, progress io.Writer) (*BenchReport, error) {
 	vanillaTokS := map[string]float64{}
 	for i, cr := range p.crs {
 		opt := p.opts[i]
-		slots := ctx
-		if cr.ForceCR > 1 {
-			slots = (ctx+cr.ForceCR-1)/cr.ForceCR + 1
-		}
-		fit, err := kernels.FitBatch(p.cfg, opt, slots)
+		fit, err := kernels.FitBatch(p.cfg, opt, cr.Slots(ctx))
 		if err != nil {
 			return nil, err
 		}

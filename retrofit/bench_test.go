@@ -91,3 +91,15 @@ func TestBenchUsesTheExportsDMCBlock(t *testing.T) {
 		t.Errorf("preset: DMC settings %+v, want the defaults", got)
 	}
 }
+
+func TestBenchCRSlots(t *testing.T) {
+	for _, c := range []struct {
+		cr   BenchCR
+		n    int
+		want int
+	}{{BenchCR{Label: "vanilla"}, 640, 640}, {BenchCR{DMC: true}, 640, 640}, {BenchCR{ForceCR: 4}, 640, 161}, {BenchCR{ForceCR: 4}, 1, 2}} {
+		if got := c.cr.Slots(c.n); got != c.want {
+			t.Errorf("%+v.Slots(%d) = %d, want %d", c.cr, c.n, got, c.want)
+		}
+	}
+}

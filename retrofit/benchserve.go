@@ -83,11 +83,7 @@ func BenchServe(o BenchServeOptions, progress io.Writer) (*BenchServeReport, err
 	}
 	for i, cr := range p.crs {
 		opt := p.opts[i]
-		slots := ctxLen
-		if cr.ForceCR > 1 {
-			slots = (ctxLen+cr.ForceCR-1)/cr.ForceCR + 1
-		}
-		fit, err := kernels.FitBatch(p.cfg, opt, slots)
+		fit, err := kernels.FitBatch(p.cfg, opt, cr.Slots(ctxLen))
 		if err != nil {
 			return nil, err
 		}
@@ -95,7 +91,7 @@ func BenchServe(o BenchServeOptions, progress io.Writer) (*BenchServeReport, err
 		if o.MaxBatch > 0 {
 			opt.MaxBatch = min(fit, o.MaxBatch)
 		}
-		row, dev, err := benchServeOne(o, p.cfg, p.w, cr, opt, slots, prompt, progress)
+		row, dev, err := benchServeOne(o, p.cfg, p.w, cr, opt, prompt, progress)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", cr.Label, err)
 		}
@@ -108,7 +104,7 @@ func BenchServe(o BenchServeOptions, progress io.Writer) (*BenchServeReport, err
 	return rep, nil
 }
 
-func benchServeOne(o BenchServeOptions, cfg model.Config, w *model.Weights, cr BenchCR, opt kernels.Options, slots int, prompt []int,
+func benchServeOne(o BenchServeOptions, cfg model.Config, w *model.Weights, cr BenchCR, opt kernels.Options, prompt []int,
 	progress io.Writer) (BenchServeRow, string, error) {
 	var e kernels.Engine
 	var err error
@@ -126,11 +122,7 @@ func benchServeOne(o BenchServeOptions, cfg model.Config, w *model.Weights, cr B
 	b := serve.Backend{Decoder: e, Tokenizer: serve.IDTokenizer{Vocab: cfg.VocabSize}, ModelID: cfg.Name,
 		MaxContext: opt.MaxContext, MaxBatch: opt.MaxBatch,
 		Pool: &serve.Pool{Total: int64(mem.Pages), Need: func(n int) int64 {
-			s := n
-			if cr.ForceCR > 1 {
-				s = (n+cr.ForceCR-1)/cr.ForceCR + 1
-			}
-			return rows * int64((s+mem.PageTokens-1)/mem.PageTokens)
+			return rows * int64((cr.Slots(n)+mem.PageTokens-1)/mem.PageTokens)
 		}},
 		Cache: func() (int64, float64, error) {
 			st, err := e.CacheStats()
