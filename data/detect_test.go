@@ -136,7 +136,7 @@ func TestPrepareTextByContent(t *testing.T) {
 		{"binary without an extension", garbage, nil, "blob is not text: at byte offset 7 it holds a NUL byte"},
 		{"invalid UTF-8 deep in a .txt", late, nil, "late.txt is not text: at byte offset " + strconv.FormatInt(lateOffset, 10)},
 		{"binary .txt", badTxt, nil, "bad.txt is not text: at byte offset 0 it holds a NUL byte"},
-		{"compressed", xz, nil, "decompress it first"},
+		{"damaged xz", xz, nil, "book.txt.xz: the xz data is damaged or truncated"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

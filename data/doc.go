@@ -12,7 +12,13 @@
 // column "text", else the only string column). A file named without a known extension is
 // recognised by its content (DetectFormat: Arrow magic, Parquet magic, JSON lines, else UTF-8
 // text), so WikiText's wiki.test.raw is text; bytes that are not UTF-8 text are refused with
-// their offset. It tokenises each document with BOS first (EOS optional) and writes
+// their offset. Text and JSON lines compressed with gzip, xz, zstd or bzip2 are recognised by
+// their magic bytes and decompressed while streaming (the format inside by the name less
+// .gz/.xz/.zst/.bz2, so book.txt.xz is text, else by content); other archives (zip, 7z, tar,
+// lz4, ...) are refused with what to run. An input may be a file, a directory (walked in
+// sorted path order) or a glob pattern (*, ?, [...] per segment, ** for any depth). Documents
+// are tokenised on Workers goroutines and written in input order, so the output does not
+// depend on their number. It tokenises each document with BOS first (EOS optional) and writes
 //
 //	OUT/manifest.json          tokenizer (path, vocab size, fingerprint), split rule, counts
 //	OUT/train/shard-00000.arrow
@@ -24,8 +30,9 @@
 // to a temporary directory next to OUT and moved in only when complete; with Overwrite
 // (--force) only the files the old manifest lists (Manifest.Files) are removed, and a
 // directory holding files but no manifest is never overwritten. Documents go to
-// train/held-out by a per-document hash (HeldoutFrac, Seed) or by where they start in the
-// input bytes (SplitByBytes: the TinyStories convention of 0.85).
+// train/held-out by a per-document hash (HeldoutFrac, Seed), by whole files (HeldoutFiles: a
+// hash of each file's path relative to the inputs' common directory and Seed) or by where
+// they start in the input bytes (SplitByBytes: the TinyStories convention of 0.85).
 //
 // # Reading
 //

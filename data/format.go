@@ -32,6 +32,8 @@ type BinaryError struct {
 	Path   string
 	Offset int64
 	Byte   byte
+	// Compression is set when the file is compressed: Offset is then in the decompressed data.
+	Compression string
 }
 
 func (e *BinaryError) Error() string {
@@ -39,12 +41,20 @@ func (e *BinaryError) Error() string {
 	if e.Byte == 0 {
 		what = "it holds a NUL byte"
 	}
-	hint := "give UTF-8 text (convert it, e.g. with iconv), .jsonl, .parquet or Arrow data"
-	switch strings.ToLower(filepath.Ext(e.Path)) {
-	case ".gz", ".xz", ".bz2", ".zst", ".zip", ".tgz", ".7z", ".lz4":
-		hint = "it looks compressed: decompress it first"
+	where := ""
+	if e.Compression != "" {
+		where = " of the decompressed data"
 	}
-	return fmt.Sprintf("data: %s is not text: at byte offset %d %s; %s", e.Path, e.Offset, what, hint)
+	hint := "give UTF-8 text (convert it, e.g. with iconv), .jsonl, .parquet or Arrow data"
+	if e.Compression == "" {
+		ext := strings.ToLower(filepath.Ext(e.Path))
+		if compressionExts[ext] != "" {
+			hint = "it is compressed: dmc data prepare reads .gz, .xz, .zst and .bz2 files directly; other commands need it decompressed (or prepared) first"
+		} else if _, ok := archiveExts[ext]; ok {
+			hint = "it looks like an archive or a compression dmc does not read: extract or decompress it first"
+		}
+	}
+	return fmt.Sprintf("data: %s is not text: at byte offset %d%s %s; %s", e.Path, e.Offset, where, what, hint)
 }
 
 // DetectFormat tells the format of a data file from its content, whatever its name:
@@ -175,13 +185,20 @@ func resolveFormat(path string) (string, error) {
 	case ext != "":
 		return ext, nil
 	}
+	return classifyByContent(path, path, det, derr)
+}
+
+// classifyByContent picks the format of a file whose name (name: for a compressed file, the
+// name without the compression extension) does not say, from what DetectFormat found.
+func classifyByContent(path, name, det string, derr error) (string, error) {
+	var be *BinaryError
 	if derr != nil {
 		if errors.As(derr, &be) {
 			return "", fmt.Errorf("%w (cannot tell the format of %s: it is not Arrow, Parquet, JSON lines or text; pass --format txt|jsonl|parquet|arrow)", derr, path)
 		}
 		return "", derr
 	}
-	if kind, ok := notPlainText[strings.ToLower(filepath.Ext(path))]; ok && det != FormatJSONL {
+	if kind, ok := notPlainText[strings.ToLower(filepath.Ext(name))]; ok && det != FormatJSONL {
 		return "", fmt.Errorf("data: %s is %s (by its extension), which dmc does not read as documents; convert it to .jsonl or .parquet with a text field, or pass the format (--format txt|jsonl|parquet|arrow; txt reads it as plain text)", path, kind)
 	}
 	return det, nil

@@ -70,7 +70,10 @@ type TokenizerInfo struct {
 type SplitRule struct {
 	// Kind is "fraction" (each document is held out with probability Value, decided by a
 	// hash of its index and Seed), "bytes" (documents starting in the first Value of the
-	// input bytes are train) or "none".
+	// input bytes, decompressed, are train), "files" (whole input files are held out: the
+	// round(Value·n) of the n files, at least one and never all, whose paths relative to
+	// the inputs' common directory hash lowest with Seed; each source's split says which)
+	// or "none".
 	Kind  string  `json:"kind"`
 	Value float64 `json:"value"`
 	Seed  uint64  `json:"seed,omitempty"`
@@ -79,9 +82,15 @@ type SplitRule struct {
 // SourceInfo is one input file.
 type SourceInfo struct {
 	Path   string `json:"path"`
-	Bytes  int64  `json:"bytes"`
+	Bytes  int64  `json:"bytes"` // as stored (compressed, for a compressed file)
 	Docs   int64  `json:"docs"`
 	Column string `json:"column,omitempty"` // the text column of a Parquet or Arrow input
+	// Compression ("gzip", "xz", "zstd" or "bzip2") and the decompressed size of a
+	// compressed file.
+	Compression       string `json:"compression,omitempty"`
+	UncompressedBytes int64  `json:"uncompressed_bytes,omitempty"`
+	// Split is where the file's documents went under the "files" split rule.
+	Split string `json:"split,omitempty"`
 }
 
 // Split is the summary of one split.

@@ -1,11 +1,19 @@
 package data
 
 import (
+	"cmp"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/apache/arrow/go/v17/arrow"
 	"github.com/apache/arrow/go/v17/arrow/array"
@@ -21,9 +29,12 @@ const DefaultHeldoutFrac = 0.05
 
 // PrepareOptions configures Prepare.
 type PrepareOptions struct {
-	Inputs        []string  // files and/or directories, read in the given order
+	// Inputs are files, directories and glob patterns, read in the given order; a directory
+	// or a pattern contributes its files in sorted path order (expandInputs). Files
+	// compressed with gzip, xz, zstd or bzip2 are decompressed as they are read.
+	Inputs        []string
 	Out           string    // output directory (created); gets train/, heldout/ and manifest.json
-	Tokenizer     Tokenizer // required
+	Tokenizer     Tokenizer // required; it must be safe for concurrent use when Workers > 1
 	TokenizerPath string    // recorded in the manifest (and its file hashed) when set
 	Format        string    // "txt", "jsonl", "parquet", "arrow" or "" to tell by extension, else by content (DetectFormat)
 	Separator     string    // .txt document separator; "" means DefaultSeparator
@@ -34,14 +45,18 @@ type PrepareOptions struct {
 	TextColumn string
 	AddEOS     bool // append EOS to every document (BOS is always prepended)
 
-	// Split rule. SplitByBytes in (0,1] puts the documents that start in the first
-	// SplitByBytes of all input bytes (files concatenated in order) into train and the rest
-	// into held-out; the TinyStories convention is 0.85. Parquet has no per-row byte
-	// offsets, so a Parquet row starts at its row position scaled to the file size.
-	// Otherwise each document is held out with probability HeldoutFrac (0 = no held-out
-	// split), decided by a hash of its index and Seed.
+	// Split rule, at most one of the three. SplitByBytes in (0,1] puts the documents that
+	// start in the first SplitByBytes of all input bytes (files concatenated in order,
+	// decompressed) into train and the rest into held-out; the TinyStories convention is
+	// 0.85. Parquet has no per-row byte offsets, so a Parquet row starts at its row position
+	// scaled to the file size. HeldoutFiles in (0,1) holds out whole input files: the
+	// round(HeldoutFiles·n) files (at least one, never all) whose paths relative to the
+	// inputs' common directory hash lowest with Seed (heldoutFileSet). Otherwise each
+	// document is held out with probability HeldoutFrac (0 = no held-out split), decided by
+	// a hash of its index and Seed.
 	HeldoutFrac  float64
 	SplitByBytes float64
+	HeldoutFiles float64
 	Seed         uint64
 
 	ShardBytes int64 // rotate shards at about this size; 0 means DefaultShardBytes
@@ -51,7 +66,12 @@ type PrepareOptions struct {
 	// that holds files but no manifest is refused even with Overwrite.
 	Overwrite bool
 
-	// Progress, when set, is called now and then (and once at the end with Done set).
+	// Workers is the number of goroutines that tokenise (0 means runtime.GOMAXPROCS). The
+	// documents are still written in input order: the output is the same for any number.
+	Workers int
+
+	// Progress, when set, is called now and then (and once at the end with Done set), from
+	// one goroutine at a time.
 	Progress func(PrepareProgress)
 
 	batchTokens int // tokens per record batch; 0 picks from ShardBytes (tests shrink it)
@@ -61,15 +81,124 @@ type PrepareOptions struct {
 type PrepareProgress struct {
 	File             string // current input file
 	FileIndex, Files int
-	BytesDone        int64 // input bytes consumed so far, over all files
-	BytesTotal       int64
+	BytesDone        int64 // input bytes read so far, over all files, as stored (compressed)
+	BytesTotal       int64 // the inputs' size as stored (compressed)
 	Docs, Tokens     int64 // written so far, both splits
 	Done             bool
 }
 
+// Split rule kinds recorded in the manifest (SplitRule.Kind).
+const (
+	SplitRuleNone     = "none"
+	SplitRuleFraction = "fraction"
+	SplitRuleBytes    = "bytes"
+	SplitRuleFiles    = "files"
+)
+
+// checkSplitRule validates the split options and returns the rule they give.
+func checkSplitRule(opts PrepareOptions) (SplitRule, error) {
+	if opts.HeldoutFrac < 0 || opts.HeldoutFrac >= 1 || math.IsNaN(opts.HeldoutFrac) {
+		return SplitRule{}, fmt.Errorf("data: held-out fraction %v is outside [0, 1)", opts.HeldoutFrac)
+	}
+	if opts.SplitByBytes < 0 || opts.SplitByBytes > 1 || math.IsNaN(opts.SplitByBytes) {
+		return SplitRule{}, fmt.Errorf("data: split-by-bytes %v is outside (0, 1]; 0.85 puts the first 85%% of the bytes in train", opts.SplitByBytes)
+	}
+	if opts.HeldoutFiles < 0 || opts.HeldoutFiles >= 1 || math.IsNaN(opts.HeldoutFiles) {
+		return SplitRule{}, fmt.Errorf("data: held-out fraction of files %v is outside [0, 1); 0.1 holds out a tenth of the files", opts.HeldoutFiles)
+	}
+	if opts.SplitByBytes > 0 && opts.HeldoutFrac > 0 {
+		return SplitRule{}, errors.New("data: give either a held-out fraction or split-by-bytes, not both")
+	}
+	if opts.HeldoutFiles > 0 && (opts.HeldoutFrac > 0 || opts.SplitByBytes > 0) {
+		other := "a held-out fraction of documents"
+		if opts.SplitByBytes > 0 {
+			other = "split-by-bytes"
+		}
+		return SplitRule{}, fmt.Errorf("data: give either a held-out fraction of files or %s, not both", other)
+	}
+	switch {
+	case opts.SplitByBytes > 0:
+		return SplitRule{Kind: SplitRuleBytes, Value: opts.SplitByBytes}, nil
+	case opts.HeldoutFiles > 0:
+		return SplitRule{Kind: SplitRuleFiles, Value: opts.HeldoutFiles, Seed: opts.Seed}, nil
+	case opts.HeldoutFrac > 0:
+		return SplitRule{Kind: SplitRuleFraction, Value: opts.HeldoutFrac, Seed: opts.Seed}, nil
+	}
+	return SplitRule{Kind: SplitRuleNone}, nil
+}
+
+// heldoutFileSet picks the files held out by the files rule: with n inputs, the
+// round(frac·n) of them (at least one, and never all) whose paths relative to the inputs'
+// common directory, with forward slashes, have the smallest SHA-256 of seed (8 bytes,
+// little endian) followed by the path. So the choice does not depend on the order of the
+// inputs, on where the corpus lies, or on the other files' names, only on the number of
+// files.
+func heldoutFileSet(paths []string, frac float64, seed uint64) ([]bool, error) {
+	n := len(paths)
+	if n < 2 {
+		return nil, fmt.Errorf("data: a held-out fraction of files needs at least two input files, and the inputs are %d; hold out documents instead (--heldout-frac) or give more files", n)
+	}
+	rels := relativePaths(paths)
+	type ranked struct {
+		hash uint64
+		rel  string
+		i    int
+	}
+	rank := make([]ranked, n)
+	var key [8]byte
+	binary.LittleEndian.PutUint64(key[:], seed)
+	for i, rel := range rels {
+		h := sha256.New()
+		h.Write(key[:])
+		h.Write([]byte(rel))
+		rank[i] = ranked{binary.BigEndian.Uint64(h.Sum(nil)), rel, i}
+	}
+	slices.SortFunc(rank, func(a, b ranked) int {
+		if a.hash != b.hash {
+			return cmp.Compare(a.hash, b.hash)
+		}
+		return cmp.Compare(a.rel, b.rel)
+	})
+	k := min(max(int(math.Round(frac*float64(n))), 1), n-1)
+	held := make([]bool, n)
+	for _, r := range rank[:k] {
+		held[r.i] = true
+	}
+	return held, nil
+}
+
+// relativePaths returns the paths relative to their deepest common directory (absolute
+// paths compared), with forward slashes.
+func relativePaths(paths []string) []string {
+	abs := make([]string, len(paths))
+	for i, p := range paths {
+		if a, err := filepath.Abs(p); err == nil {
+			abs[i] = a
+		} else {
+			abs[i] = filepath.Clean(p)
+		}
+	}
+	root := filepath.Dir(abs[0])
+	for _, a := range abs[1:] {
+		for root != filepath.Dir(root) && !strings.HasPrefix(a, root+string(filepath.Separator)) {
+			root = filepath.Dir(root)
+		}
+	}
+	rels := make([]string, len(abs))
+	for i, a := range abs {
+		rel, err := filepath.Rel(root, a)
+		if err != nil {
+			rel = a
+		}
+		rels[i] = filepath.ToSlash(rel)
+	}
+	return rels
+}
+
 // Prepare tokenises the documents of the inputs and writes them as Arrow IPC file-format
 // shards with one column input_ids (list<int32>), one row per document, BOS first. It
-// streams: memory holds one document and one record batch per split, never the input.
+// streams: memory holds the documents being tokenised (a few batches per worker) and one
+// record batch per split, never the input. Compressed inputs are decompressed on the fly.
 // Everything is written to a temporary directory next to Out and moved into Out only when
 // complete, so an error or a crash leaves Out as it was.
 func Prepare(opts PrepareOptions) (*Manifest, error) {
@@ -90,14 +219,12 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 	if opts.ShardBytes <= 0 {
 		opts.ShardBytes = DefaultShardBytes
 	}
-	if opts.HeldoutFrac < 0 || opts.HeldoutFrac >= 1 || math.IsNaN(opts.HeldoutFrac) {
-		return nil, fmt.Errorf("data: held-out fraction %v is outside [0, 1)", opts.HeldoutFrac)
+	if opts.Workers <= 0 {
+		opts.Workers = runtime.GOMAXPROCS(0)
 	}
-	if opts.SplitByBytes < 0 || opts.SplitByBytes > 1 || math.IsNaN(opts.SplitByBytes) {
-		return nil, fmt.Errorf("data: split-by-bytes %v is outside (0, 1]; 0.85 puts the first 85%% of the bytes in train", opts.SplitByBytes)
-	}
-	if opts.SplitByBytes > 0 && opts.HeldoutFrac > 0 {
-		return nil, errors.New("data: give either a held-out fraction or split-by-bytes, not both")
+	rule, err := checkSplitRule(opts)
+	if err != nil {
+		return nil, err
 	}
 	if opts.batchTokens <= 0 {
 		opts.batchTokens = int(min(max(opts.ShardBytes/4/8, 1024), 1<<20))
@@ -106,9 +233,25 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 	if err != nil {
 		return nil, err
 	}
+	var heldFiles []bool
+	if rule.Kind == SplitRuleFiles {
+		paths := make([]string, len(inputs))
+		for i, in := range inputs {
+			paths[i] = in.path
+		}
+		if heldFiles, err = heldoutFileSet(paths, rule.Value, rule.Seed); err != nil {
+			return nil, err
+		}
+	}
 	oldFiles, err := checkOutDir(opts.Out, opts.Overwrite)
 	if err != nil {
 		return nil, err
+	}
+	if rule.Kind == SplitRuleBytes {
+		// The byte rule needs the total up front: decompress what is compressed to count it.
+		if err := measureInputs(inputs, opts.Workers); err != nil {
+			return nil, err
+		}
 	}
 	tmp, err := makeTempSibling(opts.Out, "prepare")
 	if err != nil {
@@ -130,20 +273,23 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 			EOS:         opts.Tokenizer.EOS(),
 			Fingerprint: TokenizerFingerprint(opts.Tokenizer),
 		},
-		AddBOS: true,
-		AddEOS: opts.AddEOS,
-		Splits: map[string]Split{},
+		AddBOS:    true,
+		AddEOS:    opts.AddEOS,
+		SplitRule: rule,
+		Splits:    map[string]Split{},
 	}
 	if opts.TokenizerPath != "" {
 		if m.Tokenizer.FileSHA256, err = fileSHA256(opts.TokenizerPath); err != nil {
+			os.RemoveAll(tmp)
 			return nil, fmt.Errorf("data: hashing the tokenizer file: %w", err)
 		}
 	}
 	formats := map[string]bool{}
-	var totalBytes int64
+	var totalBytes, totalData int64
 	for _, in := range inputs {
 		formats[in.format] = true
 		totalBytes += in.size
+		totalData += in.dataSize
 		switch in.format {
 		case FormatTxt:
 			m.Separator = opts.Separator
@@ -162,68 +308,91 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 		}
 		m.Format = f
 	}
-	switch {
-	case opts.SplitByBytes > 0:
-		m.SplitRule = SplitRule{Kind: "bytes", Value: opts.SplitByBytes}
-	case opts.HeldoutFrac > 0:
-		m.SplitRule = SplitRule{Kind: "fraction", Value: opts.HeldoutFrac, Seed: opts.Seed}
-	default:
-		m.SplitRule = SplitRule{Kind: "none"}
-	}
 
 	writers := map[string]*shardWriter{
 		SplitTrain:   newShardWriter(tmp, SplitTrain, opts.ShardBytes, opts.batchTokens),
 		SplitHeldout: newShardWriter(tmp, SplitHeldout, opts.ShardBytes, opts.batchTokens),
 	}
+
+	// Progress state: the reader (this goroutine) and the pipe's writer both report.
+	var (
+		bytesRead    atomic.Int64 // bytes of the inputs read, as stored
+		fileIndex    atomic.Int64
+		docs, tokens atomic.Int64
+		progressMu   sync.Mutex
+	)
+	progress := func(final bool) {
+		if opts.Progress == nil {
+			return
+		}
+		progressMu.Lock()
+		defer progressMu.Unlock()
+		i := int(fileIndex.Load())
+		pr := PrepareProgress{FileIndex: i, Files: len(inputs), BytesDone: min(bytesRead.Load(), totalBytes),
+			BytesTotal: totalBytes, Docs: docs.Load(), Tokens: tokens.Load(), Done: final}
+		if i < len(inputs) {
+			pr.File = inputs[i].path
+		}
+		opts.Progress(pr)
+	}
+	encode := func(dst []int32, text string) []int32 {
+		for _, id := range opts.Tokenizer.Encode(text, true, opts.AddEOS) {
+			dst = append(dst, int32(id))
+		}
+		return dst
+	}
+	pipe := newTokenPipe(opts.Workers, encode, func(split string, ids []int32) error {
+		if err := writers[split].add(ids); err != nil {
+			return err
+		}
+		tokens.Add(int64(len(ids)))
+		if docs.Add(1)%64 == 0 {
+			progress(false)
+		}
+		return nil
+	})
 	defer func() {
+		pipe.close(true) // a no-op after the successful close below
 		for _, w := range writers {
 			w.abort()
 		}
 		os.RemoveAll(tmp) // empty after a successful swap; the partial output otherwise
 	}()
 
-	splitBytes := int64(math.Floor(opts.SplitByBytes * float64(totalBytes)))
-	var (
-		base, docIndex int64
-		docs, tokens   int64
-		ids32          []int32
-	)
-	progress := func(file string, i int, done int64, final bool) {
-		if opts.Progress != nil {
-			opts.Progress(PrepareProgress{File: file, FileIndex: i, Files: len(inputs), BytesDone: done,
-				BytesTotal: totalBytes, Docs: docs, Tokens: tokens, Done: final})
-		}
-	}
+	splitBytes := int64(math.Floor(opts.SplitByBytes * float64(totalData)))
+	var base, diskBase, docIndex int64
 	for i, in := range inputs {
+		fileIndex.Store(int64(i))
+		bytesRead.Store(diskBase)
 		var fileDocs int64
-		column, err := readDocuments(in, text, func(d document) error {
-			ids := opts.Tokenizer.Encode(d.text, true, opts.AddEOS)
-			ids32 = ids32[:0]
-			for _, id := range ids {
-				ids32 = append(ids32, int32(id))
+		fileSplit := ""
+		if heldFiles != nil {
+			fileSplit = SplitTrain
+			if heldFiles[i] {
+				fileSplit = SplitHeldout
 			}
+		}
+		columnar := in.format == FormatParquet || in.format == FormatArrow
+		column, dataBytes, err := readDocuments(in, text, &bytesRead, func(d document) error {
 			split := SplitTrain
-			switch m.SplitRule.Kind {
-			case "bytes":
+			switch rule.Kind {
+			case SplitRuleBytes:
 				if base+d.offset >= splitBytes {
 					split = SplitHeldout
 				}
-			case "fraction":
+			case SplitRuleFraction:
 				if newSplitMix(opts.Seed, uint64(docIndex)).float64() < opts.HeldoutFrac {
 					split = SplitHeldout
 				}
+			case SplitRuleFiles:
+				split = fileSplit
 			}
 			docIndex++
-			if err := writers[split].add(ids32); err != nil {
-				return err
-			}
 			fileDocs++
-			docs++
-			tokens += int64(len(ids32))
-			if docs%1024 == 0 {
-				progress(in.path, i, base+d.offset, false)
+			if columnar {
+				bytesRead.Store(diskBase + d.offset)
 			}
-			return nil
+			return pipe.add(d.text, split)
 		})
 		if err != nil {
 			return nil, err
@@ -235,11 +404,23 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 				m.TextColumn = "(per source)"
 			}
 		}
-		m.Sources = append(m.Sources, SourceInfo{Path: in.path, Bytes: in.size, Docs: fileDocs, Column: column})
-		base += in.size
-		progress(in.path, i, base, false)
+		src := SourceInfo{Path: in.path, Bytes: in.size, Docs: fileDocs, Column: column, Split: fileSplit}
+		if in.compression != "" {
+			src.Compression, src.UncompressedBytes = in.compression, dataBytes
+		}
+		m.Sources = append(m.Sources, src)
+		if in.dataSize < 0 {
+			in.dataSize = dataBytes
+		}
+		base += in.dataSize
+		diskBase += in.size
+		bytesRead.Store(diskBase)
+		progress(false)
 	}
-	if docs == 0 {
+	if err := pipe.close(false); err != nil {
+		return nil, err
+	}
+	if docs.Load() == 0 {
 		what := "check the text field (--text-field) or column (--text-column)"
 		if formats[FormatTxt] {
 			what = "check that the files hold text and the --separator"
@@ -259,8 +440,42 @@ func Prepare(opts PrepareOptions) (*Manifest, error) {
 	if err := swapIn(tmp, opts.Out, oldFiles, m.Files()); err != nil {
 		return nil, err
 	}
-	progress("", len(inputs), base, true)
+	fileIndex.Store(int64(len(inputs)))
+	progress(true)
 	return m, nil
+}
+
+// measureInputs fills in the decompressed size of every compressed input, decompressing
+// several at a time.
+func measureInputs(inputs []inputFile, workers int) error {
+	var (
+		wg    sync.WaitGroup
+		mu    sync.Mutex
+		first error
+		sem   = make(chan struct{}, max(workers, 1))
+	)
+	for i := range inputs {
+		if inputs[i].dataSize >= 0 {
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func(in *inputFile) {
+			defer func() { <-sem; wg.Done() }()
+			n, err := uncompressedSize(in.path, in.compression)
+			mu.Lock()
+			defer mu.Unlock()
+			if err != nil {
+				if first == nil {
+					first = err
+				}
+				return
+			}
+			in.dataSize = n
+		}(&inputs[i])
+	}
+	wg.Wait()
+	return first
 }
 
 // TokenSchema is the schema of prepared shards.

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strings"
+	"sync/atomic"
 	"unicode"
 
 	"github.com/apache/arrow/go/v17/arrow"
@@ -36,13 +37,18 @@ const DefaultTextField = "text"
 // almost certainly a wrong --separator, and holding it would defeat streaming.
 const maxDocumentBytes = 256 << 20
 
-// formatOf tells the input format from a file name (directory walks go by name).
-func formatOf(path string) string { return extFormat(path) }
+// formatOf tells the input format from a file name (directory walks go by name): the
+// extension, after a compression extension (book.txt.xz is text).
+func formatOf(path string) string { return extFormat(innerName(path)) }
 
 type inputFile struct {
-	path   string // as given; for FormatArrow it may end in ":SPLIT"
-	format string
-	size   int64
+	path        string // as given; for FormatArrow it may end in ":SPLIT"
+	format      string
+	size        int64  // bytes on disk (of all its shard files for FormatArrow)
+	compression string // "" or a Compression* constant
+	// dataSize is the size of the data: size, or for a compressed file the decompressed
+	// size, which is -1 until measured (only the byte split rule needs it up front).
+	dataSize int64
 }
 
 // isHFDir reports whether dir is a Hugging Face save_to_disk directory.
@@ -68,18 +74,22 @@ func arrowInput(path string) (inputFile, error) {
 			in.size += st.Size()
 		}
 	}
+	in.dataSize = in.size
 	return in, nil
 }
 
-// expandInputs turns files and directories into an ordered list of input files. A file
-// named explicitly is recognised by content when its extension does not say (DetectFormat).
-// A Hugging Face save_to_disk directory (state.json or dataset_dict.json; "DIR:SPLIT" picks
-// a split) is one Arrow input. Other directories are walked recursively in lexical order and
-// contribute the files whose extension is a known format (or the given format); hidden files
-// are skipped.
+// expandInputs turns files, directories and glob patterns into an ordered list of input
+// files. A file named explicitly, or matched by a pattern, is recognised by content when
+// its extension does not say (DetectFormat). A Hugging Face save_to_disk directory
+// (state.json or dataset_dict.json; "DIR:SPLIT" picks a split) is one Arrow input. Other
+// directories are walked recursively and contribute, in sorted path order, the files whose
+// name (less a compression extension) has a known format (or the given format); hidden
+// files are skipped. An input that does not exist and holds *, ? or [ is a pattern
+// (expandGlob). A file compressed with gzip, xz, zstd or bzip2 (by its magic bytes) is read
+// through its decompressor.
 func expandInputs(inputs []string, format string) ([]inputFile, error) {
 	if len(inputs) == 0 {
-		return nil, errors.New("data: no input files given; pass one or more .txt, .jsonl, .parquet or Arrow files or directories")
+		return nil, errors.New("data: no input files given; pass one or more .txt, .jsonl, .parquet or Arrow files (.gz, .xz, .zst or .bz2 compressed text too), directories or quoted patterns ('corpus/**/*.txt.xz')")
 	}
 	switch format {
 	case "", FormatTxt, FormatJSONL, FormatParquet, FormatArrow:
@@ -87,6 +97,7 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 		return nil, fmt.Errorf("data: unknown input format %q; use txt, jsonl, parquet or arrow (or leave it empty to tell by content)", format)
 	}
 	var out []inputFile
+	var skippedArchives []string
 	add := func(path string, explicit bool) error {
 		st, err := os.Stat(path)
 		if err != nil {
@@ -94,11 +105,41 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 		}
 		f := format
 		if !explicit {
-			if formatOf(path) == "" || (format != "" && formatOf(path) != format) {
-				return nil // a directory walk takes the files of known (or the given) format
+			name := formatOf(path)
+			if name == "" || (format != "" && name != format) {
+				// A directory walk takes the files of known (or the given) format, but data
+				// in an archive it cannot read (x.txt.zip) is not skipped silently.
+				ext := strings.ToLower(filepath.Ext(path))
+				if a, ok := archiveExts[ext]; ok {
+					if extFormat(strings.TrimSuffix(path, filepath.Ext(path))) != "" {
+						return archiveError(path, a, "")
+					}
+					skippedArchives = append(skippedArchives, path)
+				}
+				return nil
 			}
-			f = formatOf(path)
-		} else if f == "" {
+			f = name
+		}
+		if f == FormatArrow && compressionExt(path) == "" {
+			in, err := arrowInput(path)
+			if err != nil {
+				return err
+			}
+			out = append(out, in)
+			return nil
+		}
+		comp, err := sniffCompression(path)
+		if err != nil {
+			return err
+		}
+		if comp != "" {
+			if f, err = compressedFormat(path, comp, f); err != nil {
+				return err
+			}
+			out = append(out, inputFile{path: path, format: f, size: st.Size(), compression: comp, dataSize: -1})
+			return nil
+		}
+		if f == "" {
 			if f, err = resolveFormat(path); err != nil {
 				return err
 			}
@@ -111,7 +152,7 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 			out = append(out, in)
 			return nil
 		}
-		out = append(out, inputFile{path: path, format: f, size: st.Size()})
+		out = append(out, inputFile{path: path, format: f, size: st.Size(), dataSize: st.Size()})
 		return nil
 	}
 	for _, in := range inputs {
@@ -124,6 +165,21 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 					return nil, aerr
 				}
 				out = append(out, a)
+				continue
+			}
+			if errors.Is(err, fs.ErrNotExist) && hasGlobMeta(in) {
+				files, gerr := expandGlob(in)
+				if gerr != nil {
+					return nil, gerr
+				}
+				if len(files) == 0 {
+					return nil, fmt.Errorf("data: pattern %s matches no files; check it (* and ? stay within one folder, ** matches any depth, hidden files need a pattern that starts with a dot)", in)
+				}
+				for _, p := range files {
+					if err := add(p, true); err != nil {
+						return nil, err
+					}
+				}
 				continue
 			}
 			if errors.Is(err, fs.ErrNotExist) {
@@ -174,13 +230,19 @@ func expandInputs(inputs []string, format string) ([]inputFile, error) {
 		}
 		sort.Strings(files)
 		n := len(out)
+		skippedArchives = skippedArchives[:0]
 		for _, p := range files {
 			if err := add(p, false); err != nil {
 				return nil, err
 			}
 		}
 		if len(out) == n {
-			return nil, fmt.Errorf("data: directory %s holds no .txt, .jsonl, .parquet or .arrow files; point at the files (any name is recognised by content then) or pass --format", in)
+			hint := ""
+			if len(skippedArchives) > 0 {
+				hint = fmt.Sprintf(" (it holds %d archive(s) dmc does not read, such as %s: extract them first)", len(skippedArchives), skippedArchives[0])
+			}
+			return nil, fmt.Errorf("data: directory %s holds no .txt, .jsonl, .parquet or .arrow files (compressed or not)%s; point at the files (any name is recognised by content then, e.g. with a quoted pattern '%s/**/*') or pass --format",
+				in, hint, filepath.ToSlash(in))
 		}
 	}
 	return out, nil
@@ -214,38 +276,42 @@ func (o textOptions) parquetColumn() string {
 }
 
 // readDocuments calls fn for every document of one input file, in order, holding at most
-// one document (plus a read buffer or one record batch) in memory. It returns the column
-// read for columnar inputs.
-func readDocuments(in inputFile, o textOptions, fn func(document) error) (string, error) {
+// one document (plus a read buffer, the decompressor's window or one record batch) in
+// memory. Bytes read from a text or JSON lines file are added to read as they are read
+// (read may be nil). It returns the column read for columnar inputs, and the bytes of data
+// read (decompressed, for a compressed file).
+func readDocuments(in inputFile, o textOptions, read *atomic.Int64, fn func(document) error) (string, int64, error) {
 	switch in.format {
-	case FormatTxt:
-		return "", readTxt(in.path, o.separator, fn)
-	case FormatJSONL:
-		return "", readJSONL(in.path, o.field, fn)
+	case FormatTxt, FormatJSONL:
+		s, err := openStream(in.path, in.compression, read)
+		if err != nil {
+			return "", 0, err
+		}
+		defer s.Close()
+		if in.format == FormatTxt {
+			err = readTxtFrom(s, in.path, 0, o.separator, fn)
+		} else {
+			err = readJSONLFrom(s, in.path, 0, 1, o.field, fn)
+		}
+		var be *BinaryError
+		if errors.As(err, &be) {
+			be.Compression = in.compression
+		}
+		return "", s.dataBytes(), err
 	case FormatParquet:
-		return readParquetColumn(in, o.parquetColumn(), fn)
+		column, err := readParquetColumn(in, o.parquetColumn(), fn)
+		return column, in.size, err
 	case FormatArrow:
-		return readArrowText(in, o.column, fn)
+		column, err := readArrowText(in, o.column, fn)
+		return column, in.size, err
 	}
-	return "", fmt.Errorf("data: unknown input format %q", in.format)
+	return "", 0, fmt.Errorf("data: unknown input format %q", in.format)
 }
 
-// readTxt splits a text file at every occurrence of separator. Each document is trimmed of
-// surrounding white space; empty documents (e.g. after a trailing separator) are skipped.
-// Bytes that are not UTF-8 text (NUL, invalid sequences) are refused with their offset.
-func readTxt(path, separator string, fn func(document) error) error {
-	if separator == "" {
-		return errors.New("data: empty separator; pass the string that separates documents (--separator), e.g. <|endoftext|>")
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return readTxtFrom(f, path, 0, separator, fn)
-}
-
-// readTxtFrom reads documents from r, whose first byte is at offset base of the file path.
+// readTxtFrom splits a text stream at every occurrence of separator. Each document is
+// trimmed of surrounding white space; empty documents (e.g. after a trailing separator) are
+// skipped. Bytes that are not UTF-8 text (NUL, invalid sequences) are refused with their
+// offset. r's first byte is at offset base of the file path.
 func readTxtFrom(r io.Reader, path string, base int64, separator string, fn func(document) error) error {
 	if separator == "" {
 		return errors.New("data: empty separator; pass the string that separates documents (--separator), e.g. <|endoftext|>")
@@ -302,21 +368,11 @@ func readTxtFrom(r io.Reader, path string, base int64, separator string, fn func
 	return nil
 }
 
-// readJSONL reads one JSON object per line and takes its string field textField.
-func readJSONL(path, textField string, fn func(document) error) error {
-	f, err := os.Open(path)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return readJSONLFrom(f, path, 0, 1, textField, fn)
-}
-
 // maxJSONLine bounds one line of a .jsonl input.
 const maxJSONLine = maxDocumentBytes
 
-// readJSONLFrom reads JSON lines from r, whose first byte is at offset base of the file path
-// and starts line number firstLine.
+// readJSONLFrom reads one JSON object per line from r and takes its string field textField;
+// r's first byte is at offset base of the file path and starts line number firstLine.
 func readJSONLFrom(r io.Reader, path string, base int64, firstLine int, textField string, fn func(document) error) error {
 	br := bufio.NewReaderSize(r, 1<<20)
 	offset := base

@@ -28,6 +28,13 @@ func docFileFormat(path string) (string, error) {
 	case FormatArrow:
 		return "", nil
 	}
+	comp := compressionExt(path)
+	if head, err := readHead(path, headBytes); err == nil && magicCompression(head) != "" {
+		comp = magicCompression(head)
+	}
+	if comp != "" {
+		return "", fmt.Errorf("data: %s is %s-compressed; this reader needs the data uncompressed: prepare it with dmc data prepare (which reads .gz, .xz, .zst and .bz2 files directly), or decompress it first", path, comp)
+	}
 	f, err := resolveFormat(path)
 	var be *BinaryError
 	switch {
