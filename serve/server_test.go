@@ -505,3 +505,82 @@ func TestPrefillBudget(t *testing.T) {
 	}
 	waitIdle(t, s)
 }
+
+// pipeListener hands out the server ends of in-memory, unbuffered connections (net.Pipe): a
+// write blocks until the other side reads, as a full socket buffer does.
+type pipeListener struct {
+	conns chan net.Conn
+	done  chan struct{}
+}
+
+func newPipeListener() *pipeListener {
+	return &pipeListener{conns: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (l *pipeListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.conns:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+func (l *pipeListener) Close() error   { close(l.done); return nil }
+func (l *pipeListener) Addr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1)} }
+func (l *pipeListener) dial(context.Context, string, string) (net.Conn, error) {
+	c, s := net.Pipe()
+	select {
+	case l.conns <- s:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+// A client that never reads its stream is cut off by the write timeout, its cache released,
+// and the server keeps answering others.
+func TestClientThatNeverReads(t *testing.T) {
+	f := stories(t)
+	b := Backend{Decoder: model.NewCPUDecoder(f.w, vanilla(f.w)), Tokenizer: f.tok, ModelID: "m", MaxContext: 512, MaxBatch: 2}
+	s, err := New(b, Options{WriteTimeout: 200 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := newPipeListener()
+	hs := &http.Server{Handler: s.Handler()}
+	go hs.Serve(ln)
+	defer func() { hs.Close(); s.Close() }()
+	stuck, _ := ln.dial(context.Background(), "", "")
+	defer stuck.Close()
+	body := `{"prompt": "Once", "max_tokens": 400, "temperature": 0, "stream": true}`
+	go fmt.Fprintf(stuck, "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
+	deadline := time.Now().Add(5 * time.Second)
+	for a, _ := s.Load(); a == 0; a, _ = s.Load() { // the stuck request starts
+		if time.Now().After(deadline) {
+			t.Fatal("the request never started")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	client := &http.Client{Transport: &http.Transport{DialContext: ln.dial}, Timeout: 10 * time.Second}
+	resp, err := client.Post("http://pipe/v1/completions", "application/json", strings.NewReader(`{"prompt": "Once", "max_tokens": 4, "temperature": 0}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("another client got %d while one never reads", resp.StatusCode)
+	}
+	waitIdle(t, s)
+	// The stuck stream was cut off: once the write timeout has passed, reading what is left gives
+	// a truncated stream (no [DONE]) and the end of the connection.
+	time.Sleep(400 * time.Millisecond)
+	stuck.SetReadDeadline(time.Now().Add(3 * time.Second))
+	rest, err := io.ReadAll(stuck)
+	if err != nil {
+		t.Fatalf("the server kept the stuck connection open: %v", err)
+	}
+	if strings.Contains(string(rest), "[DONE]") {
+		t.Fatal("the stream to a client that did not read ran to its end")
+	}
+}
