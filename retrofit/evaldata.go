@@ -49,7 +49,7 @@ func OpenEvalDataWith(path string, o EvalDataOptions) (*data.Dataset, func(), er
 		tok = t
 		return nil
 	}
-	if ext == ".txt" || ext == ".jsonl" || ext == ".parquet" {
+	if ext == ".txt" || ext == ".jsonl" || ext == ".parquet" || isTextFile(path) {
 		if err := loadTok(); err != nil {
 			return nil, cleanup, err
 		}
@@ -93,4 +93,14 @@ func OpenEvalDataWith(path string, o EvalDataOptions) (*data.Dataset, func(), er
 		}
 	}
 	return ds, cleanup, nil
+}
+
+// isTextFile reports a file whose content is text, jsonl or Parquet whatever its name
+// (WikiText's wiki.valid.tokens, a README): it is tokenised like a .txt.
+func isTextFile(path string) bool {
+	if st, err := os.Stat(path); err != nil || st.IsDir() {
+		return false
+	}
+	f, err := data.DetectFormat(path)
+	return err == nil && (f == data.FormatTxt || f == data.FormatJSONL || f == data.FormatParquet)
 }

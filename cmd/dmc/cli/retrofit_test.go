@@ -577,3 +577,19 @@ func TestRetrofitInitRandom(t *testing.T) {
 		}
 	}
 }
+
+// Held-out text with any file name (WikiText's wiki.valid.tokens) is recognised by content and
+// tokenised with the model's tokenizer.
+func TestEvalTextFileByContent(t *testing.T) {
+	fx := newFixture(t)
+	b, err := os.ReadFile(filepath.Join(fx.dir, "corpus.txt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(fx.dir, "wiki.valid.tokens")
+	os.WriteFile(p, b[:min(len(b), 20000)], 0o644)
+	out, stderr, code := run(t, "eval", "--model", fx.model, "--tokenizer", fx.tok, "--data", p, "--max-tokens", "500")
+	if code != 0 || !strings.Contains(out+stderr, "perplexity") {
+		t.Fatalf("eval of a .tokens text file: exit %d\n%s\n%s", code, out, stderr)
+	}
+}
