@@ -110,3 +110,13 @@ func (d *Decoder) LogProbsShared(prefix []int, rests [][]int) ([][]float64, erro
 	}
 	return out, nil
 }
+
+// KVPool describes the CUDA engine's paged KV pool: its pages, the tokens a page holds and the
+// (layer, KV head) rows of a sequence; ok is false on the CPU.
+func (d *Decoder) KVPool() (pages int64, pageTokens, rowsPerSeq int, ok bool) {
+	if d.engine == nil {
+		return 0, 0, 0, false
+	}
+	mem, cfg := d.engine.Memory(), d.engine.Config()
+	return int64(mem.Pages), mem.PageTokens, cfg.NLayers * cfg.NKVHeads, true
+}

@@ -3,6 +3,7 @@ package retrofit
 import (
 	"fmt"
 	"io"
+	"math"
 	"path/filepath"
 	"strings"
 
@@ -68,6 +69,18 @@ func OpenServe(o ServeOptions) (*ServeBackend, error) {
 			slots, cr, _, err := dec.CacheOccupancy()
 			return slots, cr, err
 		}
+	}
+	if pages, pt, rows, ok := dec.KVPool(); ok {
+		// Admission by pool pages: a sequence reserves the pages of its prompt plus max_tokens
+		// at the compression it is expected to reach (an export's measured CR, else none).
+		cr := 1.0
+		if cache.DMC != nil && m.Info != nil && m.Info.AchievedCR > 1 {
+			cr = m.Info.AchievedCR
+		}
+		b.Pool = &serve.Pool{Total: pages, Need: func(n int) int64 {
+			slots := int(math.Ceil(float64(n)/cr)) + 1
+			return int64(rows) * int64((slots+pt-1)/pt)
+		}}
 	}
 	b.Description = fmt.Sprintf("%s%s (%s params), cache %s, context %d, batch %d", dec.Label(), id,
 		HumanCount(cfg.NumParams()), cache.Name, ctxLen, o.MaxBatch)
