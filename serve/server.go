@@ -329,13 +329,7 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, q *request) erro
 		}
 	}
 	if !q.stream {
-		res := make([]result, len(jobs))
-		var wg sync.WaitGroup
-		for i := range jobs {
-			wg.Add(1)
-			go func() { defer wg.Done(); res[i] = s.collect(ctx, q, i, jobs[i], nil) }()
-		}
-		wg.Wait()
+		res := s.collectAll(ctx, q, jobs, nil)
 		usage := &Usage{}
 		for i, rs := range res {
 			if rs.err != nil {
@@ -363,33 +357,9 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, q *request) erro
 		return nil
 	}
 	// Server-sent events: one chunk per piece of text, then [DONE].
-	rc := http.NewResponseController(w)
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.WriteHeader(200)
-	var mu sync.Mutex
-	var writeErr error
-	send := func(v any) error {
-		mu.Lock()
-		defer mu.Unlock()
-		if writeErr != nil {
-			return writeErr
-		}
-		b, _ := json.Marshal(v)
-		_ = rc.SetWriteDeadline(time.Now().Add(s.opt.WriteTimeout))
-		if _, err := fmt.Fprintf(w, "data: %s\n\n", b); err != nil {
-			writeErr = err
-			cancel()
-			return err
-		}
-		if err := rc.Flush(); err != nil {
-			writeErr = err
-			cancel()
-		}
-		return writeErr
-	}
+	sse := newSSE(w, s.opt.WriteTimeout, cancel)
 	if q.chat {
-		if err := send(ChatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.b.ModelID,
+		if err := sse.send(ChatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.b.ModelID,
 			Choices: []ChatChoice{{Index: 0, Delta: &ChatMessage{Role: "assistant"}}}}); err != nil {
 			return nil
 		}
@@ -400,39 +370,33 @@ func (s *Server) answer(w http.ResponseWriter, r *http.Request, q *request) erro
 			f = &d.finish
 		}
 		if q.chat {
-			var dm *ChatMessage
-			if d.text != "" || f == nil {
-				dm = &ChatMessage{Content: d.text}
-			} else {
-				dm = &ChatMessage{}
-			}
-			return send(ChatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.b.ModelID,
+			dm := &ChatMessage{Content: d.text}
+			return sse.send(ChatResponse{ID: id, Object: "chat.completion.chunk", Created: created, Model: s.b.ModelID,
 				Choices: []ChatChoice{{Index: d.index, Delta: dm, FinishReason: f}}})
 		}
-		return send(CompletionResponse{ID: id, Object: "text_completion", Created: created, Model: s.b.ModelID,
+		return sse.send(CompletionResponse{ID: id, Object: "text_completion", Created: created, Model: s.b.ModelID,
 			Choices: []CompletionChoice{{Index: d.index, Text: d.text, Logprobs: d.lp, FinishReason: f}}})
 	}
+	for _, rs := range s.collectAll(ctx, q, jobs, chunk) {
+		if rs.err != nil && r.Context().Err() == nil && !sse.failed() {
+			_ = sse.send(map[string]*apiError{"error": {Status: 500, Type: "server_error", Message: rs.err.Error()}})
+			return nil
+		}
+	}
+	sse.done()
+	return nil
+}
+
+// collectAll collects every job's answer concurrently (their sequences run in one batch).
+func (s *Server) collectAll(ctx context.Context, q *request, jobs []*job, onDelta func(delta) error) []result {
 	res := make([]result, len(jobs))
 	var wg sync.WaitGroup
 	for i := range jobs {
 		wg.Add(1)
-		go func() { defer wg.Done(); res[i] = s.collect(ctx, q, i, jobs[i], chunk) }()
+		go func() { defer wg.Done(); res[i] = s.collect(ctx, q, i, jobs[i], onDelta) }()
 	}
 	wg.Wait()
-	for _, rs := range res {
-		if rs.err != nil && r.Context().Err() == nil && writeErr == nil {
-			_ = send(map[string]*apiError{"error": {Status: 500, Type: "server_error", Message: rs.err.Error()}})
-			return nil
-		}
-	}
-	if writeErr == nil {
-		mu.Lock()
-		_ = rc.SetWriteDeadline(time.Now().Add(s.opt.WriteTimeout))
-		_, _ = io.WriteString(w, "data: [DONE]\n\n")
-		_ = rc.Flush()
-		mu.Unlock()
-	}
-	return nil
+	return res
 }
 
 // collect turns one job's events into its answer, calling onDelta (streams) as text becomes
