@@ -7,8 +7,7 @@
 // parameter gradients, children first); every fused op of graph/ops (ops.Describe) maps to its
 // kernel, and the loss head's few gorgonia ops (element-wise +, −, ⊙, ÷, ≥, negation, sum,
 // repeat, reshape, constants) to small element-wise kernels. Tensors stay on the device for
-// the whole step; only the tokens, the noise and the scalar inputs go up, and five loss
-// scalars come down.
+// the whole step; only the tokens and the scalar inputs go up, and five loss scalars come down.
 //
 // Memory plan: each schedule's activations and gradients are placed in one arena by a
 // first-fit allocator over the schedule's liveness (a buffer is free after its last reader;
@@ -19,8 +18,12 @@
 // are computed, so they do not stay alive.
 //
 // Determinism: no kernel uses atomics and the GEMM algorithms are fixed per shape, so the same
-// inputs give the same bits run to run; noise comes from the same dmc.NoiseKey as the CPU
-// (generated on the host, uploaded).
+// inputs give the same bits run to run; the Gumbel noise is drawn on the device from the same
+// dmc.NoiseKey as the CPU (kernels.LogisticNoise from NoiseKey.State: the host's values bit
+// for bit).
+//
+// A schedule that does not fit is refused before allocating (ErrDoesNotFit), with what
+// would fit: recomputation (planned for comparison), a smaller batch, a training subset.
 //
 // Without the dmc_cuda build tag, New returns an error that says how to build with CUDA.
 package device
