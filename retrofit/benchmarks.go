@@ -1,6 +1,7 @@
 package retrofit
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -51,10 +52,15 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 	if root == "" {
 		return fmt.Errorf("benchmarks need their data: pass --data-dir (a folder laid out as ../shared/assets: piqa/, hellaswag/, eval-llmfoundry/, mmlu/) or set $DMC_EVAL_DATA")
 	}
-	dec, err := NewDecoder(m, cache, "cpu", m.Weights.Config.MaxSeqLen)
+	device, batch := cmp.Or(spec.Device, "cpu"), max(1, spec.Batch)
+	if device != "cpu" && device != "cuda" {
+		return fmt.Errorf("unknown --device %q: use cpu or cuda", device)
+	}
+	dec, err := NewBatchDecoder(m, cache, device, m.Weights.Config.MaxSeqLen, batch)
 	if err != nil {
 		return err
 	}
+	defer dec.Close()
 	var results []*tasks.Result
 	total := map[string]int{}
 	var samples *os.File
@@ -80,7 +86,11 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 			}
 			hooks.Start(fmt.Sprintf("%s: %d items, %d-shot (%s cache)", t.Name, n, spec.NumFewShot, cache.Name))
 		}
-		sc := tasks.DecoderScorer{Dec: dec, Tok: m.Tokenizer, MaxLen: m.Weights.Config.MaxSeqLen, Greedy: t.Kind == tasks.LogLikelihood}
+		var sc tasks.Scorer = tasks.DecoderScorer{Dec: dec, Tok: m.Tokenizer, MaxLen: m.Weights.Config.MaxSeqLen, Greedy: t.Kind == tasks.LogLikelihood}
+		if device == "cuda" {
+			// The engine batches: many sequences prefilled together and decoded in lockstep.
+			sc = tasks.BatchScorer{DecoderScorer: sc.(tasks.DecoderScorer), Batch: batch}
+		}
 		res, err := tasks.Score(t, items, shots, sc, tasks.Options{NumFewShot: spec.NumFewShot, Limit: spec.Limit, Seed: spec.Seed,
 			Progress: hooks.Items})
 		if err != nil {

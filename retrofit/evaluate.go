@@ -37,6 +37,10 @@ type EvalSpec struct {
 	Limit      int
 	Seed       uint64
 	LogSamples string
+	// Device scores the benchmark tasks on "cpu" (default) or "cuda" (the CUDA engine, Batch
+	// sequences at a time); perplexity and the channel ablation run on the CPU.
+	Device string
+	Batch  int
 }
 
 // EvalHooks receive progress: Start before each task, PPL with tokens scored so far, Channel

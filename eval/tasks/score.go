@@ -241,6 +241,13 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 		}
 		prepared[i] = it
 	}
+	res.Samples = make([]Sample, len(prepared))
+	if rsc, ok := s.(RequestScorer); ok {
+		if err := scoreAll(t, rsc, prepared, res.Samples, o.Progress); err != nil {
+			return nil, err
+		}
+		return summarise(t, res, nil, o.Seed)
+	}
 	workers := o.Workers
 	if workers <= 0 {
 		workers = runtime.GOMAXPROCS(0)
@@ -248,7 +255,6 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 	if cs, ok := s.(ConcurrentScorer); !ok || !cs.Concurrent() {
 		workers = 1
 	}
-	res.Samples = make([]Sample, len(prepared))
 	errs := make([]error, len(prepared))
 	var mu sync.Mutex
 	next, done := 0, 0
@@ -276,9 +282,14 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 		}()
 	}
 	wg.Wait()
+	return summarise(t, res, errs, o.Seed)
+}
+
+// summarise fills a result's metrics from its samples (the first error in errs, if any, wins).
+func summarise(t *Task, res *Result, errs []error, seed uint64) (*Result, error) {
 	var accs, norms, lls []float64
 	for i, smp := range res.Samples {
-		if errs[i] != nil {
+		if errs != nil && errs[i] != nil {
 			return nil, errs[i]
 		}
 		accs = append(accs, smp.Acc)
@@ -295,33 +306,66 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 		res.AccNorm = &m
 	}
 	if t.Kind == LogLikelihood {
-		p := perplexity(lls, o.Seed)
+		p := perplexity(lls, seed)
 		res.Perplexity = &p
 	}
 	return res, nil
 }
 
+// scoreAll scores every request of the items in one call of a RequestScorer.
+func scoreAll(t *Task, s RequestScorer, items []Item, out []Sample, progress func(done, total int)) error {
+	var all []Request
+	ends := make([]int, len(items)) // ends[i]: requests of items[:i+1]
+	for i, it := range items {
+		all = append(all, it.Requests...)
+		ends[i] = len(all)
+	}
+	item := 0
+	lls, gs, err := s.ScoreRequests(all, func(done int) {
+		for item < len(items) && ends[item] <= done {
+			item++
+		}
+		if progress != nil {
+			progress(item, len(items))
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("%s: %w", t.Name, err)
+	}
+	start := 0
+	for i, it := range items {
+		out[i] = sampleOf(t, i, it, lls[start:ends[i]], gs[start:ends[i]])
+		start = ends[i]
+	}
+	return nil
+}
+
 // scoreItem scores the requests of one item.
 func scoreItem(t *Task, s Scorer, i int, it Item) (Sample, error) {
-	smp := Sample{Index: i, Source: it.Source, Gold: it.Gold}
+	var lls []float64
+	var gs []bool
 	if is, ok := s.(interface {
 		LogLikelihoods([]Request) ([]float64, []bool, error)
 	}); ok {
-		lls, gs, err := is.LogLikelihoods(it.Requests)
-		if err != nil {
-			return smp, fmt.Errorf("%s: %s: %w", t.Name, it.Source, err)
+		var err error
+		if lls, gs, err = is.LogLikelihoods(it.Requests); err != nil {
+			return Sample{Index: i, Source: it.Source, Gold: it.Gold}, fmt.Errorf("%s: %s: %w", t.Name, it.Source, err)
 		}
-		smp.LL, smp.Greedy = lls, gs
 	} else {
 		for _, r := range it.Requests {
 			ll, g, err := s.LogLikelihood(r)
 			if err != nil {
-				return smp, fmt.Errorf("%s: %s: %w", t.Name, it.Source, err)
+				return Sample{Index: i, Source: it.Source, Gold: it.Gold}, fmt.Errorf("%s: %s: %w", t.Name, it.Source, err)
 			}
-			smp.LL = append(smp.LL, ll)
-			smp.Greedy = append(smp.Greedy, g)
+			lls, gs = append(lls, ll), append(gs, g)
 		}
 	}
+	return sampleOf(t, i, it, lls, gs), nil
+}
+
+// sampleOf is item i's sample from its requests' log-likelihoods and greediness.
+func sampleOf(t *Task, i int, it Item, lls []float64, gs []bool) Sample {
+	smp := Sample{Index: i, Source: it.Source, Gold: it.Gold, LL: append([]float64(nil), lls...), Greedy: append([]bool(nil), gs...)}
 	switch t.Kind {
 	case LogLikelihood:
 		smp.Acc = b2f(smp.Greedy[0])
@@ -341,7 +385,7 @@ func scoreItem(t *Task, s Scorer, i int, it Item) (Sample, error) {
 			smp.AccNorm = &v
 		}
 	}
-	return smp, nil
+	return smp
 }
 
 func b2f(b bool) float64 {

@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"math"
 	"testing"
 
 	"github.com/dmc-project/dmc/data/tokenizer"
@@ -50,6 +51,50 @@ func TestSharedContextEqualsPerRequest(t *testing.T) {
 			}
 			if dec.Active() != 0 {
 				t.Errorf("%s: %d sequences left open", name, dec.Active())
+			}
+		}
+	}
+}
+
+// The batched scorer (contexts prefilled together, continuations decoded in lockstep, as the
+// CUDA engine scores) gives DecoderScorer's log-likelihoods and greedy checks, for batches
+// that split items, and releases every sequence.
+func TestBatchScorerEqualsPerRequest(t *testing.T) {
+	w := model.Convert[float32](dmctest.Stories260K(t))
+	tok, err := tokenizer.Load(dmctest.AssetPath("tinyllamas-stories260K/tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc := dmc.DefaultConfig()
+	dc.DecisionChannel, dc.DecisionOffset = 0, 2
+	ctx := "Once upon a time, there was a little girl named Lily. She loved to play"
+	rs := []Request{{Context: ctx, Continuation: " outside."}, {Context: ctx, Continuation: " with her toys and her dog."},
+		{Context: "Tom had a", Continuation: " big red ball"}, {Context: "The sun was", Continuation: " hot"},
+		{Context: "One day", Continuation: ", Lily went to the park with her mom."}}
+	for name, f := range map[string]func() (model.KVCache[float32], error){
+		"vanilla": func() (model.KVCache[float32], error) { return model.NewVanillaCache[float32](w.Config), nil },
+		"dmc":     func() (model.KVCache[float32], error) { return dmc.NewCompressedCache[float32](w.Config, dc) },
+	} {
+		for _, B := range []int{1, 2, 8} {
+			dec := model.NewCPUDecoder(w, f)
+			bs := BatchScorer{DecoderScorer: DecoderScorer{Dec: dec, Tok: tok, MaxLen: 512}, Batch: B}
+			var seen []int
+			lls, gs, err := bs.ScoreRequests(rs, func(done int) { seen = append(seen, done) })
+			if err != nil {
+				t.Fatal(err)
+			}
+			ref := DecoderScorer{Dec: model.NewCPUDecoder(w, f), Tok: tok, MaxLen: 512, Greedy: true}
+			for i, r := range rs {
+				ll, g, err := ref.LogLikelihood(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if math.Abs(lls[i]-ll) > 1e-9*math.Abs(ll) || gs[i] != g {
+					t.Errorf("%s batch %d request %d: batched (%v, %t), per request (%v, %t)", name, B, i, lls[i], gs[i], ll, g)
+				}
+			}
+			if dec.Active() != 0 || seen[len(seen)-1] != len(rs) {
+				t.Errorf("%s batch %d: %d sequences left, progress %v", name, B, dec.Active(), seen)
 			}
 		}
 	}

@@ -28,6 +28,8 @@ type EvalOptions struct {
 	CR        float64
 	Compare   string
 	SeqLen    int
+	Device    string
+	Batch     int
 	MaxTokens int
 	Separator string
 	// TextField (.jsonl) and TextColumn (Parquet, Arrow, HF datasets) name the text to tokenise.
@@ -96,6 +98,8 @@ Training-free caches (--cache window|streaming|h2o|tova with --kv-budget or --cr
 	f.Uint64Var(&o.Seed, "seed", 1234, "seed of the few-shot sampling")
 	f.StringVar(&o.LogSamples, "log-samples", "", "write every scored benchmark item (log-likelihoods, target, acc) as JSONL to this file")
 	f.StringVar(&o.JSON, "json", "", "also write the results as JSON to this file")
+	f.StringVar(&o.Device, "device", "cpu", "where benchmark tasks are scored: cpu, or cuda (the CUDA engine, vanilla and DMC caches; perplexity and channels stay on the CPU)")
+	f.IntVar(&o.Batch, "batch", 256, "with --device cuda: sequences scored together (contexts prefilled together, continuations decoded in lockstep)")
 	f.StringVar(&o.Cache, "cache", "auto", "auto (DMC for DMC models), vanilla, dmc, or a training-free policy: window, streaming (4 sinks + recent), h2o (heavy hitters + recent), tova")
 	f.StringVar(&o.Compare, "compare", "", "run the tasks once per cache (e.g. vanilla,window,streaming,h2o,tova) at the same --kv-budget or --cr and print one table")
 	f.IntVar(&o.KVBudget, "kv-budget", 0, "slots per layer and KV head of a training-free policy")
@@ -262,5 +266,5 @@ func (o *EvalOptions) spec() retrofit.EvalSpec {
 	return retrofit.EvalSpec{Model: o.Model, Tokenizer: o.Tokenizer, Data: o.Data, Split: o.Split,
 		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, KVBudget: o.KVBudget, CR: o.CR, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator,
 		TextField: o.TextField, TextColumn: o.TextColumn, DataDir: o.DataDir, NumFewShot: o.NumFewShot, Limit: o.Limit, Seed: o.Seed,
-		LogSamples: o.LogSamples}
+		LogSamples: o.LogSamples, Device: o.Device, Batch: o.Batch}
 }

@@ -1,0 +1,89 @@
+package tasks
+
+import (
+	"fmt"
+
+	"github.com/dmc-project/dmc/model"
+)
+
+// BatchScorer scores many requests together through one decoder, the way a GPU engine is fast:
+// up to Batch sequences at a time, their contexts prefilled together, then their continuations
+// fed in lockstep decode steps, each step's logits scoring the next continuation token of
+// every sequence (and checking it is the greedy choice). A sequence leaves the batch, and its
+// cache is released, when its continuation is scored. The numbers are DecoderScorer's.
+type BatchScorer struct {
+	DecoderScorer
+	Batch int // sequences at once (≥ 1)
+}
+
+// RequestScorer scores a whole task's requests at once (BatchScorer); progress hears the
+// requests scored so far.
+type RequestScorer interface {
+	ScoreRequests(rs []Request, progress func(done int)) ([]float64, []bool, error)
+}
+
+// ScoreRequests returns the log-likelihood and greediness of every request, in order.
+func (s BatchScorer) ScoreRequests(rs []Request, progress func(done int)) ([]float64, []bool, error) {
+	lls, gs := make([]float64, len(rs)), make([]bool, len(rs))
+	B := max(1, s.Batch)
+	for lo := 0; lo < len(rs); lo += B {
+		hi := min(len(rs), lo+B)
+		if err := s.scoreChunk(rs[lo:hi], lls[lo:hi], gs[lo:hi]); err != nil {
+			return nil, nil, err
+		}
+		if progress != nil {
+			progress(hi)
+		}
+	}
+	return lls, gs, nil
+}
+
+func (s BatchScorer) scoreChunk(rs []Request, lls []float64, gs []bool) error {
+	toks, firsts := make([][]int, len(rs)), make([]int, len(rs))
+	prompts := make([][]int, len(rs))
+	for i, r := range rs {
+		var err error
+		if toks[i], firsts[i], err = s.tokens(r); err != nil {
+			return err
+		}
+		prompts[i] = toks[i][:firsts[i]]
+	}
+	ids, next, logits, err := s.Dec.Prefill(prompts, true)
+	if err != nil {
+		return fmt.Errorf("prefill: %w", err)
+	}
+	live := make([]int, len(rs)) // requests still decoding, by index
+	for i := range live {
+		live[i] = i
+		gs[i] = true
+	}
+	pos := append([]int(nil), firsts...) // the token each request scores next
+	seq := append([]int(nil), ids...)
+	for len(live) > 0 {
+		kept := live[:0]
+		var feedIDs, feedToks []int
+		for k, i := range live {
+			t := toks[i][pos[i]]
+			lls[i] += model.LogSoftmaxAt(logits[k], t)
+			gs[i] = gs[i] && next[k] == t
+			pos[i]++
+			if pos[i] < len(toks[i]) {
+				kept = append(kept, i)
+				feedIDs, feedToks = append(feedIDs, seq[i]), append(feedToks, t)
+			} else if err := s.Dec.Release(seq[i]); err != nil {
+				return err
+			}
+		}
+		live = kept
+		if len(live) == 0 {
+			break
+		}
+		if next, logits, err = s.Dec.Decode(feedIDs, feedToks, true); err != nil {
+			for _, i := range live {
+				_ = s.Dec.Release(seq[i])
+			}
+			return fmt.Errorf("decode: %w", err)
+		}
+	}
+	return nil
+}
