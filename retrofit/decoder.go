@@ -28,6 +28,9 @@ func NewBatchDecoder(m *Model, cache Cache, device string, maxContext, maxBatch 
 	cfg := m.Weights.Config
 	switch device {
 	case "cpu":
+		if m.Random != nil {
+			return nil, fmt.Errorf("random weights are drawn on the GPU: use --device cuda")
+		}
 		factory := cache.Factory(cfg)
 		cpu := model.NewCPUDecoder(m.Weights, func() (model.KVCache[float32], error) { return factory() })
 		return &Decoder{Decoder: cpu, cpu: cpu, cache: cache}, nil
@@ -41,7 +44,16 @@ func NewBatchDecoder(m *Model, cache Cache, device string, maxContext, maxBatch 
 		opt := cache.Kernels(kernels.DefaultOptions())
 		opt.MaxContext = min(cfg.MaxSeqLen, maxContext)
 		opt.MaxBatch = max(1, maxBatch)
-		e, err := kernels.NewEngine(m.Weights, opt)
+		var e kernels.Engine
+		var err error
+		if m.Random != nil {
+			if cache.DMC != nil {
+				opt.ForceCR = m.Random.ForceCR
+			}
+			e, err = kernels.NewRandomEngine(cfg, m.Random.Seed, opt)
+		} else {
+			e, err = kernels.NewEngine(m.Weights, opt)
+		}
 		if err != nil {
 			return nil, err
 		}

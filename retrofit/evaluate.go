@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	"github.com/dmc-project/dmc/data"
+	"github.com/dmc-project/dmc/data/tokenizer"
 	"github.com/dmc-project/dmc/dmc"
 	"github.com/dmc-project/dmc/eval"
 	"github.com/dmc-project/dmc/eval/tasks"
@@ -41,6 +42,11 @@ type EvalSpec struct {
 	// sequences at a time); perplexity and the channel ablation run on the CPU.
 	Device string
 	Batch  int
+	// RandomWeights evaluates Model (a preset or config) with random weights drawn on the GPU,
+	// and ForceCR (> 1) forces the DMC cache's merges to that rate: the throughput of scoring
+	// a large model (benchmark tasks on CUDA only; the accuracies mean nothing).
+	RandomWeights bool
+	ForceCR       int
 }
 
 // EvalHooks receive progress: Start before each task, PPL with tokens scored so far, Channel
@@ -82,12 +88,34 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 	if err != nil {
 		return nil, err
 	}
+	if spec.RandomWeights && (len(builtin) > 0 || len(bench) == 0 || spec.Device != "cuda") {
+		return nil, fmt.Errorf("--random-weights measures benchmark scoring on the GPU: give --device cuda and benchmark --tasks only (not ppl or channels)")
+	}
 	if (builtin["ppl"] || builtin["channels"]) && spec.Data == "" {
 		return nil, fmt.Errorf("--tasks ppl and channels need --data (held-out text or shards)")
 	}
-	m, err := LoadModel(spec.Model, LoadOptions{Tokenizer: spec.Tokenizer, NeedTokenizer: len(bench) > 0})
-	if err != nil {
-		return nil, err
+	var m *Model
+	if spec.RandomWeights {
+		if spec.ForceCR > 1 && spec.Cache != "dmc" {
+			return nil, fmt.Errorf("--force-cr %d forces DMC merges: add --cache dmc", spec.ForceCR)
+		}
+		if spec.Tokenizer == "" {
+			return nil, fmt.Errorf("--random-weights needs --tokenizer (e.g. the Llama 2 tokenizer.model for llama2-7b)")
+		}
+		tok, err := tokenizer.Load(spec.Tokenizer)
+		if err != nil {
+			return nil, err
+		}
+		if m, err = RandomModel(spec.Model, tok, spec.Tokenizer, RandomWeights{Seed: spec.Seed, ForceCR: spec.ForceCR}); err != nil {
+			return nil, err
+		}
+	} else {
+		if spec.ForceCR > 1 {
+			return nil, fmt.Errorf("--force-cr is for --random-weights benchmarks only")
+		}
+		if m, err = LoadModel(spec.Model, LoadOptions{Tokenizer: spec.Tokenizer, NeedTokenizer: len(bench) > 0}); err != nil {
+			return nil, err
+		}
 	}
 	cfg := m.Weights.Config
 	if builtin["channels"] && m.DMC != nil {

@@ -30,6 +30,33 @@ type Model struct {
 	Source string
 	// Run is set when the model is a retrofit run directory.
 	Run *RunDir
+	// Random, when set, means the weights are to be drawn on the GPU (benchmarks of presets,
+	// NewBatchDecoder); Weights then holds only the architecture.
+	Random *RandomWeights
+}
+
+// RandomWeights asks for random bf16 weights drawn on the GPU from Seed, with DMC merges
+// forced to compression ForceCR (> 1) when the cache is DMC: throughput benchmarks of presets,
+// whose results must be labelled forced.
+type RandomWeights struct {
+	Seed    uint64
+	ForceCR int
+}
+
+// RandomModel is cfg's architecture with weights to be drawn on the GPU (see RandomWeights).
+func RandomModel(preset string, tok tokenizer.Tokenizer, tokPath string, r RandomWeights) (*Model, error) {
+	ci, err := LoadConfig(preset)
+	if err != nil {
+		return nil, err
+	}
+	if tok != nil && tok.VocabSize() > ci.Config.VocabSize {
+		return nil, fmt.Errorf("tokenizer %s has %d tokens but %s has a %d-token vocabulary", tokPath, tok.VocabSize(), preset, ci.Config.VocabSize)
+	}
+	src := fmt.Sprintf("%s, random weights (seed %d)", ci.Source, r.Seed)
+	if r.ForceCR > 1 {
+		src += fmt.Sprintf(", DMC forced to CR %d", r.ForceCR)
+	}
+	return &Model{Weights: &model.Weights{Config: ci.Config}, Tokenizer: tok, TokenizerPath: tokPath, Source: src, Random: &r}, nil
 }
 
 // LoadOptions refine LoadModel.

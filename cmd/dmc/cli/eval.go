@@ -30,6 +30,8 @@ type EvalOptions struct {
 	SeqLen    int
 	Device    string
 	Batch     int
+	Random    bool
+	ForceCR   int
 	MaxTokens int
 	Separator string
 	// TextField (.jsonl) and TextColumn (Parquet, Arrow, HF datasets) name the text to tokenise.
@@ -99,6 +101,8 @@ Training-free caches (--cache window|streaming|h2o|tova with --kv-budget or --cr
 	f.StringVar(&o.LogSamples, "log-samples", "", "write every scored benchmark item (log-likelihoods, target, acc) as JSONL to this file")
 	f.StringVar(&o.JSON, "json", "", "also write the results as JSON to this file")
 	f.StringVar(&o.Device, "device", "cpu", "where benchmark tasks are scored: cpu, or cuda (the CUDA engine, vanilla and DMC caches; perplexity and channels stay on the CPU)")
+	f.BoolVar(&o.Random, "random-weights", false, "with --device cuda and a preset --model: random weights drawn on the GPU, to measure scoring speed (accuracies are meaningless)")
+	f.IntVar(&o.ForceCR, "force-cr", 0, "with --random-weights and --cache dmc: force the DMC merges to this compression (results labelled forced)")
 	f.IntVar(&o.Batch, "batch", 256, "with --device cuda: sequences scored together (contexts prefilled together, continuations decoded in lockstep)")
 	f.StringVar(&o.Cache, "cache", "auto", "auto (DMC for DMC models), vanilla, dmc, or a training-free policy: window, streaming (4 sinks + recent), h2o (heavy hitters + recent), tova")
 	f.StringVar(&o.Compare, "compare", "", "run the tasks once per cache (e.g. vanilla,window,streaming,h2o,tova) at the same --kv-budget or --cr and print one table")
@@ -266,5 +270,5 @@ func (o *EvalOptions) spec() retrofit.EvalSpec {
 	return retrofit.EvalSpec{Model: o.Model, Tokenizer: o.Tokenizer, Data: o.Data, Split: o.Split,
 		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, KVBudget: o.KVBudget, CR: o.CR, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator,
 		TextField: o.TextField, TextColumn: o.TextColumn, DataDir: o.DataDir, NumFewShot: o.NumFewShot, Limit: o.Limit, Seed: o.Seed,
-		LogSamples: o.LogSamples, Device: o.Device, Batch: o.Batch}
+		LogSamples: o.LogSamples, Device: o.Device, Batch: o.Batch, RandomWeights: o.Random, ForceCR: o.ForceCR}
 }

@@ -593,3 +593,21 @@ func TestEvalTextFileByContent(t *testing.T) {
 		t.Fatalf("eval of a .tokens text file: exit %d\n%s\n%s", code, out, stderr)
 	}
 }
+
+// --random-weights eval is for GPU scoring-speed runs; elsewhere it says what it needs.
+func TestEvalRandomWeightsRefusals(t *testing.T) {
+	fx := newFixture(t)
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--model", "llama2-7b", "--random-weights", "--tasks", "piqa"}, "--device cuda"},
+		{[]string{"--model", "llama2-7b", "--random-weights", "--device", "cuda", "--tasks", "ppl"}, "benchmark --tasks only"},
+		{[]string{"--model", "llama2-7b", "--random-weights", "--device", "cuda", "--tasks", "piqa"}, "needs --tokenizer"},
+		{[]string{"--model", fx.model, "--tokenizer", fx.tok, "--force-cr", "4", "--tasks", "piqa"}, "--random-weights benchmarks only"},
+	} {
+		if _, stderr, code := run(t, append([]string{"eval"}, c.args...)...); code == 0 || !strings.Contains(stderr, c.want) {
+			t.Errorf("%v: exit %d, %q; want %q", c.args, code, stderr, c.want)
+		}
+	}
+}
