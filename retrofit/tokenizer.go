@@ -8,13 +8,14 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/dmc-project/dmc/data"
 	"github.com/dmc-project/dmc/data/bpe"
 	"github.com/dmc-project/dmc/internal/atomicfile"
 )
 
 // TokenizerTrainOptions describe `dmc tokenizer train`.
 type TokenizerTrainOptions struct {
-	Inputs    []string // text files
+	Inputs    []string // text files (compressed or not), directories or glob patterns
 	Out       string   // tokenizer.model (SentencePiece), tokenizer.bin (llama2.c), or a directory (the Hugging Face layout)
 	Vocab     int
 	Separator string // document separator removed before counting ("" for none)
@@ -32,21 +33,17 @@ func TrainTokenizerFiles(o TokenizerTrainOptions) ([]string, error) {
 	if o.Vocab < 300 {
 		return nil, fmt.Errorf("--vocab %d is too small: 259 ids are reserved (<unk>, <s>, </s> and 256 byte tokens) and the characters of the corpus need more", o.Vocab)
 	}
+	inputs, err := data.TextFiles(o.Inputs)
+	if err != nil {
+		return nil, err
+	}
 	var readers []io.Reader
-	for _, in := range o.Inputs {
-		f, err := os.Open(in)
+	for _, in := range inputs {
+		f, err := data.OpenText(in)
 		if err != nil {
 			return nil, err
 		}
 		defer f.Close()
-		head := make([]byte, 6)
-		n, _ := io.ReadFull(f, head)
-		if isCompressed(head[:n]) {
-			return nil, fmt.Errorf("%s is compressed: decompress it first (e.g. xz -dk %s)", in, in)
-		}
-		if _, err := f.Seek(0, io.SeekStart); err != nil {
-			return nil, err
-		}
 		readers = append(readers, f, strings.NewReader("\n"))
 	}
 	pieces, err := bpe.Train(io.MultiReader(readers...), o.Vocab, o.Separator)
@@ -75,14 +72,4 @@ func TrainTokenizerFiles(o TokenizerTrainOptions) ([]string, error) {
 	}
 	files, err := WriteHFTokenizer(o.Out, binPath, max(o.MaxLen, 1))
 	return append([]string{binPath}, files...), err
-}
-
-// isCompressed reports the magic bytes of xz, gzip, zstd and bzip2.
-func isCompressed(b []byte) bool {
-	for _, m := range [][]byte{{0xFD, '7', 'z', 'X', 'Z', 0}, {0x1F, 0x8B}, {0x28, 0xB5, 0x2F, 0xFD}, []byte("BZh")} {
-		if bytes.HasPrefix(b, m) {
-			return true
-		}
-	}
-	return false
 }

@@ -17,7 +17,8 @@ func newTokenizerCmd(streams *IO) *cobra.Command {
 		Use:   "train --vocab N --out PATH FILE...",
 		Short: "Learn a BPE vocabulary from text files (SentencePiece-compatible, byte fallback)",
 		Long: `Learns a byte-fallback BPE vocabulary of --vocab pieces (<unk>, <s>, </s>, the 256 byte tokens,
-the corpus's characters, then merges by frequency) from plain text files, as dmc demo does.
+the corpus's characters, then merges by frequency) from text files (plain or .gz/.xz/.zst/.bz2
+compressed), folders or quoted glob patterns, as dmc demo does.
 --out tokenizer.model writes a SentencePiece model (Hugging Face's LlamaTokenizer and the
 sentencepiece library read it), --out tokenizer.bin the llama2.c format, and --out DIR both
 plus tokenizer_config.json and special_tokens_map.json (AutoTokenizer.from_pretrained(DIR)).
