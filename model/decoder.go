@@ -193,11 +193,11 @@ func (d *CPUDecoder) LogProbsShared(prefix []int, rests [][]int) ([][]float64, e
 			continue
 		}
 		if !canClone {
-			lp, err := d.LogProbs(append(append([]int(nil), prefix...), rest...))
+			lp, err := ContinuationLogProbs(d, prefix, rest)
 			if err != nil {
 				return nil, err
 			}
-			out[r] = lp[len(prefix)-1:]
+			out[r] = lp
 			continue
 		}
 		lp := make([]float64, len(rest))
@@ -214,6 +214,16 @@ func (d *CPUDecoder) LogProbsShared(prefix []int, rests [][]int) ([][]float64, e
 		out[r] = lp
 	}
 	return out, nil
+}
+
+// ContinuationLogProbs scores rest after prefix with d, whole: out[i] = log p(rest[i] |
+// prefix, rest[:i]).
+func ContinuationLogProbs(d Decoder, prefix, rest []int) ([]float64, error) {
+	lp, err := d.LogProbs(append(append([]int(nil), prefix...), rest...))
+	if err != nil {
+		return nil, err
+	}
+	return lp[len(prefix)-1:], nil
 }
 
 // LogProbsByDecoding is LogProbs for any Decoder that can only prefill and decode: one prefill

@@ -114,11 +114,11 @@ func (d *Decoder) LogProbsShared(prefix []int, rests [][]int) ([][]float64, erro
 	}
 	out := make([][]float64, len(rests))
 	for i, r := range rests {
-		lp, err := d.LogProbs(append(append([]int(nil), prefix...), r...))
+		lp, err := model.ContinuationLogProbs(d, prefix, r)
 		if err != nil {
 			return nil, err
 		}
-		out[i] = lp[len(prefix)-1:]
+		out[i] = lp
 	}
 	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -57,14 +58,14 @@ func TestBPESentencePieceMatchesLlama2C(t *testing.T) {
 	texts := append(strings.Split(corpus, synth.Separator)[:50], "Unseen wörds, digits 12345 and  two  spaces.", "", " leading space", "émoji 🙂 bytes")
 	for _, text := range texts {
 		ia, ib := a.Encode(text, true, false), b.Encode(text, true, false)
-		if !equalInts(ia, ib) {
+		if !slices.Equal(ia, ib) {
 			t.Fatalf("%q: tokenizer.bin %v, tokenizer.model %v", text, ia, ib)
 		}
 		il, err := lib.encode(text)
 		if err != nil {
 			t.Fatalf("%q: %v", text, err)
 		}
-		if !equalInts(ib[1:], il) {
+		if !slices.Equal(ib[1:], il) {
 			t.Fatalf("%q: ours %v, sentencepiece library %v", text, ib[1:], il)
 		}
 		if a.Decode(ia) != b.Decode(ib) {
@@ -76,16 +77,4 @@ func TestBPESentencePieceMatchesLlama2C(t *testing.T) {
 	if err != nil || len(back) != len(pieces) || back[300] != pieces[300] {
 		t.Fatalf("ReadLlama2C: %d pieces, %v", len(back), err)
 	}
-}
-
-func equalInts(a, b []int) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
 }

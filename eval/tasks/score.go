@@ -78,15 +78,8 @@ type SharedScorer interface {
 // same numbers as LogLikelihood per request, for a fraction of the work.
 func (s DecoderScorer) LogLikelihoods(rs []Request) ([]float64, []bool, error) {
 	ss, shared := s.Dec.(SharedScorer)
-	lls, gs := make([]float64, len(rs)), make([]bool, len(rs))
 	if !shared || s.Greedy || len(rs) < 2 {
-		for i, r := range rs {
-			var err error
-			if lls[i], gs[i], err = s.LogLikelihood(r); err != nil {
-				return nil, nil, err
-			}
-		}
-		return lls, gs, nil
+		return s.each(rs)
 	}
 	toks, firsts := make([][]int, len(rs)), make([]int, len(rs))
 	P := -1
@@ -101,8 +94,7 @@ func (s DecoderScorer) LogLikelihoods(rs []Request) ([]float64, []bool, error) {
 		P = min(P, firsts[i], commonPrefix(toks[0], toks[i]))
 	}
 	if P < 1 { // left truncation made the sequences differ from their first token
-		s.Dec = sharedless{s.Dec}
-		return s.LogLikelihoods(rs)
+		return s.each(rs)
 	}
 	rests := make([][]int, len(rs))
 	for i := range rs {
@@ -112,6 +104,7 @@ func (s DecoderScorer) LogLikelihoods(rs []Request) ([]float64, []bool, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	lls, gs := make([]float64, len(rs)), make([]bool, len(rs))
 	for i := range rs {
 		for j := firsts[i]; j < len(toks[i]); j++ {
 			lls[i] += lps[i][j-P]
@@ -120,8 +113,17 @@ func (s DecoderScorer) LogLikelihoods(rs []Request) ([]float64, []bool, error) {
 	return lls, gs, nil
 }
 
-// sharedless hides a decoder's SharedScorer method.
-type sharedless struct{ model.Decoder }
+// each scores the requests one by one.
+func (s DecoderScorer) each(rs []Request) ([]float64, []bool, error) {
+	lls, gs := make([]float64, len(rs)), make([]bool, len(rs))
+	for i, r := range rs {
+		var err error
+		if lls[i], gs[i], err = s.LogLikelihood(r); err != nil {
+			return nil, nil, err
+		}
+	}
+	return lls, gs, nil
+}
 
 func commonPrefix(a, b []int) int {
 	n := 0
