@@ -460,11 +460,26 @@ func TestRunDrains(t *testing.T) {
 	}
 }
 
+// recorder is a decoder that remembers the most sequences it held at once and the most
+// prompts one Prefill call got (the engine's loop is its only caller).
+type recorder struct {
+	*model.CPUDecoder
+	maxActive, maxPrefill int
+}
+
+func (r *recorder) Prefill(prompts [][]int, logits bool) ([]int, []int, [][]float32, error) {
+	r.maxPrefill = max(r.maxPrefill, len(prompts))
+	ids, next, lg, err := r.CPUDecoder.Prefill(prompts, logits)
+	r.maxActive = max(r.maxActive, r.Active())
+	return ids, next, lg, err
+}
+
 // Admission by pool pages: sequences wait for pages (none fails), and one that can never fit
 // is refused with 400 naming the limit.
 func TestPoolAdmission(t *testing.T) {
 	f := stories(t)
-	b := Backend{Decoder: model.NewCPUDecoder(f.w, vanilla(f.w)), Tokenizer: f.tok, ModelID: "m", MaxContext: 512, MaxBatch: 8,
+	rec := &recorder{CPUDecoder: model.NewCPUDecoder(f.w, vanilla(f.w))}
+	b := Backend{Decoder: rec, Tokenizer: f.tok, ModelID: "m", MaxContext: 512, MaxBatch: 8,
 		Pool: &Pool{Total: 3, Need: func(n int) int64 { return int64((n + 63) / 64) }}}
 	s, err := New(b, Options{})
 	if err != nil {
@@ -484,13 +499,17 @@ func TestPoolAdmission(t *testing.T) {
 		t.Fatal(rep)
 	}
 	waitIdle(t, s)
+	if rec.maxActive > 3 || rec.maxActive < 2 {
+		t.Errorf("%d sequences held at once with a pool of 3 one-page sequences, want 2 or 3", rec.maxActive)
+	}
 }
 
 // With a small prefill budget, new requests are admitted over several steps while the running
 // ones keep decoding, and every request still completes.
 func TestPrefillBudget(t *testing.T) {
 	f := stories(t)
-	b := Backend{Decoder: model.NewCPUDecoder(f.w, vanilla(f.w)), Tokenizer: f.tok, ModelID: "m", MaxContext: 512, MaxBatch: 8, PrefillTokens: 6}
+	rec := &recorder{CPUDecoder: model.NewCPUDecoder(f.w, vanilla(f.w))}
+	b := Backend{Decoder: rec, Tokenizer: f.tok, ModelID: "m", MaxContext: 512, MaxBatch: 8, PrefillTokens: 6}
 	s, err := New(b, Options{})
 	if err != nil {
 		t.Fatal(err)
@@ -499,11 +518,15 @@ func TestPrefillBudget(t *testing.T) {
 	defer func() { hs.Close(); s.Close() }()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	rep := LoadTest(ctx, hs.URL, LoadOptions{Clients: 8, Requests: 2, Prompt: f.tok.Encode("Once upon a time", true, false), MaxTokens: 16})
+	prompt := f.tok.Encode("Once upon a time", true, false) // more than half the budget of 6
+	rep := LoadTest(ctx, hs.URL, LoadOptions{Clients: 8, Requests: 2, Prompt: prompt, MaxTokens: 16})
 	if rep.Failed != 0 || rep.Requests != 16 {
 		t.Fatal(rep)
 	}
 	waitIdle(t, s)
+	if len(prompt) <= 3 || rec.maxPrefill != 1 {
+		t.Errorf("a %d-token prompt budget admitted %d prompts of %d tokens in one prefill, want 1", 6, rec.maxPrefill, len(prompt))
+	}
 }
 
 // pipeListener hands out the server ends of in-memory, unbuffered connections (net.Pipe): a
