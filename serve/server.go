@@ -442,6 +442,10 @@ func (s *Server) collect(ctx context.Context, q *request, index int, j *job, onD
 		}
 	}
 	genStart := text.Len() // stop sequences are searched in the generated text only
+	longestStop := 0
+	for _, st := range q.samp.stop {
+		longestStop = max(longestStop, len(st))
+	}
 	sent := 0              // bytes of text already streamed
 	prev := toks[len(toks)-1]
 	var pending []int // logprob entries not yet streamed (stream only)
@@ -510,6 +514,9 @@ func (s *Server) collect(ctx context.Context, q *request, index int, j *job, onD
 		}
 		piece := tk.Piece(prev, ev.token)
 		res.completion++
+		// A stop sequence completed by this piece starts at most longestStop−1 bytes before
+		// it; earlier ones were looked for already.
+		from := max(genStart, text.Len()-longestStop+1)
 		text.WriteString(piece)
 		if lp != nil {
 			sc := ev.scored
@@ -517,7 +524,7 @@ func (s *Server) collect(ctx context.Context, q *request, index int, j *job, onD
 			pending = append(pending, len(lp.Tokens)-1)
 		}
 		prev = ev.token
-		if cut, ok := findStop(text.String(), genStart, q.samp.stop); ok {
+		if cut, ok := findStop(text.String(), from, q.samp.stop); ok {
 			all := text.String()[:cut]
 			text.Reset()
 			text.WriteString(all)
