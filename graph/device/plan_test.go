@@ -12,16 +12,7 @@ import (
 // The plan keeps far fewer values alive than the schedule produces: a forward pass holds about
 // one layer's temporaries, a training step the activations its backward reads.
 func TestPlanReusesMemory(t *testing.T) {
-	w, dc := randomModel(t, 128, 4, 4, 2, 97, 256, false)
-	g, err := graph.NewExec(w, dc, 2, 256, graph.Options[float32]{Teacher: w})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, useDMC := range []bool{false, true} {
-		p, err := g.Program(useDMC)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for useDMC, p := range testPrograms(t, 4) {
 		for _, backward := range []bool{false, true} {
 			s, err := compile(p, backward, false)
 			if err != nil {
@@ -163,16 +154,7 @@ func TestFirstFitReusesAndCoalesces(t *testing.T) {
 // Recomputation keeps only the layers' inputs through the forward pass: the arena of a training
 // step shrinks, every layer but the last is recomputed once, and every variant still plans.
 func TestPlanRecompute(t *testing.T) {
-	w, dc := randomModel(t, 128, 6, 4, 2, 97, 256, false)
-	g, err := graph.NewExec(w, dc, 2, 256, graph.Options[float32]{Teacher: w})
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, useDMC := range []bool{false, true} {
-		p, err := g.Program(useDMC)
-		if err != nil {
-			t.Fatal(err)
-		}
+	for useDMC, p := range testPrograms(t, 6) {
 		plain, err := compileOpts(p, planOptions{backward: true})
 		if err != nil {
 			t.Fatal(err)
@@ -271,4 +253,22 @@ func TestParamState(t *testing.T) {
 	if s := stateAdvice(130*gib, 100*gib, 0); !strings.Contains(s, "130.0 GiB") || !strings.Contains(s, "decisions") {
 		t.Errorf("stateAdvice: %q", s)
 	}
+}
+
+// testPrograms are the vanilla (false) and DMC (true) Programs of a random GQA model of the
+// given depth, 2 sequences of 256 tokens, with a distillation teacher.
+func testPrograms(t *testing.T, layers int) map[bool]*graph.Program {
+	t.Helper()
+	w, dc := randomModel(t, 128, layers, 4, 2, 97, 256, false)
+	g, err := graph.NewExec(w, dc, 2, 256, graph.Options[float32]{Teacher: w})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[bool]*graph.Program{}
+	for _, useDMC := range []bool{false, true} {
+		if out[useDMC], err = g.Program(useDMC); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return out
 }
