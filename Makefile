@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin
 PKGS    := ./...
 
-.PHONY: all build build-cuda build-openblas test test-short bench lint demo kernels cuda-toolkit clean
+.PHONY: all build build-cuda build-openblas test test-short bench lint demo kernels cuda-toolkit clean scale-pipeline
 
 all: build
 
@@ -44,6 +44,11 @@ cuda-toolkit:
 
 clean:
 	rm -rf $(BIN) runs/demo
+
+# The retrofit-at-scale pipeline (issue 15, docs/scale-pipeline.md) on GPU 0: resumable, about
+# half an hour of H200 time; variables of docs/scale-pipeline.sh (D, A, DEADLINE, ...) pass through.
+scale-pipeline: build-cuda
+	DMC=$(BIN)/dmc-cuda docs/scale-pipeline.sh
 
 # DMC retrofit of the real stories260K model at CR 2 and 4 (distilled from the original, as the
 # recipes say) plus two controls: plain continued training (cross-entropy) and the same with

@@ -105,37 +105,22 @@ func Perplexity(ctx context.Context, w *model.Weights, newCache CacheFactory, do
 			}
 		}()
 	}
-	n, queued := 0, 0
+	n := 0
 	var iterErr error
 	func() {
 		defer close(jobs)
-		for doc, err := range docs {
+		for seq, err := range sequences(docs, cfg.VocabSize, opts.SeqLen, opts.MaxTokens) {
 			if err != nil {
 				iterErr = err
 				return
 			}
-			for s := 0; s+1 < len(doc); s += opts.SeqLen {
-				chunk := doc[s:min(s+opts.SeqLen, len(doc))]
-				seq := make([]int, len(chunk))
-				for i, t := range chunk {
-					if int(t) >= cfg.VocabSize || t < 0 {
-						iterErr = fmt.Errorf("eval: the data has token id %d but the model's vocabulary has %d entries: it was tokenised with a different tokenizer; re-run dmc data prepare with the model's tokenizer", t, cfg.VocabSize)
-						return
-					}
-					seq[i] = int(t)
-				}
-				select {
-				case jobs <- job{n, seq}:
-				case <-ctx.Done():
-					iterErr = ctx.Err()
-					return
-				}
-				n++
-				queued += len(seq) - 1
-				if opts.MaxTokens > 0 && queued >= opts.MaxTokens {
-					return
-				}
+			select {
+			case jobs <- job{n, seq}:
+			case <-ctx.Done():
+				iterErr = ctx.Err()
+				return
 			}
+			n++
 		}
 	}()
 	wg.Wait()
@@ -166,6 +151,39 @@ func Perplexity(ctx context.Context, w *model.Weights, newCache CacheFactory, do
 	res.TokensPerS = float64(res.Tokens) / res.Seconds
 	fillCR(res, cfg, seen, slots)
 	return res, nil
+}
+
+// sequences cuts the documents into the sequences Perplexity scores: chunks of up to seqLen
+// tokens (of at least 2), until about maxTokens are queued (0: all), checking every token id
+// against the vocabulary.
+func sequences(docs iter.Seq2[[]int32, error], vocab, seqLen, maxTokens int) iter.Seq2[[]int, error] {
+	return func(yield func([]int, error) bool) {
+		queued := 0
+		for doc, err := range docs {
+			if err != nil {
+				yield(nil, err)
+				return
+			}
+			for s := 0; s+1 < len(doc); s += seqLen {
+				chunk := doc[s:min(s+seqLen, len(doc))]
+				seq := make([]int, len(chunk))
+				for i, t := range chunk {
+					if int(t) >= vocab || t < 0 {
+						yield(nil, fmt.Errorf("eval: the data has token id %d but the model's vocabulary has %d entries: it was tokenised with a different tokenizer; re-run dmc data prepare with the model's tokenizer", t, vocab))
+						return
+					}
+					seq[i] = int(t)
+				}
+				if !yield(seq, nil) {
+					return
+				}
+				queued += len(seq) - 1
+				if maxTokens > 0 && queued >= maxTokens {
+					return
+				}
+			}
+		}
+	}
 }
 
 func fillCR(res *PPLResult, cfg model.Config, seen, slots []int64) {

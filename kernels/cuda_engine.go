@@ -930,6 +930,25 @@ func (e *engine) CacheStats() (CacheStats, error) {
 	return st, nil
 }
 
+// RowSlots implements model.SlotCounter.
+func (e *engine) RowSlots(id int) ([]int, error) {
+	e.d.enter()
+	defer e.d.exit()
+	s := e.seqs[id]
+	if s == nil {
+		return nil, fmt.Errorf("row slots: no active sequence %d", id)
+	}
+	lens, err := e.cache.rowLens(s.slot)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]int, len(lens))
+	for i, n := range lens {
+		out[i] = int(n)
+	}
+	return out, nil
+}
+
 // CopyBandwidth measures device-to-device copy bandwidth in bytes per second, counting bytes
 // read plus bytes written (the convention of the roofline figures), with a copy of n bytes
 // repeated 10 times after 3 warm-up copies.

@@ -57,6 +57,8 @@ type Engine interface {
 	Memory() Memory
 	// CacheStats reads the cache occupancy of the active sequences.
 	CacheStats() (CacheStats, error)
+	// RowSlots reads the slots sequence id holds per (layer, KV head) row (model.SlotCounter).
+	RowSlots(id int) ([]int, error)
 	// Device names the GPU, driver and cuBLAS in use.
 	Device() string
 	// Close frees the GPU memory.

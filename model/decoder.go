@@ -22,6 +22,12 @@ type Decoder interface {
 	LogProbs(tokens []int) ([]float64, error)
 }
 
+// SlotCounter is a Decoder that reports how many KV slots a live sequence holds in each
+// (layer, KV head) row, layer-major: what the real compression rate is measured from.
+type SlotCounter interface {
+	RowSlots(id int) ([]int, error)
+}
+
 // CPUDecoder is the pure-Go Decoder: the reference forward over caches from NewCache.
 type CPUDecoder struct {
 	m        *Model[float32]
@@ -51,6 +57,23 @@ func (d *CPUDecoder) Cache(id int) KVCache[float32] {
 		return s.cache
 	}
 	return nil
+}
+
+// RowSlots implements SlotCounter.
+func (d *CPUDecoder) RowSlots(id int) ([]int, error) {
+	s := d.seqs[id]
+	if s == nil {
+		return nil, fmt.Errorf("row slots: no active sequence %d", id)
+	}
+	cfg := d.m.Cfg
+	out := make([]int, 0, cfg.NLayers*cfg.NKVHeads)
+	for l := 0; l < cfg.NLayers; l++ {
+		for h := 0; h < cfg.NKVHeads; h++ {
+			_, _, n := s.cache.Slots(l, h)
+			out = append(out, n)
+		}
+	}
+	return out, nil
 }
 
 // Prefill implements Decoder.

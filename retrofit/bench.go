@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"math/rand/v2"
 	"slices"
 	"strconv"
@@ -26,6 +27,10 @@ type BenchOptions struct {
 	Device        int
 	BandwidthGiB  float64
 	Command       string // recorded in the report
+	// Data, when set, supplies the prompts: consecutive windows of Prompt tokens of its
+	// documents (prepared shards' held-out split, or a text file), so that a model's learned
+	// DMC decisions see real text; the windows repeat when the data holds fewer than the batch.
+	Data string
 }
 
 // BenchCR is one compression setting of a benchmark.
@@ -33,13 +38,24 @@ type BenchCR struct {
 	Label   string // "vanilla", "dmc", "forced-4"
 	DMC     bool
 	ForceCR int
+	// Expect (learned decisions only) is the compression the model is expected to reach, an
+	// export's measured CR: it sizes --batch max, with a margin (learnedCRMargin).
+	Expect float64
 }
 
+// learnedCRMargin sizes a learned-decision batch for a compression this much below the one
+// measured at export, since prompts compress differently.
+const learnedCRMargin = 0.8
+
 // Slots is the most KV slots a (layer, KV head) row holds for a sequence of n positions: n,
-// or with a forced rate N, one slot per N tokens plus the one being merged into.
+// with a forced rate N one slot per N tokens plus the one being merged into, and with learned
+// decisions of expected compression E, n/(E·learnedCRMargin).
 func (c BenchCR) Slots(n int) int {
-	if c.ForceCR > 1 {
+	switch {
+	case c.ForceCR > 1:
 		return (n+c.ForceCR-1)/c.ForceCR + 1
+	case c.Expect > 1:
+		return int(math.Ceil(float64(n)/(c.Expect*learnedCRMargin))) + 1
 	}
 	return n
 }
@@ -134,6 +150,7 @@ type benchPlan struct {
 	dmc     *dmc.Config // the model's DMC block, or the reference defaults
 	crs     []BenchCR
 	opts    []kernels.Options
+	prompts [][]int // from BenchOptions.Data; nil: random tokens
 }
 
 // planBench resolves the model and the engine options of every setting; the dmc and forced
@@ -160,11 +177,26 @@ func planBench(o BenchOptions) (*benchPlan, error) {
 			dc = &ci.DMC.Config
 		}
 	} else {
-		m, err := LoadModel(o.Model, LoadOptions{})
+		m, err := LoadModel(o.Model, LoadOptions{NeedTokenizer: o.Data != ""})
 		if err != nil {
 			return nil, err
 		}
 		p.w, p.cfg, p.weights, dc = m.Weights, m.Weights.Config, m.Source, m.DMC
+		if m.DMC != nil && m.Info != nil && m.Info.AchievedCR > 1 {
+			for i := range crs {
+				if crs[i].DMC && crs[i].ForceCR <= 1 {
+					crs[i].Expect = m.Info.AchievedCR
+				}
+			}
+		}
+		if o.Data != "" {
+			if p.prompts, err = promptWindows(o.Data, m, o.Prompt); err != nil {
+				return nil, err
+			}
+		}
+	}
+	if o.Data != "" && p.w == nil {
+		return nil, fmt.Errorf("--data prompts need a model with weights and a tokenizer, not --random-weights")
 	}
 	cache, _ := ChooseCache("dmc", dc)
 	p.dmc = cache.DMC
@@ -179,6 +211,38 @@ func planBench(o BenchOptions) (*benchPlan, error) {
 	}
 	return p, nil
 }
+
+// promptWindows cuts the documents of data (the held-out split of prepared shards when it has
+// one) into windows of n tokens, at most promptWindowsMax of them.
+func promptWindows(path string, m *Model, n int) ([][]int, error) {
+	ds, cleanup, err := OpenEvalDataWith(path, EvalDataOptions{TokenizerPath: m.TokenizerPath, Vocab: m.Weights.Config.VocabSize})
+	defer cleanup()
+	if err != nil {
+		return nil, fmt.Errorf("--data: %w", err)
+	}
+	var out [][]int
+	cur := make([]int, 0, n)
+	for doc, err := range ds.Documents() {
+		if err != nil {
+			return nil, fmt.Errorf("--data: %w", err)
+		}
+		for _, t := range doc {
+			if cur = append(cur, int(t)); len(cur) == n {
+				out, cur = append(out, cur), make([]int, 0, n)
+				if len(out) == promptWindowsMax {
+					return out, nil
+				}
+			}
+		}
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("--data %s holds fewer than --prompt %d tokens", path, n)
+	}
+	return out, nil
+}
+
+// promptWindowsMax bounds the distinct prompts read from --data (larger batches repeat them).
+const promptWindowsMax = 4096
 
 // BenchDecode runs prefill then Gen greedy decode steps for each compression setting and batch
 // size on the CUDA engine, and reports throughput, memory and the fraction of the HBM roofline.
@@ -261,6 +325,10 @@ func benchOne(o BenchOptions, p *benchPlan, cr BenchCR, opt kernels.Options, B, 
 	rng := rand.New(rand.NewPCG(o.Seed, 77))
 	prompts := make([][]int, B)
 	for i := range prompts {
+		if p.prompts != nil {
+			prompts[i] = p.prompts[i%len(p.prompts)]
+			continue
+		}
 		prompts[i] = make([]int, o.Prompt)
 		for j := range prompts[i] {
 			prompts[i][j] = 3 + rng.IntN(cfg.VocabSize-3)

@@ -1,7 +1,9 @@
 package retrofit
 
 import (
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -97,9 +99,58 @@ func TestBenchCRSlots(t *testing.T) {
 		cr   BenchCR
 		n    int
 		want int
-	}{{BenchCR{Label: "vanilla"}, 640, 640}, {BenchCR{DMC: true}, 640, 640}, {BenchCR{ForceCR: 4}, 640, 161}, {BenchCR{ForceCR: 4}, 1, 2}} {
+	}{{BenchCR{Label: "vanilla"}, 640, 640}, {BenchCR{DMC: true}, 640, 640}, {BenchCR{ForceCR: 4}, 640, 161}, {BenchCR{ForceCR: 4}, 1, 2},
+		// Learned decisions measured at 4× are sized for 3.2× (the margin): ceil(640/3.2)+1.
+		{BenchCR{DMC: true, Expect: 4}, 640, 201}, {BenchCR{DMC: true, Expect: 1}, 640, 640}} {
 		if got := c.cr.Slots(c.n); got != c.want {
 			t.Errorf("%+v.Slots(%d) = %d, want %d", c.cr, c.n, got, c.want)
 		}
+	}
+}
+
+// An export's measured compression sizes the learned-decision rows only, and --data prompts
+// are consecutive windows of the data's tokens.
+func TestBenchLearnedRowsAndDataPrompts(t *testing.T) {
+	dir := "../../shared/assets/tinyllamas-stories260K"
+	if _, err := os.Stat(filepath.Join(dir, "stories260K.bin")); err != nil {
+		t.Skip("stories260K not present in ../shared/assets")
+	}
+	w, _, err := checkpoints.Load(filepath.Join(dir, "stories260K.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	info := &checkpoints.DMCInfo{Config: dmc.DefaultConfig(), TargetCR: 4, AchievedCR: 3.9}
+	exp := filepath.Join(t.TempDir(), "export")
+	if err := checkpoints.WriteHF(exp, w, "fp32", map[string]any{"dmc": info.ConfigBlock()}, 1<<40); err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := os.ReadFile(filepath.Join(dir, "tok512.bin"))
+	if err := os.WriteFile(filepath.Join(exp, "tokenizer.bin"), tok, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	text := filepath.Join(t.TempDir(), "prompts.txt")
+	if err := os.WriteFile(text, []byte(strings.Repeat("Once upon a time there was a little girl named Lily. She liked to play outside.\n", 20)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p, err := planBench(BenchOptions{Model: exp, CR: "1,dmc,4", Prompt: 16, Gen: 8, Data: text})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p.crs[0].Expect != 0 || p.crs[1].Expect != 3.9 || p.crs[2].Expect != 0 {
+		t.Errorf("expected compression per row: %v, %v, %v; want 0, 3.9 (learned), 0", p.crs[0].Expect, p.crs[1].Expect, p.crs[2].Expect)
+	}
+	if len(p.prompts) < 2 {
+		t.Fatalf("%d prompt windows from 20 lines of text", len(p.prompts))
+	}
+	for i, pr := range p.prompts {
+		if len(pr) != 16 {
+			t.Fatalf("prompt %d has %d tokens, want 16", i, len(pr))
+		}
+	}
+	if slices.Equal(p.prompts[0], p.prompts[1]) {
+		t.Error("the first two windows are identical: the windows do not advance through the data")
+	}
+	if _, err := planBench(BenchOptions{Model: "demo-small", RandomWeights: true, CR: "1", Prompt: 16, Gen: 8, Data: text}); err == nil {
+		t.Error("--data with random weights was accepted")
 	}
 }

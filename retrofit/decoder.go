@@ -123,6 +123,14 @@ func (d *Decoder) LogProbsShared(prefix []int, rests [][]int) ([][]float64, erro
 	return out, nil
 }
 
+// RowSlots implements model.SlotCounter on either device.
+func (d *Decoder) RowSlots(id int) ([]int, error) {
+	if d.cpu != nil {
+		return d.cpu.RowSlots(id)
+	}
+	return d.engine.RowSlots(id)
+}
+
 // KVPool describes the CUDA engine's paged KV pool: its pages, the tokens a page holds and the
 // (layer, KV head) rows of a sequence; ok is false on the CPU.
 func (d *Decoder) KVPool() (pages int64, pageTokens, rowsPerSeq int, ok bool) {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"iter"
 
 	"github.com/dmc-project/dmc/data"
 	"github.com/dmc-project/dmc/data/tokenizer"
@@ -38,8 +39,9 @@ type EvalSpec struct {
 	Limit      int
 	Seed       uint64
 	LogSamples string
-	// Device scores the benchmark tasks on "cpu" (default) or "cuda" (the CUDA engine, Batch
-	// sequences at a time); perplexity and the channel ablation run on the CPU.
+	// Device scores perplexity and the benchmark tasks on "cpu" (default) or "cuda" (the CUDA
+	// engine, Batch sequences at a time); the training-free policies and the channel ablation
+	// run on the CPU.
 	Device string
 	Batch  int
 	// RandomWeights evaluates Model (a preset or config) with random weights drawn on the GPU,
@@ -90,6 +92,9 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 	}
 	if spec.RandomWeights && (len(builtin) > 0 || len(bench) == 0 || spec.Device != "cuda") {
 		return nil, fmt.Errorf("--random-weights measures benchmark scoring on the GPU: give --device cuda and benchmark --tasks only (not ppl or channels)")
+	}
+	if d := spec.Device; d != "" && d != "cpu" && d != "cuda" {
+		return nil, fmt.Errorf("unknown --device %q: use cpu or cuda", d)
 	}
 	if (builtin["ppl"] || builtin["channels"]) && spec.Data == "" {
 		return nil, fmt.Errorf("--tasks ppl and channels need --data (held-out text or shards)")
@@ -149,7 +154,7 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 			hooks.Start(fmt.Sprintf("evaluating %s on %s (%s cache)", m.Source, spec.Data, cache.Name))
 		}
 		opts.Progress = hooks.PPL
-		res, err := eval.Perplexity(ctx, m.Weights, cache.Factory(cfg), ds.Documents(), opts)
+		res, err := Perplexity(ctx, m, cache, ds.Documents(), opts, spec.Device, spec.Batch)
 		if err != nil {
 			return nil, err
 		}
@@ -199,6 +204,26 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 		}
 	}
 	return rep, nil
+}
+
+// Perplexity scores docs with m and cache on device: "cuda" runs the CUDA engine, batch
+// sequences decoded together (eval.PerplexityOn); "cpu", "" and the training-free policies,
+// which only the CPU has, run eval.Perplexity on every core.
+func Perplexity(ctx context.Context, m *Model, cache Cache, docs iter.Seq2[[]int32, error], opts eval.PPLOptions, device string, batch int) (*eval.PPLResult, error) {
+	cfg := m.Weights.Config
+	if device != "cuda" || cache.Evict != nil {
+		return eval.Perplexity(ctx, m.Weights, cache.Factory(cfg), docs, opts)
+	}
+	seqLen := cfg.MaxSeqLen
+	if opts.SeqLen > 0 {
+		seqLen = min(seqLen, opts.SeqLen)
+	}
+	dec, err := NewBatchDecoder(m, cache, "cuda", seqLen, max(1, batch))
+	if err != nil {
+		return nil, err
+	}
+	defer dec.Close()
+	return eval.PerplexityOn(ctx, dec, cfg, docs, opts, batch)
 }
 
 // cacheOptions sizes a training-free policy: the budget given, or the context over CR.

@@ -261,10 +261,15 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 		if err != nil {
 			return out, err
 		}
-		fmt.Fprintf(progress, "held-out evaluation on %s (%s cache)\n", heldout, cache.Name)
-		// Decode at the model's full context, as dmc eval does, so the two numbers agree.
-		r, err := eval.Perplexity(ctx, weights(), cache.Factory(cfg), hds.Documents(),
-			eval.PPLOptions{MaxTokens: spec.HeldoutTokens, Progress: spec.HeldoutProgress})
+		where := ""
+		if spec.Device == "cuda" {
+			where = ", on the GPU"
+		}
+		fmt.Fprintf(progress, "held-out evaluation on %s (%s cache%s)\n", heldout, cache.Name, where)
+		// Decode at the model's full context, as dmc eval does, so the two numbers agree; a GPU
+		// run scores on the CUDA engine (dmc eval --device cuda).
+		r, err := Perplexity(ctx, &Model{Weights: weights(), Source: spec.Out}, cache, hds.Documents(),
+			eval.PPLOptions{MaxTokens: spec.HeldoutTokens, Progress: spec.HeldoutProgress}, spec.Device, heldoutBatch)
 		if err != nil {
 			return out, err
 		}
@@ -274,6 +279,9 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	}
 	return out, nil
 }
+
+// heldoutBatch is the number of sequences a GPU run's final evaluation decodes together.
+const heldoutBatch = 64
 
 // splitOf returns def when path is prepared shards with that split, else "" (all data).
 func splitOf(path, def string) string {

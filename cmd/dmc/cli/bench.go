@@ -26,6 +26,7 @@ type BenchDecodeOptions struct {
 	Seed          uint64
 	Device        int
 	BandwidthGiB  float64
+	Data          string
 }
 
 func init() { register(newBenchCmd) }
@@ -46,7 +47,8 @@ roofline: (weight bytes + KV bytes read per step) / measured device copy bandwid
 
 --cr takes a list of: 1 or vanilla (the unmodified model), dmc (the model's learned DMC
 decisions), or an integer N > 1: DMC with the merge pattern FORCED to compression N (for random
-weights; reported as "forced").`,
+weights; reported as "forced"). With learned decisions, --batch max is sized for the export's
+measured compression less a margin; --data feeds real text as prompts.`,
 		Example: `  dmc bench decode --model llama2-7b --random-weights --cr 1 --batch 1,16,64 --prompt 512 --gen 128
   dmc bench decode --model llama2-7b --random-weights --cr 1,2,4,8 --batch max --prompt 3968 --gen 128 --json out.json`,
 		Args: cobra.NoArgs,
@@ -63,6 +65,7 @@ weights; reported as "forced").`,
 	f.Uint64Var(&o.Seed, "seed", 1, "seed of the random weights and prompts")
 	f.IntVar(&o.Device, "device", 0, "GPU ordinal")
 	f.Float64Var(&o.BandwidthGiB, "bandwidth-gib", 2, "size of the device copy that measures the bandwidth ceiling")
+	f.StringVar(&o.Data, "data", "", "prompts from this data (prepared shards' held-out split, or a text file) instead of random tokens: what a model's learned DMC decisions should see")
 	_ = dec.MarkFlagRequired("model")
 	cmd.AddCommand(dec, newBenchTrainCmd(streams), newBenchServeCmd(streams))
 	return cmd
@@ -163,7 +166,7 @@ func (o *BenchDecodeOptions) Run(streams *IO) error {
 		return err
 	}
 	rep, err := retrofit.BenchDecode(retrofit.BenchOptions{Model: o.Model, RandomWeights: o.RandomWeights, CR: o.CR, Batch: o.Batch,
-		Prompt: o.Prompt, Gen: o.Gen, Seed: o.Seed, Device: o.Device, BandwidthGiB: o.BandwidthGiB,
+		Prompt: o.Prompt, Gen: o.Gen, Seed: o.Seed, Device: o.Device, BandwidthGiB: o.BandwidthGiB, Data: o.Data,
 		Command: "dmc bench decode " + strings.Join(os.Args[min(len(os.Args), 3):], " ")}, streams.Err)
 	if err != nil {
 		return err

@@ -97,6 +97,7 @@ func TestCLIErrors(t *testing.T) {
 		{"bad max tokens", []string{"generate", "--model", model, "--max-tokens", "0"}, "--max-tokens must be positive"},
 		{"negative temperature", []string{"generate", "--model", model, "--temperature", "-1"}, "temperature"},
 		{"unknown device", []string{"generate", "--model", model, "--device", "tpu"}, "unknown --device"},
+		{"eval on an unknown device", []string{"eval", "--model", model, "--data", filepath.Join(assets, "tinystories-valid/tinystories_valid_head.txt"), "--device", "tpu"}, "unknown --device"},
 		{"unknown preset", []string{"inspect", "--model", "llama9-1t"}, "not a preset"},
 		{"missing flag", []string{"generate"}, "required flag"},
 	}

@@ -69,7 +69,9 @@ them, from --data-dir (default $DMC_EVAL_DATA), laid out as ../shared/assets:
 Known differences from lm-eval: random few-shot examples come from a Go generator (MMLU's are
 the first dev rows, as lm-eval's); the 6-line HellaSwag text cannot restore ctx_b's capital
 letter (the jsonl can); the llm-foundry SIQA file keeps 2 of the 3 answers.
-Training-free caches (--cache window|streaming|h2o|tova with --kv-budget or --cr) run on the CPU.`,
+Training-free caches (--cache window|streaming|h2o|tova with --kv-budget or --cr) run on the CPU.
+With --device cuda, perplexity and the benchmarks run on the CUDA engine (vanilla and DMC
+caches), --batch sequences decoded together.`,
 		Example: `  dmc eval --model runs/cr2 --data shards/ --json cr2.json
   dmc eval --model export/ --data ../shared/assets/english-text/tinyshakespeare_input.txt
   dmc eval --model stories260K.bin --data shards/ --cache vanilla
@@ -100,7 +102,7 @@ Training-free caches (--cache window|streaming|h2o|tova with --kv-budget or --cr
 	f.Uint64Var(&o.Seed, "seed", 1234, "seed of the few-shot sampling")
 	f.StringVar(&o.LogSamples, "log-samples", "", "write every scored benchmark item (log-likelihoods, target, acc) as JSONL to this file")
 	f.StringVar(&o.JSON, "json", "", "also write the results as JSON to this file")
-	f.StringVar(&o.Device, "device", "cpu", "where benchmark tasks are scored: cpu, or cuda (the CUDA engine, vanilla and DMC caches; perplexity and channels stay on the CPU)")
+	f.StringVar(&o.Device, "device", "cpu", "where perplexity and benchmark tasks are scored: cpu, or cuda (the CUDA engine, vanilla and DMC caches, --batch sequences at a time; training-free policies and channels stay on the CPU)")
 	f.BoolVar(&o.Random, "random-weights", false, "with --device cuda and a preset --model: random weights drawn on the GPU, to measure scoring speed (accuracies are meaningless)")
 	f.IntVar(&o.ForceCR, "force-cr", 0, "with --random-weights and --cache dmc: force the DMC merges to this compression (results labelled forced)")
 	f.IntVar(&o.Batch, "batch", 256, "with --device cuda: sequences scored together (contexts prefilled together, continuations decoded in lockstep)")

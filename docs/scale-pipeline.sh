@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# The retrofit-at-scale pipeline (issue 15; docs/scale-pipeline.md explains each step):
+# prepare the corpora → pre-train a base Llama from scratch → DMC retrofits at CR 2, 4, 8 and
+# a plain control with the same tokens → GQA uptraining at matched KV size → evaluation
+# (held-out perplexity with the real caches, the training-free policies at the DMC models'
+# real CR, downstream tasks) → decode throughput of the learned models at context 4096.
+#
+# It is resumable: every step leaves a marker in $D/.done and is skipped when run again; with
+# DEADLINE (seconds since the epoch) a step that would run past it is interrupted with SIGINT
+# (a retrofit saves a checkpoint and resumes next time) and the script stops with status 0,
+# so a machine lent in slices of minutes runs it call after call. Results (JSON, logs,
+# metrics) collect in $RES.
+#
+#   make scale-pipeline                                  # the defaults below, on GPU 0
+#   DEADLINE=$(( $(date +%s) + 540 )) docs/scale-pipeline.sh   # one slice
+#   DEVICE=cpu MODEL=my-tiny.yaml PRE_STEPS=4 ... docs/scale-pipeline.sh   # a wiring check
+set -uo pipefail
+
+DMC=${DMC:-dmc}                               # the dmc binary (built with make build-cuda)
+A=${A:-../shared/assets}                      # the shared assets
+D=${D:-runs/scale}                            # working folder: data, runs, exports
+RES=${RES:-$D/results}                        # what the pipeline reports
+T=${T:-$A/llama2-tokenizer/tokenizer.model}   # tokenizer of the corpora and the base model
+INPUTS=${INPUTS:-"$A/gutenberg $A/wikipedia-en"}
+DEVICE=${DEVICE:-cuda}
+MODEL=${MODEL:-base-30m-gqa}                  # preset or YAML config of the base model
+SEQ=${SEQ:-1024}                              # training and evaluation sequence length
+PRE_STEPS=${PRE_STEPS:-1500} PRE_BATCH=${PRE_BATCH:-32} PRE_LR=${PRE_LR:-3e-3}
+RET_STEPS=${RET_STEPS:-600} RET_BATCH=${RET_BATCH:-16} RET_LR=${RET_LR:-5e-4}
+CRS=${CRS:-"2 4 8"}
+KV_HEADS=${KV_HEADS:-"2 1"}                   # GQA uptraining targets (the base has 4 KV heads)
+HELDOUT_TOKENS=${HELDOUT_TOKENS:-131072}      # each run's own final evaluation
+EVAL_TOKENS=${EVAL_TOKENS:-262144}            # perplexity tokens per model and corpus
+CMP_TOKENS=${CMP_TOKENS:-16384}               # the subset the CPU-only policies are compared on
+POLICIES=${POLICIES:-"window streaming h2o tova"}
+TASKS=${TASKS:-piqa,hellaswag,arc_easy,arc_challenge,winogrande,lambada_openai}
+TASK_LIMIT=${TASK_LIMIT:-500}
+BENCH_PROMPT=${BENCH_PROMPT:-3968} BENCH_GEN=${BENCH_GEN:-128}
+WORKERS=${WORKERS:-$(nproc)}
+POLICY_PROCS=${POLICY_PROCS:-$(( WORKERS > 4 ? WORKERS - 4 : 1 ))}  # cores of the CPU-only evaluations
+DEADLINE=${DEADLINE:-0}
+# The reference objective for every training run (plain cross-entropy, dmc-spec.md §5): the
+# default recipe distils from the starting model, which for GQA uptraining would be the pooled
+# model itself, so all runs use the same loss instead.
+COMMON=(--set seq_len=$SEQ --set distill_weight=0 --device $DEVICE --heldout-tokens $HELDOUT_TOKENS)
+
+mkdir -p "$D/.done" "$RES"
+log() { echo "[$(date -u +%T)] $*" | tee -a "$RES/pipeline.log"; }
+left() { if (( DEADLINE > 0 )); then echo $(( DEADLINE - $(date +%s) )); else echo 864000; fi; }
+
+# step NAME SECONDS CMD...: run CMD once, if about SECONDS are left before the deadline; its
+# output goes to $RES/NAME.log.
+step() {
+	local name=$1 need=$2 l rc
+	shift 2
+	[[ -e $D/.done/$name ]] && return 0
+	l=$(left)
+	if (( l < need )); then
+		log "stopping before $name (needs ~${need}s, ${l}s left): run again to go on"
+		exit 0
+	fi
+	log "$name: $*"
+	timeout -s INT -k 60 "$l" "$@" >>"$RES/$name.log" 2>&1
+	rc=$?
+	if (( rc == 0 )); then
+		touch "$D/.done/$name"
+		log "$name done"
+	elif (( rc == 124 )); then
+		log "$name reached the deadline (interrupted; run again to resume)"
+		exit 0
+	else
+		log "$name FAILED (exit $rc): see $RES/$name.log"
+		tail -5 "$RES/$name.log"
+		exit 1
+	fi
+}
+
+# train NAME ARGS...: a retrofit run in $D/NAME, resumed when it has a checkpoint.
+train() {
+	local name=$1
+	shift
+	if [[ -e $D/$name/checkpoints/latest && ! -e $D/.done/$name ]]; then
+		step "$name" 60 "$DMC" retrofit --out "$D/$name" --resume --device "$DEVICE"
+	else
+		step "$name" 60 "$DMC" retrofit --out "$D/$name" "$@"
+	fi
+	[[ -e $D/$name/metrics.jsonl ]] && cp "$D/$name/metrics.jsonl" "$RES/metrics-$name.jsonl"
+	[[ -e $D/$name/heldout.json ]] && cp "$D/$name/heldout.json" "$RES/heldout-$name.json"
+	return 0
+}
+
+# evaluate M: held-out perplexity of model $D/M with its real cache on three corpora, and on
+# the subset the training-free policies are compared on.
+evaluate() {
+	local m=$1 dev=(--device "$DEVICE" --seq-len "$SEQ")
+	step "eval-$m-heldout" 30 "$DMC" eval --model "$D/$m" --data "$D/data" --max-tokens "$EVAL_TOKENS" "${dev[@]}" --json "$RES/eval-$m-heldout.json"
+	step "eval-$m-subset" 20 "$DMC" eval --model "$D/$m" --data "$D/data" --max-tokens "$CMP_TOKENS" "${dev[@]}" --json "$RES/eval-$m-subset.json"
+	step "eval-$m-wikitext" 30 "$DMC" eval --model "$D/$m" --data "$A/wikitext-2-valid/wiki.valid.tokens" --max-tokens "$EVAL_TOKENS" "${dev[@]}" --json "$RES/eval-$m-wikitext.json"
+	step "eval-$m-tinystories" 30 "$DMC" eval --model "$D/$m" --data "$A/tinystories-valid/tinystories_valid_head.txt" --max-tokens "$EVAL_TOKENS" "${dev[@]}" --json "$RES/eval-$m-tinystories.json"
+}
+
+# policies CR: the training-free policies on the control model at the real CR the DMC model of
+# target CR reached on the same subset (CPU only; in the background while the GPU trains).
+policies() {
+	local cr=$1 real p
+	real=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cr"], 4))' "$RES/eval-cr$cr-subset.json") || return 1
+	for p in $POLICIES; do
+		GOMAXPROCS=$POLICY_PROCS step "policy-$p-cr$cr" 60 "$DMC" eval --model "$D/control" --data "$D/data" --seq-len "$SEQ" \
+			--max-tokens "$CMP_TOKENS" --cache "$p" --cr "$real" --json "$RES/policy-$p-cr$cr.json"
+	done
+}
+
+# launch_policies CR: policies CR in the background, once per invocation, when the DMC model's
+# subset evaluation is there.
+declare -A LAUNCHED
+launch_policies() {
+	if [[ -e $D/.done/eval-cr$1-subset && -z ${LAUNCHED[$1]:-} ]]; then
+		LAUNCHED[$1]=1
+		(policies "$1") &
+	fi
+}
+# A step that stops the script early still waits for the background evaluations (they stop at
+# the deadline too).
+trap wait EXIT
+
+log "pipeline: DMC=$DMC D=$D DEVICE=$DEVICE MODEL=$MODEL SEQ=$SEQ steps $PRE_STEPS/$RET_STEPS, deadline in $(left)s"
+
+# 1. Data: both corpora into one set of shards, whole files held out. Wikipedia's articles are
+#    split at </doc> (its <doc ...> header line stays in the text); books hold no separator.
+step data 120 "$DMC" data prepare --tokenizer "$T" --out "$D/data" --heldout-files 0.1 --workers "$WORKERS" \
+	--separator '</doc>' $INPUTS
+
+# 2. The base model from scratch (plain language modelling), exported in fp32.
+train base --model "$MODEL" --init random --control --config demo-pretrain --data "$D/data" \
+	--set seq_len=$SEQ --set batch_size=$PRE_BATCH --set lr=$PRE_LR --set warmup_steps=100 --set checkpoint_every=250 \
+	--steps "$PRE_STEPS" --device "$DEVICE" --heldout-tokens "$HELDOUT_TOKENS"
+step base-export 30 "$DMC" export --run "$D/base" --out "$D/base-export" --dtype fp32
+step base-sample 30 "$DMC" generate --model "$D/base-export" --prompt "The old man looked at the sea and" \
+	--max-tokens 64 --temperature 0 --device "$DEVICE"
+evaluate base
+
+# 3. The plain control and the DMC retrofits, all from the base with the same steps and data.
+RET=(--data "$D/data" --steps "$RET_STEPS" --set batch_size=$RET_BATCH --set lr=$RET_LR "${COMMON[@]}")
+train control --model "$D/base-export" --control "${RET[@]}"
+evaluate control
+for cr in $CRS; do
+	train "cr$cr" --model "$D/base-export" --target-cr "$cr" "${RET[@]}"
+	evaluate "cr$cr"
+	launch_policies "$cr"
+done
+
+# 4. GQA uptraining at matched KV size: mean-pool the KV heads, then the control's training.
+for kv in $KV_HEADS; do
+	step "gqa-kv$kv-init" 30 "$DMC" convert --model "$D/base-export" --kv-heads "$kv" --out "$D/gqa-kv$kv-init"
+	train "gqa-kv$kv" --model "$D/gqa-kv$kv-init" --control "${RET[@]}"
+	evaluate "gqa-kv$kv"
+done
+
+# 5. Downstream tasks on the GPU engine (the real caches).
+for m in control $(for cr in $CRS; do echo "cr$cr"; done) $(for kv in $KV_HEADS; do echo "gqa-kv$kv"; done); do
+	step "tasks-$m" 60 "$DMC" eval --model "$D/$m" --tasks "$TASKS" --limit "$TASK_LIMIT" --data-dir "$A" \
+		--device "$DEVICE" --json "$RES/tasks-$m.json"
+done
+
+# 6. Decode throughput at context BENCH_PROMPT+BENCH_GEN with real text prompts, the largest
+#    batch that fits (learned decisions: sized for the export's measured CR).
+if [[ $DEVICE == cuda ]]; then
+	step bench-base 90 "$DMC" bench decode --model "$D/base-export" --cr 1 --batch max --prompt "$BENCH_PROMPT" \
+		--gen "$BENCH_GEN" --data "$D/data" --json "$RES/decode-base.json"
+	for cr in $CRS; do
+		step "cr$cr-export" 30 "$DMC" export --run "$D/cr$cr" --out "$D/cr$cr-export"
+		step "bench-cr$cr" 120 "$DMC" bench decode --model "$D/cr$cr-export" --cr dmc --batch max --prompt "$BENCH_PROMPT" \
+			--gen "$BENCH_GEN" --data "$D/data" --json "$RES/decode-cr$cr.json"
+	done
+fi
+
+for cr in $CRS; do launch_policies "$cr"; done
+wait
+log "pipeline complete"
