@@ -30,7 +30,8 @@ RET_STEPS=${RET_STEPS:-600} RET_BATCH=${RET_BATCH:-16} RET_LR=${RET_LR:-5e-4}
 CRS=${CRS:-"2 4 8"}
 KV_HEADS=${KV_HEADS:-"2 1"}                   # GQA uptraining targets (the base has 4 KV heads)
 HELDOUT_TOKENS=${HELDOUT_TOKENS:-131072}      # each run's own final evaluation
-EVAL_TOKENS=${EVAL_TOKENS:-262144}            # perplexity tokens per model and corpus
+EVAL_TOKENS=${EVAL_TOKENS:-131072}            # held-out perplexity tokens per model
+OOD_TOKENS=${OOD_TOKENS:-65536}               # wikitext-2 and TinyStories perplexity tokens
 CMP_TOKENS=${CMP_TOKENS:-16384}               # the subset the CPU-only policies are compared on
 POLICIES=${POLICIES:-"window streaming h2o tova"}
 TASKS=${TASKS:-piqa,hellaswag,arc_easy,arc_challenge,winogrande,lambada_openai}
@@ -95,8 +96,8 @@ evaluate() {
 	local m=$1 dev=(--device "$DEVICE" --seq-len "$SEQ")
 	step "eval-$m-heldout" 30 "$DMC" eval --model "$D/$m" --data "$D/data" --max-tokens "$EVAL_TOKENS" "${dev[@]}" --json "$RES/eval-$m-heldout.json"
 	step "eval-$m-subset" 20 "$DMC" eval --model "$D/$m" --data "$D/data" --max-tokens "$CMP_TOKENS" "${dev[@]}" --json "$RES/eval-$m-subset.json"
-	step "eval-$m-wikitext" 30 "$DMC" eval --model "$D/$m" --data "$A/wikitext-2-valid/wiki.valid.tokens" --max-tokens "$EVAL_TOKENS" "${dev[@]}" --json "$RES/eval-$m-wikitext.json"
-	step "eval-$m-tinystories" 30 "$DMC" eval --model "$D/$m" --data "$A/tinystories-valid/tinystories_valid_head.txt" --max-tokens "$EVAL_TOKENS" "${dev[@]}" --json "$RES/eval-$m-tinystories.json"
+	step "eval-$m-wikitext" 30 "$DMC" eval --model "$D/$m" --data "$A/wikitext-2-valid/wiki.valid.tokens" --max-tokens "$OOD_TOKENS" "${dev[@]}" --json "$RES/eval-$m-wikitext.json"
+	step "eval-$m-tinystories" 30 "$DMC" eval --model "$D/$m" --data "$A/tinystories-valid/tinystories_valid_head.txt" --max-tokens "$OOD_TOKENS" "${dev[@]}" --json "$RES/eval-$m-tinystories.json"
 }
 
 # policies CR: the training-free policies on the control model at the real CR the DMC model of
@@ -156,13 +157,7 @@ for kv in $KV_HEADS; do
 	evaluate "gqa-kv$kv"
 done
 
-# 5. Downstream tasks on the GPU engine (the real caches).
-for m in control $(for cr in $CRS; do echo "cr$cr"; done) $(for kv in $KV_HEADS; do echo "gqa-kv$kv"; done); do
-	step "tasks-$m" 60 "$DMC" eval --model "$D/$m" --tasks "$TASKS" --limit "$TASK_LIMIT" --data-dir "$A" \
-		--device "$DEVICE" --json "$RES/tasks-$m.json"
-done
-
-# 6. Decode throughput at context BENCH_PROMPT+BENCH_GEN with real text prompts, the largest
+# 5. Decode throughput at context BENCH_PROMPT+BENCH_GEN with real text prompts, the largest
 #    batch that fits (learned decisions: sized for the export's measured CR).
 if [[ $DEVICE == cuda ]]; then
 	step bench-base 90 "$DMC" bench decode --model "$D/base-export" --cr 1 --batch max --prompt "$BENCH_PROMPT" \
@@ -173,6 +168,12 @@ if [[ $DEVICE == cuda ]]; then
 			--gen "$BENCH_GEN" --data "$D/data" --json "$RES/decode-cr$cr.json"
 	done
 fi
+
+# 6. Downstream tasks on the GPU engine (the real caches).
+for m in control $(for cr in $CRS; do echo "cr$cr"; done) $(for kv in $KV_HEADS; do echo "gqa-kv$kv"; done); do
+	step "tasks-$m" 60 "$DMC" eval --model "$D/$m" --tasks "$TASKS" --limit "$TASK_LIMIT" --data-dir "$A" \
+		--device "$DEVICE" --json "$RES/tasks-$m.json"
+done
 
 for cr in $CRS; do launch_policies "$cr"; done
 wait

@@ -116,10 +116,12 @@ func (o attnOp) grad(in G.Nodes, _, dO *G.Node) (G.Nodes, error) {
 	return unpackAll("Attention", packed, shapes...)
 }
 
-// alphaGradExpCap bounds the exponent used for the α-gradient of a key whose mask is exactly −∞
-// (α = 1 in float arithmetic): that gradient is e^{s_ij − m_i}/L_i·(dP − δ), finite in exact
-// arithmetic but able to overflow; the cap keeps it finite (it is multiplied by α(1−α) = 0
-// upstream anyway).
+// alphaGradExpCap bounds the exponent of the α-gradient e^{s_ij − m_i}/L_i·(dP − δ). A key
+// masked exactly to −∞ (α rounded to 1 in float arithmetic) gets no α-gradient at all: it had
+// weight 0 in the forward, e^{s_ij − m_i} is unbounded for it, and the decision's backward
+// multiplies dα by α(1−α) recomputed from the logit, which is tiny but not 0, so the capped
+// value became gradients of 1e20 and more on a 40M model (the retrofit diverged). For a key
+// with a finite mask, s_ij − m_i ≤ −log(1 − α_{j+1}) (≤ 17 in float32), far below the cap.
 const alphaGradExpCap = 40
 
 // attnBlock is the number of query rows processed together: scores are formed block by block
@@ -232,6 +234,9 @@ func attnKernel[T Float](o attnOp, out []T, in []G.Value) {
 						// ∂P_ij/∂α_{j+1} through log(1−α) is −e^{s_ij − m_i}/L_i (no division by 1−α).
 						mi, li := rmax[i-i0], rsum[i-i0]
 						for j := 0; j < i; j++ {
+							if math.IsInf(logm[j], -1) {
+								continue // see alphaGradExpCap
+							}
 							ex := math.Exp(min(float64(srow[j])-mi, alphaGradExpCap)) / li
 							accA[j+1] -= ex * (float64(drow[j]) - delta)
 						}

@@ -425,6 +425,41 @@ func TestAttentionFullyMergedIsFinite(t *testing.T) {
 	}
 }
 
+// A key hidden exactly (α_{j+1} = 1, mask −∞) had weight 0 in the forward, so α_{j+1} gets no
+// gradient, even when the key's raw score is far above every visible one: the capped
+// e^{s_ij − m_i} term it used to get, times the decision's recomputed α(1−α), made gradients of
+// 1e20 and more on a 40M model.
+func TestAttentionHiddenKeyGetsNoAlphaGradient(t *testing.T) {
+	c := dmcCase{B: 1, T: 6, Hq: 2, Hkv: 1, D: 4}
+	rng := newRNG(13)
+	N := c.T
+	alpha := []float64{0, 1, 0.3, 0, 1, 0}
+	k := randNormal(rng, N*c.D, 1)
+	for d := 0; d < c.D; d++ {
+		k[0*c.D+d] *= 40 // keys 0 and 3 (hidden by α_1 = α_4 = 1) score far above the rest
+		k[3*c.D+d] *= 40
+	}
+	ins := []input{
+		{name: "q", shape: []int{N, c.Hq * c.D}, vals: randNormal(rng, N*c.Hq*c.D, 1), diff: true},
+		{name: "k", shape: []int{N, c.D}, vals: k, diff: true},
+		{name: "v", shape: []int{N, c.D}, vals: randNormal(rng, N*c.D, 1), diff: true},
+		{name: "alpha", shape: []int{N, 1}, vals: alpha, diff: true},
+	}
+	spec := AttnSpec{QHeads: c.Hq, KVHeads: 1, HeadD: c.D, SeqLen: c.T, Masked: true}
+	build := func(in []*G.Node) (*G.Node, error) { return Attention(in[0], in[1], in[2], in[3], spec) }
+	gr := buildGraph(t, rng, ins, build, true)
+	gr.run(t)
+	dA := gr.grads[3].Data().([]float64)
+	for _, n := range []int{1, 4} {
+		if dA[n] != 0 {
+			t.Errorf("dα[%d] = %g for a key hidden exactly, want 0", n, dA[n])
+		}
+	}
+	if dA[2] == 0 {
+		t.Error("dα[2] (a soft decision, 0.3) is 0: the visible keys lost their gradient")
+	}
+}
+
 func TestDMCHardCountStraightThrough(t *testing.T) {
 	B, T, H := 2, 3, 2
 	alpha := []float64{0, 0.1, 0.7, 0.4, 0.9, 0.6, 0.2, 0.51, 0.49, 1, 0, 0.8}

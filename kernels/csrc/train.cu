@@ -851,7 +851,10 @@ __global__ void tr_attn_bwd_kv(float* dk, float* dv, float* dA, const float* q, 
             dvA[c] += p * gg[c * tpr];
             dkA[c] += ds * qq[c * tpr];
           }
-        if (alpha != nullptr && ok && j < i) accA -= expf(fminf(s - Ms[ii], 40.f) - (Ls[ii] - Ms[ii])) * gd;
+        // A key masked exactly to −∞ (α rounded to 1) had weight 0 in the forward: no α-gradient
+        // (e^{s−m} would be unbounded there, and the decision's backward multiplies it by a
+        // recomputed α(1−α) that is not 0).
+        if (alpha != nullptr && ok && j < i && logm > -INFINITY) accA -= expf(fminf(s - Ms[ii], 40.f) - (Ls[ii] - Ms[ii])) * gd;
       }
     }
   }
@@ -1365,7 +1368,9 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloa
           const float gd = dp[n][e] - Dq[col];
           s[n][e] = p;
           dp[n][e] = p * gd * scale;
-          if (alpha != nullptr && ok && below) accA[r] -= exp2f((fminf(raw - Mq[col], 40.f) - (Lq[col] - Mq[col])) * FA_LOG2E) * gd;
+          // No α-gradient through a key masked exactly to −∞ (see tr_attn_bwd_kv).
+          if (alpha != nullptr && ok && below && lm2[r] > -INFINITY)
+            accA[r] -= exp2f((fminf(raw - Mq[col], 40.f) - (Lq[col] - Mq[col])) * FA_LOG2E) * gd;
         }
       fa_pv<D, BQ / 16>(accV, s, Gs);   // dV += Pᵀ·dO
       fa_pv<D, BQ / 16>(accK, dp, Qs);  // dK += dSᵀ·Q
