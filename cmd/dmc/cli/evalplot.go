@@ -31,11 +31,14 @@ lm-evaluation-harness's shape, or a --tasks ppl report) and writes PNGs into --o
   acc-vs-cr-TASK.png     and one file per task, with ±1 standard-error bars
   head-cr.png            the real CR of each layer × KV head of a DMC model (log colour scale);
                          head-cr-LABEL.png when several files have one
+  training-curves.png    from runs' metrics.jsonl files (dmc retrofit): the LM loss and the
+                         achieved CR against training tokens, one colour per run
 LABEL= names the model in the legends (default: the model path's last element). Without
 --plots, every plot the files have data for is drawn (the heat map for DMC caches only).`,
 		Example: `  dmc eval plot --out plots/ cmp.json cr4.json
   dmc eval plot --out plots/ --plots ppl original=cmp-original.json control=cmp-control.json "DMC CR 4=cr4-ppl.json"
-  dmc eval plot --out plots/ --plots heads eval-cr4.json`,
+  dmc eval plot --out plots/ --plots heads eval-cr4.json
+  dmc eval plot --out plots/ control=runs/control/metrics.jsonl "CR 4=runs/cr4/metrics.jsonl"`,
 		RunE: func(cmd *cobra.Command, args []string) error { return o.Run(streams, args) },
 	}
 	f := cmd.Flags()
@@ -61,20 +64,40 @@ func (o *EvalPlotOptions) Run(streams *IO, args []string) error {
 		return fmt.Errorf("--metric is empty: give acc or acc_norm")
 	}
 	var inputs []plots.Input
+	var curves []plots.Curve
 	for _, a := range args {
-		inputs = append(inputs, plots.ParseInput(a))
-	}
-	runs, err := plots.LoadAll(inputs)
-	if err != nil {
-		return err
+		in := plots.ParseInput(a)
+		if !plots.IsCurve(in.Path) {
+			inputs = append(inputs, in)
+			continue
+		}
+		c, err := plots.LoadCurve(in)
+		if err != nil {
+			return err
+		}
+		curves = append(curves, c)
 	}
 	var which []string
 	if o.Plots != "" {
 		which = strings.Split(o.Plots, ",")
 	}
-	files, err := plots.Write(o.Out, runs, plots.Options{Plots: which, Metric: o.Metric, Title: o.Title, Width: o.Width, Height: o.Height})
-	if err != nil {
-		return err
+	opts := plots.Options{Plots: which, Metric: o.Metric, Title: o.Title, Width: o.Width, Height: o.Height}
+	var files []string
+	if len(inputs) > 0 || len(curves) == 0 {
+		runs, err := plots.LoadAll(inputs)
+		if err != nil {
+			return err
+		}
+		if files, err = plots.Write(o.Out, runs, opts); err != nil {
+			return err
+		}
+	}
+	if len(curves) > 0 {
+		f, err := plots.WriteCurves(o.Out, curves, opts)
+		if err != nil {
+			return err
+		}
+		files = append(files, f)
 	}
 	for _, f := range files {
 		fmt.Fprintln(streams.Out, f)

@@ -27,6 +27,21 @@ func TestEvalPlot(t *testing.T) {
 	}
 }
 
+// metrics.jsonl files (training runs) give the training curves, alone or next to results.
+func TestEvalPlotTrainingCurves(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "plots")
+	stdout, stderr, code := run(t, "eval", "plot", "--out", out, "--width", "300", "--height", "200",
+		"control="+filepath.Join(plotData, "metrics-control.jsonl"), filepath.Join(plotData, "metrics-cr4.jsonl"), filepath.Join(plotData, "ppl-dmc.json"))
+	if code != 0 {
+		t.Fatalf("exit %d: %s", code, stderr)
+	}
+	for _, name := range []string{"training-curves.png", "head-cr.png"} {
+		if p := filepath.Join(out, name); !strings.Contains(stdout, p) {
+			t.Errorf("stdout %q does not list %s", stdout, p)
+		}
+	}
+}
+
 func TestEvalPlotErrors(t *testing.T) {
 	out := t.TempDir()
 	tests := []struct {
@@ -42,6 +57,7 @@ func TestEvalPlotErrors(t *testing.T) {
 		{"not a results file", []string{"eval", "plot", "--out", out, filepath.Join(plotData, "not-results.json")}, "is not a results JSON of dmc eval"},
 		{"unknown plot", []string{"eval", "plot", "--out", out, "--plots", "ppl,pie", filepath.Join(plotData, "compare.json")}, `unknown plot "pie"`},
 		{"tiny", []string{"eval", "plot", "--out", out, "--width", "20", filepath.Join(plotData, "compare.json")}, "--width must be ≥ 200"},
+		{"bad metrics file", []string{"eval", "plot", "--out", out, filepath.Join(plotData, "compare.json") + "l"}, "no such file"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
