@@ -29,6 +29,21 @@ type PPLOptions struct {
 	Progress func(tokens int)
 }
 
+// resolve fills the defaults: the model's context as the sequence length (also when longer
+// than it), GOMAXPROCS workers.
+func (o PPLOptions) resolve(cfg model.Config) (PPLOptions, error) {
+	if o.SeqLen <= 0 || o.SeqLen > cfg.MaxSeqLen {
+		o.SeqLen = cfg.MaxSeqLen
+	}
+	if o.SeqLen < 2 {
+		return o, fmt.Errorf("eval: sequence length %d is too short to score anything", o.SeqLen)
+	}
+	if o.Workers <= 0 {
+		o.Workers = runtime.GOMAXPROCS(0)
+	}
+	return o, nil
+}
+
 // PPLResult is the outcome of Perplexity. The JSON field names are the stable interface of
 // `dmc eval --json`.
 type PPLResult struct {
@@ -62,16 +77,11 @@ type seqResult struct {
 // cache from newCache, and reports the real compression rate of those caches.
 func Perplexity(ctx context.Context, w *model.Weights, newCache CacheFactory, docs iter.Seq2[[]int32, error], opts PPLOptions) (*PPLResult, error) {
 	cfg := w.Config
-	if opts.SeqLen <= 0 || opts.SeqLen > cfg.MaxSeqLen {
-		opts.SeqLen = cfg.MaxSeqLen
-	}
-	if opts.SeqLen < 2 {
-		return nil, fmt.Errorf("eval: sequence length %d is too short to score anything", opts.SeqLen)
+	opts, err := opts.resolve(cfg)
+	if err != nil {
+		return nil, err
 	}
 	workers := opts.Workers
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
 	m := model.New(w)
 	heads := cfg.NLayers * cfg.NKVHeads
 	start := time.Now()

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"iter"
 	"math"
-	"runtime"
 	"sync"
 	"time"
 
@@ -21,16 +20,11 @@ import (
 // (model.SlotCounter), read before each sequence is released; a decoder without them is
 // counted as a vanilla cache. opts.Workers bounds the goroutines that score the logits.
 func PerplexityOn(ctx context.Context, dec model.Decoder, cfg model.Config, docs iter.Seq2[[]int32, error], opts PPLOptions, batch int) (*PPLResult, error) {
-	if opts.SeqLen <= 0 || opts.SeqLen > cfg.MaxSeqLen {
-		opts.SeqLen = cfg.MaxSeqLen
-	}
-	if opts.SeqLen < 2 {
-		return nil, fmt.Errorf("eval: sequence length %d is too short to score anything", opts.SeqLen)
+	opts, err := opts.resolve(cfg)
+	if err != nil {
+		return nil, err
 	}
 	workers := opts.Workers
-	if workers <= 0 {
-		workers = runtime.GOMAXPROCS(0)
-	}
 	batch = max(1, batch)
 	heads := cfg.NLayers * cfg.NKVHeads
 	counter, _ := dec.(model.SlotCounter)
