@@ -40,55 +40,13 @@ BENCH_PROMPT=${BENCH_PROMPT:-3968} BENCH_GEN=${BENCH_GEN:-128}
 WORKERS=${WORKERS:-$(nproc)}
 POLICY_PROCS=${POLICY_PROCS:-$(( WORKERS > 4 ? WORKERS - 4 : 1 ))}  # cores of the CPU-only evaluations
 DEADLINE=${DEADLINE:-0}
-# The reference objective for every training run (plain cross-entropy, dmc-spec.md §5): the
-# default recipe distils from the starting model, which for GQA uptraining would be the pooled
-# model itself, so all runs use the same loss instead.
-COMMON=(--set seq_len=$SEQ --set distill_weight=0 --device $DEVICE --heldout-tokens $HELDOUT_TOKENS)
+# The reference objective (plain cross-entropy, dmc-spec.md §5) by default for every training
+# run. DISTILL=1 distils the control and the DMC runs from the base (the default recipe's
+# choice); GQA uptraining stays plain, since its teacher would be its own pooled start.
+DISTILL=${DISTILL:-0}
+COMMON=(--set seq_len=$SEQ --device $DEVICE --heldout-tokens $HELDOUT_TOKENS)
 
-mkdir -p "$D/.done" "$RES"
-log() { echo "[$(date -u +%T)] $*" | tee -a "$RES/pipeline.log"; }
-left() { if (( DEADLINE > 0 )); then echo $(( DEADLINE - $(date +%s) )); else echo 864000; fi; }
-
-# step NAME SECONDS CMD...: run CMD once, if about SECONDS are left before the deadline; its
-# output goes to $RES/NAME.log.
-step() {
-	local name=$1 need=$2 l rc
-	shift 2
-	[[ -e $D/.done/$name ]] && return 0
-	l=$(left)
-	if (( l < need )); then
-		log "stopping before $name (needs ~${need}s, ${l}s left): run again to go on"
-		exit 0
-	fi
-	log "$name: $*"
-	timeout -s INT -k 60 "$l" "$@" >>"$RES/$name.log" 2>&1
-	rc=$?
-	if (( rc == 0 )); then
-		touch "$D/.done/$name"
-		log "$name done"
-	elif (( rc == 124 )); then
-		log "$name reached the deadline (interrupted; run again to resume)"
-		exit 0
-	else
-		log "$name FAILED (exit $rc): see $RES/$name.log"
-		tail -5 "$RES/$name.log"
-		exit 1
-	fi
-}
-
-# train NAME ARGS...: a retrofit run in $D/NAME, resumed when it has a checkpoint.
-train() {
-	local name=$1
-	shift
-	if [[ -e $D/$name/checkpoints/latest && ! -e $D/.done/$name ]]; then
-		step "$name" 60 "$DMC" retrofit --out "$D/$name" --resume --device "$DEVICE"
-	else
-		step "$name" 60 "$DMC" retrofit --out "$D/$name" "$@"
-	fi
-	[[ -e $D/$name/metrics.jsonl ]] && cp "$D/$name/metrics.jsonl" "$RES/metrics-$name.jsonl"
-	[[ -e $D/$name/heldout.json ]] && cp "$D/$name/heldout.json" "$RES/heldout-$name.json"
-	return 0
-}
+. "$(dirname "$0")/pipeline-lib.sh"
 
 # evaluate M: held-out perplexity of model $D/M with its real cache on three corpora, and on
 # the subset the training-free policies are compared on.
@@ -120,10 +78,6 @@ launch_policies() {
 		(policies "$1") &
 	fi
 }
-# A step that stops the script early still waits for the background evaluations (they stop at
-# the deadline too).
-trap wait EXIT
-
 log "pipeline: DMC=$DMC D=$D DEVICE=$DEVICE MODEL=$MODEL SEQ=$SEQ steps $PRE_STEPS/$RET_STEPS, deadline in $(left)s"
 
 # 1. Data: both corpora into one set of shards, whole files held out. Wikipedia's articles are
@@ -142,10 +96,11 @@ evaluate base
 
 # 3. The plain control and the DMC retrofits, all from the base with the same steps and data.
 RET=(--data "$D/data" --steps "$RET_STEPS" --set batch_size=$RET_BATCH --set lr=$RET_LR "${COMMON[@]}")
-train control --model "$D/base-export" --control "${RET[@]}"
+KD=(--set distill_weight=$DISTILL)
+train control --model "$D/base-export" --control "${RET[@]}" "${KD[@]}"
 evaluate control
 for cr in $CRS; do
-	train "cr$cr" --model "$D/base-export" --target-cr "$cr" "${RET[@]}"
+	train "cr$cr" --model "$D/base-export" --target-cr "$cr" "${RET[@]}" "${KD[@]}"
 	evaluate "cr$cr"
 	launch_policies "$cr"
 done
@@ -153,7 +108,7 @@ done
 # 4. GQA uptraining at matched KV size: mean-pool the KV heads, then the control's training.
 for kv in $KV_HEADS; do
 	step "gqa-kv$kv-init" 30 "$DMC" convert --model "$D/base-export" --kv-heads "$kv" --out "$D/gqa-kv$kv-init"
-	train "gqa-kv$kv" --model "$D/gqa-kv$kv-init" --control "${RET[@]}"
+	train "gqa-kv$kv" --model "$D/gqa-kv$kv-init" --control "${RET[@]}" --set distill_weight=0
 	evaluate "gqa-kv$kv"
 done
 

@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The benchmark runs of issue 13 (docs/results/benchmarks-stories260k.md): stories260K's plain
+# control and DMC CR 2 and CR 4 models retrofitted on the GPU with the recipes of
+# docs/results/retrofit-stories260k.md (8000 steps), every downstream task on its full split for
+# the original, the control and both DMC models (GPU engine, real caches), the training-free
+# policies at the real CR of each DMC model (CPU only, in the background, one step per task so
+# that progress survives a deadline), and HellaSwag with the llama2-7b preset (random weights)
+# through the CUDA path, vanilla and DMC forced to CR 4, for the scoring speed.
+#
+# Resumable under DEADLINE like docs/scale-pipeline.sh (docs/pipeline-lib.sh):
+#   DEADLINE=$(( $(date +%s) + 550 )) DMC=/tmp/dmc A=../shared/assets D=/tmp/bench docs/benchmarks-pipeline.sh
+set -uo pipefail
+
+DMC=${DMC:-dmc}
+A=${A:-../shared/assets}
+D=${D:-runs/benchmarks}
+RES=${RES:-$D/results}
+DEVICE=${DEVICE:-cuda}
+M=${M:-$A/tinyllamas-stories260K/stories260K.bin}
+T=${T:-$A/tinyllamas-stories260K/tok512.bin}
+TEXT=${TEXT:-$A/tinystories/tinystories_train_first2MiB.txt}
+STEPS=${STEPS:-8000}
+TASKS=${TASKS:-piqa,hellaswag,arc_easy,arc_challenge,winogrande,boolq,lambada_openai,openbookqa,copa,siqa,mmlu}
+LIMIT=${LIMIT:-0}                          # items per task (0: the full splits)
+PPL_TOKENS=${PPL_TOKENS:-50000}            # held-out TinyStories tokens of the perplexity column
+POLICIES=${POLICIES:-"window streaming h2o tova"}
+BATCH=${BATCH:-256}
+BIG_MODEL=${BIG_MODEL:-llama2-7b}
+BIG_TOKENIZER=${BIG_TOKENIZER:-$A/llama2-tokenizer/tokenizer.model}
+WORKERS=${WORKERS:-$(nproc)}
+POLICY_PROCS=${POLICY_PROCS:-$(( WORKERS > 4 ? WORKERS - 4 : 1 ))}
+DEADLINE=${DEADLINE:-0}
+
+. "$(dirname "$0")/pipeline-lib.sh"
+
+# policies CR: each training-free policy on the original model at the real CR the DMC model
+# reached on the held-out tokens, perplexity then one task at a time (CPU).
+policies() {
+	local cr=$1 real p t
+	real=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cr"], 4))' "$RES/ppl-cr$cr.json") || return 1
+	for p in $POLICIES; do
+		GOMAXPROCS=$POLICY_PROCS step "policy-$p-cr$cr-ppl" 60 "$DMC" eval --model "$M" --tokenizer "$T" --data "$D/ts" \
+			--max-tokens "$PPL_TOKENS" --cache "$p" --cr "$real" --json "$RES/policy-$p-cr$cr-ppl.json"
+		for t in ${TASKS//,/ }; do
+			GOMAXPROCS=$POLICY_PROCS step "policy-$p-cr$cr-$t" 60 "$DMC" eval --model "$M" --tokenizer "$T" --tasks "$t" \
+				--limit "$LIMIT" --data-dir "$A" --cache "$p" --cr "$real" --json "$RES/policy-$p-cr$cr-$t.json"
+		done
+	done
+}
+
+log "benchmarks: DMC=$DMC D=$D DEVICE=$DEVICE steps $STEPS, tasks $TASKS (limit $LIMIT), deadline in $(left)s"
+
+step data 60 "$DMC" data prepare --tokenizer "$T" --split-by-bytes 0.85 --out "$D/ts" "$TEXT"
+
+# The models of docs/results/retrofit-stories260k.md, on the GPU.
+train control --model "$M" --tokenizer "$T" --data "$D/ts" --config stories260k --control --set distill_weight=0 \
+	--steps "$STEPS" --device "$DEVICE"
+train cr2 --model "$M" --tokenizer "$T" --data "$D/ts" --config stories260k --target-cr 2 --steps "$STEPS" --device "$DEVICE"
+train cr4 --model "$M" --tokenizer "$T" --data "$D/ts" --config stories260k-cr4 --target-cr 4 --steps "$STEPS" --device "$DEVICE"
+
+# Perplexity with the real caches on the held-out TinyStories tokens (the real CR the policies
+# are matched to), then every task on the GPU engine.
+declare -A MODEL=([original]="$M" [control]="$D/control" [cr2]="$D/cr2" [cr4]="$D/cr4")
+for m in original control cr2 cr4; do
+	step "ppl-$m" 30 "$DMC" eval --model "${MODEL[$m]}" --tokenizer "$T" --data "$D/ts" --max-tokens "$PPL_TOKENS" \
+		--device "$DEVICE" --json "$RES/ppl-$m.json"
+done
+(for cr in 2 4; do [[ -e $D/.done/ppl-cr$cr ]] && policies "$cr"; done) &
+for m in original control cr2 cr4; do
+	step "tasks-$m" 120 "$DMC" eval --model "${MODEL[$m]}" --tokenizer "$T" --tasks "$TASKS" --limit "$LIMIT" \
+		--data-dir "$A" --device "$DEVICE" --batch "$BATCH" --json "$RES/tasks-$m.json"
+done
+
+# Scoring speed of a 7B model: HellaSwag through the CUDA engine, random weights.
+if [[ $DEVICE == cuda ]]; then
+	step hellaswag-7b-vanilla 300 "$DMC" eval --model "$BIG_MODEL" --random-weights --device cuda --tokenizer "$BIG_TOKENIZER" \
+		--tasks hellaswag --limit "$LIMIT" --data-dir "$A" --batch "$BATCH" --json "$RES/hellaswag-7b-vanilla.json"
+	step hellaswag-7b-dmc4 300 "$DMC" eval --model "$BIG_MODEL" --random-weights --device cuda --tokenizer "$BIG_TOKENIZER" \
+		--tasks hellaswag --limit "$LIMIT" --data-dir "$A" --batch "$BATCH" --cache dmc --force-cr 4 \
+		--json "$RES/hellaswag-7b-dmc4.json"
+fi
+wait
+log "benchmarks complete"
