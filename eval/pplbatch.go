@@ -76,7 +76,9 @@ func PerplexityOn(ctx context.Context, dec model.Decoder, cfg model.Config, docs
 }
 
 // scoreBatch decodes seqs together and returns each one's summed −log p; it adds the tokens
-// each (layer, KV head) row ingested and the slots it holds to seen and slots.
+// each (layer, KV head) row ingested and the slots it holds to seen and slots. A decoder that
+// is a model.TargetScorer scores the tokens itself (on the GPU, next to the logits); otherwise
+// the logits come back and are scored here, on workers goroutines.
 func scoreBatch(dec model.Decoder, counter model.SlotCounter, seqs [][]int, workers int, seen, slots []int64) ([]float64, error) {
 	prompts := make([][]int, len(seqs))
 	for i, s := range seqs {
@@ -86,6 +88,7 @@ func scoreBatch(dec model.Decoder, counter model.SlotCounter, seqs [][]int, work
 	if err != nil {
 		return nil, fmt.Errorf("prefill: %w", err)
 	}
+	targetScorer, _ := dec.(model.TargetScorer)
 	nll := make([]float64, len(seqs))
 	pos := make([]int, len(seqs)) // the token each sequence scores next
 	live := make([]int, len(seqs))
@@ -97,24 +100,30 @@ func scoreBatch(dec model.Decoder, counter model.SlotCounter, seqs [][]int, work
 			_ = dec.Release(ids[i])
 		}
 	}
-	for len(live) > 0 {
+	// logp[k] is log p(seqs[live[k]][pos[live[k]]] | its prefix); first from the prefill's logits.
+	logp := make([]float64, len(live))
+	fromLogits := func() {
 		scoreParallel(workers, len(live), func(k int) {
 			i := live[k]
-			nll[i] += crossEntropy(logits[k], seqs[i][pos[i]])
+			logp[k] = -crossEntropy(logits[k], seqs[i][pos[i]])
 		})
+	}
+	fromLogits()
+	for {
 		kept := live[:0]
-		var feedIDs, feedToks []int
-		for _, i := range live {
+		var feedIDs, feedToks, targets []int
+		for k, i := range live {
+			nll[i] -= logp[k]
 			if pos[i]++; pos[i] < len(seqs[i]) {
 				kept = append(kept, i)
-				feedIDs, feedToks = append(feedIDs, ids[i]), append(feedToks, seqs[i][pos[i]-1])
+				feedIDs, feedToks, targets = append(feedIDs, ids[i]), append(feedToks, seqs[i][pos[i]-1]), append(targets, seqs[i][pos[i]])
 				continue
 			}
 			ingested := int64(len(seqs[i]) - 1)
 			var rows []int
 			if counter != nil {
 				if rows, err = counter.RowSlots(ids[i]); err != nil {
-					release(append(kept, i))
+					release(append(kept, live[k:]...))
 					return nil, err
 				}
 			}
@@ -132,14 +141,19 @@ func scoreBatch(dec model.Decoder, counter model.SlotCounter, seqs [][]int, work
 		}
 		live = kept
 		if len(live) == 0 {
-			break
+			return nll, nil
 		}
-		if _, logits, err = dec.Decode(feedIDs, feedToks, true); err != nil {
+		if targetScorer != nil {
+			_, logp, err = targetScorer.DecodeScore(feedIDs, feedToks, targets)
+		} else if _, logits, err = dec.Decode(feedIDs, feedToks, true); err == nil {
+			logp = logp[:len(live)]
+			fromLogits()
+		}
+		if err != nil {
 			release(live)
 			return nil, fmt.Errorf("decode: %w", err)
 		}
 	}
-	return nll, nil
 }
 
 // scoreParallel runs f(0..n-1) on up to workers goroutines (a vocabulary-wide log-softmax per

@@ -10,8 +10,15 @@ import (
 	"github.com/dmc-project/dmc/model"
 )
 
-// hiddenCounter hides a decoder's slot counts: PerplexityOn must then count a vanilla cache.
+// hiddenCounter hides a decoder's slot counts (and target scoring): PerplexityOn must then
+// count a vanilla cache.
 type hiddenCounter struct{ model.Decoder }
+
+// logitsOnly hides a decoder's target scoring but keeps its slot counts: PerplexityOn scores
+// the logits on the host.
+type logitsOnly struct{ *model.CPUDecoder }
+
+func (logitsOnly) DecodeScore() {} // not model.TargetScorer's signature: hides the CPU decoder's
 
 // PerplexityOn (lockstep decoding, batches of several sizes) scores the same tokens as
 // Perplexity and measures the same real compression rate, per layer and KV head, with a
@@ -59,6 +66,18 @@ func TestPerplexityOnMatchesPerplexity(t *testing.T) {
 			}
 			if dec.Active() != 0 {
 				t.Errorf("%s %+v: %d sequences left unreleased", c.name, tc, dec.Active())
+			}
+			// The host-side scoring of the logits gives the same numbers as DecodeScore.
+			host := logitsOnly{model.NewCPUDecoder(w, func() (model.KVCache[float32], error) { return c.factory() })}
+			if _, ok := any(host).(model.TargetScorer); ok {
+				t.Fatal("logitsOnly still scores targets")
+			}
+			h, err := PerplexityOn(context.Background(), host, w.Config, docsOf(testDocs...), opts, tc.batch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if h.NLL != got.NLL || h.CR != got.CR {
+				t.Errorf("%s %+v: host scoring NLL %g CR %g, DecodeScore %g %g", c.name, tc, h.NLL, h.CR, got.NLL, got.CR)
 			}
 		}
 		if c.name == "dmc" {

@@ -113,6 +113,7 @@ type engine struct {
 
 	// decode scratch, MaxBatch rows
 	x, xn, qkv, q, att, h13, h, logits, part, io devPtr
+	score                                        devPtr // DecodeScore: float64 log-probs [MaxBatch], then int32 targets
 	// prefill scratch, PrefillTokens rows
 	px, pxn, pqkv, ph13, ph, pio devPtr
 	psc                          prefillScratch
@@ -138,7 +139,7 @@ func scratchBytes(cfg model.Config, opt Options, sms int) (perSeq, fixed int64) 
 	g := geometryOf(cfg)
 	d, hd, V := int64(cfg.Dim), int64(cfg.HiddenDim), int64(cfg.VocabSize)
 	qd, kvd := int64(g.qd), int64(g.kvd)
-	perSeq = d*4 + d*2 + (qd+2*kvd)*4 + qd*4 + qd*2 + 2*hd*4 + hd*2 + V*4 + 5*4 + int64(g.Hq*(g.D+2))*4 + 6*int64(g.Hq)*8
+	perSeq = d*4 + d*2 + (qd+2*kvd)*4 + qd*4 + qd*2 + 2*hd*4 + hd*2 + V*4 + 5*4 + 12 + int64(g.Hq*(g.D+2))*4 + 6*int64(g.Hq)*8
 	PT := int64(opt.PrefillTokens)
 	fixed = PT*(d*4+d*2+(qd+2*kvd)*4+2*hd*4+hd*2+6*4) + // px pxn pqkv ph13 ph pio
 		PT*(qd*2+2*kvd*2+4*int64(g.Hkv)*4+qd*2) + // qPre kPre vPre alpha omega slot seg out
@@ -290,7 +291,7 @@ func (e *engine) allocScratch() error {
 	e.psc.ptrCap = 6 * g.Hq * int(min(B, PT)) * 2
 	for _, b := range []buf{
 		{&e.x, B * d * 4}, {&e.xn, B * d * 2}, {&e.qkv, B * (qd + 2*kvd) * 4}, {&e.q, B * qd * 4}, {&e.att, B * qd * 2},
-		{&e.h13, B * 2 * hd * 4}, {&e.h, B * hd * 2}, {&e.logits, B * V * 4}, {&e.io, 5*B*4 + 16},
+		{&e.h13, B * 2 * hd * 4}, {&e.h, B * hd * 2}, {&e.logits, B * V * 4}, {&e.io, 5*B*4 + 16}, {&e.score, B * 12},
 		{&e.part, partFloats(g, e.opt.MaxBatch, e.d.sms) * 4},
 		{&e.px, PT * d * 4}, {&e.pxn, PT * d * 2}, {&e.pqkv, PT * (qd + 2*kvd) * 4}, {&e.ph13, PT * 2 * hd * 4},
 		{&e.ph, PT * hd * 2}, {&e.pio, (2*PT + 6*min(B, PT)) * 4},
@@ -844,6 +845,48 @@ func (e *engine) Decode(ids []int, tokens []int, wantLogits bool) ([]int, [][]fl
 		e.seqs[id].pos++
 	}
 	return next, logits, nil
+}
+
+// DecodeScore implements model.TargetScorer: Decode, then the log-softmax of each row's
+// logits at its target on the GPU (logprob_rows), so that B numbers come back instead of the
+// B × vocabulary logits.
+func (e *engine) DecodeScore(ids, tokens, targets []int) ([]int, []float64, error) {
+	if len(targets) != len(ids) {
+		return nil, nil, fmt.Errorf("decode score: %d sequences but %d targets", len(ids), len(targets))
+	}
+	if err := e.checkTokens(targets); err != nil {
+		return nil, nil, err
+	}
+	next, _, err := e.Decode(ids, tokens, false)
+	if err != nil {
+		return nil, nil, err
+	}
+	lp, err := e.scoreTargets(targets)
+	return next, lp, err
+}
+
+// scoreTargets returns log-softmax(logits row r)[targets[r]] for the rows of the last decode
+// step's logits (still in e.logits).
+func (e *engine) scoreTargets(targets []int) ([]float64, error) {
+	B := len(targets)
+	if B == 0 {
+		return nil, nil
+	}
+	e.d.enter()
+	defer e.d.exit()
+	t32 := make([]int32, B)
+	for i, t := range targets {
+		t32[i] = int32(t)
+	}
+	tDev := e.score + uint64(e.opt.MaxBatch*8)
+	if err := uploadSlice(e.d, tDev, t32); err != nil {
+		return nil, err
+	}
+	if err := e.d.launch("logprob_rows", dim3{x: B}, dim3{x: 1024}, 0, new(args).p(e.logits).p(tDev).p(e.score).i(e.cfg.VocabSize)); err != nil {
+		return nil, err
+	}
+	out := make([]float64, B)
+	return out, downloadSlice(e.d, out, e.score)
 }
 
 // graphKey identifies a decode step's launch configuration: the batch size and the attention

@@ -839,3 +839,40 @@ func TestEnginePerplexityMatchesCPU(t *testing.T) {
 		})
 	}
 }
+
+// The GPU's log-softmax at a target (logprob_rows) equals the host's from the same logits.
+func TestDecodeScoreMatchesLogits(t *testing.T) {
+	testDevice(t)
+	w := loadStories(t)
+	opt := DefaultOptions()
+	opt.MaxBatch = 3
+	e, err := NewEngine(w, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer e.Close()
+	ids, next, _, err := e.Prefill([][]int{{1, 403, 407}, {1, 261}, {1}}, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, logits, err := e.Decode(ids, next, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	targets := []int{5, 300, w.Config.VocabSize - 1}
+	got, err := e.(*engine).scoreTargets(targets)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, l := range logits {
+		if want := model.LogSoftmaxAt(l, targets[i]); math.Abs(got[i]-want) > 1e-9*math.Max(1, math.Abs(want)) {
+			t.Errorf("row %d: GPU log p %.12g, host %.12g", i, got[i], want)
+		}
+	}
+	if _, _, err := e.DecodeScore(ids, next, []int{1, 2}); err == nil {
+		t.Error("DecodeScore with fewer targets than sequences: no error")
+	}
+	if _, _, err := e.DecodeScore(ids, next, []int{1, 2, w.Config.VocabSize}); err == nil {
+		t.Error("DecodeScore with a target outside the vocabulary: no error")
+	}
+}

@@ -59,6 +59,9 @@ type Engine interface {
 	CacheStats() (CacheStats, error)
 	// RowSlots reads the slots sequence id holds per (layer, KV head) row (model.SlotCounter).
 	RowSlots(id int) ([]int, error)
+	// DecodeScore is Decode returning the log-probability of given next tokens, computed on the
+	// GPU (model.TargetScorer).
+	DecodeScore(ids, tokens, targets []int) ([]int, []float64, error)
 	// Device names the GPU, driver and cuBLAS in use.
 	Device() string
 	// Close frees the GPU memory.

@@ -28,6 +28,14 @@ type SlotCounter interface {
 	RowSlots(id int) ([]int, error)
 }
 
+// TargetScorer is a Decoder that can return, instead of a step's logits, the log-probability
+// of a given next token per sequence, computed where the logits are (on the GPU only B numbers
+// come back instead of B × vocabulary logits): what scoring needs.
+type TargetScorer interface {
+	// DecodeScore is Decode, then logp[i] = log p(targets[i] | sequence ids[i] with tokens[i]).
+	DecodeScore(ids, tokens, targets []int) (next []int, logp []float64, err error)
+}
+
 // CPUDecoder is the pure-Go Decoder: the reference forward over caches from NewCache.
 type CPUDecoder struct {
 	m        *Model[float32]
@@ -134,6 +142,28 @@ func (d *CPUDecoder) Decode(ids []int, tokens []int, wantLogits bool) ([]int, []
 		}
 	}
 	return next, logits, nil
+}
+
+// DecodeScore implements TargetScorer with Decode and LogSoftmaxAt.
+func (d *CPUDecoder) DecodeScore(ids, tokens, targets []int) ([]int, []float64, error) {
+	if len(targets) != len(ids) {
+		return nil, nil, fmt.Errorf("decode score: %d sequences but %d targets", len(ids), len(targets))
+	}
+	V := d.m.Cfg.VocabSize
+	for i, t := range targets {
+		if t < 0 || t >= V {
+			return nil, nil, fmt.Errorf("decode score: target %d at index %d is outside the vocabulary [0, %d)", t, i, V)
+		}
+	}
+	next, logits, err := d.Decode(ids, tokens, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	lp := make([]float64, len(ids))
+	for i, l := range logits {
+		lp[i] = LogSoftmaxAt(l, targets[i])
+	}
+	return next, lp, nil
 }
 
 // Release implements Decoder.

@@ -50,3 +50,36 @@ func TestCPUDecoderLogProbsMatchDecoding(t *testing.T) {
 		t.Errorf("release once: %v; a second release must fail", err)
 	}
 }
+
+// DecodeScore is Decode plus LogSoftmaxAt, and refuses bad targets.
+func TestCPUDecodeScore(t *testing.T) {
+	cfg := Config{Dim: 16, HiddenDim: 32, NLayers: 1, NHeads: 2, NKVHeads: 1, VocabSize: 20, MaxSeqLen: 16, NormEps: 1e-5, RopeTheta: 10000, RoPE: RoPEHalf}
+	w, err := RandomParams[float32](cfg, 3)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newDec := func() *CPUDecoder {
+		return NewCPUDecoder(w, func() (KVCache[float32], error) { return NewVanillaCache[float32](cfg), nil })
+	}
+	a, b := newDec(), newDec()
+	ia, _, _, _ := a.Prefill([][]int{{1, 2}, {3}}, false)
+	ib, _, _, _ := b.Prefill([][]int{{1, 2}, {3}}, false)
+	next, logits, err := a.Decode(ia, []int{4, 5}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nextS, lp, err := b.DecodeScore(ib, []int{4, 5}, []int{7, 19})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []float64{LogSoftmaxAt(logits[0], 7), LogSoftmaxAt(logits[1], 19)} {
+		if lp[i] != want || nextS[i] != next[i] {
+			t.Errorf("row %d: log p %g next %d, Decode gives %g %d", i, lp[i], nextS[i], want, next[i])
+		}
+	}
+	for _, bad := range [][]int{{7}, {7, 20}, {-1, 3}} {
+		if _, _, err := b.DecodeScore(ib, []int{4, 5}, bad); err == nil {
+			t.Errorf("targets %v accepted", bad)
+		}
+	}
+}

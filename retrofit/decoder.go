@@ -131,6 +131,14 @@ func (d *Decoder) RowSlots(id int) ([]int, error) {
 	return d.engine.RowSlots(id)
 }
 
+// DecodeScore implements model.TargetScorer on either device.
+func (d *Decoder) DecodeScore(ids, tokens, targets []int) ([]int, []float64, error) {
+	if d.cpu != nil {
+		return d.cpu.DecodeScore(ids, tokens, targets)
+	}
+	return d.engine.DecodeScore(ids, tokens, targets)
+}
+
 // KVPool describes the CUDA engine's paged KV pool: its pages, the tokens a page holds and the
 // (layer, KV head) rows of a sequence; ok is false on the CPU.
 func (d *Decoder) KVPool() (pages int64, pageTokens, rowsPerSeq int, ok bool) {

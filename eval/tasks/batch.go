@@ -52,6 +52,9 @@ func (s BatchScorer) scoreChunk(rs []Request, lls []float64, gs []bool) error {
 	if err != nil {
 		return fmt.Errorf("prefill: %w", err)
 	}
+	// A decoder that scores targets itself (the GPU engine) returns B numbers per step instead
+	// of B × vocabulary logits.
+	ts, _ := s.Dec.(model.TargetScorer)
 	live := make([]int, len(rs)) // requests still decoding, by index
 	for i := range live {
 		live[i] = i
@@ -59,31 +62,41 @@ func (s BatchScorer) scoreChunk(rs []Request, lls []float64, gs []bool) error {
 	}
 	pos := append([]int(nil), firsts...) // the token each request scores next
 	seq := append([]int(nil), ids...)
-	for len(live) > 0 {
+	logp := make([]float64, len(rs))
+	for k, i := range live {
+		logp[k] = model.LogSoftmaxAt(logits[k], toks[i][pos[i]])
+	}
+	for {
 		kept := live[:0]
-		var feedIDs, feedToks []int
+		var feedIDs, feedToks, targets []int
 		for k, i := range live {
 			t := toks[i][pos[i]]
-			lls[i] += model.LogSoftmaxAt(logits[k], t)
+			lls[i] += logp[k]
 			gs[i] = gs[i] && next[k] == t
 			pos[i]++
 			if pos[i] < len(toks[i]) {
 				kept = append(kept, i)
-				feedIDs, feedToks = append(feedIDs, seq[i]), append(feedToks, t)
+				feedIDs, feedToks, targets = append(feedIDs, seq[i]), append(feedToks, t), append(targets, toks[i][pos[i]])
 			} else if err := s.Dec.Release(seq[i]); err != nil {
 				return err
 			}
 		}
 		live = kept
 		if len(live) == 0 {
-			break
+			return nil
 		}
-		if next, logits, err = s.Dec.Decode(feedIDs, feedToks, true); err != nil {
+		if ts != nil {
+			next, logp, err = ts.DecodeScore(feedIDs, feedToks, targets)
+		} else if next, logits, err = s.Dec.Decode(feedIDs, feedToks, true); err == nil {
+			for k, i := range live {
+				logp[k] = model.LogSoftmaxAt(logits[k], toks[i][pos[i]])
+			}
+		}
+		if err != nil {
 			for _, i := range live {
 				_ = s.Dec.Release(seq[i])
 			}
 			return fmt.Errorf("decode: %w", err)
 		}
 	}
-	return nil
 }

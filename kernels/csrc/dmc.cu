@@ -147,6 +147,39 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, int* __
   }
 }
 
+// out[b] = logits[b][targets[b]] − log Σ_v exp(logits[b][v]): the log-probability of a given
+// token, one block of 32·k threads per row, float64 sums in a fixed order (deterministic).
+// Scoring needs B numbers back instead of B×V logits.
+extern "C" __global__ void logprob_rows(const float* __restrict__ logits, const int* __restrict__ targets,
+                                        double* __restrict__ out, int V) {
+  int b = blockIdx.x;
+  const float* l = logits + (size_t)b * V;
+  __shared__ float sm[32];
+  __shared__ double ss[32];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+  float m = -INFINITY;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) m = fmaxf(m, l[i]);
+  for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffff, m, o));
+  if (lane == 0) sm[warp] = m;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    for (int w = 1; w < nw; w++) m = fmaxf(m, sm[w]);
+    sm[0] = m;
+  }
+  __syncthreads();
+  m = sm[0];
+  double s = 0;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) s += exp((double)l[i] - (double)m);
+  for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffff, s, o);
+  if (lane == 0) ss[warp] = s;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    double t = 0;
+    for (int w = 0; w < nw; w++) t += ss[w];
+    out[b] = (double)l[targets[b]] - (double)m - log(t);
+  }
+}
+
 // Converters and fills.
 extern "C" __global__ void bf16_to_f32(const bf16* __restrict__ in, float* __restrict__ out, long n) {
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = bf(in[i]);
