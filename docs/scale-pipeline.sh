@@ -44,6 +44,9 @@ DEADLINE=${DEADLINE:-0}
 # run. DISTILL=1 distils the control and the DMC runs from the base (the default recipe's
 # choice); GQA uptraining stays plain, since its teacher would be its own pooled start.
 DISTILL=${DISTILL:-0}
+# Held-out loss with hard decisions and no noise every EVAL_EVERY retrofit steps (in each run's
+# metrics.jsonl as eval_lm_loss): the gap between relaxed training and inference.
+EVAL_EVERY=${EVAL_EVERY:-100}
 COMMON=(--set seq_len=$SEQ --device $DEVICE --heldout-tokens $HELDOUT_TOKENS)
 
 . "$(dirname "$0")/pipeline-lib.sh"
@@ -95,7 +98,7 @@ step base-sample 30 "$DMC" generate --model "$D/base-export" --prompt "The old m
 evaluate base
 
 # 3. The plain control and the DMC retrofits, all from the base with the same steps and data.
-RET=(--data "$D/data" --steps "$RET_STEPS" --set batch_size=$RET_BATCH --set lr=$RET_LR "${COMMON[@]}")
+RET=(--data "$D/data" --steps "$RET_STEPS" --set batch_size=$RET_BATCH --set lr=$RET_LR --set eval_every=$EVAL_EVERY "${COMMON[@]}")
 KD=(--set distill_weight=$DISTILL)
 train control --model "$D/base-export" --control "${RET[@]}" "${KD[@]}"
 evaluate control
