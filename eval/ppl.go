@@ -155,11 +155,7 @@ func Perplexity(ctx context.Context, w *model.Weights, newCache CacheFactory, do
 			slots[h] += r.slots[h]
 		}
 	}
-	res.NLL /= float64(res.Tokens)
-	res.PPL = math.Exp(res.NLL)
-	res.Seconds = time.Since(start).Seconds()
-	res.TokensPerS = float64(res.Tokens) / res.Seconds
-	fillCR(res, cfg, seen, slots)
+	res.finish(cfg, seen, slots, start)
 	return res, nil
 }
 
@@ -194,6 +190,16 @@ func sequences(docs iter.Seq2[[]int32, error], vocab, seqLen, maxTokens int) ite
 			}
 		}
 	}
+}
+
+// finish turns the summed NLL into the mean and the perplexity, times the run from start, and
+// fills the real compression rate from the tokens seen and slots held per (layer, KV head).
+func (res *PPLResult) finish(cfg model.Config, seen, slots []int64, start time.Time) {
+	res.NLL /= float64(res.Tokens)
+	res.PPL = math.Exp(res.NLL)
+	res.Seconds = time.Since(start).Seconds()
+	res.TokensPerS = float64(res.Tokens) / res.Seconds
+	fillCR(res, cfg, seen, slots)
 }
 
 func fillCR(res *PPLResult, cfg model.Config, seen, slots []int64) {

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"iter"
-	"math"
 	"sync"
 	"time"
 
@@ -67,11 +66,7 @@ func PerplexityOn(ctx context.Context, dec model.Decoder, cfg model.Config, docs
 	if res.Sequences == 0 {
 		return nil, errors.New("eval: no sequence of at least 2 tokens to score in the data")
 	}
-	res.NLL /= float64(res.Tokens)
-	res.PPL = math.Exp(res.NLL)
-	res.Seconds = time.Since(start).Seconds()
-	res.TokensPerS = float64(res.Tokens) / res.Seconds
-	fillCR(res, cfg, seen, slots)
+	res.finish(cfg, seen, slots, start)
 	return res, nil
 }
 
