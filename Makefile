@@ -3,7 +3,7 @@ GO      ?= go
 BIN     ?= bin
 PKGS    := ./...
 
-.PHONY: all build build-cuda build-openblas test test-short bench lint demo kernels cuda-toolkit clean scale-pipeline
+.PHONY: all build build-cuda build-openblas test test-short bench lint demo kernels cuda-toolkit clean scale-pipeline test-cuda-bins
 
 all: build
 
@@ -44,6 +44,12 @@ cuda-toolkit:
 
 clean:
 	rm -rf $(BIN) runs/demo
+
+# The GPU test binaries (run them on the GPU machine with docs/gpu-tests.sh BIN ASSETS).
+test-cuda-bins:
+	$(GO) test -c -tags dmc_cuda -ldflags="-s -w" -o $(BIN)/ops.test ./graph/ops
+	$(GO) test -c -tags dmc_cuda -ldflags="-s -w" -o $(BIN)/device.test ./graph/device
+	$(GO) test -c -tags dmc_cuda -ldflags="-s -w" -o $(BIN)/kernels.test ./kernels
 
 # The retrofit-at-scale pipeline (issue 15, docs/scale-pipeline.md) on GPU 0: resumable, about
 # half an hour of H200 time; variables of docs/scale-pipeline.sh (D, A, DEADLINE, ...) pass through.

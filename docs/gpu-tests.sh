@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Runs the GPU test binaries on the GPU machine (built here with `make test-cuda-bins`, carried
+# in BIN): the kernel conformance suite of the training ops, the device executor's parity,
+# determinism and recompute tests, and the inference engine's tests (greedy parity, batching,
+# pool, perplexity and target scoring against the CPU). Every binary runs from its package
+# folder, with DMC_REQUIRE_GPU so that a missing GPU fails instead of skipping.
+#   docs/gpu-tests.sh BIN ASSETS [go test -run pattern]
+set -uo pipefail
+BIN=$(realpath "${1:?BIN folder with ops.test, device.test, kernels.test}")
+ASSETS=$(realpath "${2:?the shared assets (stories260K)}")
+RUN=${3:-.}
+root=$(cd "$(dirname "$0")/.." && pwd)
+rc=0
+for t in graph/ops:ops graph/device:device kernels:kernels; do
+	dir=${t%%:*} name=${t##*:}
+	[[ -x $BIN/$name.test ]] || { echo "$BIN/$name.test missing"; rc=1; continue; }
+	echo "== $name.test ($dir)"
+	(cd "$root/$dir" && DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 "$BIN/$name.test" -test.run "$RUN" -test.count 1 2>&1 | grep -E "^(---|ok|PASS|FAIL|panic)|--- (PASS|FAIL)" ) || true
+	(cd "$root/$dir" && DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 "$BIN/$name.test" -test.run "$RUN" -test.count 1 >/dev/null 2>&1) || rc=1
+done
+exit $rc
