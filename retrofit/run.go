@@ -209,6 +209,23 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 		ModelConfig: info, Resume: spec.Resume, StopAfter: spec.StopAfter, Progress: progress,
 		OnZeroOutEnd: func(params []trainer.Param) error { return zeroDecisionRows(params, cfg, dc) },
 	}
+	heldout := heldoutOf(spec, ds)
+	if recipe.EvalEvery > 0 {
+		// eval_every scores the same held-out windows each time, with hard decisions.
+		if heldout == "" {
+			return nil, fmt.Errorf("eval_every %d needs held-out data: pass --heldout, or prepare --data with a held-out split (dmc data prepare --heldout-frac or --heldout-files)", recipe.EvalEvery)
+		}
+		hds, err := data.OpenWith(heldout, data.OpenOptions{})
+		if err != nil {
+			return nil, err
+		}
+		evalSrc, err := newPackerSource(hds, data.PackerOptions{SeqLen: recipe.SeqLen, Seed: recipe.Seed})
+		if err != nil {
+			return nil, fmt.Errorf("eval_every: %w", err)
+		}
+		defer evalSrc.Close()
+		topts.Eval = &vocabCheckedSource{evalSrc, cfg.VocabSize, heldout}
+	}
 	weights := g.Weights
 	if spec.Device == "cuda" {
 		dm, err := device.New(g, device.Options{FP32GEMM: spec.GEMM == "fp32", Train: sel, Recompute: spec.Recompute})
@@ -241,12 +258,6 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	if res.Interrupted || !res.Done {
 		return out, nil
 	}
-	heldout := spec.Heldout
-	if heldout == "" && ds.Manifest != nil {
-		if s, ok := ds.Manifest.Splits["heldout"]; ok && s.Docs > 0 {
-			heldout = spec.Data + ":heldout"
-		}
-	}
 	if heldout != "" {
 		hpath := filepath.Join(spec.Out, HeldoutFile)
 		if b, err := os.ReadFile(hpath); err == nil && spec.Resume {
@@ -278,6 +289,20 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 		_ = atomicfile.Write(hpath, append(b, '\n'))
 	}
 	return out, nil
+}
+
+// heldoutOf is the run's held-out data: --heldout, else the heldout split of --data when the
+// shards have one, else "".
+func heldoutOf(spec Spec, ds *data.Dataset) string {
+	if spec.Heldout != "" {
+		return spec.Heldout
+	}
+	if ds.Manifest != nil {
+		if s, ok := ds.Manifest.Splits["heldout"]; ok && s.Docs > 0 {
+			return spec.Data + ":heldout"
+		}
+	}
+	return ""
 }
 
 // heldoutBatch is the number of sequences a GPU run's final evaluation decodes together.

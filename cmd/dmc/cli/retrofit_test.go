@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -542,6 +543,52 @@ func TestRetrofitHeldoutAndFinishedResume(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(fx.dir, "r2", "metrics.jsonl")); err == nil {
 		t.Error("training started before the bad --heldout was refused")
+	}
+}
+
+// eval_every scores the held-out split with hard decisions during training (metrics.jsonl's
+// eval_lm_loss, a progress line), and is refused when there is no held-out data.
+func TestRetrofitEvalEvery(t *testing.T) {
+	fx := newFixture(t)
+	runDir := filepath.Join(fx.dir, "run")
+	_, stderr, code := run(t, append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--target-cr", "2", "--steps", "4", "--out", runDir,
+		"--heldout-tokens", "100", "--set", "eval_every=2", "--set", "eval_batches=1"}, tinyRecipe...)...)
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	if !strings.Contains(stderr, "eval at step 2") {
+		t.Errorf("no evaluation progress line in %q", stderr)
+	}
+	b, _ := os.ReadFile(filepath.Join(runDir, "metrics.jsonl"))
+	var evals []int
+	for _, line := range strings.Split(strings.TrimSpace(string(b)), "\n") {
+		var m struct {
+			Step   int      `json:"step"`
+			EvalLM *float64 `json:"eval_lm_loss"`
+		}
+		if err := json.Unmarshal([]byte(line), &m); err != nil {
+			t.Fatal(err)
+		}
+		if m.EvalLM != nil {
+			evals = append(evals, m.Step)
+		}
+	}
+	if !slices.Equal(evals, []int{2, 4}) {
+		t.Errorf("held-out evaluations at steps %v, want [2 4]", evals)
+	}
+	// Shards without a held-out split and no --heldout: refused before training.
+	tok, err := tokenizer.Load(fx.tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	flat := filepath.Join(fx.dir, "flat")
+	if _, err := data.Prepare(data.PrepareOptions{Inputs: []string{filepath.Join(fx.dir, "corpus.txt")}, Out: flat, Tokenizer: tok, TokenizerPath: fx.tok}); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code = run(t, append([]string{"retrofit", "--model", fx.model, "--data", flat, "--steps", "2", "--out", filepath.Join(fx.dir, "r2"),
+		"--set", "eval_every=1"}, tinyRecipe...)...)
+	if code == 0 || !strings.Contains(stderr, "eval_every 1 needs held-out data") {
+		t.Fatalf("eval_every without held-out data: exit %d, %q", code, stderr)
 	}
 }
 
