@@ -31,6 +31,8 @@ type BenchOptions struct {
 	// documents (prepared shards' held-out split, or a text file), so that a model's learned
 	// DMC decisions see real text; the windows repeat when the data holds fewer than the batch.
 	Data string
+	// Warn hears notes about the model (a corrupt latest checkpoint skipped); nil discards them.
+	Warn io.Writer
 }
 
 // BenchCR is one compression setting of a benchmark.
@@ -177,7 +179,7 @@ func planBench(o BenchOptions) (*benchPlan, error) {
 			dc = &ci.DMC.Config
 		}
 	} else {
-		m, err := LoadModel(o.Model, LoadOptions{NeedTokenizer: o.Data != ""})
+		m, err := LoadModel(o.Model, LoadOptions{NeedTokenizer: o.Data != "", Warn: o.Warn})
 		if err != nil {
 			return nil, err
 		}
@@ -258,6 +260,9 @@ func BenchDecode(o BenchOptions, progress io.Writer) (*BenchReport, error) {
 	}
 	if err := kernels.Available(); err != nil {
 		return nil, err
+	}
+	if o.Warn == nil {
+		o.Warn = progress
 	}
 	p, err := planBench(o)
 	if err != nil {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"iter"
 
 	"github.com/dmc-project/dmc/data"
@@ -58,6 +59,9 @@ type EvalHooks struct {
 	PPL     func(tokens int)
 	Channel func(channel int, r *eval.PPLResult)
 	Items   func(done, total int) // benchmark items scored
+	// Warn hears notes about the model, such as a corrupt latest checkpoint of a run skipped
+	// for an older one; nil discards them.
+	Warn io.Writer
 }
 
 // EvalReport is the JSON written by `dmc eval --json`.
@@ -118,7 +122,7 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 		if spec.ForceCR > 1 {
 			return nil, fmt.Errorf("--force-cr is for --random-weights benchmarks only")
 		}
-		if m, err = LoadModel(spec.Model, LoadOptions{Tokenizer: spec.Tokenizer, NeedTokenizer: len(bench) > 0}); err != nil {
+		if m, err = LoadModel(spec.Model, LoadOptions{Tokenizer: spec.Tokenizer, NeedTokenizer: len(bench) > 0, Warn: hooks.Warn}); err != nil {
 			return nil, err
 		}
 	}

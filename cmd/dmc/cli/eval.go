@@ -137,6 +137,7 @@ func (o *EvalOptions) Run(ctx context.Context, streams *IO) (*EvalReport, error)
 		retrofit.EvalHooks{
 			Start: func(what string) { prog.done(); items.done(); fmt.Fprintln(streams.Err, what) },
 			Items: items.updateOf,
+			Warn:  streams.Err,
 			PPL:   prog.update,
 			Channel: func(c int, r *eval.PPLResult) {
 				what := "no channel removed"
@@ -232,6 +233,7 @@ func (o *EvalOptions) runCompare(ctx context.Context, streams *IO, prog, items *
 		Start: func(what string) { prog.done(); items.done(); fmt.Fprintln(streams.Err, what) },
 		PPL:   prog.update,
 		Items: items.updateOf,
+		Warn:  streams.Err,
 	})
 	prog.done()
 	items.done()

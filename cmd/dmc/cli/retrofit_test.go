@@ -658,3 +658,27 @@ func TestEvalRandomWeightsRefusals(t *testing.T) {
 		}
 	}
 }
+
+// dmc eval of a run whose latest checkpoint does not verify says so and names the one it used.
+func TestEvalWarnsAboutACorruptLatestCheckpoint(t *testing.T) {
+	fx := newFixture(t)
+	runDir := filepath.Join(fx.dir, "run")
+	if _, e, c := run(t, append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--steps", "4", "--out", runDir, "--heldout-tokens", "50"}, tinyRecipe...)...); c != 0 {
+		t.Fatal(e)
+	}
+	recipe := filepath.Join(runDir, "checkpoints", "step-0000004", "recipe.yaml")
+	b, err := os.ReadFile(recipe)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(recipe, append(b, []byte("# edited\n")...), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, stderr, code := run(t, "eval", "--model", runDir, "--data", fx.shards, "--max-tokens", "50")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	if !strings.Contains(stderr, "step-0000004 is corrupt") || !strings.Contains(stderr, "using step-0000002") {
+		t.Errorf("no warning about the corrupt checkpoint in %q", stderr)
+	}
+}
