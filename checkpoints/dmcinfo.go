@@ -24,6 +24,9 @@ type DMCInfo struct {
 	AchievedByHead  [][]float64 `json:"achieved_cr_per_head,omitempty"`
 	// TrainedSteps is the number of optimiser steps of the retrofit.
 	TrainedSteps int `json:"trained_steps,omitempty"`
+	// TrainedDecisionOffset is the decision offset the run trained with, when dmc export
+	// --calibrate-cr moved decision_offset to where the hard decisions reach TargetCR.
+	TrainedDecisionOffset *float64 `json:"trained_decision_offset,omitempty"`
 }
 
 // ReadDMCInfo returns the "dmc" block of the config.json in dir (or next to a file path), or

@@ -1,6 +1,7 @@
 package retrofit
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -23,6 +24,14 @@ type ExportOptions struct {
 	ShardMB   int64  // largest safetensors shard in MB (default 5000)
 	Force     bool   // overwrite a directory that is not an export of this run
 	Warn      io.Writer
+	// CalibrateCR moves the decision offset to where the hard decisions compress held-out
+	// text (Measure, else the run's held-out data) by the target CR (CalibrateOffset), on
+	// CalibrateTokens tokens (default 32768) on Device (cpu or cuda). The export then records
+	// the trained offset and the CR measured at the new one.
+	CalibrateCR     bool
+	CalibrateTokens int
+	Device          string
+	Progress        io.Writer // calibration measurements; nil discards them
 }
 
 // ExportMarker is the file in an export that names the run it came from, so a later export
@@ -52,6 +61,51 @@ func checkExportTarget(out, runDir string, force bool) error {
 		return fmt.Errorf("%s holds the export of another run (%s): choose another --out, or pass --force to replace it", out, m.Run)
 	}
 	return fmt.Errorf("%s already exists and is not an export of %s: choose another --out, or pass --force to write into it", out, runDir)
+}
+
+// calibrateExport sets d's decision offset by CalibrateOffset on the run's held-out data (or
+// opt.Measure) and returns the evaluation at the new offset.
+func calibrateExport(ctx context.Context, rd *RunDir, w *model.Weights, d *checkpoints.DMCInfo, opt ExportOptions) (*eval.PPLResult, error) {
+	path := opt.Measure
+	if path == "" && rd.Spec != nil {
+		if rd.Spec.Heldout != "" {
+			path = rd.Spec.Heldout
+		} else if m, err := data.ReadManifest(rd.Spec.Data); err == nil && m.Splits["heldout"].Docs > 0 {
+			path = rd.Spec.Data
+		}
+	}
+	if path == "" {
+		return nil, fmt.Errorf("--calibrate-cr measures the compression on held-out text: pass --measure DATA (the run has no held-out data)")
+	}
+	if !(d.TargetCR > 1) {
+		return nil, fmt.Errorf("--calibrate-cr: the run has no target CR above 1 (%g) to calibrate to", d.TargetCR)
+	}
+	ds, err := data.OpenWith(path, data.OpenOptions{Split: splitOf(path, "heldout")})
+	if err != nil {
+		return nil, err
+	}
+	tokens := opt.CalibrateTokens
+	if tokens <= 0 {
+		tokens = 32768
+	}
+	progress := opt.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	fmt.Fprintf(progress, "calibrating the decision offset (trained: %g) to CR %g on %d tokens of %s\n", d.DecisionOffset, d.TargetCR, tokens, path)
+	// The run's own (checkpoint-layout) config: the channel is remapped for the export later.
+	dc := *rd.Model.DMC
+	dc.DecisionOffset = d.DecisionOffset
+	c, r, err := CalibrateOffset(ctx, w, dc, ds.Documents, d.TargetCR, CalibrateOptions{PPL: eval.PPLOptions{MaxTokens: tokens},
+		Device: cmp.Or(opt.Device, "cpu"), Batch: heldoutBatch, Progress: progress})
+	if err != nil {
+		return nil, err
+	}
+	trained := d.DecisionOffset
+	d.TrainedDecisionOffset, d.DecisionOffset = &trained, c.DecisionOffset
+	fmt.Fprintf(progress, "decision offset %g → %g: real CR %.3f (target %g), perplexity %.4f on %d tokens\n",
+		trained, c.DecisionOffset, r.CR, d.TargetCR, r.PPL, r.Tokens)
+	return r, nil
 }
 
 // ExportResult says what Export wrote.
@@ -98,7 +152,11 @@ func Export(ctx context.Context, runDir, out string, opt ExportOptions) (*Export
 		D := w.Config.HeadDim()
 		d.DecisionChannel = checkpoints.RoPEChannel(info.DMC.Channel(D), D, w.Config.RoPE, model.RoPEHalf)
 		var measured *eval.PPLResult
-		if opt.Measure != "" {
+		if opt.CalibrateCR {
+			if measured, err = calibrateExport(ctx, rd, w, d, opt); err != nil {
+				return nil, err
+			}
+		} else if opt.Measure != "" {
 			ds, err := data.OpenWith(opt.Measure, data.OpenOptions{Split: splitOf(opt.Measure, "heldout")})
 			if err != nil {
 				return nil, err

@@ -446,7 +446,7 @@ func (s *Server) collect(ctx context.Context, q *request, index int, j *job, onD
 	for _, st := range q.samp.stop {
 		longestStop = max(longestStop, len(st))
 	}
-	sent := 0              // bytes of text already streamed
+	sent := 0 // bytes of text already streamed
 	prev := toks[len(toks)-1]
 	var pending []int // logprob entries not yet streamed (stream only)
 	flush := func(final bool, finish string) error {

@@ -682,3 +682,67 @@ func TestEvalWarnsAboutACorruptLatestCheckpoint(t *testing.T) {
 		t.Errorf("no warning about the corrupt checkpoint in %q", stderr)
 	}
 }
+
+// export --calibrate-cr moves the decision offset to where the run's held-out data compresses
+// by the target, keeps the trained offset, and the export then evaluates at that CR; without
+// held-out data it says what to pass.
+func TestExportCalibrateCR(t *testing.T) {
+	fx := newFixture(t)
+	runDir := filepath.Join(fx.dir, "run")
+	if _, e, c := run(t, append([]string{"retrofit", "--model", fx.model, "--data", fx.shards, "--target-cr", "2", "--steps", "4", "--out", runDir,
+		"--heldout-tokens", "50"}, tinyRecipe...)...); c != 0 {
+		t.Fatal(e)
+	}
+	exp := filepath.Join(fx.dir, "export")
+	_, stderr, code := run(t, "export", "--run", runDir, "--out", exp, "--calibrate-cr", "--calibrate-tokens", "600")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	if !strings.Contains(stderr, "calibrating the decision offset") {
+		t.Errorf("no calibration progress in %q", stderr)
+	}
+	b, _ := os.ReadFile(filepath.Join(exp, "config.json"))
+	var cfg struct {
+		DMC struct {
+			Offset   float64  `json:"decision_offset"`
+			Trained  *float64 `json:"trained_decision_offset"`
+			Achieved float64  `json:"achieved_cr"`
+		} `json:"dmc"`
+	}
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		t.Fatal(err)
+	}
+	if cfg.DMC.Trained == nil || math.Abs(cfg.DMC.Achieved/2-1) > 0.05 {
+		t.Fatalf("dmc block after calibration: %s", b)
+	}
+	out, stderr, code := run(t, "eval", "--model", exp, "--data", fx.shards, "--max-tokens", "600")
+	if code != 0 {
+		t.Fatal(stderr)
+	}
+	if !strings.Contains(out, "compression rate") {
+		t.Fatalf("eval output %q", out)
+	}
+	var cr float64
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "compression rate") {
+			fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "compression rate")), "%fx", &cr)
+		}
+	}
+	if math.Abs(cr/cfg.DMC.Achieved-1) > 0.01 { // the export is bf16, the calibration ran on the fp32 checkpoint
+		t.Errorf("the export evaluates at CR %g, the calibration measured %g", cr, cfg.DMC.Achieved)
+	}
+	// No held-out data in the run and no --measure.
+	tok, _ := tokenizer.Load(fx.tok)
+	flat := filepath.Join(fx.dir, "flat")
+	if _, err := data.Prepare(data.PrepareOptions{Inputs: []string{filepath.Join(fx.dir, "corpus.txt")}, Out: flat, Tokenizer: tok, TokenizerPath: fx.tok}); err != nil {
+		t.Fatal(err)
+	}
+	run2 := filepath.Join(fx.dir, "run2")
+	if _, e, c := run(t, append([]string{"retrofit", "--model", fx.model, "--data", flat, "--target-cr", "2", "--steps", "2", "--out", run2}, tinyRecipe...)...); c != 0 {
+		t.Fatal(e)
+	}
+	_, stderr, code = run(t, "export", "--run", run2, "--out", filepath.Join(fx.dir, "e2"), "--calibrate-cr")
+	if code == 0 || !strings.Contains(stderr, "pass --measure DATA") {
+		t.Fatalf("calibration without held-out data: exit %d, %q", code, stderr)
+	}
+}
