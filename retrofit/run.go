@@ -73,6 +73,25 @@ type Result struct {
 	Source  string // the base checkpoint
 }
 
+// crNoteTolerance is how far the held-out real CR may be from the target before CRNote speaks.
+const crNoteTolerance = 0.1
+
+// CRNote says, when the final held-out evaluation of a DMC run compressed more than 10% away
+// from the target, why (relaxed training decisions against hard inference ones) and what to
+// do; "" otherwise.
+func (r *Result) CRNote() string {
+	if r.Heldout == nil || r.Recipe.Mode != trainer.ModeDMC || !(r.Recipe.TargetCR > 1) {
+		return ""
+	}
+	real, target := r.Heldout.CR, r.Recipe.TargetCR
+	if math.Abs(real/target-1) <= crNoteTolerance {
+		return ""
+	}
+	return fmt.Sprintf("note: with hard decisions the model compresses held-out text %.2f× against the target %g× "+
+		"(training merges a token with probability σ(a), inference when a > 0); train longer, or export with "+
+		"dmc export --calibrate-cr, which moves the decision offset until held-out text compresses by %g×", real, target, target)
+}
+
 // Run trains as spec says and, when held-out data is available, evaluates the result with
 // the real cache. Progress lines (the header, the trainer's progress) go to progress.
 func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err error) {

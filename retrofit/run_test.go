@@ -9,7 +9,9 @@ import (
 	"testing"
 
 	"github.com/dmc-project/dmc/checkpoints"
+	"github.com/dmc-project/dmc/eval"
 	"github.com/dmc-project/dmc/model"
+	"github.com/dmc-project/dmc/trainer"
 )
 
 // --target-cr keeps stage lengths a recipe states and derives only those it leaves at 0;
@@ -67,6 +69,26 @@ func TestLoadRefusesNonFiniteWeights(t *testing.T) {
 			if err == nil || !strings.Contains(err.Error(), "model.layers.1.self_attn.k_proj.weight") || !strings.Contains(err.Error(), "index 7") {
 				t.Errorf("%s with %v: %v, want an error naming the tensor and index", name, bad, err)
 			}
+		}
+	}
+}
+
+func TestCRNote(t *testing.T) {
+	dmcRecipe := trainer.Recipe{Mode: trainer.ModeDMC, TargetCR: 4}
+	for _, tc := range []struct {
+		name string
+		r    Result
+		want bool
+	}{
+		{"over-compressed", Result{Recipe: dmcRecipe, Heldout: &eval.PPLResult{CR: 6.4}}, true},
+		{"under-compressed", Result{Recipe: dmcRecipe, Heldout: &eval.PPLResult{CR: 3.5}}, true},
+		{"on target", Result{Recipe: dmcRecipe, Heldout: &eval.PPLResult{CR: 4.2}}, false},
+		{"no evaluation", Result{Recipe: dmcRecipe}, false},
+		{"control", Result{Recipe: trainer.Recipe{Mode: trainer.ModeControl, TargetCR: 1}, Heldout: &eval.PPLResult{CR: 1}}, false},
+	} {
+		note := tc.r.CRNote()
+		if (note != "") != tc.want || (tc.want && !strings.Contains(note, "--calibrate-cr")) {
+			t.Errorf("%s: note %q", tc.name, note)
 		}
 	}
 }

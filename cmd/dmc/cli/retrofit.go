@@ -122,6 +122,9 @@ func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*retrofit.Resul
 	}
 	if r := res.Heldout; r != nil {
 		fmt.Fprintf(streams.Out, "held-out perplexity %.4f over %d tokens, real compression %.2fx (%s cache)\n", r.PPL, r.Tokens, r.CR, res.Cache)
+		if note := res.CRNote(); note != "" {
+			fmt.Fprintln(streams.Err, note)
+		}
 	}
 	return res, nil
 }
