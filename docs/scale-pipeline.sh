@@ -47,6 +47,11 @@ DISTILL=${DISTILL:-0}
 # Held-out loss with hard decisions and no noise every EVAL_EVERY retrofit steps (in each run's
 # metrics.jsonl as eval_lm_loss): the gap between relaxed training and inference.
 EVAL_EVERY=${EVAL_EVERY:-100}
+# CALIBRATE=1 exports the DMC models with dmc export --calibrate-cr (the decision offset moved
+# until held-out text compresses by the target; about a minute per model on the GPU).
+CALIBRATE=${CALIBRATE:-0}
+CAL=()
+(( CALIBRATE )) && CAL=(--calibrate-cr --device "$DEVICE")
 COMMON=(--set seq_len=$SEQ --device $DEVICE --heldout-tokens $HELDOUT_TOKENS)
 
 . "$(dirname "$0")/pipeline-lib.sh"
@@ -121,7 +126,7 @@ if [[ $DEVICE == cuda ]]; then
 	step bench-base 90 "$DMC" bench decode --model "$D/base-export" --cr 1 --batch max --prompt "$BENCH_PROMPT" \
 		--gen "$BENCH_GEN" --data "$D/data" --json "$RES/decode-base.json"
 	for cr in $CRS; do
-		step "cr$cr-export" 30 "$DMC" export --run "$D/cr$cr" --out "$D/cr$cr-export"
+		step "cr$cr-export" 30 "$DMC" export --run "$D/cr$cr" --out "$D/cr$cr-export" "${CAL[@]}"
 		step "bench-cr$cr" 120 "$DMC" bench decode --model "$D/cr$cr-export" --cr dmc --batch max --prompt "$BENCH_PROMPT" \
 			--gen "$BENCH_GEN" --data "$D/data" --json "$RES/decode-cr$cr.json"
 	done
