@@ -50,6 +50,9 @@ type EvalSpec struct {
 	// a large model (benchmark tasks on CUDA only; the accuracies mean nothing).
 	RandomWeights bool
 	ForceCR       int
+	// DecisionOffset, when set, replaces a DMC model's decision offset (what dmc export
+	// --calibrate-cr tunes): every hard decision shifts, trading compression for quality.
+	DecisionOffset *float64
 }
 
 // EvalHooks receive progress: Start before each task, PPL with tokens scored so far, Channel
@@ -127,6 +130,14 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 		}
 	}
 	cfg := m.Weights.Config
+	if spec.DecisionOffset != nil {
+		if m.DMC == nil {
+			return nil, fmt.Errorf("--decision-offset shifts a DMC model's decisions; %s is not a DMC model", m.Source)
+		}
+		c := *m.DMC
+		c.DecisionOffset = *spec.DecisionOffset
+		m.DMC = &c
+	}
 	if builtin["channels"] && m.DMC != nil {
 		return nil, fmt.Errorf("--tasks channels measures which channel a retrofit should repurpose, so it needs the base model; %s is already a DMC model (decision channel %d)", m.Source, m.DMC.Channel(cfg.HeadDim()))
 	}

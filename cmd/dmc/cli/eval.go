@@ -34,6 +34,9 @@ type EvalOptions struct {
 	ForceCR   int
 	MaxTokens int
 	Separator string
+	// DecisionOffset overrides a DMC model's (when the flag is given: offsetSet).
+	DecisionOffset float64
+	offsetSet      bool
 	// TextField (.jsonl) and TextColumn (Parquet, Arrow, HF datasets) name the text to tokenise.
 	TextField, TextColumn string
 	// Benchmarks.
@@ -83,6 +86,7 @@ caches), --batch sequences decoded together.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			ctx, stop, caught := signalContext(cmd.Context())
 			defer stop()
+			o.offsetSet = cmd.Flags().Changed("decision-offset")
 			_, err := o.Run(ctx, streams)
 			if sig := caught(); sig != nil && err != nil {
 				return interrupted(sig, "interrupted: "+err.Error())
@@ -112,6 +116,7 @@ caches), --batch sequences decoded together.`,
 	f.Float64Var(&o.CR, "cr", 0, "size a training-free policy for this compression: a budget of context/CR slots")
 	f.IntVar(&o.SeqLen, "seq-len", 0, "longest sequence decoded from one cache (default: the model's context)")
 	f.IntVar(&o.MaxTokens, "max-tokens", 0, "stop after about this many scored tokens (0 = all)")
+	f.Float64Var(&o.DecisionOffset, "decision-offset", 0, "DMC models: replace the decision offset (higher: fewer merges, lower CR; dmc export --calibrate-cr picks one for the target CR)")
 	f.StringVar(&o.Separator, "separator", "", "document separator of .txt data (default <|endoftext|>)")
 	f.StringVar(&o.TextField, "text-field", "", "text field of .jsonl data (default text)")
 	f.StringVar(&o.TextColumn, "text-column", "", "text column of Parquet/Arrow data or a Hugging Face dataset (default text, or the only string column)")
@@ -271,8 +276,13 @@ func (o *EvalOptions) runCompare(ctx context.Context, streams *IO, prog, items *
 
 // spec is the evaluation the flags ask for.
 func (o *EvalOptions) spec() retrofit.EvalSpec {
-	return retrofit.EvalSpec{Model: o.Model, Tokenizer: o.Tokenizer, Data: o.Data, Split: o.Split,
+	spec := retrofit.EvalSpec{Model: o.Model, Tokenizer: o.Tokenizer, Data: o.Data, Split: o.Split,
 		Tasks: o.Tasks, JSON: o.JSON, Cache: o.Cache, KVBudget: o.KVBudget, CR: o.CR, SeqLen: o.SeqLen, MaxTokens: o.MaxTokens, Separator: o.Separator,
 		TextField: o.TextField, TextColumn: o.TextColumn, DataDir: o.DataDir, NumFewShot: o.NumFewShot, Limit: o.Limit, Seed: o.Seed,
 		LogSamples: o.LogSamples, Device: o.Device, Batch: o.Batch, RandomWeights: o.Random, ForceCR: o.ForceCR}
+	if o.offsetSet {
+		off := o.DecisionOffset
+		spec.DecisionOffset = &off
+	}
+	return spec
 }

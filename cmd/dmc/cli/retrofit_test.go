@@ -731,6 +731,30 @@ func TestExportCalibrateCR(t *testing.T) {
 	if math.Abs(cr/cfg.DMC.Achieved-1) > 0.01 { // the export is bf16, the calibration ran on the fp32 checkpoint
 		t.Errorf("the export evaluates at CR %g, the calibration measured %g", cr, cfg.DMC.Achieved)
 	}
+	// --decision-offset evaluates the export at another offset: the trained one gives the
+	// run's own compression, a much higher one no merges.
+	crAt := func(off string) float64 {
+		out, stderr, code := run(t, "eval", "--model", exp, "--data", fx.shards, "--max-tokens", "600", "--decision-offset", off)
+		if code != 0 {
+			t.Fatal(stderr)
+		}
+		var c float64
+		for _, line := range strings.Split(out, "\n") {
+			if strings.HasPrefix(line, "compression rate") {
+				fmt.Sscanf(strings.TrimSpace(strings.TrimPrefix(line, "compression rate")), "%fx", &c)
+			}
+		}
+		return c
+	}
+	if c := crAt("100"); c != 1 {
+		t.Errorf("--decision-offset 100: CR %g, want 1 (no merges)", c)
+	}
+	if c := crAt(fmt.Sprint(cfg.DMC.Offset)); math.Abs(c/cr-1) > 1e-9 {
+		t.Errorf("--decision-offset at the export's own offset: CR %g, want %g", c, cr)
+	}
+	if _, stderr, code := run(t, "eval", "--model", fx.model, "--data", fx.shards, "--decision-offset", "1"); code == 0 || !strings.Contains(stderr, "not a DMC model") {
+		t.Errorf("--decision-offset on a vanilla model: exit %d, %q", code, stderr)
+	}
 	// No held-out data in the run and no --measure.
 	tok, _ := tokenizer.Load(fx.tok)
 	flat := filepath.Join(fx.dir, "flat")
