@@ -463,6 +463,26 @@ func firstMismatch(a, b []int) int {
 // against the CPU on the engine's bf16-valued weights and requires identical tokens up to the
 // first position where some decision logit came within 0.25 of the threshold (bf16 rounding
 // of k can flip it there); beyond it the divergence is logged, not failed.
+// engineAndReference loads w on the GPU with opt and returns the weights the CPU reference
+// must run: the engine's own bf16 copy for learned DMC decisions (which flip on rounding),
+// else w.
+func engineAndReference(t *testing.T, w *model.Weights, opt Options) (Engine, *model.Weights) {
+	t.Helper()
+	e, err := NewEngine(w, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if opt.DMC == nil || opt.ForceCR > 0 {
+		return e, w
+	}
+	ref, err := e.(*engine).downloadWeights()
+	if err != nil {
+		e.Close()
+		t.Fatal(err)
+	}
+	return e, ref
+}
+
 func TestStories260KGreedyParity(t *testing.T) {
 	testDevice(t)
 	w := loadStories(t)
@@ -478,19 +498,11 @@ func TestStories260KGreedyParity(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			opt := DefaultOptions()
 			opt.DMC, opt.ForceCR, opt.MaxBatch = defaultDMCIf(c.dmc), c.forceCR, 4
-			e, err := NewEngine(w, opt)
-			if err != nil {
-				t.Fatal(err)
-			}
+			e, ref := engineAndReference(t, w, opt)
 			defer e.Close()
-			ref := w
-			if c.dmc && c.forceCR == 0 {
-				if ref, err = e.(*engine).downloadWeights(); err != nil {
-					t.Fatal(err)
-				}
-			}
 			var cache model.KVCache[float32] = model.NewVanillaCache[float32](w.Config)
 			var cc *dmc.CompressedCache[float32]
+			var err error
 			if c.dmc {
 				opts := []dmc.CacheOption{dmc.WithDecisionRecord()}
 				if c.forceCR > 0 {
@@ -791,17 +803,8 @@ func TestEnginePerplexityMatchesCPU(t *testing.T) {
 		t.Run(c.name, func(t *testing.T) {
 			opt := DefaultOptions()
 			opt.DMC, opt.ForceCR, opt.MaxBatch, opt.MaxContext = defaultDMCIf(c.dmc), c.forceCR, 5, 128
-			e, err := NewEngine(w, opt)
-			if err != nil {
-				t.Fatal(err)
-			}
+			e, ref := engineAndReference(t, w, opt)
 			defer e.Close()
-			ref := w
-			if c.dmc && c.forceCR == 0 {
-				if ref, err = e.(*engine).downloadWeights(); err != nil {
-					t.Fatal(err)
-				}
-			}
 			factory := eval.VanillaCaches(w.Config)
 			if c.dmc {
 				var opts []dmc.CacheOption

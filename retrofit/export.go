@@ -66,13 +66,10 @@ func checkExportTarget(out, runDir string, force bool) error {
 // calibrateExport sets d's decision offset by CalibrateOffset on the run's held-out data (or
 // opt.Measure) and returns the evaluation at the new offset.
 func calibrateExport(ctx context.Context, rd *RunDir, w *model.Weights, d *checkpoints.DMCInfo, opt ExportOptions) (*eval.PPLResult, error) {
-	path := opt.Measure
+	path, split := opt.Measure, splitOf(opt.Measure, "heldout")
 	if path == "" && rd.Spec != nil {
-		if rd.Spec.Heldout != "" {
-			path = rd.Spec.Heldout
-		} else if m, err := data.ReadManifest(rd.Spec.Data); err == nil && m.Splits["heldout"].Docs > 0 {
-			path = rd.Spec.Data
-		}
+		m, _ := data.ReadManifest(rd.Spec.Data)
+		path = heldoutOf(*rd.Spec, m) // names its split itself (DATA:heldout)
 	}
 	if path == "" {
 		return nil, fmt.Errorf("--calibrate-cr measures the compression on held-out text: pass --measure DATA (the run has no held-out data)")
@@ -80,7 +77,7 @@ func calibrateExport(ctx context.Context, rd *RunDir, w *model.Weights, d *check
 	if !(d.TargetCR > 1) {
 		return nil, fmt.Errorf("--calibrate-cr: the run has no target CR above 1 (%g) to calibrate to", d.TargetCR)
 	}
-	ds, err := data.OpenWith(path, data.OpenOptions{Split: splitOf(path, "heldout")})
+	ds, err := data.OpenWith(path, data.OpenOptions{Split: split})
 	if err != nil {
 		return nil, err
 	}
@@ -93,10 +90,8 @@ func calibrateExport(ctx context.Context, rd *RunDir, w *model.Weights, d *check
 		progress = io.Discard
 	}
 	fmt.Fprintf(progress, "calibrating the decision offset (trained: %g) to CR %g on %d tokens of %s\n", d.DecisionOffset, d.TargetCR, tokens, path)
-	// The run's own (checkpoint-layout) config: the channel is remapped for the export later.
-	dc := *rd.Model.DMC
-	dc.DecisionOffset = d.DecisionOffset
-	c, r, err := CalibrateOffset(ctx, w, dc, ds.Documents, d.TargetCR, CalibrateOptions{PPL: eval.PPLOptions{MaxTokens: tokens},
+	// The run's own (checkpoint-layout) config: d's channel is remapped for the export.
+	c, r, err := CalibrateOffset(ctx, w, *rd.Model.DMC, ds.Documents, d.TargetCR, CalibrateOptions{PPL: eval.PPLOptions{MaxTokens: tokens},
 		Device: cmp.Or(opt.Device, "cpu"), Batch: heldoutBatch, Progress: progress})
 	if err != nil {
 		return nil, err

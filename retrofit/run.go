@@ -228,7 +228,7 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 		ModelConfig: info, Resume: spec.Resume, StopAfter: spec.StopAfter, Progress: progress,
 		OnZeroOutEnd: func(params []trainer.Param) error { return zeroDecisionRows(params, cfg, dc) },
 	}
-	heldout := heldoutOf(spec, ds)
+	heldout := heldoutOf(spec, ds.Manifest)
 	if recipe.EvalEvery > 0 {
 		// eval_every scores the same held-out windows each time, with hard decisions.
 		if heldout == "" {
@@ -310,14 +310,14 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	return out, nil
 }
 
-// heldoutOf is the run's held-out data: --heldout, else the heldout split of --data when the
-// shards have one, else "".
-func heldoutOf(spec Spec, ds *data.Dataset) string {
+// heldoutOf is the run's held-out data: --heldout, else the heldout split of --data when its
+// manifest (m; nil for data that is not prepared shards) has one, else "".
+func heldoutOf(spec Spec, m *data.Manifest) string {
 	if spec.Heldout != "" {
 		return spec.Heldout
 	}
-	if ds.Manifest != nil {
-		if s, ok := ds.Manifest.Splits["heldout"]; ok && s.Docs > 0 {
+	if m != nil {
+		if s, ok := m.Splits["heldout"]; ok && s.Docs > 0 {
 			return spec.Data + ":heldout"
 		}
 	}
