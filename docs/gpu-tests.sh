@@ -15,7 +15,11 @@ for t in graph/ops:ops graph/device:device kernels:kernels; do
 	dir=${t%%:*} name=${t##*:}
 	[[ -x $BIN/$name.test ]] || { echo "$BIN/$name.test missing"; rc=1; continue; }
 	echo "== $name.test ($dir)"
-	(cd "$root/$dir" && DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 "$BIN/$name.test" -test.run "$RUN" -test.count 1 2>&1 | grep -E "^(---|ok|PASS|FAIL|panic)|--- (PASS|FAIL)" ) || true
-	(cd "$root/$dir" && DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 "$BIN/$name.test" -test.run "$RUN" -test.count 1 >/dev/null 2>&1) || rc=1
+	log=$(mktemp)
+	# One run per binary (GPU time is scarce): its full output kept, the verdicts printed.
+	(cd "$root/$dir" && DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 "$BIN/$name.test" -test.run "$RUN" -test.count 1 -test.v >"$log" 2>&1) || rc=1
+	grep -E "^(ok|PASS|FAIL|panic)|--- (PASS|FAIL|SKIP)" "$log"
+	[[ -n ${GPU_TEST_LOGS:-} ]] && mkdir -p "$GPU_TEST_LOGS" && cp "$log" "$GPU_TEST_LOGS/$name.log"
+	rm -f "$log"
 done
 exit $rc

@@ -7,6 +7,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"sync"
 	"syscall"
@@ -105,6 +106,16 @@ func Main(args []string, in io.Reader, out, errw io.Writer) (code int) {
 			code = 2
 		}
 	}()
+	// DMC_CPUPROFILE=FILE writes a Go CPU profile of the command (go tool pprof FILE).
+	if path := os.Getenv("DMC_CPUPROFILE"); path != "" {
+		if f, err := os.Create(path); err == nil {
+			if err := pprof.StartCPUProfile(f); err == nil {
+				defer func() { pprof.StopCPUProfile(); f.Close() }()
+			}
+		} else {
+			fmt.Fprintf(errw, "dmc: DMC_CPUPROFILE: %v\n", err)
+		}
+	}
 	if err := root.Execute(); err != nil {
 		fmt.Fprintf(errw, "dmc: %v\n", err)
 		var ee *exitError
