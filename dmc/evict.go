@@ -28,11 +28,18 @@ const (
 )
 
 // EvictConfig configures an EvictingCache.
+//
+// A fixed budget keeps at most Budget slots per head. A Ratio > 0 instead keeps a budget that
+// grows with the sequence, ⌈t/Ratio⌉ slots after t tokens (never fewer than Budget, the
+// floor): the same compression on every sequence length, as a DMC model's, and as kvpress's
+// compression_ratio applies while decoding. A fixed budget leaves every sequence shorter than
+// it uncompressed, so it cannot match a compression rate on short benchmark items.
 type EvictConfig struct {
 	Policy string
-	Budget int // slots per (layer, KV head), ≥ 1 (≥ Sinks + 1 for streaming)
-	Sinks  int // streaming: attention-sink tokens kept (0 → 4)
-	Recent int // h2o: newest slots never evicted (0 → Budget/2, as the paper's equal split)
+	Budget int     // slots per (layer, KV head), ≥ 1 (≥ Sinks + 1 for streaming); with Ratio, the floor
+	Ratio  float64 // > 0: a budget of ⌈t/Ratio⌉ slots after t tokens (≥ 1)
+	Sinks  int     // streaming: attention-sink tokens kept (0 → 4)
+	Recent int     // h2o: newest slots never evicted (0 → half the budget, as the paper's equal split)
 }
 
 // Validate checks the configuration and fills the defaults.
@@ -41,6 +48,26 @@ func (c *EvictConfig) Validate() error {
 	case PolicyWindow, PolicyStreaming, PolicyH2O, PolicyTOVA:
 	default:
 		return fmt.Errorf("unknown cache policy %q: use window, streaming, h2o or tova", c.Policy)
+	}
+	if c.Ratio != 0 {
+		if !(c.Ratio >= 1) || math.IsInf(c.Ratio, 0) {
+			return fmt.Errorf("the %s cache needs a compression ratio of at least 1, got %g", c.Policy, c.Ratio)
+		}
+		if c.Policy == PolicyStreaming && c.Sinks == 0 {
+			c.Sinks = 4
+		}
+		floor := 1
+		switch c.Policy {
+		case PolicyStreaming:
+			floor = c.Sinks + 1 // room for the sinks and the newest token
+		case PolicyH2O:
+			floor = c.Recent + 1
+		}
+		c.Budget = max(c.Budget, floor)
+		if c.Sinks < 0 || c.Recent < 0 {
+			return fmt.Errorf("%s: sinks and recent slots cannot be negative", c.Policy)
+		}
+		return nil
 	}
 	if c.Budget < 1 {
 		return fmt.Errorf("the %s cache needs a budget of at least 1 slot per head, got %d", c.Policy, c.Budget)
@@ -62,6 +89,40 @@ func (c *EvictConfig) Validate() error {
 		}
 	}
 	return nil
+}
+
+// BudgetAt is the most slots a head holds after t tokens.
+func (c EvictConfig) BudgetAt(t int) int {
+	if c.Ratio > 0 {
+		return max(c.Budget, int(math.Ceil(float64(t)/c.Ratio)))
+	}
+	return c.Budget
+}
+
+// SlotsFor is the slots a head holds after a sequence of n tokens: the count does not depend
+// on which slots were evicted, so a policy's real compression rate follows from the lengths.
+func (c EvictConfig) SlotsFor(n int) int { return min(n, c.BudgetAt(n)) }
+
+// RealCR is the policy's real compression rate on sequences of these lengths (tokens put in
+// one cache each): Σ tokens / Σ slots, as DMC's is measured. 1 for no tokens.
+func (c EvictConfig) RealCR(lengths []int) float64 {
+	var seen, slots int
+	for _, n := range lengths {
+		seen += n
+		slots += c.SlotsFor(n)
+	}
+	if slots == 0 {
+		return 1
+	}
+	return float64(seen) / float64(slots)
+}
+
+// String says what the cache keeps, for logs and reports.
+func (c EvictConfig) String() string {
+	if c.Ratio > 0 {
+		return fmt.Sprintf("%s eviction, ⌈t/%.4g⌉ slots per head after t tokens (at least %d)", c.Policy, c.Ratio, c.Budget)
+	}
+	return fmt.Sprintf("%s eviction, %d slots per head", c.Policy, c.Budget)
 }
 
 // EvictingCache is a model.KVCache that evicts by a training-free policy.
@@ -94,7 +155,7 @@ func (c *EvictingCache[T]) Put(layer, pos int, q, k, v []T) {
 	G := c.cfg.NHeads / Hkv
 	for h := 0; h < Hkv; h++ {
 		i := layer*Hkv + h
-		if len(c.pos[i]) >= c.ec.Budget {
+		if len(c.pos[i]) >= c.ec.BudgetAt(c.seen[i]+1) {
 			c.remove(i, c.victim(i))
 		}
 		start := len(c.keys[i])
@@ -162,7 +223,11 @@ func (c *EvictingCache[T]) victim(i int) int {
 	}
 	limit := n
 	if c.ec.Policy == PolicyH2O {
-		limit = n - c.ec.Recent // the newest Recent slots stay
+		recent := c.ec.Recent
+		if recent == 0 { // a growing budget: half of it, as the paper's equal split
+			recent = n / 2
+		}
+		limit = n - recent // the newest recent slots stay
 	}
 	best := 0
 	for j := 1; j < limit; j++ {
@@ -204,8 +269,11 @@ func (c *EvictingCache[T]) NumSlots(layer, kvHead int) int {
 // Policy is the cache's eviction policy; Budget its slots per (layer, KV head).
 func (c *EvictingCache[T]) Policy() string { return c.ec.Policy }
 
-// Budget is the most slots one (layer, KV head) holds.
+// Budget is the most slots one (layer, KV head) holds (with a Ratio, the floor of the budget).
 func (c *EvictingCache[T]) Budget() int { return c.ec.Budget }
+
+// Config is the cache's configuration, defaults filled.
+func (c *EvictingCache[T]) Config() EvictConfig { return c.ec }
 
 // Clone implements model.Cloner.
 func (c *EvictingCache[T]) Clone() model.KVCache[T] {

@@ -15,20 +15,8 @@ func evictCfg() model.Config {
 
 func feed(t *testing.T, c model.KVCache[float64], cfg model.Config, n int) {
 	t.Helper()
-	D := cfg.HeadDim()
 	for pos := 0; pos < n; pos++ {
-		q := make([]float64, cfg.NHeads*D)
-		k := make([]float64, cfg.NKVHeads*D)
-		v := make([]float64, cfg.NKVHeads*D)
-		for i := range q {
-			q[i] = math.Sin(float64(pos*7 + i))
-		}
-		for i := range k {
-			k[i], v[i] = math.Cos(float64(pos*3+i)), float64(pos)
-		}
-		for l := 0; l < cfg.NLayers; l++ {
-			c.Put(l, pos, q, k, v)
-		}
+		feed1(c, cfg, pos)
 	}
 }
 
@@ -145,5 +133,72 @@ func TestEvictConfigValidate(t *testing.T) {
 		if err := ec.Validate(); err == nil {
 			t.Errorf("%+v was accepted", ec)
 		}
+	}
+}
+
+// A proportional budget (Ratio) keeps ⌈t/Ratio⌉ slots after t tokens, never fewer than the
+// floor, whatever the policy evicts; SlotsFor and RealCR predict the counts exactly.
+func TestEvictionRatioBudget(t *testing.T) {
+	cfg := evictCfg()
+	for _, tc := range []struct {
+		ec        EvictConfig
+		n         int
+		want      int   // slots after n tokens
+		positions []int // window: the newest
+	}{
+		{EvictConfig{Policy: PolicyWindow, Ratio: 2}, 10, 5, []int{5, 6, 7, 8, 9}},
+		{EvictConfig{Policy: PolicyWindow, Ratio: 4}, 9, 3, []int{6, 7, 8}},
+		{EvictConfig{Policy: PolicyWindow, Ratio: 4}, 1, 1, []int{0}},
+		{EvictConfig{Policy: PolicyStreaming, Ratio: 4, Sinks: 2}, 9, 3, []int{0, 1, 8}}, // floor: the sinks + 1
+		{EvictConfig{Policy: PolicyStreaming, Ratio: 8, Sinks: 2}, 9, 3, []int{0, 1, 8}},
+		{EvictConfig{Policy: PolicyH2O, Ratio: 3}, 12, 4, nil},
+		{EvictConfig{Policy: PolicyTOVA, Ratio: 2.5}, 11, 5, nil},
+	} {
+		ec := tc.ec
+		if err := ec.Validate(); err != nil {
+			t.Fatalf("%+v: %v", tc.ec, err)
+		}
+		c, err := NewEvictingCache[float64](cfg, ec)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for pos := 1; pos <= tc.n; pos++ {
+			feed1(c, cfg, pos-1)
+			if got, want := c.NumSlots(1, 1), ec.SlotsFor(pos); got != want {
+				t.Fatalf("%+v: %d slots after %d tokens, SlotsFor says %d", tc.ec, got, pos, want)
+			}
+		}
+		if got := c.NumSlots(0, 0); got != tc.want {
+			t.Errorf("%+v: %d slots after %d tokens, want %d", tc.ec, got, tc.n, tc.want)
+		}
+		if tc.positions != nil && !slices.Equal(c.Positions(0, 1), tc.positions) {
+			t.Errorf("%+v keeps %v, want %v", tc.ec, c.Positions(0, 1), tc.positions)
+		}
+		if got, want := ec.RealCR([]int{tc.n}), float64(tc.n)/float64(tc.want); got != want {
+			t.Errorf("%+v: RealCR %v, want %v", tc.ec, got, want)
+		}
+	}
+	for _, ec := range []EvictConfig{{Policy: PolicyWindow, Ratio: 0.5}, {Policy: PolicyTOVA, Ratio: math.Inf(1)},
+		{Policy: PolicyH2O, Ratio: math.NaN()}} {
+		if err := ec.Validate(); err == nil {
+			t.Errorf("%+v was accepted", ec)
+		}
+	}
+}
+
+// feed1 puts the token at pos into every layer of c (the vectors of feed).
+func feed1(c model.KVCache[float64], cfg model.Config, pos int) {
+	D := cfg.HeadDim()
+	q := make([]float64, cfg.NHeads*D)
+	k := make([]float64, cfg.NKVHeads*D)
+	v := make([]float64, cfg.NKVHeads*D)
+	for i := range q {
+		q[i] = math.Sin(float64(pos*7 + i))
+	}
+	for i := range k {
+		k[i], v[i] = math.Cos(float64(pos*3+i)), float64(pos)
+	}
+	for l := 0; l < cfg.NLayers; l++ {
+		c.Put(l, pos, q, k, v)
 	}
 }

@@ -86,7 +86,11 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 			}
 			hooks.Start(fmt.Sprintf("%s: %d items, %d-shot (%s cache)", t.Name, n, spec.NumFewShot, cache.Name))
 		}
-		var sc tasks.Scorer = tasks.DecoderScorer{Dec: dec, Tok: m.Tokenizer, MaxLen: m.Weights.Config.MaxSeqLen, Greedy: t.Kind == tasks.LogLikelihood}
+		ds := tasks.DecoderScorer{Dec: dec, Tok: m.Tokenizer, MaxLen: m.Weights.Config.MaxSeqLen, Greedy: t.Kind == tasks.LogLikelihood}
+		if cache.Evict != nil {
+			ds.Lengths = &tasks.LengthTally{}
+		}
+		var sc tasks.Scorer = ds
 		if device == "cuda" {
 			// The engine batches: many sequences prefilled together and decoded in lockstep.
 			sc = tasks.BatchScorer{DecoderScorer: sc.(tasks.DecoderScorer), Batch: batch}
@@ -95,6 +99,9 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 			Progress: hooks.Items})
 		if err != nil {
 			return err
+		}
+		if ds.Lengths != nil {
+			res.CR = cache.Evict.RealCR(ds.Lengths.Take())
 		}
 		results = append(results, res)
 		if samples != nil {

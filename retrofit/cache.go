@@ -32,6 +32,10 @@ type CacheOptions struct {
 	// for CR is then solved so that the real compression rate on them matches CR
 	// (eval.BudgetForCR), instead of Context/CR.
 	Lengths []int
+	// Proportional sizes a policy for CR with a budget that grows with each sequence, ⌈t/CR⌉
+	// slots after t tokens (dmc.EvictConfig.Ratio), so that sequences of every length are
+	// compressed by CR: what benchmark items of a few dozen tokens need.
+	Proportional bool
 }
 
 // ChooseCache picks the cache of kind ("auto": DMC for DMC models; "vanilla"; "dmc": the
@@ -46,6 +50,13 @@ func ChooseCacheWith(kind string, dc *dmc.Config, o CacheOptions) (Cache, error)
 	switch kind {
 	case dmc.PolicyWindow, dmc.PolicyStreaming, dmc.PolicyH2O, dmc.PolicyTOVA:
 		budget := o.Budget
+		if o.CR > 0 && budget == 0 && o.Proportional {
+			ec := dmc.EvictConfig{Policy: kind, Ratio: o.CR}
+			if err := ec.Validate(); err != nil {
+				return Cache{}, err
+			}
+			return Cache{Name: kind, Evict: &ec}, nil
+		}
 		switch {
 		case budget > 0:
 		case o.CR > 0 && len(o.Lengths) > 0:
@@ -115,7 +126,7 @@ func Describe(c model.KVCache[float32]) string {
 		return fmt.Sprintf("DMC, %d slots, compression %.2fx", cc.TotalSlots(), cc.CR())
 	}
 	if ec, ok := c.(*dmc.EvictingCache[float32]); ok {
-		return fmt.Sprintf("%s eviction, %d slots per head", ec.Policy(), ec.Budget())
+		return ec.Config().String()
 	}
 	return "vanilla"
 }

@@ -194,7 +194,10 @@ func Evaluate(ctx context.Context, spec EvalSpec, hooks EvalHooks) (*EvalReport,
 		}
 	}
 	if len(bench) > 0 {
-		cache, err := m.CacheWith(spec.Cache, spec.cacheOptions(cfg.MaxSeqLen))
+		// Benchmark items are short and of every length: --cr compresses each of them by CR.
+		co := spec.cacheOptions(cfg.MaxSeqLen)
+		co.Proportional = true
+		cache, err := m.CacheWith(spec.Cache, co)
 		if err != nil {
 			return nil, err
 		}

@@ -156,6 +156,20 @@ func loadHarness(path string, doc map[string]any) ([]Run, error) {
 			r.CR = num(ppl["cr,none"])
 		}
 	}
+	if r.CR == 0 { // a training-free policy reports its real CR per task: their mean
+		var sum float64
+		var n int
+		for _, x := range res {
+			if m, ok := x.(map[string]any); ok {
+				if cr := num(m["cr,none"]); cr > 0 {
+					sum, n = sum+cr, n+1
+				}
+			}
+		}
+		if n > 0 {
+			r.CR = sum / float64(n)
+		}
+	}
 	if r.Policy == "" {
 		return nil, fmt.Errorf("file %s has no config.cache: it is not a results JSON of dmc eval", path)
 	}
@@ -245,8 +259,8 @@ func tasksOf(res map[string]any) map[string]map[string]Score {
 		for k, v := range m {
 			name, ok := strings.CutSuffix(k, ",none")
 			f, isNum := v.(float64)
-			if !ok || !isNum || strings.HasSuffix(name, "_stderr") {
-				continue
+			if !ok || !isNum || strings.HasSuffix(name, "_stderr") || name == "cr" {
+				continue // cr,none is the cache's compression on the task, not a score
 			}
 			se := math.NaN()
 			if s, ok := m[name+"_stderr,none"].(float64); ok {

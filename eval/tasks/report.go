@@ -37,6 +37,9 @@ func NewReport(results []*Result, total map[string]int, config map[string]any) *
 		acc := res.Acc
 		put("acc", &acc)
 		put("acc_norm", res.AccNorm)
+		if res.CR > 0 {
+			m["cr,none"] = jsonFloat(res.CR) // the cache's real compression rate on this task
+		}
 		r.Results[res.Task] = m
 		r.NShot[res.Task] = res.NShot
 		r.Versions[res.Task] = res.Version
@@ -72,6 +75,9 @@ func WriteMarkdown(w io.Writer, results []*Result) error {
 		acc := r.Acc
 		row("acc", &acc)
 		row("acc_norm", r.AccNorm)
+		if r.CR > 0 {
+			fmt.Fprintf(&b, "| %s | %s | %d | real CR | %.4f | | |\n", r.Task, r.Version, r.NShot, r.CR)
+		}
 	}
 	_, err := io.WriteString(w, b.String())
 	return err

@@ -31,6 +31,31 @@ type DecoderScorer struct {
 	// Greedy asks for the greedy check too (LAMBADA's acc); it decodes the continuation token
 	// by token, so it is off for multiple-choice tasks.
 	Greedy bool
+	// Lengths, when set, records the tokens each scored sequence puts in its cache, from
+	// which a training-free policy's real compression rate follows (dmc.EvictConfig.RealCR).
+	Lengths *LengthTally
+}
+
+// LengthTally collects sequence lengths from concurrent scorers.
+type LengthTally struct {
+	mu sync.Mutex
+	n  []int
+}
+
+// Add records one sequence of n tokens.
+func (t *LengthTally) Add(n int) {
+	t.mu.Lock()
+	t.n = append(t.n, n)
+	t.mu.Unlock()
+}
+
+// Take returns the lengths recorded so far and starts over.
+func (t *LengthTally) Take() []int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := t.n
+	t.n = nil
+	return out
 }
 
 // EncodePair is lm-eval's _encode_pair: the context's and the continuation's tokens.
@@ -62,6 +87,9 @@ func (s DecoderScorer) tokens(r Request) ([]int, int, error) {
 		cut := len(tokens) - s.MaxLen
 		tokens = tokens[cut:]
 		first = max(1, first-cut)
+	}
+	if s.Lengths != nil {
+		s.Lengths.Add(len(tokens) - 1) // the last token is scored, never cached
 	}
 	return tokens, first, nil
 }
@@ -194,7 +222,9 @@ type Result struct {
 	Acc        Metric
 	AccNorm    *Metric
 	Perplexity *Metric
-	Samples    []Sample
+	// CR is the cache's real compression rate on the task's sequences (0: not measured).
+	CR      float64
+	Samples []Sample
 }
 
 // Options are Score's settings.

@@ -99,3 +99,46 @@ func TestBatchScorerEqualsPerRequest(t *testing.T) {
 		}
 	}
 }
+
+// A LengthTally hears every scored sequence's cached tokens, from which a policy's real CR
+// follows, and the report carries it as cr,none.
+func TestLengthTallyAndReportedCR(t *testing.T) {
+	w := model.Convert[float32](dmctest.Stories260K(t))
+	tok, err := tokenizer.Load(dmctest.AssetPath("tinyllamas-stories260K/tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ec := dmc.EvictConfig{Policy: dmc.PolicyWindow, Ratio: 3}
+	if err := ec.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	var last *dmc.EvictingCache[float32]
+	dec := model.NewCPUDecoder(w, func() (model.KVCache[float32], error) {
+		c, err := dmc.NewEvictingCache[float32](w.Config, ec)
+		last = c
+		return c, err
+	})
+	s := DecoderScorer{Dec: dec, Tok: tok, MaxLen: 512, Lengths: &LengthTally{}}
+	r := Request{Context: "Once upon a time, there was a little girl named Lily.", Continuation: " She loved to play outside."}
+	toks, _, err := DecoderScorer{Tok: tok, MaxLen: 512}.tokens(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.LogLikelihood(r); err != nil {
+		t.Fatal(err)
+	}
+	got := s.Lengths.Take()
+	if len(got) != 1 || got[0] != len(toks)-1 {
+		t.Fatalf("tally %v, want one sequence of %d tokens", got, len(toks)-1)
+	}
+	if n := last.NumSlots(0, 0); n != ec.SlotsFor(got[0]) || last.Tokens(0, 0) != got[0] {
+		t.Errorf("the cache holds %d slots of %d tokens; SlotsFor(%d) = %d", n, last.Tokens(0, 0), got[0], ec.SlotsFor(got[0]))
+	}
+	if len(s.Lengths.Take()) != 0 {
+		t.Error("Take did not start over")
+	}
+	rep := NewReport([]*Result{{Task: "copa", N: 1, CR: ec.RealCR(got)}}, nil, nil)
+	if cr, _ := rep.Results["copa"]["cr,none"].(float64); math.Abs(cr-float64(got[0])/float64(ec.SlotsFor(got[0]))) > 1e-12 {
+		t.Errorf("cr,none = %v", rep.Results["copa"]["cr,none"])
+	}
+}
