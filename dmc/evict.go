@@ -117,6 +117,45 @@ func (c EvictConfig) RealCR(lengths []int) float64 {
 	return float64(seen) / float64(slots)
 }
 
+// RatioFor returns c with the Ratio whose real CR on sequences of these lengths is target,
+// or the closest above (a budget in whole slots moves in steps): ⌈t/Ratio⌉ is below t/Ratio's
+// rate on short sequences, so a policy matched to a DMC model's real CR needs a higher Ratio.
+// When even the floor of the budget cannot reach target, the highest rate it can is taken
+// (ok false). c is validated first, its floor filled.
+func (c EvictConfig) RatioFor(lengths []int, target float64) (ec EvictConfig, ok bool, err error) {
+	if !(target >= 1) || math.IsInf(target, 0) {
+		return c, false, fmt.Errorf("a compression rate to match must be at least 1, got %g", target)
+	}
+	c.Ratio = 1
+	if err := c.Validate(); err != nil {
+		return c, false, err
+	}
+	longest := 1
+	for _, n := range lengths {
+		longest = max(longest, n)
+	}
+	at := func(r float64) float64 { c.Ratio = r; return c.RealCR(lengths) }
+	lo, hi := 1.0, float64(longest)+1 // at hi every sequence keeps its floor
+	if at(hi) < target {
+		c.Ratio = hi
+		return c, false, nil
+	}
+	if at(lo) >= target {
+		c.Ratio = lo
+		return c, true, nil
+	}
+	for range 60 { // the real CR is non-decreasing in the ratio
+		mid := (lo + hi) / 2
+		if at(mid) >= target {
+			hi = mid
+		} else {
+			lo = mid
+		}
+	}
+	c.Ratio = hi
+	return c, true, nil
+}
+
 // String says what the cache keeps, for logs and reports.
 func (c EvictConfig) String() string {
 	if c.Ratio > 0 {

@@ -202,3 +202,38 @@ func feed1(c model.KVCache[float64], cfg model.Config, pos int) {
 		c.Put(l, pos, q, k, v)
 	}
 }
+
+// RatioFor solves the ratio whose real CR on given lengths is the target (or just above it),
+// and says when the budget's floor cannot reach it.
+func TestEvictionRatioFor(t *testing.T) {
+	lengths := []int{7, 12, 30, 31, 64, 5, 100}
+	for _, tc := range []struct {
+		ec     EvictConfig
+		target float64
+		ok     bool
+	}{
+		{EvictConfig{Policy: PolicyWindow}, 2, true},
+		{EvictConfig{Policy: PolicyWindow}, 4.2175, true},
+		{EvictConfig{Policy: PolicyTOVA}, 1, true},
+		{EvictConfig{Policy: PolicyStreaming}, 4, true},
+		{EvictConfig{Policy: PolicyStreaming}, 20, false}, // 5 slots of the floor per sequence at least
+	} {
+		ec, ok, err := tc.ec.RatioFor(lengths, tc.target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok != tc.ok {
+			t.Errorf("%+v at %g: ok %v", tc.ec, tc.target, ok)
+		}
+		got := ec.RealCR(lengths)
+		if ok && (got < tc.target-1e-12 || got > tc.target*1.1) {
+			t.Errorf("%+v at %g: ratio %g gives real CR %g", tc.ec, tc.target, ec.Ratio, got)
+		}
+		if !ok && got >= tc.target {
+			t.Errorf("%+v at %g: not ok, yet real CR %g", tc.ec, tc.target, got)
+		}
+	}
+	if _, _, err := (EvictConfig{Policy: PolicyWindow}).RatioFor(lengths, 0.5); err == nil {
+		t.Error("a target below 1 was accepted")
+	}
+}

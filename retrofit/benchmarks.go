@@ -86,22 +86,46 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 			}
 			hooks.Start(fmt.Sprintf("%s: %d items, %d-shot (%s cache)", t.Name, n, spec.NumFewShot, cache.Name))
 		}
+		opts := tasks.Options{NumFewShot: spec.NumFewShot, Limit: spec.Limit, Seed: spec.Seed, Progress: hooks.Items}
 		ds := tasks.DecoderScorer{Dec: dec, Tok: m.Tokenizer, MaxLen: m.Weights.Config.MaxSeqLen, Greedy: t.Kind == tasks.LogLikelihood}
-		if cache.Evict != nil {
+		taskCache := cache
+		if cache.Evict != nil && cache.Evict.Ratio > 0 {
+			// A growing budget of ⌈t/r⌉ slots compresses short items by less than r: solve r
+			// on this task's sequences so that its real CR is the one asked for.
+			if taskCache, err = matchTaskCR(ds, t, items, shots, opts, cache, spec.CR); err != nil {
+				return err
+			}
+			taskDec, err := NewBatchDecoder(m, taskCache, device, m.Weights.Config.MaxSeqLen, batch)
+			if err != nil {
+				return err
+			}
+			defer taskDec.Close()
+			ds.Dec = taskDec
+			if hooks.Start != nil {
+				hooks.Start(fmt.Sprintf("%s: %s", t.Name, taskCache.Evict))
+			}
+		}
+		if taskCache.Evict != nil {
 			ds.Lengths = &tasks.LengthTally{}
 		}
 		var sc tasks.Scorer = ds
+		var slots *tasks.SlotTally
 		if device == "cuda" {
 			// The engine batches: many sequences prefilled together and decoded in lockstep.
-			sc = tasks.BatchScorer{DecoderScorer: sc.(tasks.DecoderScorer), Batch: batch}
+			if cache.DMC != nil {
+				slots = &tasks.SlotTally{}
+			}
+			sc = tasks.BatchScorer{DecoderScorer: ds, Batch: batch, Slots: slots}
 		}
-		res, err := tasks.Score(t, items, shots, sc, tasks.Options{NumFewShot: spec.NumFewShot, Limit: spec.Limit, Seed: spec.Seed,
-			Progress: hooks.Items})
+		res, err := tasks.Score(t, items, shots, sc, opts)
 		if err != nil {
 			return err
 		}
 		if ds.Lengths != nil {
-			res.CR = cache.Evict.RealCR(ds.Lengths.Take())
+			res.CR = taskCache.Evict.RealCR(ds.Lengths.Take())
+		}
+		if slots != nil {
+			res.CR = slots.CR()
 		}
 		results = append(results, res)
 		if samples != nil {
@@ -130,6 +154,27 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 	rep.Benchmarks = tasks.NewReport(results, total, cfg)
 	rep.BenchmarkResults = results
 	return nil
+}
+
+// matchTaskCR sizes a proportional eviction cache for task t so that its real CR on the task's
+// sequences (as scoring will put them in the cache) is target, or just above it.
+func matchTaskCR(ds tasks.DecoderScorer, t *tasks.Task, items, shots []tasks.Item, o tasks.Options, cache Cache, target float64) (Cache, error) {
+	prepared, err := tasks.Prepare(t, items, shots, o)
+	if err != nil {
+		return Cache{}, err
+	}
+	lengths, err := ds.CachedLengths(prepared)
+	if err != nil {
+		return Cache{}, fmt.Errorf("%s: %w", t.Name, err)
+	}
+	ec, _, err := cache.Evict.RatioFor(lengths, target)
+	if err != nil {
+		return Cache{}, err
+	}
+	// When the budget's floor cannot reach target (items shorter than the floor), ec is the
+	// most it can compress; the task's reported real CR says so.
+	cache.Evict = &ec
+	return cache, nil
 }
 
 // writeBenchmarkMarkdown writes the lm-eval-style table next to a JSON report.

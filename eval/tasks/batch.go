@@ -14,6 +14,9 @@ import (
 type BatchScorer struct {
 	DecoderScorer
 	Batch int // sequences at once (≥ 1)
+	// Slots, when set and the decoder is a model.SlotCounter, hears each sequence's slots
+	// before its release: the cache's real compression rate on the task (a DMC model's).
+	Slots *SlotTally
 }
 
 // RequestScorer scores a whole task's requests at once (BatchScorer); progress hears the
@@ -62,6 +65,17 @@ func (s BatchScorer) scoreChunk(rs []Request, lls []float64, gs []bool) error {
 	}
 	pos := append([]int(nil), firsts...) // the token each request scores next
 	seq := append([]int(nil), ids...)
+	counter, _ := s.Dec.(model.SlotCounter)
+	release := func(i int) error {
+		if s.Slots != nil && counter != nil {
+			rows, err := counter.RowSlots(seq[i])
+			if err != nil {
+				return fmt.Errorf("cache slots: %w", err)
+			}
+			s.Slots.Add(len(toks[i])-1, rows) // the last token is scored, never cached
+		}
+		return s.Dec.Release(seq[i])
+	}
 	logp := make([]float64, len(rs))
 	for k, i := range live {
 		logp[k] = model.LogSoftmaxAt(logits[k], toks[i][pos[i]])
@@ -77,7 +91,7 @@ func (s BatchScorer) scoreChunk(rs []Request, lls []float64, gs []bool) error {
 			if pos[i] < len(toks[i]) {
 				kept = append(kept, i)
 				feedIDs, feedToks, targets = append(feedIDs, seq[i]), append(feedToks, t), append(targets, toks[i][pos[i]])
-			} else if err := s.Dec.Release(seq[i]); err != nil {
+			} else if err := release(i); err != nil {
 				return err
 			}
 		}

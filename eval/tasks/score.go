@@ -58,6 +58,34 @@ func (t *LengthTally) Take() []int {
 	return out
 }
 
+// SlotTally sums what scored sequences leave in their caches over every (layer, KV head)
+// row: Σ tokens / Σ slots is the cache's real compression rate on them, measured as dmc eval
+// measures it on perplexity. Safe for concurrent use.
+type SlotTally struct {
+	mu            sync.Mutex
+	tokens, slots int64
+}
+
+// Add records one sequence that put tokens into each row and left rowSlots slots.
+func (t *SlotTally) Add(tokens int, rowSlots []int) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, n := range rowSlots {
+		t.tokens += int64(tokens)
+		t.slots += int64(n)
+	}
+}
+
+// CR is the real compression rate of what was added (0 when nothing was).
+func (t *SlotTally) CR() float64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.slots == 0 {
+		return 0
+	}
+	return float64(t.tokens) / float64(t.slots)
+}
+
 // EncodePair is lm-eval's _encode_pair: the context's and the continuation's tokens.
 func EncodePair(tok tokenizer.Tokenizer, context, continuation string) (ctx, cont []int) {
 	if n := len(context) - len(strings.TrimRightFunc(context, unicode.IsSpace)); n > 0 {
@@ -246,8 +274,9 @@ type ConcurrentScorer interface{ Concurrent() bool }
 // path may, the greedy check (prefill and decode on shared sequences) may not.
 func (s DecoderScorer) Concurrent() bool { return !s.Greedy }
 
-// Score evaluates a task's items with s.
-func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
+// Prepare returns the items Score scores under o: the first o.Limit, each with its few-shot
+// context. The shots are drawn in item order from o.Seed, so they do not depend on Workers.
+func Prepare(t *Task, items, shots []Item, o Options) ([]Item, error) {
 	if o.Limit > 0 && o.Limit < len(items) {
 		items = items[:o.Limit]
 	}
@@ -257,9 +286,7 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 	if t.MaxShots == nil && o.NumFewShot > 0 && o.NumFewShot > len(shots)-1 {
 		return nil, fmt.Errorf("%s: %d few-shot examples asked for, but its few-shot split has %d items", t.Name, o.NumFewShot, len(shots))
 	}
-	res := &Result{Task: t.Name, Version: t.Version, N: len(items), NShot: o.NumFewShot}
 	rng := rand.New(rand.NewPCG(o.Seed, 1234))
-	// Few-shot contexts are drawn in item order first, so the shots do not depend on Workers.
 	prepared := make([]Item, len(items))
 	for i, it := range items {
 		if t.MaxShots != nil && o.NumFewShot > t.MaxShots(shots, it) {
@@ -273,6 +300,34 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 		}
 		prepared[i] = it
 	}
+	return prepared, nil
+}
+
+// CachedLengths is, for every request of the prepared items, the tokens its scored sequence
+// puts in the cache (what LengthTally hears while scoring), without running the model: what
+// a compression rate is solved from before scoring.
+func (s DecoderScorer) CachedLengths(prepared []Item) ([]int, error) {
+	s.Lengths = nil
+	var out []int
+	for _, it := range prepared {
+		for _, r := range it.Requests {
+			toks, _, err := s.tokens(r)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", it.Source, err)
+			}
+			out = append(out, len(toks)-1)
+		}
+	}
+	return out, nil
+}
+
+// Score evaluates a task's items with s.
+func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
+	prepared, err := Prepare(t, items, shots, o)
+	if err != nil {
+		return nil, err
+	}
+	res := &Result{Task: t.Name, Version: t.Version, N: len(prepared), NShot: o.NumFewShot}
 	res.Samples = make([]Sample, len(prepared))
 	if rsc, ok := s.(RequestScorer); ok {
 		if err := scoreAll(t, rsc, prepared, res.Samples, o.Progress); err != nil {

@@ -77,7 +77,7 @@ func TestBatchScorerEqualsPerRequest(t *testing.T) {
 	} {
 		for _, B := range []int{1, 2, 8} {
 			dec := model.NewCPUDecoder(w, f)
-			bs := BatchScorer{DecoderScorer: DecoderScorer{Dec: dec, Tok: tok, MaxLen: 512}, Batch: B}
+			bs := BatchScorer{DecoderScorer: DecoderScorer{Dec: dec, Tok: tok, MaxLen: 512}, Batch: B, Slots: &SlotTally{}}
 			var seen []int
 			lls, gs, err := bs.ScoreRequests(rs, func(done int) { seen = append(seen, done) })
 			if err != nil {
@@ -92,6 +92,28 @@ func TestBatchScorerEqualsPerRequest(t *testing.T) {
 				if math.Abs(lls[i]-ll) > 1e-9*math.Abs(ll) || gs[i] != g {
 					t.Errorf("%s batch %d request %d: batched (%v, %t), per request (%v, %t)", name, B, i, lls[i], gs[i], ll, g)
 				}
+			}
+			// The tally's real CR is that of each whole sequence (less its scored last token)
+			// prefilled into a fresh cache.
+			var want SlotTally
+			for _, r := range rs {
+				toks, _, err := bs.tokens(r)
+				if err != nil {
+					t.Fatal(err)
+				}
+				one := model.NewCPUDecoder(w, f)
+				ids, _, _, err := one.Prefill([][]int{toks[:len(toks)-1]}, false)
+				if err != nil {
+					t.Fatal(err)
+				}
+				rows, err := one.RowSlots(ids[0])
+				if err != nil {
+					t.Fatal(err)
+				}
+				want.Add(len(toks)-1, rows)
+			}
+			if got := bs.Slots.CR(); got != want.CR() || (name == "vanilla" && got != 1) || (name == "dmc" && got <= 1) {
+				t.Errorf("%s batch %d: tallied real CR %v, want %v", name, B, got, want.CR())
 			}
 			if dec.Active() != 0 || seen[len(seen)-1] != len(rs) {
 				t.Errorf("%s batch %d: %d sequences left, progress %v", name, B, dec.Active(), seen)
