@@ -25,27 +25,55 @@ LIMIT=${LIMIT:-0}                          # items per task (0: the full splits)
 PPL_TOKENS=${PPL_TOKENS:-50000}            # held-out TinyStories tokens of the perplexity column
 POLICIES=${POLICIES:-"window streaming h2o tova"}
 BATCH=${BATCH:-256}
+BIG=${BIG:-1}                              # 0: skip the 7B scoring-speed runs
 BIG_MODEL=${BIG_MODEL:-llama2-7b}
 BIG_TOKENIZER=${BIG_TOKENIZER:-$A/llama2-tokenizer/tokenizer.model}
 WORKERS=${WORKERS:-$(nproc)}
-POLICY_PROCS=${POLICY_PROCS:-$(( WORKERS > 4 ? WORKERS - 4 : 1 ))}
+POLICY_PROCS=${POLICY_PROCS:-$(( WORKERS > 5 ? (WORKERS - 2) / 2 : 1 ))}
 DEADLINE=${DEADLINE:-0}
 
 . "$(dirname "$0")/pipeline-lib.sh"
 
-# policies CR: each training-free policy on the original model at the real CR the DMC model
-# reached on the held-out tokens, perplexity then one task at a time (CPU).
+HEAVY=${HEAVY:-"hellaswag lambada_openai boolq"} # the long tasks, scheduled last
+POLICY_JOBS=${POLICY_JOBS:-.}              # a regex: only the policy steps whose names match run here
+
+# policies: each training-free policy on the original model at the real CR of each DMC model:
+# perplexity at the CR the DMC model reached on the held-out tokens (a fixed budget solved on
+# them), and each task at the CR the DMC model reached on that task's own sequences (cr,none of
+# its GPU run; a growing budget solved per task). CPU only, POLICY_PROCS runs of 2 threads at
+# a time, the long tasks last, so that a deadline leaves whole tasks done.
 policies() {
-	local cr=$1 real p t
-	real=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cr"], 4))' "$RES/ppl-cr$cr.json") || return 1
-	for p in $POLICIES; do
-		GOMAXPROCS=$POLICY_PROCS step "policy-$p-cr$cr-ppl" 60 "$DMC" eval --model "$M" --tokenizer "$T" --data "$D/ts" \
-			--max-tokens "$PPL_TOKENS" --cache "$p" --cr "$real" --json "$RES/policy-$p-cr$cr-ppl.json"
-		for t in ${TASKS//,/ }; do
-			GOMAXPROCS=$POLICY_PROCS step "policy-$p-cr$cr-$t" 60 "$DMC" eval --model "$M" --tokenizer "$T" --tasks "$t" \
-				--limit "$LIMIT" --data-dir "$A" --cache "$p" --cr "$real" --json "$RES/policy-$p-cr$cr-$t.json"
+	local cr p t real taskcr jobs=() heavy=() job
+	for cr in 2 4; do
+		[[ -e $D/.done/ppl-cr$cr ]] || continue
+		real=$(python3 -c 'import json,sys; print(round(json.load(open(sys.argv[1]))["cr"], 4))' "$RES/ppl-cr$cr.json") || return 1
+		for p in $POLICIES; do
+			jobs+=("policy-$p-cr$cr-ppl $p $real ppl")
+			for t in ${TASKS//,/ }; do
+				taskcr=$(python3 -c 'import json,sys
+try: print(round(json.load(open(sys.argv[1]))["results"][sys.argv[2]]["cr,none"], 4))
+except Exception: print(sys.argv[3])' "$RES/tasks-cr$cr.json" "$t" "$real")
+				if [[ " $HEAVY " == *" $t "* ]]; then
+					heavy+=("policy-$p-cr$cr-$t $p $taskcr $t")
+				else
+					jobs+=("policy-$p-cr$cr-$t $p $taskcr $t")
+				fi
+			done
 		done
 	done
+	for job in "${jobs[@]}" "${heavy[@]}"; do
+		set -- $job
+		[[ $1 =~ $POLICY_JOBS ]] || continue
+		while (( $(jobs -rp | wc -l) >= POLICY_PROCS )); do wait -n; done
+		if [[ $4 == ppl ]]; then
+			(GOMAXPROCS=2 step "$1" 60 "$DMC" eval --model "$M" --tokenizer "$T" --data "$D/ts" \
+				--max-tokens "$PPL_TOKENS" --cache "$2" --cr "$3" --json "$RES/$1.json") &
+		else
+			(GOMAXPROCS=2 step "$1" 60 "$DMC" eval --model "$M" --tokenizer "$T" --tasks "$4" \
+				--limit "$LIMIT" --data-dir "$A" --cache "$2" --cr "$3" --json "$RES/$1.json") &
+		fi
+	done
+	wait
 }
 
 log "benchmarks: DMC=$DMC D=$D DEVICE=$DEVICE steps $STEPS, tasks $TASKS (limit $LIMIT), deadline in $(left)s"
@@ -65,14 +93,15 @@ for m in original control cr2 cr4; do
 	step "ppl-$m" 30 "$DMC" eval --model "${MODEL[$m]}" --tokenizer "$T" --data "$D/ts" --max-tokens "$PPL_TOKENS" \
 		--device "$DEVICE" --json "$RES/ppl-$m.json"
 done
-(for cr in 2 4; do [[ -e $D/.done/ppl-cr$cr ]] && policies "$cr"; done) &
-for m in original control cr2 cr4; do
+# The DMC models' tasks first: the policies are matched to their real CR on each task.
+for m in cr2 cr4 original control; do
 	step "tasks-$m" 120 "$DMC" eval --model "${MODEL[$m]}" --tokenizer "$T" --tasks "$TASKS" --limit "$LIMIT" \
 		--data-dir "$A" --device "$DEVICE" --batch "$BATCH" --json "$RES/tasks-$m.json"
+	[[ $m == cr4 ]] && { policies & }
 done
 
 # Scoring speed of a 7B model: HellaSwag through the CUDA engine, random weights.
-if [[ $DEVICE == cuda ]]; then
+if [[ $DEVICE == cuda && $BIG == 1 ]]; then
 	step hellaswag-7b-vanilla 300 "$DMC" eval --model "$BIG_MODEL" --random-weights --device cuda --tokenizer "$BIG_TOKENIZER" \
 		--tasks hellaswag --limit "$LIMIT" --data-dir "$A" --batch "$BATCH" --json "$RES/hellaswag-7b-vanilla.json"
 	step hellaswag-7b-dmc4 300 "$DMC" eval --model "$BIG_MODEL" --random-weights --device cuda --tokenizer "$BIG_TOKENIZER" \
