@@ -91,6 +91,7 @@ func CurvesFigure(cs []Curve, o Options, smooth int) (Figure, error) {
 		return nil, fmt.Errorf("no training curves to draw")
 	}
 	loss, cr := plot.New(), plot.New()
+	loss.Y.Tick.Marker, cr.Y.Tick.Marker = exactTicks{}, exactTicks{}
 	loss.Title.Text = title(o.Title, "training loss (LM cross-entropy)")
 	loss.X.Label.Text, loss.Y.Label.Text = "training tokens (M)", "loss"
 	cr.Title.Text = title(o.Title, "achieved compression rate")

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"gonum.org/v1/plot"
@@ -251,6 +252,7 @@ func PPLPlot(runs []Run, o Options) (Figure, error) {
 		return nil, fmt.Errorf("no run has a perplexity with a real CR")
 	}
 	p := plot.New()
+	p.Y.Tick.Marker = exactTicks{}
 	p.Title.Text = title(o.Title, "held-out perplexity vs real compression rate")
 	p.Y.Label.Text = "perplexity (lower is better)"
 	if err := st.draw(p, ss); err != nil {
@@ -327,6 +329,7 @@ func accuracyPanel(runs []Run, task string, o Options) (*plot.Plot, []series, *s
 	}
 	dodge(ss)
 	p := plot.New()
+	p.Y.Tick.Marker = exactTicks{}
 	if err := st.draw(p, ss); err != nil {
 		return nil, nil, nil, err
 	}
@@ -611,6 +614,34 @@ func (crTicks) Ticks(lo, hi float64) []plot.Tick {
 	}
 	if len(ts) < 2 {
 		return plot.DefaultTicks{}.Ticks(lo, hi)
+	}
+	return ts
+}
+
+// exactTicks are gonum's default ticks with labels that name their values exactly: gonum
+// formats them with the precision of the step, so a tick at 4.35 with a step of 0.2 reads
+// "4.4", and every point looks 0.05 off.
+type exactTicks struct{}
+
+func (exactTicks) Ticks(lo, hi float64) []plot.Tick {
+	ts := plot.DefaultTicks{}.Ticks(lo, hi)
+	prec := 0
+	for _, t := range ts {
+		if t.Label == "" {
+			continue
+		}
+		for prec < 6 {
+			r, _ := strconv.ParseFloat(strconv.FormatFloat(t.Value, 'f', prec, 64), 64)
+			if math.Abs(r-t.Value) <= 1e-9*max(1, math.Abs(t.Value)) {
+				break
+			}
+			prec++
+		}
+	}
+	for i := range ts {
+		if ts[i].Label != "" {
+			ts[i].Label = strconv.FormatFloat(ts[i].Value, 'f', prec, 64)
+		}
 	}
 	return ts
 }

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -295,5 +296,20 @@ func TestSlugAndTasks(t *testing.T) {
 	}
 	if got := Tasks(runs, "acc_norm"); !slices.Equal(got, []string{"piqa"}) {
 		t.Errorf("Tasks(acc_norm) = %v", got)
+	}
+}
+
+// Tick labels name their values exactly (gonum's own label a tick at 4.35 "4.4").
+func TestExactTickLabels(t *testing.T) {
+	for _, r := range [][2]float64{{4.3382, 4.9748}, {0, 1}, {0.21, 0.26}, {3.9, 5.1}, {100, 2500}} {
+		for _, tk := range (exactTicks{}).Ticks(r[0], r[1]) {
+			if tk.Label == "" {
+				continue
+			}
+			v, err := strconv.ParseFloat(tk.Label, 64)
+			if err != nil || math.Abs(v-tk.Value) > 1e-9*math.Max(1, math.Abs(tk.Value)) {
+				t.Errorf("range %v: tick %v labelled %q", r, tk.Value, tk.Label)
+			}
+		}
 	}
 }
