@@ -42,6 +42,11 @@ type CPUDecoder struct {
 	newCache func() (KVCache[float32], error)
 	seqs     map[int]*cpuSeq
 	nextID   int
+	// Scored, when set, hears every sequence that ends (LogProbs, each continuation of
+	// LogProbsShared, Release) with the cache it leaves and the tokens put in it: what a real
+	// compression rate on scored text is measured from (RowSlotsOf). It may be called from
+	// several goroutines at once.
+	Scored func(cache KVCache[float32], tokens int)
 }
 
 type cpuSeq struct {
@@ -73,15 +78,19 @@ func (d *CPUDecoder) RowSlots(id int) ([]int, error) {
 	if s == nil {
 		return nil, fmt.Errorf("row slots: no active sequence %d", id)
 	}
-	cfg := d.m.Cfg
+	return RowSlotsOf(d.m.Cfg, s.cache), nil
+}
+
+// RowSlotsOf is the slots cache holds in each (layer, KV head) row, layer-major.
+func RowSlotsOf[T Float](cfg Config, cache KVCache[T]) []int {
 	out := make([]int, 0, cfg.NLayers*cfg.NKVHeads)
 	for l := 0; l < cfg.NLayers; l++ {
 		for h := 0; h < cfg.NKVHeads; h++ {
-			_, _, n := s.cache.Slots(l, h)
+			_, _, n := cache.Slots(l, h)
 			out = append(out, n)
 		}
 	}
-	return out, nil
+	return out
 }
 
 // Prefill implements Decoder.
@@ -169,8 +178,12 @@ func (d *CPUDecoder) DecodeScore(ids, tokens, targets []int) ([]int, []float64, 
 // Release implements Decoder.
 func (d *CPUDecoder) Release(ids ...int) error {
 	for _, id := range ids {
-		if _, ok := d.seqs[id]; !ok {
+		s, ok := d.seqs[id]
+		if !ok {
 			return fmt.Errorf("release: no active sequence %d", id)
+		}
+		if d.Scored != nil {
+			d.Scored(s.cache, s.pos)
 		}
 		delete(d.seqs, id)
 	}
@@ -195,6 +208,9 @@ func (d *CPUDecoder) LogProbs(tokens []int) ([]float64, error) {
 	out := make([]float64, len(tokens)-1)
 	for i := range out {
 		out[i] = LogSoftmaxAt(all[i*V:(i+1)*V], tokens[i+1])
+	}
+	if d.Scored != nil {
+		d.Scored(c, len(tokens)-1)
 	}
 	return out, nil
 }
@@ -256,13 +272,19 @@ func (d *CPUDecoder) LogProbsShared(prefix []int, rests [][]int) ([][]float64, e
 		lp := make([]float64, len(rest))
 		lp[0] = LogSoftmaxAt(last, rest[0])
 		if len(rest) > 1 {
-			all, err := d.m.Forward(cl.Clone(), rest[:len(rest)-1], len(prefix), true)
+			own := cl.Clone()
+			all, err := d.m.Forward(own, rest[:len(rest)-1], len(prefix), true)
 			if err != nil {
 				return nil, err
 			}
 			for i := 1; i < len(rest); i++ {
 				lp[i] = LogSoftmaxAt(all[(i-1)*V:i*V], rest[i])
 			}
+			if d.Scored != nil {
+				d.Scored(own, len(prefix)+len(rest)-1)
+			}
+		} else if d.Scored != nil {
+			d.Scored(c, len(prefix))
 		}
 		out[r] = lp
 	}

@@ -11,6 +11,7 @@ import (
 
 	"github.com/dmc-project/dmc/eval/tasks"
 	"github.com/dmc-project/dmc/internal/atomicfile"
+	"github.com/dmc-project/dmc/model"
 )
 
 // DefaultEvalDataDir is where the benchmark files are looked for without --data-dir:
@@ -110,12 +111,15 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 		}
 		var sc tasks.Scorer = ds
 		var slots *tasks.SlotTally
+		if cache.DMC != nil {
+			slots = &tasks.SlotTally{} // the DMC cache's real CR on the task
+		}
 		if device == "cuda" {
 			// The engine batches: many sequences prefilled together and decoded in lockstep.
-			if cache.DMC != nil {
-				slots = &tasks.SlotTally{}
-			}
 			sc = tasks.BatchScorer{DecoderScorer: ds, Batch: batch, Slots: slots}
+		} else if slots != nil {
+			cfg := m.Weights.Config
+			dec.cpu.Scored = func(c model.KVCache[float32], tokens int) { slots.Add(tokens, model.RowSlotsOf(cfg, c)) }
 		}
 		res, err := tasks.Score(t, items, shots, sc, opts)
 		if err != nil {

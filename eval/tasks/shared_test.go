@@ -164,3 +164,37 @@ func TestLengthTallyAndReportedCR(t *testing.T) {
 		t.Errorf("cr,none = %v", rep.Results["copa"]["cr,none"])
 	}
 }
+
+// The CPU decoder's Scored hook hears every scored sequence, on the shared-context, the
+// per-request and the greedy paths: the DMC cache's real CR on a task, as the engine's
+// SlotTally measures it.
+func TestCPUScoredHookTalliesRealCR(t *testing.T) {
+	w := model.Convert[float32](dmctest.Stories260K(t))
+	tok, err := tokenizer.Load(dmctest.AssetPath("tinyllamas-stories260K/tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dc := dmc.DefaultConfig()
+	dc.DecisionChannel, dc.DecisionOffset = 0, 2
+	f := func() (model.KVCache[float32], error) { return dmc.NewCompressedCache[float32](w.Config, dc) }
+	ctx := "Once upon a time, there was a little girl named Lily. She loved to play"
+	rs := []Request{{Context: ctx, Continuation: " outside."}, {Context: ctx, Continuation: " with her toys and her dog."},
+		{Context: ctx, Continuation: "!"}}
+	var want SlotTally
+	ref := BatchScorer{DecoderScorer: DecoderScorer{Dec: model.NewCPUDecoder(w, f), Tok: tok, MaxLen: 512}, Batch: 8, Slots: &want}
+	if _, _, err := ref.ScoreRequests(rs, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, greedy := range []bool{false, true} {
+		dec := model.NewCPUDecoder(w, f)
+		var got SlotTally
+		dec.Scored = func(c model.KVCache[float32], n int) { got.Add(n, model.RowSlotsOf(w.Config, c)) }
+		s := DecoderScorer{Dec: dec, Tok: tok, MaxLen: 512, Greedy: greedy}
+		if _, _, err := s.LogLikelihoods(rs); err != nil {
+			t.Fatal(err)
+		}
+		if got.CR() != want.CR() || got.CR() <= 1 {
+			t.Errorf("greedy %v: hooked real CR %v, batch scorer's %v", greedy, got.CR(), want.CR())
+		}
+	}
+}
