@@ -309,6 +309,30 @@ type gemmKey struct {
 type gemmPlan struct {
 	p    *C.dmc_lt_plan
 	best int
+	gemv bool // the small-batch GEMV kernel was the fastest
+}
+
+// gemvMaxRows is the most rows gemv_bf16 takes (GEMV_MAX_ROWS in csrc/dmc.cu).
+const gemvMaxRows = 4
+
+// gemvEnabled lets the tuner consider gemv_bf16 (DMC_GEMV=1) until its conformance test and
+// the batch-1 roofline have been measured on a GPU.
+var gemvEnabled = os.Getenv("DMC_GEMV") == "1"
+
+// gemv is y (+)= x · wᵀ with the small-batch kernel (rows ≤ gemvMaxRows, in % 8 == 0).
+func (d *device) gemv(y devPtr, yType int, x, w devPtr, rows, in, out int, accumulate bool) error {
+	if rows > gemvMaxRows || in%8 != 0 {
+		return fmt.Errorf("gemv: %d rows of width %d (at most %d rows, width a multiple of 8)", rows, in, gemvMaxRows)
+	}
+	yBF, acc := 0, 0
+	if yType == typeBF {
+		yBF = 1
+	}
+	if accumulate {
+		acc = 1
+	}
+	return d.launch("gemv_bf16", dim3{x: (out*32 + 255) / 256}, dim3{x: 256}, 0,
+		new(args).p(w).p(x).p(y).i(rows).i(in).i(out).i(yBF).i(acc))
 }
 
 const (
@@ -562,6 +586,9 @@ func (d *device) linear(y devPtr, yType int, x, w devPtr, rows, in, out int, acc
 			pl = d.tune(k, x, w)
 			d.plans[k] = pl
 		}
+		if pl.gemv {
+			return d.gemv(y, yType, x, w, rows, in, out, accumulate)
+		}
 		if pl.best >= 0 {
 			if st := C.dmc_lt_run(pl.p, C.int(pl.best), 1, C.float(beta), C.CUdeviceptr(w), C.CUdeviceptr(x), C.CUdeviceptr(y),
 				C.CUdeviceptr(d.ltWs), ltWsBytes); st != 0 {
@@ -639,6 +666,12 @@ func (d *device) tune(k gemmKey, x, w devPtr) *gemmPlan {
 		})
 		if t < bestT*0.98 {
 			bestT, best = t, i
+		}
+	}
+	if gemvEnabled && k.rows <= gemvMaxRows && k.in%8 == 0 {
+		if t := timeIt(func() bool { return d.gemv(d.ltScr, k.yType, x, w, k.rows, k.in, k.out, k.acc) == nil }); t < bestT*0.98 {
+			C.free(unsafe.Pointer(p))
+			return &gemmPlan{best: -1, gemv: true}
 		}
 	}
 	if best < 0 {

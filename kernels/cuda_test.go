@@ -879,3 +879,104 @@ func TestDecodeScoreMatchesLogits(t *testing.T) {
 		t.Error("DecodeScore with a target outside the vocabulary: no error")
 	}
 }
+
+// gemv_bf16 (the small-batch GEMV the tuner may pick for decode) against a float64 reference
+// on the same bf16 operands: rows 1–4, widths with and without the unrolled part's tail,
+// fp32 and bf16 outputs, overwrite (into NaN-poisoned memory) and accumulate.
+func TestGEMVMatchesReference(t *testing.T) {
+	d := testDevice(t)
+	rng := rand.New(rand.NewPCG(7, 8))
+	b := cudaBackend{t: t, d: d}
+	for _, rows := range []int{1, 2, 3, 4} {
+		for _, in := range []int{8, 256, 1024 + 8, 4096} {
+			for _, out := range []int{1, 33, 300} {
+				for _, yType := range []int{typeF32, typeBF} {
+					for _, acc := range []bool{false, true} {
+						w, x := make([]uint16, out*in), make([]uint16, rows*in)
+						for i := range w {
+							w[i] = toBF16(float32(rng.NormFloat64() * 0.05))
+						}
+						for i := range x {
+							x[i] = toBF16(float32(rng.NormFloat64()))
+						}
+						y0 := make([]float32, rows*out)
+						for i := range y0 {
+							y0[i] = float32(rng.NormFloat64())
+						}
+						want := make([]float64, rows*out)
+						for r := 0; r < rows; r++ {
+							for o := 0; o < out; o++ {
+								var s float64
+								for i := 0; i < in; i++ {
+									s += float64(fromBF16(w[o*in+i])) * float64(fromBF16(x[r*in+i]))
+								}
+								if acc {
+									s += float64(y0[r*out+o])
+									if yType == typeBF {
+										s += float64(fromBF16(toBF16(y0[r*out+o]))) - float64(y0[r*out+o])
+									}
+								}
+								want[r*out+o] = s
+							}
+						}
+						got := make([]float64, rows*out)
+						err := b.run(func(m *tmp) error {
+							pw, px := up(t, m, w), up(t, m, x)
+							var py devPtr
+							switch {
+							case yType == typeBF && acc:
+								yb := make([]uint16, len(y0))
+								for i, v := range y0 {
+									yb[i] = toBF16(v)
+								}
+								py = up(t, m, yb)
+							case yType == typeBF:
+								py = m.alloc(t, int64(len(y0))*2)
+							case acc:
+								py = up(t, m, y0)
+							default:
+								py = m.alloc(t, int64(len(y0))*4)
+							}
+							if err := d.gemv(py, yType, px, pw, rows, in, out, acc); err != nil {
+								return err
+							}
+							if err := d.sync(); err != nil {
+								return err
+							}
+							if yType == typeBF {
+								yb := make([]uint16, len(y0))
+								if err := downloadSlice(d, yb, py); err != nil {
+									return err
+								}
+								for i, v := range yb {
+									got[i] = float64(fromBF16(v))
+								}
+								return nil
+							}
+							yf := make([]float32, len(y0))
+							if err := downloadSlice(d, yf, py); err != nil {
+								return err
+							}
+							for i, v := range yf {
+								got[i] = float64(v)
+							}
+							return nil
+						})
+						if err != nil {
+							t.Fatal(err)
+						}
+						tol := 1e-4
+						if yType == typeBF {
+							tol = 1.0 / 128
+						}
+						for i := range got {
+							if e := math.Abs(got[i] - want[i]); !(e <= tol*(1+math.Abs(want[i]))) {
+								t.Fatalf("rows %d in %d out %d yType %d acc %v: y[%d] = %v, want %v", rows, in, out, yType, acc, i, got[i], want[i])
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+}

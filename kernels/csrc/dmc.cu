@@ -909,3 +909,72 @@ extern "C" __global__ void kv_gather(const bf16* __restrict__ pool, const int* _
   keys[((size_t)row * maxSlots + j) * D + c] = bf(pg[c]);
   vals[((size_t)row * maxSlots + j) * D + c] = bf(pg[PAGE * D + c]);
 }
+
+// Small-batch GEMV for decode: y[r, o] (+)= Σ_i w[o, i] · x[r, i] for rows ≤ GEMV_MAX_ROWS,
+// bf16 weights and inputs, fp32 accumulation; y fp32 (yBF16 = 0) or bf16. At batch 1–4 the
+// step reads every weight once, so what counts is bytes in flight: one warp per output row,
+// each lane streaming 16-byte loads of it (4 in flight), x read through the read-only cache.
+// Needs in % 8 == 0 (16-byte rows). The engine's tuner times it against cuBLASLt per shape
+// and keeps the faster.
+#define GEMV_MAX_ROWS 4
+extern "C" __global__ void gemv_bf16(const bf16* __restrict__ w, const bf16* __restrict__ x, void* __restrict__ y,
+                                     int rows, int in, int out, int yBF16, int accumulate) {
+  int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
+  if (warp >= out) return;
+  const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)warp * in);
+  int n = in >> 3;  // 16-byte chunks per row
+  float acc[GEMV_MAX_ROWS] = {0.f, 0.f, 0.f, 0.f};
+  int i = lane;
+  for (; i + 96 < n; i += 128) {
+    uint4 a0 = __ldcs(wr + i), a1 = __ldcs(wr + i + 32), a2 = __ldcs(wr + i + 64), a3 = __ldcs(wr + i + 96);
+    float f[8], g[8];
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; r++) {
+      if (r >= rows) break;
+      const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)r * in);
+      float s = 0.f;
+      unpack8(a0, f); unpack8(__ldg(xr + i), g);
+#pragma unroll
+      for (int k = 0; k < 8; k++) s += f[k] * g[k];
+      unpack8(a1, f); unpack8(__ldg(xr + i + 32), g);
+#pragma unroll
+      for (int k = 0; k < 8; k++) s += f[k] * g[k];
+      unpack8(a2, f); unpack8(__ldg(xr + i + 64), g);
+#pragma unroll
+      for (int k = 0; k < 8; k++) s += f[k] * g[k];
+      unpack8(a3, f); unpack8(__ldg(xr + i + 96), g);
+#pragma unroll
+      for (int k = 0; k < 8; k++) s += f[k] * g[k];
+      acc[r] += s;
+    }
+  }
+  for (; i < n; i += 32) {
+    uint4 a = __ldcs(wr + i);
+    float f[8], g[8];
+    unpack8(a, f);
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; r++) {
+      if (r >= rows) break;
+      unpack8(__ldg(reinterpret_cast<const uint4*>(x + (size_t)r * in) + i), g);
+#pragma unroll
+      for (int k = 0; k < 8; k++) acc[r] += f[k] * g[k];
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < GEMV_MAX_ROWS; r++) {
+    if (r >= rows) break;
+    float s = acc[r];
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if (lane == 0) {
+      size_t at = (size_t)r * out + warp;
+      if (yBF16) {
+        bf16* yb = reinterpret_cast<bf16*>(y);
+        yb[at] = tobf(accumulate ? s + __bfloat162float(yb[at]) : s);
+      } else {
+        float* yf = reinterpret_cast<float*>(y);
+        yf[at] = accumulate ? s + yf[at] : s;
+      }
+    }
+  }
+}
