@@ -14,13 +14,8 @@ import (
 // each choice whole, bit for bit, with every cache kind (vanilla, DMC, the eviction policies),
 // and with contexts left-truncated to a short window.
 func TestSharedContextEqualsPerRequest(t *testing.T) {
-	w := model.Convert[float32](dmctest.Stories260K(t))
-	tok, err := tokenizer.Load(dmctest.AssetPath("tinyllamas-stories260K/tok512.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc := dmc.DefaultConfig()
-	dc.DecisionChannel, dc.DecisionOffset = 0, 2
+	w, tok := stories260K(t)
+	dc := testDMCConfig()
 	caches := map[string]func() (model.KVCache[float32], error){
 		"vanilla": func() (model.KVCache[float32], error) { return model.NewVanillaCache[float32](w.Config), nil },
 		"dmc":     func() (model.KVCache[float32], error) { return dmc.NewCompressedCache[float32](w.Config, dc) },
@@ -60,13 +55,8 @@ func TestSharedContextEqualsPerRequest(t *testing.T) {
 // CUDA engine scores) gives DecoderScorer's log-likelihoods and greedy checks, for batches
 // that split items, and releases every sequence.
 func TestBatchScorerEqualsPerRequest(t *testing.T) {
-	w := model.Convert[float32](dmctest.Stories260K(t))
-	tok, err := tokenizer.Load(dmctest.AssetPath("tinyllamas-stories260K/tok512.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc := dmc.DefaultConfig()
-	dc.DecisionChannel, dc.DecisionOffset = 0, 2
+	w, tok := stories260K(t)
+	dc := testDMCConfig()
 	ctx := "Once upon a time, there was a little girl named Lily. She loved to play"
 	rs := []Request{{Context: ctx, Continuation: " outside."}, {Context: ctx, Continuation: " with her toys and her dog."},
 		{Context: "Tom had a", Continuation: " big red ball"}, {Context: "The sun was", Continuation: " hot"},
@@ -125,11 +115,7 @@ func TestBatchScorerEqualsPerRequest(t *testing.T) {
 // A LengthTally hears every scored sequence's cached tokens, from which a policy's real CR
 // follows, and the report carries it as cr,none.
 func TestLengthTallyAndReportedCR(t *testing.T) {
-	w := model.Convert[float32](dmctest.Stories260K(t))
-	tok, err := tokenizer.Load(dmctest.AssetPath("tinyllamas-stories260K/tok512.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	w, tok := stories260K(t)
 	ec := dmc.EvictConfig{Policy: dmc.PolicyWindow, Ratio: 3}
 	if err := ec.Validate(); err != nil {
 		t.Fatal(err)
@@ -169,13 +155,8 @@ func TestLengthTallyAndReportedCR(t *testing.T) {
 // per-request and the greedy paths: the DMC cache's real CR on a task, as the engine's
 // SlotTally measures it.
 func TestCPUScoredHookTalliesRealCR(t *testing.T) {
-	w := model.Convert[float32](dmctest.Stories260K(t))
-	tok, err := tokenizer.Load(dmctest.AssetPath("tinyllamas-stories260K/tok512.bin"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	dc := dmc.DefaultConfig()
-	dc.DecisionChannel, dc.DecisionOffset = 0, 2
+	w, tok := stories260K(t)
+	dc := testDMCConfig()
 	f := func() (model.KVCache[float32], error) { return dmc.NewCompressedCache[float32](w.Config, dc) }
 	ctx := "Once upon a time, there was a little girl named Lily. She loved to play"
 	rs := []Request{{Context: ctx, Continuation: " outside."}, {Context: ctx, Continuation: " with her toys and her dog."},
@@ -197,4 +178,22 @@ func TestCPUScoredHookTalliesRealCR(t *testing.T) {
 			t.Errorf("greedy %v: hooked real CR %v, batch scorer's %v", greedy, got.CR(), want.CR())
 		}
 	}
+}
+
+// stories260K is the test model in float32 and its tokenizer (the test skips without them).
+func stories260K(t *testing.T) (*model.Weights, tokenizer.Tokenizer) {
+	t.Helper()
+	w := model.Convert[float32](dmctest.Stories260K(t))
+	tok, err := tokenizer.Load(dmctest.AssetPath("tinyllamas-stories260K/tok512.bin"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return w, tok
+}
+
+// testDMCConfig merges often on stories260K: decisions from channel 0, offset 2.
+func testDMCConfig() dmc.Config {
+	dc := dmc.DefaultConfig()
+	dc.DecisionChannel, dc.DecisionOffset = 0, 2
+	return dc
 }
