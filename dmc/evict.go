@@ -174,7 +174,7 @@ type EvictingCache[T model.Float] struct {
 	score        [][]float64 // h2o: accumulated attention; tova: the last query's attention
 	seen         []int
 	qrot         []T
-	probs        []float64
+	probs, avg   []float64 // scratch of Put's scores
 }
 
 // NewEvictingCache makes an empty cache for cfg.
@@ -209,9 +209,11 @@ func (c *EvictingCache[T]) Put(layer, pos int, q, k, v []T) {
 		}
 		n := len(c.pos[i])
 		if cap(c.probs) < n {
-			c.probs = make([]float64, n)
+			c.probs, c.avg = make([]float64, n, 2*n), make([]float64, n, 2*n)
 		}
-		avg := make([]float64, n)
+		avg := c.avg[:n]
+		clear(avg)
+		invSqrtD := 1 / math.Sqrt(float64(D))
 		for g := 0; g < G; g++ {
 			qh := h*G + g
 			copy(c.qrot, q[qh*D:(qh+1)*D])
@@ -224,7 +226,7 @@ func (c *EvictingCache[T]) Put(layer, pos int, q, k, v []T) {
 				for d := 0; d < D; d++ {
 					s += float64(c.qrot[d]) * float64(kj[d])
 				}
-				p[j] = s / math.Sqrt(float64(D))
+				p[j] = s * invSqrtD
 				m = max(m, p[j])
 			}
 			var z float64
@@ -335,6 +337,6 @@ func (c *EvictingCache[T]) Clone() model.KVCache[T] {
 	}
 	n.seen = append([]int(nil), c.seen...)
 	n.qrot = make([]T, len(c.qrot))
-	n.probs = append([]float64(nil), c.probs...)
+	n.probs, n.avg = nil, nil // scratch: each copy its own
 	return &n
 }
