@@ -89,15 +89,15 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 		}
 		opts := tasks.Options{NumFewShot: spec.NumFewShot, Limit: spec.Limit, Seed: spec.Seed, Progress: hooks.Items}
 		ds := tasks.DecoderScorer{Dec: dec, Tok: m.Tokenizer, MaxLen: m.Weights.Config.MaxSeqLen, Greedy: t.Kind == tasks.LogLikelihood}
-		taskCache := cache
+		taskDec := dec
 		if cache.Evict != nil && cache.Evict.Ratio > 0 {
 			// A growing budget of ⌈t/r⌉ slots compresses short items by less than r: solve r
 			// on this task's sequences so that its real CR is the one asked for.
-			if taskCache, err = matchTaskCR(ds, t, items, shots, opts, cache, spec.CR); err != nil {
+			taskCache, err := matchTaskCR(ds, t, items, shots, opts, cache, spec.CR)
+			if err != nil {
 				return err
 			}
-			taskDec, err := NewBatchDecoder(m, taskCache, device, m.Weights.Config.MaxSeqLen, batch)
-			if err != nil {
+			if taskDec, err = NewBatchDecoder(m, taskCache, device, m.Weights.Config.MaxSeqLen, batch); err != nil {
 				return err
 			}
 			defer taskDec.Close()
@@ -106,27 +106,21 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 				hooks.Start(fmt.Sprintf("%s: %s", t.Name, taskCache.Evict))
 			}
 		}
-		if taskCache.Evict != nil {
-			ds.Lengths = &tasks.LengthTally{}
-		}
 		var sc tasks.Scorer = ds
 		var slots *tasks.SlotTally
-		if cache.DMC != nil {
-			slots = &tasks.SlotTally{} // the DMC cache's real CR on the task
+		if cache.DMC != nil || cache.Evict != nil {
+			slots = &tasks.SlotTally{} // the compressed cache's real CR on the task
 		}
 		if device == "cuda" {
 			// The engine batches: many sequences prefilled together and decoded in lockstep.
 			sc = tasks.BatchScorer{DecoderScorer: ds, Batch: batch, Slots: slots}
 		} else if slots != nil {
 			cfg := m.Weights.Config
-			dec.cpu.Scored = func(c model.KVCache[float32], tokens int) { slots.Add(tokens, model.RowSlotsOf(cfg, c)) }
+			taskDec.cpu.Scored = func(c model.KVCache[float32], tokens int) { slots.Add(tokens, model.RowSlotsOf(cfg, c)) }
 		}
 		res, err := tasks.Score(t, items, shots, sc, opts)
 		if err != nil {
 			return err
-		}
-		if ds.Lengths != nil {
-			res.CR = taskCache.Evict.RealCR(ds.Lengths.Take())
 		}
 		if slots != nil {
 			res.CR = slots.CR()

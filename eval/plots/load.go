@@ -156,7 +156,7 @@ func loadHarness(path string, doc map[string]any) ([]Run, error) {
 			r.CR = num(ppl["cr,none"])
 		}
 	}
-	if r.CR == 0 { // a training-free policy reports its real CR per task: their mean
+	if r.CR == 0 { // without a ppl run, the cache's real CR per task (cr,none): their mean
 		var sum float64
 		var n int
 		for _, x := range res {

@@ -31,31 +31,6 @@ type DecoderScorer struct {
 	// Greedy asks for the greedy check too (LAMBADA's acc); it decodes the continuation token
 	// by token, so it is off for multiple-choice tasks.
 	Greedy bool
-	// Lengths, when set, records the tokens each scored sequence puts in its cache, from
-	// which a training-free policy's real compression rate follows (dmc.EvictConfig.RealCR).
-	Lengths *LengthTally
-}
-
-// LengthTally collects sequence lengths from concurrent scorers.
-type LengthTally struct {
-	mu sync.Mutex
-	n  []int
-}
-
-// Add records one sequence of n tokens.
-func (t *LengthTally) Add(n int) {
-	t.mu.Lock()
-	t.n = append(t.n, n)
-	t.mu.Unlock()
-}
-
-// Take returns the lengths recorded so far and starts over.
-func (t *LengthTally) Take() []int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	out := t.n
-	t.n = nil
-	return out
 }
 
 // SlotTally sums what scored sequences leave in their caches over every (layer, KV head)
@@ -115,9 +90,6 @@ func (s DecoderScorer) tokens(r Request) ([]int, int, error) {
 		cut := len(tokens) - s.MaxLen
 		tokens = tokens[cut:]
 		first = max(1, first-cut)
-	}
-	if s.Lengths != nil {
-		s.Lengths.Add(len(tokens) - 1) // the last token is scored, never cached
 	}
 	return tokens, first, nil
 }
@@ -304,10 +276,9 @@ func Prepare(t *Task, items, shots []Item, o Options) ([]Item, error) {
 }
 
 // CachedLengths is, for every request of the prepared items, the tokens its scored sequence
-// puts in the cache (what LengthTally hears while scoring), without running the model: what
-// a compression rate is solved from before scoring.
+// puts in the cache (its tokens less the last, which is scored and never cached), without
+// running the model: what a compression rate is solved from before scoring.
 func (s DecoderScorer) CachedLengths(prepared []Item) ([]int, error) {
-	s.Lengths = nil
 	var out []int
 	for _, it := range prepared {
 		for _, r := range it.Requests {

@@ -2,6 +2,7 @@ package tasks
 
 import (
 	"math"
+	"slices"
 	"testing"
 
 	"github.com/dmc-project/dmc/data/tokenizer"
@@ -112,41 +113,45 @@ func TestBatchScorerEqualsPerRequest(t *testing.T) {
 	}
 }
 
-// A LengthTally hears every scored sequence's cached tokens, from which a policy's real CR
-// follows, and the report carries it as cr,none.
-func TestLengthTallyAndReportedCR(t *testing.T) {
+// A policy's cache, heard through the CPU decoder's Scored hook, holds what SlotsFor and
+// CachedLengths predict (the real CR a ratio is solved from), and the report carries the
+// tallied CR as cr,none.
+func TestPolicySlotsAndReportedCR(t *testing.T) {
 	w, tok := stories260K(t)
 	ec := dmc.EvictConfig{Policy: dmc.PolicyWindow, Ratio: 3}
 	if err := ec.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	var last *dmc.EvictingCache[float32]
-	dec := model.NewCPUDecoder(w, func() (model.KVCache[float32], error) {
-		c, err := dmc.NewEvictingCache[float32](w.Config, ec)
-		last = c
-		return c, err
-	})
-	s := DecoderScorer{Dec: dec, Tok: tok, MaxLen: 512, Lengths: &LengthTally{}}
+	dec := model.NewCPUDecoder(w, func() (model.KVCache[float32], error) { return dmc.NewEvictingCache[float32](w.Config, ec) })
+	var tally SlotTally
+	var heard []int
+	dec.Scored = func(c model.KVCache[float32], n int) {
+		heard = append(heard, n)
+		rows := model.RowSlotsOf(w.Config, c)
+		for i, k := range rows {
+			if k != ec.SlotsFor(n) {
+				t.Errorf("row %d holds %d slots after %d tokens; SlotsFor says %d", i, k, n, ec.SlotsFor(n))
+			}
+		}
+		tally.Add(n, rows)
+	}
+	s := DecoderScorer{Dec: dec, Tok: tok, MaxLen: 512}
 	r := Request{Context: "Once upon a time, there was a little girl named Lily.", Continuation: " She loved to play outside."}
-	toks, _, err := DecoderScorer{Tok: tok, MaxLen: 512}.tokens(r)
+	want, err := s.CachedLengths([]Item{{Requests: []Request{r}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if _, _, err := s.LogLikelihood(r); err != nil {
 		t.Fatal(err)
 	}
-	got := s.Lengths.Take()
-	if len(got) != 1 || got[0] != len(toks)-1 {
-		t.Fatalf("tally %v, want one sequence of %d tokens", got, len(toks)-1)
+	if !slices.Equal(heard, want) || len(want) != 1 {
+		t.Fatalf("heard sequences of %v tokens, CachedLengths says %v", heard, want)
 	}
-	if n := last.NumSlots(0, 0); n != ec.SlotsFor(got[0]) || last.Tokens(0, 0) != got[0] {
-		t.Errorf("the cache holds %d slots of %d tokens; SlotsFor(%d) = %d", n, last.Tokens(0, 0), got[0], ec.SlotsFor(got[0]))
+	if got := tally.CR(); math.Abs(got-ec.RealCR(want)) > 1e-12 || got <= 1 {
+		t.Errorf("tallied real CR %v, RealCR %v", got, ec.RealCR(want))
 	}
-	if len(s.Lengths.Take()) != 0 {
-		t.Error("Take did not start over")
-	}
-	rep := NewReport([]*Result{{Task: "copa", N: 1, CR: ec.RealCR(got)}}, nil, nil)
-	if cr, _ := rep.Results["copa"]["cr,none"].(float64); math.Abs(cr-float64(got[0])/float64(ec.SlotsFor(got[0]))) > 1e-12 {
+	rep := NewReport([]*Result{{Task: "copa", N: 1, CR: tally.CR()}}, nil, nil)
+	if cr, _ := rep.Results["copa"]["cr,none"].(float64); math.Abs(cr-float64(want[0])/float64(ec.SlotsFor(want[0]))) > 1e-12 {
 		t.Errorf("cr,none = %v", rep.Results["copa"]["cr,none"])
 	}
 }

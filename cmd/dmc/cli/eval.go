@@ -113,7 +113,7 @@ caches), --batch sequences decoded together.`,
 	f.StringVar(&o.Cache, "cache", "auto", "auto (DMC for DMC models), vanilla, dmc, or a training-free policy: window, streaming (4 sinks + recent), h2o (heavy hitters + recent), tova")
 	f.StringVar(&o.Compare, "compare", "", "run the tasks once per cache (e.g. vanilla,window,streaming,h2o,tova) at the same --kv-budget or --cr and print one table")
 	f.IntVar(&o.KVBudget, "kv-budget", 0, "slots per layer and KV head of a training-free policy")
-	f.Float64Var(&o.CR, "cr", 0, "size a training-free policy for this compression rate: for perplexity, the fixed budget whose real CR on the scored sequences is CR; for --tasks, ⌈t/CR⌉ slots after t tokens, so items of every length are compressed by CR")
+	f.Float64Var(&o.CR, "cr", 0, "size a training-free policy for this compression rate: for perplexity, the fixed budget whose real CR on the scored sequences is CR; for --tasks, a budget growing with each item (⌈t/r⌉ slots after t tokens), r solved per task so that its real CR is CR")
 	f.IntVar(&o.SeqLen, "seq-len", 0, "longest sequence decoded from one cache (default: the model's context)")
 	f.IntVar(&o.MaxTokens, "max-tokens", 0, "stop after about this many scored tokens (0 = all)")
 	f.Float64Var(&o.DecisionOffset, "decision-offset", 0, "DMC models: replace the decision offset (higher: fewer merges, lower CR; dmc export --calibrate-cr picks one for the target CR)")

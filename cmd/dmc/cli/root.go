@@ -108,11 +108,15 @@ func Main(args []string, in io.Reader, out, errw io.Writer) (code int) {
 	}()
 	// DMC_CPUPROFILE=FILE writes a Go CPU profile of the command (go tool pprof FILE).
 	if path := os.Getenv("DMC_CPUPROFILE"); path != "" {
-		if f, err := os.Create(path); err == nil {
-			if err := pprof.StartCPUProfile(f); err == nil {
+		f, err := os.Create(path)
+		if err == nil {
+			if err = pprof.StartCPUProfile(f); err == nil {
 				defer func() { pprof.StopCPUProfile(); f.Close() }()
+			} else {
+				f.Close()
 			}
-		} else {
+		}
+		if err != nil {
 			fmt.Fprintf(errw, "dmc: DMC_CPUPROFILE: %v\n", err)
 		}
 	}
