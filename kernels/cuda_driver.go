@@ -315,9 +315,10 @@ type gemmPlan struct {
 // gemvMaxRows is the most rows gemv_bf16 takes (GEMV_MAX_ROWS in csrc/dmc.cu).
 const gemvMaxRows = 4
 
-// gemvEnabled lets the tuner consider gemv_bf16 (DMC_GEMV=1) until its conformance test and
-// the batch-1 roofline have been measured on a GPU.
-var gemvEnabled = os.Getenv("DMC_GEMV") == "1"
+// gemvEnabled lets the tuner consider gemv_bf16 next to cuBLASLt (DMC_GEMV=0 turns it off):
+// on the H200 it took llama2-7b batch-1 decode from 74% to 78% of the roofline at context 512
+// and from 72% to 75% at 4096 (kernels/README.md).
+var gemvEnabled = os.Getenv("DMC_GEMV") != "0"
 
 // gemv is y (+)= x · wᵀ with the small-batch kernel (rows ≤ gemvMaxRows, in % 8 == 0).
 func (d *device) gemv(y devPtr, yType int, x, w devPtr, rows, in, out int, accumulate bool) error {
