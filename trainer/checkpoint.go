@@ -44,6 +44,7 @@ const (
 
 // RNGState describes the trainer's randomness. It is counter-based: the noise of a step is
 // StepSeed(Seed, step, Rank, micro-batch), so the state is the seed and the step counter.
+// Rank is 0: micro-batches are numbered over all ranks of a data-parallel group (Comm).
 type RNGState struct {
 	Kind    string `json:"kind"`
 	Seed    uint64 `json:"seed"`

@@ -27,8 +27,18 @@
 // a crash or a full disk never damages the previous checkpoint. Recipes (recipe.go) are YAML
 // read strictly on top of configs/recipes/default.yaml, overridable by key=value or flags.
 //
+// Data parallel (comm.go): Options.Comm puts a run in a group of ranks, each with its own
+// Model and Source over one run directory. grad_accum counts a step's micro-batches over all
+// ranks; every rank reads them all in order and trains on its contiguous share, the noise of a
+// micro-batch is keyed by its index in the step, and the loss sums and gradients are summed
+// over the ranks before the update, so N ranks compute what one rank does (up to the order of
+// the sums) and a checkpoint resumes on any group size. Rank 0 writes checkpoints, metrics and
+// progress; a cancelled rank stops the group after the same step; a failed rank aborts the
+// others' reductions. LocalGroup is the in-process group (the reference for device
+// communicators; the CPU tests use it).
+//
 // Determinism: all randomness the trainer hands out (StepContext.Seed) is a pure function of
-// (recipe seed, step, rank, micro-batch), the optimiser's arithmetic order is fixed and the
+// (recipe seed, step, micro-batch), the optimiser's arithmetic order is fixed and the
 // data position is checkpointed, so on the CPU a resumed run reproduces an uninterrupted one
 // bit for bit.
 //

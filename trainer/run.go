@@ -43,7 +43,10 @@ type Options struct {
 	Decay    func(Param) bool // weight-decay mask; nil = DefaultDecay
 	Progress io.Writer        // human progress lines; nil = discard
 	FS       FS               // checkpoint filesystem; nil = OSFS
-	Rank     int              // data-parallel rank (seeds the noise); 0 on one device
+	// Comm is the data-parallel group (nil: one rank). Each rank runs Run with its own Model
+	// and Source over the same run directory; rank 0 writes the checkpoints, the metrics and
+	// the progress lines.
+	Comm Comm
 
 	// Train says what of each parameter is trained (one entry per Model.Params(); nil: all),
 	// usually from the recipe's train field (retrofit.TrainSelection).
@@ -95,12 +98,33 @@ type Result struct {
 // recipe (or StopAfter) is reached and when ctx is cancelled (then Result.Interrupted is set
 // and a checkpoint of the last completed step has been saved).
 func Run(ctx context.Context, opts Options) (Result, error) {
+	if opts.Comm == nil {
+		opts.Comm = soloComm{}
+	}
+	comm := opts.Comm
+	// Rank 0 prepares the run directory first (a corrupt checkpoint set aside, stale metrics
+	// cut); the other ranks then only read it.
+	if comm.Rank() > 0 {
+		if err := comm.AllReduceSum64(nil); err != nil {
+			return Result{}, err
+		}
+	}
 	t, err := newRun(opts)
 	if err != nil {
+		comm.Abort(err)
 		return Result{}, err
 	}
 	defer t.close()
-	return t.loop(ctx)
+	if comm.Rank() == 0 && comm.Size() > 1 {
+		if err := comm.AllReduceSum64(nil); err != nil {
+			return Result{}, err
+		}
+	}
+	res, err := t.loop(ctx)
+	if err != nil {
+		comm.Abort(err)
+	}
+	return res, err
 }
 
 type run struct {
@@ -135,6 +159,9 @@ type run struct {
 	pos       json.RawMessage
 	dataWait  time.Duration
 	evalStart json.RawMessage
+	// comm is the data-parallel group; lead (rank 0) writes checkpoints, metrics and progress.
+	comm Comm
+	lead bool
 }
 
 func newRun(opts Options) (*run, error) {
@@ -152,8 +179,16 @@ func newRun(opts Options) (*run, error) {
 	if opts.FS == nil {
 		opts.FS = OSFS{}
 	}
-	t := &run{opts: opts, r: r, progress: opts.Progress, savedStep: -1}
-	if t.progress == nil {
+	if opts.Comm == nil {
+		opts.Comm = soloComm{}
+	}
+	size := opts.Comm.Size()
+	if r.GradAccum%size != 0 {
+		return nil, fmt.Errorf("grad_accum %d counts the micro-batches of a step over all %d ranks: it must be a multiple of %d (set grad_accum=%d, or use %d ranks)",
+			r.GradAccum, size, size, (r.GradAccum+size-1)/size*size, gcd(r.GradAccum, size))
+	}
+	t := &run{opts: opts, r: r, progress: opts.Progress, savedStep: -1, comm: opts.Comm, lead: opts.Comm.Rank() == 0}
+	if t.progress == nil || !t.lead {
 		t.progress = io.Discard
 	}
 	var err error
@@ -180,6 +215,9 @@ func newRun(opts Options) (*run, error) {
 	}
 	t.grads = make([][]float32, len(t.params))
 	t.dev, _ = opts.Model.(step.Optimizer)
+	if t.dev != nil && size > 1 {
+		return nil, fmt.Errorf("%d ranks: a model that runs its own optimiser on a device needs the device all-reduce (NCCL), which this build does not have yet; train on one GPU", size)
+	}
 	if t.dev != nil {
 		// The device accumulates, clips and updates; the host keeps only what checkpoints hold.
 	} else if r.GradAccum > 1 {
@@ -199,6 +237,12 @@ func newRun(opts Options) (*run, error) {
 
 	if err := os.MkdirAll(opts.RunDir, 0o755); err != nil {
 		return nil, fmt.Errorf("create run directory: %w", err)
+	}
+	if !t.lead {
+		if opts.Resume {
+			return t, t.resume()
+		}
+		return t, nil
 	}
 	if opts.Resume {
 		if err := t.resume(); err != nil {
@@ -241,7 +285,7 @@ func (t *run) resume() error {
 	if err != nil {
 		return err
 	}
-	if latest != "" && c.Name != latest {
+	if latest != "" && c.Name != latest && t.lead {
 		// Fell back past a corrupt checkpoint: set it aside and point "latest" at the one
 		// resumed from, so nothing names the corrupt one and the next save of its step is clean.
 		aside, err := t.store.SetAside(latest)
@@ -267,6 +311,9 @@ func (t *run) resume() error {
 	}
 	t.step, t.tokens, t.elapsed0 = c.State.Step, c.State.TokensSeen, c.State.ElapsedSeconds
 	t.lastSaved, t.savedStep = c.Name, c.State.Step
+	if !t.lead {
+		return nil
+	}
 	if err := truncateMetrics(filepath.Join(t.opts.RunDir, "metrics.jsonl"), t.step); err != nil {
 		return err
 	}
@@ -283,8 +330,11 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 	t.start, t.startStep = time.Now(), t.step
 	t.pos = append(json.RawMessage(nil), t.opts.Source.Position()...) // before the reader takes the source over
 	var last Metrics
+	size, rank := t.comm.Size(), t.comm.Rank()
+	per := r.GradAccum / size // this rank's micro-batches of each step
 	for t.step < end {
-		if ctx.Err() != nil {
+		// One rank stops alone; a group stops where it agreed to (below), all at the same step.
+		if size == 1 && ctx.Err() != nil {
 			return t.interrupted(last, t.pos)
 		}
 		if r.Mode == ModeDMC && t.step == r.ZeroOutSteps && t.opts.OnZeroOutEnd != nil {
@@ -298,19 +348,26 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		plan := r.PlanAt(t.step)
 		var lossSum, lmSum, crSum, alphaSum, kdSum float64
 		tokens := 0
-		for mb := 0; mb < r.GradAccum; mb++ {
-			if mb > 0 && ctx.Err() != nil {
+		// Every rank reads all micro-batches of the step in order and trains on its share
+		// (micro-batches rank·per … rank·per+per−1), so the data position and the noise of a
+		// micro-batch are the same on any group size.
+		for g := 0; g < r.GradAccum; g++ {
+			if g > 0 && size == 1 && ctx.Err() != nil {
 				return t.interrupted(last, t.dataBefore) // drop the partial step; save the data position of its start
 			}
 			if err := t.fillBatch(); err != nil {
 				return t.result(last), err
 			}
+			if g/per != rank {
+				continue
+			}
+			mb := g - rank*per
 			sc := plan.Context
-			sc.MicroBatch = mb
-			sc.Seed = StepSeed(r.Seed, t.step, t.opts.Rank, mb)
+			sc.MicroBatch, sc.LocalMicroBatch = g, mb
+			sc.Seed = StepSeed(r.Seed, t.step, 0, g)
 			l, err := t.opts.Model.Step(t.batch, sc)
 			if err != nil {
-				return t.result(last), fmt.Errorf("step %d, micro-batch %d: %w", t.step+1, mb, err)
+				return t.result(last), fmt.Errorf("step %d, micro-batch %d: %w", t.step+1, g, err)
 			}
 			lossSum += l.Loss
 			lmSum += l.LM
@@ -320,6 +377,22 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 			tokens += l.Tokens
 			if t.accum != nil {
 				t.accumulate(mb)
+			}
+		}
+		stop := false
+		if size > 1 {
+			// Sum the micro-batches' losses and gradients over the ranks, and agree on
+			// stopping: a rank whose context is cancelled stops the group after this step.
+			red := []float64{lossSum, lmSum, crSum, kdSum, alphaSum, float64(tokens), 0}
+			if ctx.Err() != nil {
+				red[6] = 1
+			}
+			if err := t.comm.AllReduceSum64(red); err != nil {
+				return t.result(last), fmt.Errorf("step %d: %w", t.step+1, err)
+			}
+			lossSum, lmSum, crSum, kdSum, alphaSum, tokens, stop = red[0], red[1], red[2], red[3], red[4], int(red[5]), red[6] > 0
+			if err := t.comm.AllReduceSum(t.grads); err != nil {
+				return t.result(last), fmt.Errorf("step %d: gradients: %w", t.step+1, err)
 			}
 		}
 		n := float64(r.GradAccum)
@@ -343,8 +416,8 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 			}
 			m.GradNorm = norm
 		} else {
-			if t.accum != nil {
-				scaleAll(t.accum, float32(1/n)) // mean over micro-batches: the gradient of the batch mean
+			if t.accum != nil || size > 1 {
+				scaleAll(t.grads, float32(1/n)) // mean over micro-batches: the gradient of the batch mean
 			}
 			t.opt.MaskUntrained(t.grads)
 			m.GradNorm = ClipGlobalNorm(t.grads, r.GradClip)
@@ -372,7 +445,7 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 				m.MFU = &mfu
 			}
 		}
-		if r.EvalEvery > 0 && t.opts.Eval != nil && (t.step%r.EvalEvery == 0 || t.step == end) {
+		if t.lead && r.EvalEvery > 0 && t.opts.Eval != nil && (t.step%r.EvalEvery == 0 || t.step == end) {
 			if err := t.evaluate(&m); err != nil {
 				return t.result(last), err
 			}
@@ -392,6 +465,9 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 			if err := t.save(t.pos); err != nil {
 				return t.result(last), err
 			}
+		}
+		if stop && t.step < end {
+			return t.interrupted(last, t.pos)
 		}
 	}
 	res := t.result(last)
@@ -426,6 +502,10 @@ func (t *run) save(dataPos json.RawMessage) error {
 	if t.savedStep == t.step {
 		return nil // this exact state is already on disk
 	}
+	if !t.lead {
+		t.savedStep = t.step // rank 0 writes the group's checkpoint
+		return nil
+	}
 	if t.dev != nil {
 		if err := t.dev.Pull(t.opt.M, t.opt.V); err != nil {
 			return fmt.Errorf("copy the weights from the device for a checkpoint: %w", err)
@@ -434,7 +514,7 @@ func (t *run) save(dataPos json.RawMessage) error {
 	stage, _ := t.r.StageAt(t.step)
 	st := TrainState{
 		Step: t.step, Stage: stage.String(), AdamStep: t.opt.T, DataPosition: dataPos,
-		RNG:        RNGState{Kind: "splitmix64(seed, step, rank, micro-batch)", Seed: t.r.Seed, Rank: t.opts.Rank, Counter: t.step},
+		RNG:        RNGState{Kind: "splitmix64(seed, step, rank, micro-batch)", Seed: t.r.Seed, Rank: 0, Counter: t.step},
 		TokensSeen: t.tokens, ElapsedSeconds: t.elapsed(),
 	}
 	name, err := t.store.Save(SaveInput{State: st, Params: t.params, Opt: t.opt, Recipe: t.recipeYML, ModelConfig: t.modelJSON})
@@ -571,6 +651,9 @@ func (t *run) applyZeroOutHook() error {
 }
 
 func (t *run) writeMetrics(m Metrics) error {
+	if !t.lead {
+		return nil
+	}
 	b, err := json.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)
@@ -655,4 +738,11 @@ func recipeDiff(a, b []byte) string {
 		}
 	}
 	return strings.Join(diffs, ", ")
+}
+
+func gcd(a, b int) int {
+	for b != 0 {
+		a, b = b, a%b
+	}
+	return a
 }

@@ -229,7 +229,7 @@ func TestRunPassesScheduleAndWritesMetrics(t *testing.T) {
 	for i, sc := range s.model.calls {
 		step, mb := i/2, i%2
 		want := r.PlanAt(step).Context
-		want.MicroBatch, want.Seed = mb, StepSeed(r.Seed, step, 0, mb)
+		want.MicroBatch, want.LocalMicroBatch, want.Seed = mb, mb, StepSeed(r.Seed, step, 0, mb)
 		if sc != want {
 			t.Fatalf("call %d: context %+v, want %+v", i, sc, want)
 		}

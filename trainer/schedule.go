@@ -117,7 +117,10 @@ func (r *Recipe) PlanAt(s int) Plan {
 }
 
 // StepSeed derives the noise seed of (step, rank, micro-batch) from the recipe seed with
-// splitmix64, so that noise depends on nothing but these numbers (resume is exact).
+// splitmix64, so that noise depends on nothing but these numbers (resume is exact). The
+// trainer passes rank 0 and the micro-batch's index among all ranks' micro-batches of the
+// step, so a data-parallel group draws exactly the noise of one rank accumulating them all;
+// the rank argument stays for streams that must differ per rank.
 func StepSeed(seed uint64, step, rank, micro int) uint64 {
 	x := splitmix64(seed ^ 0x6a09e667f3bcc909)
 	x = splitmix64(x ^ uint64(step))

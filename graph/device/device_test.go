@@ -43,7 +43,7 @@ var stepCases = []stepCase{
 }
 
 // compareStep runs one micro-batch on the CPU graph and on the device and compares the losses
-// and all gradients; then a second micro-batch with MicroBatch 1 must add to the first.
+// and all gradients; then a second micro-batch (LocalMicroBatch 1) must add to the first.
 func compareStep(t *testing.T, w *model.Weights, dc dmc.Config, B, T int, teacher bool, prec precision) {
 	tol, ltol := prec.grad, prec.loss
 	var tw *model.Weights
@@ -114,7 +114,7 @@ func compareStep(t *testing.T, w *model.Weights, dc dmc.Config, B, T int, teache
 		}
 		b2 := batchOf(rng, B, T, c.VocabSize)
 		sc2 := tc.sc
-		sc2.MicroBatch = 1
+		sc2.MicroBatch, sc2.LocalMicroBatch = 1, 1
 		if _, err := cpu.Step(b2, sc2); err != nil {
 			t.Fatal(err)
 		}
@@ -202,7 +202,7 @@ func TestStepIsDeterministic(t *testing.T) {
 		for s := 0; s < 3; s++ {
 			for mb := 0; mb < 2; mb++ {
 				l, err := dm.Step(batchOf(rng, 2, 40, 97), step.Context{DMC: true, ZeroOut: 1, TargetAlpha: 0.5, CRWeight: 3, Seed: 9,
-					Step: s, MicroBatch: mb, DistillWeight: 0.5})
+					Step: s, MicroBatch: mb, LocalMicroBatch: mb, DistillWeight: 0.5})
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -344,7 +344,7 @@ func TestRecomputeIsExact(t *testing.T) {
 		rng := rand.New(rand.NewPCG(8, 9))
 		var losses []float64
 		for s := 0; s < 2; s++ {
-			l, err := dm.Step(batchOf(rng, B, T, 97), step.Context{DMC: true, ZeroOut: 1, TargetAlpha: 0.5, CRWeight: 3, Seed: 2, Step: s, MicroBatch: s,
+			l, err := dm.Step(batchOf(rng, B, T, 97), step.Context{DMC: true, ZeroOut: 1, TargetAlpha: 0.5, CRWeight: 3, Seed: 2, Step: s, MicroBatch: s, LocalMicroBatch: s,
 				DistillWeight: 0.5})
 			if err != nil {
 				t.Fatal(err)

@@ -345,7 +345,7 @@ func (m *Model) pullValues() error {
 }
 
 // Step runs forward and backward on one micro-batch; the gradient is added to the earlier
-// micro-batches' when sc.MicroBatch > 0.
+// micro-batches' when sc.LocalMicroBatch > 0.
 func (m *Model) Step(b step.Batch, sc step.Context) (step.Losses, error) { return m.run(b, sc, true) }
 
 // Forward runs the forward pass only.
@@ -613,7 +613,7 @@ func (r *runner) exec(b step.Batch, sc step.Context, in graph.Inputs, backward b
 			}
 			t0 = time.Now()
 		}
-		err := r.run(s, ins, sc.MicroBatch)
+		err := r.run(s, ins, sc.LocalMicroBatch)
 		if r.profile != nil && err == nil {
 			err = r.dev.Sync()
 			k := opName(ins)

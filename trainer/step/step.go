@@ -22,10 +22,14 @@ type Batch struct {
 
 // Context tells the model what the schedule wants for this step.
 type Context struct {
-	Step, MicroBatch int     // optimiser step (0-based) and micro-batch index within it
-	Seed             uint64  // keys the Gumbel noise; a pure function of (seed, step, rank, micro-batch)
-	DMC              bool    // relaxed DMC attention on (stages 2-3 of a dmc run); false: plain Llama
-	TargetAlpha      float64 // α*(s) = 1 − 1/CR(s) for the CR loss
+	Step, MicroBatch int // optimiser step (0-based) and micro-batch index within it, over all ranks
+	// LocalMicroBatch is the index among this rank's micro-batches of the step: a model that
+	// accumulates gradients itself adds to the earlier ones when it is > 0. Equal to
+	// MicroBatch on one rank.
+	LocalMicroBatch int
+	Seed            uint64  // keys the Gumbel noise; a pure function of (seed, step, micro-batch)
+	DMC             bool    // relaxed DMC attention on (stages 2-3 of a dmc run); false: plain Llama
+	TargetAlpha     float64 // α*(s) = 1 − 1/CR(s) for the CR loss
 	// ZeroOut is the stage-1 multiplier of the decision channel q/k[ch]; 1 = none (vanilla,
 	// and stages 2-3, where DMC removes the channel itself). Below 1 the plain graph runs (no
 	// merging) with the channel scaled, whatever DMC says.
