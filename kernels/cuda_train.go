@@ -27,6 +27,7 @@ static tr_launch_fn tr_launchk;
 static tr_setattr_fn tr_setattr;
 static tr_gemmex_fn tr_gemmex;
 static void* tr_stream;
+static void* tr_stream_get(void) { return tr_stream; }
 static void* tr_blas;
 
 typedef struct { unsigned long long data[8]; } tr_lt_algo;
@@ -190,6 +191,9 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 }
 
 // Describe names the GPU, driver and cuBLAS, and whether cuBLASLt is used.
+// stream is the engine's stream the training kernels run on (NCCL enqueues there too).
+func (t *TrainDevice) stream() unsafe.Pointer { return C.tr_stream_get() }
+
 func (t *TrainDevice) Describe() string {
 	s := t.d.describe()
 	if t.lt {
