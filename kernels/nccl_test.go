@@ -115,7 +115,7 @@ func ncclCheckCollectives(t *testing.T, dev *TrainDevice, c *NCCLComm) {
 			t.Fatalf("rank %d: reduce-scatter + all-gather[%d] = %v, want %v", rank, i, v, want)
 		}
 	}
-	if err := c.ReduceScatterSum(send, all); err == nil {
+	if err := c.ReduceScatterSum(send, small); err == nil { // recv must hold len(send)/size
 		t.Fatal("reduce-scatter into a buffer of the wrong size was accepted")
 	}
 }
