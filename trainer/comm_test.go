@@ -8,6 +8,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/dmc-project/dmc/trainer/step"
 )
 
 func TestLocalGroupSumsInRankOrder(t *testing.T) {
@@ -259,5 +261,71 @@ func TestDataParallelUserErrors(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "grad_accum 2 counts the micro-batches of a step over all 4 ranks") ||
 		!strings.Contains(err.Error(), "set grad_accum=4, or use 2 ranks") {
 		t.Fatalf("grad_accum not a multiple of the ranks: %v", err)
+	}
+}
+
+// groupOffloadModel is a device model in a data-parallel group: it sums its accumulators over
+// the group at the start of Update, as graph/device.Model does with NCCL.
+type groupOffloadModel struct {
+	*offloadModel
+	comm Comm
+}
+
+var _ step.DataParallel = groupOffloadModel{}
+
+func (m groupOffloadModel) GroupSize() int { return m.comm.Size() }
+
+func (m groupOffloadModel) Update(h step.AdamW, micro int, maxNorm, lr float64) (float64, error) {
+	if err := m.comm.AllReduceSum(m.acc); err != nil {
+		return 0, err
+	}
+	return m.offloadModel.Update(h, micro, maxNorm, lr)
+}
+
+// Device models sum their own gradients in Update; the trainer then only sums the losses.
+func TestDataParallelDeviceModels(t *testing.T) {
+	r := testRecipe(t, "grad_accum=4")
+	one := newSession(t, t.TempDir(), r, 1)
+	one.run(t, context.Background())
+
+	dir := t.TempDir()
+	comms := LocalGroup(2)
+	models := make([]*offloadModel, 2)
+	errs := make([]error, 2)
+	var wg sync.WaitGroup
+	for rank := range comms {
+		s := newSession(t, dir, r, 1)
+		models[rank] = newOffloadModel(1)
+		s.opts.Model, s.opts.Comm = groupOffloadModel{models[rank], comms[rank]}, comms[rank]
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[rank] = Run(context.Background(), s.opts)
+		}()
+	}
+	wg.Wait()
+	if errs[0] != nil || errs[1] != nil {
+		t.Fatal(errs)
+	}
+	pw, pg := one.model.Params(), models[0].dev.Params()
+	for i := range pw {
+		for j := range pw[i].Value {
+			if a, b := float64(pw[i].Value[j]), float64(pg[i].Value[j]); math.Abs(a-b) > 1e-5*math.Max(1, math.Abs(a)) {
+				t.Fatalf("%s[%d]: one rank %v, 2 device ranks %v", pw[i].Name, j, a, b)
+			}
+		}
+	}
+	mw, mg := readMetrics(t, one.opts.RunDir), readMetrics(t, dir)
+	for i := range mw {
+		if math.Abs(mw[i].Loss-mg[i].Loss) > 1e-6*math.Abs(mw[i].Loss) || mw[i].Tokens != mg[i].Tokens {
+			t.Fatalf("step %d: one rank %+v, 2 device ranks %+v", i+1, mw[i], mg[i])
+		}
+	}
+
+	// A device model that does not sum over the group is refused.
+	s := newSession(t, t.TempDir(), r, 1)
+	s.opts.Model, s.opts.Comm = newOffloadModel(1), LocalGroup(2)[0]
+	if _, err := Run(context.Background(), s.opts); err == nil || !strings.Contains(err.Error(), "must sum its gradients over the same group") {
+		t.Fatalf("a device model outside the group: %v", err)
 	}
 }

@@ -38,7 +38,7 @@ func (m *offloadModel) Step(b Batch, sc StepContext) (Losses, error) {
 	l, err := m.dev.Step(b, sc)
 	for i, p := range m.dev.Params() {
 		for j, g := range p.Grad {
-			if sc.MicroBatch == 0 {
+			if sc.LocalMicroBatch == 0 {
 				m.acc[i][j] = g
 			} else {
 				m.acc[i][j] += g

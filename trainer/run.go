@@ -216,7 +216,9 @@ func newRun(opts Options) (*run, error) {
 	t.grads = make([][]float32, len(t.params))
 	t.dev, _ = opts.Model.(step.Optimizer)
 	if t.dev != nil && size > 1 {
-		return nil, fmt.Errorf("%d ranks: a model that runs its own optimiser on a device needs the device all-reduce (NCCL), which this build does not have yet; train on one GPU", size)
+		if dp, ok := t.dev.(step.DataParallel); !ok || dp.GroupSize() != size {
+			return nil, fmt.Errorf("%d ranks: the device model must sum its gradients over the same group (give it the group's communicator: step.DataParallel)", size)
+		}
 	}
 	if t.dev != nil {
 		// The device accumulates, clips and updates; the host keeps only what checkpoints hold.
@@ -391,8 +393,10 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 				return t.result(last), fmt.Errorf("step %d: %w", t.step+1, err)
 			}
 			lossSum, lmSum, crSum, kdSum, alphaSum, tokens, stop = red[0], red[1], red[2], red[3], red[4], int(red[5]), red[6] > 0
-			if err := t.comm.AllReduceSum(t.grads); err != nil {
-				return t.result(last), fmt.Errorf("step %d: gradients: %w", t.step+1, err)
+			if t.dev == nil { // a device model sums its own in Update
+				if err := t.comm.AllReduceSum(t.grads); err != nil {
+					return t.result(last), fmt.Errorf("step %d: gradients: %w", t.step+1, err)
+				}
 			}
 		}
 		n := float64(r.GradAccum)

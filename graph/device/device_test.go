@@ -508,3 +508,83 @@ func TestNoiseMatchesHost(t *testing.T) {
 		buf.Free()
 	}
 }
+
+var _ trainer.Comm = (*GroupComm)(nil)
+
+// A model in a one-rank NCCL group trains bit-identically to one without a group (the
+// all-reduce of one rank is the identity), and GroupComm's scalar sums round-trip: the path
+// that N ranks take, checked where one GPU is all there is.
+func TestOneRankGroupIsIdentity(t *testing.T) {
+	if _, err := kernels.NCCLVersion(); err != nil {
+		t.Skipf("no NCCL: %v", err)
+	}
+	w, dc := randomModel(t, 128, 2, 4, 2, 97, 64, false)
+	const B, T = 2, 32
+	train := func(group bool) [][]float32 {
+		g, err := graph.NewExec(w, dc, B, T, graph.Options[float32]{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		dm, err := New(g, Options{})
+		if err != nil {
+			t.Skipf("no usable GPU: %v", err)
+		}
+		defer dm.Close()
+		if group {
+			id, err := kernels.NCCLGetUniqueID()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := dm.JoinGroup(id, 0, 1); err != nil {
+				t.Fatal(err)
+			}
+			if err := dm.JoinGroup(id, 0, 1); err == nil {
+				t.Fatal("joined a second group")
+			}
+			gc := dm.GroupComm()
+			v := []float64{1.5, -2, 3}
+			if err := gc.AllReduceSum64(v); err != nil || v[0] != 1.5 || v[1] != -2 || v[2] != 3 {
+				t.Fatalf("one-rank scalar sum: %v, %v", v, err)
+			}
+			if err := gc.AllReduceSum64(nil); err != nil {
+				t.Fatalf("barrier: %v", err)
+			}
+			if dm.GroupSize() != 1 || gc.Size() != 1 || gc.Rank() != 0 {
+				t.Fatalf("group size %d, comm %d/%d", dm.GroupSize(), gc.Rank(), gc.Size())
+			}
+		}
+		decay := make([]bool, len(dm.Params()))
+		rng := rand.New(rand.NewPCG(3, 4))
+		for s := 0; s < 2; s++ {
+			for mb := 0; mb < 2; mb++ {
+				if _, err := dm.Step(batchOf(rng, B, T, 97), step.Context{DMC: true, ZeroOut: 1, TargetAlpha: 0.5, CRWeight: 3, Seed: 5,
+					Step: s, MicroBatch: mb, LocalMicroBatch: mb}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if _, err := dm.Update(step.AdamW{Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1, Decay: decay, T: s + 1}, 2, 1, 1e-3); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m, v := make([][]float32, len(dm.Params())), make([][]float32, len(dm.Params()))
+		for i, p := range dm.Params() {
+			m[i], v[i] = make([]float32, len(p.Value)), make([]float32, len(p.Value))
+		}
+		if err := dm.Pull(m, v); err != nil {
+			t.Fatal(err)
+		}
+		var out [][]float32
+		for _, p := range dm.Params() {
+			out = append(out, append([]float32(nil), p.Value...))
+		}
+		return out
+	}
+	a, b := train(false), train(true)
+	for i := range a {
+		for j := range a[i] {
+			if math.Float32bits(a[i][j]) != math.Float32bits(b[i][j]) {
+				t.Fatalf("parameter %d[%d]: %v alone, %v in a one-rank group", i, j, a[i][j], b[i][j])
+			}
+		}
+	}
+}

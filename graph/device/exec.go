@@ -88,6 +88,9 @@ type Model struct {
 	teacher *runner
 	norm    *kernels.DevBuf // F64[1]
 	clip    *kernels.DevBuf // F32[1]
+	// comm, when set, is the data-parallel group: Update sums the gradients over it first.
+	comm   *kernels.NCCLComm
+	scalar *kernels.DevBuf // F64 scratch of GroupComm's scalar reductions
 }
 
 var _ step.Optimizer = (*Model)(nil)
@@ -296,6 +299,12 @@ func (m *Model) Close() {
 	}
 	if m.clip != nil {
 		m.clip.Free()
+	}
+	if m.scalar != nil {
+		m.scalar.Free()
+	}
+	if m.comm != nil {
+		m.comm.Close()
 	}
 	if m.r != nil {
 		m.r.dev.Close()
@@ -866,6 +875,21 @@ func (m *Model) Update(h step.AdamW, micro int, maxNorm, lr float64) (float64, e
 	if len(h.Decay) != len(r.params) {
 		return 0, fmt.Errorf("device: %d weight-decay flags for %d parameters", len(h.Decay), len(r.params))
 	}
+	if m.comm != nil {
+		// Sum over the group first (one NCCL group call); micro counts every rank's micro-batches.
+		if err := m.comm.Group(func() error {
+			for _, p := range r.params {
+				if p.g != nil {
+					if err := m.comm.AllReduceSum(p.g); err != nil {
+						return err
+					}
+				}
+			}
+			return nil
+		}); err != nil {
+			return 0, fmt.Errorf("device: sum the gradients over %d ranks: %w", m.comm.Size(), err)
+		}
+	}
 	var grads []*kernels.DevBuf
 	for _, p := range r.params {
 		if p.g == nil {
@@ -1033,3 +1057,92 @@ func (m *Model) MemInfo() (free, total int64) { return m.r.dev.MemInfo() }
 
 // Sync waits for the device's queued work.
 func (m *Model) Sync() error { return m.r.dev.Sync() }
+
+// JoinGroup makes the model rank of a size-rank data-parallel group named id (rank 0 draws it
+// with kernels.NCCLGetUniqueID): Update then sums the gradients over the group before dividing
+// by the micro-batches of all ranks, and GroupComm gives the trainer the same group for its
+// loss sums. It blocks until every rank has joined; Close leaves the group.
+func (m *Model) JoinGroup(id kernels.NCCLUniqueID, rank, size int) error {
+	if m.comm != nil {
+		return fmt.Errorf("device: already rank %d of a group of %d", m.comm.Rank(), m.comm.Size())
+	}
+	c, err := m.r.dev.NCCLInit(id, rank, size)
+	if err != nil {
+		return err
+	}
+	m.comm = c
+	return nil
+}
+
+// GroupSize is the size of the model's group (1 without one): a trainer.Run with a group of
+// that size leaves the gradient sums to Update (step.DataParallel).
+func (m *Model) GroupSize() int {
+	if m.comm == nil {
+		return 1
+	}
+	return m.comm.Size()
+}
+
+// GroupComm is the model's group as trainer.Comm: the step's loss sums and flags go through a
+// small device buffer; host float32 buffers (unused by a device model's run) are copied through
+// the device.
+func (m *Model) GroupComm() *GroupComm { return &GroupComm{m: m} }
+
+// GroupComm implements trainer.Comm over a model's NCCL communicator.
+type GroupComm struct{ m *Model }
+
+func (g *GroupComm) Rank() int { return g.m.comm.Rank() }
+func (g *GroupComm) Size() int { return g.m.comm.Size() }
+
+func (g *GroupComm) AllReduceSum64(vals []float64) error {
+	m := g.m
+	n := max(len(vals), 1) // an empty call is a barrier
+	if m.scalar == nil || m.scalar.Len() < n {
+		if m.scalar != nil {
+			m.scalar.Free()
+		}
+		b, err := m.r.dev.Alloc(kernels.F64, max(n, 16))
+		if err != nil {
+			return err
+		}
+		m.scalar = b
+	}
+	buf := m.scalar.Slice(0, n)
+	host := make([]float64, n)
+	copy(host, vals)
+	if err := buf.Upload(host); err != nil {
+		return err
+	}
+	if err := m.comm.AllReduceSum(buf); err != nil {
+		return err
+	}
+	if err := buf.Download(host); err != nil {
+		return err
+	}
+	copy(vals, host)
+	return nil
+}
+
+func (g *GroupComm) AllReduceSum(bufs [][]float32) error {
+	for _, b := range bufs {
+		if len(b) == 0 {
+			continue
+		}
+		d, err := g.m.r.dev.FromF32(b)
+		if err != nil {
+			return err
+		}
+		err = g.m.comm.AllReduceSum(d)
+		if err == nil {
+			err = d.Download(b)
+		}
+		d.Free()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Abort tears the communicator down so that peers waiting on this rank fail instead of hanging.
+func (g *GroupComm) Abort(error) { g.m.comm.Abort() }

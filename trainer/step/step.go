@@ -76,6 +76,13 @@ type Optimizer interface {
 	Push(m, v [][]float32) error
 }
 
+// DataParallel is an Optimizer that is one rank of a data-parallel group and sums the
+// gradients over it in Update (micro then counts the micro-batches of all ranks).
+type DataParallel interface {
+	Optimizer
+	GroupSize() int
+}
+
 // AdamW is the optimiser's configuration for one update: trainer.AdamW's fields, with T the
 // number of the update (≥ 1, for the bias correction).
 type AdamW struct {
