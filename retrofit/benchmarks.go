@@ -87,7 +87,7 @@ func runBenchmarks(ctx context.Context, m *Model, cache Cache, bench []*tasks.Ta
 			}
 			hooks.Start(fmt.Sprintf("%s: %d items, %d-shot (%s cache)", t.Name, n, spec.NumFewShot, cache.Name))
 		}
-		opts := tasks.Options{NumFewShot: spec.NumFewShot, Limit: spec.Limit, Seed: spec.Seed, Progress: hooks.Items}
+		opts := tasks.Options{NumFewShot: spec.NumFewShot, Limit: spec.Limit, Seed: spec.Seed, Progress: hooks.Items, Context: ctx}
 		ds := tasks.DecoderScorer{Dec: dec, Tok: m.Tokenizer, MaxLen: m.Weights.Config.MaxSeqLen, Greedy: t.Kind == tasks.LogLikelihood}
 		taskDec := dec
 		if cache.Evict != nil && cache.Evict.Ratio > 0 {

@@ -1,6 +1,7 @@
 package tasks
 
 import (
+	"context"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -237,6 +238,9 @@ type Options struct {
 	Workers int
 	// Progress, when set, hears the items scored so far.
 	Progress func(done, total int)
+	// Context, when set, stops the scoring once it is cancelled (Ctrl-C): no new item starts,
+	// and Score returns its error.
+	Context context.Context
 }
 
 // ConcurrentScorer is implemented by scorers that say whether they may run in parallel.
@@ -298,6 +302,13 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	ctx := o.Context
+	if ctx == nil {
+		ctx = context.Background()
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	res := &Result{Task: t.Name, Version: t.Version, N: len(prepared), NShot: o.NumFewShot}
 	res.Samples = make([]Sample, len(prepared))
 	if rsc, ok := s.(RequestScorer); ok {
@@ -326,7 +337,7 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 				i := next
 				next++
 				mu.Unlock()
-				if i >= len(prepared) {
+				if i >= len(prepared) || ctx.Err() != nil {
 					return
 				}
 				res.Samples[i], errs[i] = scoreItem(t, s, i, prepared[i])
@@ -340,6 +351,9 @@ func Score(t *Task, items, shots []Item, s Scorer, o Options) (*Result, error) {
 		}()
 	}
 	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("%s: stopped after %d of %d items: %w", t.Name, done, len(prepared), err)
+	}
 	return summarise(t, res, errs, o.Seed)
 }
 

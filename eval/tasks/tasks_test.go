@@ -1,7 +1,9 @@
 package tasks
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"math"
 	"os"
 	"path/filepath"
@@ -339,5 +341,44 @@ func TestDecoderScorerEncodingAndTruncation(t *testing.T) {
 	ll, _, err = s.LogLikelihood(Request{Context: "ab", Continuation: "cdefghijklmn"})
 	if err != nil || ll != -7 || len(d.last) != 8 {
 		t.Fatalf("continuation longer than the context: ll %v over %d tokens, %v", ll, len(d.last), err)
+	}
+}
+
+// cancelScorer cancels its context after `after` scored requests.
+type cancelScorer struct {
+	fakeScorer
+	after  int
+	n      *int
+	cancel func()
+}
+
+func (c cancelScorer) LogLikelihood(r Request) (float64, bool, error) {
+	*c.n++
+	if *c.n == c.after {
+		c.cancel()
+	}
+	return c.fakeScorer.LogLikelihood(r)
+}
+
+// Ctrl-C stops scoring: no item starts after the context is cancelled, and Score says where
+// it stopped.
+func TestScoreStopsWhenCancelled(t *testing.T) {
+	task := &Task{Name: "hand", Version: "1.0"}
+	var items []Item
+	for i := 0; i < 50; i++ {
+		items = append(items, mc("q", 0, "a", "b"))
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	n := 0
+	s := cancelScorer{fakeScorer: fakeScorer{ll: map[string]float64{" a": -1, " b": -2}}, after: 10, n: &n, cancel: cancel}
+	_, err := Score(task, items, nil, s, Options{Workers: 1, Context: ctx})
+	if !errors.Is(err, context.Canceled) || !strings.Contains(err.Error(), "hand: stopped after 5 of 50 items") {
+		t.Fatalf("cancelled scoring: %v", err)
+	}
+	if n != 10 {
+		t.Fatalf("%d requests scored after the cancel at 10", n)
+	}
+	if _, err := Score(task, items, nil, s, Options{Context: ctx}); !errors.Is(err, context.Canceled) {
+		t.Fatalf("an already cancelled context: %v", err)
 	}
 }
