@@ -103,9 +103,18 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	}
 	specPath := filepath.Join(spec.Out, SpecFile)
 	_, statErr := os.Stat(spec.Out)
-	unlock, err := lockRun(spec.Out)
+	group, inGroup, err := rankFromEnv()
 	if err != nil {
 		return nil, err
+	}
+	if inGroup && spec.Device != "cuda" {
+		return nil, fmt.Errorf("rank %d of %d: a data-parallel group trains with --device cuda", group.rank, group.world)
+	}
+	unlock := func() {}
+	if !inGroup { // in a group the launcher (dmc retrofit --gpus) holds the lock
+		if unlock, err = lockRun(spec.Out); err != nil {
+			return nil, err
+		}
 	}
 	defer unlock()
 	if statErr != nil { // a run refused before it wrote anything leaves no folder behind
@@ -195,7 +204,7 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	if err := os.MkdirAll(spec.Out, 0o755); err != nil {
 		return nil, err
 	}
-	if !spec.Resume {
+	if !spec.Resume && group.rank == 0 {
 		// Paths are stored absolute, so --resume, eval and export work from any directory.
 		persisted := spec
 		persisted.Tokenizer = tokPath
@@ -247,13 +256,19 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	}
 	weights := g.Weights
 	if spec.Device == "cuda" {
-		dm, err := device.New(g, device.Options{FP32GEMM: spec.GEMM == "fp32", Train: sel, Recompute: spec.Recompute})
+		dm, err := device.New(g, device.Options{Ordinal: group.rank, FP32GEMM: spec.GEMM == "fp32", Train: sel, Recompute: spec.Recompute})
 		if err != nil {
 			return nil, fmt.Errorf("--device cuda: %w", err)
 		}
 		defer dm.Close()
 		topts.Model = dm
-		topts.StepFLOPs = graph.StepFLOPs(cfg, recipe.MicroBatchSize(), recipe.SeqLen) * float64(recipe.GradAccum)
+		if inGroup {
+			if err := dm.JoinGroup(group.id, group.rank, group.world); err != nil {
+				return nil, fmt.Errorf("rank %d of %d: join the NCCL group: %w", group.rank, group.world, err)
+			}
+			topts.Comm = dm.GroupComm()
+		}
+		topts.StepFLOPs = graph.StepFLOPs(cfg, recipe.MicroBatchSize(), recipe.SeqLen) * float64(recipe.GradAccum) / float64(group.world) // per GPU
 		topts.PeakFLOPS = kernels.PeakBF16FLOPS(dm.Describe())
 		if topts.PeakFLOPS > 0 {
 			fmt.Fprintf(progress, "training on %s (MFU against %.0f TFLOP/s dense bf16)\n", dm.Describe(), topts.PeakFLOPS/1e12)
@@ -274,8 +289,8 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	}
 	cache, _ := ChooseCache("auto", info.DMC)
 	out := &Result{Run: res, Cache: cache.Name, Recipe: recipe, Source: src}
-	if res.Interrupted || !res.Done {
-		return out, nil
+	if res.Interrupted || !res.Done || group.rank > 0 {
+		return out, nil // rank 0 evaluates the group's model
 	}
 	if heldout != "" {
 		hpath := filepath.Join(spec.Out, HeldoutFile)

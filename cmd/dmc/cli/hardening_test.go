@@ -95,6 +95,8 @@ func TestBadInputRefusedUpFront(t *testing.T) {
 		{"bench bandwidth 0", bench("--bandwidth-gib", "0"), "--bandwidth-gib must be a finite number in (0, 1024]"},
 		{"retrofit unknown device", rf("--device", "tpu"), "unknown --device \"tpu\": use cpu or cuda"},
 		{"retrofit unknown gemm", rf("--device", "cuda", "--gemm", "fp8"), "unknown --gemm \"fp8\": use bf16 or fp32"},
+		{"retrofit gpus 0", rf("--gpus", "0"), "--gpus must be ≥ 1, got 0"},
+		{"retrofit gpus on the cpu", rf("--gpus", "2"), "--gpus 2 needs --device cuda (one process per GPU)"},
 		{"retrofit cuda without a CUDA build", rf("--device", "cuda"), "--device cuda: this dmc binary was built without CUDA support"},
 		{"bench train on the cpu", []string{"bench", "train", "--model", "llama2-7b", "--random-weights", "--device", "cpu"}, "measures the GPU"},
 		{"bench train seq 0", []string{"bench", "train", "--model", "llama2-7b", "--seq", "0"}, "--seq must be ≥ 1"},

@@ -2,7 +2,9 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 
 	"github.com/spf13/cobra"
 
@@ -29,6 +31,7 @@ type RetrofitOptions struct {
 	Device    string
 	GEMM      string
 	Recompute bool
+	GPUs      int // data parallel over this many GPUs of the host (one process each)
 	// HeldoutTokens limits the final held-out evaluation.
 	HeldoutTokens int
 	// StepsGiven and TargetCRGiven say whether --steps and --target-cr were on the command
@@ -52,6 +55,7 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
   dmc retrofit --model llama2-7b --weights /models/Llama-2-7b-hf --data shards/ --target-cr 4 --out runs/7b-cr4
   dmc retrofit --out runs/cr2 --resume
   dmc retrofit --model stories260K.bin --data shards/ --target-cr 4 --device cuda --out runs/cr4-gpu
+  dmc retrofit --model llama2-7b --data shards/ --target-cr 2 --device cuda --gpus 8 --set grad_accum=8 --out runs/7b-cr2
   dmc retrofit --model stories260K.bin --data shards/ --control --steps 400 --out runs/control
   dmc retrofit --model configs/models/bench-20m.yaml --init random --control --config demo-pretrain --data shards/ --out runs/base`,
 		Args: cobra.NoArgs,
@@ -60,6 +64,12 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 			defer stop()
 			o.StepsGiven, o.TargetCRGiven = cmd.Flags().Changed("steps"), cmd.Flags().Changed("target-cr")
 			res, err := o.Run(ctx, streams)
+			if err == nil && res == nil { // a group's launcher: the ranks reported
+				if sig := caught(); sig != nil {
+					return interrupted(sig, fmt.Sprintf("interrupted: continue with: dmc retrofit --out %s --resume --gpus %d", o.Out, o.GPUs))
+				}
+				return nil
+			}
 			if err == nil && res.Run.Interrupted {
 				return interrupted(caught(), fmt.Sprintf("interrupted: saved %s; continue with: dmc retrofit --out %s --resume", res.Run.Checkpoint, o.Out))
 			}
@@ -83,6 +93,7 @@ steps and on Ctrl-C; --resume continues bit-exactly.`,
 	f.IntVar(&o.HeldoutTokens, "heldout-tokens", 0, "stop the final held-out evaluation after about this many tokens (0 = all)")
 	f.IntVar(&o.StopAfter, "stop-after", 0, "stop (with a checkpoint) after this many steps in total; resume later")
 	f.StringVar(&o.Device, "device", "cpu", "train on cpu or cuda (GPU 0; needs the dmc_cuda build); a run can resume on either")
+	f.IntVar(&o.GPUs, "gpus", 1, "with --device cuda: data parallel over this many GPUs of this host, one process per GPU (grad_accum counts micro-batches over all of them; resumable on any count)")
 	f.BoolVar(&o.Recompute, "recompute", false, "GPU: recompute each layer's activations in the backward (less memory, ~1/3 more compute, same results)")
 	f.StringVar(&o.GEMM, "gemm", "bf16", "GPU GEMM operands: bf16 (fp32 accumulation) or fp32 (exact, slower: parity checks with the CPU)")
 	_ = cmd.MarkFlagRequired("out")
@@ -100,6 +111,12 @@ func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*retrofit.Resul
 	if o.GEMM != "bf16" && o.GEMM != "fp32" {
 		return nil, fmt.Errorf("unknown --gemm %q: use bf16 or fp32", o.GEMM)
 	}
+	if o.GPUs < 1 {
+		return nil, fmt.Errorf("--gpus must be ≥ 1, got %d", o.GPUs)
+	}
+	if o.GPUs > 1 && o.Device != "cuda" {
+		return nil, fmt.Errorf("--gpus %d needs --device cuda (one process per GPU)", o.GPUs)
+	}
 	prog := newProgressLine(streams.Err, "held-out tokens")
 	spec := retrofit.Spec{Model: o.Model, Weights: o.Weights, Tokenizer: o.Tokenizer, Data: o.Data,
 		Heldout: o.Heldout, Config: o.Config, TargetCR: o.TargetCR, Steps: o.Steps, Control: o.Control, Init: o.Init, Set: o.Set,
@@ -114,6 +131,13 @@ func (o *RetrofitOptions) Run(ctx context.Context, streams *IO) (*retrofit.Resul
 	}
 	if err := retrofit.Preflight(spec); err != nil {
 		return nil, err
+	}
+	if o.GPUs > 1 && !retrofit.InGroup() {
+		// The launcher: the ranks are copies of this command, each on its GPU.
+		if err := retrofit.RunGroup(ctx, spec, o.GPUs, os.Args, streams.Err); err != nil && !errors.Is(err, context.Canceled) {
+			return nil, err
+		}
+		return nil, nil
 	}
 	res, err := retrofit.Run(ctx, spec, streams.Err)
 	prog.done()
