@@ -91,10 +91,6 @@ import (
 	"unsafe"
 )
 
-// NCCLUniqueID names a communicator: rank 0 draws it (NCCLGetUniqueID) and hands it to the
-// other ranks (a file, a rendezvous address); every rank then calls NCCLInit with it.
-type NCCLUniqueID [128]byte
-
 // NCCLComm is one rank's NCCL communicator. Collectives are enqueued on the training device's
 // stream, so they are ordered with the kernels around them.
 type NCCLComm struct {

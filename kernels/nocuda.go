@@ -23,3 +23,6 @@ func CopyBandwidth(ordinal int, n int64) (float64, error) { return 0, ErrNoCUDA 
 
 // Profile returns per-op decode timings; in this build there are none.
 func Profile(e Engine) map[string]float64 { return nil }
+
+// NCCLGetUniqueID draws an NCCL communicator id; in this build it returns ErrNoCUDA.
+func NCCLGetUniqueID() (NCCLUniqueID, error) { return NCCLUniqueID{}, ErrNoCUDA }

@@ -41,3 +41,8 @@ const (
 	EwCopy
 	EwReLU
 )
+
+// NCCLUniqueID names an NCCL communicator: rank 0 draws it (NCCLGetUniqueID) and hands it to
+// the other ranks (an environment variable, a rendezvous address); every rank then calls
+// TrainDevice.NCCLInit with it.
+type NCCLUniqueID [128]byte

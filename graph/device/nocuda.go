@@ -59,3 +59,21 @@ func (*Model) Profile(bool) {}
 
 // ProfileReport is empty in this build.
 func (*Model) ProfileReport() string { return "" }
+
+// JoinGroup joins a data-parallel group; in this build it returns ErrNoCUDA.
+func (*Model) JoinGroup(kernels.NCCLUniqueID, int, int) error { return ErrNoCUDA }
+
+// GroupSize is 1 in this build.
+func (*Model) GroupSize() int { return 1 }
+
+// GroupComm is the model's group; in this build every reduction fails.
+func (m *Model) GroupComm() *GroupComm { return &GroupComm{} }
+
+// GroupComm is the model's group as trainer.Comm (no CUDA in this build).
+type GroupComm struct{}
+
+func (*GroupComm) Rank() int                      { return 0 }
+func (*GroupComm) Size() int                      { return 1 }
+func (*GroupComm) AllReduceSum([][]float32) error { return ErrNoCUDA }
+func (*GroupComm) AllReduceSum64([]float64) error { return ErrNoCUDA }
+func (*GroupComm) Abort(error)                    {}
