@@ -99,7 +99,7 @@ type Result struct {
 // and a checkpoint of the last completed step has been saved).
 func Run(ctx context.Context, opts Options) (Result, error) {
 	if opts.Comm == nil {
-		opts.Comm = soloComm{}
+		opts.Comm = soloComm{} // newRun does the same for direct callers
 	}
 	comm := opts.Comm
 	// Rank 0 prepares the run directory first (a corrupt checkpoint set aside, stale metrics

@@ -239,7 +239,8 @@ type Options struct {
 	// Progress, when set, hears the items scored so far.
 	Progress func(done, total int)
 	// Context, when set, stops the scoring once it is cancelled (Ctrl-C): no new item starts,
-	// and Score returns its error.
+	// and Score returns its error. A RequestScorer (the engine's batched path) is only checked
+	// before its one call, which runs to its end.
 	Context context.Context
 }
 
