@@ -22,4 +22,12 @@ for t in graph/ops:ops graph/device:device kernels:kernels; do
 	[[ -n ${GPU_TEST_LOGS:-} ]] && mkdir -p "$GPU_TEST_LOGS" && cp "$log" "$GPU_TEST_LOGS/$name.log"
 	rm -f "$log"
 done
+# The engine tests again with the fused decode kernels forced on (the default picks them by
+# timing, so the run above may have tested only one path).
+if [[ -x $BIN/kernels.test ]]; then
+	echo "== kernels.test, DMC_DECODE_FUSION=force"
+	(cd "$root/kernels" && DMC_DECODE_FUSION=force DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 "$BIN/kernels.test" \
+		-test.run 'Parity|Batching|GQALogits|Perplexity|DecodeScore|SwiGLU' -test.count 1 -test.v 2>&1 |
+		grep -E "^(ok|PASS|FAIL|panic)|--- (PASS|FAIL|SKIP)") || rc=1
+fi
 exit $rc

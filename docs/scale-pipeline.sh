@@ -34,8 +34,9 @@ EVAL_TOKENS=${EVAL_TOKENS:-131072}            # held-out perplexity tokens per m
 OOD_TOKENS=${OOD_TOKENS:-65536}               # wikitext-2 and TinyStories perplexity tokens
 CMP_TOKENS=${CMP_TOKENS:-16384}               # the subset the CPU-only policies are compared on
 POLICIES=${POLICIES:-"window streaming h2o tova"}
-TASKS=${TASKS:-piqa,hellaswag,arc_easy,arc_challenge,winogrande,lambada_openai}
+TASKS=${TASKS-piqa,hellaswag,arc_easy,arc_challenge,winogrande,lambada_openai}  # TASKS= skips them
 TASK_LIMIT=${TASK_LIMIT:-500}
+BENCH=${BENCH:-1}                             # BENCH=0 skips the decode benchmarks
 BENCH_PROMPT=${BENCH_PROMPT:-3968} BENCH_GEN=${BENCH_GEN:-128}
 WORKERS=${WORKERS:-$(nproc)}
 POLICY_PROCS=${POLICY_PROCS:-$(( WORKERS > 4 ? WORKERS - 4 : 1 ))}  # cores of the CPU-only evaluations
@@ -48,7 +49,8 @@ DISTILL=${DISTILL:-0}
 # metrics.jsonl as eval_lm_loss): the gap between relaxed training and inference.
 EVAL_EVERY=${EVAL_EVERY:-100}
 # CALIBRATE=1 exports the DMC models with dmc export --calibrate-cr (the decision offset moved
-# until held-out text compresses by the target; about a minute per model on the GPU).
+# until held-out text compresses by the target; about a minute per model on the GPU) and
+# evaluates the calibrated exports (crN-export) next to the runs.
 CALIBRATE=${CALIBRATE:-0}
 CAL=()
 (( CALIBRATE )) && CAL=(--calibrate-cr --device "$DEVICE")
@@ -120,20 +122,27 @@ for kv in $KV_HEADS; do
 	evaluate "gqa-kv$kv"
 done
 
-# 5. Decode throughput at context BENCH_PROMPT+BENCH_GEN with real text prompts, the largest
-#    batch that fits (learned decisions: sized for the export's measured CR).
-if [[ $DEVICE == cuda ]]; then
+# 5. The DMC exports (calibrated with CALIBRATE=1, then evaluated like the runs) and decode
+#    throughput at context BENCH_PROMPT+BENCH_GEN with real text prompts, the largest batch
+#    that fits (learned decisions: sized for the export's measured CR).
+if [[ $DEVICE == cuda ]] && (( BENCH )); then
 	step bench-base 90 "$DMC" bench decode --model "$D/base-export" --cr 1 --batch max --prompt "$BENCH_PROMPT" \
 		--gen "$BENCH_GEN" --data "$D/data" --json "$RES/decode-base.json"
-	for cr in $CRS; do
-		step "cr$cr-export" 30 "$DMC" export --run "$D/cr$cr" --out "$D/cr$cr-export" "${CAL[@]}"
+fi
+for cr in $CRS; do
+	if (( BENCH || CALIBRATE )); then
+		step "cr$cr-export" 90 "$DMC" export --run "$D/cr$cr" --out "$D/cr$cr-export" "${CAL[@]}"
+	fi
+	(( CALIBRATE )) && evaluate "cr$cr-export"
+	if [[ $DEVICE == cuda ]] && (( BENCH )); then
 		step "bench-cr$cr" 120 "$DMC" bench decode --model "$D/cr$cr-export" --cr dmc --batch max --prompt "$BENCH_PROMPT" \
 			--gen "$BENCH_GEN" --data "$D/data" --json "$RES/decode-cr$cr.json"
-	done
-fi
+	fi
+done
 
 # 6. Downstream tasks on the GPU engine (the real caches).
 for m in control $(for cr in $CRS; do echo "cr$cr"; done) $(for kv in $KV_HEADS; do echo "gqa-kv$kv"; done); do
+	[[ -z $TASKS ]] && break
 	step "tasks-$m" 60 "$DMC" eval --model "$D/$m" --tasks "$TASKS" --limit "$TASK_LIMIT" --data-dir "$A" \
 		--device "$DEVICE" --json "$RES/tasks-$m.json"
 done

@@ -35,7 +35,8 @@ def pct(x, ref):
 
 
 models = ["base", "control"] + [m for m in ("cr2", "cr4", "cr8") if load(f"eval-{m}-heldout.json")] + \
-    [m for m in ("gqa-kv2", "gqa-kv1") if load(f"eval-{m}-heldout.json")]
+    [m for m in ("gqa-kv2", "gqa-kv1") if load(f"eval-{m}-heldout.json")] + \
+    [m for m in ("cr2-export", "cr4-export", "cr8-export") if load(f"eval-{m}-heldout.json")]  # CALIBRATE=1
 ev = {m: {d: load(f"eval-{m}-{d}.json") for d in ("heldout", "subset", "wikitext", "tinystories")} for m in models}
 
 

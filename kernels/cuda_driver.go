@@ -320,6 +320,12 @@ const gemvMaxRows = 4
 // and from 72% to 75% at 4096 (kernels/README.md).
 var gemvEnabled = os.Getenv("DMC_GEMV") != "0"
 
+// decodeFusion lets decode steps of at most gemvMaxRows rows fold SwiGLU into the gate/up
+// GEMV where the fused kernel times faster than the launches it replaces.
+// DMC_DECODE_FUSION=0 leaves it out (the reference for measurements and parity); =force uses
+// it wherever it applies (engine tests, so that parity covers it whatever the timing says).
+var decodeFusion, forceFusion = os.Getenv("DMC_DECODE_FUSION") != "0", os.Getenv("DMC_DECODE_FUSION") == "force"
+
 // gemv is y (+)= x · wᵀ with the small-batch kernel (rows ≤ gemvMaxRows, in % 8 == 0).
 func (d *device) gemv(y devPtr, yType int, x, w devPtr, rows, in, out int, accumulate bool) error {
 	if rows > gemvMaxRows || in%8 != 0 {
@@ -334,6 +340,16 @@ func (d *device) gemv(y devPtr, yType int, x, w devPtr, rows, in, out int, accum
 	}
 	return d.launch("gemv_bf16", dim3{x: (out*32 + 255) / 256}, dim3{x: 256}, 0,
 		new(args).p(w).p(x).p(y).i(rows).i(in).i(out).i(yBF).i(acc))
+}
+
+// gemvSwiGLU is h = silu(g) · u with [g | u] = x · w13ᵀ, w13 the gate rows then the up rows
+// ([2·hd][in]), x bf16 [rows][in], h bf16 [rows][hd] (gemv_swiglu_bf16).
+func (d *device) gemvSwiGLU(h, x, w13 devPtr, rows, in, hd int) error {
+	if rows > gemvMaxRows || in%8 != 0 {
+		return fmt.Errorf("gemv_swiglu: %d rows of width %d (at most %d rows, width a multiple of 8)", rows, in, gemvMaxRows)
+	}
+	return d.launch("gemv_swiglu_bf16", dim3{x: (hd*32 + 255) / 256}, dim3{x: 256}, 0,
+		new(args).p(w13).p(x).p(h).i(rows).i(in).i(hd))
 }
 
 const (
@@ -610,6 +626,33 @@ func (d *device) gemmEx(y devPtr, yType int, x, w devPtr, rows, in, out int, bet
 	return nil
 }
 
+// timeRuns is the device time in ms of n runs of run after one untimed run (which may tune
+// what it calls); +Inf when a run fails or the events do.
+func (d *device) timeRuns(n int, run func() bool) float64 {
+	e0, err0 := d.newEvent()
+	e1, err1 := d.newEvent()
+	if err0 != nil || err1 != nil {
+		return math.Inf(1)
+	}
+	defer e0.destroy()
+	defer e1.destroy()
+	if !run() {
+		return math.Inf(1)
+	}
+	e0.record()
+	for i := 0; i < n; i++ {
+		if !run() {
+			return math.Inf(1)
+		}
+	}
+	e1.record()
+	ms, err := elapsed(e0, e1)
+	if err != nil {
+		return math.Inf(1)
+	}
+	return ms
+}
+
 // tune times cublasGemmEx and each cuBLASLt candidate for shape k (into a scratch output) and
 // returns the fastest. Any failure falls back to cublasGemmEx.
 func (d *device) tune(k gemmKey, x, w devPtr) *gemmPlan {
@@ -634,28 +677,7 @@ func (d *device) tune(k gemmKey, x, w devPtr) *gemmPlan {
 	if k.acc {
 		beta = 1
 	}
-	e0, err0 := d.newEvent()
-	e1, err1 := d.newEvent()
-	if err0 != nil || err1 != nil {
-		return fallback
-	}
-	defer e0.destroy()
-	defer e1.destroy()
-	timeIt := func(run func() bool) float64 {
-		if !run() {
-			return math.Inf(1)
-		}
-		e0.record()
-		for i := 0; i < 5; i++ {
-			run()
-		}
-		e1.record()
-		ms, err := elapsed(e0, e1)
-		if err != nil {
-			return math.Inf(1)
-		}
-		return ms
-	}
+	timeIt := func(run func() bool) float64 { return d.timeRuns(5, run) }
 	bestT := timeIt(func() bool { return d.gemmEx(d.ltScr, k.yType, x, w, k.rows, k.in, k.out, float32(beta)) == nil })
 	best := -1
 	for i := 0; i < int(p.count); i++ {

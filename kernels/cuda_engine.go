@@ -125,6 +125,7 @@ type engine struct {
 	decodes                      int
 	graphs                       map[graphKey]*graph
 	seen                         map[graphKey]bool
+	fused                        map[fuseKey]bool // fuse's decisions
 	noGraphs                     bool
 }
 
@@ -229,7 +230,7 @@ func newEngine(cfg model.Config, opt Options) (*engine, error) {
 	d.enter()
 	defer d.exit()
 	e := &engine{d: d, cfg: cfg, opt: opt, g: geometryOf(cfg), seqs: map[int]*sequence{},
-		graphs: map[graphKey]*graph{}, seen: map[graphKey]bool{}, noGraphs: os.Getenv("DMC_NO_GRAPHS") != ""}
+		graphs: map[graphKey]*graph{}, seen: map[graphKey]bool{}, fused: map[fuseKey]bool{}, noGraphs: os.Getenv("DMC_NO_GRAPHS") != ""}
 	free, total := d.memInfo()
 	e.mem.DeviceFree, e.mem.DeviceTotal = free, total
 	perSeq, fixed := scratchBytes(cfg, opt, d.sms)
@@ -565,7 +566,37 @@ func (e *engine) rmsnorm(x, w, out devPtr, rows int) error {
 	return e.d.launch("rmsnorm_bf16", dim3{x: rows}, dim3{x: e.normThreads()}, 0, new(args).p(x).p(w).p(out).i(d).f(eps))
 }
 
-// block runs the transformer layers on rows of x with the given attention step.
+// fuseKey names a fused decode op (ffn: the gate/up GEMV with SwiGLU) at a row count.
+type fuseKey struct {
+	op   string
+	rows int
+}
+
+// fuse says whether op runs as its fused kernel at this row count: decided once, by timing the
+// fused kernel against the launches it replaces (unfused, whose GEMM is tuned by its first run)
+// on the real buffers, before any step is captured in a graph (the first step of a batch size
+// runs directly). Both write only the op's outputs, so the runs leave nothing behind.
+func (e *engine) fuse(op string, rows int, fused, unfused func() error) bool {
+	if !decodeFusion || rows > gemvMaxRows || e.cfg.Dim%8 != 0 {
+		return false
+	}
+	k := fuseKey{op, rows}
+	if v, ok := e.fused[k]; ok {
+		return v
+	}
+	if forceFusion {
+		e.fused[k] = true
+		return true
+	}
+	ok := func(f func() error) func() bool { return func() bool { return f() == nil } }
+	tu := e.d.timeRuns(20, ok(unfused))
+	tf := e.d.timeRuns(20, ok(fused))
+	e.fused[k] = tf < tu
+	return tf < tu
+}
+
+// layersForward runs the transformer layers on rows of x with the given attention step. At
+// decode's few rows the SwiGLU runs inside the gate/up GEMV where that is faster (fuse).
 func (e *engine) layersForward(x, xn, qkv, h13, h devPtr, rows int, attention func(layer int) (devPtr, error)) error {
 	c, g := e.cfg, e.g
 	for li := range e.layers {
@@ -590,12 +621,21 @@ func (e *engine) layersForward(x, xn, qkv, h13, h devPtr, rows int, attention fu
 		if err := e.rmsnorm(x, l.ffnNorm, xn, rows); err != nil {
 			return err
 		}
-		e.mark("gemm_w13")
-		if err := e.d.linear(h13, typeF32, xn, l.w13, rows, c.Dim, 2*c.HiddenDim, false); err != nil {
-			return err
+		fused := func() error { return e.d.gemvSwiGLU(h, xn, l.w13, rows, c.Dim, c.HiddenDim) }
+		unfused := func() error {
+			e.mark("gemm_w13")
+			if err := e.d.linear(h13, typeF32, xn, l.w13, rows, c.Dim, 2*c.HiddenDim, false); err != nil {
+				return err
+			}
+			e.mark("swiglu")
+			return e.d.launch("swiglu_bf16", dim3{x: (c.HiddenDim + 255) / 256, y: rows}, dim3{x: 256}, 0, new(args).p(h13).p(h).i(c.HiddenDim))
 		}
-		e.mark("swiglu")
-		if err := e.d.launch("swiglu_bf16", dim3{x: (c.HiddenDim + 255) / 256, y: rows}, dim3{x: 256}, 0, new(args).p(h13).p(h).i(c.HiddenDim)); err != nil {
+		run := unfused
+		if e.fuse("ffn", rows, fused, unfused) {
+			e.mark("gemm_w13_swiglu")
+			run = fused
+		}
+		if err := run(); err != nil {
 			return err
 		}
 		e.mark("gemm_w2")

@@ -880,6 +880,71 @@ func TestDecodeScoreMatchesLogits(t *testing.T) {
 	}
 }
 
+// gemv_swiglu_bf16 (the gate/up GEMV with SwiGLU that decode may use) against a float64
+// reference on the same bf16 operands: rows 1–4, widths with and without the unrolled part's
+// tail, bf16 output into NaN-poisoned memory. Tolerance: fp32 sums, and the bf16 rounding of h.
+func TestGEMVSwiGLUMatchesReference(t *testing.T) {
+	d := testDevice(t)
+	rng := rand.New(rand.NewPCG(9, 10))
+	b := cudaBackend{t: t, d: d}
+	for _, rows := range []int{1, 2, 4} {
+		for _, in := range []int{8, 264, 1032, 4096} {
+			for _, hd := range []int{1, 33, 300} {
+				w, x := make([]uint16, 2*hd*in), make([]uint16, rows*in)
+				for i := range w {
+					w[i] = toBF16(float32(rng.NormFloat64() * 0.05))
+				}
+				for i := range x {
+					x[i] = toBF16(float32(rng.NormFloat64()))
+				}
+				want, tol := make([]float64, rows*hd), make([]float64, rows*hd)
+				for r := 0; r < rows; r++ {
+					for o := 0; o < hd; o++ {
+						var g, u, ag, au float64
+						for i := 0; i < in; i++ {
+							xi := float64(fromBF16(x[r*in+i]))
+							pg, pu := float64(fromBF16(w[o*in+i]))*xi, float64(fromBF16(w[(hd+o)*in+i]))*xi
+							g, u, ag, au = g+pg, u+pu, ag+math.Abs(pg), au+math.Abs(pu)
+						}
+						sig := 1 / (1 + math.Exp(-g))
+						k := r*hd + o
+						want[k] = g * sig * u
+						// |d silu/dg| ≤ 1.1; fp32 sums err ≤ 1e-5·Σ|terms|; bf16 output ≤ 2⁻⁸ relative.
+						tol[k] = 1.1*math.Abs(u)*ag*1e-5 + math.Abs(g*sig)*au*1e-5 + math.Abs(want[k])/128 + 1e-6
+					}
+				}
+				got := make([]float64, rows*hd)
+				err := b.run(func(m *tmp) error {
+					pw, px := up(t, m, w), up(t, m, x)
+					py := m.alloc(t, int64(rows*hd)*2) // poisoned: NaN until written
+					if err := d.gemvSwiGLU(py, px, pw, rows, in, hd); err != nil {
+						return err
+					}
+					if err := d.sync(); err != nil {
+						return err
+					}
+					yb := make([]uint16, rows*hd)
+					if err := downloadSlice(d, yb, py); err != nil {
+						return err
+					}
+					for i, v := range yb {
+						got[i] = float64(fromBF16(v))
+					}
+					return nil
+				})
+				if err != nil {
+					t.Fatal(err)
+				}
+				for i := range got {
+					if e := math.Abs(got[i] - want[i]); !(e <= tol[i]) {
+						t.Fatalf("rows %d in %d hd %d: h[%d] = %v, want %v ± %.2g", rows, in, hd, i, got[i], want[i], tol[i])
+					}
+				}
+			}
+		}
+	}
+}
+
 // gemv_bf16 (the small-batch GEMV the tuner may pick for decode) against a float64 reference
 // on the same bf16 operands: rows 1–4, widths with and without the unrolled part's tail,
 // fp32 and bf16 outputs, overwrite (into NaN-poisoned memory) and accumulate.

@@ -916,65 +916,102 @@ extern "C" __global__ void kv_gather(const bf16* __restrict__ pool, const int* _
 // each lane streaming 16-byte loads of it (4 in flight), x read through the read-only cache.
 // Needs in % 8 == 0 (16-byte rows). The engine's tuner times it against cuBLASLt per shape
 // and keeps the faster.
+//
+// SWIGLU: w holds gate rows then up rows ([2·out][in]); warp o streams both and writes bf16
+// silu(gate) · up (what swiglu_bf16 writes), so the SwiGLU needs no launch of its own.
 #define GEMV_MAX_ROWS 4
-extern "C" __global__ void gemv_bf16(const bf16* __restrict__ w, const bf16* __restrict__ x, void* __restrict__ y,
-                                     int rows, int in, int out, int yBF16, int accumulate) {
+
+template <bool SWIGLU>
+__device__ __forceinline__ void gemv_impl(const bf16* __restrict__ w, const bf16* __restrict__ x, void* __restrict__ y,
+                                          int rows, int in, int out, int yBF16, int accumulate) {
+  constexpr int NR = SWIGLU ? 2 : 1;  // weight rows per warp
   int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5, lane = threadIdx.x & 31;
   if (warp >= out) return;
-  const uint4* wr = reinterpret_cast<const uint4*>(w + (size_t)warp * in);
+  const uint4* wr[NR];
+#pragma unroll
+  for (int q = 0; q < NR; q++) wr[q] = reinterpret_cast<const uint4*>(w + ((size_t)q * out + warp) * in);
   int n = in >> 3;  // 16-byte chunks per row
-  float acc[GEMV_MAX_ROWS] = {0.f, 0.f, 0.f, 0.f};
+  float acc[NR][GEMV_MAX_ROWS];
+#pragma unroll
+  for (int q = 0; q < NR; q++)
+#pragma unroll
+    for (int r = 0; r < GEMV_MAX_ROWS; r++) acc[q][r] = 0.f;
   int i = lane;
   for (; i + 96 < n; i += 128) {
-    uint4 a0 = __ldcs(wr + i), a1 = __ldcs(wr + i + 32), a2 = __ldcs(wr + i + 64), a3 = __ldcs(wr + i + 96);
-    float f[8], g[8];
+    uint4 a[NR][4];
+#pragma unroll
+    for (int q = 0; q < NR; q++) {
+      a[q][0] = __ldcs(wr[q] + i), a[q][1] = __ldcs(wr[q] + i + 32);
+      a[q][2] = __ldcs(wr[q] + i + 64), a[q][3] = __ldcs(wr[q] + i + 96);
+    }
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_ROWS; r++) {
       if (r >= rows) break;
       const uint4* xr = reinterpret_cast<const uint4*>(x + (size_t)r * in);
-      float s = 0.f;
-      unpack8(a0, f); unpack8(__ldg(xr + i), g);
+      float g[4][8];
 #pragma unroll
-      for (int k = 0; k < 8; k++) s += f[k] * g[k];
-      unpack8(a1, f); unpack8(__ldg(xr + i + 32), g);
+      for (int u = 0; u < 4; u++) unpack8(__ldg(xr + i + 32 * u), g[u]);
 #pragma unroll
-      for (int k = 0; k < 8; k++) s += f[k] * g[k];
-      unpack8(a2, f); unpack8(__ldg(xr + i + 64), g);
+      for (int q = 0; q < NR; q++) {
+        float f[8], s = 0.f;
 #pragma unroll
-      for (int k = 0; k < 8; k++) s += f[k] * g[k];
-      unpack8(a3, f); unpack8(__ldg(xr + i + 96), g);
+        for (int u = 0; u < 4; u++) {
+          unpack8(a[q][u], f);
 #pragma unroll
-      for (int k = 0; k < 8; k++) s += f[k] * g[k];
-      acc[r] += s;
+          for (int k = 0; k < 8; k++) s += f[k] * g[u][k];
+        }
+        acc[q][r] += s;
+      }
     }
   }
   for (; i < n; i += 32) {
-    uint4 a = __ldcs(wr + i);
+    uint4 a[NR];
+#pragma unroll
+    for (int q = 0; q < NR; q++) a[q] = __ldcs(wr[q] + i);
     float f[8], g[8];
-    unpack8(a, f);
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_ROWS; r++) {
       if (r >= rows) break;
       unpack8(__ldg(reinterpret_cast<const uint4*>(x + (size_t)r * in) + i), g);
 #pragma unroll
-      for (int k = 0; k < 8; k++) acc[r] += f[k] * g[k];
+      for (int q = 0; q < NR; q++) {
+        unpack8(a[q], f);
+#pragma unroll
+        for (int k = 0; k < 8; k++) acc[q][r] += f[k] * g[k];
+      }
     }
   }
 #pragma unroll
   for (int r = 0; r < GEMV_MAX_ROWS; r++) {
     if (r >= rows) break;
-    float s = acc[r];
+    float s[NR];
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if (lane == 0) {
-      size_t at = (size_t)r * out + warp;
-      if (yBF16) {
-        bf16* yb = reinterpret_cast<bf16*>(y);
-        yb[at] = tobf(accumulate ? s + __bfloat162float(yb[at]) : s);
-      } else {
-        float* yf = reinterpret_cast<float*>(y);
-        yf[at] = accumulate ? s + yf[at] : s;
-      }
+    for (int q = 0; q < NR; q++) {
+      s[q] = acc[q][r];
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) s[q] += __shfl_xor_sync(0xffffffffu, s[q], o);
+    }
+    if (lane != 0) continue;  // the shuffles above are done: lane 0 alone writes
+    size_t at = (size_t)r * out + warp;
+    if (SWIGLU) {
+      reinterpret_cast<bf16*>(y)[at] = tobf(s[0] / (1.f + __expf(-s[0])) * s[NR - 1]);
+    } else if (yBF16) {
+      bf16* yb = reinterpret_cast<bf16*>(y);
+      yb[at] = tobf(accumulate ? s[0] + __bfloat162float(yb[at]) : s[0]);
+    } else {
+      float* yf = reinterpret_cast<float*>(y);
+      yf[at] = accumulate ? s[0] + yf[at] : s[0];
     }
   }
+}
+
+extern "C" __global__ void gemv_bf16(const bf16* __restrict__ w, const bf16* __restrict__ x, void* __restrict__ y,
+                                     int rows, int in, int out, int yBF16, int accumulate) {
+  gemv_impl<false>(w, x, y, rows, in, out, yBF16, accumulate);
+}
+
+// The gate and up GEMVs ([2·hd][in] weights) and SwiGLU: h [rows][hd] bf16.
+extern "C" __global__ void gemv_swiglu_bf16(const bf16* __restrict__ w13, const bf16* __restrict__ x,
+                                            bf16* __restrict__ h, int rows, int in, int hd) {
+  gemv_impl<true>(w13, x, h, rows, in, hd, 1, 0);
 }
