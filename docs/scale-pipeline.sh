@@ -52,6 +52,12 @@ EVAL_EVERY=${EVAL_EVERY:-100}
 # until held-out text compresses by the target; about a minute per model on the GPU) and
 # evaluates the calibrated exports (crN-export) next to the runs.
 CALIBRATE=${CALIBRATE:-0}
+# FT_DECISIONS=hard trains the DMC runs' stage 3 on the hard decisions of inference
+# (fine_tune_decisions: hard, straight-through gradients); soft is the reference.
+FT_DECISIONS=${FT_DECISIONS:-soft}
+# CONTROL=0 leaves the plain control to another invocation (sharing D, e.g. one running
+# concurrently on the same GPU with CRS=" " KV_HEADS=" "); the policies wait for it.
+CONTROL=${CONTROL:-1}
 CAL=()
 (( CALIBRATE )) && CAL=(--calibrate-cr --device "$DEVICE")
 COMMON=(--set seq_len=$SEQ --device $DEVICE --heldout-tokens $HELDOUT_TOKENS)
@@ -83,7 +89,7 @@ policies() {
 # subset evaluation is there.
 declare -A LAUNCHED
 launch_policies() {
-	if [[ -e $D/.done/eval-cr$1-subset && -z ${LAUNCHED[$1]:-} ]]; then
+	if [[ -e $D/.done/eval-cr$1-subset && -e $D/.done/control && -z ${LAUNCHED[$1]:-} ]]; then
 		LAUNCHED[$1]=1
 		(policies "$1") &
 	fi
@@ -107,10 +113,12 @@ evaluate base
 # 3. The plain control and the DMC retrofits, all from the base with the same steps and data.
 RET=(--data "$D/data" --steps "$RET_STEPS" --set batch_size=$RET_BATCH --set lr=$RET_LR --set eval_every=$EVAL_EVERY "${COMMON[@]}")
 KD=(--set distill_weight=$DISTILL)
-train control --model "$D/base-export" --control "${RET[@]}" "${KD[@]}"
-evaluate control
+if (( CONTROL )); then
+	train control --model "$D/base-export" --control "${RET[@]}" "${KD[@]}"
+	evaluate control
+fi
 for cr in $CRS; do
-	train "cr$cr" --model "$D/base-export" --target-cr "$cr" "${RET[@]}" "${KD[@]}"
+	train "cr$cr" --model "$D/base-export" --target-cr "$cr" "${RET[@]}" "${KD[@]}" --set fine_tune_decisions=$FT_DECISIONS
 	evaluate "cr$cr"
 	launch_policies "$cr"
 done

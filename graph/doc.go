@@ -8,7 +8,8 @@
 //   - plain: vanilla Llama (StepContext.DMC false) and stage 1 (ZeroOut < 1), where channel ch
 //     of every query and key head is multiplied by ZeroOut before RoPE and nothing merges;
 //   - DMC: decisions α from k[ch] − offset (Gumbel-sigmoid with noise keyed by seed, step,
-//     micro-batch and layer, or hard 1[a > 0] when StepContext.Hard), importances from the group
+//     micro-batch and layer, or hard 1[a > 0] when StepContext.Hard, or hard forward with the
+//     gradient of σ(a) when StepContext.StraightThrough), importances from the group
 //     mean of q[ch], windowed partial accumulation of pre-RoPE K and V, channel ch removed from
 //     attention, the additive mask log(1 − α_{j+1}), and the loss
 //     LM + CRWeight·mean_b max(0, α* − ᾱ_b) with ᾱ_b the straight-through hard mean.

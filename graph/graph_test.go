@@ -376,6 +376,56 @@ func TestGraphGradientFD(t *testing.T) {
 	}
 }
 
+// TestStraightThroughTrainsOnInferenceDecisions: a straight-through step (the recipe's
+// fine_tune_decisions: hard) computes exactly the hard-decision loss that evaluation reports,
+// and, unlike a hard step, sends a gradient to the W_k rows that produce the decisions.
+func TestStraightThroughTrainsOnInferenceDecisions(t *testing.T) {
+	p, cfg := tinyModel(t, model.RoPEHalf, false)
+	c := p.Config
+	const B, T = 2, 7
+	rng := rand.New(rand.NewPCG(4, 2))
+	batch := makeBatch([][]int{randTokens(rng, T, c.VocabSize), randTokens(rng, T, c.VocabSize)})
+	g, err := New64(p, cfg, B, T, Options[float64]{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := StepContext{Step: 3, Seed: 11, DMC: true, ZeroOut: 1, TargetAlpha: 0.5, CRWeight: 1}
+	hard, st := base, base
+	hard.Hard, st.StraightThrough = true, true
+	want, err := g.Forward(batch, hard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want.MeanAlpha <= 0.05 || want.MeanAlpha >= 0.95 {
+		t.Fatalf("mean α %.3f: decisions are not mixed", want.MeanAlpha)
+	}
+	got, err := g.Step(batch, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Loss != want.Loss || got.LM != want.LM || got.MeanAlpha != want.MeanAlpha {
+		t.Fatalf("straight-through step: loss %.15g lm %.15g α %.6f; hard evaluation: %.15g %.15g %.6f",
+			got.Loss, got.LM, got.MeanAlpha, want.Loss, want.LM, want.MeanAlpha)
+	}
+	D, ch := c.HeadDim(), cfg.Channel(c.HeadDim())
+	const wk = "model.layers.0.self_attn.k_proj.weight"
+	rows := decisionRows(c.NKVHeads, ch, D, c.Dim, rng, c.NKVHeads*c.Dim)
+	norm := func(sc StepContext) float64 {
+		g := gradsOf(t, g, batch, sc)[wk]
+		s := 0.0
+		for _, i := range rows {
+			s += g[i] * g[i]
+		}
+		return math.Sqrt(s)
+	}
+	if n := norm(hard); n != 0 {
+		t.Errorf("hard step: decision rows of %s have gradient norm %g, want 0", wk, n)
+	}
+	if n := norm(st); !(n > 0) || math.IsInf(n, 0) {
+		t.Errorf("straight-through step: decision rows of %s have gradient norm %g, want finite and > 0", wk, n)
+	}
+}
+
 // TestCRGradientIsStraightThrough checks the CR term: its value is the hinge of the hard mean,
 // and its gradient is that of the same hinge with the soft decisions α̃ in place of the hard ones
 // (the straight-through estimator), computed by central differences of the dmc package's

@@ -7,6 +7,7 @@ import (
 	G "gorgonia.org/gorgonia"
 
 	"github.com/dmc-project/dmc/dmc"
+	"github.com/dmc-project/dmc/graph/ops"
 )
 
 // Program is one compiled variant of the training graph with the role of every node an
@@ -94,8 +95,11 @@ func (e *Exec[T]) Inputs(b Batch, sc StepContext) (Inputs, error) {
 	case sc.ZeroOut < 1:
 		in.ChScale = max(0, sc.ZeroOut)
 	}
-	if sc.Hard {
-		in.Hard = 1
+	switch {
+	case sc.Hard:
+		in.Hard = float64(ops.DecideHard)
+	case sc.StraightThrough:
+		in.Hard = float64(ops.DecideStraightThrough)
 	}
 	if sc.DistillWeight != 0 && e.teacher == nil {
 		return Inputs{}, errors.New("graph: a distillation weight was given but the graph has no teacher (Options.Teacher)")
@@ -107,7 +111,7 @@ func (e *Exec[T]) Inputs(b Batch, sc StepContext) (Inputs, error) {
 		}
 		in.Teacher, in.LMWeight, in.KDWeight = beta > 0, 1-beta, beta
 	}
-	in.Noise = in.UseDMC && !sc.Hard
+	in.Noise = in.UseDMC && in.Hard == float64(ops.DecideSoft)
 	return in, nil
 }
 

@@ -217,7 +217,7 @@ func (v *variant[T]) run(e *Exec[T], b Batch, sc StepContext, backward bool) (Lo
 			return Losses{}, err
 		}
 	}
-	if v.useDMC && !sc.Hard {
+	if in.Noise {
 		for l, nt := range v.noise {
 			e.NoiseInto(nt.Data().([]T), sc, l)
 		}

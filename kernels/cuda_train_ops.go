@@ -353,19 +353,20 @@ func b2i(b bool) int {
 	return 0
 }
 
-// DMCDecide writes α [rows, Hkv] from pre-RoPE keys k [rows, Hkv·D] and noise [rows, Hkv].
-func (t *TrainDevice) DMCDecide(alpha, k, noise *DevBuf, g DMCGeom, rows int, hard bool) error {
+// DMCDecide writes α [rows, Hkv] from pre-RoPE keys k [rows, Hkv·D] and noise [rows, Hkv];
+// mode is the graph's decision mode (0 soft, 1 hard, 2 straight-through: ops.DecisionMode).
+func (t *TrainDevice) DMCDecide(alpha, k, noise *DevBuf, g DMCGeom, rows int, mode int) error {
 	H, D := g.KVHeads, g.HeadD
 	if err := needAll("DMCDecide", func() error { return g.check("", rows) }, func() error { return need("", "alpha", alpha, F32, rows*H) },
 		func() error { return need("", "k", k, F32, rows*H*D) }, func() error { return need("", "noise", noise, F32, rows*H) }); err != nil {
 		return err
 	}
 	return t.launch1D("tr_dmc_decide", int64(rows*H), new(args).p(alpha.ptr).p(k.ptr).p(noise.ptr).i(rows).i(H).i(D).i(g.SeqLen).i(g.Channel).
-		f64(g.DecisionOffset).f64(g.Temperature).i(b2i(hard)))
+		f64(g.DecisionOffset).f64(g.Temperature).i(mode))
 }
 
 // DMCDecideBackward writes dk [rows, Hkv·D] (non-zero only on the decision channel).
-func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, rows int, hard bool) error {
+func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, rows int, mode int) error {
 	H, D := g.KVHeads, g.HeadD
 	if err := needAll("DMCDecideBackward", func() error { return g.check("", rows) }, func() error { return need("", "dk", dk, F32, rows*H*D) },
 		func() error { return need("", "k", k, F32, rows*H*D) }, func() error { return need("", "noise", noise, F32, rows*H) },
@@ -373,7 +374,7 @@ func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, row
 		return err
 	}
 	return t.launch1D("tr_dmc_decide_bwd", int64(rows*H*D), new(args).p(dk.ptr).p(k.ptr).p(noise.ptr).p(dA.ptr).i(rows).i(H).i(D).i(g.SeqLen).
-		i(g.Channel).f64(g.DecisionOffset).f64(g.Temperature).i(b2i(hard)))
+		i(g.Channel).f64(g.DecisionOffset).f64(g.Temperature).i(mode))
 }
 
 // DMCImportance writes ω [rows, Hkv] = σ(mean_group q[ch] + offset) + eps (eps: the float32

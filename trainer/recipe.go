@@ -41,6 +41,11 @@ type Recipe struct {
 	RampStepsPerCR   int     `yaml:"ramp_steps_per_cr"`   // reference: ~6000 for Llama 2 7B
 	RetrofitSteps    int     `yaml:"retrofit_steps"`      // stage 2 length; 0: ramp_steps
 	FineTuneSteps    int     `yaml:"fine_tune_steps"`     // stage 3 length
+	// FineTuneDecisions is how stage 3 decides: soft (the reference: Gumbel-sigmoid with
+	// noise, as in stage 2) or hard (straight-through: the forward pass makes exactly the hard,
+	// noiseless decisions of inference, the backward pass takes the noiseless soft gradient), so
+	// that the model ends on what it will run with.
+	FineTuneDecisions string `yaml:"fine_tune_decisions"`
 
 	// Batch: batch_size sequences of seq_len tokens per optimiser step, split into grad_accum
 	// micro-batches of batch_size/grad_accum sequences.
@@ -87,6 +92,12 @@ type Recipe struct {
 	EvalBatches     int    `yaml:"eval_batches"`     // batches of batch_size/grad_accum sequences per evaluation
 	Seed            uint64 `yaml:"seed"`
 }
+
+// The values of Recipe.FineTuneDecisions.
+const (
+	DecisionsSoft = "soft"
+	DecisionsHard = "hard"
+)
 
 // The values of Recipe.Train.
 const (
@@ -252,6 +263,9 @@ func (r *Recipe) Validate() error {
 	}
 	if !(r.LR > 0) || math.IsInf(r.LR, 0) {
 		bad("lr must be > 0, got %g", r.LR)
+	}
+	if r.FineTuneDecisions != DecisionsSoft && r.FineTuneDecisions != DecisionsHard {
+		bad("fine_tune_decisions must be %q (the reference) or %q (straight-through hard decisions in stage 3), got %q", DecisionsSoft, DecisionsHard, r.FineTuneDecisions)
 	}
 	if r.LRSchedule != LRStages && r.LRSchedule != LRConstant && r.LRSchedule != LRCosine {
 		bad("lr_schedule must be %q, %q or %q, got %q", LRStages, LRConstant, LRCosine, r.LRSchedule)

@@ -75,6 +75,7 @@ func TestRecipeErrors(t *testing.T) {
 		{"batch not divisible", "batch_size: 6\ngrad_accum: 4\n", "must be a multiple of grad_accum"},
 		{"bad mode", "mode: vanilla\n", `mode must be "dmc" or "control"`},
 		{"bad schedule", "lr_schedule: linear\n", "lr_schedule must be"},
+		{"bad fine-tune decisions", "fine_tune_decisions: gumbel\n", "fine_tune_decisions must be"},
 		{"ramp longer than stage 2", "ramp_steps: 50\nretrofit_steps: 10\n", "retrofit_steps (10) must be ≥ ramp_steps (50)"},
 		{"no steps", "target_cr: 1\nzero_out_steps: 0\nfine_tune_steps: 0\n", "the recipe has no steps"},
 		{"wrong type", "seq_len: long\n", "cannot unmarshal"},

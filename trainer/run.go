@@ -401,6 +401,9 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		}
 		n := float64(r.GradAccum)
 		stage := plan.Stage.String()
+		if plan.Context.StraightThrough {
+			stage += "-hard" // straight-through hard decisions (fine_tune_decisions: hard)
+		}
 		if r.Mode == ModeControl {
 			stage = ModeControl // no DMC stages in a control run
 		}

@@ -107,6 +107,7 @@ func (r *Recipe) PlanAt(s int) Plan {
 		p.TargetCR = r.CRAt(i)
 	case StageFineTune:
 		p.TargetCR = r.TargetCR
+		p.Context.StraightThrough = r.FineTuneDecisions == DecisionsHard
 	}
 	if stage != StageZeroOut {
 		p.Context.DMC = true // the DMC graph removes the decision channel itself; ZeroOut stays 1

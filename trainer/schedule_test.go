@@ -111,3 +111,23 @@ func TestStepSeedDistinct(t *testing.T) {
 		t.Fatal("the recipe seed does not change the step seeds")
 	}
 }
+
+func TestFineTuneDecisionsHardIsStraightThroughInStage3Only(t *testing.T) {
+	for _, tc := range []struct {
+		mode, decisions string
+		want            func(Stage) bool
+	}{
+		{ModeDMC, DecisionsHard, func(s Stage) bool { return s == StageFineTune }},
+		{ModeDMC, DecisionsSoft, func(Stage) bool { return false }},
+		{ModeControl, DecisionsHard, func(Stage) bool { return false }},
+	} {
+		r := scheduleRecipe()
+		r.Mode, r.FineTuneDecisions = tc.mode, tc.decisions
+		for s := 0; s < r.TotalSteps(); s++ {
+			p := r.PlanAt(s)
+			if got := p.Context.StraightThrough; got != tc.want(p.Stage) || p.Context.Hard {
+				t.Fatalf("%s/%s step %d (%v): straight-through %v, hard %v", tc.mode, tc.decisions, s, p.Stage, got, p.Context.Hard)
+			}
+		}
+	}
+}

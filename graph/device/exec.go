@@ -803,13 +803,14 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		rows, V := dims(in[0])
 		err = d.SoftmaxKLBackward(out, in[0].buf, in[1].buf, in[2].buf, rows, V, r.invCount(), in[3].buf)
 	case ops.KindDMCDecide, ops.KindDMCDecideGrad:
-		var hard float64
-		if hard, err = r.hostScalar(s, in[2]); err == nil {
+		var mode float64
+		if mode, err = r.hostScalar(s, in[2]); err == nil {
 			rows, _ := dims(in[0])
+			m := int(ops.DecisionModeOf(mode))
 			if ins.info.Kind == ops.KindDMCDecide {
-				err = d.DMCDecide(out, in[0].buf, in[1].buf, dmcGeom(ins.info.DMC), rows, hard != 0)
+				err = d.DMCDecide(out, in[0].buf, in[1].buf, dmcGeom(ins.info.DMC), rows, m)
 			} else {
-				err = d.DMCDecideBackward(out, in[0].buf, in[1].buf, in[3].buf, dmcGeom(ins.info.DMC), rows, hard != 0)
+				err = d.DMCDecideBackward(out, in[0].buf, in[1].buf, in[3].buf, dmcGeom(ins.info.DMC), rows, m)
 			}
 		}
 	case ops.KindDMCImportance:

@@ -548,14 +548,14 @@ func (s *convSuite) testDecide(t *testing.T) {
 		rows, H := B*sp.SeqLen, sp.KVHeads
 		k, noise, dA := s.keys(sp, rows, H), s.normals(rows*H, 1, 0), s.normals(rows*H, 1, 0)
 		bk, bn, bdA := s.up(k), s.up(noise), s.up(dA)
-		for _, hard := range []bool{false, true} {
+		for _, mode := range []DecisionMode{DecideSoft, DecideHard, DecideStraightThrough} {
 			al, dk := make([]float64, rows*H), make([]float64, len(k))
-			decideKernel(decideOp{sp, false}, al, to64(k), to64(noise), hard, nil)
-			decideKernel(decideOp{sp, true}, dk, to64(k), to64(noise), hard, to64(dA))
+			decideKernel(decideOp{sp, false}, al, to64(k), to64(noise), mode, nil)
+			decideKernel(decideOp{sp, true}, dk, to64(k), to64(noise), mode, to64(dA))
 			gal, gdk := s.out(len(al)), s.out(len(dk))
-			s.ok(s.dev.DMCDecide(gal, bk, bn, geom(sp), rows, hard))
-			s.ok(s.dev.DMCDecideBackward(gdk, bk, bn, bdA, geom(sp), rows, hard))
-			tag := fmt.Sprintf("%s hard=%t", specTag(sp), hard)
+			s.ok(s.dev.DMCDecide(gal, bk, bn, geom(sp), rows, int(mode)))
+			s.ok(s.dev.DMCDecideBackward(gdk, bk, bn, bdA, geom(sp), rows, int(mode)))
+			tag := fmt.Sprintf("%s mode=%d", specTag(sp), mode)
 			s.check("DMCDecide.alpha "+tag, s.down(gal), al, tolF32)
 			s.check("DMCDecide.dk "+tag, s.down(gdk), dk, tolF32)
 		}

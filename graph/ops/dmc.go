@@ -43,9 +43,37 @@ func (s DMCSpec) rowsOK(op string, shp tensor.Shape, width int) error {
 // ---------------------------------------------------------------------------------------------
 // Decisions.
 
+// DecisionMode is what the scalar input "hard" of DMCDecide selects.
+type DecisionMode int
+
+const (
+	// DecideSoft: α̃ = σ((k[ch] − offset + noise)/τ) and its gradient (the reference's training).
+	DecideSoft DecisionMode = 0
+	// DecideHard: α = 1[k[ch] − offset > 0], noise ignored, zero gradient (evaluation).
+	DecideHard DecisionMode = 1
+	// DecideStraightThrough: the hard α forward, so that training sees exactly the decisions
+	// inference makes, and backward the gradient of σ(k[ch] − offset): the probability of a
+	// merge under the soft mode's logistic noise as τ → 0, so decisions far from the threshold
+	// (|a| up to ~5, not ~5τ) still get the CR loss's push.
+	DecideStraightThrough DecisionMode = 2
+)
+
+// DecisionModeOf maps the scalar fed to DMCDecide's hard input to its mode: 0 soft, 2
+// straight-through, any other non-zero value hard.
+func DecisionModeOf(x float64) DecisionMode {
+	switch x {
+	case 0:
+		return DecideSoft
+	case 2:
+		return DecideStraightThrough
+	}
+	return DecideHard
+}
+
 // DMCDecide returns α [B·T, Hkv] from pre-RoPE keys k [B·T, Hkv·D], logistic noise [B·T, Hkv]
-// and the scalar hard. Soft (hard = 0): α̃ = σ((k[ch] − offset + noise)/τ). Hard (hard ≠ 0):
-// α = 1[k[ch] − offset > 0], noise ignored, zero gradient. α at t = 0 is always 0.
+// and the scalar hard, a DecisionMode: soft α̃ = σ((k[ch] − offset + noise)/τ); hard α =
+// 1[k[ch] − offset > 0], noise ignored, zero gradient; straight-through: the hard α with the
+// gradient of σ(k[ch] − offset). α at t = 0 is always 0.
 func DMCDecide(k, noise, hard *G.Node, s DMCSpec) (*G.Node, error) {
 	if err := s.check(); err != nil {
 		return nil, err
@@ -79,7 +107,7 @@ func (o decideOp) shape(in []tensor.Shape) (tensor.Shape, error) {
 	return tensor.Shape{in[0][0], o.s.KVHeads}, nil
 }
 func (o decideOp) exec(out *tensor.Dense, in []G.Value) (float64, error) {
-	hard := scalar(in[2]) != 0
+	hard := DecisionModeOf(scalar(in[2]))
 	dispatch(out.Dtype(), func() {
 		var dA []float32
 		if o.back {
@@ -103,31 +131,37 @@ func (o decideOp) grad(in G.Nodes, _, dA *G.Node) (G.Nodes, error) {
 	return G.Nodes{dk, nil, nil}, nil
 }
 
-func decideKernel[T Float](o decideOp, out, k, noise []T, hard bool, dA []T) {
+func decideKernel[T Float](o decideOp, out, k, noise []T, mode DecisionMode, dA []T) {
 	s := o.s
 	H, D, Tn, ch := s.KVHeads, s.HeadD, s.SeqLen, s.Channel
 	if o.back {
 		clear(out)
 	}
 	for n := 0; n < len(k)/(H*D); n++ {
+		first := n%Tn == 0 // α = 0 at t = 0, with no gradient
 		for h := 0; h < H; h++ {
 			a := float64(k[(n*H+h)*D+ch]) - s.DecisionOffset
-			var alpha float64
-			switch {
-			case n%Tn == 0:
-				alpha = 0
-			case hard:
-				if a > 0 {
+			if !o.back {
+				alpha := 0.0
+				switch {
+				case first:
+				case mode == DecideSoft:
+					alpha = dmc.Sigmoid((a + float64(noise[n*H+h])) / s.Temperature)
+				case a > 0:
 					alpha = 1
 				}
-			default:
-				alpha = dmc.Sigmoid((a + float64(noise[n*H+h])) / s.Temperature)
-			}
-			if !o.back {
 				out[n*H+h] = T(alpha)
-			} else if !hard && n%Tn != 0 {
-				out[(n*H+h)*D+ch] = T(float64(dA[n*H+h]) * alpha * (1 - alpha) / s.Temperature)
+				continue
 			}
+			if first || mode == DecideHard {
+				continue
+			}
+			tau := 1.0 // straight-through: d/da σ(a)
+			if mode == DecideSoft {
+				a, tau = a+float64(noise[n*H+h]), s.Temperature
+			}
+			alpha := dmc.Sigmoid(a / tau)
+			out[(n*H+h)*D+ch] = T(float64(dA[n*H+h]) * alpha * (1 - alpha) / tau)
 		}
 	}
 }

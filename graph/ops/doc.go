@@ -24,7 +24,8 @@
 //	SoftmaxCE         logits [N,V], targets [N] int → mean CE       logits, targets, dloss → dlogits (recomputes softmax)
 //	                  (targets < 0 ignored; rows normalised by their own max)
 //	DMCDecide         k [N,Hkv·D], noise [N,Hkv], hard → α [N,Hkv]  k, noise, hard, dα → dk (non-zero only on channel ch)
-//	                  soft: σ((k[ch]−off+noise)/τ); hard: 1[k[ch]−off>0], zero gradient; α = 0 at t = 0
+//	                  hard = 0 soft: σ((k[ch]−off+noise)/τ); 1 hard: 1[k[ch]−off>0], zero gradient;
+//	                  2 straight-through: the hard α, the gradient of σ(k[ch]−off); α = 0 at t = 0
 //	DMCImportance     q [N,Hq·D] → ω [N,Hkv]                        q, dω → dq (channel ch of each head of the group)
 //	                  ω = σ(mean_group q[ch] + off) + ε(dtype)
 //	DMCMerge(W)       x [N,Hkv·D], α, ω [N,Hkv] → x̃ [N,Hkv·D]       x, α, ω, dx̃ → packed [dx | dα | dω] (recomputes the

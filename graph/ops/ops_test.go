@@ -485,6 +485,59 @@ func TestDMCHardCountStraightThrough(t *testing.T) {
 	}
 }
 
+// The straight-through mode runs the hard decisions forward and the gradient of σ(a) backward:
+// through the graph with a random upstream gradient R (buildGraph's cost Σ R·α), its gradient
+// equals the soft mode's at τ = 1 with zero noise, and its output equals the hard mode's.
+func TestDMCDecideStraightThrough(t *testing.T) {
+	c := dmcCase{B: 2, T: 5, Hq: 4, Hkv: 2, D: 4}
+	s := c.spec()
+	rng := newRNG(21)
+	N := c.B * c.T
+	kv := randNormal(rng, N*c.Hkv*c.D, 1)
+	for n := 0; n < N; n++ {
+		for h := 0; h < c.Hkv; h++ {
+			kv[(n*c.Hkv+h)*c.D+s.Channel] = s.DecisionOffset + 0.2*rng.NormFloat64()
+		}
+	}
+	noise := randNormal(rng, N*c.Hkv, 1)
+	zero := make([]float64, N*c.Hkv)
+	run := func(mode DecisionMode, nz []float64, s DMCSpec) (alpha, dk []float64) {
+		ins := []input{
+			{name: "k", shape: []int{N, c.Hkv * c.D}, vals: kv, diff: true},
+			{name: "noise", shape: []int{N, c.Hkv}, vals: nz},
+			{name: "hard", vals: []float64{float64(mode)}},
+		}
+		build := func(in []*G.Node) (*G.Node, error) { return DMCDecide(in[0], in[1], in[2], s) }
+		gr := buildGraph(t, newRNG(5), ins, build, true) // the same R in every run
+		gr.run(t)
+		return append([]float64(nil), gr.yV.Data().([]float64)...), append([]float64(nil), gr.grads[0].Data().([]float64)...)
+	}
+	unit := s
+	unit.Temperature = 1
+	hardA, _ := run(DecideHard, noise, s)
+	_, softG := run(DecideSoft, zero, unit)
+	stA, stG := run(DecideStraightThrough, noise, s)
+	assertClose(t, "straight-through α vs hard α", stA, hardA, 0)
+	assertClose(t, "straight-through dk vs dσ(a) (soft, τ = 1, no noise)", stG, softG, 0)
+	nonZero := 0
+	for _, g := range stG {
+		if g != 0 {
+			nonZero++
+		}
+	}
+	if want := (N - c.B) * c.Hkv; nonZero != want { // every decision but t = 0 gets a gradient
+		t.Fatalf("straight-through gradient has %d non-zero entries, want %d", nonZero, want)
+	}
+	for _, tc := range []struct {
+		x    float64
+		want DecisionMode
+	}{{0, DecideSoft}, {1, DecideHard}, {2, DecideStraightThrough}, {-1, DecideHard}} {
+		if got := DecisionModeOf(tc.x); got != tc.want {
+			t.Errorf("DecisionModeOf(%g) = %d, want %d", tc.x, got, tc.want)
+		}
+	}
+}
+
 // Hash-consing must not merge ops that differ in a parameter.
 func TestDistinctParamsAreDistinctNodes(t *testing.T) {
 	g := G.NewGraph()

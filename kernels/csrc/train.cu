@@ -318,33 +318,37 @@ __global__ void tr_mean_loss(float* out, const float* rowloss, const int* tg, in
 
 // ---- DMC gates -------------------------------------------------------------------------------
 
-// α [N,H]: soft σ((k[ch]−off+noise)/τ), hard 1[k[ch]−off > 0]; 0 at t = 0. Float64 as the CPU.
+// α [N,H]; mode 0 soft σ((k[ch]−off+noise)/τ), 1 hard 1[k[ch]−off > 0], 2 straight-through (the
+// hard forward); 0 at t = 0. Float64 as the CPU.
 __global__ void tr_dmc_decide(float* alpha, const float* k, const float* noise, int N, int H, int D, int T, int ch,
-                              double off, double tau, int hard) {
+                              double off, double tau, int mode) {
   long long n = (long long)N * H;
   GRID_STRIDE(i, n) {
     long long row = i / H;
     double a = (double)k[i * D + ch] - off;
     double al;
     if (row % T == 0) al = 0;
-    else if (hard) al = a > 0 ? 1 : 0;
+    else if (mode != 0) al = a > 0 ? 1 : 0;
     else al = sigmoid_d((a + (double)noise[i]) / tau);
     alpha[i] = (float)al;
   }
 }
 
-// dk [N, H·D]: dα·α(1−α)/τ on channel ch (soft, t > 0), zero elsewhere.
+// dk [N, H·D] on channel ch (t > 0), zero elsewhere: mode 0 dα·α̃(1−α̃)/τ with α̃ =
+// σ((k[ch]−off+noise)/τ); mode 2 (straight-through) dα·p(1−p) with p = σ(k[ch]−off); mode 1 none.
 __global__ void tr_dmc_decide_bwd(float* dk, const float* k, const float* noise, const float* dA, int N, int H, int D, int T,
-                                  int ch, double off, double tau, int hard) {
+                                  int ch, double off, double tau, int mode) {
   long long n = (long long)N * H * D;
   GRID_STRIDE(i, n) {
     int c = (int)(i % D);
     long long nh = i / D;
     long long row = nh / H;
     float v = 0.f;
-    if (c == ch && !hard && row % T != 0) {
-      double al = sigmoid_d(((double)k[i] - off + (double)noise[nh]) / tau);
-      v = (float)((double)dA[nh] * al * (1 - al) / tau);
+    if (c == ch && mode != 1 && row % T != 0) {
+      double z = (double)k[i] - off, t = 1;
+      if (mode == 0) z += (double)noise[nh], t = tau;
+      double al = sigmoid_d(z / t);
+      v = (float)((double)dA[nh] * al * (1 - al) / t);
     }
     dk[i] = v;
   }

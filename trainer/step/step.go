@@ -33,9 +33,13 @@ type Context struct {
 	// ZeroOut is the stage-1 multiplier of the decision channel q/k[ch]; 1 = none (vanilla,
 	// and stages 2-3, where DMC removes the channel itself). Below 1 the plain graph runs (no
 	// merging) with the channel scaled, whatever DMC says.
-	ZeroOut  float64
-	Hard     bool    // hard decisions 1[a > 0], no noise (evaluation)
-	CRWeight float64 // λ of L = L_LM + λ·L_CR (0 when the CR loss is off)
+	ZeroOut float64
+	Hard    bool // hard decisions 1[a > 0], no noise (evaluation)
+	// StraightThrough trains on the hard decisions inference makes (1[a > 0], no noise) with
+	// the gradient of σ(a), the merge probability under the training noise (the recipe's
+	// fine_tune_decisions: hard).
+	StraightThrough bool
+	CRWeight        float64 // λ of L = L_LM + λ·L_CR (0 when the CR loss is off)
 	// DistillWeight β mixes the LM loss: (1−β)·cross-entropy + β·KL(teacher ‖ model), the
 	// teacher being the original model, run plain. 0 = plain cross-entropy.
 	DistillWeight float64
