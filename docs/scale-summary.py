@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Tables of the retrofit-at-scale pipeline (docs/scale-pipeline.sh) from its results folder.
 
-    python3 docs/scale-summary.py RES > summary.md
+    python3 docs/scale-summary.py RES [SHARED] > summary.md
+
+SHARED is a second results folder to read runs' metrics.jsonl from when RES lacks them (a slice
+whose base and control are bit-identical re-runs of another slice's).
 
 Reads the eval/policy/decode/tasks JSONs and the runs' metrics the pipeline collected in RES and
 prints Markdown tables. It also writes RES/compare-subset.json (the --compare shape that
@@ -25,6 +28,9 @@ def load(name):
 
 def metrics(run):
     p = os.path.join(RES, f"metrics-{run}.jsonl")
+    if not os.path.exists(p) and len(sys.argv) > 2:
+        # a slice that shares another slice's (bit-identical) runs: their metrics live there
+        p = os.path.join(sys.argv[2], f"metrics-{run}.jsonl")
     if not os.path.exists(p):
         return []
     return [json.loads(line) for line in open(p) if line.strip()]
