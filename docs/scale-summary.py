@@ -13,6 +13,7 @@ prints Markdown tables. It also writes RES/compare-subset.json (the --compare sh
 Only the standard library is used.
 """
 import json
+import lzma
 import os
 import statistics
 import sys
@@ -27,13 +28,15 @@ def load(name):
 
 
 def metrics(run):
-    p = os.path.join(RES, f"metrics-{run}.jsonl")
-    if not os.path.exists(p) and len(sys.argv) > 2:
-        # a slice that shares another slice's (bit-identical) runs: their metrics live there
-        p = os.path.join(sys.argv[2], f"metrics-{run}.jsonl")
-    if not os.path.exists(p):
-        return []
-    return [json.loads(line) for line in open(p) if line.strip()]
+    # a slice that shares another slice's (bit-identical) runs reads their metrics there;
+    # committed results keep them xz-compressed
+    for d in [RES] + sys.argv[2:3]:
+        for ext, opener in ((".jsonl", open), (".jsonl.xz", lzma.open)):
+            p = os.path.join(d, f"metrics-{run}{ext}")
+            if os.path.exists(p):
+                with opener(p, "rt") as f:
+                    return [json.loads(line) for line in f if line.strip()]
+    return []
 
 
 def pct(x, ref):
