@@ -349,7 +349,7 @@ func benchOne(o BenchOptions, p *benchPlan, cr BenchCR, opt kernels.Options, B, 
 		return BenchRow{}, "", err
 	}
 	t0 := time.Now()
-	ids, next, _, err := e.Prefill(prompts, false)
+	ids, next, err := prefillReporting(e, prompts, progress)
 	if err != nil {
 		return BenchRow{}, "", err
 	}
