@@ -43,8 +43,8 @@ type Recipe struct {
 	FineTuneSteps    int     `yaml:"fine_tune_steps"`     // stage 3 length
 	// FineTuneDecisions is how stage 3 decides: soft (the reference: Gumbel-sigmoid with
 	// noise, as in stage 2) or hard (straight-through: the forward pass makes exactly the hard,
-	// noiseless decisions of inference, the backward pass takes the noiseless soft gradient), so
-	// that the model ends on what it will run with.
+	// noiseless decisions of inference, the backward pass takes the gradient of σ(a)), so that
+	// the model ends on what it will run with.
 	FineTuneDecisions string `yaml:"fine_tune_decisions"`
 
 	// Batch: batch_size sequences of seq_len tokens per optimiser step, split into grad_accum

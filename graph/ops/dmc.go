@@ -107,19 +107,19 @@ func (o decideOp) shape(in []tensor.Shape) (tensor.Shape, error) {
 	return tensor.Shape{in[0][0], o.s.KVHeads}, nil
 }
 func (o decideOp) exec(out *tensor.Dense, in []G.Value) (float64, error) {
-	hard := DecisionModeOf(scalar(in[2]))
+	mode := DecisionModeOf(scalar(in[2]))
 	dispatch(out.Dtype(), func() {
 		var dA []float32
 		if o.back {
 			dA = data[float32](in[3])
 		}
-		decideKernel(o, out.Float32s(), data[float32](in[0]), data[float32](in[1]), hard, dA)
+		decideKernel(o, out.Float32s(), data[float32](in[0]), data[float32](in[1]), mode, dA)
 	}, func() {
 		var dA []float64
 		if o.back {
 			dA = data[float64](in[3])
 		}
-		decideKernel(o, out.Float64s(), data[float64](in[0]), data[float64](in[1]), hard, dA)
+		decideKernel(o, out.Float64s(), data[float64](in[0]), data[float64](in[1]), mode, dA)
 	})
 	return 0, nil
 }
