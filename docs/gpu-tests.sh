@@ -29,5 +29,11 @@ if [[ -x $BIN/kernels.test ]]; then
 	(cd "$root/kernels" && DMC_DECODE_FUSION=force DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 "$BIN/kernels.test" \
 		-test.run 'Parity|Batching|GQALogits|Perplexity|DecodeScore|SwiGLU' -test.count 1 -test.v 2>&1 |
 		grep -E "^(ok|PASS|FAIL|panic)|--- (PASS|FAIL|SKIP)") || rc=1
+	# and with the compute_80 kernels and plain launches (on Hopper the default is the sm_90
+	# build with programmatic dependent launch).
+	echo "== kernels.test, DMC_PDL=0"
+	(cd "$root/kernels" && DMC_PDL=0 DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 "$BIN/kernels.test" \
+		-test.run 'Parity|Batching|GQALogits|Perplexity|DecodeScore|SwiGLU' -test.count 1 -test.v 2>&1 |
+		grep -E "^(ok|PASS|FAIL|panic)|--- (PASS|FAIL|SKIP)") || rc=1
 fi
 exit $rc

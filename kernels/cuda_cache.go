@@ -13,6 +13,12 @@ import (
 //go:embed ptx/dmc.ptx
 var ptxImage string
 
+// ptxImageSM90 is the same kernels built for compute_90, where each waits for the previous
+// kernel with griddepcontrol.wait (programmatic dependent launch).
+//
+//go:embed ptx/dmc_sm90.ptx
+var ptxImageSM90 string
+
 // pageTokens is the KV page size in tokens (PAGE in csrc/dmc.cu).
 const pageTokens = 16
 

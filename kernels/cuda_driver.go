@@ -5,6 +5,7 @@ package kernels
 /*
 #cgo LDFLAGS: -ldl
 #include <dlfcn.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,6 +70,29 @@ CU_GRAPH_FUNCS(DECL)
 static int dmc_graphs_ok;
 static int dmc_graphs_available(void) { return dmc_graphs_ok; }
 
+// Optional: programmatic dependent launch (CUDA 11.8+, sm_90). Only the fields used are
+// declared; the layouts are the driver's (CUlaunchAttribute: 72 bytes, value at 8;
+// CUlaunchConfig: 56 bytes, hStream at 32), checked below.
+typedef struct {
+  int id;
+  char pad[4];
+  union { char pad[64]; int programmaticStreamSerializationAllowed; } value;
+} dmc_launch_attr;
+typedef struct {
+  unsigned gx, gy, gz, bx, by, bz, smem;
+  CUstream stream;
+  dmc_launch_attr* attrs;
+  unsigned nattrs;
+} dmc_launch_config;
+_Static_assert(sizeof(dmc_launch_attr) == 72 && offsetof(dmc_launch_attr, value) == 8, "CUlaunchAttribute layout");
+_Static_assert(sizeof(dmc_launch_config) == 56 && offsetof(dmc_launch_config, stream) == 32 &&
+               offsetof(dmc_launch_config, attrs) == 40 && offsetof(dmc_launch_config, nattrs) == 48, "CUlaunchConfig layout");
+typedef CUresult (*cuLaunchKernelEx_fn)(const dmc_launch_config*, CUfunction, void**, void**);
+static cuLaunchKernelEx_fn p_cuLaunchKernelEx;
+static int dmc_pdl_on;
+static int dmc_pdl_available(void) { return p_cuLaunchKernelEx != 0; }
+static void dmc_pdl_set(int on) { dmc_pdl_on = on && p_cuLaunchKernelEx; }
+
 static void* libcuda;
 // Every operation goes to this stream (a non-blocking stream created at start, so that decode
 // steps can be captured into CUDA graphs).
@@ -85,6 +109,7 @@ static int dmc_cuda_open(char* err, int n) {
   dmc_graphs_ok = 1;
 #define LOADOPT(name, ret, args) p_##name = (name##_fn)dlsym(h, #name); if (!p_##name) dmc_graphs_ok = 0;
   CU_GRAPH_FUNCS(LOADOPT)
+  p_cuLaunchKernelEx = (cuLaunchKernelEx_fn)dlsym(h, "cuLaunchKernelEx");
   libcuda = h;
   return 0;
 }
@@ -132,6 +157,17 @@ static const char* dmc_cuErrorString(CUresult r) {
 static CUresult dmc_launch(CUfunction f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
                            unsigned smem, void* buf, size_t size) {
   void* extra[] = {(void*)1, buf, (void*)2, &size, (void*)0};  // CU_LAUNCH_PARAM_BUFFER_POINTER, _SIZE, _END
+  if (dmc_pdl_on) {
+    // CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION: the kernel may start while the
+    // previous one drains; the sm_90 PTX makes every kernel wait (griddepcontrol.wait) before
+    // it touches memory the previous kernels write, the GEMVs after fetching their first weights.
+    dmc_launch_attr at;
+    memset(&at, 0, sizeof at);
+    at.id = 6;
+    at.value.programmaticStreamSerializationAllowed = 1;
+    dmc_launch_config c = {gx, gy, gz, bx, by, bz, smem, dmc_stream, &at, 1};
+    return p_cuLaunchKernelEx(&c, f, 0, extra);
+  }
   return p_cuLaunchKernel(f, gx, gy, gz, bx, by, bz, smem, dmc_stream, 0, extra);
 }
 
@@ -287,7 +323,8 @@ type device struct {
 	fns    map[string]C.CUfunction
 	name   string
 	sms    int
-	cc     int // compute capability major*10+minor
+	cc     int  // compute capability major*10+minor
+	pdl    bool // the sm_90 kernels, launched with programmatic dependent launch
 	blasLb string
 	blasV  int
 	drvV   int
@@ -411,11 +448,19 @@ func openDevice(ordinal int) (*device, error) {
 	if err := cuError(C.dmc_stream_create(), "cuStreamCreate"); err != nil {
 		return nil, err
 	}
-	img := C.CString(ptxImage)
+	// Hopper and newer get the sm_90 build of the kernels with programmatic dependent launch
+	// (DMC_PDL=0: the compute_80 build and plain launches, e.g. to compare the two).
+	image, pdl := ptxImage, d.cc >= 90 && C.dmc_pdl_available() != 0 && os.Getenv("DMC_PDL") != "0"
+	if pdl {
+		image = ptxImageSM90
+	}
+	img := C.CString(image)
 	defer C.free(unsafe.Pointer(img))
 	if err := cuError(C.dmc_cuModuleLoadData(&d.mod, unsafe.Pointer(img)), "loading the embedded PTX"); err != nil {
 		return nil, fmt.Errorf("%w: the driver may be older than the PTX (CUDA 11.8); update the NVIDIA driver", err)
 	}
+	d.pdl = pdl
+	C.dmc_pdl_set(C.int(b2i(pdl)))
 	var which [64]C.char
 	if C.dmc_cublas_open(&msg[0], 512, &which[0], 64) != 0 {
 		return nil, fmt.Errorf("cannot load cuBLAS (tried libcublas.so.13, .12, .11 or $DMC_LIBCUBLAS: %s): install the CUDA toolkit's cuBLAS or add its lib directory to LD_LIBRARY_PATH", C.GoString(&msg[0]))
@@ -773,6 +818,10 @@ func elapsed(a, b *event) (float64, error) {
 }
 
 func (d *device) describe() string {
-	return fmt.Sprintf("%s (sm_%d, %d SMs, driver %d.%d, %s v%d)", d.name, d.cc, d.sms, d.drvV/1000, d.drvV%1000/10,
-		strings.TrimPrefix(d.blasLb, "lib"), d.blasV)
+	pdl := ""
+	if d.pdl {
+		pdl = ", programmatic dependent launch"
+	}
+	return fmt.Sprintf("%s (sm_%d, %d SMs, driver %d.%d, %s v%d%s)", d.name, d.cc, d.sms, d.drvV/1000, d.drvV%1000/10,
+		strings.TrimPrefix(d.blasLb, "lib"), d.blasV, pdl)
 }

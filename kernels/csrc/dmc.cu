@@ -17,6 +17,17 @@
 #define PAGE 16
 typedef __nv_bfloat16 bf16;
 
+// Programmatic dependent launch (the sm_90 build, launched with the attribute by the host):
+// a kernel may be scheduled while the previous one drains, so every kernel starts with
+// PDL_ENTER, which waits until the previous kernels have finished and their writes are visible
+// (griddepcontrol.wait), then lets the next kernel be scheduled. Only the GEMVs do work before
+// it: they fetch their first weights, which no kernel writes. Empty in the compute_80 build.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#define PDL_ENTER() asm volatile("griddepcontrol.wait;\n\tgriddepcontrol.launch_dependents;" ::: "memory")
+#else
+#define PDL_ENTER()
+#endif
+
 __device__ __forceinline__ float bf(bf16 x) { return __bfloat162float(x); }
 __device__ __forceinline__ bf16 tobf(float x) { return __float2bfloat16_rn(x); }
 
@@ -25,6 +36,7 @@ __device__ __forceinline__ bf16 tobf(float x) { return __float2bfloat16_rn(x); }
 // x[b,:] = E[tok[b],:] (bf16 -> fp32).
 extern "C" __global__ void embed_gather(const bf16* __restrict__ E, const int* __restrict__ tok,
                                         float* __restrict__ x, int d) {
+  PDL_ENTER();
   int b = blockIdx.x;
   const bf16* e = E + (size_t)tok[b] * d;
   for (int i = threadIdx.x; i < d; i += blockDim.x) x[(size_t)b * d + i] = bf(e[i]);
@@ -33,6 +45,7 @@ extern "C" __global__ void embed_gather(const bf16* __restrict__ E, const int* _
 // out[r,:] = x[r,:] / rms(x[r,:]) * w (bf16 out). One block per row.
 extern "C" __global__ void rmsnorm_bf16(const float* __restrict__ x, const float* __restrict__ w,
                                         bf16* __restrict__ out, int d, float eps) {
+  PDL_ENTER();
   int r = blockIdx.x;
   const float* xr = x + (size_t)r * d;
   float ss = 0.f;
@@ -55,6 +68,7 @@ extern "C" __global__ void rmsnorm_bf16(const float* __restrict__ x, const float
 // registers, so the row is read once (decode rows are latency-bound, not bandwidth-bound).
 extern "C" __global__ void rmsnorm_bf16_v4(const float* __restrict__ x, const float* __restrict__ w,
                                            bf16* __restrict__ out, int d, float eps) {
+  PDL_ENTER();
   int r = blockIdx.x, i = threadIdx.x;
   float4 v = reinterpret_cast<const float4*>(x + (size_t)r * d)[i];
   float4 g = reinterpret_cast<const float4*>(w)[i];
@@ -81,6 +95,7 @@ extern "C" __global__ void rmsnorm_bf16_v4(const float* __restrict__ x, const fl
 // fp32 variant (conformance tests).
 extern "C" __global__ void rmsnorm_f32(const float* __restrict__ x, const float* __restrict__ w,
                                        float* __restrict__ out, int d, float eps) {
+  PDL_ENTER();
   int r = blockIdx.x;
   const float* xr = x + (size_t)r * d;
   float ss = 0.f;
@@ -101,6 +116,7 @@ extern "C" __global__ void rmsnorm_f32(const float* __restrict__ x, const float*
 
 // h[b, i] = silu(h13[b, i]) * h13[b, hd + i] (gate then up in one GEMM output), bf16 out.
 extern "C" __global__ void swiglu_bf16(const float* __restrict__ h13, bf16* __restrict__ out, int hd) {
+  PDL_ENTER();
   int b = blockIdx.y;
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i >= hd) return;
@@ -110,6 +126,7 @@ extern "C" __global__ void swiglu_bf16(const float* __restrict__ h13, bf16* __re
 
 extern "C" __global__ void swiglu_f32(const float* __restrict__ g, const float* __restrict__ u,
                                       float* __restrict__ out, int n) {
+  PDL_ENTER();
   int i = blockIdx.x * blockDim.x + threadIdx.x;
   if (i < n) out[i] = g[i] / (1.f + expf(-g[i])) * u[i];
 }
@@ -117,12 +134,14 @@ extern "C" __global__ void swiglu_f32(const float* __restrict__ g, const float* 
 // dst[r, :] = src[idx[r], :] (fp32 rows of width d).
 extern "C" __global__ void gather_rows(const float* __restrict__ src, const int* __restrict__ idx,
                                        float* __restrict__ dst, int d) {
+  PDL_ENTER();
   int r = blockIdx.x;
   for (int i = threadIdx.x; i < d; i += blockDim.x) dst[(size_t)r * d + i] = src[(size_t)idx[r] * d + i];
 }
 
 // out[b] = argmax_i logits[b, i] (first maximum).
 extern "C" __global__ void argmax_rows(const float* __restrict__ logits, int* __restrict__ out, int V) {
+  PDL_ENTER();
   int b = blockIdx.x;
   const float* l = logits + (size_t)b * V;
   float best = -INFINITY;
@@ -152,6 +171,7 @@ extern "C" __global__ void argmax_rows(const float* __restrict__ logits, int* __
 // Scoring needs B numbers back instead of B×V logits.
 extern "C" __global__ void logprob_rows(const float* __restrict__ logits, const int* __restrict__ targets,
                                         double* __restrict__ out, int V) {
+  PDL_ENTER();
   int b = blockIdx.x;
   const float* l = logits + (size_t)b * V;
   __shared__ float sm[32];
@@ -182,6 +202,7 @@ extern "C" __global__ void logprob_rows(const float* __restrict__ logits, const 
 
 // Converters and fills.
 extern "C" __global__ void bf16_to_f32(const bf16* __restrict__ in, float* __restrict__ out, long n) {
+  PDL_ENTER();
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) out[i] = bf(in[i]);
 }
 
@@ -194,6 +215,7 @@ __device__ __forceinline__ uint64_t splitmix(uint64_t x) {
 
 // p[i] = N(0, std) drawn from a counter-based hash of (seed, i): deterministic for a seed.
 extern "C" __global__ void fill_normal_bf16(bf16* __restrict__ p, long n, unsigned long long seed, float std) {
+  PDL_ENTER();
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
     uint64_t r = splitmix(seed ^ splitmix((uint64_t)i));
     float u1 = ((r >> 40) + 1) * (1.0f / 16777217.0f);
@@ -203,12 +225,14 @@ extern "C" __global__ void fill_normal_bf16(bf16* __restrict__ p, long n, unsign
 }
 
 extern "C" __global__ void fill_f32(float* __restrict__ p, long n, float v) {
+  PDL_ENTER();
   for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) p[i] = v;
 }
 
 // ---------------------------------------------------------------- page pool
 
 extern "C" __global__ void pool_init(int* __restrict__ freeList, int* __restrict__ freeTop, int nPages) {
+  PDL_ENTER();
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < nPages; i += gridDim.x * blockDim.x) freeList[i] = i;
   if (blockIdx.x == 0 && threadIdx.x == 0) *freeTop = nPages;
 }
@@ -217,6 +241,7 @@ extern "C" __global__ void pool_init(int* __restrict__ freeList, int* __restrict
 // One thread per row (L*Hkv rows per slot).
 extern "C" __global__ void pool_free_slot(int* __restrict__ bt, int* __restrict__ lens, int* __restrict__ freeList,
                                           int* __restrict__ freeTop, int slot, int rowsPerSlot, int maxPages) {
+  PDL_ENTER();
   int r = blockIdx.x * blockDim.x + threadIdx.x;
   if (r >= rowsPerSlot) return;
   long row = (long)slot * rowsPerSlot + r;
@@ -253,6 +278,7 @@ __device__ __forceinline__ float rope_elem(const float* v, int c, int D, int pos
 // out = rope(x) for rows of H heads (conformance tests and prefill q). One block per (row, head).
 extern "C" __global__ void rope_f32(const float* __restrict__ x, float* __restrict__ out, const int* __restrict__ pos,
                                     const float* __restrict__ cs, int H, int D, int interleaved) {
+  PDL_ENTER();
   __shared__ float v[256];
   int r = blockIdx.y, h = blockIdx.x, c = threadIdx.x;
   size_t off = ((size_t)r * H + h) * D;
@@ -417,6 +443,7 @@ __device__ __forceinline__ void store_state(const UpdateArgs& a, long row, const
 
 // Decode: one token per sequence. Grid (Hkv, B), block >= D threads (multiple of 32).
 extern "C" __global__ void kv_update_decode(UpdateArgs a) {
+  PDL_ENTER();
   __shared__ float sh[256];
   __shared__ int shInt[4];
   int h = blockIdx.x, b = blockIdx.y;
@@ -439,6 +466,7 @@ extern "C" __global__ void kv_update_decode(UpdateArgs a) {
 // training form calls x̃, rotated) plus the decisions for the prompt's attention.
 // Grid (Hkv, nSeq), block >= D threads.
 extern "C" __global__ void kv_update_prefill(UpdateArgs a) {
+  PDL_ENTER();
   __shared__ float sh[256];
   __shared__ int shInt[4];
   int h = blockIdx.x, b = blockIdx.y;
@@ -462,6 +490,7 @@ extern "C" __global__ void kv_update_prefill(UpdateArgs a) {
 // len0 + i and each row's pages are taken from the free stack in one atomic.
 // Step 1: grid (Hkv, nSeq), thread 0 of each block.
 extern "C" __global__ void kv_alloc_prefill(UpdateArgs a) {
+  PDL_ENTER();
   int h = blockIdx.x, b = blockIdx.y;
   if (threadIdx.x != 0) return;
   long row = row_of(a, a.slots[b], h);
@@ -481,6 +510,7 @@ extern "C" __global__ void kv_alloc_prefill(UpdateArgs a) {
 // Step 2: grid (Hkv, tokens-of-all-sequences) with tokIdx mapping -> (seq); block >= D.
 // tokSeq[r] is the sequence of qkv row r.
 extern "C" __global__ void kv_write_prefill(UpdateArgs a, const int* __restrict__ tokSeq) {
+  PDL_ENTER();
   __shared__ float sh[256];
   int h = blockIdx.x, r = blockIdx.y, c = threadIdx.x, D = a.D;
   int b = tokSeq[r];
@@ -508,6 +538,7 @@ extern "C" __global__ void kv_write_prefill(UpdateArgs a, const int* __restrict_
 
 // Step 3: lens += tokCount (after every write of step 2 read the old length).
 extern "C" __global__ void kv_commit_prefill(UpdateArgs a) {
+  PDL_ENTER();
   int h = blockIdx.x, b = blockIdx.y;
   if (threadIdx.x != 0) return;
   long row = row_of(a, a.slots[b], h);
@@ -673,7 +704,7 @@ __device__ void attn_decode_impl(const AttnArgs& a) {
 }
 
 #define ATTN_INST(D, G) \
-  extern "C" __global__ void __launch_bounds__(128) attn_decode_d##D##_g##G(AttnArgs a) { attn_decode_impl<D, G>(a); }
+  extern "C" __global__ void __launch_bounds__(128) attn_decode_d##D##_g##G(AttnArgs a) { PDL_ENTER(); attn_decode_impl<D, G>(a); }
 #define ATTN_INST_D(D) ATTN_INST(D, 1) ATTN_INST(D, 2) ATTN_INST(D, 4) ATTN_INST(D, 8)
 ATTN_INST_D(8)
 ATTN_INST_D(16)
@@ -686,6 +717,7 @@ ATTN_INST_D(256)
 // Writes bf16 (engine) or fp32 (tests) output [B][Hq*D].
 extern "C" __global__ void attn_reduce(const float* __restrict__ part, bf16* __restrict__ outBf, float* __restrict__ outF,
                                        int Hq, int D, int S) {
+  PDL_ENTER();
   int hq = blockIdx.x, b = blockIdx.y, c = threadIdx.x;
   if (c >= D) return;
   const float* p = part + ((size_t)b * Hq + hq) * S * (D + 2);
@@ -719,6 +751,7 @@ __device__ __forceinline__ bool visible(const int* __restrict__ al, int j, int t
 
 extern "C" __global__ void prefill_softmax(const float* __restrict__ S, bf16* __restrict__ P, const int* __restrict__ alpha,
                                            int alphaStride, int T, int G, int i0, float scale, int dmc) {
+  PDL_ENTER();
   int t = blockIdx.x, ih = blockIdx.y;
   int h = (i0 + ih) / G;
   const int* al = alpha + (size_t)h * alphaStride;
@@ -762,6 +795,7 @@ extern "C" __global__ void prefill_softmax(const float* __restrict__ S, bf16* __
 // block-wide prefix sum of the appends (-> each token's slot) and of the segment starts, and one
 // bulk page allocation per row. Only for rows that start empty (new sequences).
 extern "C" __global__ void __launch_bounds__(1024) dmc_prefill_plan(UpdateArgs a) {
+  PDL_ENTER();
   const int h = blockIdx.x, b = blockIdx.y, tid = threadIdx.x, nt = blockDim.x;
   const int start = a.tokStart[b], n = a.tokCount[b], p0 = a.pos[b], G = a.Hq / a.Hkv, D = a.D, ch = a.channel;
   const long row = row_of(a, a.slots[b], h);
@@ -836,6 +870,7 @@ extern "C" __global__ void __launch_bounds__(1024) dmc_prefill_plan(UpdateArgs a
 // queries; and the decode state after the prompt's last token.
 #define PCH 16
 extern "C" __global__ void dmc_prefill_states(UpdateArgs a) {
+  PDL_ENTER();
   __shared__ float sh[256];
   const int h = blockIdx.y, b = blockIdx.z, c = threadIdx.x, D = a.D, W = a.window, ch = a.channel;
   const int start = a.tokStart[b], n = a.tokCount[b], p0 = a.pos[b];
@@ -894,6 +929,7 @@ extern "C" __global__ void dmc_prefill_states(UpdateArgs a) {
 
 // Step 3, grid (Hkv, nSeq): restores the length of rows whose allocation failed.
 extern "C" __global__ void dmc_prefill_commit(UpdateArgs a) {
+  PDL_ENTER();
   int h = blockIdx.x, b = blockIdx.y;
   if (threadIdx.x != 0) return;
   long row = row_of(a, a.slots[b], h);
@@ -903,6 +939,7 @@ extern "C" __global__ void dmc_prefill_commit(UpdateArgs a) {
 // Reads the slots of rows back into a dense [rows][maxSlots][D] fp32 buffer (tests).
 extern "C" __global__ void kv_gather(const bf16* __restrict__ pool, const int* __restrict__ bt, const int* __restrict__ lens,
                                      float* __restrict__ keys, float* __restrict__ vals, int maxPages, int maxSlots, int D) {
+  PDL_ENTER();
   int row = blockIdx.y, j = blockIdx.x, c = threadIdx.x;
   if (c >= D || j >= lens[row]) return;
   const bf16* pg = pool + (size_t)bt[(size_t)row * maxPages + j / PAGE] * (2 * PAGE * D) + (j % PAGE) * D;
@@ -937,12 +974,24 @@ __device__ __forceinline__ void gemv_impl(const bf16* __restrict__ w, const bf16
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_ROWS; r++) acc[q][r] = 0.f;
   int i = lane;
-  for (; i + 96 < n; i += 128) {
-    uint4 a[NR][4];
+  // The first weights are fetched before PDL_ENTER: no kernel writes them, so with
+  // programmatic dependent launch their loads overlap the previous kernel's tail.
+  uint4 a[NR][4];
+  if (i + 96 < n) {
 #pragma unroll
     for (int q = 0; q < NR; q++) {
       a[q][0] = __ldcs(wr[q] + i), a[q][1] = __ldcs(wr[q] + i + 32);
       a[q][2] = __ldcs(wr[q] + i + 64), a[q][3] = __ldcs(wr[q] + i + 96);
+    }
+  }
+  PDL_ENTER();
+  for (; i + 96 < n; i += 128) {
+    if (i != lane) {
+#pragma unroll
+      for (int q = 0; q < NR; q++) {
+        a[q][0] = __ldcs(wr[q] + i), a[q][1] = __ldcs(wr[q] + i + 32);
+        a[q][2] = __ldcs(wr[q] + i + 64), a[q][3] = __ldcs(wr[q] + i + 96);
+      }
     }
 #pragma unroll
     for (int r = 0; r < GEMV_MAX_ROWS; r++) {
