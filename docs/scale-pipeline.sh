@@ -55,6 +55,10 @@ CALIBRATE=${CALIBRATE:-0}
 # FT_DECISIONS=hard trains the DMC runs' stage 3 on the hard decisions of inference
 # (fine_tune_decisions: hard, straight-through gradients); soft is the reference.
 FT_DECISIONS=${FT_DECISIONS:-soft}
+# DMC_SET: more --set overrides for the DMC runs only, e.g. DMC_SET="head_cr_cap=16 window=8".
+DMC_SET=${DMC_SET:-}
+DMC_SETS=()
+for kv in $DMC_SET; do DMC_SETS+=(--set "$kv"); done
 # CONTROL=0 leaves the plain control to another invocation (sharing D, e.g. one running
 # concurrently on the same GPU with CRS=" " KV_HEADS=" "); the policies wait for it.
 CONTROL=${CONTROL:-1}
@@ -118,7 +122,7 @@ if (( CONTROL )); then
 	evaluate control
 fi
 for cr in $CRS; do
-	train "cr$cr" --model "$D/base-export" --target-cr "$cr" "${RET[@]}" "${KD[@]}" --set fine_tune_decisions=$FT_DECISIONS
+	train "cr$cr" --model "$D/base-export" --target-cr "$cr" "${RET[@]}" "${KD[@]}" --set fine_tune_decisions=$FT_DECISIONS "${DMC_SETS[@]}"
 	evaluate "cr$cr"
 	launch_policies "$cr"
 done

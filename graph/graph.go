@@ -3,6 +3,7 @@ package graph
 import (
 	"errors"
 	"fmt"
+	"math"
 
 	G "gorgonia.org/gorgonia"
 	"gorgonia.org/tensor"
@@ -56,6 +57,10 @@ type Options[T model.Float] struct {
 	// ForwardOnly builds no backward pass and no gradient buffers: Step fails and only Forward
 	// runs (the distillation teacher).
 	ForwardOnly bool
+	// HeadCRCap, when > 0, adds to the CR loss the mean over layers, sequences and KV heads of
+	// max(0, ᾱ_{b,l,h} − (1 − 1/HeadCRCap)), ᾱ_{b,l,h} the straight-through hard merge rate of
+	// one head on one sequence: no head is pushed to compress beyond the cap.
+	HeadCRCap float64
 }
 
 // param is one parameter: its graph tensor and the gradient buffer it is read into.
@@ -104,6 +109,9 @@ func NewExec[T model.Float](p *model.Params[T], dc dmc.Config, batch, seqLen int
 	}
 	if seqLen > c.MaxSeqLen {
 		return nil, fmt.Errorf("graph: sequence length %d exceeds the model's max_seq_len %d; use a shorter --seq-len", seqLen, c.MaxSeqLen)
+	}
+	if h := opt.HeadCRCap; !(h == 0 || h > 1) || math.IsInf(h, 0) {
+		return nil, fmt.Errorf("graph: per-head CR cap %g must be 0 (off) or a finite compression rate above 1", h)
 	}
 	e := &Exec[T]{cfg: c, dc: dc, ch: dc.Channel(c.HeadDim()), B: batch, T: seqLen, opt: opt, byName: map[string]*param[T]{}}
 	// Own copy of the weights; the graph's tensors are backed by it.

@@ -426,6 +426,54 @@ func TestStraightThroughTrainsOnInferenceDecisions(t *testing.T) {
 	}
 }
 
+// TestHeadCRCap: the per-head cap adds a non-negative term to the CR loss that vanishes when
+// the cap is out of reach and is at most the mean merge rate when every merge is over it
+// (cap just above 1), and it sends the decision rows a gradient of its own.
+func TestHeadCRCap(t *testing.T) {
+	p, cfg := tinyModel(t, model.RoPEHalf, false)
+	c := p.Config
+	const B, T = 2, 7
+	rng := rand.New(rand.NewPCG(9, 2))
+	batch := makeBatch([][]int{randTokens(rng, T, c.VocabSize), randTokens(rng, T, c.VocabSize)})
+	// α* = 0: the plain CR hinge is 0, so the CR loss is the cap term alone.
+	sc := StepContext{Step: 3, Seed: 11, DMC: true, ZeroOut: 1, TargetAlpha: 0, CRWeight: 1}
+	run := func(headCap float64) (Losses, map[string][]float64) {
+		g, err := New64(p, cfg, B, T, Options[float64]{HeadCRCap: headCap})
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, err := g.Forward(batch, sc)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return l, gradsOf(t, g, batch, sc)
+	}
+	none, gNone := run(0)
+	far, _ := run(1e9)
+	tight, gTight := run(1.0001)
+	if none.CR != 0 || far.CR != 0 {
+		t.Fatalf("CR loss %g without a cap and %g with an unreachable one, want 0", none.CR, far.CR)
+	}
+	if none.MeanAlpha <= 0.05 {
+		t.Fatalf("mean α %.3f: too few merges to exercise the cap", none.MeanAlpha)
+	}
+	if !(tight.CR > 0 && tight.CR <= none.MeanAlpha) || tight.LM != none.LM {
+		t.Fatalf("cap 1.0001: CR loss %g (want in (0, mean α %g]), LM %g vs %g", tight.CR, none.MeanAlpha, tight.LM, none.LM)
+	}
+	const wk = "model.layers.0.self_attn.k_proj.weight"
+	D, ch := c.HeadDim(), cfg.Channel(c.HeadDim())
+	diff := 0.0
+	for _, i := range decisionRows(c.NKVHeads, ch, D, c.Dim, rng, c.NKVHeads*c.Dim) {
+		diff = max(diff, math.Abs(gTight[wk][i]-gNone[wk][i]))
+	}
+	if !(diff > 0) {
+		t.Errorf("the cap term changed no gradient of the decision rows of %s", wk)
+	}
+	if _, err := New64(p, cfg, B, T, Options[float64]{HeadCRCap: 0.5}); err == nil {
+		t.Error("a cap below 1 was accepted")
+	}
+}
+
 // TestCRGradientIsStraightThrough checks the CR term: its value is the hinge of the hard mean,
 // and its gradient is that of the same hinge with the soft decisions α̃ in place of the hard ones
 // (the straight-through estimator), computed by central differences of the dmc package's

@@ -91,7 +91,11 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 
 	embed := P("model.embed_tokens.weight")
 	x := must(ops.Embedding(embed, ids))
-	var counts *G.Node
+	var counts, capSum *G.Node
+	capAlpha := 0.0 // α_cap = 1 − 1/HeadCRCap; 0: no per-head cap
+	if e.opt.HeadCRCap > 0 {
+		capAlpha = 1 - 1/e.opt.HeadCRCap
+	}
 	for l := 0; l < c.NLayers; l++ {
 		pre := fmt.Sprintf("model.layers.%d.", l)
 		xn := must(ops.RMSNorm(x, P(pre+"input_layernorm.weight"), c.NormEps))
@@ -116,6 +120,16 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 				counts = cnt
 			} else {
 				counts = must(G.Add(counts, cnt))
+			}
+			if capAlpha > 0 {
+				// this layer's heads: mean_{b,h} max(0, ᾱ_{b,h} − α_cap)
+				rate := must(G.Mul(must(ops.DMCHeadCount(alpha, Tn)), G.NewConstant(T(1/float64(Tn)), G.WithName("inv_len"))))
+				over := must(G.Mean(must(G.Rectify(must(G.Sub(rate, G.NewConstant(T(capAlpha), G.WithName("alpha_cap"))))))))
+				if capSum == nil {
+					capSum = over
+				} else {
+					capSum = must(G.Add(capSum, over))
+				}
 			}
 		} else {
 			qr := must(ops.RoPE(q, v.chScale, ropeQ))
@@ -158,6 +172,9 @@ func (e *Exec[T]) build(useDMC bool) (*variant[T], error) {
 		abar := must(G.Mul(counts, G.NewConstant(T(1/float64(c.NLayers*Hkv*Tn)), G.WithName("inv_count"))))
 		hinge := must(G.Rectify(must(G.Sub(v.alphaStar, abar))))
 		lcr := must(G.Mean(hinge))
+		if capSum != nil {
+			lcr = must(G.Add(lcr, must(G.Mul(capSum, G.NewConstant(T(1/float64(c.NLayers)), G.WithName("inv_layers"))))))
+		}
 		loss = must(G.Add(loss, must(G.Mul(v.crWeight, lcr))))
 		meanAlpha := must(G.Mean(abar))
 		pr.CR, pr.MeanAlpha = lcr, meanAlpha

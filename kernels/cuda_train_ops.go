@@ -415,6 +415,22 @@ func (t *TrainDevice) DMCHardCountBackward(dA, g *DevBuf, B, per int) error {
 	return t.launch1D("tr_dmc_hardcount_bwd", int64(B*per), new(args).p(dA.ptr).p(g.ptr).i64(int64(B*per)).i(per))
 }
 
+// DMCHeadCount writes count[b·H + h] = #{t : α[(b·T + t)·H + h] > 0.5} for α [B·T, H].
+func (t *TrainDevice) DMCHeadCount(count, alpha *DevBuf, B, T, H int) error {
+	if err := needAll("DMCHeadCount", func() error { return need("", "count", count, F32, B*H) }, func() error { return need("", "alpha", alpha, F32, B*T*H) }); err != nil {
+		return err
+	}
+	return t.launch("tr_dmc_headcount", dim3{x: B * H}, rowBlock(T), 0, new(args).p(count.ptr).p(alpha.ptr).i(T).i(H))
+}
+
+// DMCHeadCountBackward writes dα[(b·T + t)·H + h] = g[b·H + h] (straight-through).
+func (t *TrainDevice) DMCHeadCountBackward(dA, g *DevBuf, B, T, H int) error {
+	if err := needAll("DMCHeadCountBackward", func() error { return need("", "dalpha", dA, F32, B*T*H) }, func() error { return need("", "g", g, F32, B*H) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_dmc_headcount_bwd", int64(B*T*H), new(args).p(dA.ptr).p(g.ptr).i64(int64(B*T*H)).i(T).i(H))
+}
+
 // mergeWarps is the number of rows (one warp each) of a DMC merge block.
 const mergeWarps = 8
 

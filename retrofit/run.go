@@ -184,7 +184,7 @@ func Run(ctx context.Context, spec Spec, progress io.Writer) (_ *Result, err err
 	if recipe.DistillWeight > 0 {
 		teacher = w
 	}
-	g, err := graph.NewExec(w, dc, recipe.MicroBatchSize(), recipe.SeqLen, graph.Options[float32]{Teacher: teacher})
+	g, err := graph.NewExec(w, dc, recipe.MicroBatchSize(), recipe.SeqLen, graph.Options[float32]{Teacher: teacher, HeadCRCap: recipe.HeadCRCap})
 	if err != nil {
 		return nil, err
 	}

@@ -75,6 +75,10 @@ type Recipe struct {
 	AutoChannel  bool    `yaml:"auto_channel"`
 	AutoOffset   bool    `yaml:"auto_offset"`
 	CRLossWeight float64 `yaml:"cr_loss_weight"` // λ
+	// HeadCRCap, when > 0, adds to the CR loss (same λ) a hinge on every KV head's merge rate
+	// per sequence above 1 − 1/head_cr_cap, so that no head compresses beyond the cap (without
+	// it some heads merge nearly every token). 0: off (the reference).
+	HeadCRCap float64 `yaml:"head_cr_cap"`
 	// DistillWeight β replaces part of the LM loss by distillation from the original model:
 	// L_LM = (1−β)·CE + β·KL(original ‖ model), in every stage and in control runs too. 0 is
 	// the reference (plain CE); DMS (arXiv 2506.05345) retrofits with β = 1.
@@ -263,6 +267,9 @@ func (r *Recipe) Validate() error {
 	}
 	if !(r.LR > 0) || math.IsInf(r.LR, 0) {
 		bad("lr must be > 0, got %g", r.LR)
+	}
+	if h := r.HeadCRCap; h != 0 && !(h >= r.TargetCR && h > 1 && !math.IsInf(h, 0)) {
+		bad("head_cr_cap must be 0 (off) or a finite compression rate of at least target_cr (%g), got %g", r.TargetCR, h)
 	}
 	if r.FineTuneDecisions != DecisionsSoft && r.FineTuneDecisions != DecisionsHard {
 		bad("fine_tune_decisions must be %q (the reference) or %q (straight-through hard decisions in stage 3), got %q", DecisionsSoft, DecisionsHard, r.FineTuneDecisions)

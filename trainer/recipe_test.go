@@ -76,6 +76,7 @@ func TestRecipeErrors(t *testing.T) {
 		{"bad mode", "mode: vanilla\n", `mode must be "dmc" or "control"`},
 		{"bad schedule", "lr_schedule: linear\n", "lr_schedule must be"},
 		{"bad fine-tune decisions", "fine_tune_decisions: gumbel\n", "fine_tune_decisions must be"},
+		{"head cap below the target", "target_cr: 4\nhead_cr_cap: 2\n", "head_cr_cap must be 0 (off)"},
 		{"ramp longer than stage 2", "ramp_steps: 50\nretrofit_steps: 10\n", "retrofit_steps (10) must be ≥ ramp_steps (50)"},
 		{"no steps", "target_cr: 1\nzero_out_steps: 0\nfine_tune_steps: 0\n", "the recipe has no steps"},
 		{"wrong type", "seq_len: long\n", "cannot unmarshal"},

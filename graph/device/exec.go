@@ -850,11 +850,19 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 	case ops.KindHardCount:
 		rows, H := dims(in[0])
 		T := ins.info.SeqLen
-		err = d.DMCHardCount(out, in[0].buf, rows/T, T*H)
+		if ins.info.PerHead {
+			err = d.DMCHeadCount(out, in[0].buf, rows/T, T, H)
+		} else {
+			err = d.DMCHardCount(out, in[0].buf, rows/T, T*H)
+		}
 	case ops.KindHardCountGrad:
 		rows, H := dims(in[0])
 		T := ins.info.SeqLen
-		err = d.DMCHardCountBackward(out, in[1].buf, rows/T, T*H)
+		if ins.info.PerHead {
+			err = d.DMCHeadCountBackward(out, in[1].buf, rows/T, T, H)
+		} else {
+			err = d.DMCHardCountBackward(out, in[1].buf, rows/T, T*H)
+		}
 	default:
 		err = fmt.Errorf("no device kernel for %s", ins.info.Kind)
 	}

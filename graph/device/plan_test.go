@@ -47,7 +47,11 @@ func TestPlanCoversEveryVariant(t *testing.T) {
 			if !teacher {
 				tw = nil
 			}
-			g, err := graph.NewExec(w, dc, 2, 16, graph.Options[float32]{Teacher: tw})
+			headCap := 0.0 // the per-head CR cap's loss terms, in half the variants
+			if tie != teacher {
+				headCap = 16
+			}
+			g, err := graph.NewExec(w, dc, 2, 16, graph.Options[float32]{Teacher: tw, HeadCRCap: headCap})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -58,7 +62,7 @@ func TestPlanCoversEveryVariant(t *testing.T) {
 				}
 				for _, backward := range []bool{false, true} {
 					for _, fp32 := range []bool{false, true} {
-						name := fmt.Sprintf("tie=%t teacher=%t dmc=%t backward=%t fp32=%t", tie, teacher, useDMC, backward, fp32)
+						name := fmt.Sprintf("tie=%t teacher=%t cap=%g dmc=%t backward=%t fp32=%t", tie, teacher, headCap, useDMC, backward, fp32)
 						s, err := compileWith(p, backward, !backward, fp32, nil)
 						if err != nil {
 							t.Fatalf("%s: %v", name, err)

@@ -600,6 +600,18 @@ func (s *convSuite) testHardCount(t *testing.T) {
 		tag := fmt.Sprintf("B%d T%d H%d", sh.B, sh.T, sh.H)
 		s.check("DMCHardCount.count "+tag, s.down(gc), cnt, 0)
 		s.check("DMCHardCount.dalpha "+tag, s.down(gdA), dA, 0)
+		// per (sequence, head): DMCHeadCount
+		nh := sh.B * sh.H
+		gh := s.normals(nh, 1, 0)
+		hc, hdA := make([]float64, nh), make([]float64, len(alpha))
+		hardCountKernel(hardCountOp{T: sh.T, perHead: true}, hc, to64(alpha), sh.H, nil)
+		ghv := tensor.New(tensor.WithShape(nh+1), tensor.WithBacking(append(to64(gh), 0)))
+		hardCountKernel(hardCountOp{T: sh.T, back: true, perHead: true}, hdA, to64(alpha), sh.H, []G.Value{nil, ghv})
+		ghc, ghdA := s.out(nh), s.out(len(alpha))
+		s.ok(s.dev.DMCHeadCount(ghc, s.up(alpha), sh.B, sh.T, sh.H))
+		s.ok(s.dev.DMCHeadCountBackward(ghdA, s.up(gh), sh.B, sh.T, sh.H))
+		s.check("DMCHeadCount.count "+tag, s.down(ghc), hc, 0)
+		s.check("DMCHeadCount.dalpha "+tag, s.down(ghdA), hdA, 0)
 	}
 }
 

@@ -62,6 +62,7 @@ type OpInfo struct {
 	DMC     DMCSpec  // DMCDecide*, DMCImportance*, DMCMerge*
 	Attn    AttnSpec // Attention*
 	SeqLen  int      // HardCount*
+	PerHead bool     // HardCount*: counts per (sequence, KV head)
 	Vocab   int      // EmbeddingDW
 	Offset  int      // Unpack: first element of the segment
 	Shape   []int    // Unpack: the segment's shape
@@ -114,7 +115,7 @@ func Describe(op G.Op) (OpInfo, bool) {
 	case attnOp:
 		return OpInfo{Kind: pick(k.back, KindAttentionGrad, KindAttention), Attn: k.s}, true
 	case hardCountOp:
-		return OpInfo{Kind: pick(k.back, KindHardCountGrad, KindHardCount), SeqLen: k.T}, true
+		return OpInfo{Kind: pick(k.back, KindHardCountGrad, KindHardCount), SeqLen: k.T, PerHead: k.perHead}, true
 	case unpack:
 		return OpInfo{Kind: KindUnpack, Offset: k.off, Shape: append([]int(nil), k.outDim...)}, true
 	}

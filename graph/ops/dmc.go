@@ -410,15 +410,24 @@ func mergeKernel[T Float](o mergeOp, out, x, alpha, omega, dy []T) {
 // 1[α > 0.5] over positions and heads; its gradient is the straight-through estimator
 // (1[α̃>0.5] − stopgrad(α̃) + α̃): the count's gradient flows to every α unchanged.
 func DMCHardCount(alpha *G.Node, seqLen int) (*G.Node, error) {
-	return apply(hardCountOp{seqLen, false}, alpha)
+	return apply(hardCountOp{T: seqLen}, alpha)
+}
+
+// DMCHeadCount is DMCHardCount per sequence and KV head: counts [B·Hkv] (element b·Hkv + h)
+// of 1[α > 0.5] over the positions, with the same straight-through gradient.
+func DMCHeadCount(alpha *G.Node, seqLen int) (*G.Node, error) {
+	return apply(hardCountOp{T: seqLen, perHead: true}, alpha)
 }
 
 type hardCountOp struct {
-	T    int
-	back bool // backward: inputs (α, g [B]) → dα
+	T       int
+	back    bool // backward: inputs (α, g) → dα
+	perHead bool // counts per (sequence, head) instead of per sequence
 }
 
-func (o hardCountOp) key() string { return fmt.Sprintf("DMCHardCount{T=%d,back=%t}", o.T, o.back) }
+func (o hardCountOp) key() string {
+	return fmt.Sprintf("DMCHardCount{T=%d,back=%t,perHead=%t}", o.T, o.back, o.perHead)
+}
 func (o hardCountOp) signature() ([]arg, arg) {
 	if o.back {
 		return []arg{matArg, vecArg}, matArg
@@ -433,6 +442,9 @@ func (o hardCountOp) shape(in []tensor.Shape) (tensor.Shape, error) {
 	if o.back {
 		return in[0].Clone(), nil
 	}
+	if o.perHead {
+		return tensor.Shape{in[0][0] / o.T * in[0][1]}, nil
+	}
 	return tensor.Shape{in[0][0] / o.T}, nil
 }
 func (o hardCountOp) exec(out *tensor.Dense, in []G.Value) (float64, error) {
@@ -445,7 +457,7 @@ func (o hardCountOp) exec(out *tensor.Dense, in []G.Value) (float64, error) {
 	return 0, nil
 }
 func (o hardCountOp) grad(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
-	d, err := apply(hardCountOp{o.T, true}, in[0], g)
+	d, err := apply(hardCountOp{T: o.T, back: true, perHead: o.perHead}, in[0], g)
 	if err != nil {
 		return nil, err
 	}
@@ -454,17 +466,22 @@ func (o hardCountOp) grad(in G.Nodes, _, g *G.Node) (G.Nodes, error) {
 
 func hardCountKernel[T Float](o hardCountOp, out, alpha []T, H int, in []G.Value) {
 	per := o.T * H
+	// bucket is the count element α[i] adds to: its sequence, or its (sequence, head).
+	bucket := func(i int) int { return i / per }
+	if o.perHead {
+		bucket = func(i int) int { return i/per*H + i%H }
+	}
 	if o.back {
 		g := data[T](in[1])
 		for i := range out {
-			out[i] = g[i/per]
+			out[i] = g[bucket(i)]
 		}
 		return
 	}
 	clear(out)
 	for i, a := range alpha {
 		if a > 0.5 {
-			out[i/per]++
+			out[bucket(i)]++
 		}
 	}
 }

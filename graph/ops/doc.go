@@ -35,6 +35,7 @@
 //	                  → o [N,Hq·D]: causal GQA softmax(q·kᵀ/√D + M)·v,  (recomputes the probabilities per (b, KV head);
 //	                  M_ij = log(1−α_{j+1}) for j < i when masked        dα uses e^{s_ij−m_i}/L_i, never ÷(1−α))
 //	DMCHardCount(T)   α [N,Hkv] → [B] count of α > 0.5 per sequence  α, g [B] → dα = g[b] (straight-through estimator)
+//	DMCHeadCount(T)   α [N,Hkv] → [B·Hkv] count per (sequence, head)  α, g [B·Hkv] → dα[n,h] = g[b·Hkv + h]
 //	Unpack            packed [n] → one segment, reshaped            (backward only; splits packed gradients)
 //
 // Kernels: Linear runs one GEMM through gonum's blas32/blas64, or, when a single-threaded BLAS

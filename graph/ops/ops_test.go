@@ -538,6 +538,29 @@ func TestDMCDecideStraightThrough(t *testing.T) {
 	}
 }
 
+func TestDMCHeadCountStraightThrough(t *testing.T) {
+	B, T, H := 2, 3, 2
+	// rows n = b·T + t, columns h; > 0.5 counts (0.5 itself does not)
+	alpha := []float64{0, 0.1, 0.7, 0.4, 0.9, 0.6, 0.2, 0.51, 0.49, 1, 0, 0.5}
+	ins := []input{{name: "alpha", shape: []int{B * T, H}, vals: alpha, diff: true}}
+	build := func(in []*G.Node) (*G.Node, error) { return DMCHeadCount(in[0], T) }
+	got := forward(t, ins, build)
+	assertClose(t, "head count", got, []float64{2, 1, 0, 2}, 0) // (b0,h0) (b0,h1) (b1,h0) (b1,h1)
+	gr := buildGraph(t, newRNG(3), ins, build, true)
+	gr.run(t)
+	g := gr.grads[0].Data().([]float64)
+	for n := 0; n < B*T; n++ {
+		for h := 0; h < H; h++ {
+			if want := g[(n/T)*T*H+h]; g[n*H+h] != want || want == 0 {
+				t.Fatalf("straight-through gradient %v is not g[b·H + h]", g)
+			}
+		}
+	}
+	if g[0] == g[1] || g[0] == g[T*H] {
+		t.Fatalf("gradients of different (sequence, head) counts should differ: %v", g)
+	}
+}
+
 // Hash-consing must not merge ops that differ in a parameter.
 func TestDistinctParamsAreDistinctNodes(t *testing.T) {
 	g := G.NewGraph()

@@ -401,6 +401,21 @@ __global__ void tr_dmc_hardcount_bwd(float* dA, const float* g, long long n, int
   GRID_STRIDE(i, n) dA[i] = g[i / per];
 }
 
+// count[b·H + h] = #{t : α[(b·T + t)·H + h] > 0.5}: one block per (sequence, head).
+__global__ void tr_dmc_headcount(float* count, const float* alpha, int T, int H) {
+  __shared__ float sh[32];
+  const int b = blockIdx.x / H, h = blockIdx.x % H;
+  const float* a = alpha + (long long)b * T * H + h;
+  float c = 0.f;  // exact, as tr_dmc_hardcount
+  for (int t = threadIdx.x; t < T; t += blockDim.x) c += a[(long long)t * H] > 0.5f ? 1.f : 0.f;
+  c = block_sum(c, sh);
+  if (threadIdx.x == 0) count[blockIdx.x] = c;
+}
+
+__global__ void tr_dmc_headcount_bwd(float* dA, const float* g, long long n, int T, int H) {
+  GRID_STRIDE(i, n) dA[i] = g[i / ((long long)T * H) * H + i % H];
+}
+
 // ---- DMC merge -------------------------------------------------------------------------------
 // x̃_i = Σ_{j=lo..i} c_ij ω_j x_j / Σ c_ij ω_j, c_ij = Π_{m=j+1..i} α_m, lo = max(0, i−W+1) (0 for
 // W = 0). One warp per row i (blockDim = 32·warps, grid (ceil(T/warps), B·H)); lane l holds
