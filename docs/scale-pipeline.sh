@@ -53,7 +53,8 @@ EVAL_EVERY=${EVAL_EVERY:-100}
 # evaluates the calibrated exports (crN-export) next to the runs.
 CALIBRATE=${CALIBRATE:-0}
 # FT_DECISIONS=hard trains the DMC runs' stage 3 on the hard decisions of inference
-# (fine_tune_decisions: hard, straight-through gradients); soft is the reference.
+# (fine_tune_decisions: hard, straight-through gradients), =anneal shrinks its noise to none;
+# soft is the reference.
 FT_DECISIONS=${FT_DECISIONS:-soft}
 # DMC_SET: more --set overrides for the DMC runs only, e.g. DMC_SET="head_cr_cap=16 window=8".
 DMC_SET=${DMC_SET:-}

@@ -474,6 +474,37 @@ func TestHeadCRCap(t *testing.T) {
 	}
 }
 
+// NoiseDamping scales the noise by 1 − d before the rounding (d = 1: none); values outside
+// [0, 1] are refused.
+func TestNoiseDamping(t *testing.T) {
+	p, cfg := tinyModel(t, model.RoPEHalf, false)
+	const B, T = 2, 7
+	g, err := New64(p, cfg, B, T, Options[float64]{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := B * T * p.Config.NKVHeads
+	full, damped, none := make([]float64, n), make([]float64, n), make([]float64, n)
+	sc := StepContext{Seed: 5, Step: 2, DMC: true, ZeroOut: 1}
+	g.NoiseInto(full, sc, 1)
+	sc.NoiseDamping = 0.25
+	g.NoiseInto(damped, sc, 1)
+	sc.NoiseDamping = 1
+	g.NoiseInto(none, sc, 1)
+	for i := range full {
+		if damped[i] != 0.75*full[i] || none[i] != 0 || full[i] == 0 {
+			t.Fatalf("element %d: full %g, damped %g (want %g), none %g", i, full[i], damped[i], 0.75*full[i], none[i])
+		}
+	}
+	rng := rand.New(rand.NewPCG(2, 2))
+	batch := makeBatch([][]int{randTokens(rng, T, p.Config.VocabSize), randTokens(rng, T, p.Config.VocabSize)})
+	for _, d := range []float64{-0.1, 1.5, math.NaN()} {
+		if _, err := g.Forward(batch, StepContext{DMC: true, ZeroOut: 1, NoiseDamping: d}); err == nil {
+			t.Errorf("noise damping %g was accepted", d)
+		}
+	}
+}
+
 // TestCRGradientIsStraightThrough checks the CR term: its value is the hinge of the hard mean,
 // and its gradient is that of the same hinge with the soft decisions α̃ in place of the hard ones
 // (the straight-through estimator), computed by central differences of the dmc package's

@@ -101,6 +101,9 @@ func (e *Exec[T]) Inputs(b Batch, sc StepContext) (Inputs, error) {
 	case sc.StraightThrough:
 		in.Hard = float64(ops.DecideStraightThrough)
 	}
+	if d := sc.NoiseDamping; !(d >= 0 && d <= 1) {
+		return Inputs{}, fmt.Errorf("graph: noise damping %g is outside [0, 1]", d)
+	}
 	if sc.DistillWeight != 0 && e.teacher == nil {
 		return Inputs{}, errors.New("graph: a distillation weight was given but the graph has no teacher (Options.Teacher)")
 	}
@@ -123,14 +126,20 @@ func (e *Exec[T]) NoiseKey(sc StepContext, l int) dmc.NoiseKey {
 
 // NoiseInto writes layer l's Gumbel noise of the step context into dst [B·T, Hkv] (row
 // b·T + t, column h), from dmc.NoiseKey exactly as Step does.
+// The noise is scaled by 1 − sc.NoiseDamping in float64 before the rounding to T, as the
+// device kernel does.
 func (e *Exec[T]) NoiseInto(dst []T, sc StepContext, l int) {
 	Hkv, B, Tn := e.cfg.NKVHeads, e.B, e.T
+	scale := NoiseScale(sc)
 	e.NoiseKey(sc, l).Fill(e.noise) // element (b·Hkv + h)·T + t
 	for b := 0; b < B; b++ {
 		for h := 0; h < Hkv; h++ {
 			for t := 0; t < Tn; t++ {
-				dst[(b*Tn+t)*Hkv+h] = T(e.noise[(b*Hkv+h)*Tn+t])
+				dst[(b*Tn+t)*Hkv+h] = T(scale * e.noise[(b*Hkv+h)*Tn+t])
 			}
 		}
 	}
 }
+
+// NoiseScale is the factor of the step's Gumbel noise, 1 − sc.NoiseDamping.
+func NoiseScale(sc StepContext) float64 { return 1 - sc.NoiseDamping }

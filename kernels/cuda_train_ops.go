@@ -492,12 +492,12 @@ func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, 
 
 // LogisticNoise writes the Gumbel-sigmoid noise of one layer, dst [B·T, Hkv] (row b·T + t,
 // column h), from a dmc.NoiseKey's SplitMix64 state, as dmc.NoiseKey.Fill and
-// graph.Exec.NoiseInto lay it out (float64 arithmetic, rounded to fp32).
-func (t *TrainDevice) LogisticNoise(dst *DevBuf, state uint64, B, T, Hkv int) error {
+// graph.Exec.NoiseInto lay it out (float64 arithmetic, scaled by scale, rounded to fp32).
+func (t *TrainDevice) LogisticNoise(dst *DevBuf, state uint64, B, T, Hkv int, scale float64) error {
 	if err := needAll("LogisticNoise", func() error { return need("", "dst", dst, F32, B*T*Hkv) }); err != nil {
 		return err
 	}
-	return t.launch1D("tr_noise", int64(B*T*Hkv), new(args).p(dst.ptr).i64(int64(state)).i(B).i(T).i(Hkv))
+	return t.launch1D("tr_noise", int64(B*T*Hkv), new(args).p(dst.ptr).i64(int64(state)).i(B).i(T).i(Hkv).f64(scale))
 }
 
 // ---- Attention

@@ -42,9 +42,10 @@ type Recipe struct {
 	RetrofitSteps    int     `yaml:"retrofit_steps"`      // stage 2 length; 0: ramp_steps
 	FineTuneSteps    int     `yaml:"fine_tune_steps"`     // stage 3 length
 	// FineTuneDecisions is how stage 3 decides: soft (the reference: Gumbel-sigmoid with
-	// noise, as in stage 2) or hard (straight-through: the forward pass makes exactly the hard,
-	// noiseless decisions of inference, the backward pass takes the gradient of σ(a)), so that
-	// the model ends on what it will run with.
+	// noise, as in stage 2), hard (straight-through: the forward pass makes exactly the hard,
+	// noiseless decisions of inference, the backward pass takes the gradient of σ(a)) or anneal
+	// (soft decisions whose noise shrinks linearly to none at the last step: the decisions
+	// approach inference's while the gradients stay those of soft decisions).
 	FineTuneDecisions string `yaml:"fine_tune_decisions"`
 
 	// Batch: batch_size sequences of seq_len tokens per optimiser step, split into grad_accum
@@ -99,8 +100,9 @@ type Recipe struct {
 
 // The values of Recipe.FineTuneDecisions.
 const (
-	DecisionsSoft = "soft"
-	DecisionsHard = "hard"
+	DecisionsSoft   = "soft"
+	DecisionsHard   = "hard"
+	DecisionsAnneal = "anneal"
 )
 
 // The values of Recipe.Train.
@@ -271,8 +273,9 @@ func (r *Recipe) Validate() error {
 	if h := r.HeadCRCap; h != 0 && !(h >= r.TargetCR && h > 1 && !math.IsInf(h, 0)) {
 		bad("head_cr_cap must be 0 (off) or a finite compression rate of at least target_cr (%g), got %g", r.TargetCR, h)
 	}
-	if r.FineTuneDecisions != DecisionsSoft && r.FineTuneDecisions != DecisionsHard {
-		bad("fine_tune_decisions must be %q (the reference) or %q (straight-through hard decisions in stage 3), got %q", DecisionsSoft, DecisionsHard, r.FineTuneDecisions)
+	if r.FineTuneDecisions != DecisionsSoft && r.FineTuneDecisions != DecisionsHard && r.FineTuneDecisions != DecisionsAnneal {
+		bad("fine_tune_decisions must be %q (the reference), %q (straight-through hard decisions in stage 3) or %q (the noise annealed away over stage 3), got %q",
+			DecisionsSoft, DecisionsHard, DecisionsAnneal, r.FineTuneDecisions)
 	}
 	if r.LRSchedule != LRStages && r.LRSchedule != LRConstant && r.LRSchedule != LRCosine {
 		bad("lr_schedule must be %q, %q or %q, got %q", LRStages, LRConstant, LRCosine, r.LRSchedule)

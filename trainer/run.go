@@ -401,8 +401,11 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 		}
 		n := float64(r.GradAccum)
 		stage := plan.Stage.String()
-		if plan.Context.StraightThrough {
+		switch {
+		case plan.Context.StraightThrough:
 			stage += "-hard" // straight-through hard decisions (fine_tune_decisions: hard)
+		case r.FineTuneDecisions == DecisionsAnneal && plan.Stage == StageFineTune && r.Mode != ModeControl:
+			stage += "-anneal" // the noise shrinking to none (fine_tune_decisions: anneal)
 		}
 		if r.Mode == ModeControl {
 			stage = ModeControl // no DMC stages in a control run

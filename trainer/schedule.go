@@ -60,6 +60,15 @@ func (r *Recipe) ZeroOutAt(s int) float64 {
 // CRAt is the target CR at step s2 of stage 2: 1 + (CR_t − 1)·min(1, s2/S_ramp).
 func (r *Recipe) CRAt(s2 int) float64 { return dmc.TargetCR(s2, r.Ramp(), r.TargetCR) }
 
+// NoiseDampingAt is fine_tune_decisions: anneal's damping at step i of stage 3: linear from 0
+// at its first step to 1 (no noise) at its last.
+func (r *Recipe) NoiseDampingAt(i int) float64 {
+	if r.FineTuneSteps <= 1 {
+		return 1
+	}
+	return math.Min(1, float64(i)/float64(r.FineTuneSteps-1))
+}
+
 // LRAt is the learning rate of step s: linear warmup over warmup_steps (the first step gets
 // lr/warmup), then per lr_schedule: "constant"; "cosine" from the end of warmup to the last
 // step; "stages" constant through stages 1-2 and cosine over stage 3. Cosine decays reach
@@ -108,6 +117,9 @@ func (r *Recipe) PlanAt(s int) Plan {
 	case StageFineTune:
 		p.TargetCR = r.TargetCR
 		p.Context.StraightThrough = r.FineTuneDecisions == DecisionsHard
+		if r.FineTuneDecisions == DecisionsAnneal {
+			p.Context.NoiseDamping = r.NoiseDampingAt(i)
+		}
 	}
 	if stage != StageZeroOut {
 		p.Context.DMC = true // the DMC graph removes the decision channel itself; ZeroOut stays 1

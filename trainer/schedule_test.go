@@ -131,3 +131,21 @@ func TestFineTuneDecisionsHardIsStraightThroughInStage3Only(t *testing.T) {
 		}
 	}
 }
+
+func TestFineTuneDecisionsAnnealDampsTheNoiseOverStage3(t *testing.T) {
+	r := scheduleRecipe() // stage 3: steps 35..45 (11 steps)
+	r.FineTuneDecisions = DecisionsAnneal
+	for _, tc := range []struct {
+		step int
+		want float64
+	}{{0, 0}, {20, 0}, {34, 0}, {35, 0}, {40, 0.5}, {45, 1}} {
+		c := r.PlanAt(tc.step).Context
+		if math.Abs(c.NoiseDamping-tc.want) > 1e-12 || c.StraightThrough || c.Hard {
+			t.Errorf("step %d: damping %v (straight-through %v, hard %v), want %v", tc.step, c.NoiseDamping, c.StraightThrough, c.Hard, tc.want)
+		}
+	}
+	r.Mode = ModeControl
+	if d := r.PlanAt(45).Context.NoiseDamping; d != 0 {
+		t.Errorf("control run: damping %v, want 0", d)
+	}
+}

@@ -472,7 +472,8 @@ func TestTrainingRunMatchesCPU(t *testing.T) {
 	t.Logf("LM loss at the last step: CPU %.6f, GPU %.6f", cpu[len(cpu)-1], gpu[len(gpu)-1])
 }
 
-// The device draws the Gumbel noise the host would (graph.Exec.NoiseInto, dmc.NoiseKey).
+// The device draws the Gumbel noise the host would (graph.Exec.NoiseInto, dmc.NoiseKey), at
+// full strength and damped (fine_tune_decisions: anneal).
 func TestNoiseMatchesHost(t *testing.T) {
 	dev, err := kernels.OpenTrain(0)
 	if err != nil {
@@ -484,7 +485,7 @@ func TestNoiseMatchesHost(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sc := graph.StepContext{Seed: 9, Step: 11, MicroBatch: 2}
+		sc := graph.StepContext{Seed: 9, Step: 11, MicroBatch: 2, NoiseDamping: []float64{0, 0.3, 1}[sh.B-1]}
 		Hkv := w.Config.NKVHeads
 		host, got := make([]float32, sh.B*sh.T*Hkv), make([]float32, sh.B*sh.T*Hkv)
 		buf, err := dev.Alloc(kernels.F32, len(got))
@@ -493,7 +494,7 @@ func TestNoiseMatchesHost(t *testing.T) {
 		}
 		for l := 0; l < 2; l++ {
 			e.NoiseInto(host, sc, l)
-			if err := dev.LogisticNoise(buf, e.NoiseKey(sc, l).State(), sh.B, sh.T, Hkv); err != nil {
+			if err := dev.LogisticNoise(buf, e.NoiseKey(sc, l).State(), sh.B, sh.T, Hkv, graph.NoiseScale(sc)); err != nil {
 				t.Fatal(err)
 			}
 			if err := buf.Download(got); err != nil {

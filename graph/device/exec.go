@@ -588,7 +588,7 @@ func (r *runner) exec(b step.Batch, sc step.Context, in graph.Inputs, backward b
 		// Drawn on the device from the same keys (the host loop cost ~9 ms a layer at 16K tokens).
 		for l := range s.noise {
 			state := r.g.NoiseKey(sc, l).State()
-			if err := r.dev.LogisticNoise(r.noise.Slice(l*s.noiseLen, s.noiseLen), state, b.BatchSize, b.SeqLen, r.cfg.NKVHeads); err != nil {
+			if err := r.dev.LogisticNoise(r.noise.Slice(l*s.noiseLen, s.noiseLen), state, b.BatchSize, b.SeqLen, r.cfg.NKVHeads, graph.NoiseScale(sc)); err != nil {
 				return step.Losses{}, err
 			}
 		}

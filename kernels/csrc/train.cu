@@ -583,7 +583,7 @@ __global__ void tr_dmc_merge_bwd_b(float* dx, float* dA, float* dW, const float*
 // ---- Gumbel noise ----------------------------------------------------------------------------
 // out[(b·T + t)·Hkv + h] = logistic noise of element i = (b·Hkv + h)·T + t of the stream whose
 // SplitMix64 state is given (dmc.NoiseKey: x_i = mix(state + (i+1)·γ), u = ((x>>11) + ½)·2⁻⁵³,
-// log u − log1p(−u) in float64).
+// log u − log1p(−u) in float64, times scale: 1 − the step's noise damping).
 __device__ __forceinline__ unsigned long long sm_mix(unsigned long long z) {
   z ^= z >> 30;
   z *= 0xbf58476d1ce4e5b9ULL;
@@ -592,7 +592,7 @@ __device__ __forceinline__ unsigned long long sm_mix(unsigned long long z) {
   return z ^ (z >> 31);
 }
 
-__global__ void tr_noise(float* out, unsigned long long state, int B, int T, int Hkv) {
+__global__ void tr_noise(float* out, unsigned long long state, int B, int T, int Hkv, double scale) {
   const long long n = (long long)B * T * Hkv;
   GRID_STRIDE(r, n) {
     const int h = (int)(r % Hkv);
@@ -601,7 +601,7 @@ __global__ void tr_noise(float* out, unsigned long long state, int B, int T, int
     const unsigned long long i = ((unsigned long long)b * Hkv + h) * T + t;
     const unsigned long long x = sm_mix(state + (i + 1) * 0x9e3779b97f4a7c15ULL);
     const double u = ((double)(x >> 11) + 0.5) * 0x1p-53;
-    out[r] = (float)(log(u) - log1p(-u));
+    out[r] = (float)(scale * (log(u) - log1p(-u)));
   }
 }
 

@@ -39,7 +39,12 @@ type Context struct {
 	// the gradient of σ(a), the merge probability under the training noise (the recipe's
 	// fine_tune_decisions: hard).
 	StraightThrough bool
-	CRWeight        float64 // λ of L = L_LM + λ·L_CR (0 when the CR loss is off)
+	// NoiseDamping scales the Gumbel noise of the soft decisions by 1 − NoiseDamping: 0 (the
+	// zero value) is the full noise, 1 none (the recipe's fine_tune_decisions: anneal ramps it
+	// from 0 to 1 over stage 3, so that training ends on nearly the decisions inference makes
+	// while every gradient stays that of a soft decision).
+	NoiseDamping float64
+	CRWeight     float64 // λ of L = L_LM + λ·L_CR (0 when the CR loss is off)
 	// DistillWeight β mixes the LM loss: (1−β)·cross-entropy + β·KL(teacher ‖ model), the
 	// teacher being the original model, run plain. 0 = plain cross-entropy.
 	DistillWeight float64
