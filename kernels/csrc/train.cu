@@ -1027,37 +1027,51 @@ __device__ __forceinline__ void fa_bfrag_t(uint32_t* b, const __nv_bfloat16* til
   fa_ldsm_t(b, tile + (k0 + (lane & 15)) * (D + 8) + n0 + (lane >> 4) * 8);
 }
 
+// The products below walk their (k, n) fragment pairs in one unrolled sequence and load the B
+// fragment FA_AHEAD steps ahead into a small register ring. The asm statements are volatile, so
+// they are emitted in source order: loading each fragment right before its mma (as a plain
+// nested loop does) serialises every ldmatrix latency with the tensor-core work (seen in the
+// SASS: each LDSM's registers consumed by the next HMMA).
+#define FA_AHEAD 3
+
 // s[NT][4] = A(16×D, fragments af) · Bᵀ for NT·8 rows of a [n][D] tile starting at row n0.
 template <int D, int NT>
 __device__ __forceinline__ void fa_scores(float (*s)[4], const uint32_t (*af)[4], const __nv_bfloat16* tile, int n0) {
+  constexpr int NP = NT / 2, L = (D / 16) * NP, P = L - 1 < FA_AHEAD ? L - 1 : FA_AHEAD;
+  uint32_t b[P + 1][4];
 #pragma unroll
   for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
 #pragma unroll
-  for (int kk = 0; kk < D / 16; kk++) {
+  for (int i = 0; i < P; i++) fa_bfrag<D>(b[i], tile, n0 + (i % NP) * 16, (i / NP) * 16);
 #pragma unroll
-    for (int np = 0; np < NT / 2; np++) {
-      uint32_t b[4];
-      fa_bfrag<D>(b, tile, n0 + np * 16, kk * 16);
-      fa_mma(s[2 * np], af[kk], b[0], b[1]);
-      fa_mma(s[2 * np + 1], af[kk], b[2], b[3]);
-    }
+  for (int i = 0; i < L; i++) {
+    if (i + P < L) fa_bfrag<D>(b[(i + P) % (P + 1)], tile, n0 + ((i + P) % NP) * 16, ((i + P) / NP) * 16);
+    const uint32_t* f = b[i % (P + 1)];
+    fa_mma(s[2 * (i % NP)], af[i / NP], f[0], f[1]);
+    fa_mma(s[2 * (i % NP) + 1], af[i / NP], f[2], f[3]);
   }
 }
 
 // acc[D/8][4] += P(16×KT·16, as score fragments p) · tile rows [KT·16][D] (stored [k][n]).
 template <int D, int KT>
 __device__ __forceinline__ void fa_pv(float (*acc)[4], const float (*p)[4], const __nv_bfloat16* tile) {
+  constexpr int NP = D / 16, L = KT * NP, P = L - 1 < FA_AHEAD ? L - 1 : FA_AHEAD;
+  uint32_t a[KT][4], b[P + 1][4];
 #pragma unroll
   for (int kk = 0; kk < KT; kk++) {
-    uint32_t a[4] = {fa_pack(p[2 * kk][0], p[2 * kk][1]), fa_pack(p[2 * kk][2], p[2 * kk][3]),
-                     fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]), fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3])};
+    a[kk][0] = fa_pack(p[2 * kk][0], p[2 * kk][1]);
+    a[kk][1] = fa_pack(p[2 * kk][2], p[2 * kk][3]);
+    a[kk][2] = fa_pack(p[2 * kk + 1][0], p[2 * kk + 1][1]);
+    a[kk][3] = fa_pack(p[2 * kk + 1][2], p[2 * kk + 1][3]);
+  }
 #pragma unroll
-    for (int np = 0; np < D / 16; np++) {
-      uint32_t b[4];
-      fa_bfrag_t<D>(b, tile, kk * 16, np * 16);
-      fa_mma(acc[2 * np], a, b[0], b[1]);
-      fa_mma(acc[2 * np + 1], a, b[2], b[3]);
-    }
+  for (int i = 0; i < P; i++) fa_bfrag_t<D>(b[i], tile, (i / NP) * 16, (i % NP) * 16);
+#pragma unroll
+  for (int i = 0; i < L; i++) {
+    if (i + P < L) fa_bfrag_t<D>(b[(i + P) % (P + 1)], tile, ((i + P) / NP) * 16, ((i + P) % NP) * 16);
+    const uint32_t* f = b[i % (P + 1)];
+    fa_mma(acc[2 * (i % NP)], a[i / NP], f[0], f[1]);
+    fa_mma(acc[2 * (i % NP) + 1], a[i / NP], f[2], f[3]);
   }
 }
 
