@@ -123,6 +123,7 @@ import (
 	_ "embed"
 	"fmt"
 	"math"
+	"os"
 	"sync"
 	"unsafe"
 )
@@ -144,6 +145,9 @@ type TrainDevice struct {
 	scratch map[string]*DevBuf
 	// NoLt forces cublasGemmEx instead of cuBLASLt (tests compare the two).
 	NoLt bool
+	// Attn16Rows runs the attention forward with 16 query rows per warp (tc_attn_fwd_*) instead
+	// of 32 (tc_attn_fwd2_*); DMC_ATTN_ROWS=16 sets it, for side-by-side measurements.
+	Attn16Rows bool
 }
 
 type trGemmKey struct{ ta, tb, m, n, k, lda, ldb, ldc int }
@@ -176,7 +180,8 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 	if C.tr_open(unsafe.Pointer(d.blas), lib, &msg[0], 512) != 0 {
 		return nil, fmt.Errorf("training kernels: %s", C.GoString(&msg[0]))
 	}
-	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{}}
+	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{},
+		Attn16Rows: os.Getenv("DMC_ATTN_ROWS") == "16"}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {

@@ -523,6 +523,9 @@ func (g AttnGeom) tc() bool {
 const (
 	tcRows    = 64
 	tcThreads = 128
+	// tcRows2: query rows per block of the forward with 32 rows per warp (tc_attn_fwd2_*, the
+	// default; TrainDevice.Attn16Rows selects the 16-row kernel).
+	tcRows2 = 128
 )
 
 // tcSmem returns the dynamic shared memory of the tensor-core kernels for head dimension D:
@@ -608,7 +611,13 @@ func (t *TrainDevice) AttentionForward(o, stats, q, k, v, alpha *DevBuf, g AttnG
 			return err
 		}
 		smem, _, _ := tcSmem(D)
-		return t.launch(fmt.Sprintf("tc_attn_fwd_%d", D), dim3{x: (g.SeqLen + tcRows - 1) / tcRows, y: Hq, z: rows / g.SeqLen}, tcThreads, smem,
+		name, perBlock := fmt.Sprintf("tc_attn_fwd2_%d", D), tcRows2
+		if t.Attn16Rows {
+			name, perBlock = fmt.Sprintf("tc_attn_fwd_%d", D), tcRows
+		} else {
+			smem += tcRows2 * (D + 8) * 2 // the Q tile's own buffer
+		}
+		return t.launch(name, dim3{x: (g.SeqLen + perBlock - 1) / perBlock, y: Hq, z: rows / g.SeqLen}, tcThreads, smem,
 			new(args).p(o.ptr).p(stats.ptr).p(q16.ptr).p(k16.ptr).p(v16.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).f(scale))
 	}
 	tpr, err := attnLanes(D)

@@ -780,7 +780,8 @@ func (s *convSuite) testAttention(t *testing.T) {
 		B, T, Hq, Hkv, D int
 		masked           bool
 	}{{2, 13, 8, 2, 16, true}, {1, 29, 4, 4, 8, false}, {3, 7, 4, 2, 4, true}, {1, 130, 16, 2, 64, true},
-		{2, 67, 4, 1, 128, false}, {1, 200, 4, 1, 128, true}, {2, 257, 2, 2, 8, true}, {1, 1, 2, 1, 8, true}} {
+		{2, 67, 4, 1, 128, false}, {1, 200, 4, 1, 128, true}, {2, 257, 2, 2, 8, true}, {1, 1, 2, 1, 8, true},
+		{2, 300, 4, 2, 32, true}} {
 		N := sh.B * sh.T
 		spec := AttnSpec{QHeads: sh.Hq, KVHeads: sh.Hkv, HeadD: sh.D, SeqLen: sh.T, Masked: sh.masked}
 		q, k, v := s.normals(N*sh.Hq*sh.D, 1, 0), s.normals(N*sh.Hkv*sh.D, 1, 0), s.normals(N*sh.Hkv*sh.D, 1, 0)
@@ -816,10 +817,14 @@ func (s *convSuite) testAttention(t *testing.T) {
 		if sh.masked {
 			ba, gdA = s.up(alpha), s.out(N*sh.Hkv)
 		}
-		for _, tc := range []bool{false, true} {
+		defer func(r bool) { s.dev.Attn16Rows = r }(s.dev.Attn16Rows)
+		// the exact fp32 kernels, then the tensor-core ones with 32 and with 16 query rows per warp
+		for variant := 0; variant < 3; variant++ {
+			tc := variant > 0
 			if tc && sh.D%16 != 0 {
 				continue
 			}
+			s.dev.Attn16Rows = variant == 2
 			g := kernels.AttnGeom{QHeads: sh.Hq, KVHeads: sh.Hkv, HeadD: sh.D, SeqLen: sh.T, TensorCores: tc}
 			if sh.masked {
 				gdA = s.out(N * sh.Hkv)
@@ -828,7 +833,7 @@ func (s *convSuite) testAttention(t *testing.T) {
 			gdq, gdk, gdv := s.out(N*sh.Hq*sh.D), s.out(N*sh.Hkv*sh.D), s.out(N*sh.Hkv*sh.D)
 			s.ok(s.dev.AttentionForward(o, stats, bq, bk, bv, ba, g, N))
 			s.ok(s.dev.AttentionBackward(gdq, gdk, gdv, gdA, bq, bk, bv, ba, o, stats, bdO, g, N))
-			tag := fmt.Sprintf("B%d T%d Hq%d Hkv%d D%d masked=%t tc=%t", sh.B, sh.T, sh.Hq, sh.Hkv, sh.D, sh.masked, tc)
+			tag := fmt.Sprintf("B%d T%d Hq%d Hkv%d D%d masked=%t tc=%t rows16=%t", sh.B, sh.T, sh.Hq, sh.Hkv, sh.D, sh.masked, tc, s.dev.Attn16Rows)
 			nq, nk := N*sh.Hq*sh.D, N*sh.Hkv*sh.D
 			tolAttn := 1e-5
 			if tc {

@@ -1217,6 +1217,183 @@ __device__ void fa_attn_fwd(float* o, float* stats, const __nv_bfloat16* q, cons
   }
 }
 
+// Forward with 32 query rows per warp (two m16 fragments sharing every K and V fragment, as
+// FlashAttention-2 does): grid (ceil(T/128), Hq, B), the longest blocks first. Q stays in its
+// own shared tile and its A fragments are reloaded per k-step (two per step, one step ahead),
+// which keeps the registers at ~230 for D = 128; K/V tiles of 64 keys double-buffered as in
+// fa_attn_fwd. Half the shared-memory reads per product of the 16-row kernel and twice the
+// independent accumulators. Dynamic smem (128 + 4·64)·(D+8) bf16 + 2·64 floats.
+#define FA_FWD2_BQ 128
+template <int D>
+__device__ void fa_attn_fwd2(float* o, float* stats, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
+                             const float* alpha, int T, int Hq, int Hkv, float scale) {
+  constexpr int SD = D + 8, BK = FA_FWD_BK, NT = BK / 8, NP = NT / 2, KK = D / 16, BQ = FA_FWD2_BQ;
+  extern __shared__ __align__(16) unsigned char fa_sm[];
+  __nv_bfloat16* Qs = reinterpret_cast<__nv_bfloat16*>(fa_sm);  // [BQ][SD]
+  __nv_bfloat16* buf = Qs + BQ * SD;                              // [2][K | V][BK][SD]
+  float* Lm = reinterpret_cast<float*>(buf + 4 * BK * SD);        // [2][BK]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane & 3;
+  const int nblk = (T + BQ - 1) / BQ, i0 = (nblk - 1 - (int)blockIdx.x) * BQ;
+  const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv);
+  const long long N = (long long)gridDim.z * T;
+  const long long qbase = (long long)b * T * Hq * D + (long long)h * D, kbase = (long long)b * T * Hkv * D + (long long)hk * D;
+  const int w0 = i0 + warp * 32;
+  const bool live = w0 < T;
+  const int iLast = min(T, i0 + BQ) - 1, wLast = min(T - 1, w0 + 31), ntiles = iLast / BK + 1;
+  auto issue = [&](int tile) {
+    __nv_bfloat16* Kt = buf + (tile & 1) * 2 * BK * SD;
+    const int j0 = tile * BK;
+    fa_stage<D>(Kt, k, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_stage<D>(Kt + BK * SD, v, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_commit();
+    if (threadIdx.x < BK) {
+      const int j = j0 + threadIdx.x;
+      Lm[(tile & 1) * BK + threadIdx.x] = j < T ? att_logm(alpha, b, j, T, Hkv, hk) * FA_LOG2E : 0.f;
+    }
+  };
+  fa_stage<D>(Qs, q, i0, BQ, T, (long long)Hq * D, qbase);
+  fa_commit();
+  issue(0);
+  float acc[2][D / 8][4];
+#pragma unroll
+  for (int m = 0; m < 2; m++)
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) acc[m][n][0] = acc[m][n][1] = acc[m][n][2] = acc[m][n][3] = 0.f;
+  float mr[2][2] = {{-INFINITY, -INFINITY}, {-INFINITY, -INFINITY}}, lr[2][2] = {{0.f, 0.f}, {0.f, 0.f}};
+  const float sl2 = scale * FA_LOG2E;
+  for (int tile = 0; tile < ntiles; tile++) {
+    if (tile + 1 < ntiles) {
+      issue(tile + 1);
+      fa_wait<1>();
+    } else {
+      fa_wait<0>();
+    }
+    __syncthreads();
+    const int j0 = tile * BK;
+    const __nv_bfloat16* Ks = buf + (tile & 1) * 2 * BK * SD;
+    const __nv_bfloat16* Vs = Ks + BK * SD;
+    const float* Lt = Lm + (tile & 1) * BK;
+    if (live && j0 <= wLast) {
+      float s[2][NT][4];
+      {  // S = Q·Kᵀ for both fragments: B fragments three steps ahead, A fragments one k-step ahead
+        constexpr int L = KK * NP, P = L - 1 < FA_AHEAD ? L - 1 : FA_AHEAD;
+        uint32_t bq[P + 1][4], aq[2][2][4];
+#pragma unroll
+        for (int m = 0; m < 2; m++)
+#pragma unroll
+          for (int n = 0; n < NT; n++) s[m][n][0] = s[m][n][1] = s[m][n][2] = s[m][n][3] = 0.f;
+        fa_afrag<D>(aq[0][0], Qs, warp * 32, 0);
+        fa_afrag<D>(aq[0][1], Qs, warp * 32 + 16, 0);
+#pragma unroll
+        for (int i = 0; i < P; i++) fa_bfrag<D>(bq[i], Ks, (i % NP) * 16, (i / NP) * 16);
+#pragma unroll
+        for (int i = 0; i < L; i++) {
+          const int kk = i / NP, np = i % NP;
+          if (np == 0 && kk + 1 < KK) {
+            fa_afrag<D>(aq[(kk + 1) & 1][0], Qs, warp * 32, (kk + 1) * 16);
+            fa_afrag<D>(aq[(kk + 1) & 1][1], Qs, warp * 32 + 16, (kk + 1) * 16);
+          }
+          if (i + P < L) fa_bfrag<D>(bq[(i + P) % (P + 1)], Ks, ((i + P) % NP) * 16, ((i + P) / NP) * 16);
+          const uint32_t* f = bq[i % (P + 1)];
+#pragma unroll
+          for (int m = 0; m < 2; m++) {
+            fa_mma(s[m][2 * np], aq[kk & 1][m], f[0], f[1]);
+            fa_mma(s[m][2 * np + 1], aq[kk & 1][m], f[2], f[3]);
+          }
+        }
+      }
+      const bool diag = j0 + BK - 1 >= w0;
+      float corr[2][2];
+#pragma unroll
+      for (int m = 0; m < 2; m++) {
+        const int ra = w0 + 16 * m + (lane >> 2), rb = ra + 8;
+        float mx[2] = {mr[m][0], mr[m][1]};
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb;
+            float x = s[m][n][e] * sl2;
+            if (diag) {
+              x = j < i ? x + Lt[col] : x;
+              if (j > i || j >= T) x = -INFINITY;
+            } else {
+              x += Lt[col];
+            }
+            s[m][n][e] = x;
+            mx[e >> 1] = fmaxf(mx[e >> 1], x);
+          }
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 1));
+          mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 2));
+          corr[m][r] = mx[r] == -INFINITY ? 1.f : exp2f(mr[m][r] - mx[r]);
+          mr[m][r] = mx[r];
+          lr[m][r] *= corr[m][r];
+        }
+#pragma unroll
+        for (int n = 0; n < NT; n++)
+#pragma unroll
+          for (int e = 0; e < 4; e++) {
+            float p = s[m][n][e] == -INFINITY ? 0.f : exp2f(s[m][n][e] - mx[e >> 1]);
+            s[m][n][e] = p;
+            lr[m][e >> 1] += p;
+          }
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+          acc[m][n][0] *= corr[m][0];
+          acc[m][n][1] *= corr[m][0];
+          acc[m][n][2] *= corr[m][1];
+          acc[m][n][3] *= corr[m][1];
+        }
+      }
+      {  // O += P·V, every V fragment used by both row fragments
+        constexpr int NPV = D / 16, KT = BK / 16, L = KT * NPV, P = L - 1 < FA_AHEAD ? L - 1 : FA_AHEAD;
+        uint32_t bv[P + 1][4];
+#pragma unroll
+        for (int i = 0; i < P; i++) fa_bfrag_t<D>(bv[i], Vs, (i / NPV) * 16, (i % NPV) * 16);
+#pragma unroll
+        for (int i = 0; i < L; i++) {
+          const int kk = i / NPV, np = i % NPV;
+          if (i + P < L) fa_bfrag_t<D>(bv[(i + P) % (P + 1)], Vs, ((i + P) / NPV) * 16, ((i + P) % NPV) * 16);
+          const uint32_t* f = bv[i % (P + 1)];
+#pragma unroll
+          for (int m = 0; m < 2; m++) {
+            const uint32_t a[4] = {fa_pack(s[m][2 * kk][0], s[m][2 * kk][1]), fa_pack(s[m][2 * kk][2], s[m][2 * kk][3]),
+                                   fa_pack(s[m][2 * kk + 1][0], s[m][2 * kk + 1][1]), fa_pack(s[m][2 * kk + 1][2], s[m][2 * kk + 1][3])};
+            fa_mma(acc[m][2 * np], a, f[0], f[1]);
+            fa_mma(acc[m][2 * np + 1], a, f[2], f[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // the buffer is refilled by the next iteration's issue
+  }
+  if (!live) return;
+#pragma unroll
+  for (int m = 0; m < 2; m++) {
+    const int r0 = w0 + 16 * m;
+    if (r0 >= T) break;
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+      lr[m][r] += __shfl_xor_sync(FULL, lr[m][r], 1);
+      lr[m][r] += __shfl_xor_sync(FULL, lr[m][r], 2);
+    }
+    fa_store<D>(o, acc[m], r0, T, (long long)Hq * D, qbase, 1.f / lr[m][0], 1.f / lr[m][1]);
+    if (t4 == 0) {
+#pragma unroll
+      for (int r = 0; r < 2; r++) {
+        const int row = r0 + (lane >> 2) + 8 * r;
+        if (row < T) {
+          long long rr = ((long long)b * T + row) * Hq + h;
+          stats[rr] = mr[m][r] * FA_LN2;
+          stats[N * Hq + rr] = (mr[m][r] + log2f(lr[m][r])) * FA_LN2;
+        }
+      }
+    }
+  }
+}
+
 // dq: grid (ceil(T/64), Hq, B); q and dO fragments stay in registers (staged through the
 // buffers), 32-key tiles of K and V double-buffered: dynamic smem 2·2·32·(D+8) bf16 (at least
 // the 2·64 staging rows) + 2·32 floats.
@@ -1436,6 +1613,11 @@ extern "C" {
                                                                 const __nv_bfloat16* k, const __nv_bfloat16* v,             \
                                                                 const float* alpha, int T, int Hq, int Hkv, float scale) {                                              \
     fa_attn_fwd<D>(o, stats, q, k, v, alpha, T, Hq, Hkv, scale);                                                           \
+  }                                                                                                                        \
+  __global__ void __launch_bounds__(FA_THREADS) tc_attn_fwd2_##D(float* o, float* stats, const __nv_bfloat16* q,           \
+                                                                 const __nv_bfloat16* k, const __nv_bfloat16* v,            \
+                                                                 const float* alpha, int T, int Hq, int Hkv, float scale) { \
+    fa_attn_fwd2<D>(o, stats, q, k, v, alpha, T, Hq, Hkv, scale);                                                          \
   }                                                                                                                        \
   __global__ void __launch_bounds__(FA_THREADS)                                                                            \
       tc_attn_bwd_q_##D(float* dq, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,                \
