@@ -52,10 +52,10 @@ EVAL_EVERY=${EVAL_EVERY:-100}
 # until held-out text compresses by the target; about a minute per model on the GPU) and
 # evaluates the calibrated exports (crN-export) next to the runs.
 CALIBRATE=${CALIBRATE:-0}
-# FT_DECISIONS=hard trains the DMC runs' stage 3 on the hard decisions of inference
-# (fine_tune_decisions: hard, straight-through gradients), =anneal shrinks its noise to none;
-# soft is the reference.
-FT_DECISIONS=${FT_DECISIONS:-soft}
+# FT_DECISIONS: the DMC runs' stage 3 (fine_tune_decisions). anneal (the recipe's default)
+# shrinks its noise to none; soft is the reference; hard trains on the hard decisions of
+# inference (straight-through gradients).
+FT_DECISIONS=${FT_DECISIONS:-anneal}
 # DMC_SET: more --set overrides for the DMC runs only, e.g. DMC_SET="head_cr_cap=16 window=8".
 DMC_SET=${DMC_SET:-}
 DMC_SETS=()

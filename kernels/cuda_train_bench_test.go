@@ -84,9 +84,9 @@ func BenchmarkAttention(b *testing.B) {
 					b.ReportMetric(fl*float64(b.N)/time.Since(start).Seconds()/1e12, "TFLOP/s")
 				})
 			}
-			run(b, "forward-rows16", func() error {
-				dev.Attn16Rows = true
-				defer func() { dev.Attn16Rows = false }()
+			run(b, "forward-rows32", func() error {
+				dev.Attn32Rows = true
+				defer func() { dev.Attn32Rows = false }()
 				return dev.AttentionForward(o, stats, q, k, v, al, g, rows)
 			}, flops)
 			run(b, "forward", func() error { return dev.AttentionForward(o, stats, q, k, v, al, g, rows) }, flops)

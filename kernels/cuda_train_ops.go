@@ -523,8 +523,8 @@ func (g AttnGeom) tc() bool {
 const (
 	tcRows    = 64
 	tcThreads = 128
-	// tcRows2: query rows per block of the forward with 32 rows per warp (tc_attn_fwd2_*, the
-	// default; TrainDevice.Attn16Rows selects the 16-row kernel).
+	// tcRows2: query rows per block of the forward with 32 rows per warp (tc_attn_fwd2_*,
+	// selected by TrainDevice.Attn32Rows).
 	tcRows2 = 128
 )
 
@@ -611,10 +611,9 @@ func (t *TrainDevice) AttentionForward(o, stats, q, k, v, alpha *DevBuf, g AttnG
 			return err
 		}
 		smem, _, _ := tcSmem(D)
-		name, perBlock := fmt.Sprintf("tc_attn_fwd2_%d", D), tcRows2
-		if t.Attn16Rows {
-			name, perBlock = fmt.Sprintf("tc_attn_fwd_%d", D), tcRows
-		} else {
+		name, perBlock := fmt.Sprintf("tc_attn_fwd_%d", D), tcRows
+		if t.Attn32Rows {
+			name, perBlock = fmt.Sprintf("tc_attn_fwd2_%d", D), tcRows2
 			smem += tcRows2 * (D + 8) * 2 // the Q tile's own buffer
 		}
 		return t.launch(name, dim3{x: (g.SeqLen + perBlock - 1) / perBlock, y: Hq, z: rows / g.SeqLen}, tcThreads, smem,

@@ -400,17 +400,7 @@ func (t *run) loop(ctx context.Context) (Result, error) {
 			}
 		}
 		n := float64(r.GradAccum)
-		stage := plan.Stage.String()
-		switch {
-		case plan.Context.StraightThrough:
-			stage += "-hard" // straight-through hard decisions (fine_tune_decisions: hard)
-		case r.FineTuneDecisions == DecisionsAnneal && plan.Stage == StageFineTune && r.Mode != ModeControl:
-			stage += "-anneal" // the noise shrinking to none (fine_tune_decisions: anneal)
-		}
-		if r.Mode == ModeControl {
-			stage = ModeControl // no DMC stages in a control run
-		}
-		m := Metrics{Step: t.step + 1, Stage: stage, Loss: lossSum / n, LMLoss: lmSum / n,
+		m := Metrics{Step: t.step + 1, Stage: r.StageLabel(plan), Loss: lossSum / n, LMLoss: lmSum / n,
 			CRLoss: crSum / n, MeanAlpha: alphaSum / n, LR: plan.LR, Tokens: tokens}
 		if plan.Context.DistillWeight > 0 {
 			kd := kdSum / n

@@ -240,7 +240,7 @@ func TestRunPassesScheduleAndWritesMetrics(t *testing.T) {
 	}
 	for i, m := range ms {
 		plan := r.PlanAt(i)
-		if m.Step != i+1 || m.LR != plan.LR || m.Stage != plan.Stage.String() || m.Tokens != r.TokensPerStep() || !(m.GradNorm > 0) || !(m.Elapsed > 0) {
+		if m.Step != i+1 || m.LR != plan.LR || m.Stage != r.StageLabel(plan) || m.Tokens != r.TokensPerStep() || !(m.GradNorm > 0) || !(m.Elapsed > 0) {
 			t.Fatalf("metrics %d: %+v", i, m)
 		}
 		if (m.TargetCR != nil) != plan.Context.DMC {

@@ -142,3 +142,20 @@ func StepSeed(seed uint64, step, rank, micro int) uint64 {
 }
 
 func splitmix64(x uint64) uint64 { return splitmix.Mix(x + splitmix.Golden) }
+
+// StageLabel is the stage name of plan in metrics.jsonl and the progress line: the stage, with
+// "-hard" or "-anneal" in a fine-tune stage of those fine_tune_decisions, and "control" for
+// every step of a control run (no DMC stages).
+func (r *Recipe) StageLabel(plan Plan) string {
+	if r.Mode == ModeControl {
+		return ModeControl
+	}
+	stage := plan.Stage.String()
+	switch {
+	case plan.Context.StraightThrough:
+		stage += "-hard"
+	case r.FineTuneDecisions == DecisionsAnneal && plan.Stage == StageFineTune:
+		stage += "-anneal"
+	}
+	return stage
+}

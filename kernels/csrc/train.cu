@@ -1222,7 +1222,9 @@ __device__ void fa_attn_fwd(float* o, float* stats, const __nv_bfloat16* q, cons
 // own shared tile and its A fragments are reloaded per k-step (two per step, one step ahead),
 // which keeps the registers at ~230 for D = 128; K/V tiles of 64 keys double-buffered as in
 // fa_attn_fwd. Half the shared-memory reads per product of the 16-row kernel and twice the
-// independent accumulators. Dynamic smem (128 + 4·64)·(D+8) bf16 + 2·64 floats.
+// independent accumulators. Dynamic smem (128 + 4·64)·(D+8) bf16 + 2·64 floats. Opt-in
+// (TrainDevice.Attn32Rows): on the H200 it measured slower than fa_attn_fwd (254 registers
+// leave two blocks per SM), with a bit-identical output.
 #define FA_FWD2_BQ 128
 template <int D>
 __device__ void fa_attn_fwd2(float* o, float* stats, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
