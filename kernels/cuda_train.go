@@ -147,8 +147,8 @@ type TrainDevice struct {
 	NoLt bool
 	// Attn32Rows runs the attention forward with 32 query rows per warp (tc_attn_fwd2_*)
 	// instead of 16 (tc_attn_fwd_*); DMC_ATTN_ROWS=32 sets it. Its output is bit-identical
-	// but it measured slower on the H200 (113 against 128 TFLOP/s at head dim 128, 76 against
-	// 103 at 64: two blocks per SM at 254 registers), so it stays opt-in for measurements.
+	// but on the H200 it is no faster (167 against 168 TFLOP/s at head dim 128: two blocks per
+	// SM at 255 registers), so it stays opt-in for measurements.
 	Attn32Rows bool
 }
 

@@ -979,8 +979,16 @@ __device__ __forceinline__ void fa_mma(float* c, const uint32_t* a, uint32_t b0,
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// fa_stage copies rows [r0, r0+rows) of a [T, stride] bf16 matrix (columns base..base+D) into
-// dst [rows][D+8] with cp.async (16 bytes a copy, zero-filled past T); the caller commits and
+// 2^x with flush-to-zero (one MUFU.EX2; exp2f adds denormal handling around it). 2^−∞ = 0, so
+// masked scores need no select.
+__device__ __forceinline__ float fa_ex2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+// fa_stage copies rows [r0, r0+ROWS) of a [T, stride] bf16 matrix (columns base..base+D) into
+// dst [ROWS][D+8] with cp.async (16 bytes a copy, zero-filled past T); the caller commits and
 // waits. base, stride and D are multiples of 8 elements.
 __device__ __forceinline__ void fa_cp16(void* dst, const void* src, bool valid) {
   unsigned d = (unsigned)__cvta_generic_to_shared(dst);
@@ -993,15 +1001,33 @@ __device__ __forceinline__ void fa_wait() {
   asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-template <int D>
-__device__ __forceinline__ void fa_stage(__nv_bfloat16* dst, const __nv_bfloat16* src, int r0, int rows, int T, long long stride,
+template <int D, int ROWS>
+__device__ __forceinline__ void fa_stage(__nv_bfloat16* dst, const __nv_bfloat16* src, int r0, int T, long long stride,
                                          long long base) {
-  constexpr int C8 = D / 8;
-#pragma unroll 4
-  for (int x = threadIdx.x; x < rows * C8; x += FA_THREADS) {
-    const int r = x / C8, c = (x % C8) * 8, t = r0 + r;
-    const bool ok = t < T;
-    fa_cp16(dst + r * (D + 8) + c, src + base + (long long)(ok ? t : 0) * stride + c, ok);
+  constexpr int C8 = D / 8, RSTEP = FA_THREADS / C8, ITER = (ROWS + RSTEP - 1) / RSTEP;
+  static_assert(FA_THREADS % C8 == 0, "a thread's column chunk must stay fixed");
+  const unsigned tid = threadIdx.x;
+  const int r = (int)(tid / C8), c = (int)(tid % C8) * 8;
+  __nv_bfloat16* d = dst + r * (D + 8) + c;
+  if (r0 + ROWS <= T) {
+    // Every row exists (all tiles but the last): each thread copies one fixed 16-byte column
+    // chunk of every RSTEP-th row, its source address advancing by a constant. The flat loop
+    // below costs ~24 instructions per cp.async (division, 64-bit multiply, clamp).
+    const __nv_bfloat16* s = src + base + (long long)(r0 + r) * stride + c;
+#pragma unroll
+    for (int it = 0; it < ITER; it++) {
+      if (ROWS % RSTEP == 0 || r + it * RSTEP < ROWS) fa_cp16(d + it * RSTEP * (D + 8), s, true);
+      s += (long long)RSTEP * stride;
+    }
+    return;
+  }
+#pragma unroll 2
+  for (int it = 0; it < ITER; it++) {
+    const int rr = r + it * RSTEP, t = r0 + rr;
+    if (ROWS % RSTEP == 0 || rr < ROWS) {
+      const bool ok = t < T;
+      fa_cp16(d + it * RSTEP * (D + 8), src + base + (long long)(ok ? t : 0) * stride + c, ok);
+    }
   }
 }
 
@@ -1075,6 +1101,34 @@ __device__ __forceinline__ void fa_pv(float (*acc)[4], const float (*p)[4], cons
   }
 }
 
+// The forward's base-2 logits of a warp's 16×(NT·8) score fragment, in place, and their row
+// maxima folded into mx: x = s·scale·log2(e) + log2(1 − α_j) for keys j < i, s·scale·log2(e)
+// for j = i, −∞ above the diagonal and past T (tested only in diagonal tiles). Lt holds the
+// tile's log2(1 − α) per key; each lane reads its two adjacent keys per n8 block at once.
+template <int NT, bool MAX = true>
+__device__ __forceinline__ void fa_logits(float (*s)[4], float* mx, const float* Lt, int j0, int ra, int rb, int T, float sl2,
+                                          bool diag) {
+  const int t4 = threadIdx.x & 3;
+#pragma unroll
+  for (int n = 0; n < NT; n++) {
+    const float2 lt = *reinterpret_cast<const float2*>(Lt + n * 8 + 2 * t4);
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const float l = (e & 1) ? lt.y : lt.x;
+      float x;
+      if (diag) {
+        const int j = j0 + n * 8 + 2 * t4 + (e & 1), i = e < 2 ? ra : rb;
+        x = fmaf(s[n][e], sl2, j < i ? l : 0.f);
+        if (j > i || j >= T) x = -INFINITY;
+      } else {
+        x = fmaf(s[n][e], sl2, l);
+      }
+      s[n][e] = x;
+      if (MAX) mx[e >> 1] = fmaxf(mx[e >> 1], x);
+    }
+  }
+}
+
 // Writes a warp's 16×D accumulator (rows r0.. of a [T, stride] fp32 matrix at column base).
 template <int D>
 __device__ __forceinline__ void fa_store(float* dst, const float (*acc)[4], int r0, int T, long long stride, long long base,
@@ -1114,15 +1168,15 @@ __device__ void fa_attn_fwd(float* o, float* stats, const __nv_bfloat16* q, cons
   auto issue = [&](int tile) {
     __nv_bfloat16* Kt = buf + (tile & 1) * 2 * BK * SD;
     const int j0 = tile * BK;
-    fa_stage<D>(Kt, k, j0, BK, T, (long long)Hkv * D, kbase);
-    fa_stage<D>(Kt + BK * SD, v, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_stage<D, BK>(Kt, k, j0, T, (long long)Hkv * D, kbase);
+    fa_stage<D, BK>(Kt + BK * SD, v, j0, T, (long long)Hkv * D, kbase);
     fa_commit();
     if (threadIdx.x < BK) {
       const int j = j0 + threadIdx.x;
       Lm[(tile & 1) * BK + threadIdx.x] = j < T ? att_logm(alpha, b, j, T, Hkv, hk) * FA_LOG2E : 0.f;
     }
   };
-  fa_stage<D>(buf + 2 * BK * SD, q, i0, FA_FWD_BQ, T, (long long)Hq * D, qbase);  // Q through buffer 1
+  fa_stage<D, FA_FWD_BQ>(buf + 2 * BK * SD, q, i0, T, (long long)Hq * D, qbase);  // Q through buffer 1
   fa_commit();
   issue(0);
   fa_wait<1>();
@@ -1153,27 +1207,14 @@ __device__ void fa_attn_fwd(float* o, float* stats, const __nv_bfloat16* q, cons
       fa_scores<D, NT>(s, qf, Ks, 0);
       const bool diag = j0 + BK - 1 >= w0;
       float mx[2] = {mr[0], mr[1]};
-#pragma unroll
-      for (int n = 0; n < NT; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb;
-          float x = s[n][e] * sl2;
-          if (diag) {
-            x = j < i ? x + Lt[col] : x;
-            if (j > i || j >= T) x = -INFINITY;
-          } else {
-            x += Lt[col];
-          }
-          s[n][e] = x;
-          mx[e >> 1] = fmaxf(mx[e >> 1], x);
-        }
-      float corr[2];
+      fa_logits<NT>(s, mx, Lt, j0, ra, rb, T, sl2, diag);
+      float corr[2], ms[2];
 #pragma unroll
       for (int r = 0; r < 2; r++) {
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 1));
         mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 2));
-        corr[r] = mx[r] == -INFINITY ? 1.f : exp2f(mr[r] - mx[r]);
+        corr[r] = mx[r] == mr[r] ? 1.f : fa_ex2(mr[r] - mx[r]);  // also when both are −∞
+        ms[r] = mx[r] == -INFINITY ? 0.f : mx[r];
         mr[r] = mx[r];
         lr[r] *= corr[r];
       }
@@ -1181,7 +1222,7 @@ __device__ void fa_attn_fwd(float* o, float* stats, const __nv_bfloat16* q, cons
       for (int n = 0; n < NT; n++)
 #pragma unroll
         for (int e = 0; e < 4; e++) {
-          float p = s[n][e] == -INFINITY ? 0.f : exp2f(s[n][e] - mx[e >> 1]);
+          const float p = fa_ex2(s[n][e] - ms[e >> 1]);
           s[n][e] = p;
           lr[e >> 1] += p;
         }
@@ -1223,7 +1264,7 @@ __device__ void fa_attn_fwd(float* o, float* stats, const __nv_bfloat16* q, cons
 // which keeps the registers at ~230 for D = 128; K/V tiles of 64 keys double-buffered as in
 // fa_attn_fwd. Half the shared-memory reads per product of the 16-row kernel and twice the
 // independent accumulators. Dynamic smem (128 + 4·64)·(D+8) bf16 + 2·64 floats. Opt-in
-// (TrainDevice.Attn32Rows): on the H200 it measured slower than fa_attn_fwd (254 registers
+// (TrainDevice.Attn32Rows): on the H200 it measured no faster than fa_attn_fwd (255 registers
 // leave two blocks per SM), with a bit-identical output.
 #define FA_FWD2_BQ 128
 template <int D>
@@ -1245,15 +1286,15 @@ __device__ void fa_attn_fwd2(float* o, float* stats, const __nv_bfloat16* q, con
   auto issue = [&](int tile) {
     __nv_bfloat16* Kt = buf + (tile & 1) * 2 * BK * SD;
     const int j0 = tile * BK;
-    fa_stage<D>(Kt, k, j0, BK, T, (long long)Hkv * D, kbase);
-    fa_stage<D>(Kt + BK * SD, v, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_stage<D, BK>(Kt, k, j0, T, (long long)Hkv * D, kbase);
+    fa_stage<D, BK>(Kt + BK * SD, v, j0, T, (long long)Hkv * D, kbase);
     fa_commit();
     if (threadIdx.x < BK) {
       const int j = j0 + threadIdx.x;
       Lm[(tile & 1) * BK + threadIdx.x] = j < T ? att_logm(alpha, b, j, T, Hkv, hk) * FA_LOG2E : 0.f;
     }
   };
-  fa_stage<D>(Qs, q, i0, BQ, T, (long long)Hq * D, qbase);
+  fa_stage<D, BQ>(Qs, q, i0, T, (long long)Hq * D, qbase);
   fa_commit();
   issue(0);
   float acc[2][D / 8][4];
@@ -1309,27 +1350,14 @@ __device__ void fa_attn_fwd2(float* o, float* stats, const __nv_bfloat16* q, con
 #pragma unroll
       for (int m = 0; m < 2; m++) {
         const int ra = w0 + 16 * m + (lane >> 2), rb = ra + 8;
-        float mx[2] = {mr[m][0], mr[m][1]};
-#pragma unroll
-        for (int n = 0; n < NT; n++)
-#pragma unroll
-          for (int e = 0; e < 4; e++) {
-            const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb;
-            float x = s[m][n][e] * sl2;
-            if (diag) {
-              x = j < i ? x + Lt[col] : x;
-              if (j > i || j >= T) x = -INFINITY;
-            } else {
-              x += Lt[col];
-            }
-            s[m][n][e] = x;
-            mx[e >> 1] = fmaxf(mx[e >> 1], x);
-          }
+        float mx[2] = {mr[m][0], mr[m][1]}, ms[2];
+        fa_logits<NT>(s[m], mx, Lt, j0, ra, rb, T, sl2, diag);
 #pragma unroll
         for (int r = 0; r < 2; r++) {
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 1));
           mx[r] = fmaxf(mx[r], __shfl_xor_sync(FULL, mx[r], 2));
-          corr[m][r] = mx[r] == -INFINITY ? 1.f : exp2f(mr[m][r] - mx[r]);
+          corr[m][r] = mx[r] == mr[m][r] ? 1.f : fa_ex2(mr[m][r] - mx[r]);
+          ms[r] = mx[r] == -INFINITY ? 0.f : mx[r];
           mr[m][r] = mx[r];
           lr[m][r] *= corr[m][r];
         }
@@ -1337,7 +1365,7 @@ __device__ void fa_attn_fwd2(float* o, float* stats, const __nv_bfloat16* q, con
         for (int n = 0; n < NT; n++)
 #pragma unroll
           for (int e = 0; e < 4; e++) {
-            float p = s[m][n][e] == -INFINITY ? 0.f : exp2f(s[m][n][e] - mx[e >> 1]);
+            const float p = fa_ex2(s[m][n][e] - ms[e >> 1]);
             s[m][n][e] = p;
             lr[m][e >> 1] += p;
           }
@@ -1406,15 +1434,15 @@ __device__ void fa_attn_bwd_q(float* dq, const __nv_bfloat16* q, const __nv_bflo
   extern __shared__ __align__(16) unsigned char fa_sm[];
   __nv_bfloat16* buf = reinterpret_cast<__nv_bfloat16*>(fa_sm);  // [2][K | V][BK][SD]
   float* Lm = reinterpret_cast<float*>(buf + 4 * 32 * SD);      // [2][BK]
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, t4 = lane & 3;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int nblk = (T + 63) / 64, i0 = (nblk - 1 - (int)blockIdx.x) * 64;
   const int b = blockIdx.z, h = blockIdx.y, hk = h / (Hq / Hkv);
   const long long N = (long long)gridDim.z * T;
   const long long qbase = (long long)b * T * Hq * D + (long long)h * D, kbase = (long long)b * T * Hkv * D + (long long)hk * D;
   const int w0 = i0 + warp * 16, ra = w0 + (lane >> 2), rb = ra + 8;
   const bool live = w0 < T;
-  fa_stage<D>(buf, q, i0, 64, T, (long long)Hq * D, qbase);
-  fa_stage<D>(buf + 64 * SD, dO, i0, 64, T, (long long)Hq * D, qbase);
+  fa_stage<D, 64>(buf, q, i0, T, (long long)Hq * D, qbase);
+  fa_stage<D, 64>(buf + 64 * SD, dO, i0, T, (long long)Hq * D, qbase);
   fa_commit();
   fa_wait<0>();
   __syncthreads();
@@ -1441,8 +1469,8 @@ __device__ void fa_attn_bwd_q(float* dq, const __nv_bfloat16* q, const __nv_bflo
   auto issue = [&](int tile) {
     __nv_bfloat16* Kt = buf + (tile & 1) * 2 * BK * SD;
     const int j0 = tile * BK;
-    fa_stage<D>(Kt, k, j0, BK, T, (long long)Hkv * D, kbase);
-    fa_stage<D>(Kt + BK * SD, v, j0, BK, T, (long long)Hkv * D, kbase);
+    fa_stage<D, BK>(Kt, k, j0, T, (long long)Hkv * D, kbase);
+    fa_stage<D, BK>(Kt + BK * SD, v, j0, T, (long long)Hkv * D, kbase);
     fa_commit();
     if (threadIdx.x < BK) {
       const int j = j0 + threadIdx.x;
@@ -1466,29 +1494,58 @@ __device__ void fa_attn_bwd_q(float* dq, const __nv_bfloat16* q, const __nv_bflo
       float s[NT][4], dp[NT][4];
       fa_scores<D, NT>(s, qf, Ks, 0);
       fa_scores<D, NT>(dp, gf, Vs, 0);
-      const bool diag = j0 + BK - 1 >= w0;
+      // dS = P ∘ (dP − δ); the softmax scale is applied once, to dq at the store. Rows past T
+      // are computed on zero-filled Q and dO and never stored.
+      fa_logits<NT, false>(s, nullptr, Lt, j0, ra, rb, T, sl2, j0 + BK - 1 >= w0);
 #pragma unroll
       for (int n = 0; n < NT; n++)
 #pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int col = n * 8 + 2 * t4 + (e & 1), j = j0 + col, i = e < 2 ? ra : rb, r = e >> 1;
-          float x = s[n][e] * sl2;
-          bool ok = true;
-          if (diag) {
-            ok = j <= i && i < T;
-            x = j < i ? x + Lt[col] : x;
-          } else {
-            x += Lt[col];
-          }
-          float p = (ok && x > -INFINITY) ? exp2f(x - lse2[r]) : 0.f;
-          s[n][e] = p * (dp[n][e] - dl[r]) * scale;
-        }
+        for (int e = 0; e < 4; e++) s[n][e] = fa_ex2(s[n][e] - lse2[e >> 1]) * (dp[n][e] - dl[e >> 1]);
       fa_pv<D, BK / 16>(acc, s, Ks);
     }
     __syncthreads();
   }
   if (!live) return;
-  fa_store<D>(dq, acc, w0, T, (long long)Hq * D, qbase, 1.f, 1.f);
+  fa_store<D>(dq, acc, w0, T, (long long)Hq * D, qbase, scale, scale);
+}
+
+// The dk/dv pass's probabilities of a warp's 16 keys × (NT·8) queries (Sᵀ in s, dPᵀ in dp,
+// both in place): P = 2^(s·scale·log2 e + log2(1 − α_j) − L_i) for j < i (no mask term at
+// j = i, zero above the diagonal and past T, tested only when EDGE), dS/scale = P ∘ (dP − δ_i),
+// and the dα sums of the keys (the unmasked probability times dP − δ, accumulated
+// negatively). Lq/Mq hold L and M in base 2. No α-gradient through a key masked exactly to
+// −∞ (see tr_attn_bwd_kv).
+template <int NT, bool EDGE>
+__device__ __forceinline__ void fa_kv_probs(float (*s)[4], float (*dp)[4], float* accA, const float* lm2, const float* Lq,
+                                            const float* Mq, const float* Dq, int q0, int ja, int jb, int T, float sl2, bool diag,
+                                            bool masked) {
+  const int t4 = threadIdx.x & 3;
+#pragma unroll
+  for (int n = 0; n < NT; n++) {
+    const float2 lq = *reinterpret_cast<const float2*>(Lq + n * 8 + 2 * t4);
+    const float2 mq = *reinterpret_cast<const float2*>(Mq + n * 8 + 2 * t4);
+    const float2 dq = *reinterpret_cast<const float2*>(Dq + n * 8 + 2 * t4);
+#pragma unroll
+    for (int e = 0; e < 4; e++) {
+      const int r = e >> 1;
+      const float l = (e & 1) ? lq.y : lq.x, m = (e & 1) ? mq.y : mq.x, d = (e & 1) ? dq.y : dq.x;
+      const float r2 = s[n][e] * sl2;
+      bool ok = true, below = true;
+      if (EDGE) {
+        const int i = q0 + n * 8 + 2 * t4 + (e & 1), j = r ? jb : ja;
+        ok = i < T;
+        if (diag) {
+          ok = ok && j < T && j <= i;
+          below = j < i;
+        }
+      }
+      const float p = ok ? fa_ex2(r2 + (below ? lm2[r] : 0.f) - l) : 0.f;
+      const float gd = dp[n][e] - d;
+      s[n][e] = p;
+      dp[n][e] = p * gd;
+      if (masked && ok && below && lm2[r] > -INFINITY) accA[r] -= fa_ex2(fminf(r2 - m, 40.f * FA_LOG2E) - (l - m)) * gd;
+    }
+  }
 }
 
 // dk, dv, dα: grid (ceil(T/64), Hkv, B), each warp 16 keys against every later query of the G
@@ -1511,11 +1568,13 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloa
   const long long kbase = (long long)b * T * Hkv * D + (long long)hk * D;
   const int w0 = j0 + warp * 16, ja = w0 + (lane >> 2), jb = ja + 8;
   const bool live = w0 < T;
-  fa_stage<D>(Ks, k, j0, BKEY, T, (long long)Hkv * D, kbase);
-  fa_stage<D>(Vs, v, j0, BKEY, T, (long long)Hkv * D, kbase);
+  fa_stage<D, BKEY>(Ks, k, j0, T, (long long)Hkv * D, kbase);
+  fa_stage<D, BKEY>(Vs, v, j0, T, (long long)Hkv * D, kbase);
   fa_commit();
-  float lm2[2] = {ja < T ? att_logm(alpha, b, ja, T, Hkv, hk) * FA_LOG2E : 0.f,
-                  jb < T ? att_logm(alpha, b, jb, T, Hkv, hk) * FA_LOG2E : 0.f};
+  const float lm2[2] = {ja < T ? att_logm(alpha, b, ja, T, Hkv, hk) * FA_LOG2E : 0.f,
+                        jb < T ? att_logm(alpha, b, jb, T, Hkv, hk) * FA_LOG2E : 0.f};
+  const bool masked = alpha != nullptr;
+  const float sl2 = scale * FA_LOG2E;
   float accK[D / 8][4], accV[D / 8][4];
 #pragma unroll
   for (int n = 0; n < D / 8; n++)
@@ -1528,14 +1587,14 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloa
     const int h = hk * G + u / per, q0 = j0 + (u % per) * BQ;
     const long long qbase = (long long)b * T * Hq * D + (long long)h * D;
     __nv_bfloat16* Qt = qbuf + (u & 1) * 2 * BQ * SD;
-    fa_stage<D>(Qt, q, q0, BQ, T, (long long)Hq * D, qbase);
-    fa_stage<D>(Qt + BQ * SD, dO, q0, BQ, T, (long long)Hq * D, qbase);
+    fa_stage<D, BQ>(Qt, q, q0, T, (long long)Hq * D, qbase);
+    fa_stage<D, BQ>(Qt + BQ * SD, dO, q0, T, (long long)Hq * D, qbase);
     fa_commit();
     if (threadIdx.x < BQ) {
       float* sb = st + (u & 1) * 3 * BQ;
       long long rr = ((long long)b * T + min(q0 + (int)threadIdx.x, T - 1)) * Hq + h;
-      sb[threadIdx.x] = stats[N * Hq + rr];
-      sb[BQ + threadIdx.x] = stats[rr];
+      sb[threadIdx.x] = stats[N * Hq + rr] * FA_LOG2E;  // L and M in base 2
+      sb[BQ + threadIdx.x] = stats[rr] * FA_LOG2E;
       sb[2 * BQ + threadIdx.x] = delta[rr];
     }
   };
@@ -1564,34 +1623,19 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloa
         fa_scores<D, NT>(dp, af, Gs, 0);  // dPᵀ = V·dOᵀ
       }
       const bool diag = q0 <= w0 + 15;
-#pragma unroll
-      for (int n = 0; n < NT; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-          const int col = n * 8 + 2 * t4 + (e & 1), i = q0 + col, j = e < 2 ? ja : jb, r = e >> 1;
-          const float raw = s[n][e] * scale;
-          bool ok = i < T, below = true;
-          if (diag) {
-            ok = ok && j < T && j <= i;
-            below = j < i;
-          }
-          const float x = raw * FA_LOG2E + (below ? lm2[r] : 0.f);
-          const float p = (ok && x > -INFINITY) ? exp2f(x - Lq[col] * FA_LOG2E) : 0.f;
-          const float gd = dp[n][e] - Dq[col];
-          s[n][e] = p;
-          dp[n][e] = p * gd * scale;
-          // No α-gradient through a key masked exactly to −∞ (see tr_attn_bwd_kv).
-          if (alpha != nullptr && ok && below && lm2[r] > -INFINITY)
-            accA[r] -= exp2f((fminf(raw - Mq[col], 40.f) - (Lq[col] - Mq[col])) * FA_LOG2E) * gd;
-        }
+      // Per-element tests only where a tile crosses the diagonal or the end of the sequence.
+      if (diag || q0 + BQ > T)
+        fa_kv_probs<NT, true>(s, dp, accA, lm2, Lq, Mq, Dq, q0, ja, jb, T, sl2, diag, masked);
+      else
+        fa_kv_probs<NT, false>(s, dp, accA, lm2, Lq, Mq, Dq, q0, ja, jb, T, sl2, false, masked);
       fa_pv<D, BQ / 16>(accV, s, Gs);   // dV += Pᵀ·dO
-      fa_pv<D, BQ / 16>(accK, dp, Qs);  // dK += dSᵀ·Q
+      fa_pv<D, BQ / 16>(accK, dp, Qs);  // dK += dSᵀ·Q (the softmax scale applied at the store)
     }
     __syncthreads();
   }
   fa_wait<0>();
   if (!live) return;
-  fa_store<D>(dk, accK, w0, T, (long long)Hkv * D, kbase, 1.f, 1.f);
+  fa_store<D>(dk, accK, w0, T, (long long)Hkv * D, kbase, scale, scale);
   fa_store<D>(dv, accV, w0, T, (long long)Hkv * D, kbase, 1.f, 1.f);
 #pragma unroll
   for (int r = 0; r < 2; r++) {
@@ -1611,7 +1655,7 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloa
 extern "C" {
 
 #define FA_INST(D)                                                                                                         \
-  __global__ void __launch_bounds__(FA_THREADS) tc_attn_fwd_##D(float* o, float* stats, const __nv_bfloat16* q,            \
+  __global__ void __launch_bounds__(FA_THREADS, 3) tc_attn_fwd_##D(float* o, float* stats, const __nv_bfloat16* q,            \
                                                                 const __nv_bfloat16* k, const __nv_bfloat16* v,             \
                                                                 const float* alpha, int T, int Hq, int Hkv, float scale) {                                              \
     fa_attn_fwd<D>(o, stats, q, k, v, alpha, T, Hq, Hkv, scale);                                                           \
