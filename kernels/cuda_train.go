@@ -150,6 +150,10 @@ type TrainDevice struct {
 	// but on the H200 it is no faster (167 against 168 TFLOP/s at head dim 128: two blocks per
 	// SM at 255 registers), so it stays opt-in for measurements.
 	Attn32Rows bool
+	// MergeGeneral runs the DMC merge with the general kernels (any window) also where the
+	// window fits a warp (1 ≤ W ≤ 32), for which tr_dmc_merge_*_w are the default;
+	// DMC_MERGE=general sets it (tests and measurements).
+	MergeGeneral bool
 }
 
 type trGemmKey struct{ ta, tb, m, n, k, lda, ldb, ldc int }
@@ -183,7 +187,7 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 		return nil, fmt.Errorf("training kernels: %s", C.GoString(&msg[0]))
 	}
 	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{},
-		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32"}
+		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general"}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {

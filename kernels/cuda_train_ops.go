@@ -434,6 +434,15 @@ func (t *TrainDevice) DMCHeadCountBackward(dA, g *DevBuf, B, T, H int) error {
 // mergeWarps is the number of rows (one warp each) of a DMC merge block.
 const mergeWarps = 8
 
+// mergeKernel names the merge kernel of one pass: the warp-window variant (lane k = window
+// slot k) where the window fits a warp, else the general one.
+func (t *TrainDevice) mergeKernel(name string, window int) string {
+	if window >= 1 && window <= 32 && !t.MergeGeneral {
+		return name + "_w"
+	}
+	return name
+}
+
 // DMCMerge writes the windowed partial accumulations y [rows, Hkv·D] of x under α and ω
 // ([rows, Hkv]); y may not alias x.
 func (t *TrainDevice) DMCMerge(y, x, alpha, omega *DevBuf, g DMCGeom, rows int) error {
@@ -444,7 +453,7 @@ func (t *TrainDevice) DMCMerge(y, x, alpha, omega *DevBuf, g DMCGeom, rows int) 
 		return err
 	}
 	B := rows / g.SeqLen
-	return t.launch("tr_dmc_merge_fwd", dim3{x: (g.SeqLen + mergeWarps - 1) / mergeWarps, y: B * H}, 32*mergeWarps, 0,
+	return t.launch(t.mergeKernel("tr_dmc_merge_fwd", g.Window), dim3{x: (g.SeqLen + mergeWarps - 1) / mergeWarps, y: B * H}, 32*mergeWarps, 0,
 		new(args).p(y.ptr).p(x.ptr).p(alpha.ptr).p(omega.ptr).i(g.SeqLen).i(H).i(D).i(g.Window))
 }
 
@@ -468,6 +477,10 @@ func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, 
 		return fmt.Errorf("DMCMergeBackward: window span %d needs %d bytes of shared memory (at most 48 KiB): use a window (dmc window ≤ 4096) or shorter sequences", span, perWarp)
 	}
 	warpsA := min(mergeWarps, (48<<10)/perWarp)
+	kernA, smemA := t.mergeKernel("tr_dmc_merge_bwd_a", g.Window), warpsA*perWarp
+	if kernA != "tr_dmc_merge_bwd_a" {
+		warpsA, smemA = mergeWarps, 0 // the warp-window kernel keeps its window in registers
+	}
 	rowZ, err := t.scratchBuf("merge.z", F32, rows*H)
 	if err != nil {
 		return err
@@ -481,11 +494,11 @@ func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, 
 		return err
 	}
 	B := rows / g.SeqLen
-	if err := t.launch("tr_dmc_merge_bwd_a", dim3{x: (g.SeqLen + warpsA - 1) / warpsA, y: B * H}, 32*warpsA, warpsA*perWarp,
+	if err := t.launch(kernA, dim3{x: (g.SeqLen + warpsA - 1) / warpsA, y: B * H}, 32*warpsA, smemA,
 		new(args).p(rowZ.ptr).p(cW.ptr).p(cA.ptr).p(x.ptr).p(alpha.ptr).p(omega.ptr).p(dy.ptr).i(g.SeqLen).i(H).i(D).i(g.Window).i(span)); err != nil {
 		return err
 	}
-	return t.launch("tr_dmc_merge_bwd_b", dim3{x: (g.SeqLen + mergeWarps - 1) / mergeWarps, y: B * H}, 32*mergeWarps, 0,
+	return t.launch(t.mergeKernel("tr_dmc_merge_bwd_b", g.Window), dim3{x: (g.SeqLen + mergeWarps - 1) / mergeWarps, y: B * H}, 32*mergeWarps, 0,
 		new(args).p(dx.ptr).p(dA.ptr).p(dW.ptr).p(alpha.ptr).p(omega.ptr).p(dy.ptr).p(rowZ.ptr).p(cW.ptr).p(cA.ptr).
 			i(g.SeqLen).i(H).i(D).i(g.Window).i(span))
 }

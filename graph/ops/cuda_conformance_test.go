@@ -553,6 +553,9 @@ var convSpecs = []DMCSpec{
 	{QHeads: 8, KVHeads: 2, HeadD: 64, SeqLen: 150, Channel: 63, DecisionOffset: 5, ImportanceOffset: 5, Temperature: 0.1, Window: 12},
 	{QHeads: 3, KVHeads: 3, HeadD: 6, SeqLen: 70, Channel: 2, DecisionOffset: 5, ImportanceOffset: 5, Temperature: 0.1, Window: 1},
 	{QHeads: 2, KVHeads: 1, HeadD: 32, SeqLen: 100, Channel: 31, DecisionOffset: 5, ImportanceOffset: 5, Temperature: 0.1, Window: 32},
+	// head width 256 (two channel chunks per lane) and a window past a warp (the general merge)
+	{QHeads: 2, KVHeads: 1, HeadD: 256, SeqLen: 33, Channel: 255, DecisionOffset: 5, ImportanceOffset: 5, Temperature: 0.3, Window: 12},
+	{QHeads: 4, KVHeads: 2, HeadD: 16, SeqLen: 90, Channel: 15, DecisionOffset: 5, ImportanceOffset: 5, Temperature: 0.1, Window: 40},
 }
 
 func geom(sp DMCSpec) kernels.DMCGeom {
@@ -647,8 +650,15 @@ func (s *convSuite) testHardCount(t *testing.T) {
 }
 
 func (s *convSuite) testMerge(t *testing.T) {
+	defer func(g bool) { s.dev.MergeGeneral = g }(s.dev.MergeGeneral)
 	for _, sp := range convSpecs {
-		for _, mode := range []string{"soft", "hard"} {
+		for _, variant := range []string{"soft", "hard", "soft general"} {
+			// the warp-window kernels (1 ≤ W ≤ 32) and, for the same shapes, the general ones
+			mode := strings.Fields(variant)[0]
+			s.dev.MergeGeneral = strings.HasSuffix(variant, "general")
+			if s.dev.MergeGeneral && (sp.Window < 1 || sp.Window > 32) {
+				continue
+			}
 			B := 2
 			rows, H, D := B*sp.SeqLen, sp.KVHeads, sp.HeadD
 			x, dy := s.normals(rows*H*D, 1, 0), s.normals(rows*H*D, 1, 0)
@@ -674,7 +684,7 @@ func (s *convSuite) testMerge(t *testing.T) {
 			gy, gdx, gdA, gdW := s.out(len(x)), s.out(len(x)), s.out(N*H), s.out(N*H)
 			s.ok(s.dev.DMCMerge(gy, bx, ba, bo, geom(sp), rows))
 			s.ok(s.dev.DMCMergeBackward(gdx, gdA, gdW, bx, ba, bo, s.up(dy), geom(sp), rows))
-			tag := specTag(sp) + " " + mode
+			tag := specTag(sp) + " " + variant
 			s.check("DMCMerge.y "+tag, s.down(gy), y, tolF32)
 			s.check("DMCMerge.dx "+tag, s.down(gdx), packed[:N*H*D], tolF32)
 			s.check("DMCMerge.dalpha "+tag, s.down(gdA), packed[N*H*D:N*H*D+N*H], tolF32)

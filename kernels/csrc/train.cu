@@ -580,6 +580,167 @@ __global__ void tr_dmc_merge_bwd_b(float* dx, float* dA, float* dW, const float*
   }
 }
 
+// ---- DMC merge, windows of 1..32 tokens -------------------------------------------------------
+// The same three passes when the window fits a warp (1 ≤ W ≤ 32, the recipes' case): lane k
+// holds slot k of a row's window (j = i − k in the forward and the first backward pass, i = j + k
+// in the second), its α, ω and window weight in registers. The products c_ij come from a prefix
+// scan over the lanes instead of a serial walk of dependent global loads, the forward's x̃ is
+// not recomputed in the backward (Σ_d g·x̃ = Σ_k wt_k·dots_k), and the dα recursion, a serial
+// loop of one lane in tr_dmc_merge_bwd_a, is a scan of affine maps.
+// Same grid and block as the general kernels above.
+
+// Inclusive prefix product over the lanes.
+__device__ __forceinline__ float mg_prefix_prod(float a) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const float t = __shfl_up_sync(FULL, a, o);
+    if (lane >= o) a *= t;
+  }
+  return a;
+}
+
+// Row i's window: lane k < len gets α and ω of row j = i − k, c = Π_{m=j+1..i} α_m and returns
+// its weight c·ω (0 on lanes past the window).
+__device__ __forceinline__ float mg_window(const float* alpha, const float* omega, long long base, int H, int i, int len, float& a,
+                                           float& o, float& c) {
+  const int lane = threadIdx.x & 31;
+  const long long r = base + (long long)(i - lane) * H;
+  a = lane < len ? alpha[r] : 1.f;
+  o = lane < len ? omega[r] : 0.f;
+  c = __shfl_up_sync(FULL, mg_prefix_prod(a), 1);
+  if (lane == 0) c = 1.f;
+  return c * o;
+}
+
+__global__ void tr_dmc_merge_fwd_w(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ alpha,
+                                   const float* __restrict__ omega, int T, int H, int D, int W) {
+  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const int i = blockIdx.x * wpb + (threadIdx.x >> 5), bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (i >= T) return;
+  const int len = i - max(0, i - W + 1) + 1;
+  const long long base = (long long)b * T * H + h, ri = base + (long long)i * H;
+  float a, o, c;
+  const float wt = mg_window(alpha, omega, base, H, i, len, a, o, c), den = warp_sum(wt);
+  for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
+    float num[MG_C];
+#pragma unroll
+    for (int u = 0; u < MG_C; u++) num[u] = 0.f;
+#pragma unroll 4
+    for (int k = 0; k < len; k++) {
+      const float w = __shfl_sync(FULL, wt, k);
+      const float* xr = x + (base + (long long)(i - k) * H) * D;
+#pragma unroll
+      for (int u = 0; u < MG_C; u++) {
+        const int d = d0 + lane + 32 * u;
+        if (d < D) num[u] += w * xr[d];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < MG_C; u++) {
+      const int d = d0 + lane + 32 * u;
+      if (d < D) y[ri * D + d] = num[u] / den;
+    }
+  }
+}
+
+// First backward pass (the layout of tr_dmc_merge_bwd_a: rowZ, cW and cA with span slots).
+__global__ void tr_dmc_merge_bwd_a_w(float* __restrict__ rowZ, float* __restrict__ cW, float* __restrict__ cA,
+                                     const float* __restrict__ x, const float* __restrict__ alpha, const float* __restrict__ omega,
+                                     const float* __restrict__ dy, int T, int H, int D, int W, int span) {
+  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const int i = blockIdx.x * wpb + (threadIdx.x >> 5), bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (i >= T) return;
+  const int len = i - max(0, i - W + 1) + 1;
+  const long long base = (long long)b * T * H + h, ri = base + (long long)i * H;
+  float a, o, c;
+  const float wt = mg_window(alpha, omega, base, H, i, len, a, o, c), den = warp_sum(wt);
+  // dot (lane k) = dots_k = Σ_d (g_d/Z)·x_{i−k,d}: the slots' sums are independent, so the
+  // unrolled loop keeps several loads and warp sums in flight.
+  float dot = 0.f;
+  for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
+    float g[MG_C];
+#pragma unroll
+    for (int u = 0; u < MG_C; u++) {
+      const int d = d0 + lane + 32 * u;
+      g[u] = d < D ? dy[ri * D + d] / den : 0.f;
+    }
+#pragma unroll 4
+    for (int k = 0; k < len; k++) {
+      const float* xr = x + (base + (long long)(i - k) * H) * D;
+      float t = 0.f;
+#pragma unroll
+      for (int u = 0; u < MG_C; u++) {
+        const int d = d0 + lane + 32 * u;
+        if (d < D) t += g[u] * xr[d];
+      }
+      t = warp_sum(t);
+      if (lane == k) dot += t;
+    }
+  }
+  const float dZ = -warp_sum(wt * dot) / den;  // −(Σ_d g·x̃)/Z
+  const float e = dot + dZ;
+  const float rho = lane < len ? o * e : 0.f;
+  // dα of slot k (m = i − k ≥ lo + 1) is c_k·S_k, S_k = a_{k+1}·S_{k+1} + ρ_{k+1}, S_{len−1} = 0:
+  // a suffix scan of the affine maps S ↦ A·S + B.
+  float A = __shfl_down_sync(FULL, a, 1), Bv = __shfl_down_sync(FULL, rho, 1);
+  if (lane >= len - 1) A = Bv = 0.f;
+#pragma unroll
+  for (int w = 1; w < 32; w <<= 1) {
+    const float A2 = __shfl_down_sync(FULL, A, w), B2 = __shfl_down_sync(FULL, Bv, w);
+    if (lane + w < 32) {
+      Bv = fmaf(A, B2, Bv);
+      A *= A2;
+    }
+  }
+  if (lane < span) {
+    cW[ri * span + lane] = lane < len ? c * e : 0.f;
+    cA[ri * span + lane] = lane < len - 1 ? c * Bv : 0.f;
+  }
+  if (lane == 0) rowZ[ri] = den;
+}
+
+// Second backward pass: lane k holds row i = j + k of the rows whose window holds j.
+__global__ void tr_dmc_merge_bwd_b_w(float* __restrict__ dx, float* __restrict__ dA, float* __restrict__ dW,
+                                     const float* __restrict__ alpha, const float* __restrict__ omega, const float* __restrict__ dy,
+                                     const float* __restrict__ rowZ, const float* __restrict__ cW, const float* __restrict__ cA, int T,
+                                     int H, int D, int W, int span) {
+  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const int j = blockIdx.x * wpb + (threadIdx.x >> 5), bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (j >= T) return;
+  const int n = min(T - 1, j + W - 1) - j + 1;
+  const long long base = (long long)b * T * H + h, rj = base + (long long)j * H, rk = base + (long long)(j + lane) * H;
+  const bool in = lane < n;
+  const float c = mg_prefix_prod(in && lane > 0 ? alpha[rk] : 1.f);  // Π_{m=j+1..j+k} α_m
+  const float gz = in ? c / rowZ[rk] : 0.f;
+  const float om = omega[rj];
+  for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
+    float u[MG_C];
+#pragma unroll
+    for (int q = 0; q < MG_C; q++) u[q] = 0.f;
+#pragma unroll 4
+    for (int k = 0; k < n; k++) {
+      const float w = __shfl_sync(FULL, gz, k);
+      const float* gr = dy + (base + (long long)(j + k) * H) * D;
+#pragma unroll
+      for (int q = 0; q < MG_C; q++) {
+        const int d = d0 + lane + 32 * q;
+        if (d < D) u[q] += w * gr[d];
+      }
+    }
+#pragma unroll
+    for (int q = 0; q < MG_C; q++) {
+      const int d = d0 + lane + 32 * q;
+      if (d < D) dx[rj * D + d] = om * u[q];
+    }
+  }
+  const float sw = warp_sum(in ? cW[rk * span + lane] : 0.f), sa = warp_sum(in ? cA[rk * span + lane] : 0.f);
+  if (lane == 0) {
+    dW[rj] = sw;
+    dA[rj] = sa;
+  }
+}
+
 // ---- Gumbel noise ----------------------------------------------------------------------------
 // out[(b·T + t)·Hkv + h] = logistic noise of element i = (b·Hkv + h)·T + t of the stream whose
 // SplitMix64 state is given (dmc.NoiseKey: x_i = mix(state + (i+1)·γ), u = ((x>>11) + ½)·2⁻⁵³,
