@@ -149,3 +149,35 @@ func TestFineTuneDecisionsAnnealDampsTheNoiseOverStage3(t *testing.T) {
 		t.Errorf("control run: damping %v, want 0", d)
 	}
 }
+
+func TestStageLabel(t *testing.T) {
+	r := scheduleRecipe() // stages: zero-out, retrofit, fine-tune (steps 35..45)
+	for _, tc := range []struct {
+		mode, decisions string
+		step            int
+		want            string
+	}{
+		{ModeDMC, DecisionsSoft, 0, StageZeroOut.String()},
+		{ModeDMC, DecisionsAnneal, 20, StageRetrofit.String()},
+		{ModeDMC, DecisionsSoft, 40, StageFineTune.String()},
+		{ModeDMC, DecisionsAnneal, 40, StageFineTune.String() + "-anneal"},
+		{ModeDMC, DecisionsHard, 40, StageFineTune.String() + "-hard"},
+		{ModeControl, DecisionsAnneal, 40, ModeControl},
+		{ModeControl, DecisionsHard, 0, ModeControl},
+	} {
+		r.Mode, r.FineTuneDecisions = tc.mode, tc.decisions
+		if got := r.StageLabel(r.PlanAt(tc.step)); got != tc.want {
+			t.Errorf("%s/%s step %d: %q, want %q", tc.mode, tc.decisions, tc.step, got, tc.want)
+		}
+	}
+}
+
+func TestDefaultRecipeAnnealsTheFineTuneNoise(t *testing.T) {
+	r, err := DefaultRecipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.FineTuneDecisions != DecisionsAnneal {
+		t.Fatalf("default fine_tune_decisions %q, want %q (docs/results/scale.md, 2026-12-04)", r.FineTuneDecisions, DecisionsAnneal)
+	}
+}
