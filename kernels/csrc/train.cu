@@ -613,35 +613,46 @@ __device__ __forceinline__ float mg_window(const float* alpha, const float* omeg
   return c * o;
 }
 
+}  // extern "C" (a template)
+// dst[d] = Σ_{k<n} w_k·src_{row + dir·k}[d], divided by f (DIV) or times f, for this lane's
+// channels; w_k is lane k's w and rows are H·D floats apart.
+template <bool DIV>
+__device__ __forceinline__ void mg_window_sum(float* dst, const float* __restrict__ src, long long base, int H, int D, int row, int dir,
+                                              int n, float w, float f) {
+  const int lane = threadIdx.x & 31;
+  for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
+    float acc[MG_C];
+#pragma unroll
+    for (int u = 0; u < MG_C; u++) acc[u] = 0.f;
+#pragma unroll 4
+    for (int k = 0; k < n; k++) {
+      const float wk = __shfl_sync(FULL, w, k);
+      const float* sr = src + (base + (long long)(row + dir * k) * H) * D;
+#pragma unroll
+      for (int u = 0; u < MG_C; u++) {
+        const int d = d0 + lane + 32 * u;
+        if (d < D) acc[u] += wk * sr[d];
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < MG_C; u++) {
+      const int d = d0 + lane + 32 * u;
+      if (d < D) dst[d] = DIV ? acc[u] / f : f * acc[u];
+    }
+  }
+}
+extern "C" {
+
 __global__ void tr_dmc_merge_fwd_w(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ alpha,
                                    const float* __restrict__ omega, int T, int H, int D, int W) {
-  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const int wpb = blockDim.x >> 5;
   const int i = blockIdx.x * wpb + (threadIdx.x >> 5), bh = blockIdx.y, b = bh / H, h = bh % H;
   if (i >= T) return;
   const int len = i - max(0, i - W + 1) + 1;
   const long long base = (long long)b * T * H + h, ri = base + (long long)i * H;
   float a, o, c;
   const float wt = mg_window(alpha, omega, base, H, i, len, a, o, c), den = warp_sum(wt);
-  for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
-    float num[MG_C];
-#pragma unroll
-    for (int u = 0; u < MG_C; u++) num[u] = 0.f;
-#pragma unroll 4
-    for (int k = 0; k < len; k++) {
-      const float w = __shfl_sync(FULL, wt, k);
-      const float* xr = x + (base + (long long)(i - k) * H) * D;
-#pragma unroll
-      for (int u = 0; u < MG_C; u++) {
-        const int d = d0 + lane + 32 * u;
-        if (d < D) num[u] += w * xr[d];
-      }
-    }
-#pragma unroll
-    for (int u = 0; u < MG_C; u++) {
-      const int d = d0 + lane + 32 * u;
-      if (d < D) y[ri * D + d] = num[u] / den;
-    }
-  }
+  mg_window_sum<true>(y + ri * D, x, base, H, D, i, -1, len, wt, den);
 }
 
 // First backward pass (the layout of tr_dmc_merge_bwd_a: rowZ, cW and cA with span slots).
@@ -713,27 +724,7 @@ __global__ void tr_dmc_merge_bwd_b_w(float* __restrict__ dx, float* __restrict__
   const bool in = lane < n;
   const float c = mg_prefix_prod(in && lane > 0 ? alpha[rk] : 1.f);  // Π_{m=j+1..j+k} α_m
   const float gz = in ? c / rowZ[rk] : 0.f;
-  const float om = omega[rj];
-  for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
-    float u[MG_C];
-#pragma unroll
-    for (int q = 0; q < MG_C; q++) u[q] = 0.f;
-#pragma unroll 4
-    for (int k = 0; k < n; k++) {
-      const float w = __shfl_sync(FULL, gz, k);
-      const float* gr = dy + (base + (long long)(j + k) * H) * D;
-#pragma unroll
-      for (int q = 0; q < MG_C; q++) {
-        const int d = d0 + lane + 32 * q;
-        if (d < D) u[q] += w * gr[d];
-      }
-    }
-#pragma unroll
-    for (int q = 0; q < MG_C; q++) {
-      const int d = d0 + lane + 32 * q;
-      if (d < D) dx[rj * D + d] = om * u[q];
-    }
-  }
+  mg_window_sum<false>(dx + rj * D, dy, base, H, D, j, 1, n, gz, omega[rj]);
   const float sw = warp_sum(in ? cW[rk * span + lane] : 0.f), sa = warp_sum(in ? cA[rk * span + lane] : 0.f);
   if (lane == 0) {
     dW[rj] = sw;
