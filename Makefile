@@ -52,7 +52,7 @@ test-cuda-bins:
 	$(GO) test -c -tags dmc_cuda -ldflags="-s -w" -o $(BIN)/kernels.test ./kernels
 
 # The retrofit-at-scale pipeline (issue 15, docs/scale-pipeline.md) on GPU 0: resumable, about
-# half an hour of H200 time; variables of docs/scale-pipeline.sh (D, A, DEADLINE, ...) pass through.
+# 40 minutes of H200 time (3000-step retrofits); variables of docs/scale-pipeline.sh (D, A, DEADLINE, ...) pass through.
 scale-pipeline: build-cuda
 	DMC=$(BIN)/dmc-cuda docs/scale-pipeline.sh
 

@@ -26,7 +26,9 @@ DEVICE=${DEVICE:-cuda}
 MODEL=${MODEL:-base-30m-gqa}                  # preset or YAML config of the base model
 SEQ=${SEQ:-1024}                              # training and evaluation sequence length
 PRE_STEPS=${PRE_STEPS:-1500} PRE_BATCH=${PRE_BATCH:-32} PRE_LR=${PRE_LR:-3e-3}
-RET_STEPS=${RET_STEPS:-600} RET_BATCH=${RET_BATCH:-16} RET_LR=${RET_LR:-5e-4}
+# 3000 retrofit steps (49M tokens, two epochs of the train split): the runs of docs/results/scale.md
+# since 2026-12-03; 600 was the first run's.
+RET_STEPS=${RET_STEPS:-3000} RET_BATCH=${RET_BATCH:-16} RET_LR=${RET_LR:-5e-4}
 CRS=${CRS:-"2 4 8"}
 KV_HEADS=${KV_HEADS:-"2 1"}                   # GQA uptraining targets (the base has 4 KV heads)
 HELDOUT_TOKENS=${HELDOUT_TOKENS:-131072}      # each run's own final evaluation
@@ -47,7 +49,7 @@ DEADLINE=${DEADLINE:-0}
 DISTILL=${DISTILL:-0}
 # Held-out loss with hard decisions and no noise every EVAL_EVERY retrofit steps (in each run's
 # metrics.jsonl as eval_lm_loss): the gap between relaxed training and inference.
-EVAL_EVERY=${EVAL_EVERY:-100}
+EVAL_EVERY=${EVAL_EVERY:-250}
 # CALIBRATE=1 exports the DMC models with dmc export --calibrate-cr (the decision offset moved
 # until held-out text compresses by the target; about a minute per model on the GPU) and
 # evaluates the calibrated exports (crN-export) next to the runs.
