@@ -154,6 +154,11 @@ type TrainDevice struct {
 	// window fits a warp (1 ≤ W ≤ 32), for which tr_dmc_merge_*_w are the default;
 	// DMC_MERGE=general sets it (tests and measurements).
 	MergeGeneral bool
+	// AttnPaired runs the attention backward kernels that interleave their two score products
+	// (S and dP) in one sequence of mma instructions (tc_attn_bwd_q2_*, tc_attn_bwd_kv2_*),
+	// twice the independent tensor-core chains per warp, with bit-identical results;
+	// DMC_ATTN_PAIR=1 sets it. Not yet measured on a GPU (2026-12-04), hence opt-in.
+	AttnPaired bool
 }
 
 type trGemmKey struct{ ta, tb, m, n, k, lda, ldb, ldc int }
@@ -187,7 +192,8 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 		return nil, fmt.Errorf("training kernels: %s", C.GoString(&msg[0]))
 	}
 	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{},
-		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general"}
+		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general",
+		AttnPaired: os.Getenv("DMC_ATTN_PAIR") == "1"}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {

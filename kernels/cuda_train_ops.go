@@ -684,12 +684,16 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 		q, k, v, dO = q16, k16, v16, g16
 		blocks := (g.SeqLen + tcRows - 1) / tcRows
 		_, smemQ, smemKV := tcSmem(D)
-		if err := t.launch(fmt.Sprintf("tc_attn_bwd_q_%d", D), dim3{x: blocks, y: Hq, z: B}, tcThreads, smemQ,
+		pair := "" // the paired score products (TrainDevice.AttnPaired): tc_attn_bwd_q2_*, tc_attn_bwd_kv2_*
+		if t.AttnPaired {
+			pair = "2"
+		}
+		if err := t.launch(fmt.Sprintf("tc_attn_bwd_q%s_%d", pair, D), dim3{x: blocks, y: Hq, z: B}, tcThreads, smemQ,
 			new(args).p(dq.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
 				i(g.SeqLen).i(Hq).i(Hkv).f(scale)); err != nil {
 			return err
 		}
-		return t.launch(fmt.Sprintf("tc_attn_bwd_kv_%d", D), dim3{x: blocks, y: Hkv, z: B}, tcThreads, smemKV,
+		return t.launch(fmt.Sprintf("tc_attn_bwd_kv%s_%d", pair, D), dim3{x: blocks, y: Hkv, z: B}, tcThreads, smemKV,
 			new(args).p(dk.ptr).p(dv.ptr).pOpt(dA).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
 				i(g.SeqLen).i(Hq).i(Hkv).f(scale))
 	}

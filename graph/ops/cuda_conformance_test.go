@@ -828,7 +828,7 @@ func (s *convSuite) testAttention(t *testing.T) {
 		if sh.masked {
 			ba, gdA = s.up(alpha), s.out(N*sh.Hkv)
 		}
-		defer func(r bool) { s.dev.Attn32Rows = r }(s.dev.Attn32Rows)
+		defer func(r, p bool) { s.dev.Attn32Rows, s.dev.AttnPaired = r, p }(s.dev.Attn32Rows, s.dev.AttnPaired)
 		var tcO []float32 // the 16-row forward's output, which the 32-row kernel must equal bit for bit
 		// the exact fp32 kernels, then the tensor-core ones with 16 and with 32 query rows per warp
 		for variant := 0; variant < 3; variant++ {
@@ -870,6 +870,24 @@ func (s *convSuite) testAttention(t *testing.T) {
 			if sh.masked {
 				gotA = s.down(gdA)
 				s.check("Attention.dalpha "+tag, gotA, packed[nq+2*nk:], tolAttn)
+			}
+			if tc {
+				// the backward with its score products interleaved gives the same bits
+				pq, pk, pv := s.out(N*sh.Hq*sh.D), s.out(N*sh.Hkv*sh.D), s.out(N*sh.Hkv*sh.D)
+				var pA *kernels.DevBuf
+				if sh.masked {
+					pA = s.out(N * sh.Hkv)
+				}
+				s.dev.AttnPaired = true
+				s.ok(s.dev.AttentionBackward(pq, pk, pv, pA, bq, bk, bv, ba, o, stats, bdO, g, N))
+				s.dev.AttnPaired = false
+				n := bitDiff(s.down(pq), s.down(gdq)) + bitDiff(s.down(pk), s.down(gdk)) + bitDiff(s.down(pv), s.down(gdv))
+				if sh.masked {
+					n += bitDiff(s.down(pA), s.down(gdA))
+				}
+				if n != 0 {
+					t.Errorf("Attention %s: the paired backward differs from the plain one in %d elements", tag, n)
+				}
 			}
 			s.ok(s.dev.AttentionForward(o, stats, bq, bk, bv, ba, g, N))
 			s.ok(s.dev.AttentionBackward(gdq, gdk, gdv, gdA, bq, bk, bv, ba, o, stats, bdO, g, N))

@@ -1230,6 +1230,50 @@ __device__ __forceinline__ void fa_scores(float (*s)[4], const uint32_t (*af)[4]
   }
 }
 
+// Two score products of the same shape in one interleaved sequence (the backward's S and dP):
+// s = A·Bᵀ and s2 = A2·B2ᵀ. Each accumulator receives the same products in the same order as
+// fa_scores gives it, so the results are bit-identical; the interleaving doubles the
+// independent mma chains in flight (NT per product) that hide the tensor-core latency. With
+// AREGS the A fragments are af/af2 in registers; otherwise they are read from the [rows][D]
+// tiles atile/atile2 at row arow, one k-step ahead.
+template <int D, int NT, bool AREGS>
+__device__ __forceinline__ void fa_scores2(float (*s)[4], const uint32_t (*af)[4], const __nv_bfloat16* atile, const __nv_bfloat16* tile,
+                                           float (*s2)[4], const uint32_t (*af2)[4], const __nv_bfloat16* atile2,
+                                           const __nv_bfloat16* tile2, int arow) {
+  constexpr int NP = NT / 2, KK = D / 16, L = KK * NP, P = L - 1 < 2 ? L - 1 : 2;
+  uint32_t b[P + 1][4], b2[P + 1][4], a[2][4], a2[2][4];
+#pragma unroll
+  for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.f;
+  if (!AREGS) {
+    fa_afrag<D>(a[0], atile, arow, 0);
+    fa_afrag<D>(a2[0], atile2, arow, 0);
+  }
+#pragma unroll
+  for (int i = 0; i < P; i++) {
+    fa_bfrag<D>(b[i], tile, (i % NP) * 16, (i / NP) * 16);
+    fa_bfrag<D>(b2[i], tile2, (i % NP) * 16, (i / NP) * 16);
+  }
+#pragma unroll
+  for (int i = 0; i < L; i++) {
+    const int kk = i / NP, np = i % NP;
+    if (!AREGS && np == 0 && kk + 1 < KK) {
+      fa_afrag<D>(a[(kk + 1) & 1], atile, arow, (kk + 1) * 16);
+      fa_afrag<D>(a2[(kk + 1) & 1], atile2, arow, (kk + 1) * 16);
+    }
+    if (i + P < L) {
+      fa_bfrag<D>(b[(i + P) % (P + 1)], tile, ((i + P) % NP) * 16, ((i + P) / NP) * 16);
+      fa_bfrag<D>(b2[(i + P) % (P + 1)], tile2, ((i + P) % NP) * 16, ((i + P) / NP) * 16);
+    }
+    const uint32_t *f = b[i % (P + 1)], *f2 = b2[i % (P + 1)];
+    const uint32_t* x = AREGS ? af[kk] : a[kk & 1];
+    const uint32_t* x2 = AREGS ? af2[kk] : a2[kk & 1];
+    fa_mma(s[2 * np], x, f[0], f[1]);
+    fa_mma(s2[2 * np], x2, f2[0], f2[1]);
+    fa_mma(s[2 * np + 1], x, f[2], f[3]);
+    fa_mma(s2[2 * np + 1], x2, f2[2], f2[3]);
+  }
+}
+
 // acc[D/8][4] += P(16×KT·16, as score fragments p) · tile rows [KT·16][D] (stored [k][n]).
 template <int D, int KT>
 __device__ __forceinline__ void fa_pv(float (*acc)[4], const float (*p)[4], const __nv_bfloat16* tile) {
@@ -1579,7 +1623,7 @@ __device__ void fa_attn_fwd2(float* o, float* stats, const __nv_bfloat16* q, con
 // dq: grid (ceil(T/64), Hq, B); q and dO fragments stay in registers (staged through the
 // buffers), 32-key tiles of K and V double-buffered: dynamic smem 2·2·32·(D+8) bf16 (at least
 // the 2·64 staging rows) + 2·32 floats.
-template <int D>
+template <int D, bool PAIR>
 __device__ void fa_attn_bwd_q(float* dq, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const float* alpha,
                               const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq, int Hkv, float scale) {
   constexpr int SD = D + 8, BK = FA_BWDQ_BK, NT = BK / 8;
@@ -1644,8 +1688,12 @@ __device__ void fa_attn_bwd_q(float* dq, const __nv_bfloat16* q, const __nv_bflo
     const float* Lt = Lm + (tile & 1) * BK;
     if (live && j0 <= wLast) {
       float s[NT][4], dp[NT][4];
-      fa_scores<D, NT>(s, qf, Ks, 0);
-      fa_scores<D, NT>(dp, gf, Vs, 0);
+      if (PAIR) {
+        fa_scores2<D, NT, true>(s, qf, nullptr, Ks, dp, gf, nullptr, Vs, 0);
+      } else {
+        fa_scores<D, NT>(s, qf, Ks, 0);
+        fa_scores<D, NT>(dp, gf, Vs, 0);
+      }
       // dS = P ∘ (dP − δ); the softmax scale is applied once, to dq at the store. Rows past T
       // are computed on zero-filled Q and dO and never stored.
       fa_logits<NT, false>(s, nullptr, Lt, j0, ra, rb, T, sl2, j0 + BK - 1 >= w0);
@@ -1703,7 +1751,7 @@ __device__ __forceinline__ void fa_kv_probs(float (*s)[4], float (*dp)[4], float
 // dk, dv, dα: grid (ceil(T/64), Hkv, B), each warp 16 keys against every later query of the G
 // query heads in 32-query tiles (double-buffered Q/dO tiles and their stats); dynamic smem
 // (2·64 + 2·2·32)·(D+8) bf16 + 2·3·32 floats.
-template <int D>
+template <int D, bool PAIR>
 __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                const float* alpha, const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq,
                                int Hkv, float scale) {
@@ -1765,7 +1813,9 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloa
     const float *Lq = st + (u & 1) * 3 * BQ, *Mq = Lq + BQ, *Dq = Mq + BQ;
     if (live && q0 + BQ - 1 >= w0) {
       float s[NT][4], dp[NT][4];
-      {
+      if (PAIR) {
+        fa_scores2<D, NT, false>(s, nullptr, Ks, Qs, dp, nullptr, Vs, Gs, warp * 16);  // Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ
+      } else {
         uint32_t af[D / 16][4];
 #pragma unroll
         for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(af[kk], Ks, warp * 16, kk * 16);
@@ -1821,13 +1871,25 @@ extern "C" {
       tc_attn_bwd_q_##D(float* dq, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,                \
                         const float* alpha, const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq, \
                         int Hkv, float scale) {                        \
-    fa_attn_bwd_q<D>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                             \
+    fa_attn_bwd_q<D, false>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                      \
+  }                                                                                                                        \
+  __global__ void __launch_bounds__(FA_THREADS)                                                                            \
+      tc_attn_bwd_q2_##D(float* dq, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,               \
+                         const float* alpha, const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq, \
+                         int Hkv, float scale) {                                                                           \
+    fa_attn_bwd_q<D, true>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                       \
   }                                                                                                                        \
   __global__ void __launch_bounds__(FA_THREADS)                                                                            \
       tc_attn_bwd_kv_##D(float* dk, float* dv, float* dA, const __nv_bfloat16* q, const __nv_bfloat16* k,                \
                          const __nv_bfloat16* v, const float* alpha, const float* stats, const float* delta,               \
                          const __nv_bfloat16* dO, int T, int Hq, int Hkv, float scale) {                                                                           \
-    fa_attn_bwd_kv<D>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                    \
+    fa_attn_bwd_kv<D, false>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                             \
+  }                                                                                                                        \
+  __global__ void __launch_bounds__(FA_THREADS)                                                                            \
+      tc_attn_bwd_kv2_##D(float* dk, float* dv, float* dA, const __nv_bfloat16* q, const __nv_bfloat16* k,               \
+                          const __nv_bfloat16* v, const float* alpha, const float* stats, const float* delta,              \
+                          const __nv_bfloat16* dO, int T, int Hq, int Hkv, float scale) {                                  \
+    fa_attn_bwd_kv<D, true>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                              \
   }
 FA_INST(16)
 FA_INST(32)
