@@ -45,7 +45,8 @@ cuda-toolkit:
 clean:
 	rm -rf $(BIN) runs/demo
 
-# The GPU test binaries (run them on the GPU machine with docs/gpu-tests.sh BIN ASSETS).
+# The GPU test binaries (run them on the GPU machine with docs/gpu-tests.sh BIN ASSETS; the
+# training speed measurements with docs/gpu-bench.sh BIN OUT, which also needs BIN/dmc).
 test-cuda-bins:
 	$(GO) test -c -tags dmc_cuda -ldflags="-s -w" -o $(BIN)/ops.test ./graph/ops
 	$(GO) test -c -tags dmc_cuda -ldflags="-s -w" -o $(BIN)/device.test ./graph/device
