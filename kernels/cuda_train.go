@@ -159,6 +159,11 @@ type TrainDevice struct {
 	// twice the independent tensor-core chains per warp, with bit-identical results;
 	// DMC_ATTN_PAIR=1 sets it. Not yet measured on a GPU (2026-12-04), hence opt-in.
 	AttnPaired bool
+	// RopeRows runs RoPE with a thread per (head, pair) column over strided rows
+	// (tr_rope_rows: 32-bit indices computed once) instead of a thread per element with 64-bit
+	// index divisions; the arithmetic and so the bits are the same. DMC_ROPE=rows sets it. Not
+	// yet measured on a GPU (2026-12-04), hence opt-in.
+	RopeRows bool
 }
 
 type trGemmKey struct{ ta, tb, m, n, k, lda, ldb, ldc int }
@@ -193,7 +198,7 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 	}
 	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{},
 		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general",
-		AttnPaired: os.Getenv("DMC_ATTN_PAIR") == "1"}
+		AttnPaired: os.Getenv("DMC_ATTN_PAIR") == "1", RopeRows: os.Getenv("DMC_ROPE") == "rows"}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {

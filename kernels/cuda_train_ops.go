@@ -180,8 +180,13 @@ func (t *TrainDevice) RoPE(y, x *DevBuf, tab *RoPETables, rows, heads, ch int, s
 	if inverse {
 		inv = 1
 	}
-	return t.launch1D("tr_rope", int64(n/2), new(args).p(y.ptr).p(x.ptr).p(tab.Cos.ptr).p(tab.Sin.ptr).p(tab.PairA.ptr).p(tab.PairB.ptr).
-		i(rows).i(heads).i(tab.D).i(tab.T).i(ch).f64(s).i(inv))
+	a := new(args).p(y.ptr).p(x.ptr).p(tab.Cos.ptr).p(tab.Sin.ptr).p(tab.PairA.ptr).p(tab.PairB.ptr).
+		i(rows).i(heads).i(tab.D).i(tab.T).i(ch).f64(s).i(inv)
+	if t.RopeRows {
+		cols := (heads*tab.D/2 + 255) / 256
+		return t.launch("tr_rope_rows", dim3{x: max(1, min(rows, t.d.sms*8/cols)), y: cols}, 256, 0, a)
+	}
+	return t.launch1D("tr_rope", int64(n/2), a)
 }
 
 // ---- SwiGLU

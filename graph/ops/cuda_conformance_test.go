@@ -384,6 +384,8 @@ func (s *convSuite) testRoPE(t *testing.T) {
 		{model.RoPEHalf, 4, 64, 13, 3, 63, 0, 10000},
 		{model.RoPEHalf, 2, 128, 33, 1, 5, 0.7, 500000},
 		{model.RoPEInterleaved, 1, 64, 7, 2, 0, 2, 10000},
+		{model.RoPEHalf, 8, 128, 9, 2, 127, 0.5, 10000},     // 512 pairs: two column blocks of tr_rope_rows
+		{model.RoPEInterleaved, 5, 128, 3, 1, -1, 1, 10000}, // 320 pairs: a partial column block
 	} {
 		tab, err := s.dev.NewRoPETables(c.layout, c.theta, c.D, c.T)
 		s.ok(err)
@@ -396,12 +398,16 @@ func (s *convSuite) testRoPE(t *testing.T) {
 			want, want32 := make([]float64, len(x)), make([]float32, len(x))
 			ropeKernel(o, want, to64(x), c.sc)
 			ropeKernel(o, want32, x, c.sc)
-			got := s.out(len(x))
-			s.ok(s.dev.RoPE(got, s.up(x), tab, rows, c.H, c.ch, c.sc, inv))
-			g := s.down(got)
-			name := fmt.Sprintf("RoPE.y %s H%d D%d T%d ch%d inv=%t", c.layout, c.H, c.D, c.T, c.ch, inv)
-			s.check(name, g, want, tolF32)
-			s.exact(name, g, want32, false)
+			for _, byRows := range []bool{false, true} { // tr_rope and tr_rope_rows
+				s.dev.RopeRows = byRows
+				got := s.out(len(x))
+				s.ok(s.dev.RoPE(got, s.up(x), tab, rows, c.H, c.ch, c.sc, inv))
+				g := s.down(got)
+				name := fmt.Sprintf("RoPE.y %s H%d D%d T%d ch%d inv=%t rows=%t", c.layout, c.H, c.D, c.T, c.ch, inv, byRows)
+				s.check(name, g, want, tolF32)
+				s.exact(name, g, want32, false)
+			}
+			s.dev.RopeRows = false
 		}
 		tab.Free()
 	}

@@ -174,6 +174,38 @@ __global__ void tr_rope(float* y, const float* x, const double* cosT, const doub
   }
 }
 
+// The same arithmetic with one thread per (head, pair) column, its indices computed once in
+// 32 bits, and the rows strided over the blocks: grid (row blocks, ceil(H·D/2 / blockDim)).
+// tr_rope's per-element 64-bit divisions cost more than its memory traffic.
+__global__ void tr_rope_rows(float* y, const float* x, const double* cosT, const double* sinT, const int* pa, const int* pb,
+                             int rows, int H, int D, int T, int ch, double s, int inverse) {
+  const int half = D / 2, p = blockIdx.y * blockDim.x + threadIdx.x;
+  if (p >= H * half) return;
+  const int h = p / half, i = p - h * half, a = pa[i], b = pb[i], ca = h * D + a, cb = h * D + b;
+  const bool sa = ch >= 0 && a == ch, sb = ch >= 0 && b == ch;
+  for (int row = blockIdx.x; row < rows; row += gridDim.x) {
+    const int t = row % T;
+    const long long base = (long long)row * H * D;
+    const double c = cosT[t * half + i];
+    double si = sinT[t * half + i];
+    if (inverse) si = -si;
+    float xa = x[base + ca], xb = x[base + cb];
+    if (!inverse) {
+      if (sa) xa = (float)__dmul_rn((double)xa, s);
+      if (sb) xb = (float)__dmul_rn((double)xb, s);
+    }
+    const double x0 = xa, x1 = xb;
+    float ya = (float)__dsub_rn(__dmul_rn(x0, c), __dmul_rn(x1, si));
+    float yb = (float)__dadd_rn(__dmul_rn(x0, si), __dmul_rn(x1, c));
+    if (inverse) {
+      if (sa) ya = (float)__dmul_rn((double)ya, s);
+      if (sb) yb = (float)__dmul_rn((double)yb, s);
+    }
+    y[base + ca] = ya;
+    y[base + cb] = yb;
+  }
+}
+
 // ---- SwiGLU ----------------------------------------------------------------------------------
 
 // out = silu(a)·b; out16, when set, gets bf16(out) (the down projection's operand).
