@@ -159,11 +159,12 @@ type TrainDevice struct {
 	// twice the independent tensor-core chains per warp, with bit-identical results;
 	// DMC_ATTN_PAIR=1 sets it. Not yet measured on a GPU (2026-12-04), hence opt-in.
 	AttnPaired bool
-	// RopeRows runs RoPE with a thread per (head, pair) column over strided rows
-	// (tr_rope_rows: 32-bit indices computed once) instead of a thread per element with 64-bit
-	// index divisions; the arithmetic and so the bits are the same. DMC_ROPE=rows sets it. Not
-	// yet measured on a GPU (2026-12-04), hence opt-in.
-	RopeRows bool
+	// RowKernels runs RoPE and the DMC decision and importance gradients with their indices
+	// computed once per row or column in 32 bits (tr_rope_rows, tr_dmc_decide_bwd_rows,
+	// tr_dmc_importance_bwd_rows) instead of 64-bit divisions for every element; the
+	// arithmetic and so the bits are the same. DMC_ROW_KERNELS=1 sets it. Not yet measured on
+	// a GPU (2026-12-04), hence opt-in.
+	RowKernels bool
 }
 
 type trGemmKey struct{ ta, tb, m, n, k, lda, ldb, ldc int }
@@ -198,7 +199,7 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 	}
 	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{},
 		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general",
-		AttnPaired: os.Getenv("DMC_ATTN_PAIR") == "1", RopeRows: os.Getenv("DMC_ROPE") == "rows"}
+		AttnPaired: os.Getenv("DMC_ATTN_PAIR") == "1", RowKernels: os.Getenv("DMC_ROW_KERNELS") == "1"}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {
@@ -501,6 +502,11 @@ func (t *TrainDevice) launch(name string, grid dim3, block, smem int, a *args) e
 func (t *TrainDevice) launch1D(name string, n int64, a *args) error {
 	blocks := min((n+255)/256, int64(t.d.sms)*32)
 	return t.launch(name, dim3{x: int(blocks)}, 256, 0, a)
+}
+
+// launchRows launches a kernel that strides warps over n rows (8 warps a block).
+func (t *TrainDevice) launchRows(name string, n int, a *args) error {
+	return t.launch(name, dim3{x: max(1, min((n+7)/8, t.d.sms*16))}, 256, 0, a)
 }
 
 // f64 appends a float64 parameter.

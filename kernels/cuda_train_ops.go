@@ -182,7 +182,7 @@ func (t *TrainDevice) RoPE(y, x *DevBuf, tab *RoPETables, rows, heads, ch int, s
 	}
 	a := new(args).p(y.ptr).p(x.ptr).p(tab.Cos.ptr).p(tab.Sin.ptr).p(tab.PairA.ptr).p(tab.PairB.ptr).
 		i(rows).i(heads).i(tab.D).i(tab.T).i(ch).f64(s).i(inv)
-	if t.RopeRows {
+	if t.RowKernels {
 		cols := (heads*tab.D/2 + 255) / 256
 		return t.launch("tr_rope_rows", dim3{x: max(1, min(rows, t.d.sms*8/cols)), y: cols}, 256, 0, a)
 	}
@@ -378,8 +378,12 @@ func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, row
 		func() error { return need("", "dalpha", dA, F32, rows*H) }); err != nil {
 		return err
 	}
-	return t.launch1D("tr_dmc_decide_bwd", int64(rows*H*D), new(args).p(dk.ptr).p(k.ptr).p(noise.ptr).p(dA.ptr).i(rows).i(H).i(D).i(g.SeqLen).
-		i(g.Channel).f64(g.DecisionOffset).f64(g.Temperature).i(mode))
+	a := new(args).p(dk.ptr).p(k.ptr).p(noise.ptr).p(dA.ptr).i(rows).i(H).i(D).i(g.SeqLen).
+		i(g.Channel).f64(g.DecisionOffset).f64(g.Temperature).i(mode)
+	if t.RowKernels {
+		return t.launchRows("tr_dmc_decide_bwd_rows", rows*H, a)
+	}
+	return t.launch1D("tr_dmc_decide_bwd", int64(rows*H*D), a)
 }
 
 // DMCImportance writes ω [rows, Hkv] = σ(mean_group q[ch] + offset) + eps (eps: the float32
@@ -400,8 +404,12 @@ func (t *TrainDevice) DMCImportanceBackward(dq, q, dW *DevBuf, g DMCGeom, rows i
 		func() error { return need("", "q", q, F32, n) }, func() error { return need("", "domega", dW, F32, rows*g.KVHeads) }); err != nil {
 		return err
 	}
-	return t.launch1D("tr_dmc_importance_bwd", int64(n), new(args).p(dq.ptr).p(q.ptr).p(dW.ptr).i(rows).i(g.QHeads).i(g.KVHeads).i(g.HeadD).
-		i(g.Channel).f64(g.ImportanceOffset))
+	a := new(args).p(dq.ptr).p(q.ptr).p(dW.ptr).i(rows).i(g.QHeads).i(g.KVHeads).i(g.HeadD).
+		i(g.Channel).f64(g.ImportanceOffset)
+	if t.RowKernels {
+		return t.launchRows("tr_dmc_importance_bwd_rows", rows*g.QHeads, a)
+	}
+	return t.launch1D("tr_dmc_importance_bwd", int64(n), a)
 }
 
 // DMCHardCount writes count [B] = #{α > 0.5} per sequence, α [B·T, H] (per = T·H).

@@ -399,7 +399,7 @@ func (s *convSuite) testRoPE(t *testing.T) {
 			ropeKernel(o, want, to64(x), c.sc)
 			ropeKernel(o, want32, x, c.sc)
 			for _, byRows := range []bool{false, true} { // tr_rope and tr_rope_rows
-				s.dev.RopeRows = byRows
+				s.dev.RowKernels = byRows
 				got := s.out(len(x))
 				s.ok(s.dev.RoPE(got, s.up(x), tab, rows, c.H, c.ch, c.sc, inv))
 				g := s.down(got)
@@ -407,7 +407,7 @@ func (s *convSuite) testRoPE(t *testing.T) {
 				s.check(name, g, want, tolF32)
 				s.exact(name, g, want32, false)
 			}
-			s.dev.RopeRows = false
+			s.dev.RowKernels = false
 		}
 		tab.Free()
 	}
@@ -592,12 +592,18 @@ func (s *convSuite) testDecide(t *testing.T) {
 			al, dk := make([]float64, rows*H), make([]float64, len(k))
 			decideKernel(decideOp{sp, false}, al, to64(k), to64(noise), mode, nil)
 			decideKernel(decideOp{sp, true}, dk, to64(k), to64(noise), mode, to64(dA))
-			gal, gdk := s.out(len(al)), s.out(len(dk))
+			gal, gdk, rdk := s.out(len(al)), s.out(len(dk)), s.out(len(dk))
 			s.ok(s.dev.DMCDecide(gal, bk, bn, geom(sp), rows, int(mode)))
 			s.ok(s.dev.DMCDecideBackward(gdk, bk, bn, bdA, geom(sp), rows, int(mode)))
+			s.dev.RowKernels = true // the per-row kernel must give the same bits
+			s.ok(s.dev.DMCDecideBackward(rdk, bk, bn, bdA, geom(sp), rows, int(mode)))
+			s.dev.RowKernels = false
 			tag := fmt.Sprintf("%s mode=%d", specTag(sp), mode)
 			s.check("DMCDecide.alpha "+tag, s.down(gal), al, tolF32)
 			s.check("DMCDecide.dk "+tag, s.down(gdk), dk, tolF32)
+			if n := bitDiff(s.down(rdk), s.down(gdk)); n != 0 {
+				t.Errorf("DMCDecide.dk %s: the per-row kernel differs in %d elements", tag, n)
+			}
 		}
 	}
 }
@@ -611,11 +617,18 @@ func (s *convSuite) testImportance(t *testing.T) {
 		importanceKernel(importanceOp{sp, false}, om, to64(q), nil, eps)
 		importanceKernel(importanceOp{sp, true}, dq, to64(q), to64(dW), eps)
 		bq := s.up(q)
-		gom, gdq := s.out(len(om)), s.out(len(dq))
+		gom, gdq, rdq := s.out(len(om)), s.out(len(dq)), s.out(len(dq))
+		bW := s.up(dW)
 		s.ok(s.dev.DMCImportance(gom, bq, geom(sp), rows, eps))
-		s.ok(s.dev.DMCImportanceBackward(gdq, bq, s.up(dW), geom(sp), rows))
+		s.ok(s.dev.DMCImportanceBackward(gdq, bq, bW, geom(sp), rows))
+		s.dev.RowKernels = true
+		s.ok(s.dev.DMCImportanceBackward(rdq, bq, bW, geom(sp), rows))
+		s.dev.RowKernels = false
 		s.check("DMCImportance.omega "+specTag(sp), s.down(gom), om, tolF32)
 		s.check("DMCImportance.dq "+specTag(sp), s.down(gdq), dq, tolF32)
+		if n := bitDiff(s.down(rdq), s.down(gdq)); n != 0 {
+			t.Errorf("DMCImportance.dq %s: the per-row kernel differs in %d elements", specTag(sp), n)
+		}
 	}
 }
 

@@ -386,6 +386,26 @@ __global__ void tr_dmc_decide_bwd(float* dk, const float* k, const float* noise,
   }
 }
 
+// The same gradient with one warp per head row (the D channels of one (row, head)): the row's
+// indices in 32 bits once, channel ch's value computed by the lane that stores it, coalesced
+// zero stores elsewhere. tr_dmc_decide_bwd divides 64-bit indices for every element.
+__global__ void tr_dmc_decide_bwd_rows(float* dk, const float* k, const float* noise, const float* dA, int N, int H, int D, int T,
+                                       int ch, double off, double tau, int mode) {
+  const int lane = threadIdx.x & 31, warps = (gridDim.x * blockDim.x) >> 5, NH = N * H;
+  for (int nh = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; nh < NH; nh += warps) {
+    const int row = nh / H;
+    const long long at = (long long)nh * D;
+    float v = 0.f;
+    if (lane == (ch & 31) && mode != 1 && row % T != 0) {
+      double z = (double)k[at + ch] - off, t = 1;
+      if (mode == 0) z += (double)noise[nh], t = tau;
+      double al = sigmoid_d(z / t);
+      v = (float)((double)dA[nh] * al * (1 - al) / t);
+    }
+    for (int c = lane; c < D; c += 32) dk[at + c] = c == ch ? v : 0.f;
+  }
+}
+
 // ω [N,Hkv] = σ(mean over the group of q[ch] + off) + eps.
 __global__ void tr_dmc_importance(float* omega, const float* q, int N, int Hq, int Hkv, int D, int ch, double off, double eps) {
   long long n = (long long)N * Hkv;
@@ -416,6 +436,24 @@ __global__ void tr_dmc_importance_bwd(float* dq, const float* q, const float* dW
       v = (float)((double)dW[row * Hkv + h] * sg * (1 - sg) / G);
     }
     dq[i] = v;
+  }
+}
+
+// The same with one warp per head row, as tr_dmc_decide_bwd_rows.
+__global__ void tr_dmc_importance_bwd_rows(float* dq, const float* q, const float* dW, int N, int Hq, int Hkv, int D, int ch,
+                                           double off) {
+  const int lane = threadIdx.x & 31, warps = (gridDim.x * blockDim.x) >> 5, NQ = N * Hq, G = Hq / Hkv;
+  for (int nq = (blockIdx.x * blockDim.x + threadIdx.x) >> 5; nq < NQ; nq += warps) {
+    const int row = nq / Hq, h = (nq - row * Hq) / G;
+    const long long at = (long long)nq * D;
+    float v = 0.f;
+    if (lane == (ch & 31)) {
+      double s = 0;
+      for (int g = h * G; g < (h + 1) * G; g++) s += (double)q[((long long)row * Hq + g) * D + ch];
+      double sg = sigmoid_d(s / G + off);
+      v = (float)((double)dW[(long long)row * Hkv + h] * sg * (1 - sg) / G);
+    }
+    for (int c = lane; c < D; c += 32) dq[at + c] = c == ch ? v : 0.f;
   }
 }
 
