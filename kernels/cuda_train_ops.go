@@ -386,6 +386,19 @@ func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, row
 	return t.launch1D("tr_dmc_decide_bwd", int64(rows*H*D), a)
 }
 
+// DMCDecideBackwardAdd adds DMCDecideBackward's gradient into dk, which holds another
+// gradient of k: only the decision channel is touched (the fold of the op and the sum).
+func (t *TrainDevice) DMCDecideBackwardAdd(dk, k, noise, dA *DevBuf, g DMCGeom, rows int, mode int) error {
+	H, D := g.KVHeads, g.HeadD
+	if err := needAll("DMCDecideBackwardAdd", func() error { return g.check("", rows) }, func() error { return need("", "dk", dk, F32, rows*H*D) },
+		func() error { return need("", "k", k, F32, rows*H*D) }, func() error { return need("", "noise", noise, F32, rows*H) },
+		func() error { return need("", "dalpha", dA, F32, rows*H) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_dmc_decide_bwd_add", int64(rows*H), new(args).p(dk.ptr).p(k.ptr).p(noise.ptr).p(dA.ptr).i(rows).i(H).i(D).i(g.SeqLen).
+		i(g.Channel).f64(g.DecisionOffset).f64(g.Temperature).i(mode))
+}
+
 // DMCImportance writes ω [rows, Hkv] = σ(mean_group q[ch] + offset) + eps (eps: the float32
 // machine epsilon 2⁻²³, dmc.Epsilon[float32]).
 func (t *TrainDevice) DMCImportance(omega, q *DevBuf, g DMCGeom, rows int, eps float64) error {
@@ -410,6 +423,18 @@ func (t *TrainDevice) DMCImportanceBackward(dq, q, dW *DevBuf, g DMCGeom, rows i
 		return t.launchRows("tr_dmc_importance_bwd_rows", rows*g.QHeads, a)
 	}
 	return t.launch1D("tr_dmc_importance_bwd", int64(n), a)
+}
+
+// DMCImportanceBackwardAdd adds DMCImportanceBackward's gradient into dq (only the decision
+// channel of every query head is touched).
+func (t *TrainDevice) DMCImportanceBackwardAdd(dq, q, dW *DevBuf, g DMCGeom, rows int) error {
+	n := rows * g.QHeads * g.HeadD
+	if err := needAll("DMCImportanceBackwardAdd", func() error { return g.check("", rows) }, func() error { return need("", "dq", dq, F32, n) },
+		func() error { return need("", "q", q, F32, n) }, func() error { return need("", "domega", dW, F32, rows*g.KVHeads) }); err != nil {
+		return err
+	}
+	return t.launch1D("tr_dmc_importance_bwd_add", int64(rows*g.QHeads), new(args).p(dq.ptr).p(q.ptr).p(dW.ptr).i(rows).i(g.QHeads).i(g.KVHeads).
+		i(g.HeadD).i(g.Channel).f64(g.ImportanceOffset))
 }
 
 // DMCHardCount writes count [B] = #{α > 0.5} per sequence, α [B·T, H] (per = T·H).

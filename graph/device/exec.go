@@ -5,6 +5,7 @@ package device
 import (
 	"fmt"
 	"math"
+	"os"
 	"sort"
 	"strings"
 	"time"
@@ -92,6 +93,11 @@ type Model struct {
 	comm   *kernels.NCCLComm
 	scalar *kernels.DevBuf // F64 scratch of GroupComm's scalar reductions
 }
+
+// foldGatesEnabled folds the DMC decision and importance gradients into the gradient sums
+// they feed (plan.go foldGateGrads); DMC_FOLD_GATES=1 sets it. Not yet run on a GPU
+// (2026-12-04), hence opt-in.
+var foldGatesEnabled = os.Getenv("DMC_FOLD_GATES") == "1"
 
 var _ step.Optimizer = (*Model)(nil)
 
@@ -409,7 +415,8 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 	for i, d := range r.params {
 		frozen[i] = d.g == nil
 	}
-	s, err := compileOpts(p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, recompute: r.recompute})
+	s, err := compileOpts(p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, recompute: r.recompute,
+		foldGates: foldGatesEnabled})
 	if err != nil {
 		return nil, err
 	}
@@ -434,7 +441,7 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 			}
 		}
 	}
-	if err := r.checkFit(s, p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen}); err != nil {
+	if err := r.checkFit(s, p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldGates: foldGatesEnabled}); err != nil {
 		return nil, err
 	}
 	// Grow the arenas to the largest schedule; every schedule re-binds after a growth.
@@ -698,6 +705,9 @@ func dmcGeom(s ops.DMCSpec) kernels.DMCGeom {
 
 // run executes one instruction and, for a parameter's gradient, adds it into the accumulator.
 func (r *runner) run(s *schedule, ins *instr, mb int) error {
+	if ins.nop {
+		return nil // a sum folded into the op before it
+	}
 	d, out := r.dev, ins.out.buf
 	acc := mb > 0 // direct gradient kernels accumulate from the second micro-batch on
 	var err error
@@ -807,9 +817,12 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		if mode, err = r.hostScalar(s, in[2]); err == nil {
 			rows, _ := dims(in[0])
 			m := int(ops.DecisionModeOf(mode))
-			if ins.info.Kind == ops.KindDMCDecide {
+			switch {
+			case ins.info.Kind == ops.KindDMCDecide:
 				err = d.DMCDecide(out, in[0].buf, in[1].buf, dmcGeom(ins.info.DMC), rows, m)
-			} else {
+			case ins.accum:
+				err = d.DMCDecideBackwardAdd(out, in[0].buf, in[1].buf, in[3].buf, dmcGeom(ins.info.DMC), rows, m)
+			default:
 				err = d.DMCDecideBackward(out, in[0].buf, in[1].buf, in[3].buf, dmcGeom(ins.info.DMC), rows, m)
 			}
 		}
@@ -818,7 +831,11 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		err = d.DMCImportance(out, in[0].buf, dmcGeom(ins.info.DMC), rows, dmc.Epsilon[float32]())
 	case ops.KindDMCImportanceGrad:
 		rows, _ := dims(in[0])
-		err = d.DMCImportanceBackward(out, in[0].buf, in[1].buf, dmcGeom(ins.info.DMC), rows)
+		if ins.accum {
+			err = d.DMCImportanceBackwardAdd(out, in[0].buf, in[1].buf, dmcGeom(ins.info.DMC), rows)
+		} else {
+			err = d.DMCImportanceBackward(out, in[0].buf, in[1].buf, dmcGeom(ins.info.DMC), rows)
+		}
 	case ops.KindDMCMerge:
 		rows, _ := dims(in[0])
 		err = d.DMCMerge(out, in[0].buf, in[1].buf, in[2].buf, dmcGeom(ins.info.DMC), rows)

@@ -77,6 +77,10 @@ type instr struct {
 	// right after it is computed (direct: written into the accumulator by the kernel itself).
 	grad   int
 	direct bool
+	// accum: a DMC decision or importance gradient that adds its one channel per head into
+	// its output's storage instead of writing a tensor of zeros (foldGateGrads); nop: the sum
+	// it was folded into, which has nothing left to run.
+	accum, nop bool
 }
 
 // schedule is one compiled run of a Program: forward only, or forward and backward.
@@ -170,6 +174,9 @@ type planOptions struct {
 	// recompute keeps only each layer's input through the forward pass and runs the layer's
 	// forward again just before its backward needs it (activation rematerialisation).
 	recompute bool
+	// foldGates folds the sums of the DMC decision and importance gradients into those ops
+	// (foldGateGrads).
+	foldGates bool
 }
 
 func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
@@ -286,8 +293,90 @@ func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
 	if err := s.link(); err != nil {
 		return nil, err
 	}
+	if o.foldGates && backward {
+		s.foldGateGrads()
+	}
 	s.plan(keepLogits)
 	return s, nil
+}
+
+// region is where a value's elements lie in its root's storage.
+func region(v *val) (root *val, off int) {
+	for v.kind == valView {
+		off += v.viewOff
+		v = v.base
+	}
+	return v, off
+}
+
+// foldGateGrads folds each sum x + a, where a is a DMC decision or importance gradient (zero
+// but for the decision channel of every head), into the op that makes a: the op adds its
+// channel into x's storage in place (instr.accum) and the sum becomes a view of x, which saves
+// a gradient-sized write of zeros and an add per fold (two per layer). It folds only where no
+// instruction reads x's elements from the op on but the sum itself, so the in-place update
+// is invisible, and where a has no other reader.
+func (s *schedule) foldGateGrads() {
+	type read struct {
+		ins, off, n int
+	}
+	reads := map[*val][]read{} // by root: who reads which elements
+	note := func(i int, v *val) {
+		r, off := region(v)
+		reads[r] = append(reads[r], read{i, off, v.n})
+	}
+	for i, ins := range s.instrs {
+		for _, v := range ins.in {
+			note(i, v)
+		}
+		if ins.fwd != nil {
+			note(i, ins.fwd.out)
+		}
+	}
+	for _, o := range s.outputs {
+		if o != nil {
+			note(len(s.instrs), o)
+		}
+	}
+	for i, sum := range s.instrs {
+		if sum.fused || sum.gen != genEW || sum.ew != kernels.EwAdd || len(sum.in) != 2 || sum.grad >= 0 || sum.out.kind != valArena {
+			continue
+		}
+		for j, a := range sum.in {
+			x := sum.in[1-j]
+			if a.kind != valArena || a.def < 0 || a.n != x.n || a.n != sum.out.n || a.b16 != nil {
+				continue
+			}
+			op := s.instrs[a.def]
+			if !op.fused || op.accum || op.grad >= 0 || (op.info.Kind != ops.KindDMCDecideGrad && op.info.Kind != ops.KindDMCImportanceGrad) {
+				continue
+			}
+			if len(reads[a]) != 1 { // the sum alone
+				continue
+			}
+			root, off := region(x)
+			if root.kind != valArena || root.def >= a.def {
+				continue
+			}
+			clear := true
+			for _, rd := range reads[root] {
+				if rd.ins >= a.def && rd.ins != i && rd.off < off+x.n && off < rd.off+rd.n {
+					clear = false
+					break
+				}
+			}
+			if !clear {
+				continue
+			}
+			// The sum's value keeps its index (its bf16 shadow is cast after it, so after the
+			// op) and now names x's elements; the op writes there; a is left unused.
+			y := sum.out
+			y.kind, y.base, y.viewOff = valView, x, 0
+			op.out, op.accum = y, true
+			sum.nop, sum.in, sum.out = true, nil, a
+			reads[root] = append(reads[root], read{len(s.instrs), off, x.n}) // x's elements now live on as y
+			break
+		}
+	}
 }
 
 // input classifies an input node.
@@ -481,10 +570,12 @@ func (s *schedule) plan(keepLogits bool) {
 	alloc := [4]*firstFit{{}, {}, {}, {}}
 	born := make([][]*val, end+1)
 	dies := make([][]*val, end+1)
+	added := map[*val]bool{}
 	add := func(v *val) {
-		if v == nil || v.kind != valArena {
+		if v == nil || v.kind != valArena || added[v] {
 			return
 		}
+		added[v] = true
 		d := max(v.def, 0)
 		if v.last < d {
 			v.last = d

@@ -7,6 +7,7 @@ import (
 
 	"github.com/dmc-project/dmc/graph"
 	"github.com/dmc-project/dmc/graph/ops"
+	"github.com/dmc-project/dmc/kernels"
 )
 
 // The plan keeps far fewer values alive than the schedule produces: a forward pass holds about
@@ -275,4 +276,191 @@ func testPrograms(t *testing.T, layers int) map[bool]*graph.Program {
 		}
 	}
 	return out
+}
+
+// mix is a 64-bit hash step (simulate's tokens).
+func mix(a, b uint64) uint64 {
+	h := a*0x9e3779b97f4a7c15 ^ b
+	h ^= h >> 29
+	h *= 0xbf58476d1ce4e5b9
+	return h ^ h>>32
+}
+
+// simulate runs a schedule on symbolic contents: every element holds a token, an
+// instruction's output elements get tokens derived from its node and the contents it reads (a
+// same-shape sum adds its inputs' tokens; a folded op adds its own into its output's), values
+// share the arena as planned, bf16 shadows are cast where the plan casts them, and the result
+// is the contents of the outputs and the gradients by node. Two schedules of one program that
+// compute the same thing agree, whatever their storage plans; one whose plan lets a value
+// clobber another that is still read does not.
+func simulate(s *schedule) map[string]uint64 {
+	var mem [4][]uint64
+	for dt := range mem {
+		mem[dt] = make([]uint64, s.peak[dt])
+	}
+	own := map[*val][]uint64{}
+	var at func(v *val) []uint64
+	at = func(v *val) []uint64 {
+		switch v.kind {
+		case valArena:
+			return mem[v.dt][v.off : v.off+v.n]
+		case valView:
+			return at(v.base)[v.viewOff : v.viewOff+v.n]
+		}
+		b, ok := own[v]
+		if !ok {
+			id := uint64(1 << 40)
+			if v.node != nil {
+				id = uint64(v.node.ID()) + 1
+			}
+			b = make([]uint64, v.n)
+			for i := range b {
+				b[i] = mix(id, uint64(i))
+			}
+			own[v] = b
+		}
+		return b
+	}
+	digest := func(b []uint64) uint64 {
+		h := uint64(len(b))
+		for _, x := range b {
+			h = mix(h, x)
+		}
+		return h
+	}
+	cast := func(v *val) {
+		src, dst := at(v), at(v.b16)
+		for i := range dst {
+			dst[i] = src[i] ^ 0x5bd1e995
+		}
+	}
+	for _, v := range s.castAt[0] {
+		cast(v)
+	}
+	for i, ins := range s.instrs {
+		if !ins.nop {
+			h := uint64(ins.node.ID()) + 7
+			gemm := ins.fused && (ins.info.Kind == ops.KindLinear || ins.info.Kind == ops.KindLinearDX || ins.info.Kind == ops.KindLinearDW)
+			for k, v := range ins.in {
+				if gemm && k < 2 && v.kind != valParam && v.b16 != nil {
+					v = v.b16 // the GEMMs read the shadows
+				}
+				h = mix(h, digest(at(v)))
+			}
+			if ins.fwd != nil {
+				h = mix(mix(h, digest(at(ins.fwd.out))), digest(at(ins.fwd.stats)))
+			}
+			out := at(ins.out)
+			next := make([]uint64, len(out))
+			switch {
+			case !ins.fused && ins.gen == genEW && ins.ew == kernels.EwAdd && len(ins.in) == 2 && ins.in[0].n == len(out) && ins.in[1].n == len(out):
+				a, b := at(ins.in[0]), at(ins.in[1])
+				for e := range next {
+					next[e] = a[e] + b[e]
+				}
+			case ins.accum:
+				for e := range next {
+					next[e] = out[e] + mix(h, uint64(e))
+				}
+			default:
+				for e := range next {
+					next[e] = mix(h, uint64(e))
+				}
+			}
+			copy(out, next)
+			if ins.stats != nil {
+				st := at(ins.stats)
+				for e := range st {
+					st[e] = mix(h^1, uint64(e))
+				}
+			}
+			if ins.out.b16Fused {
+				cast(ins.out)
+			}
+		}
+		for _, v := range s.castAt[i+1] {
+			cast(v)
+		}
+	}
+	res := map[string]uint64{}
+	for k, o := range s.outputs {
+		if o != nil {
+			res[fmt.Sprintf("output %d", k)] = digest(at(o))
+		}
+	}
+	for _, ins := range s.instrs {
+		if ins.grad >= 0 {
+			res[fmt.Sprintf("gradient %d", ins.grad)] = digest(at(ins.out))
+		}
+	}
+	return res
+}
+
+// Folding the decision and importance gradients into their sums (DMC_FOLD_GATES) leaves every
+// output and gradient as it was, with and without recomputation and bf16 shadows, in no more
+// memory.
+func TestFoldGateGradsKeepsTheResults(t *testing.T) {
+	const layers = 3
+	p := testPrograms(t, layers)[true]
+	for _, c := range []struct{ recompute, fp32 bool }{{false, false}, {true, false}, {false, true}} {
+		recompute := c.recompute
+		plain, err := compileOpts(p, planOptions{backward: true, recompute: recompute, fp32GEMM: c.fp32})
+		if err != nil {
+			t.Fatal(err)
+		}
+		folded, err := compileOpts(p, planOptions{backward: true, recompute: recompute, fp32GEMM: c.fp32, foldGates: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		requireBindable(t, folded)
+		accum, nops := 0, 0
+		for _, ins := range folded.instrs {
+			if ins.accum {
+				accum++
+			}
+			if ins.nop {
+				nops++
+			}
+		}
+		t.Logf("recompute=%t: %d of %d instructions folded; arena %d → %d elements", recompute, nops, len(plain.instrs), plain.peak[0], folded.peak[0])
+		if accum != nops || accum < layers { // at least each layer's importance gradient
+			t.Fatalf("recompute=%t: %d folded ops, %d folded sums (want equal, ≥ %d)", recompute, accum, nops, layers)
+		}
+		if folded.peak[0] > plain.peak[0] {
+			t.Errorf("recompute=%t: folding grew the arena from %d to %d elements", recompute, plain.peak[0], folded.peak[0])
+		}
+		want, got := simulate(plain), simulate(folded)
+		if len(want) != len(got) {
+			t.Fatalf("recompute=%t: %d results, want %d", recompute, len(got), len(want))
+		}
+		for k, w := range want {
+			if got[k] != w {
+				t.Errorf("recompute=%t: %s differs after folding", recompute, k)
+			}
+		}
+	}
+}
+
+// The simulation notices a plan that lets values clobber each other.
+func TestSimulateNoticesClobbering(t *testing.T) {
+	p := testPrograms(t, 2)[true]
+	s, err := compileOpts(p, planOptions{backward: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := simulate(s)
+	for _, v := range s.all {
+		if v.kind == valArena && v.dt == kernels.F32 {
+			v.off = 0 // every fp32 value in the same place
+		}
+	}
+	got, same := simulate(s), 0
+	for k, w := range want {
+		if got[k] == w {
+			same++
+		}
+	}
+	if same == len(want) {
+		t.Fatal("overlapping every value changed no result")
+	}
 }

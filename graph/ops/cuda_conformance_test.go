@@ -234,6 +234,20 @@ func (s *convSuite) checkScaled(name string, got []float32, want, ref []float64,
 	}
 }
 
+// sumDiff counts elements where got ≠ x + y in float32 (equal values: +0 and −0 match).
+func sumDiff(got, x, y []float32) int {
+	if len(got) != len(x) || len(x) != len(y) {
+		return max(len(got), len(x), len(y))
+	}
+	n := 0
+	for i := range got {
+		if w := x[i] + y[i]; got[i] != w && !(math.IsNaN(float64(w)) && math.IsNaN(float64(got[i]))) {
+			n++
+		}
+	}
+	return n
+}
+
 // bitDiff counts elements whose bits differ.
 func bitDiff(a, b []float32) int {
 	if len(a) != len(b) {
@@ -604,6 +618,13 @@ func (s *convSuite) testDecide(t *testing.T) {
 			if n := bitDiff(s.down(rdk), s.down(gdk)); n != 0 {
 				t.Errorf("DMCDecide.dk %s: the per-row kernel differs in %d elements", tag, n)
 			}
+			// the folded form: the gradient added into another one, x + dk exactly
+			x := s.normals(len(k), 1, 0)
+			bx := s.up(x)
+			s.ok(s.dev.DMCDecideBackwardAdd(bx, bk, bn, bdA, geom(sp), rows, int(mode)))
+			if n := sumDiff(s.down(bx), x, s.down(gdk)); n != 0 {
+				t.Errorf("DMCDecideBackwardAdd %s: %d elements differ from x + dk", tag, n)
+			}
 		}
 	}
 }
@@ -628,6 +649,12 @@ func (s *convSuite) testImportance(t *testing.T) {
 		s.check("DMCImportance.dq "+specTag(sp), s.down(gdq), dq, tolF32)
 		if n := bitDiff(s.down(rdq), s.down(gdq)); n != 0 {
 			t.Errorf("DMCImportance.dq %s: the per-row kernel differs in %d elements", specTag(sp), n)
+		}
+		x := s.normals(len(q), 1, 0)
+		bx := s.up(x)
+		s.ok(s.dev.DMCImportanceBackwardAdd(bx, bq, bW, geom(sp), rows))
+		if n := sumDiff(s.down(bx), x, s.down(gdq)); n != 0 {
+			t.Errorf("DMCImportanceBackwardAdd %s: %d elements differ from x + dq", specTag(sp), n)
 		}
 	}
 }

@@ -406,6 +406,21 @@ __global__ void tr_dmc_decide_bwd_rows(float* dk, const float* k, const float* n
   }
 }
 
+// dk[row, h, ch] += the same gradient, every other element untouched: tr_dmc_decide_bwd and the
+// gradient sum it feeds in one (graph/device foldGateGrads), one thread per (row, head).
+__global__ void tr_dmc_decide_bwd_add(float* dk, const float* k, const float* noise, const float* dA, int N, int H, int D, int T,
+                                      int ch, double off, double tau, int mode) {
+  const long long n = (long long)N * H;
+  GRID_STRIDE(nh, n) {
+    const long long row = nh / H, at = nh * D + ch;
+    if (mode == 1 || row % T == 0) continue;
+    double z = (double)k[at] - off, t = 1;
+    if (mode == 0) z += (double)noise[nh], t = tau;
+    double al = sigmoid_d(z / t);
+    dk[at] += (float)((double)dA[nh] * al * (1 - al) / t);
+  }
+}
+
 // ω [N,Hkv] = σ(mean over the group of q[ch] + off) + eps.
 __global__ void tr_dmc_importance(float* omega, const float* q, int N, int Hq, int Hkv, int D, int ch, double off, double eps) {
   long long n = (long long)N * Hkv;
@@ -436,6 +451,20 @@ __global__ void tr_dmc_importance_bwd(float* dq, const float* q, const float* dW
       v = (float)((double)dW[row * Hkv + h] * sg * (1 - sg) / G);
     }
     dq[i] = v;
+  }
+}
+
+// dq[row, g, ch] += the same gradient, every other element untouched (as tr_dmc_decide_bwd_add).
+__global__ void tr_dmc_importance_bwd_add(float* dq, const float* q, const float* dW, int N, int Hq, int Hkv, int D, int ch, double off) {
+  const long long n = (long long)N * Hq;
+  const int G = Hq / Hkv;
+  GRID_STRIDE(nq, n) {
+    const long long row = nq / Hq;
+    const int h = (int)(nq % Hq) / G;
+    double s = 0;
+    for (int g = h * G; g < (h + 1) * G; g++) s += (double)q[(row * Hq + g) * D + ch];
+    double sg = sigmoid_d(s / G + off);
+    dq[nq * D + ch] += (float)((double)dW[row * Hkv + h] * sg * (1 - sg) / G);
   }
 }
 
