@@ -94,10 +94,9 @@ type Model struct {
 	scalar *kernels.DevBuf // F64 scratch of GroupComm's scalar reductions
 }
 
-// foldGatesEnabled folds the DMC decision and importance gradients into the gradient sums
-// they feed (plan.go foldGateGrads); DMC_FOLD_GATES=1 sets it. Not yet run on a GPU
-// (2026-12-04), hence opt-in.
-var foldGatesEnabled = os.Getenv("DMC_FOLD_GATES") == "1"
+// foldSumsEnabled folds gradient sums into the ops that feed them (plan.go foldSums);
+// DMC_FOLD_SUMS=1 sets it. Not yet run on a GPU (2026-12-04), hence opt-in.
+var foldSumsEnabled = os.Getenv("DMC_FOLD_SUMS") == "1"
 
 var _ step.Optimizer = (*Model)(nil)
 
@@ -416,7 +415,7 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 		frozen[i] = d.g == nil
 	}
 	s, err := compileOpts(p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, recompute: r.recompute,
-		foldGates: foldGatesEnabled})
+		foldSums: foldSumsEnabled})
 	if err != nil {
 		return nil, err
 	}
@@ -441,7 +440,7 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 			}
 		}
 	}
-	if err := r.checkFit(s, p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldGates: foldGatesEnabled}); err != nil {
+	if err := r.checkFit(s, p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled}); err != nil {
 		return nil, err
 	}
 	// Grow the arenas to the largest schedule; every schedule re-binds after a growth.
@@ -757,7 +756,7 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 	case ops.KindLinearDX:
 		rows, outD := dims(in[0])
 		_, inD := dims(in[1])
-		err = d.LinearBackwardX(out, r.b16(in[0]), r.b16(in[1]), rows, inD, outD, false)
+		err = d.LinearBackwardX(out, r.b16(in[0]), r.b16(in[1]), rows, inD, outD, ins.accum)
 	case ops.KindLinearDW:
 		rows, outD := dims(in[0])
 		_, inD := dims(in[1])

@@ -77,9 +77,9 @@ type instr struct {
 	// right after it is computed (direct: written into the accumulator by the kernel itself).
 	grad   int
 	direct bool
-	// accum: a DMC decision or importance gradient that adds its one channel per head into
-	// its output's storage instead of writing a tensor of zeros (foldGateGrads); nop: the sum
-	// it was folded into, which has nothing left to run.
+	// accum: an op folded with the sum it fed (foldSums) that adds its result into its
+	// output's storage (a DMC decision or importance gradient its one channel per head, a
+	// LinearDX with β = 1); nop: that sum, which has nothing left to run.
 	accum, nop bool
 }
 
@@ -174,9 +174,8 @@ type planOptions struct {
 	// recompute keeps only each layer's input through the forward pass and runs the layer's
 	// forward again just before its backward needs it (activation rematerialisation).
 	recompute bool
-	// foldGates folds the sums of the DMC decision and importance gradients into those ops
-	// (foldGateGrads).
-	foldGates bool
+	// foldSums folds gradient sums into the ops that feed them (foldSums).
+	foldSums bool
 }
 
 func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
@@ -293,8 +292,8 @@ func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
 	if err := s.link(); err != nil {
 		return nil, err
 	}
-	if o.foldGates && backward {
-		s.foldGateGrads()
+	if o.foldSums && backward {
+		s.foldSums()
 	}
 	s.plan(keepLogits)
 	return s, nil
@@ -309,13 +308,19 @@ func region(v *val) (root *val, off int) {
 	return v, off
 }
 
-// foldGateGrads folds each sum x + a, where a is a DMC decision or importance gradient (zero
-// but for the decision channel of every head), into the op that makes a: the op adds its
-// channel into x's storage in place (instr.accum) and the sum becomes a view of x, which saves
-// a gradient-sized write of zeros and an add per fold (two per layer). It folds only where no
-// instruction reads x's elements from the op on but the sum itself, so the in-place update
-// is invisible, and where a has no other reader.
-func (s *schedule) foldGateGrads() {
+// foldable are the ops that can add their result into existing storage: the DMC decision and
+// importance gradients (zero but for the decision channel of every head, so the fold also
+// saves writing the zeros) and LinearDX (β = 1 in its GEMM).
+func foldable(k ops.Kind) bool {
+	return k == ops.KindDMCDecideGrad || k == ops.KindDMCImportanceGrad || k == ops.KindLinearDX
+}
+
+// foldSums folds each gradient sum x + a, where a comes from a foldable op and is read by
+// nothing else, into that op: the op adds its result into x's storage in place (instr.accum)
+// and the sum becomes a view of x, which saves the sum's pass over memory (and for the gate
+// gradients a gradient-sized write of zeros). It folds only where no instruction reads x's
+// elements from the op on but the sum itself, so the in-place update is invisible.
+func (s *schedule) foldSums() {
 	type read struct {
 		ins, off, n int
 	}
@@ -347,7 +352,7 @@ func (s *schedule) foldGateGrads() {
 				continue
 			}
 			op := s.instrs[a.def]
-			if !op.fused || op.accum || op.grad >= 0 || (op.info.Kind != ops.KindDMCDecideGrad && op.info.Kind != ops.KindDMCImportanceGrad) {
+			if !op.fused || op.accum || op.grad >= 0 || !foldable(op.info.Kind) {
 				continue
 			}
 			if len(reads[a]) != 1 { // the sum alone

@@ -396,19 +396,28 @@ func simulate(s *schedule) map[string]uint64 {
 	return res
 }
 
-// Folding the decision and importance gradients into their sums (DMC_FOLD_GATES) leaves every
-// output and gradient as it was, with and without recomputation and bf16 shadows, in no more
-// memory.
-func TestFoldGateGradsKeepsTheResults(t *testing.T) {
+// Folding gradient sums into the ops that feed them (DMC_FOLD_SUMS) leaves every output and
+// gradient as it was, with and without recomputation and bf16 shadows, in no more memory.
+func TestFoldSumsKeepsTheResults(t *testing.T) {
 	const layers = 3
-	p := testPrograms(t, layers)[true]
+	for useDMC, p := range testPrograms(t, layers) {
+		// per layer at least two LinearDX, and with DMC the two gate gradients
+		least := 2 * layers
+		if useDMC {
+			least = 4 * layers
+		}
+		testFoldSums(t, p, least)
+	}
+}
+
+func testFoldSums(t *testing.T, p *graph.Program, least int) {
 	for _, c := range []struct{ recompute, fp32 bool }{{false, false}, {true, false}, {false, true}} {
 		recompute := c.recompute
 		plain, err := compileOpts(p, planOptions{backward: true, recompute: recompute, fp32GEMM: c.fp32})
 		if err != nil {
 			t.Fatal(err)
 		}
-		folded, err := compileOpts(p, planOptions{backward: true, recompute: recompute, fp32GEMM: c.fp32, foldGates: true})
+		folded, err := compileOpts(p, planOptions{backward: true, recompute: recompute, fp32GEMM: c.fp32, foldSums: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -423,8 +432,8 @@ func TestFoldGateGradsKeepsTheResults(t *testing.T) {
 			}
 		}
 		t.Logf("recompute=%t: %d of %d instructions folded; arena %d → %d elements", recompute, nops, len(plain.instrs), plain.peak[0], folded.peak[0])
-		if accum != nops || accum < layers { // at least each layer's importance gradient
-			t.Fatalf("recompute=%t: %d folded ops, %d folded sums (want equal, ≥ %d)", recompute, accum, nops, layers)
+		if accum != nops || accum < least {
+			t.Fatalf("recompute=%t: %d folded ops, %d folded sums (want equal, ≥ %d)", recompute, accum, nops, least)
 		}
 		if folded.peak[0] > plain.peak[0] {
 			t.Errorf("recompute=%t: folding grew the arena from %d to %d elements", recompute, plain.peak[0], folded.peak[0])

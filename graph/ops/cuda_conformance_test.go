@@ -343,6 +343,15 @@ func (s *convSuite) testLinear(t *testing.T) {
 				want[i] += dwb[i]
 			}
 			s.check("Linear.dW+=(bf16-in) "+tag, s.down(dA), want, tolBF16Exact)
+			// The folded gradient sum (graph/device foldSums): dx = x0 + dy·W with beta = 1.
+			x0 := s.normals(len(dx), 1, 0)
+			dXA := s.up(x0)
+			s.ok(s.dev.LinearBackwardX(dXA, dy16, w16, sh.n, sh.in, sh.out, true))
+			wantX := to64(x0)
+			for i := range wantX {
+				wantX[i] += dxb[i]
+			}
+			s.check("Linear.dx+=(bf16-in) "+tag, s.down(dXA), wantX, tolBF16Exact)
 			// Determinism: the same call again gives the same bits.
 			s.ok(s.dev.LinearForward(dY, x16, w16, sh.n, sh.in, sh.out, false))
 			s.ok(s.dev.LinearBackwardW(dW, dy16, x16, sh.n, sh.in, sh.out, false))
