@@ -74,6 +74,15 @@ func (t *TrainDevice) RMSNormForward(y, y16, x, w *DevBuf, rows, d int, eps floa
 
 // RMSNormBackward writes dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x) and, when dw is not nil,
 // dw (+)= Σ_rows dy⊙x·r (two passes, fixed order). dx may be nil when only dw is wanted.
+// RMSNormBackwardXAdd adds RMSNormBackward's dx into dx's contents (a folded gradient sum).
+func (t *TrainDevice) RMSNormBackwardXAdd(dx, x, w, dy *DevBuf, rows, d int, eps float64) error {
+	if err := needAll("RMSNormBackwardXAdd", func() error { return need("", "dx", dx, F32, rows*d) }, func() error { return need("", "x", x, F32, rows*d) },
+		func() error { return need("", "w", w, F32, d) }, func() error { return need("", "dy", dy, F32, rows*d) }); err != nil {
+		return err
+	}
+	return t.launch("tr_rmsnorm_dx_add", dim3{x: rows}, rowBlock(d), 0, new(args).p(dx.ptr).p(x.ptr).p(w.ptr).p(dy.ptr).i(rows).i(d).f(float32(eps)))
+}
+
 func (t *TrainDevice) RMSNormBackward(dx, dw, x, w, dy *DevBuf, rows, d int, eps float64, accumulateW bool) error {
 	if err := needAll("RMSNormBackward", func() error { return need("", "x", x, F32, rows*d) }, func() error { return need("", "w", w, F32, d) },
 		func() error { return need("", "dy", dy, F32, rows*d) }); err != nil {

@@ -770,7 +770,11 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		err = d.RMSNormForward(out, y16, in[0].buf, in[1].buf, rows, dd, ins.info.Eps)
 	case ops.KindRMSNormDX:
 		rows, dd := dims(in[0])
-		err = d.RMSNormBackward(out, nil, in[0].buf, in[1].buf, in[2].buf, rows, dd, ins.info.Eps, false)
+		if ins.accum {
+			err = d.RMSNormBackwardXAdd(out, in[0].buf, in[1].buf, in[2].buf, rows, dd, ins.info.Eps)
+		} else {
+			err = d.RMSNormBackward(out, nil, in[0].buf, in[1].buf, in[2].buf, rows, dd, ins.info.Eps, false)
+		}
 	case ops.KindRMSNormDW:
 		rows, dd := dims(in[0])
 		// dw only: the kernel does not read w then; out stands in for it.

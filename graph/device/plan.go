@@ -79,7 +79,7 @@ type instr struct {
 	direct bool
 	// accum: an op folded with the sum it fed (foldSums) that adds its result into its
 	// output's storage (a DMC decision or importance gradient its one channel per head, a
-	// LinearDX with β = 1); nop: that sum, which has nothing left to run.
+	// LinearDX with β = 1, an RMSNormDX); nop: that sum, which has nothing left to run.
 	accum, nop bool
 }
 
@@ -310,9 +310,9 @@ func region(v *val) (root *val, off int) {
 
 // foldable are the ops that can add their result into existing storage: the DMC decision and
 // importance gradients (zero but for the decision channel of every head, so the fold also
-// saves writing the zeros) and LinearDX (β = 1 in its GEMM).
+// saves writing the zeros), LinearDX (β = 1 in its GEMM) and RMSNormDX.
 func foldable(k ops.Kind) bool {
-	return k == ops.KindDMCDecideGrad || k == ops.KindDMCImportanceGrad || k == ops.KindLinearDX
+	return k == ops.KindDMCDecideGrad || k == ops.KindDMCImportanceGrad || k == ops.KindLinearDX || k == ops.KindRMSNormDX
 }
 
 // foldSums folds each gradient sum x + a, where a comes from a foldable op and is read by

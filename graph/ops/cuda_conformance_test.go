@@ -388,6 +388,13 @@ func (s *convSuite) testRMSNorm(t *testing.T) {
 				t.Fatalf("RMSNorm %s: bf16 output %d is %#x, want bf16(%g)", tag, i, b, yv[i])
 			}
 		}
+		// dx added into another gradient (a folded sum): x0 + dx exactly
+		x0 := s.normals(len(x), 1, 0)
+		bx0 := s.up(x0)
+		s.ok(s.dev.RMSNormBackwardXAdd(bx0, bx, bw, bdy, sh.rows, sh.d, eps))
+		if n := sumDiff(s.down(bx0), x0, s.down(gdx)); n != 0 {
+			t.Errorf("RMSNormBackwardXAdd %s: %d elements differ from x0 + dx", tag, n)
+		}
 		// dw only, accumulating.
 		s.ok(s.dev.RMSNormBackward(nil, gdw, bx, bw, bdy, sh.rows, sh.d, eps, true))
 		s.check("RMSNorm.dw+= "+tag, s.down(gdw), scale64(dw, 2), tolF32)

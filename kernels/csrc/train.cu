@@ -118,6 +118,27 @@ __global__ void tr_rmsnorm_dx(float* dx, float* rinv, const float* x, const floa
   if (rinv && threadIdx.x == 0) rinv[blockIdx.x] = r;
 }
 
+// The same dx added into dx's existing contents (a gradient sum folded into the op,
+// graph/device foldSums); no rinv.
+__global__ void tr_rmsnorm_dx_add(float* dx, const float* x, const float* w, const float* dy, int rows, int d, float eps) {
+  __shared__ float sh[32];
+  long long o = (long long)blockIdx.x * d;
+  float ss = 0.f, dot = 0.f;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    float xv = x[o + i];
+    ss += xv * xv;
+    dot += w[i] * dy[o + i] * xv;
+  }
+  ss = block_sum(ss, sh);
+  dot = block_sum(dot, sh);
+  float r = rsqrtf(ss / d + eps);
+  float c = dot * r * r * r / d;
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = r * w[i] * dy[o + i] - c * x[o + i];
+    dx[o + i] += v;
+  }
+}
+
 // tr_rms_inv: rinv[row] = 1/sqrt(mean(x²)+eps), one block per row.
 __global__ void tr_rms_inv(float* rinv, const float* x, int rows, int d, float eps) {
   __shared__ float sh[32];
