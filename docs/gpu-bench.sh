@@ -26,9 +26,9 @@ for round in 1 2; do
 	CACHE=dmc step "dmc-default-$round"
 	CACHE=dmc step "dmc-attn-pair-$round" DMC_ATTN_PAIR=1
 	CACHE=dmc step "dmc-merge-general-$round" DMC_MERGE=general
-	CACHE=dmc step "dmc-row-kernels-$round" DMC_ROW_KERNELS=1
+	CACHE=dmc step "dmc-next-ew-$round" DMC_NEXT_EW=1
 	CACHE=dmc step "dmc-fold-sums-$round" DMC_FOLD_SUMS=1
-	CACHE=dmc step "dmc-all-new-$round" DMC_ATTN_PAIR=1 DMC_ROW_KERNELS=1 DMC_FOLD_SUMS=1
+	CACHE=dmc step "dmc-all-new-$round" DMC_ATTN_PAIR=1 DMC_NEXT_EW=1 DMC_FOLD_SUMS=1
 	CACHE=vanilla step "vanilla-default-$round"
 	CACHE=vanilla step "vanilla-attn-pair-$round" DMC_ATTN_PAIR=1
 done

@@ -191,7 +191,7 @@ func (t *TrainDevice) RoPE(y, x *DevBuf, tab *RoPETables, rows, heads, ch int, s
 	}
 	a := new(args).p(y.ptr).p(x.ptr).p(tab.Cos.ptr).p(tab.Sin.ptr).p(tab.PairA.ptr).p(tab.PairB.ptr).
 		i(rows).i(heads).i(tab.D).i(tab.T).i(ch).f64(s).i(inv)
-	if t.RowKernels {
+	if t.NextEW {
 		cols := (heads*tab.D/2 + 255) / 256
 		return t.launch("tr_rope_rows", dim3{x: max(1, min(rows, t.d.sms*8/cols)), y: cols}, 256, 0, a)
 	}
@@ -200,11 +200,24 @@ func (t *TrainDevice) RoPE(y, x *DevBuf, tab *RoPETables, rows, heads, ch int, s
 
 // ---- SwiGLU
 
+// aligned16 reports whether every buffer given (nil ones aside) starts on a 16-byte boundary.
+func aligned16(bufs ...*DevBuf) bool {
+	for _, b := range bufs {
+		if b != nil && b.ptr%16 != 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // SwiGLUForward is out = silu(a)·b; out16, when not nil, also gets bf16(out).
 func (t *TrainDevice) SwiGLUForward(out, out16, a, b *DevBuf) error {
 	n := a.n
 	if err := needAll("SwiGLU", func() error { return need("", "out", out, F32, n) }, func() error { return need("", "b", b, F32, n) }); err != nil {
 		return err
+	}
+	if t.NextEW && n%4 == 0 && aligned16(out, out16, a, b) {
+		return t.launch1D("tr_swiglu_fwd4", int64(n/4), new(args).p(out.ptr).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n/4)))
 	}
 	return t.launch1D("tr_swiglu_fwd", int64(n), new(args).p(out.ptr).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n)))
 }
@@ -215,6 +228,9 @@ func (t *TrainDevice) SwiGLUBackward(da, db, a, b, dy *DevBuf) error {
 	if err := needAll("SwiGLUBackward", func() error { return need("", "da", da, F32, n) }, func() error { return need("", "db", db, F32, n) },
 		func() error { return need("", "b", b, F32, n) }, func() error { return need("", "dy", dy, F32, n) }); err != nil {
 		return err
+	}
+	if t.NextEW && n%4 == 0 && aligned16(da, db, a, b, dy) {
+		return t.launch1D("tr_swiglu_bwd4", int64(n/4), new(args).p(da.ptr).p(db.ptr).p(a.ptr).p(b.ptr).p(dy.ptr).i64(int64(n/4)))
 	}
 	return t.launch1D("tr_swiglu_bwd", int64(n), new(args).p(da.ptr).p(db.ptr).p(a.ptr).p(b.ptr).p(dy.ptr).i64(int64(n)))
 }
@@ -389,7 +405,7 @@ func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, row
 	}
 	a := new(args).p(dk.ptr).p(k.ptr).p(noise.ptr).p(dA.ptr).i(rows).i(H).i(D).i(g.SeqLen).
 		i(g.Channel).f64(g.DecisionOffset).f64(g.Temperature).i(mode)
-	if t.RowKernels {
+	if t.NextEW {
 		return t.launchRows("tr_dmc_decide_bwd_rows", rows*H, a)
 	}
 	return t.launch1D("tr_dmc_decide_bwd", int64(rows*H*D), a)
@@ -428,7 +444,7 @@ func (t *TrainDevice) DMCImportanceBackward(dq, q, dW *DevBuf, g DMCGeom, rows i
 	}
 	a := new(args).p(dq.ptr).p(q.ptr).p(dW.ptr).i(rows).i(g.QHeads).i(g.KVHeads).i(g.HeadD).
 		i(g.Channel).f64(g.ImportanceOffset)
-	if t.RowKernels {
+	if t.NextEW {
 		return t.launchRows("tr_dmc_importance_bwd_rows", rows*g.QHeads, a)
 	}
 	return t.launch1D("tr_dmc_importance_bwd", int64(n), a)

@@ -429,7 +429,7 @@ func (s *convSuite) testRoPE(t *testing.T) {
 			ropeKernel(o, want, to64(x), c.sc)
 			ropeKernel(o, want32, x, c.sc)
 			for _, byRows := range []bool{false, true} { // tr_rope and tr_rope_rows
-				s.dev.RowKernels = byRows
+				s.dev.NextEW = byRows
 				got := s.out(len(x))
 				s.ok(s.dev.RoPE(got, s.up(x), tab, rows, c.H, c.ch, c.sc, inv))
 				g := s.down(got)
@@ -437,7 +437,7 @@ func (s *convSuite) testRoPE(t *testing.T) {
 				s.check(name, g, want, tolF32)
 				s.exact(name, g, want32, false)
 			}
-			s.dev.RowKernels = false
+			s.dev.NextEW = false
 		}
 		tab.Free()
 	}
@@ -458,6 +458,25 @@ func (s *convSuite) testSwiGLU(t *testing.T) {
 		s.check("SwiGLU.y "+tag, s.down(gy), y, tolF32)
 		s.check("SwiGLU.da "+tag, s.down(gda), g[:n], tolF32)
 		s.check("SwiGLU.db "+tag, s.down(gdb), g[n:], tolF32)
+		// the 16-byte kernels (n a multiple of 4) give the same bits, bf16 copy included
+		vy, vy16, wy16, vda, vdb := s.out(n), s.alloc(kernels.BF16, n), s.alloc(kernels.BF16, n), s.out(n), s.out(n)
+		s.ok(s.dev.SwiGLUForward(gy, wy16, ba, bb))
+		s.dev.NextEW = true
+		s.ok(s.dev.SwiGLUForward(vy, vy16, ba, bb))
+		s.ok(s.dev.SwiGLUBackward(vda, vdb, ba, bb, s.up(dy)))
+		s.dev.NextEW = false
+		n16 := 0
+		want16, got16 := make([]uint16, n), make([]uint16, n)
+		s.ok(wy16.Download(want16))
+		s.ok(vy16.Download(got16))
+		for i := range want16 {
+			if want16[i] != got16[i] {
+				n16++
+			}
+		}
+		if d := bitDiff(s.down(vy), s.down(gy)) + bitDiff(s.down(vda), s.down(gda)) + bitDiff(s.down(vdb), s.down(gdb)) + n16; d != 0 {
+			t.Errorf("SwiGLU %s: the 16-byte kernels differ in %d elements", tag, d)
+		}
 	}
 }
 
@@ -625,9 +644,9 @@ func (s *convSuite) testDecide(t *testing.T) {
 			gal, gdk, rdk := s.out(len(al)), s.out(len(dk)), s.out(len(dk))
 			s.ok(s.dev.DMCDecide(gal, bk, bn, geom(sp), rows, int(mode)))
 			s.ok(s.dev.DMCDecideBackward(gdk, bk, bn, bdA, geom(sp), rows, int(mode)))
-			s.dev.RowKernels = true // the per-row kernel must give the same bits
+			s.dev.NextEW = true // the per-row kernel must give the same bits
 			s.ok(s.dev.DMCDecideBackward(rdk, bk, bn, bdA, geom(sp), rows, int(mode)))
-			s.dev.RowKernels = false
+			s.dev.NextEW = false
 			tag := fmt.Sprintf("%s mode=%d", specTag(sp), mode)
 			s.check("DMCDecide.alpha "+tag, s.down(gal), al, tolF32)
 			s.check("DMCDecide.dk "+tag, s.down(gdk), dk, tolF32)
@@ -658,9 +677,9 @@ func (s *convSuite) testImportance(t *testing.T) {
 		bW := s.up(dW)
 		s.ok(s.dev.DMCImportance(gom, bq, geom(sp), rows, eps))
 		s.ok(s.dev.DMCImportanceBackward(gdq, bq, bW, geom(sp), rows))
-		s.dev.RowKernels = true
+		s.dev.NextEW = true
 		s.ok(s.dev.DMCImportanceBackward(rdq, bq, bW, geom(sp), rows))
-		s.dev.RowKernels = false
+		s.dev.NextEW = false
 		s.check("DMCImportance.omega "+specTag(sp), s.down(gom), om, tolF32)
 		s.check("DMCImportance.dq "+specTag(sp), s.down(gdq), dq, tolF32)
 		if n := bitDiff(s.down(rdq), s.down(gdq)); n != 0 {

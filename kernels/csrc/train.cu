@@ -250,6 +250,44 @@ __global__ void tr_swiglu_bwd(float* da, float* db, const float* a, const float*
   }
 }
 
+// The same two kernels on four elements a thread with 16-byte accesses (every pointer 16-byte
+// aligned, n a multiple of 4): the per-element arithmetic of the scalar kernels, so the same
+// bits, with four times the bytes in flight per thread.
+__global__ void tr_swiglu_fwd4(float4* out, uint2* out16, const float4* a, const float4* b, long long n4) {
+  GRID_STRIDE(i, n4) {
+    const float4 x = a[i], y = b[i];
+    float4 v;
+    v.x = x.x / (1.f + expf(-x.x)) * y.x;
+    v.y = x.y / (1.f + expf(-x.y)) * y.y;
+    v.z = x.z / (1.f + expf(-x.z)) * y.z;
+    v.w = x.w / (1.f + expf(-x.w)) * y.w;
+    out[i] = v;
+    if (out16) {
+      __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+      out16[i] = make_uint2(*reinterpret_cast<unsigned*>(&lo), *reinterpret_cast<unsigned*>(&hi));
+    }
+  }
+}
+
+__device__ __forceinline__ void swiglu_bwd1(float& da, float& db, float x, float y, float g) {
+  const float sg = 1.f / (1.f + expf(-x));
+  da = g * y * sg * (1.f + x * (1.f - sg));
+  db = g * x * sg;
+}
+
+__global__ void tr_swiglu_bwd4(float4* da, float4* db, const float4* a, const float4* b, const float4* dy, long long n4) {
+  GRID_STRIDE(i, n4) {
+    const float4 x = a[i], y = b[i], g = dy[i];
+    float4 p, q;
+    swiglu_bwd1(p.x, q.x, x.x, y.x, g.x);
+    swiglu_bwd1(p.y, q.y, x.y, y.y, g.y);
+    swiglu_bwd1(p.z, q.z, x.z, y.z, g.z);
+    swiglu_bwd1(p.w, q.w, x.w, y.w, g.w);
+    da[i] = p;
+    db[i] = q;
+  }
+}
+
 // ---- Embedding -------------------------------------------------------------------------------
 
 __global__ void tr_embed_fwd(float* out, const float* E, const int* ids, int N, int d) {
