@@ -378,7 +378,10 @@ func (s *schedule) foldSums() {
 			y.kind, y.base, y.viewOff = valView, x, 0
 			op.out, op.accum = y, true
 			sum.nop, sum.in, sum.out = true, nil, a
-			reads[root] = append(reads[root], read{len(s.instrs), off, x.n}) // x's elements now live on as y
+			for _, rd := range reads[y] { // y's readers now read x's elements
+				reads[root] = append(reads[root], read{rd.ins, off + rd.off, rd.n})
+			}
+			delete(reads, y)
 			break
 		}
 	}
