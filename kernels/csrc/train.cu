@@ -101,9 +101,9 @@ __global__ void tr_rmsnorm_fwd(float* y, __nv_bfloat16* y16, const float* x, con
 }
 
 // dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x); rinv, when set, gets r per row (for tr_rmsnorm_dw_part).
-__global__ void tr_rmsnorm_dx(float* dx, float* rinv, const float* x, const float* w, const float* dy, int rows, int d, float eps) {
-  __shared__ float sh[32];
-  long long o = (long long)blockIdx.x * d;
+// The row's 1/rms r and the coefficient c of dx = r·w·dy − c·x (row offset o).
+__device__ __forceinline__ void rms_dx_coeffs(float& r, float& c, const float* x, const float* w, const float* dy, long long o, int d,
+                                              float eps, float* sh) {
   float ss = 0.f, dot = 0.f;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     float xv = x[o + i];
@@ -112,8 +112,15 @@ __global__ void tr_rmsnorm_dx(float* dx, float* rinv, const float* x, const floa
   }
   ss = block_sum(ss, sh);
   dot = block_sum(dot, sh);
-  float r = rsqrtf(ss / d + eps);
-  float c = dot * r * r * r / d;
+  r = rsqrtf(ss / d + eps);
+  c = dot * r * r * r / d;
+}
+
+__global__ void tr_rmsnorm_dx(float* dx, float* rinv, const float* x, const float* w, const float* dy, int rows, int d, float eps) {
+  __shared__ float sh[32];
+  long long o = (long long)blockIdx.x * d;
+  float r, c;
+  rms_dx_coeffs(r, c, x, w, dy, o, d, eps, sh);
   for (int i = threadIdx.x; i < d; i += blockDim.x) dx[o + i] = r * w[i] * dy[o + i] - c * x[o + i];
   if (rinv && threadIdx.x == 0) rinv[blockIdx.x] = r;
 }
@@ -123,16 +130,8 @@ __global__ void tr_rmsnorm_dx(float* dx, float* rinv, const float* x, const floa
 __global__ void tr_rmsnorm_dx_add(float* dx, const float* x, const float* w, const float* dy, int rows, int d, float eps) {
   __shared__ float sh[32];
   long long o = (long long)blockIdx.x * d;
-  float ss = 0.f, dot = 0.f;
-  for (int i = threadIdx.x; i < d; i += blockDim.x) {
-    float xv = x[o + i];
-    ss += xv * xv;
-    dot += w[i] * dy[o + i] * xv;
-  }
-  ss = block_sum(ss, sh);
-  dot = block_sum(dot, sh);
-  float r = rsqrtf(ss / d + eps);
-  float c = dot * r * r * r / d;
+  float r, c;
+  rms_dx_coeffs(r, c, x, w, dy, o, d, eps, sh);
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     const float v = r * w[i] * dy[o + i] - c * x[o + i];
     dx[o + i] += v;
