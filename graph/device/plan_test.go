@@ -86,6 +86,19 @@ func TestPlanCoversEveryVariant(t *testing.T) {
 								t.Errorf("%s: output %d is not computed", name, i)
 							}
 						}
+						if backward { // the folded sums (DMC_FOLD_SUMS) change no result here either
+							f, err := compileOpts(p, planOptions{backward: true, fp32GEMM: fp32, foldSums: true})
+							if err != nil {
+								t.Fatalf("%s, folded: %v", name, err)
+							}
+							requireBindable(t, f)
+							want, got := simulate(s), simulate(f)
+							for k, w := range want {
+								if got[k] != w {
+									t.Errorf("%s: %s differs after folding", name, k)
+								}
+							}
+						}
 					}
 				}
 				if t.Failed() {
