@@ -395,12 +395,25 @@ func (t *TrainDevice) DMCDecide(alpha, k, noise *DevBuf, g DMCGeom, rows int, mo
 		f64(g.DecisionOffset).f64(g.Temperature).i(mode))
 }
 
+// needDecideBackward checks the buffers of DMCDecideBackward and DMCDecideBackwardAdd.
+func needDecideBackward(op string, dk, k, noise, dA *DevBuf, g DMCGeom, rows int) error {
+	H, D := g.KVHeads, g.HeadD
+	return needAll(op, func() error { return g.check("", rows) }, func() error { return need("", "dk", dk, F32, rows*H*D) },
+		func() error { return need("", "k", k, F32, rows*H*D) }, func() error { return need("", "noise", noise, F32, rows*H) },
+		func() error { return need("", "dalpha", dA, F32, rows*H) })
+}
+
+// needImportanceBackward checks the buffers of DMCImportanceBackward and its Add form.
+func needImportanceBackward(op string, dq, q, dW *DevBuf, g DMCGeom, rows int) error {
+	n := rows * g.QHeads * g.HeadD
+	return needAll(op, func() error { return g.check("", rows) }, func() error { return need("", "dq", dq, F32, n) },
+		func() error { return need("", "q", q, F32, n) }, func() error { return need("", "domega", dW, F32, rows*g.KVHeads) })
+}
+
 // DMCDecideBackward writes dk [rows, Hkv·D] (non-zero only on the decision channel).
 func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, rows int, mode int) error {
 	H, D := g.KVHeads, g.HeadD
-	if err := needAll("DMCDecideBackward", func() error { return g.check("", rows) }, func() error { return need("", "dk", dk, F32, rows*H*D) },
-		func() error { return need("", "k", k, F32, rows*H*D) }, func() error { return need("", "noise", noise, F32, rows*H) },
-		func() error { return need("", "dalpha", dA, F32, rows*H) }); err != nil {
+	if err := needDecideBackward("DMCDecideBackward", dk, k, noise, dA, g, rows); err != nil {
 		return err
 	}
 	a := new(args).p(dk.ptr).p(k.ptr).p(noise.ptr).p(dA.ptr).i(rows).i(H).i(D).i(g.SeqLen).
@@ -415,9 +428,7 @@ func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, row
 // gradient of k: only the decision channel is touched (the fold of the op and the sum).
 func (t *TrainDevice) DMCDecideBackwardAdd(dk, k, noise, dA *DevBuf, g DMCGeom, rows int, mode int) error {
 	H, D := g.KVHeads, g.HeadD
-	if err := needAll("DMCDecideBackwardAdd", func() error { return g.check("", rows) }, func() error { return need("", "dk", dk, F32, rows*H*D) },
-		func() error { return need("", "k", k, F32, rows*H*D) }, func() error { return need("", "noise", noise, F32, rows*H) },
-		func() error { return need("", "dalpha", dA, F32, rows*H) }); err != nil {
+	if err := needDecideBackward("DMCDecideBackwardAdd", dk, k, noise, dA, g, rows); err != nil {
 		return err
 	}
 	return t.launch1D("tr_dmc_decide_bwd_add", int64(rows*H), new(args).p(dk.ptr).p(k.ptr).p(noise.ptr).p(dA.ptr).i(rows).i(H).i(D).i(g.SeqLen).
@@ -438,8 +449,7 @@ func (t *TrainDevice) DMCImportance(omega, q *DevBuf, g DMCGeom, rows int, eps f
 // DMCImportanceBackward writes dq [rows, Hq·D] (non-zero only on the decision channel).
 func (t *TrainDevice) DMCImportanceBackward(dq, q, dW *DevBuf, g DMCGeom, rows int) error {
 	n := rows * g.QHeads * g.HeadD
-	if err := needAll("DMCImportanceBackward", func() error { return g.check("", rows) }, func() error { return need("", "dq", dq, F32, n) },
-		func() error { return need("", "q", q, F32, n) }, func() error { return need("", "domega", dW, F32, rows*g.KVHeads) }); err != nil {
+	if err := needImportanceBackward("DMCImportanceBackward", dq, q, dW, g, rows); err != nil {
 		return err
 	}
 	a := new(args).p(dq.ptr).p(q.ptr).p(dW.ptr).i(rows).i(g.QHeads).i(g.KVHeads).i(g.HeadD).
@@ -453,9 +463,7 @@ func (t *TrainDevice) DMCImportanceBackward(dq, q, dW *DevBuf, g DMCGeom, rows i
 // DMCImportanceBackwardAdd adds DMCImportanceBackward's gradient into dq (only the decision
 // channel of every query head is touched).
 func (t *TrainDevice) DMCImportanceBackwardAdd(dq, q, dW *DevBuf, g DMCGeom, rows int) error {
-	n := rows * g.QHeads * g.HeadD
-	if err := needAll("DMCImportanceBackwardAdd", func() error { return g.check("", rows) }, func() error { return need("", "dq", dq, F32, n) },
-		func() error { return need("", "q", q, F32, n) }, func() error { return need("", "domega", dW, F32, rows*g.KVHeads) }); err != nil {
+	if err := needImportanceBackward("DMCImportanceBackwardAdd", dq, q, dW, g, rows); err != nil {
 		return err
 	}
 	return t.launch1D("tr_dmc_importance_bwd_add", int64(rows*g.QHeads), new(args).p(dq.ptr).p(q.ptr).p(dW.ptr).i(rows).i(g.QHeads).i(g.KVHeads).

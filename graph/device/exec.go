@@ -414,8 +414,10 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 	for i, d := range r.params {
 		frozen[i] = d.g == nil
 	}
-	s, err := compileOpts(p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, recompute: r.recompute,
-		foldSums: foldSumsEnabled})
+	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled}
+	withRecompute := opt
+	withRecompute.recompute = r.recompute
+	s, err := compileOpts(p, withRecompute)
 	if err != nil {
 		return nil, err
 	}
@@ -440,7 +442,7 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 			}
 		}
 	}
-	if err := r.checkFit(s, p, planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled}); err != nil {
+	if err := r.checkFit(s, p, opt); err != nil {
 		return nil, err
 	}
 	// Grow the arenas to the largest schedule; every schedule re-binds after a growth.

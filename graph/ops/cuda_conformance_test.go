@@ -234,6 +234,15 @@ func (s *convSuite) checkScaled(name string, got []float32, want, ref []float64,
 	}
 }
 
+// plus64 is a + b elementwise in float64.
+func plus64(a []float32, b []float64) []float64 {
+	out := to64(a)
+	for i := range out {
+		out[i] += b[i]
+	}
+	return out
+}
+
 // sumDiff counts elements where got ≠ x + y in float32 (equal values: +0 and −0 match).
 func sumDiff(got, x, y []float32) int {
 	if len(got) != len(x) || len(x) != len(y) {
@@ -338,20 +347,12 @@ func (s *convSuite) testLinear(t *testing.T) {
 			// Gradient accumulation: dW = acc0 + dyᵀx with beta = 1.
 			dA := s.up(acc0)
 			s.ok(s.dev.LinearBackwardW(dA, dy16, x16, sh.n, sh.in, sh.out, true))
-			want := to64(acc0)
-			for i := range want {
-				want[i] += dwb[i]
-			}
-			s.check("Linear.dW+=(bf16-in) "+tag, s.down(dA), want, tolBF16Exact)
+			s.check("Linear.dW+=(bf16-in) "+tag, s.down(dA), plus64(acc0, dwb), tolBF16Exact)
 			// The folded gradient sum (graph/device foldSums): dx = x0 + dy·W with beta = 1.
 			x0 := s.normals(len(dx), 1, 0)
 			dXA := s.up(x0)
 			s.ok(s.dev.LinearBackwardX(dXA, dy16, w16, sh.n, sh.in, sh.out, true))
-			wantX := to64(x0)
-			for i := range wantX {
-				wantX[i] += dxb[i]
-			}
-			s.check("Linear.dx+=(bf16-in) "+tag, s.down(dXA), wantX, tolBF16Exact)
+			s.check("Linear.dx+=(bf16-in) "+tag, s.down(dXA), plus64(x0, dxb), tolBF16Exact)
 			// Determinism: the same call again gives the same bits.
 			s.ok(s.dev.LinearForward(dY, x16, w16, sh.n, sh.in, sh.out, false))
 			s.ok(s.dev.LinearBackwardW(dW, dy16, x16, sh.n, sh.in, sh.out, false))
