@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU trainer's speed measurements, each switch against the default in the same run (the
 # machines are shared, so only same-run ratios count): BenchmarkAttention (with the 32-row
-# forward and the paired backward), and the 953M step of the DMC and vanilla graphs with each
+# forward), and the 953M step of the DMC and vanilla graphs with each
 # DMC_* switch of the training kernels. Run on the GPU machine with binaries built here:
 #   docs/gpu-bench.sh BIN OUT      # BIN holds dmc (make build-cuda) and kernels.test (make test-cuda-bins)
 set -uo pipefail
@@ -22,13 +22,10 @@ step() { # step NAME ENV... : the 953M step with the given environment
 		--cache "${CACHE:-dmc}" --json "$OUT/train-$name.json" >"$OUT/train-$name.txt" 2>&1
 	tail -1 "$OUT/train-$name.txt" | tee -a "$S"
 }
-for round in 1 2; do
+for round in ${ROUNDS:-1 2}; do
 	CACHE=dmc step "dmc-default-$round"
-	CACHE=dmc step "dmc-attn-pair-$round" DMC_ATTN_PAIR=1
 	CACHE=dmc step "dmc-merge-general-$round" DMC_MERGE=general
-	CACHE=dmc step "dmc-next-ew-$round" DMC_NEXT_EW=1
-	CACHE=dmc step "dmc-fold-sums-$round" DMC_FOLD_SUMS=1
-	CACHE=dmc step "dmc-all-new-$round" DMC_ATTN_PAIR=1 DMC_NEXT_EW=1 DMC_FOLD_SUMS=1
+	CACHE=dmc step "dmc-unfolded-$round" DMC_FOLD_SUMS=0
 	CACHE=vanilla step "vanilla-default-$round"
-	CACHE=vanilla step "vanilla-attn-pair-$round" DMC_ATTN_PAIR=1
+	CACHE=vanilla step "vanilla-unfolded-$round" DMC_FOLD_SUMS=0
 done

@@ -154,18 +154,6 @@ type TrainDevice struct {
 	// window fits a warp (1 ≤ W ≤ 32), for which tr_dmc_merge_*_w are the default;
 	// DMC_MERGE=general sets it (tests and measurements).
 	MergeGeneral bool
-	// AttnPaired runs the attention backward kernels that interleave their two score products
-	// (S and dP) in one sequence of mma instructions (tc_attn_bwd_q2_*, tc_attn_bwd_kv2_*),
-	// twice the independent tensor-core chains per warp, with bit-identical results;
-	// DMC_ATTN_PAIR=1 sets it. Not yet measured on a GPU (2026-12-04), hence opt-in.
-	AttnPaired bool
-	// NextEW runs the element-wise kernels rewritten on 2026-12-04, not yet measured on a GPU
-	// (hence opt-in; DMC_NEXT_EW=1 sets it): RoPE and the DMC decision and importance
-	// gradients with their indices computed once per row or column in 32 bits (tr_rope_rows,
-	// tr_dmc_decide_bwd_rows, tr_dmc_importance_bwd_rows) instead of 64-bit divisions for
-	// every element, and SwiGLU with 16-byte accesses (tr_swiglu_*4). Each does the same
-	// arithmetic, so gives the same bits.
-	NextEW bool
 }
 
 type trGemmKey struct{ ta, tb, m, n, k, lda, ldb, ldc int }
@@ -199,8 +187,7 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 		return nil, fmt.Errorf("training kernels: %s", C.GoString(&msg[0]))
 	}
 	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{},
-		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general",
-		AttnPaired: os.Getenv("DMC_ATTN_PAIR") == "1", NextEW: os.Getenv("DMC_NEXT_EW") == "1"}
+		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general"}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {

@@ -93,11 +93,6 @@ func BenchmarkAttention(b *testing.B) {
 			run(b, "backward", func() error {
 				return dev.AttentionBackward(dq, dk, dv, da, q, k, v, al, o, stats, dO, g, rows)
 			}, 2.5*flops)
-			run(b, "backward-paired", func() error {
-				dev.AttnPaired = true
-				defer func() { dev.AttnPaired = false }()
-				return dev.AttentionBackward(dq, dk, dv, da, q, k, v, al, o, stats, dO, g, rows)
-			}, 2.5*flops)
 		}
 	}
 }

@@ -191,11 +191,8 @@ func (t *TrainDevice) RoPE(y, x *DevBuf, tab *RoPETables, rows, heads, ch int, s
 	}
 	a := new(args).p(y.ptr).p(x.ptr).p(tab.Cos.ptr).p(tab.Sin.ptr).p(tab.PairA.ptr).p(tab.PairB.ptr).
 		i(rows).i(heads).i(tab.D).i(tab.T).i(ch).f64(s).i(inv)
-	if t.NextEW {
-		cols := (heads*tab.D/2 + 255) / 256
-		return t.launch("tr_rope_rows", dim3{x: max(1, min(rows, t.d.sms*8/cols)), y: cols}, 256, 0, a)
-	}
-	return t.launch1D("tr_rope", int64(n/2), a)
+	cols := (heads*tab.D/2 + 255) / 256
+	return t.launch("tr_rope_rows", dim3{x: max(1, min(rows, t.d.sms*8/cols)), y: cols}, 256, 0, a)
 }
 
 // ---- SwiGLU
@@ -216,7 +213,7 @@ func (t *TrainDevice) SwiGLUForward(out, out16, a, b *DevBuf) error {
 	if err := needAll("SwiGLU", func() error { return need("", "out", out, F32, n) }, func() error { return need("", "b", b, F32, n) }); err != nil {
 		return err
 	}
-	if t.NextEW && n%4 == 0 && aligned16(out, out16, a, b) {
+	if n%4 == 0 && aligned16(out, out16, a, b) { // 16-byte accesses where they line up
 		return t.launch1D("tr_swiglu_fwd4", int64(n/4), new(args).p(out.ptr).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n/4)))
 	}
 	return t.launch1D("tr_swiglu_fwd", int64(n), new(args).p(out.ptr).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n)))
@@ -229,7 +226,7 @@ func (t *TrainDevice) SwiGLUBackward(da, db, a, b, dy *DevBuf) error {
 		func() error { return need("", "b", b, F32, n) }, func() error { return need("", "dy", dy, F32, n) }); err != nil {
 		return err
 	}
-	if t.NextEW && n%4 == 0 && aligned16(da, db, a, b, dy) {
+	if n%4 == 0 && aligned16(da, db, a, b, dy) {
 		return t.launch1D("tr_swiglu_bwd4", int64(n/4), new(args).p(da.ptr).p(db.ptr).p(a.ptr).p(b.ptr).p(dy.ptr).i64(int64(n/4)))
 	}
 	return t.launch1D("tr_swiglu_bwd", int64(n), new(args).p(da.ptr).p(db.ptr).p(a.ptr).p(b.ptr).p(dy.ptr).i64(int64(n)))
@@ -418,10 +415,7 @@ func (t *TrainDevice) DMCDecideBackward(dk, k, noise, dA *DevBuf, g DMCGeom, row
 	}
 	a := new(args).p(dk.ptr).p(k.ptr).p(noise.ptr).p(dA.ptr).i(rows).i(H).i(D).i(g.SeqLen).
 		i(g.Channel).f64(g.DecisionOffset).f64(g.Temperature).i(mode)
-	if t.NextEW {
-		return t.launchRows("tr_dmc_decide_bwd_rows", rows*H, a)
-	}
-	return t.launch1D("tr_dmc_decide_bwd", int64(rows*H*D), a)
+	return t.launchRows("tr_dmc_decide_bwd_rows", rows*H, a)
 }
 
 // DMCDecideBackwardAdd adds DMCDecideBackward's gradient into dk, which holds another
@@ -448,16 +442,12 @@ func (t *TrainDevice) DMCImportance(omega, q *DevBuf, g DMCGeom, rows int, eps f
 
 // DMCImportanceBackward writes dq [rows, Hq·D] (non-zero only on the decision channel).
 func (t *TrainDevice) DMCImportanceBackward(dq, q, dW *DevBuf, g DMCGeom, rows int) error {
-	n := rows * g.QHeads * g.HeadD
 	if err := needImportanceBackward("DMCImportanceBackward", dq, q, dW, g, rows); err != nil {
 		return err
 	}
 	a := new(args).p(dq.ptr).p(q.ptr).p(dW.ptr).i(rows).i(g.QHeads).i(g.KVHeads).i(g.HeadD).
 		i(g.Channel).f64(g.ImportanceOffset)
-	if t.NextEW {
-		return t.launchRows("tr_dmc_importance_bwd_rows", rows*g.QHeads, a)
-	}
-	return t.launch1D("tr_dmc_importance_bwd", int64(n), a)
+	return t.launchRows("tr_dmc_importance_bwd_rows", rows*g.QHeads, a)
 }
 
 // DMCImportanceBackwardAdd adds DMCImportanceBackward's gradient into dq (only the decision
@@ -755,16 +745,12 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 		q, k, v, dO = q16, k16, v16, g16
 		blocks := (g.SeqLen + tcRows - 1) / tcRows
 		_, smemQ, smemKV := tcSmem(D)
-		pair := "" // the paired score products (TrainDevice.AttnPaired): tc_attn_bwd_q2_*, tc_attn_bwd_kv2_*
-		if t.AttnPaired {
-			pair = "2"
-		}
-		if err := t.launch(fmt.Sprintf("tc_attn_bwd_q%s_%d", pair, D), dim3{x: blocks, y: Hq, z: B}, tcThreads, smemQ,
+		if err := t.launch(fmt.Sprintf("tc_attn_bwd_q_%d", D), dim3{x: blocks, y: Hq, z: B}, tcThreads, smemQ,
 			new(args).p(dq.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
 				i(g.SeqLen).i(Hq).i(Hkv).f(scale)); err != nil {
 			return err
 		}
-		return t.launch(fmt.Sprintf("tc_attn_bwd_kv%s_%d", pair, D), dim3{x: blocks, y: Hkv, z: B}, tcThreads, smemKV,
+		return t.launch(fmt.Sprintf("tc_attn_bwd_kv_%d", D), dim3{x: blocks, y: Hkv, z: B}, tcThreads, smemKV,
 			new(args).p(dk.ptr).p(dv.ptr).pOpt(dA).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
 				i(g.SeqLen).i(Hq).i(Hkv).f(scale))
 	}

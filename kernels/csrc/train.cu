@@ -160,43 +160,11 @@ __global__ void tr_rmsnorm_dw_part(float* part, const float* x, const float* dy,
 
 // ---- RoPE ------------------------------------------------------------------------------------
 
-// One thread per (row, head, pair), in float64 with the host's cos/sin tables [T, D/2] and no
-// contraction (as ropeKernel): forward y = R_t(S x), inverse dx = S R_tᵀ dy, S scaling channel ch
-// by s (ch < 0: none).
-__global__ void tr_rope(float* y, const float* x, const double* cosT, const double* sinT, const int* pa, const int* pb,
-                        int rows, int H, int D, int T, int ch, double s, int inverse) {
-  int half = D / 2;
-  long long n = (long long)rows * H * half;
-  GRID_STRIDE(idx, n) {
-    int i = (int)(idx % half);
-    long long rh = idx / half;
-    int h = (int)(rh % H);
-    long long row = rh / H;
-    int t = (int)(row % T);
-    int a = pa[i], b = pb[i];
-    long long base = row * (long long)H * D + (long long)h * D;
-    double c = cosT[t * half + i], si = sinT[t * half + i];
-    if (inverse) si = -si;
-    float xa = x[base + a], xb = x[base + b];
-    if (!inverse && ch >= 0) {
-      if (a == ch) xa = (float)__dmul_rn((double)xa, s);
-      if (b == ch) xb = (float)__dmul_rn((double)xb, s);
-    }
-    double x0 = xa, x1 = xb;
-    float ya = (float)__dsub_rn(__dmul_rn(x0, c), __dmul_rn(x1, si));
-    float yb = (float)__dadd_rn(__dmul_rn(x0, si), __dmul_rn(x1, c));
-    if (inverse && ch >= 0) {
-      if (a == ch) ya = (float)__dmul_rn((double)ya, s);
-      if (b == ch) yb = (float)__dmul_rn((double)yb, s);
-    }
-    y[base + a] = ya;
-    y[base + b] = yb;
-  }
-}
-
-// The same arithmetic with one thread per (head, pair) column, its indices computed once in
-// 32 bits, and the rows strided over the blocks: grid (row blocks, ceil(H·D/2 / blockDim)).
-// tr_rope's per-element 64-bit divisions cost more than its memory traffic.
+// In float64 with the host's cos/sin tables [T, D/2] and no contraction (as ropeKernel):
+// forward y = R_t(S x), inverse dx = S R_tᵀ dy, S scaling channel ch by s (ch < 0: none). One
+// thread per (head, pair) column, its indices computed once in 32 bits (per-element 64-bit
+// divisions cost more than the memory traffic), the rows strided over the blocks: grid (row
+// blocks, ceil(H·D/2 / blockDim)).
 __global__ void tr_rope_rows(float* y, const float* x, const double* cosT, const double* sinT, const int* pa, const int* pb,
                              int rows, int H, int D, int T, int ch, double s, int inverse) {
   const int half = D / 2, p = blockIdx.y * blockDim.x + threadIdx.x;
@@ -426,27 +394,8 @@ __global__ void tr_dmc_decide(float* alpha, const float* k, const float* noise, 
 
 // dk [N, H·D] on channel ch (t > 0), zero elsewhere: mode 0 dα·α̃(1−α̃)/τ with α̃ =
 // σ((k[ch]−off+noise)/τ); mode 2 (straight-through) dα·p(1−p) with p = σ(k[ch]−off); mode 1 none.
-__global__ void tr_dmc_decide_bwd(float* dk, const float* k, const float* noise, const float* dA, int N, int H, int D, int T,
-                                  int ch, double off, double tau, int mode) {
-  long long n = (long long)N * H * D;
-  GRID_STRIDE(i, n) {
-    int c = (int)(i % D);
-    long long nh = i / D;
-    long long row = nh / H;
-    float v = 0.f;
-    if (c == ch && mode != 1 && row % T != 0) {
-      double z = (double)k[i] - off, t = 1;
-      if (mode == 0) z += (double)noise[nh], t = tau;
-      double al = sigmoid_d(z / t);
-      v = (float)((double)dA[nh] * al * (1 - al) / t);
-    }
-    dk[i] = v;
-  }
-}
-
-// The same gradient with one warp per head row (the D channels of one (row, head)): the row's
-// indices in 32 bits once, channel ch's value computed by the lane that stores it, coalesced
-// zero stores elsewhere. tr_dmc_decide_bwd divides 64-bit indices for every element.
+// One warp per head row (the D channels of one (row, head)): the row's indices in 32 bits once,
+// channel ch's value computed by the lane that stores it, coalesced zero stores elsewhere.
 __global__ void tr_dmc_decide_bwd_rows(float* dk, const float* k, const float* noise, const float* dA, int N, int H, int D, int T,
                                        int ch, double off, double tau, int mode) {
   const int lane = threadIdx.x & 31, warps = (gridDim.x * blockDim.x) >> 5, NH = N * H;
@@ -464,7 +413,7 @@ __global__ void tr_dmc_decide_bwd_rows(float* dk, const float* k, const float* n
   }
 }
 
-// dk[row, h, ch] += the same gradient, every other element untouched: tr_dmc_decide_bwd and the
+// dk[row, h, ch] += the same gradient, every other element untouched: tr_dmc_decide_bwd_rows and the
 // gradient sum it feeds in one (graph/device foldGateGrads), one thread per (row, head).
 __global__ void tr_dmc_decide_bwd_add(float* dk, const float* k, const float* noise, const float* dA, int N, int H, int D, int T,
                                       int ch, double off, double tau, int mode) {
@@ -492,26 +441,6 @@ __global__ void tr_dmc_importance(float* omega, const float* q, int N, int Hq, i
   }
 }
 
-// dq [N, Hq·D]: dω·σ'(·)/G on channel ch of every head of the group, zero elsewhere.
-__global__ void tr_dmc_importance_bwd(float* dq, const float* q, const float* dW, int N, int Hq, int Hkv, int D, int ch, double off) {
-  long long n = (long long)N * Hq * D;
-  int G = Hq / Hkv;
-  GRID_STRIDE(i, n) {
-    int c = (int)(i % D);
-    float v = 0.f;
-    if (c == ch) {
-      long long nq = i / D;
-      long long row = nq / Hq;
-      int h = (int)(nq % Hq) / G;
-      double s = 0;
-      for (int g = h * G; g < (h + 1) * G; g++) s += (double)q[(row * Hq + g) * D + ch];
-      double sg = sigmoid_d(s / G + off);
-      v = (float)((double)dW[row * Hkv + h] * sg * (1 - sg) / G);
-    }
-    dq[i] = v;
-  }
-}
-
 // dq[row, g, ch] += the same gradient, every other element untouched (as tr_dmc_decide_bwd_add).
 __global__ void tr_dmc_importance_bwd_add(float* dq, const float* q, const float* dW, int N, int Hq, int Hkv, int D, int ch, double off) {
   const long long n = (long long)N * Hq;
@@ -526,7 +455,8 @@ __global__ void tr_dmc_importance_bwd_add(float* dq, const float* q, const float
   }
 }
 
-// The same with one warp per head row, as tr_dmc_decide_bwd_rows.
+// dq [N, Hq·D]: dω·σ'(·)/G on channel ch of every head of the group, zero elsewhere; one warp per
+// head row, as tr_dmc_decide_bwd_rows.
 __global__ void tr_dmc_importance_bwd_rows(float* dq, const float* q, const float* dW, int N, int Hq, int Hkv, int D, int ch,
                                            double off) {
   const int lane = threadIdx.x & 31, warps = (gridDim.x * blockDim.x) >> 5, NQ = N * Hq, G = Hq / Hkv;
@@ -1387,50 +1317,6 @@ __device__ __forceinline__ void fa_scores(float (*s)[4], const uint32_t (*af)[4]
   }
 }
 
-// Two score products of the same shape in one interleaved sequence (the backward's S and dP):
-// s = A·Bᵀ and s2 = A2·B2ᵀ. Each accumulator receives the same products in the same order as
-// fa_scores gives it, so the results are bit-identical; the interleaving doubles the
-// independent mma chains in flight (NT per product) that hide the tensor-core latency. With
-// AREGS the A fragments are af/af2 in registers; otherwise they are read from the [rows][D]
-// tiles atile/atile2 at row arow, one k-step ahead.
-template <int D, int NT, bool AREGS>
-__device__ __forceinline__ void fa_scores2(float (*s)[4], const uint32_t (*af)[4], const __nv_bfloat16* atile, const __nv_bfloat16* tile,
-                                           float (*s2)[4], const uint32_t (*af2)[4], const __nv_bfloat16* atile2,
-                                           const __nv_bfloat16* tile2, int arow) {
-  constexpr int NP = NT / 2, KK = D / 16, L = KK * NP, P = L - 1 < 2 ? L - 1 : 2;
-  uint32_t b[P + 1][4], b2[P + 1][4], a[2][4], a2[2][4];
-#pragma unroll
-  for (int n = 0; n < NT; n++) s[n][0] = s[n][1] = s[n][2] = s[n][3] = s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.f;
-  if (!AREGS) {
-    fa_afrag<D>(a[0], atile, arow, 0);
-    fa_afrag<D>(a2[0], atile2, arow, 0);
-  }
-#pragma unroll
-  for (int i = 0; i < P; i++) {
-    fa_bfrag<D>(b[i], tile, (i % NP) * 16, (i / NP) * 16);
-    fa_bfrag<D>(b2[i], tile2, (i % NP) * 16, (i / NP) * 16);
-  }
-#pragma unroll
-  for (int i = 0; i < L; i++) {
-    const int kk = i / NP, np = i % NP;
-    if (!AREGS && np == 0 && kk + 1 < KK) {
-      fa_afrag<D>(a[(kk + 1) & 1], atile, arow, (kk + 1) * 16);
-      fa_afrag<D>(a2[(kk + 1) & 1], atile2, arow, (kk + 1) * 16);
-    }
-    if (i + P < L) {
-      fa_bfrag<D>(b[(i + P) % (P + 1)], tile, ((i + P) % NP) * 16, ((i + P) / NP) * 16);
-      fa_bfrag<D>(b2[(i + P) % (P + 1)], tile2, ((i + P) % NP) * 16, ((i + P) / NP) * 16);
-    }
-    const uint32_t *f = b[i % (P + 1)], *f2 = b2[i % (P + 1)];
-    const uint32_t* x = AREGS ? af[kk] : a[kk & 1];
-    const uint32_t* x2 = AREGS ? af2[kk] : a2[kk & 1];
-    fa_mma(s[2 * np], x, f[0], f[1]);
-    fa_mma(s2[2 * np], x2, f2[0], f2[1]);
-    fa_mma(s[2 * np + 1], x, f[2], f[3]);
-    fa_mma(s2[2 * np + 1], x2, f2[2], f2[3]);
-  }
-}
-
 // acc[D/8][4] += P(16×KT·16, as score fragments p) · tile rows [KT·16][D] (stored [k][n]).
 template <int D, int KT>
 __device__ __forceinline__ void fa_pv(float (*acc)[4], const float (*p)[4], const __nv_bfloat16* tile) {
@@ -1780,7 +1666,7 @@ __device__ void fa_attn_fwd2(float* o, float* stats, const __nv_bfloat16* q, con
 // dq: grid (ceil(T/64), Hq, B); q and dO fragments stay in registers (staged through the
 // buffers), 32-key tiles of K and V double-buffered: dynamic smem 2·2·32·(D+8) bf16 (at least
 // the 2·64 staging rows) + 2·32 floats.
-template <int D, bool PAIR>
+template <int D>
 __device__ void fa_attn_bwd_q(float* dq, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v, const float* alpha,
                               const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq, int Hkv, float scale) {
   constexpr int SD = D + 8, BK = FA_BWDQ_BK, NT = BK / 8;
@@ -1845,12 +1731,8 @@ __device__ void fa_attn_bwd_q(float* dq, const __nv_bfloat16* q, const __nv_bflo
     const float* Lt = Lm + (tile & 1) * BK;
     if (live && j0 <= wLast) {
       float s[NT][4], dp[NT][4];
-      if (PAIR) {
-        fa_scores2<D, NT, true>(s, qf, nullptr, Ks, dp, gf, nullptr, Vs, 0);
-      } else {
-        fa_scores<D, NT>(s, qf, Ks, 0);
-        fa_scores<D, NT>(dp, gf, Vs, 0);
-      }
+      fa_scores<D, NT>(s, qf, Ks, 0);
+      fa_scores<D, NT>(dp, gf, Vs, 0);
       // dS = P ∘ (dP − δ); the softmax scale is applied once, to dq at the store. Rows past T
       // are computed on zero-filled Q and dO and never stored.
       fa_logits<NT, false>(s, nullptr, Lt, j0, ra, rb, T, sl2, j0 + BK - 1 >= w0);
@@ -1908,7 +1790,7 @@ __device__ __forceinline__ void fa_kv_probs(float (*s)[4], float (*dp)[4], float
 // dk, dv, dα: grid (ceil(T/64), Hkv, B), each warp 16 keys against every later query of the G
 // query heads in 32-query tiles (double-buffered Q/dO tiles and their stats); dynamic smem
 // (2·64 + 2·2·32)·(D+8) bf16 + 2·3·32 floats.
-template <int D, bool PAIR>
+template <int D>
 __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,
                                const float* alpha, const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq,
                                int Hkv, float scale) {
@@ -1970,17 +1852,13 @@ __device__ void fa_attn_bwd_kv(float* dk, float* dv, float* dA, const __nv_bfloa
     const float *Lq = st + (u & 1) * 3 * BQ, *Mq = Lq + BQ, *Dq = Mq + BQ;
     if (live && q0 + BQ - 1 >= w0) {
       float s[NT][4], dp[NT][4];
-      if (PAIR) {
-        fa_scores2<D, NT, false>(s, nullptr, Ks, Qs, dp, nullptr, Vs, Gs, warp * 16);  // Sᵀ = K·Qᵀ, dPᵀ = V·dOᵀ
-      } else {
-        uint32_t af[D / 16][4];
+      uint32_t af[D / 16][4];
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(af[kk], Ks, warp * 16, kk * 16);
-        fa_scores<D, NT>(s, af, Qs, 0);  // Sᵀ = K·Qᵀ
+      for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(af[kk], Ks, warp * 16, kk * 16);
+      fa_scores<D, NT>(s, af, Qs, 0);  // Sᵀ = K·Qᵀ
 #pragma unroll
-        for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(af[kk], Vs, warp * 16, kk * 16);
-        fa_scores<D, NT>(dp, af, Gs, 0);  // dPᵀ = V·dOᵀ
-      }
+      for (int kk = 0; kk < D / 16; kk++) fa_afrag<D>(af[kk], Vs, warp * 16, kk * 16);
+      fa_scores<D, NT>(dp, af, Gs, 0);  // dPᵀ = V·dOᵀ
       const bool diag = q0 <= w0 + 15;
       // Per-element tests only where a tile crosses the diagonal or the end of the sequence.
       if (diag || q0 + BQ > T)
@@ -2028,25 +1906,13 @@ extern "C" {
       tc_attn_bwd_q_##D(float* dq, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,                \
                         const float* alpha, const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq, \
                         int Hkv, float scale) {                        \
-    fa_attn_bwd_q<D, false>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                      \
-  }                                                                                                                        \
-  __global__ void __launch_bounds__(FA_THREADS)                                                                            \
-      tc_attn_bwd_q2_##D(float* dq, const __nv_bfloat16* q, const __nv_bfloat16* k, const __nv_bfloat16* v,               \
-                         const float* alpha, const float* stats, const float* delta, const __nv_bfloat16* dO, int T, int Hq, \
-                         int Hkv, float scale) {                                                                           \
-    fa_attn_bwd_q<D, true>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                       \
+    fa_attn_bwd_q<D>(dq, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                                      \
   }                                                                                                                        \
   __global__ void __launch_bounds__(FA_THREADS)                                                                            \
       tc_attn_bwd_kv_##D(float* dk, float* dv, float* dA, const __nv_bfloat16* q, const __nv_bfloat16* k,                \
                          const __nv_bfloat16* v, const float* alpha, const float* stats, const float* delta,               \
                          const __nv_bfloat16* dO, int T, int Hq, int Hkv, float scale) {                                                                           \
-    fa_attn_bwd_kv<D, false>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                             \
-  }                                                                                                                        \
-  __global__ void __launch_bounds__(FA_THREADS)                                                                            \
-      tc_attn_bwd_kv2_##D(float* dk, float* dv, float* dA, const __nv_bfloat16* q, const __nv_bfloat16* k,               \
-                          const __nv_bfloat16* v, const float* alpha, const float* stats, const float* delta,              \
-                          const __nv_bfloat16* dO, int T, int Hq, int Hkv, float scale) {                                  \
-    fa_attn_bwd_kv<D, true>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                              \
+    fa_attn_bwd_kv<D>(dk, dv, dA, q, k, v, alpha, stats, delta, dO, T, Hq, Hkv, scale);                             \
   }
 FA_INST(16)
 FA_INST(32)
