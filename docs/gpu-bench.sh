@@ -10,13 +10,17 @@ OUT=$(realpath "${2:?folder for the results}")
 root=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$OUT"
 S=$OUT/summary.txt
+STEPS=${STEPS:-} # a regular expression of the step names to run (all, and BenchmarkAttention, when empty)
+if [[ -z $STEPS ]]; then
 echo "== BenchmarkAttention" | tee -a "$S"
 (cd "$root/kernels" && DMC_REQUIRE_GPU=1 "$BIN/kernels.test" -test.run '^$' -test.bench Attention -test.benchtime 20x) \
 	>"$OUT/bench-attention.txt" 2>&1
 grep Benchmark "$OUT/bench-attention.txt" | tee -a "$S"
+fi
 step() { # step NAME ENV... : the 953M step with the given environment
 	local name=$1
 	shift
+	[[ -z $STEPS || $name =~ $STEPS ]] || return 0
 	echo "== $name" | tee -a "$S"
 	env "$@" "$BIN/dmc" bench train --model bench-953m --random-weights --device cuda --seq 2048 --batch 8 \
 		--cache "${CACHE:-dmc}" --json "$OUT/train-$name.json" >"$OUT/train-$name.txt" 2>&1
@@ -25,6 +29,7 @@ step() { # step NAME ENV... : the 953M step with the given environment
 for round in ${ROUNDS:-1 2}; do
 	CACHE=dmc step "dmc-default-$round"
 	CACHE=dmc step "dmc-merge-general-$round" DMC_MERGE=general
+	CACHE=dmc step "dmc-merge-rows-$round" DMC_MERGE=rows
 	CACHE=dmc step "dmc-unfolded-$round" DMC_FOLD_SUMS=0
 	CACHE=vanilla step "vanilla-default-$round"
 	CACHE=vanilla step "vanilla-unfolded-$round" DMC_FOLD_SUMS=0

@@ -37,11 +37,14 @@ if [[ -x $BIN/kernels.test ]]; then
 		grep -E "^(ok|PASS|FAIL|panic)|--- (PASS|FAIL|SKIP)") || rc=1
 fi
 # The device executor's parity, determinism and recompute tests again with the gradient sums
-# unfolded (DMC_FOLD_SUMS=0; the default folds them into the ops that feed them).
+# unfolded (DMC_FOLD_SUMS=0; the default folds them into the ops that feed them) and with the
+# rows-per-warp DMC merge (DMC_MERGE=rows, opt-in until measured).
 if [[ -x $BIN/device.test ]]; then
-	echo "== device.test, DMC_FOLD_SUMS=0"
-	(cd "$root/graph/device" && DMC_FOLD_SUMS=0 DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 \
-		"$BIN/device.test" -test.run 'Step|Training|Recompute' -test.count 1 -test.v 2>&1 |
-		grep -E "^(ok|PASS|FAIL|panic)|--- (PASS|FAIL|SKIP)") || rc=1
+	for sw in DMC_FOLD_SUMS=0 DMC_MERGE=rows; do
+		echo "== device.test, $sw"
+		(cd "$root/graph/device" && env "$sw" DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 \
+			"$BIN/device.test" -test.run 'Step|Training|Recompute' -test.count 1 -test.v 2>&1 |
+			grep -E "^(ok|PASS|FAIL|panic)|--- (PASS|FAIL|SKIP)") || rc=1
+	done
 fi
 exit $rc

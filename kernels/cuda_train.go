@@ -154,6 +154,12 @@ type TrainDevice struct {
 	// window fits a warp (1 ≤ W ≤ 32), for which tr_dmc_merge_*_w are the default;
 	// DMC_MERGE=general sets it (tests and measurements).
 	MergeGeneral bool
+	// MergeRows runs the warp-window merge with mergeRows rows per warp and 16-byte loads
+	// (tr_dmc_merge_*_wr; head dimension a multiple of 4) where the one-row kernels would run;
+	// DMC_MERGE=rows sets it. Written on 2026-12-04 after Nsight Compute showed the one-row
+	// kernels issue-bound (68% SM throughput, 25% of DRAM bandwidth), not yet measured, hence
+	// opt-in.
+	MergeRows bool
 }
 
 type trGemmKey struct{ ta, tb, m, n, k, lda, ldb, ldc int }
@@ -187,7 +193,7 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 		return nil, fmt.Errorf("training kernels: %s", C.GoString(&msg[0]))
 	}
 	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{},
-		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general"}
+		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general", MergeRows: os.Getenv("DMC_MERGE") == "rows"}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {

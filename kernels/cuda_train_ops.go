@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"strings"
 
 	"github.com/dmc-project/dmc/model"
 )
@@ -504,6 +505,20 @@ func (t *TrainDevice) mergeKernel(name string, window int) string {
 	return name
 }
 
+// mergeRows is the rows per warp of the tr_dmc_merge_*_wr kernels (MG_R in train.cu).
+const mergeRows = 4
+
+// mergeLaunch is the kernel and grid width of one merge pass: the rows-per-warp kernel where
+// TrainDevice.MergeRows asks for it and the window, head dimension and buffers allow it, else
+// mergeKernel's with one row per warp.
+func (t *TrainDevice) mergeLaunch(name string, g DMCGeom, bufs ...*DevBuf) (string, int) {
+	k := t.mergeKernel(name, g.Window)
+	if t.MergeRows && strings.HasSuffix(k, "_w") && g.HeadD%4 == 0 && aligned16(bufs...) {
+		return k + "r", (g.SeqLen + mergeWarps*mergeRows - 1) / (mergeWarps * mergeRows)
+	}
+	return k, (g.SeqLen + mergeWarps - 1) / mergeWarps
+}
+
 // DMCMerge writes the windowed partial accumulations y [rows, Hkv·D] of x under α and ω
 // ([rows, Hkv]); y may not alias x.
 func (t *TrainDevice) DMCMerge(y, x, alpha, omega *DevBuf, g DMCGeom, rows int) error {
@@ -514,7 +529,8 @@ func (t *TrainDevice) DMCMerge(y, x, alpha, omega *DevBuf, g DMCGeom, rows int) 
 		return err
 	}
 	B := rows / g.SeqLen
-	return t.launch(t.mergeKernel("tr_dmc_merge_fwd", g.Window), dim3{x: (g.SeqLen + mergeWarps - 1) / mergeWarps, y: B * H}, 32*mergeWarps, 0,
+	kern, gx := t.mergeLaunch("tr_dmc_merge_fwd", g, y, x)
+	return t.launch(kern, dim3{x: gx, y: B * H}, 32*mergeWarps, 0,
 		new(args).p(y.ptr).p(x.ptr).p(alpha.ptr).p(omega.ptr).i(g.SeqLen).i(H).i(D).i(g.Window))
 }
 
@@ -538,10 +554,14 @@ func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, 
 		return fmt.Errorf("DMCMergeBackward: window span %d needs %d bytes of shared memory (at most 48 KiB): use a window (dmc window ≤ 4096) or shorter sequences", span, perWarp)
 	}
 	warpsA := min(mergeWarps, (48<<10)/perWarp)
-	kernA, smemA := t.mergeKernel("tr_dmc_merge_bwd_a", g.Window), warpsA*perWarp
+	kernA, smemA, gxA := t.mergeKernel("tr_dmc_merge_bwd_a", g.Window), warpsA*perWarp, (g.SeqLen+warpsA-1)/warpsA
 	if kernA != "tr_dmc_merge_bwd_a" {
-		warpsA, smemA = mergeWarps, 0 // the warp-window kernel keeps its window in registers
+		// the warp-window kernels keep their windows in registers
+		smemA = 0
+		kernA, gxA = t.mergeLaunch("tr_dmc_merge_bwd_a", g, x, dy)
+		warpsA = mergeWarps
 	}
+	kernB, gxB := t.mergeLaunch("tr_dmc_merge_bwd_b", g, dx, dy)
 	rowZ, err := t.scratchBuf("merge.z", F32, rows*H)
 	if err != nil {
 		return err
@@ -555,11 +575,11 @@ func (t *TrainDevice) DMCMergeBackward(dx, dA, dW, x, alpha, omega, dy *DevBuf, 
 		return err
 	}
 	B := rows / g.SeqLen
-	if err := t.launch(kernA, dim3{x: (g.SeqLen + warpsA - 1) / warpsA, y: B * H}, 32*warpsA, smemA,
+	if err := t.launch(kernA, dim3{x: gxA, y: B * H}, 32*warpsA, smemA,
 		new(args).p(rowZ.ptr).p(cW.ptr).p(cA.ptr).p(x.ptr).p(alpha.ptr).p(omega.ptr).p(dy.ptr).i(g.SeqLen).i(H).i(D).i(g.Window).i(span)); err != nil {
 		return err
 	}
-	return t.launch(t.mergeKernel("tr_dmc_merge_bwd_b", g.Window), dim3{x: (g.SeqLen + mergeWarps - 1) / mergeWarps, y: B * H}, 32*mergeWarps, 0,
+	return t.launch(kernB, dim3{x: gxB, y: B * H}, 32*mergeWarps, 0,
 		new(args).p(dx.ptr).p(dA.ptr).p(dW.ptr).p(alpha.ptr).p(omega.ptr).p(dy.ptr).p(rowZ.ptr).p(cW.ptr).p(cA.ptr).
 			i(g.SeqLen).i(H).i(D).i(g.Window).i(span))
 }

@@ -722,12 +722,14 @@ func (s *convSuite) testHardCount(t *testing.T) {
 }
 
 func (s *convSuite) testMerge(t *testing.T) {
-	defer func(g bool) { s.dev.MergeGeneral = g }(s.dev.MergeGeneral)
+	defer func(g, r bool) { s.dev.MergeGeneral, s.dev.MergeRows = g, r }(s.dev.MergeGeneral, s.dev.MergeRows)
 	for _, sp := range convSpecs {
-		for _, variant := range []string{"soft", "hard", "soft general"} {
-			// the warp-window kernels (1 ≤ W ≤ 32) and, for the same shapes, the general ones
+		for _, variant := range []string{"soft", "hard", "soft general", "soft rows", "hard rows"} {
+			// the warp-window kernels (1 ≤ W ≤ 32), for the same shapes the general ones, and
+			// the warp-window kernels with several rows per warp (head dimensions of 4k)
 			mode := strings.Fields(variant)[0]
 			s.dev.MergeGeneral = strings.HasSuffix(variant, "general")
+			s.dev.MergeRows = strings.HasSuffix(variant, "rows")
 			if s.dev.MergeGeneral && (sp.Window < 1 || sp.Window > 32) {
 				continue
 			}
@@ -757,6 +759,16 @@ func (s *convSuite) testMerge(t *testing.T) {
 			s.ok(s.dev.DMCMerge(gy, bx, ba, bo, geom(sp), rows))
 			s.ok(s.dev.DMCMergeBackward(gdx, gdA, gdW, bx, ba, bo, s.up(dy), geom(sp), rows))
 			tag := specTag(sp) + " " + variant
+			if s.dev.MergeRows {
+				// y and dx add the same products in the same order as the one-row kernels
+				s.dev.MergeRows = false
+				oy, odx, odA, odW := s.out(len(x)), s.out(len(x)), s.out(N*H), s.out(N*H)
+				s.ok(s.dev.DMCMerge(oy, bx, ba, bo, geom(sp), rows))
+				s.ok(s.dev.DMCMergeBackward(odx, odA, odW, bx, ba, bo, s.up(dy), geom(sp), rows))
+				if n := bitDiff(s.down(gy), s.down(oy)) + bitDiff(s.down(gdx), s.down(odx)); n != 0 {
+					t.Errorf("DMCMerge %s: the rows-per-warp kernels differ from the one-row kernels in %d elements of y and dx", tag, n)
+				}
+			}
 			s.check("DMCMerge.y "+tag, s.down(gy), y, tolF32)
 			s.check("DMCMerge.dx "+tag, s.down(gdx), packed[:N*H*D], tolF32)
 			s.check("DMCMerge.dalpha "+tag, s.down(gdA), packed[N*H*D:N*H*D+N*H], tolF32)

@@ -819,6 +819,194 @@ __global__ void tr_dmc_merge_bwd_b_w(float* __restrict__ dx, float* __restrict__
   }
 }
 
+// ---- DMC merge, windows of 1..32 tokens, MG_R rows per warp ------------------------------------
+// The warp-window kernels above with each warp on MG_R consecutive rows (grid x = ceil(T /
+// (warps per block · MG_R))) and 16-byte loads (D a multiple of 4, 16-byte aligned rows): every
+// source row the warp's windows share is loaded once for all of them instead of once per row,
+// and a lane's four channels come in one load. Per output row the products are added in the
+// same order as in the one-row kernels (window slot k ascending), so the forward and the
+// second backward pass give the same bits; the first backward pass sums its dot products over
+// other lane groupings (rounding differs, within fp32 tolerance).
+#define MG_R 4
+// Register caps for three (forward, first pass) and four (second pass) blocks of 8 warps per SM,
+// without spills (ptxas: 80 and 64 registers).
+
+// The forward: y_i = Σ_k wt_k x_{i−k} / Z_i for the warp's rows.
+__global__ void __launch_bounds__(256, 3) tr_dmc_merge_fwd_wr(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ alpha,
+                                    const float* __restrict__ omega, int T, int H, int D, int W) {
+  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const int i0 = (blockIdx.x * wpb + (threadIdx.x >> 5)) * MG_R, bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (i0 >= T) return;
+  const long long base = (long long)b * T * H + h;
+  float wt[MG_R], den[MG_R];
+  int len[MG_R];
+#pragma unroll
+  for (int r = 0; r < MG_R; r++) {  // rows past T get the last row's window and are not stored
+    const int i = min(i0 + r, T - 1);
+    len[r] = i - max(0, i - W + 1) + 1;
+    float a, o, c;
+    wt[r] = mg_window(alpha, omega, base, H, i, len[r], a, o, c);
+    den[r] = warp_sum(wt[r]);
+  }
+  const int jhi = min(i0 + MG_R, T) - 1, jlo = max(0, i0 - W + 1);
+  for (int c0 = 0; c0 < D; c0 += 128) {
+    const int d = c0 + 4 * lane;
+    const bool on = d < D;
+    float4 acc[MG_R];
+#pragma unroll
+    for (int r = 0; r < MG_R; r++) acc[r] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int j = jhi; j >= jlo; j--) {
+      const float4 v = on ? *reinterpret_cast<const float4*>(x + (base + (long long)j * H) * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int r = 0; r < MG_R; r++) {
+        const int k = i0 + r - j;
+        const float wk = __shfl_sync(FULL, wt[r], k & 31);
+        if (k >= 0 && k < len[r]) {
+          acc[r].x += wk * v.x;
+          acc[r].y += wk * v.y;
+          acc[r].z += wk * v.z;
+          acc[r].w += wk * v.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < MG_R; r++)
+      if (on && i0 + r < T)
+        *reinterpret_cast<float4*>(y + (base + (long long)(i0 + r) * H) * D + d) =
+            make_float4(acc[r].x / den[r], acc[r].y / den[r], acc[r].z / den[r], acc[r].w / den[r]);
+  }
+}
+
+// First backward pass (tr_dmc_merge_bwd_a_w's outputs) for the warp's rows.
+__global__ void __launch_bounds__(256, 3) tr_dmc_merge_bwd_a_wr(float* __restrict__ rowZ, float* __restrict__ cW, float* __restrict__ cA,
+                                      const float* __restrict__ x, const float* __restrict__ alpha, const float* __restrict__ omega,
+                                      const float* __restrict__ dy, int T, int H, int D, int W, int span) {
+  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const int i0 = (blockIdx.x * wpb + (threadIdx.x >> 5)) * MG_R, bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (i0 >= T) return;
+  const long long base = (long long)b * T * H + h;
+  float wt[MG_R], den[MG_R], a[MG_R], o[MG_R], c[MG_R], dot[MG_R];
+  int len[MG_R];
+#pragma unroll
+  for (int r = 0; r < MG_R; r++) {
+    const int i = min(i0 + r, T - 1);
+    len[r] = i - max(0, i - W + 1) + 1;
+    wt[r] = mg_window(alpha, omega, base, H, i, len[r], a[r], o[r], c[r]);
+    den[r] = warp_sum(wt[r]);
+    dot[r] = 0.f;
+  }
+  const int jhi = min(i0 + MG_R, T) - 1, jlo = max(0, i0 - W + 1);
+  // dot[r] (lane k) = Σ_d (g_d/Z)·x_{i−k,d} for row i = i0 + r
+  for (int c0 = 0; c0 < D; c0 += 128) {
+    const int d = c0 + 4 * lane;
+    const bool on = d < D;
+    float4 g[MG_R];
+#pragma unroll
+    for (int r = 0; r < MG_R; r++) {
+      const int i = min(i0 + r, T - 1);
+      g[r] = make_float4(0.f, 0.f, 0.f, 0.f);
+      if (on) {
+        const float4 v = *reinterpret_cast<const float4*>(dy + (base + (long long)i * H) * D + d);
+        g[r] = make_float4(v.x / den[r], v.y / den[r], v.z / den[r], v.w / den[r]);
+      }
+    }
+    for (int j = jhi; j >= jlo; j--) {
+      const float4 v = on ? *reinterpret_cast<const float4*>(x + (base + (long long)j * H) * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int r = 0; r < MG_R; r++) {
+        const int k = i0 + r - j;
+        if (k >= 0 && k < len[r]) {
+          const float t = warp_sum(g[r].x * v.x + g[r].y * v.y + g[r].z * v.z + g[r].w * v.w);
+          if (lane == k) dot[r] += t;
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < MG_R; r++) {
+    const int i = i0 + r;
+    const float dZ = -warp_sum(wt[r] * dot[r]) / den[r];
+    const float e = dot[r] + dZ;
+    const float rho = lane < len[r] ? o[r] * e : 0.f;
+    float A = __shfl_down_sync(FULL, a[r], 1), Bv = __shfl_down_sync(FULL, rho, 1);
+    if (lane >= len[r] - 1) A = Bv = 0.f;
+#pragma unroll
+    for (int w = 1; w < 32; w <<= 1) {
+      const float A2 = __shfl_down_sync(FULL, A, w), B2 = __shfl_down_sync(FULL, Bv, w);
+      if (lane + w < 32) {
+        Bv = fmaf(A, B2, Bv);
+        A *= A2;
+      }
+    }
+    if (i < T) {
+      const long long ri = base + (long long)i * H;
+      if (lane < span) {
+        cW[ri * span + lane] = lane < len[r] ? c[r] * e : 0.f;
+        cA[ri * span + lane] = lane < len[r] - 1 ? c[r] * Bv : 0.f;
+      }
+      if (lane == 0) rowZ[ri] = den[r];
+    }
+  }
+}
+
+// Second backward pass for the warp's rows j0 .. j0 + MG_R − 1 (lane k of row j: row j + k).
+__global__ void __launch_bounds__(256, 4) tr_dmc_merge_bwd_b_wr(float* __restrict__ dx, float* __restrict__ dA, float* __restrict__ dW,
+                                      const float* __restrict__ alpha, const float* __restrict__ omega, const float* __restrict__ dy,
+                                      const float* __restrict__ rowZ, const float* __restrict__ cW, const float* __restrict__ cA, int T,
+                                      int H, int D, int W, int span) {
+  const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
+  const int j0 = (blockIdx.x * wpb + (threadIdx.x >> 5)) * MG_R, bh = blockIdx.y, b = bh / H, h = bh % H;
+  if (j0 >= T) return;
+  const long long base = (long long)b * T * H + h;
+  float gz[MG_R];
+  int n[MG_R];
+#pragma unroll
+  for (int r = 0; r < MG_R; r++) {  // rows past T: n = 0, nothing stored
+    const int j = j0 + r;
+    n[r] = j < T ? min(T - 1, j + W - 1) - j + 1 : 0;
+    const long long rk = base + (long long)(j + lane) * H;
+    const bool in = lane < n[r];
+    const float c = mg_prefix_prod(in && lane > 0 ? alpha[rk] : 1.f);
+    gz[r] = in ? c / rowZ[rk] : 0.f;
+    const float sw = warp_sum(in ? cW[rk * span + lane] : 0.f), sa = warp_sum(in ? cA[rk * span + lane] : 0.f);
+    if (lane == 0 && j < T) {
+      dW[base + (long long)j * H] = sw;
+      dA[base + (long long)j * H] = sa;
+    }
+  }
+  const int ihi = min(T - 1, j0 + MG_R - 1 + W - 1);
+  for (int c0 = 0; c0 < D; c0 += 128) {
+    const int d = c0 + 4 * lane;
+    const bool on = d < D;
+    float4 acc[MG_R];
+#pragma unroll
+    for (int r = 0; r < MG_R; r++) acc[r] = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int i = j0; i <= ihi; i++) {
+      const float4 v = on ? *reinterpret_cast<const float4*>(dy + (base + (long long)i * H) * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int r = 0; r < MG_R; r++) {
+        const int k = i - j0 - r;
+        const float gk = __shfl_sync(FULL, gz[r], k & 31);
+        if (k >= 0 && k < n[r]) {
+          acc[r].x += gk * v.x;
+          acc[r].y += gk * v.y;
+          acc[r].z += gk * v.z;
+          acc[r].w += gk * v.w;
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < MG_R; r++) {
+      const int j = j0 + r;
+      if (on && j < T) {
+        const float om = omega[base + (long long)j * H];
+        *reinterpret_cast<float4*>(dx + (base + (long long)j * H) * D + d) =
+            make_float4(om * acc[r].x, om * acc[r].y, om * acc[r].z, om * acc[r].w);
+      }
+    }
+  }
+}
+
 // ---- Gumbel noise ----------------------------------------------------------------------------
 // out[(b·T + t)·Hkv + h] = logistic noise of element i = (b·Hkv + h)·T + t of the stream whose
 // SplitMix64 state is given (dmc.NoiseKey: x_i = mix(state + (i+1)·γ), u = ((x>>11) + ½)·2⁻⁵³,
