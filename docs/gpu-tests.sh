@@ -38,9 +38,10 @@ if [[ -x $BIN/kernels.test ]]; then
 fi
 # The device executor's parity, determinism and recompute tests again with the gradient sums
 # unfolded (DMC_FOLD_SUMS=0; the default folds them into the ops that feed them) and with the
-# rows-per-warp DMC merge (DMC_MERGE=rows, opt-in until measured).
+# rows-per-warp DMC merge (DMC_MERGE=rows) and the gradients' own bf16 shadows
+# (DMC_GRAD_SHADOWS=1), both opt-in until measured.
 if [[ -x $BIN/device.test ]]; then
-	for sw in DMC_FOLD_SUMS=0 DMC_MERGE=rows; do
+	for sw in DMC_FOLD_SUMS=0 DMC_MERGE=rows DMC_GRAD_SHADOWS=1; do
 		echo "== device.test, $sw"
 		(cd "$root/graph/device" && env "$sw" DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 \
 			"$BIN/device.test" -test.run 'Step|Training|Recompute' -test.count 1 -test.v 2>&1 |

@@ -220,17 +220,57 @@ func (t *TrainDevice) SwiGLUForward(out, out16, a, b *DevBuf) error {
 	return t.launch1D("tr_swiglu_fwd", int64(n), new(args).p(out.ptr).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n)))
 }
 
-// SwiGLUBackward writes da and db (the two halves of graph/ops' packed gradient).
-func (t *TrainDevice) SwiGLUBackward(da, db, a, b, dy *DevBuf) error {
+// SwiGLUBackward writes da and db (the two halves of graph/ops' packed gradient); da16 and
+// db16, when not nil, also get their bf16 copies.
+func (t *TrainDevice) SwiGLUBackward(da, db, da16, db16, a, b, dy *DevBuf) error {
 	n := a.n
 	if err := needAll("SwiGLUBackward", func() error { return need("", "da", da, F32, n) }, func() error { return need("", "db", db, F32, n) },
-		func() error { return need("", "b", b, F32, n) }, func() error { return need("", "dy", dy, F32, n) }); err != nil {
+		func() error { return need("", "b", b, F32, n) }, func() error { return need("", "dy", dy, F32, n) },
+		func() error { return needOpt("da16", da16, n) }, func() error { return needOpt("db16", db16, n) }); err != nil {
 		return err
 	}
-	if n%4 == 0 && aligned16(da, db, a, b, dy) {
-		return t.launch1D("tr_swiglu_bwd4", int64(n/4), new(args).p(da.ptr).p(db.ptr).p(a.ptr).p(b.ptr).p(dy.ptr).i64(int64(n/4)))
+	if n%4 == 0 && aligned16(da, db, a, b, dy) && aligned8(da16, db16) {
+		return t.launch1D("tr_swiglu_bwd4", int64(n/4), new(args).p(da.ptr).p(db.ptr).pOpt(da16).pOpt(db16).p(a.ptr).p(b.ptr).p(dy.ptr).i64(int64(n/4)))
 	}
-	return t.launch1D("tr_swiglu_bwd", int64(n), new(args).p(da.ptr).p(db.ptr).p(a.ptr).p(b.ptr).p(dy.ptr).i64(int64(n)))
+	return t.launch1D("tr_swiglu_bwd", int64(n), new(args).p(da.ptr).p(db.ptr).pOpt(da16).pOpt(db16).p(a.ptr).p(b.ptr).p(dy.ptr).i64(int64(n)))
+}
+
+// Add writes out = a + b over n elements (a gradient sum of two tensors of one shape) and, when
+// out16 is not nil, bf16(out) into out16: EW's EwAdd with 16-byte accesses where the buffers
+// allow them, so the same bits.
+func (t *TrainDevice) Add(out, out16, a, b *DevBuf, n int) error {
+	if err := needAll("Add", func() error { return need("", "out", out, F32, n) }, func() error { return need("", "a", a, F32, n) },
+		func() error { return need("", "b", b, F32, n) }, func() error { return needOpt("out16", out16, n) }); err != nil {
+		return err
+	}
+	if n%4 == 0 && aligned16(out, a, b) && aligned8(out16) {
+		return t.launch1D("tr_add4", int64(n/4), new(args).p(out.ptr).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n/4)))
+	}
+	if err := t.EW(EwAdd, out, a, b, n, false, false); err != nil {
+		return err
+	}
+	if out16 == nil {
+		return nil
+	}
+	return t.CastBF16(out16, out.Slice(0, n))
+}
+
+// needOpt checks an optional bf16 copy of n elements (nil passes).
+func needOpt(name string, b *DevBuf, n int) error {
+	if b == nil {
+		return nil
+	}
+	return need("", name, b, BF16, n)
+}
+
+// aligned8 reports whether every buffer given (nil ones aside) starts on an 8-byte boundary.
+func aligned8(bufs ...*DevBuf) bool {
+	for _, b := range bufs {
+		if b != nil && b.ptr%8 != 0 {
+			return false
+		}
+	}
+	return true
 }
 
 // ---- Embedding

@@ -99,6 +99,12 @@ type Model struct {
 // (the unfolded schedule, for debugging and measurements).
 var foldSumsEnabled = os.Getenv("DMC_FOLD_SUMS") != "0"
 
+// gradShadowsEnabled has the gradient sums (TrainDevice.Add, 16-byte accesses) and SwiGLU's
+// backward write their outputs' bf16 shadows themselves (planOptions.gradShadows), saving a
+// cast pass over each; DMC_GRAD_SHADOWS=1 sets it. Written on 2026-12-04 and not yet run on a
+// GPU, hence opt-in.
+var gradShadowsEnabled = os.Getenv("DMC_GRAD_SHADOWS") == "1"
+
 var _ step.Optimizer = (*Model)(nil)
 
 // New puts g's parameters on GPU opt.Ordinal and returns its executor. g stays the model's
@@ -415,7 +421,7 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 	for i, d := range r.params {
 		frozen[i] = d.g == nil
 	}
-	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled}
+	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled, gradShadows: gradShadowsEnabled}
 	withRecompute := opt
 	withRecompute.recompute = r.recompute
 	s, err := compileOpts(p, withRecompute)
@@ -733,6 +739,13 @@ func (r *runner) runGeneric(ins *instr) error {
 	d, in, out, n := r.dev, ins.in, ins.out.buf, ins.out.n
 	switch ins.gen {
 	case genEW:
+		if gradShadowsEnabled && sameShapeAdd(ins) {
+			var out16 *kernels.DevBuf
+			if ins.out.b16Fused {
+				out16 = ins.out.b16.buf
+			}
+			return d.Add(out, out16, in[0].buf, in[1].buf, n)
+		}
 		var b *kernels.DevBuf
 		bScalar := false
 		if len(in) > 1 {
@@ -799,7 +812,13 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		err = d.SwiGLUForward(out, y16, in[0].buf, in[1].buf)
 	case ops.KindSwiGLUGrad:
 		n := in[0].n
-		err = d.SwiGLUBackward(out.Slice(0, n), out.Slice(n, n), in[0].buf, in[1].buf, in[2].buf)
+		var h16 [2]*kernels.DevBuf // the halves' shadows when the kernel writes them
+		for k, v := range ins.halves16 {
+			if v != nil {
+				h16[k] = v.b16.buf
+			}
+		}
+		err = d.SwiGLUBackward(out.Slice(0, n), out.Slice(n, n), h16[0], h16[1], in[0].buf, in[1].buf, in[2].buf)
 	case ops.KindEmbedding:
 		_, dd := dims(in[0])
 		err = d.EmbeddingForward(out, in[0].buf, in[1].buf, in[1].n, dd)

@@ -77,6 +77,9 @@ type instr struct {
 	// right after it is computed (direct: written into the accumulator by the kernel itself).
 	grad   int
 	direct bool
+	// halves16 (SwiGLU's backward, planOptions.gradShadows): the views of the two halves of its
+	// output [da | db] whose bf16 shadows its kernel writes.
+	halves16 [2]*val
 	// accum: an op folded with the sum it fed (foldSums) that adds its result into its
 	// output's storage (a DMC decision or importance gradient its one channel per head, a
 	// LinearDX with β = 1, an RMSNormDX); nop: that sum, which has nothing left to run.
@@ -104,6 +107,8 @@ type schedule struct {
 	// (castAt[0]: before the first, for inputs).
 	castAt   [][]*val
 	fp32GEMM bool
+	// gradShadows: planOptions.gradShadows
+	gradShadows bool
 	// all lists every value (the nodes' and the recomputed copies), in a fixed order
 	all []*val
 	// recomputed counts the instructions run again by rematerialisation
@@ -176,6 +181,9 @@ type planOptions struct {
 	recompute bool
 	// foldSums folds gradient sums into the ops that feed them (foldSums).
 	foldSums bool
+	// gradShadows has the gradient sums and SwiGLU's backward write the bf16 shadows of their
+	// outputs themselves (as RMSNorm and SwiGLU do), instead of a cast after them.
+	gradShadows bool
 }
 
 func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
@@ -279,7 +287,7 @@ func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
 			s.outputs[i] = s.vals[o] // Loss and LM may be one node
 		}
 	}
-	s.fp32GEMM = fp32GEMM
+	s.fp32GEMM, s.gradShadows = fp32GEMM, o.gradShadows
 	for _, v := range s.vals {
 		s.all = append(s.all, v)
 	}
@@ -376,6 +384,7 @@ func (s *schedule) foldSums() {
 			// op) and now names x's elements; the op writes there; a is left unused.
 			y := sum.out
 			y.kind, y.base, y.viewOff = valView, x, 0
+			y.b16Fused = false // the sum no longer runs: its shadow is cast after the op
 			op.out, op.accum = y, true
 			sum.nop, sum.in, sum.out = true, nil, a
 			for _, rd := range reads[y] { // y's readers now read x's elements
@@ -524,11 +533,26 @@ func (s *schedule) shadow(v *val) {
 		return
 	}
 	v.b16 = &val{node: v.node, kind: valArena, dt: kernels.BF16, n: v.n, def: v.def, last: v.def}
-	if v.def >= 0 {
-		if p := s.instrs[v.def]; p.fused && (p.info.Kind == ops.KindRMSNorm || p.info.Kind == ops.KindSwiGLU) {
-			v.b16Fused = true
-		}
+	if v.def < 0 {
+		return
 	}
+	p := s.instrs[v.def]
+	switch {
+	case p.fused && (p.info.Kind == ops.KindRMSNorm || p.info.Kind == ops.KindSwiGLU) && v == p.out:
+		v.b16Fused = true
+	case !s.gradShadows:
+	case p.fused && p.info.Kind == ops.KindSwiGLUGrad && v.kind == valView && v.base == p.out && 2*v.n == p.out.n && v.viewOff%v.n == 0:
+		v.b16Fused = true
+		p.halves16[v.viewOff/v.n] = v
+	case sameShapeAdd(p) && v == p.out:
+		v.b16Fused = true
+	}
+}
+
+// sameShapeAdd reports whether ins is a gradient sum of two tensors of its output's size (no
+// broadcast scalar), the sum that kernels.TrainDevice.Add runs.
+func sameShapeAdd(ins *instr) bool {
+	return !ins.fused && ins.gen == genEW && ins.ew == kernels.EwAdd && len(ins.in) == 2 && ins.in[0].n == ins.out.n && ins.in[1].n == ins.out.n
 }
 
 // plan computes liveness and places every arena value with a first-fit allocator.

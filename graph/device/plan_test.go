@@ -390,6 +390,11 @@ func simulate(s *schedule) map[string]uint64 {
 			if ins.out.b16Fused {
 				cast(ins.out)
 			}
+			for _, v := range ins.halves16 {
+				if v != nil {
+					cast(v)
+				}
+			}
 		}
 		for _, v := range s.castAt[i+1] {
 			cast(v)
@@ -460,6 +465,59 @@ func testFoldSums(t *testing.T, p *graph.Program, least int) {
 			if got[k] != w {
 				t.Errorf("recompute=%t: %s differs after folding", recompute, k)
 			}
+		}
+	}
+}
+
+// The gradient sums and SwiGLU's backward writing their bf16 shadows themselves
+// (DMC_GRAD_SHADOWS) leave every output and gradient as it was, with and without folded sums
+// and recomputation, and take casts out of the schedule.
+func TestGradShadowsKeepTheResults(t *testing.T) {
+	const layers = 3
+	for useDMC, p := range testPrograms(t, layers) {
+		for _, c := range []struct{ recompute, fold bool }{{false, false}, {false, true}, {true, true}} {
+			name := fmt.Sprintf("dmc=%t recompute=%t fold=%t", useDMC, c.recompute, c.fold)
+			o := planOptions{backward: true, recompute: c.recompute, foldSums: c.fold}
+			plain, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.gradShadows = true
+			fused, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			requireBindable(t, fused)
+			casts := func(s *schedule) (n int) {
+				for _, c := range s.castAt {
+					n += len(c)
+				}
+				return n
+			}
+			halves := 0
+			for _, ins := range fused.instrs {
+				if ins.info.Kind == ops.KindSwiGLUGrad && ins.fused {
+					if ins.halves16[0] == nil || ins.halves16[1] == nil {
+						t.Errorf("%s: SwiGLU's backward does not write both shadows", name)
+					}
+					halves++
+				}
+			}
+			// per layer at least SwiGLU's two halves (with folded sums most sums no longer run:
+			// the ops they were folded into write the sums, which are cast after them)
+			if halves != layers || casts(fused) > casts(plain)-2*layers {
+				t.Errorf("%s: %d SwiGLU backwards with shadows, casts %d → %d", name, halves, casts(plain), casts(fused))
+			}
+			if fused.peak[1] > plain.peak[1] || fused.peak[0] > plain.peak[0] {
+				t.Errorf("%s: the arena grew: %v → %v", name, plain.peak, fused.peak)
+			}
+			want, got := simulate(plain), simulate(fused)
+			for k, w := range want {
+				if got[k] != w {
+					t.Errorf("%s: %s differs with the fused shadows", name, k)
+				}
+			}
+			t.Logf("%s: casts %d → %d", name, casts(plain), casts(fused))
 		}
 	}
 }

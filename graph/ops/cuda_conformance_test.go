@@ -440,6 +440,23 @@ func (s *convSuite) testRoPE(t *testing.T) {
 	}
 }
 
+// castDiff counts the elements of the bf16 buffer b16 that differ from CastBF16 of f32.
+func (s *convSuite) castDiff(b16, f32 *kernels.DevBuf) int {
+	n := f32.Len()
+	ref := s.alloc(kernels.BF16, n)
+	s.ok(s.dev.CastBF16(ref, f32))
+	want, got := make([]uint16, n), make([]uint16, n)
+	s.ok(ref.Download(want))
+	s.ok(b16.Download(got))
+	d := 0
+	for i := range want {
+		if want[i] != got[i] {
+			d++
+		}
+	}
+	return d
+}
+
 func (s *convSuite) testSwiGLU(t *testing.T) {
 	for _, n := range []int{1, 1001, 1000, 3 * 4096} {
 		a, b, dy := s.normals(n, 2, 0), s.normals(n, 1, 0), s.normals(n, 1, 0)
@@ -450,8 +467,14 @@ func (s *convSuite) testSwiGLU(t *testing.T) {
 		ba, bb := s.up(a), s.up(b)
 		gy, gda, gdb := s.out(n), s.out(n), s.out(n)
 		s.ok(s.dev.SwiGLUForward(gy, nil, ba, bb))
-		s.ok(s.dev.SwiGLUBackward(gda, gdb, ba, bb, s.up(dy)))
+		s.ok(s.dev.SwiGLUBackward(gda, gdb, nil, nil, ba, bb, s.up(dy)))
 		tag := fmt.Sprint(n)
+		// with the bf16 copies written by the kernel: the same da, db and bf16 of them
+		xda, xdb, da16, db16 := s.out(n), s.out(n), s.alloc(kernels.BF16, n), s.alloc(kernels.BF16, n)
+		s.ok(s.dev.SwiGLUBackward(xda, xdb, da16, db16, ba, bb, s.up(dy)))
+		if d := bitDiff(s.down(xda), s.down(gda)) + bitDiff(s.down(xdb), s.down(gdb)) + s.castDiff(da16, gda) + s.castDiff(db16, gdb); d != 0 {
+			t.Errorf("SwiGLU %s: the backward with bf16 copies differs in %d elements", tag, d)
+		}
 		s.check("SwiGLU.y "+tag, s.down(gy), y, tolF32)
 		s.check("SwiGLU.da "+tag, s.down(gda), g[:n], tolF32)
 		s.check("SwiGLU.db "+tag, s.down(gdb), g[n:], tolF32)
@@ -467,8 +490,9 @@ func (s *convSuite) testSwiGLU(t *testing.T) {
 		vy, vda, vdb := s.out(n+1).Slice(1, n), s.out(n+1).Slice(1, n), s.out(n+1).Slice(1, n)
 		vy16 := s.alloc(kernels.BF16, n+1).Slice(1, n)
 		s.ok(s.dev.SwiGLUForward(vy, vy16, sa, sb))
-		s.ok(s.dev.SwiGLUBackward(vda, vdb, sa, sb, sdy))
-		n16 := 0
+		vda16, vdb16 := s.alloc(kernels.BF16, n+1).Slice(1, n), s.alloc(kernels.BF16, n+1).Slice(1, n)
+		s.ok(s.dev.SwiGLUBackward(vda, vdb, vda16, vdb16, sa, sb, sdy))
+		n16 := s.castDiff(vda16, gda) + s.castDiff(vdb16, gdb)
 		want16, got16 := make([]uint16, n), make([]uint16, n)
 		s.ok(wy16.Download(want16))
 		s.ok(vy16.Download(got16))
@@ -1002,6 +1026,21 @@ func (s *convSuite) testEW(t *testing.T) {
 			want[i] = float64(float32(c.f(float64(a[i]), float64(b[i]))))
 		}
 		s.check("EW."+c.name, s.down(out), want, 1e-7)
+	}
+	// Add (the same-shape gradient sums): EW's add bit for bit, with and without the bf16
+	// copy, 16-byte kernel and (one element in, unaligned) the fallback, odd lengths too.
+	for _, m := range []int{1, 999, 1000} {
+		for _, shift := range []int{0, 1} {
+			x, y := s.up(append(make([]float32, shift), a[:m]...)).Slice(shift, m), s.up(append(make([]float32, shift), b[:m]...)).Slice(shift, m)
+			ref, got, got2 := s.out(m), s.out(m+shift).Slice(shift, m), s.out(m+shift).Slice(shift, m)
+			got16 := s.alloc(kernels.BF16, m+shift).Slice(shift, m)
+			s.ok(s.dev.EW(kernels.EwAdd, ref, x, y, m, false, false))
+			s.ok(s.dev.Add(got, nil, x, y, m))
+			s.ok(s.dev.Add(got2, got16, x, y, m))
+			if d := bitDiff(s.down(got), s.down(ref)) + bitDiff(s.down(got2), s.down(ref)) + s.castDiff(got16, ref); d != 0 {
+				t.Errorf("Add n=%d shift=%d: %d elements differ from EW's add and its bf16 cast", m, shift, d)
+			}
+		}
 	}
 	sum := s.out(1)
 	s.ok(s.dev.SumAll(sum, ba, n))

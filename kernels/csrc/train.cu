@@ -206,15 +206,26 @@ __global__ void tr_swiglu_fwd(float* out, __nv_bfloat16* out16, const float* a, 
   }
 }
 
-// da = dy·b·σ(a)(1 + a(1−σ(a))), db = dy·silu(a).
-__global__ void tr_swiglu_bwd(float* da, float* db, const float* a, const float* b, const float* dy, long long n) {
+// da = dy·b·σ(a)(1 + a(1−σ(a))), db = dy·silu(a); da16 and db16, when set, get their bf16
+// copies (the gate and up projections' backward GEMM operands).
+__global__ void tr_swiglu_bwd(float* da, float* db, __nv_bfloat16* da16, __nv_bfloat16* db16, const float* a, const float* b,
+                              const float* dy, long long n) {
   GRID_STRIDE(i, n) {
     float x = a[i];
     float sg = 1.f / (1.f + expf(-x));
     float g = dy[i];
-    da[i] = g * b[i] * sg * (1.f + x * (1.f - sg));
-    db[i] = g * x * sg;
+    const float p = g * b[i] * sg * (1.f + x * (1.f - sg)), q = g * x * sg;
+    da[i] = p;
+    db[i] = q;
+    if (da16) da16[i] = __float2bfloat16_rn(p);
+    if (db16) db16[i] = __float2bfloat16_rn(q);
   }
+}
+
+// Four bf16 values of v in one 8-byte word.
+__device__ __forceinline__ uint2 bf16x4(float4 v) {
+  __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
+  return make_uint2(*reinterpret_cast<unsigned*>(&lo), *reinterpret_cast<unsigned*>(&hi));
 }
 
 // The same two kernels on four elements a thread with 16-byte accesses (every pointer 16-byte
@@ -229,10 +240,7 @@ __global__ void tr_swiglu_fwd4(float4* out, uint2* out16, const float4* a, const
     v.z = x.z / (1.f + expf(-x.z)) * y.z;
     v.w = x.w / (1.f + expf(-x.w)) * y.w;
     out[i] = v;
-    if (out16) {
-      __nv_bfloat162 lo = __floats2bfloat162_rn(v.x, v.y), hi = __floats2bfloat162_rn(v.z, v.w);
-      out16[i] = make_uint2(*reinterpret_cast<unsigned*>(&lo), *reinterpret_cast<unsigned*>(&hi));
-    }
+    if (out16) out16[i] = bf16x4(v);
   }
 }
 
@@ -242,7 +250,8 @@ __device__ __forceinline__ void swiglu_bwd1(float& da, float& db, float x, float
   db = g * x * sg;
 }
 
-__global__ void tr_swiglu_bwd4(float4* da, float4* db, const float4* a, const float4* b, const float4* dy, long long n4) {
+__global__ void tr_swiglu_bwd4(float4* da, float4* db, uint2* da16, uint2* db16, const float4* a, const float4* b, const float4* dy,
+                               long long n4) {
   GRID_STRIDE(i, n4) {
     const float4 x = a[i], y = b[i], g = dy[i];
     float4 p, q;
@@ -252,6 +261,8 @@ __global__ void tr_swiglu_bwd4(float4* da, float4* db, const float4* a, const fl
     swiglu_bwd1(p.w, q.w, x.w, y.w, g.w);
     da[i] = p;
     db[i] = q;
+    if (da16) da16[i] = bf16x4(p);
+    if (db16) db16[i] = bf16x4(q);
   }
 }
 
@@ -1335,6 +1346,17 @@ __global__ void tr_ew(float* out, const float* a, const float* b, long long n, i
       default: r = x > 0.f ? x : 0.f; break;
     }
     out[i] = r;
+  }
+}
+
+// out = a + b on four elements a thread (16-byte accesses; the gradient sums of tensors of one
+// shape), out16, when set, getting bf16(out): tr_ew's fp32 add, so the same bits.
+__global__ void tr_add4(float4* out, uint2* out16, const float4* a, const float4* b, long long n4) {
+  GRID_STRIDE(i, n4) {
+    const float4 x = a[i], y = b[i];
+    const float4 v = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+    out[i] = v;
+    if (out16) out16[i] = bf16x4(v);
   }
 }
 
