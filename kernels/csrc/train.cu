@@ -842,6 +842,27 @@ __global__ void tr_dmc_merge_bwd_b_w(float* __restrict__ dx, float* __restrict__
 // Register caps for three (forward, first pass) and four (second pass) blocks of 8 warps per SM,
 // without spills (ptxas: 80 and 64 registers).
 
+// Channels d..d+3 of row `row` of the [T, H, D] rows from base (zeros where off).
+__device__ __forceinline__ float4 mg_row4(const float* __restrict__ src, long long base, int H, int D, int row, int d, bool on) {
+  return on ? *reinterpret_cast<const float4*>(src + (base + (long long)row * H) * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+}
+
+// acc[r] += w_r(k)·v for each of the warp's rows r whose window slot k = k0 + dk·r holds v
+// (0 ≤ k < len[r]); w_r(k) is lane k's w[r].
+__device__ __forceinline__ void mg_rows_fma(float4 (&acc)[MG_R], float4 v, const float (&w)[MG_R], const int (&len)[MG_R], int k0, int dk) {
+#pragma unroll
+  for (int r = 0; r < MG_R; r++) {
+    const int k = k0 + dk * r;
+    const float wk = __shfl_sync(FULL, w[r], k & 31);
+    if (k >= 0 && k < len[r]) {
+      acc[r].x += wk * v.x;
+      acc[r].y += wk * v.y;
+      acc[r].z += wk * v.z;
+      acc[r].w += wk * v.w;
+    }
+  }
+}
+
 // The forward: y_i = Σ_k wt_k x_{i−k} / Z_i for the warp's rows.
 __global__ void __launch_bounds__(256, 3) tr_dmc_merge_fwd_wr(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ alpha,
                                     const float* __restrict__ omega, int T, int H, int D, int W) {
@@ -866,20 +887,7 @@ __global__ void __launch_bounds__(256, 3) tr_dmc_merge_fwd_wr(float* __restrict_
     float4 acc[MG_R];
 #pragma unroll
     for (int r = 0; r < MG_R; r++) acc[r] = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int j = jhi; j >= jlo; j--) {
-      const float4 v = on ? *reinterpret_cast<const float4*>(x + (base + (long long)j * H) * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-      for (int r = 0; r < MG_R; r++) {
-        const int k = i0 + r - j;
-        const float wk = __shfl_sync(FULL, wt[r], k & 31);
-        if (k >= 0 && k < len[r]) {
-          acc[r].x += wk * v.x;
-          acc[r].y += wk * v.y;
-          acc[r].z += wk * v.z;
-          acc[r].w += wk * v.w;
-        }
-      }
-    }
+    for (int j = jhi; j >= jlo; j--) mg_rows_fma(acc, mg_row4(x, base, H, D, j, d, on), wt, len, i0 - j, 1);
 #pragma unroll
     for (int r = 0; r < MG_R; r++)
       if (on && i0 + r < T)
@@ -922,7 +930,7 @@ __global__ void __launch_bounds__(256, 3) tr_dmc_merge_bwd_a_wr(float* __restric
       }
     }
     for (int j = jhi; j >= jlo; j--) {
-      const float4 v = on ? *reinterpret_cast<const float4*>(x + (base + (long long)j * H) * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
+      const float4 v = mg_row4(x, base, H, D, j, d, on);
 #pragma unroll
       for (int r = 0; r < MG_R; r++) {
         const int k = i0 + r - j;
@@ -992,20 +1000,7 @@ __global__ void __launch_bounds__(256, 4) tr_dmc_merge_bwd_b_wr(float* __restric
     float4 acc[MG_R];
 #pragma unroll
     for (int r = 0; r < MG_R; r++) acc[r] = make_float4(0.f, 0.f, 0.f, 0.f);
-    for (int i = j0; i <= ihi; i++) {
-      const float4 v = on ? *reinterpret_cast<const float4*>(dy + (base + (long long)i * H) * D + d) : make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-      for (int r = 0; r < MG_R; r++) {
-        const int k = i - j0 - r;
-        const float gk = __shfl_sync(FULL, gz[r], k & 31);
-        if (k >= 0 && k < n[r]) {
-          acc[r].x += gk * v.x;
-          acc[r].y += gk * v.y;
-          acc[r].z += gk * v.z;
-          acc[r].w += gk * v.w;
-        }
-      }
-    }
+    for (int i = j0; i <= ihi; i++) mg_rows_fma(acc, mg_row4(dy, base, H, D, i, d, on), gz, n, i - j0, -1);
 #pragma unroll
     for (int r = 0; r < MG_R; r++) {
       const int j = j0 + r;
