@@ -753,6 +753,33 @@ __global__ void tr_dmc_merge_fwd_w(float* __restrict__ y, const float* __restric
   mg_window_sum<true>(y + ri * D, x, base, H, D, i, -1, len, wt, den);
 }
 
+// The end of the first backward pass for row ri (all lanes; writes only when store): lane k
+// holds slot k's dot product, α, ω and c. dα of slot k (m = i − k ≥ lo + 1) is c_k·S_k with
+// S_k = a_{k+1}·S_{k+1} + ρ_{k+1}, S_{len−1} = 0: a suffix scan of the affine maps S ↦ A·S + B.
+__device__ __forceinline__ void mg_bwd_a_store(float* __restrict__ rowZ, float* __restrict__ cW, float* __restrict__ cA, long long ri,
+                                               int span, int len, float wt, float den, float dot, float a, float o, float c, bool store) {
+  const int lane = threadIdx.x & 31;
+  const float dZ = -warp_sum(wt * dot) / den;  // −(Σ_d g·x̃)/Z
+  const float e = dot + dZ;
+  const float rho = lane < len ? o * e : 0.f;
+  float A = __shfl_down_sync(FULL, a, 1), Bv = __shfl_down_sync(FULL, rho, 1);
+  if (lane >= len - 1) A = Bv = 0.f;
+#pragma unroll
+  for (int w = 1; w < 32; w <<= 1) {
+    const float A2 = __shfl_down_sync(FULL, A, w), B2 = __shfl_down_sync(FULL, Bv, w);
+    if (lane + w < 32) {
+      Bv = fmaf(A, B2, Bv);
+      A *= A2;
+    }
+  }
+  if (!store) return;
+  if (lane < span) {
+    cW[ri * span + lane] = lane < len ? c * e : 0.f;
+    cA[ri * span + lane] = lane < len - 1 ? c * Bv : 0.f;
+  }
+  if (lane == 0) rowZ[ri] = den;
+}
+
 // First backward pass (the layout of tr_dmc_merge_bwd_a: rowZ, cW and cA with span slots).
 __global__ void tr_dmc_merge_bwd_a_w(float* __restrict__ rowZ, float* __restrict__ cW, float* __restrict__ cA,
                                      const float* __restrict__ x, const float* __restrict__ alpha, const float* __restrict__ omega,
@@ -787,26 +814,7 @@ __global__ void tr_dmc_merge_bwd_a_w(float* __restrict__ rowZ, float* __restrict
       if (lane == k) dot += t;
     }
   }
-  const float dZ = -warp_sum(wt * dot) / den;  // −(Σ_d g·x̃)/Z
-  const float e = dot + dZ;
-  const float rho = lane < len ? o * e : 0.f;
-  // dα of slot k (m = i − k ≥ lo + 1) is c_k·S_k, S_k = a_{k+1}·S_{k+1} + ρ_{k+1}, S_{len−1} = 0:
-  // a suffix scan of the affine maps S ↦ A·S + B.
-  float A = __shfl_down_sync(FULL, a, 1), Bv = __shfl_down_sync(FULL, rho, 1);
-  if (lane >= len - 1) A = Bv = 0.f;
-#pragma unroll
-  for (int w = 1; w < 32; w <<= 1) {
-    const float A2 = __shfl_down_sync(FULL, A, w), B2 = __shfl_down_sync(FULL, Bv, w);
-    if (lane + w < 32) {
-      Bv = fmaf(A, B2, Bv);
-      A *= A2;
-    }
-  }
-  if (lane < span) {
-    cW[ri * span + lane] = lane < len ? c * e : 0.f;
-    cA[ri * span + lane] = lane < len - 1 ? c * Bv : 0.f;
-  }
-  if (lane == 0) rowZ[ri] = den;
+  mg_bwd_a_store(rowZ, cW, cA, ri, span, len, wt, den, dot, a, o, c, true);
 }
 
 // Second backward pass: lane k holds row i = j + k of the rows whose window holds j.
@@ -942,30 +950,8 @@ __global__ void __launch_bounds__(256, 3) tr_dmc_merge_bwd_a_wr(float* __restric
     }
   }
 #pragma unroll
-  for (int r = 0; r < MG_R; r++) {
-    const int i = i0 + r;
-    const float dZ = -warp_sum(wt[r] * dot[r]) / den[r];
-    const float e = dot[r] + dZ;
-    const float rho = lane < len[r] ? o[r] * e : 0.f;
-    float A = __shfl_down_sync(FULL, a[r], 1), Bv = __shfl_down_sync(FULL, rho, 1);
-    if (lane >= len[r] - 1) A = Bv = 0.f;
-#pragma unroll
-    for (int w = 1; w < 32; w <<= 1) {
-      const float A2 = __shfl_down_sync(FULL, A, w), B2 = __shfl_down_sync(FULL, Bv, w);
-      if (lane + w < 32) {
-        Bv = fmaf(A, B2, Bv);
-        A *= A2;
-      }
-    }
-    if (i < T) {
-      const long long ri = base + (long long)i * H;
-      if (lane < span) {
-        cW[ri * span + lane] = lane < len[r] ? c[r] * e : 0.f;
-        cA[ri * span + lane] = lane < len[r] - 1 ? c[r] * Bv : 0.f;
-      }
-      if (lane == 0) rowZ[ri] = den[r];
-    }
-  }
+  for (int r = 0; r < MG_R; r++)
+    mg_bwd_a_store(rowZ, cW, cA, base + (long long)(i0 + r) * H, span, len[r], wt[r], den[r], dot[r], a[r], o[r], c[r], i0 + r < T);
 }
 
 // Second backward pass for the warp's rows j0 .. j0 + MG_R − 1 (lane k of row j: row j + k).
