@@ -75,13 +75,19 @@ func (t *TrainDevice) RMSNormForward(y, y16, x, w *DevBuf, rows, d int, eps floa
 
 // RMSNormBackward writes dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x) and, when dw is not nil,
 // dw (+)= Σ_rows dy⊙x·r (two passes, fixed order). dx may be nil when only dw is wanted.
-// RMSNormBackwardXAdd adds RMSNormBackward's dx into dx's contents (a folded gradient sum).
-func (t *TrainDevice) RMSNormBackwardXAdd(dx, x, w, dy *DevBuf, rows, d int, eps float64) error {
-	if err := needAll("RMSNormBackwardXAdd", func() error { return need("", "dx", dx, F32, rows*d) }, func() error { return need("", "x", x, F32, rows*d) },
-		func() error { return need("", "w", w, F32, d) }, func() error { return need("", "dy", dy, F32, rows*d) }); err != nil {
+// RMSNormBackwardX writes dx alone (add: adds it into dx's contents, a folded gradient sum)
+// and, when dx16 is not nil, bf16 of the result into dx16.
+func (t *TrainDevice) RMSNormBackwardX(dx, dx16, x, w, dy *DevBuf, rows, d int, eps float64, add bool) error {
+	if err := needAll("RMSNormBackwardX", func() error { return need("", "dx", dx, F32, rows*d) }, func() error { return need("", "x", x, F32, rows*d) },
+		func() error { return need("", "w", w, F32, d) }, func() error { return need("", "dy", dy, F32, rows*d) },
+		func() error { return needOpt("dx16", dx16, rows*d) }); err != nil {
 		return err
 	}
-	return t.launch("tr_rmsnorm_dx_add", dim3{x: rows}, rowBlock(d), 0, new(args).p(dx.ptr).p(x.ptr).p(w.ptr).p(dy.ptr).i(rows).i(d).f(float32(eps)))
+	if add {
+		return t.launch("tr_rmsnorm_dx_add", dim3{x: rows}, rowBlock(d), 0, new(args).p(dx.ptr).pOpt(dx16).p(x.ptr).p(w.ptr).p(dy.ptr).i(rows).i(d).f(float32(eps)))
+	}
+	return t.launch("tr_rmsnorm_dx", dim3{x: rows}, rowBlock(d), 0,
+		new(args).p(dx.ptr).pOpt(dx16).pOpt(nil).p(x.ptr).p(w.ptr).p(dy.ptr).i(rows).i(d).f(float32(eps)))
 }
 
 func (t *TrainDevice) RMSNormBackward(dx, dw, x, w, dy *DevBuf, rows, d int, eps float64, accumulateW bool) error {
@@ -98,7 +104,7 @@ func (t *TrainDevice) RMSNormBackward(dx, dw, x, w, dy *DevBuf, rows, d int, eps
 			return err
 		}
 		if err := t.launch("tr_rmsnorm_dx", dim3{x: rows}, rowBlock(d), 0,
-			new(args).p(dx.ptr).p(rinv.ptr).p(x.ptr).p(w.ptr).p(dy.ptr).i(rows).i(d).f(float32(eps))); err != nil {
+			new(args).p(dx.ptr).pOpt(nil).p(rinv.ptr).p(x.ptr).p(w.ptr).p(dy.ptr).i(rows).i(d).f(float32(eps))); err != nil {
 			return err
 		}
 	} else if err := t.launch("tr_rms_inv", dim3{x: rows}, rowBlock(d), 0, new(args).p(rinv.ptr).p(x.ptr).i(rows).i(d).f(float32(eps))); err != nil {

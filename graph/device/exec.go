@@ -99,8 +99,8 @@ type Model struct {
 // (the unfolded schedule, for debugging and measurements).
 var foldSumsEnabled = os.Getenv("DMC_FOLD_SUMS") != "0"
 
-// gradShadowsEnabled has the gradient sums (TrainDevice.Add, 16-byte accesses) and SwiGLU's
-// backward write their outputs' bf16 shadows themselves (planOptions.gradShadows), saving a
+// gradShadowsEnabled has the gradient sums (TrainDevice.Add, 16-byte accesses), SwiGLU's
+// backward and RMSNorm's dx write their outputs' bf16 shadows themselves (planOptions.gradShadows), saving a
 // cast pass over each; DMC_GRAD_SHADOWS=1 sets it. Written on 2026-12-04 and not yet run on a
 // GPU, hence opt-in.
 var gradShadowsEnabled = os.Getenv("DMC_GRAD_SHADOWS") == "1"
@@ -786,11 +786,11 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		err = d.RMSNormForward(out, y16, in[0].buf, in[1].buf, rows, dd, ins.info.Eps)
 	case ops.KindRMSNormDX:
 		rows, dd := dims(in[0])
-		if ins.accum {
-			err = d.RMSNormBackwardXAdd(out, in[0].buf, in[1].buf, in[2].buf, rows, dd, ins.info.Eps)
-		} else {
-			err = d.RMSNormBackward(out, nil, in[0].buf, in[1].buf, in[2].buf, rows, dd, ins.info.Eps, false)
+		var dx16 *kernels.DevBuf
+		if ins.out.b16Fused {
+			dx16 = ins.out.b16.buf
 		}
+		err = d.RMSNormBackwardX(out, dx16, in[0].buf, in[1].buf, in[2].buf, rows, dd, ins.info.Eps, ins.accum)
 	case ops.KindRMSNormDW:
 		rows, dd := dims(in[0])
 		// dw only: the kernel does not read w then; out stands in for it.

@@ -181,8 +181,9 @@ type planOptions struct {
 	recompute bool
 	// foldSums folds gradient sums into the ops that feed them (foldSums).
 	foldSums bool
-	// gradShadows has the gradient sums and SwiGLU's backward write the bf16 shadows of their
-	// outputs themselves (as RMSNorm and SwiGLU do), instead of a cast after them.
+	// gradShadows has the gradient sums, SwiGLU's backward and RMSNorm's dx (also where a sum
+	// is folded into it) write the bf16 shadows of their outputs themselves (as RMSNorm and
+	// SwiGLU do), instead of a cast after them.
 	gradShadows bool
 }
 
@@ -384,7 +385,12 @@ func (s *schedule) foldSums() {
 			// op) and now names x's elements; the op writes there; a is left unused.
 			y := sum.out
 			y.kind, y.base, y.viewOff = valView, x, 0
-			y.b16Fused = false // the sum no longer runs: its shadow is cast after the op
+			// The sum no longer runs: its shadow is cast after it, or written by the op
+			// itself (gradShadows, RMSNormDX), which then is where the shadow is born.
+			y.b16Fused = false
+			if s.gradShadows && y.b16 != nil && op.info.Kind == ops.KindRMSNormDX {
+				y.b16Fused, y.b16.def = true, a.def
+			}
 			op.out, op.accum = y, true
 			sum.nop, sum.in, sum.out = true, nil, a
 			for _, rd := range reads[y] { // y's readers now read x's elements
@@ -544,7 +550,7 @@ func (s *schedule) shadow(v *val) {
 	case p.fused && p.info.Kind == ops.KindSwiGLUGrad && v.kind == valView && v.base == p.out && 2*v.n == p.out.n && v.viewOff%v.n == 0:
 		v.b16Fused = true
 		p.halves16[v.viewOff/v.n] = v
-	case sameShapeAdd(p) && v == p.out:
+	case sameShapeAdd(p) && v == p.out, p.fused && p.info.Kind == ops.KindRMSNormDX && v == p.out:
 		v.b16Fused = true
 	}
 }

@@ -495,7 +495,13 @@ func TestGradShadowsKeepTheResults(t *testing.T) {
 				return n
 			}
 			halves := 0
-			for _, ins := range fused.instrs {
+			for i, ins := range fused.instrs {
+				// a shadow its producer writes is born there (its storage is the shadow's from then on)
+				for _, v := range append([]*val{ins.out}, ins.halves16[:]...) {
+					if v != nil && v.b16Fused && v.b16.def != i {
+						t.Errorf("%s: instruction %d writes a shadow born at %d", name, i, v.b16.def)
+					}
+				}
 				if ins.info.Kind == ops.KindSwiGLUGrad && ins.fused {
 					if ins.halves16[0] == nil || ins.halves16[1] == nil {
 						t.Errorf("%s: SwiGLU's backward does not write both shadows", name)

@@ -389,12 +389,20 @@ func (s *convSuite) testRMSNorm(t *testing.T) {
 				t.Fatalf("RMSNorm %s: bf16 output %d is %#x, want bf16(%g)", tag, i, b, yv[i])
 			}
 		}
-		// dx added into another gradient (a folded sum): x0 + dx exactly
+		// dx alone, with its bf16 copy: the same bits
+		xdx, xdx16 := s.out(len(x)), s.alloc(kernels.BF16, len(x))
+		s.ok(s.dev.RMSNormBackwardX(xdx, xdx16, bx, bw, bdy, sh.rows, sh.d, eps, false))
+		if n := bitDiff(s.down(xdx), s.down(gdx)) + s.castDiff(xdx16, gdx); n != 0 {
+			t.Errorf("RMSNormBackwardX %s: %d elements differ from RMSNormBackward's dx and its bf16 cast", tag, n)
+		}
+		// dx added into another gradient (a folded sum): x0 + dx exactly, with and without the
+		// bf16 copy of the sum
 		x0 := s.normals(len(x), 1, 0)
-		bx0 := s.up(x0)
-		s.ok(s.dev.RMSNormBackwardXAdd(bx0, bx, bw, bdy, sh.rows, sh.d, eps))
-		if n := sumDiff(s.down(bx0), x0, s.down(gdx)); n != 0 {
-			t.Errorf("RMSNormBackwardXAdd %s: %d elements differ from x0 + dx", tag, n)
+		bx0, bx1, sum16 := s.up(x0), s.up(x0), s.alloc(kernels.BF16, len(x))
+		s.ok(s.dev.RMSNormBackwardX(bx0, nil, bx, bw, bdy, sh.rows, sh.d, eps, true))
+		s.ok(s.dev.RMSNormBackwardX(bx1, sum16, bx, bw, bdy, sh.rows, sh.d, eps, true))
+		if n := sumDiff(s.down(bx0), x0, s.down(gdx)) + bitDiff(s.down(bx1), s.down(bx0)) + s.castDiff(sum16, bx0); n != 0 {
+			t.Errorf("RMSNormBackwardX (add) %s: %d elements differ from x0 + dx and its bf16 cast", tag, n)
 		}
 		// dw only, accumulating.
 		s.ok(s.dev.RMSNormBackward(nil, gdw, bx, bw, bdy, sh.rows, sh.d, eps, true))

@@ -116,25 +116,34 @@ __device__ __forceinline__ void rms_dx_coeffs(float& r, float& c, const float* x
   c = dot * r * r * r / d;
 }
 
-__global__ void tr_rmsnorm_dx(float* dx, float* rinv, const float* x, const float* w, const float* dy, int rows, int d, float eps) {
-  __shared__ float sh[32];
-  long long o = (long long)blockIdx.x * d;
-  float r, c;
-  rms_dx_coeffs(r, c, x, w, dy, o, d, eps, sh);
-  for (int i = threadIdx.x; i < d; i += blockDim.x) dx[o + i] = r * w[i] * dy[o + i] - c * x[o + i];
-  if (rinv && threadIdx.x == 0) rinv[blockIdx.x] = r;
-}
-
-// The same dx added into dx's existing contents (a gradient sum folded into the op,
-// graph/device foldSums); no rinv.
-__global__ void tr_rmsnorm_dx_add(float* dx, const float* x, const float* w, const float* dy, int rows, int d, float eps) {
+// dx16, when set, gets bf16(dx) (a GEMM operand).
+__global__ void tr_rmsnorm_dx(float* dx, __nv_bfloat16* dx16, float* rinv, const float* x, const float* w, const float* dy, int rows,
+                              int d, float eps) {
   __shared__ float sh[32];
   long long o = (long long)blockIdx.x * d;
   float r, c;
   rms_dx_coeffs(r, c, x, w, dy, o, d, eps, sh);
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     const float v = r * w[i] * dy[o + i] - c * x[o + i];
-    dx[o + i] += v;
+    dx[o + i] = v;
+    if (dx16) dx16[o + i] = __float2bfloat16_rn(v);
+  }
+  if (rinv && threadIdx.x == 0) rinv[blockIdx.x] = r;
+}
+
+// The same dx added into dx's existing contents (a gradient sum folded into the op,
+// graph/device foldSums); no rinv; dx16, when set, gets bf16 of the sum.
+__global__ void tr_rmsnorm_dx_add(float* dx, __nv_bfloat16* dx16, const float* x, const float* w, const float* dy, int rows, int d,
+                                  float eps) {
+  __shared__ float sh[32];
+  long long o = (long long)blockIdx.x * d;
+  float r, c;
+  rms_dx_coeffs(r, c, x, w, dy, o, d, eps, sh);
+  for (int i = threadIdx.x; i < d; i += blockDim.x) {
+    const float v = r * w[i] * dy[o + i] - c * x[o + i];
+    const float sum = dx[o + i] + v;
+    dx[o + i] = sum;
+    if (dx16) dx16[o + i] = __float2bfloat16_rn(sum);
   }
 }
 
