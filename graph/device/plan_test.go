@@ -86,16 +86,19 @@ func TestPlanCoversEveryVariant(t *testing.T) {
 								t.Errorf("%s: output %d is not computed", name, i)
 							}
 						}
-						if backward { // the folded sums (DMC_FOLD_SUMS) change no result here either
-							f, err := compileOpts(p, planOptions{backward: true, fp32GEMM: fp32, foldSums: true})
-							if err != nil {
-								t.Fatalf("%s, folded: %v", name, err)
-							}
-							requireBindable(t, f)
-							want, got := simulate(s), simulate(f)
-							for k, w := range want {
-								if got[k] != w {
-									t.Errorf("%s: %s differs after folding", name, k)
+						if backward { // the folded sums (DMC_FOLD_SUMS) and the gradients' own shadows change no result here either
+							want := simulate(s)
+							for _, shadows := range []bool{false, true} {
+								f, err := compileOpts(p, planOptions{backward: true, fp32GEMM: fp32, foldSums: true, gradShadows: shadows})
+								if err != nil {
+									t.Fatalf("%s, folded: %v", name, err)
+								}
+								requireBindable(t, f)
+								got := simulate(f)
+								for k, w := range want {
+									if got[k] != w {
+										t.Errorf("%s: %s differs after folding (gradient shadows %t)", name, k, shadows)
+									}
 								}
 							}
 						}
