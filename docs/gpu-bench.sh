@@ -31,7 +31,9 @@ for round in ${ROUNDS:-1 2}; do
 	CACHE=dmc step "dmc-merge-general-$round" DMC_MERGE=general
 	CACHE=dmc step "dmc-merge-rows-$round" DMC_MERGE=rows
 	CACHE=dmc step "dmc-grad-shadows-$round" DMC_GRAD_SHADOWS=1
+	CACHE=dmc step "dmc-gemm-tune-$round" DMC_GEMM_TUNE=1
 	CACHE=dmc step "dmc-unfolded-$round" DMC_FOLD_SUMS=0
 	CACHE=vanilla step "vanilla-default-$round"
 	CACHE=vanilla step "vanilla-unfolded-$round" DMC_FOLD_SUMS=0
+	CACHE=vanilla step "vanilla-gemm-tune-$round" DMC_GEMM_TUNE=1
 done

@@ -95,9 +95,11 @@ static int tr_launch(void* f, unsigned gx, unsigned gy, unsigned gz, unsigned bx
 }
 
 // Column-major D = alpha op(A) op(B) + beta C (C = D), A and B bf16, C fp32, fp32 compute.
-typedef struct { void *desc, *a, *b, *c; tr_lt_heur h; } tr_plan;
+// h holds the heuristic's first count algorithms (TR_ALGOS at most); chosen is the one run.
+#define TR_ALGOS 8
+typedef struct { void *desc, *a, *b, *c; tr_lt_heur h[TR_ALGOS]; int count, chosen; } tr_plan;
 
-static int tr_plan_make(tr_plan* p, int ta, int tb, int m, int n, int k, int lda, int ldb, int ldc, size_t ws) {
+static int tr_plan_make(tr_plan* p, int ta, int tb, int m, int n, int k, int lda, int ldb, int ldc, size_t ws, int want) {
   if (tr_ltDescCreate(&p->desc, 68, 0) || tr_ltDescSet(p->desc, 3, &ta, 4) || tr_ltDescSet(p->desc, 4, &tb, 4)) return -1;
   if (tr_ltLayoutCreate(&p->a, 14, ta ? k : m, ta ? m : k, lda) || tr_ltLayoutCreate(&p->b, 14, tb ? n : k, tb ? k : n, ldb) ||
       tr_ltLayoutCreate(&p->c, 0, m, n, ldc)) return -1;
@@ -105,12 +107,17 @@ static int tr_plan_make(tr_plan* p, int ta, int tb, int m, int n, int k, int lda
   unsigned long long w = ws;
   if (tr_ltPrefCreate(&pref) || tr_ltPrefSet(pref, 1, &w, 8)) return -1;
   int count = 0;
-  if (tr_ltHeur(tr_lt, p->desc, p->a, p->b, p->c, p->c, pref, 1, &p->h, &count) || count < 1 || p->h.state) return -1;
+  if (want < 1 || want > TR_ALGOS) want = 1;
+  if (tr_ltHeur(tr_lt, p->desc, p->a, p->b, p->c, p->c, pref, want, p->h, &count) || count < 1 || p->h[0].state) return -1;
+  p->count = count;
+  p->chosen = 0;
   return 0;
 }
-static int tr_plan_run(tr_plan* p, float alpha, float beta, tr_ptr A, tr_ptr B, tr_ptr C, tr_ptr ws, size_t wsSize) {
+// Runs algorithm idx of the plan (chosen when idx < 0).
+static int tr_plan_run(tr_plan* p, int idx, float alpha, float beta, tr_ptr A, tr_ptr B, tr_ptr C, tr_ptr ws, size_t wsSize) {
+  if (idx < 0) idx = p->chosen;
   return tr_ltMatmul(tr_lt, p->desc, &alpha, (const void*)A, p->a, (const void*)B, p->b, &beta, (const void*)C, p->c, (void*)C,
-                     p->c, &p->h.algo, (void*)ws, wsSize, tr_stream);
+                     p->c, &p->h[idx].algo, (void*)ws, wsSize, tr_stream);
 }
 // ab: the operands' cudaDataType (14 bf16, 0 fp32); compute is CUBLAS_COMPUTE_32F (no TF32).
 static int tr_gemm_ex(int ta, int tb, int m, int n, int k, float alpha, tr_ptr A, int lda, tr_ptr B, int ldb, float beta, tr_ptr C, int ldc, int ab) {
@@ -145,6 +152,12 @@ type TrainDevice struct {
 	scratch map[string]*DevBuf
 	// NoLt forces cublasGemmEx instead of cuBLASLt (tests compare the two).
 	NoLt bool
+	// TuneGEMM times, for each GEMM shape at its first use, the first trGemmAlgos algorithms
+	// cuBLASLt's heuristic offers and keeps the fastest (gemmTune); DMC_GEMM_TUNE=1 sets it.
+	// The choice depends on timing, so two runs may pick different algorithms and differ in
+	// their last bits: a measurement switch (is there speed to gain?) until the choices are
+	// kept with a run. Written on 2026-12-04, not yet run on a GPU.
+	TuneGEMM bool
 	// Attn32Rows runs the attention forward with 32 query rows per warp (tc_attn_fwd2_*)
 	// instead of 16 (tc_attn_fwd_*); DMC_ATTN_ROWS=32 sets it. Its output is bit-identical
 	// but on the H200 it is no faster (167 against 168 TFLOP/s at head dim 128: two blocks per
@@ -193,7 +206,8 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 		return nil, fmt.Errorf("training kernels: %s", C.GoString(&msg[0]))
 	}
 	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{},
-		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general", MergeRows: os.Getenv("DMC_MERGE") == "rows"}
+		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general", MergeRows: os.Getenv("DMC_MERGE") == "rows",
+		TuneGEMM: os.Getenv("DMC_GEMM_TUNE") == "1"}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {
@@ -426,15 +440,23 @@ func (t *TrainDevice) Gemm(transA, transB bool, m, n, k int, alpha float32, A *D
 		key := trGemmKey{ta, tb, m, n, k, lda, ldb, ldc}
 		p, ok := t.plans[key]
 		if !ok {
+			want := 1
+			if t.TuneGEMM {
+				want = trGemmAlgos
+			}
 			p = (*C.tr_plan)(C.calloc(1, C.size_t(unsafe.Sizeof(C.tr_plan{}))))
-			if C.tr_plan_make(p, C.int(ta), C.int(tb), C.int(m), C.int(n), C.int(k), C.int(lda), C.int(ldb), C.int(ldc), trWsBytes) != 0 {
+			if C.tr_plan_make(p, C.int(ta), C.int(tb), C.int(m), C.int(n), C.int(k), C.int(lda), C.int(ldb), C.int(ldc), trWsBytes, C.int(want)) != 0 {
 				C.free(unsafe.Pointer(p))
 				p = nil
+			} else if p.count > 1 {
+				if err := t.gemmTune(p, alpha, beta, A, B, Cm, ldc*(n-1)+m); err != nil {
+					return fmt.Errorf("Gemm %dx%dx%d: tuning: %w", m, n, k, err)
+				}
 			}
 			t.plans[key] = p
 		}
 		if p != nil {
-			if st := C.tr_plan_run(p, C.float(alpha), C.float(beta), C.tr_ptr(A.ptr), C.tr_ptr(B.ptr), C.tr_ptr(Cm.ptr), C.tr_ptr(t.ws), trWsBytes); st != 0 {
+			if st := C.tr_plan_run(p, -1, C.float(alpha), C.float(beta), C.tr_ptr(A.ptr), C.tr_ptr(B.ptr), C.tr_ptr(Cm.ptr), C.tr_ptr(t.ws), trWsBytes); st != 0 {
 				return fmt.Errorf("cublasLtMatmul %dx%dx%d failed with status %d", m, n, k, int(st))
 			}
 			return nil
@@ -445,6 +467,63 @@ func (t *TrainDevice) Gemm(transA, transB bool, m, n, k int, alpha float32, A *D
 		return fmt.Errorf("cublasGemmEx %dx%dx%d failed with status %d", m, n, k, int(st))
 	}
 	return nil
+}
+
+// trGemmAlgos is how many of cuBLASLt's heuristic algorithms TuneGEMM times (TR_ALGOS).
+const trGemmAlgos = 8
+
+// gemmTune times each of the plan's algorithms on the call's own operands (one warm-up and
+// three timed runs each) and makes the fastest the plan's choice. C's first cn elements are
+// saved first and put back afterwards, so the call that follows computes on the caller's C
+// (β ≠ 0 accumulates into it). An algorithm that fails is passed over.
+func (t *TrainDevice) gemmTune(p *C.tr_plan, alpha, beta float32, A, B, Cm *DevBuf, cn int) error {
+	saved, err := t.Alloc(F32, cn)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		_ = t.d.sync() // the copies and runs on the stream are done before the buffer goes
+		saved.Free()
+	}()
+	bytes := int64(cn) * 4
+	if err := t.d.copyD(devPtr(saved.ptr), devPtr(Cm.ptr), bytes); err != nil {
+		return err
+	}
+	start, err := t.d.newEvent()
+	if err != nil {
+		return err
+	}
+	defer start.destroy()
+	stop, err := t.d.newEvent()
+	if err != nil {
+		return err
+	}
+	defer stop.destroy()
+	run := func(i int) bool {
+		return C.tr_plan_run(p, C.int(i), C.float(alpha), C.float(beta), C.tr_ptr(A.ptr), C.tr_ptr(B.ptr), C.tr_ptr(Cm.ptr), C.tr_ptr(t.ws), trWsBytes) == 0
+	}
+	best, bestMs := 0, math.Inf(1)
+	for i := 0; i < int(p.count); i++ {
+		if !run(i) {
+			continue
+		}
+		if err := start.record(); err != nil {
+			return err
+		}
+		ok := run(i) && run(i) && run(i)
+		if err := stop.record(); err != nil {
+			return err
+		}
+		ms, err := elapsed(start, stop)
+		if err != nil {
+			return err
+		}
+		if ok && ms < bestMs {
+			best, bestMs = i, ms
+		}
+	}
+	p.chosen = C.int(best)
+	return t.d.copyD(devPtr(Cm.ptr), devPtr(saved.ptr), bytes)
 }
 
 // ---- launching

@@ -311,7 +311,15 @@ func scale64(x []float64, c float64) []float64 {
 // ---- ops
 
 func (s *convSuite) testLinear(t *testing.T) {
-	for _, sh := range []struct{ n, in, out int }{{5, 24, 8}, {13, 100, 36}, {37, 64, 48}, {256, 512, 384}, {1024, 1024, 512}} {
+	defer func(tune bool) { s.dev.TuneGEMM = tune }(s.dev.TuneGEMM)
+	// tune: shapes no other test uses, so that their cuBLASLt plans are made, and tuned
+	// (TrainDevice.TuneGEMM), here; the β = 1 calls below must still accumulate into their C.
+	for _, sh := range []struct {
+		n, in, out int
+		tune       bool
+	}{{5, 24, 8, false}, {13, 100, 36, false}, {37, 64, 48, false}, {256, 512, 384, false}, {1024, 1024, 512, false},
+		{40, 72, 56, true}, {520, 264, 136, true}} {
+		s.dev.TuneGEMM = sh.tune
 		x, w, dy := s.normals(sh.n*sh.in, 1, 0), s.normals(sh.out*sh.in, 0.05, 0), s.normals(sh.n*sh.out, 1, 0)
 		acc0 := s.normals(sh.out*sh.in, 1, 0)
 		ref := func(x, w, dy []float32) (y, dx, dw []float64) {
@@ -330,9 +338,14 @@ func (s *convSuite) testLinear(t *testing.T) {
 			return b
 		}
 		x16, w16, dy16 := cast(x), cast(w), cast(dy)
+		if sh.tune { // a shape's first call tunes it: with β = 1 it must still add into its C
+			dA := s.up(acc0)
+			s.ok(s.dev.LinearBackwardW(dA, dy16, x16, sh.n, sh.in, sh.out, true))
+			s.check(fmt.Sprintf("Linear.dW+= tuning call %dx%dx%d", sh.n, sh.in, sh.out), s.down(dA), plus64(acc0, dwb), tolBF16Exact)
+		}
 		for _, noLt := range []bool{false, true} {
 			s.dev.NoLt = noLt
-			tag := fmt.Sprintf("%dx%dx%d lt=%t", sh.n, sh.in, sh.out, !noLt)
+			tag := fmt.Sprintf("%dx%dx%d lt=%t tune=%t", sh.n, sh.in, sh.out, !noLt, sh.tune)
 			dY, dX, dW := s.out(len(y)), s.out(len(dx)), s.out(len(dw))
 			s.ok(s.dev.LinearForward(dY, x16, w16, sh.n, sh.in, sh.out, false))
 			s.ok(s.dev.LinearBackwardX(dX, dy16, w16, sh.n, sh.in, sh.out, false))
