@@ -39,9 +39,9 @@ fi
 # The device executor's parity, determinism and recompute tests again with the gradient sums
 # unfolded (DMC_FOLD_SUMS=0; the default folds them into the ops that feed them) and with the
 # rows-per-warp DMC merge (DMC_MERGE=rows) and the gradients' own bf16 shadows
-# (DMC_GRAD_SHADOWS=1), both opt-in until measured.
+# (DMC_GRAD_SHADOWS=1) and tuned GEMMs (DMC_GEMM_TUNE=1), all opt-in until measured.
 if [[ -x $BIN/device.test ]]; then
-	for sw in DMC_FOLD_SUMS=0 DMC_MERGE=rows DMC_GRAD_SHADOWS=1; do
+	for sw in DMC_FOLD_SUMS=0 DMC_MERGE=rows DMC_GRAD_SHADOWS=1 DMC_GEMM_TUNE=1; do
 		echo "== device.test, $sw"
 		(cd "$root/graph/device" && env "$sw" DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 \
 			"$BIN/device.test" -test.run 'Step|Training|Recompute' -test.count 1 -test.v 2>&1 |
