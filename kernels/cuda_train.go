@@ -131,6 +131,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"strings"
 	"sync"
 	"unsafe"
 )
@@ -150,13 +151,18 @@ type TrainDevice struct {
 	ws      devPtr
 	plans   map[trGemmKey]*C.tr_plan
 	scratch map[string]*DevBuf
+	// tuned: the GEMM algorithms TuneGEMM chose before on this kind of device (gemmCache),
+	// by shape; read at the first tuned GEMM
+	tuned     map[string]string
+	tuneCache *gemmCache
 	// NoLt forces cublasGemmEx instead of cuBLASLt (tests compare the two).
 	NoLt bool
 	// TuneGEMM times, for each GEMM shape at its first use, the first trGemmAlgos algorithms
 	// cuBLASLt's heuristic offers and keeps the fastest (gemmTune); DMC_GEMM_TUNE=1 sets it.
-	// The choice depends on timing, so two runs may pick different algorithms and differ in
-	// their last bits: a measurement switch (is there speed to gain?) until the choices are
-	// kept with a run. Written on 2026-12-04, not yet run on a GPU.
+	// The choices are kept on disk per device (gemmCache: $DMC_GEMM_CACHE or the user's
+	// cache folder), so only the first run of a shape on a kind of machine depends on timing
+	// and later runs, resumed ones included, run the same algorithms. Written on 2026-12-04,
+	// not yet run on a GPU, hence opt-in.
 	TuneGEMM bool
 	// Attn32Rows runs the attention forward with 32 query rows per warp (tc_attn_fwd2_*)
 	// instead of 16 (tc_attn_fwd_*); DMC_ATTN_ROWS=32 sets it. Its output is bit-identical
@@ -449,7 +455,7 @@ func (t *TrainDevice) Gemm(transA, transB bool, m, n, k int, alpha float32, A *D
 				C.free(unsafe.Pointer(p))
 				p = nil
 			} else if p.count > 1 {
-				if err := t.gemmTune(p, alpha, beta, A, B, Cm, ldc*(n-1)+m); err != nil {
+				if err := t.gemmChoose(p, gemmShapeKey(ta, tb, m, n, k, lda, ldb, ldc), alpha, beta, A, B, Cm, ldc*(n-1)+m); err != nil {
 					return fmt.Errorf("Gemm %dx%dx%d: tuning: %w", m, n, k, err)
 				}
 			}
@@ -471,6 +477,50 @@ func (t *TrainDevice) Gemm(transA, transB bool, m, n, k int, alpha float32, A *D
 
 // trGemmAlgos is how many of cuBLASLt's heuristic algorithms TuneGEMM times (TR_ALGOS).
 const trGemmAlgos = 8
+
+// gemmChoose sets the plan's algorithm for shape key: the one chosen before on this kind of
+// device (gemmCache) where it is among the plan's candidates, else the fastest by gemmTune,
+// which is then stored for later runs.
+func (t *TrainDevice) gemmChoose(p *C.tr_plan, key string, alpha, beta float32, A, B, Cm *DevBuf, cn int) error {
+	if t.tuneCache == nil {
+		path, err := gemmCacheFile()
+		if err != nil {
+			return err
+		}
+		c := &gemmCache{path: path, device: gemmDeviceKey(t.d.name, t.d.sms, t.d.blasLb, t.d.blasV)}
+		if t.tuned, err = c.choices(); err != nil {
+			return err
+		}
+		t.tuneCache = c
+	}
+	if want, ok := t.tuned[key]; ok {
+		for i := 0; i < int(p.count); i++ {
+			if algoHex(&p.h[i].algo) == want {
+				p.chosen = C.int(i)
+				return nil
+			}
+		}
+	}
+	if err := t.gemmTune(p, alpha, beta, A, B, Cm, cn); err != nil {
+		return err
+	}
+	h := algoHex(&p.h[p.chosen].algo)
+	t.tuned[key] = h
+	if err := t.tuneCache.store(key, h); err != nil {
+		return fmt.Errorf("keeping the chosen algorithm in %s (set DMC_GEMM_CACHE to a writable file): %w", t.tuneCache.path, err)
+	}
+	return nil
+}
+
+// algoHex is cuBLASLt's opaque algorithm description in hex (it may be kept and used again
+// with the same cuBLAS version, its documentation says).
+func algoHex(a *C.tr_lt_algo) string {
+	var b strings.Builder
+	for _, w := range a.data {
+		fmt.Fprintf(&b, "%016x", uint64(w))
+	}
+	return b.String()
+}
 
 // gemmTune times each of the plan's algorithms on the call's own operands (one warm-up and
 // three timed runs each) and makes the fastest the plan's choice. C's first cn elements are

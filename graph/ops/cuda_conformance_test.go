@@ -12,9 +12,12 @@ package ops
 //	go test -c -tags dmc_cuda -o ops.test ./graph/ops && ./ops.test -test.run Conformance -test.v
 
 import (
+	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand/v2"
+	"os"
+	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -312,6 +315,8 @@ func scale64(x []float64, c float64) []float64 {
 
 func (s *convSuite) testLinear(t *testing.T) {
 	defer func(tune bool) { s.dev.TuneGEMM = tune }(s.dev.TuneGEMM)
+	cache := filepath.Join(t.TempDir(), "gemm-algos.json") // where the tuned shapes' choices go
+	t.Setenv("DMC_GEMM_CACHE", cache)
 	// tune: shapes no other test uses, so that their cuBLASLt plans are made, and tuned
 	// (TrainDevice.TuneGEMM), here; the β = 1 calls below must still accumulate into their C.
 	for _, sh := range []struct {
@@ -375,6 +380,22 @@ func (s *convSuite) testLinear(t *testing.T) {
 		}
 		s.dev.NoLt = false
 	}
+	// the tuned shapes' GEMMs are kept for later runs (those for which cuBLASLt offers more
+	// than one algorithm: the larger shape's at least)
+	var doc struct {
+		Devices map[string]map[string]string `json:"devices"`
+	}
+	b, err := os.ReadFile(cache)
+	s.ok(err)
+	s.ok(json.Unmarshal(b, &doc))
+	kept := 0
+	for _, m := range doc.Devices {
+		kept += len(m)
+	}
+	if len(doc.Devices) != 1 || kept < 1 {
+		t.Errorf("the GEMM algorithm cache has %d devices and %d shapes, want one device and some shapes", len(doc.Devices), kept)
+	}
+	t.Logf("GEMM algorithm cache: %d shapes tuned", kept)
 }
 
 func (s *convSuite) testRMSNorm(t *testing.T) {
