@@ -156,6 +156,9 @@ func BenchTrain(o TrainBenchOptions, progress io.Writer) (*TrainBenchReport, err
 		if _, err := dm.Step(b, sc); err != nil {
 			return nil, err
 		}
+		if _, err := dm.Update(step.AdamW{Beta1: 0.9, Beta2: 0.95, Eps: 1e-8, WeightDecay: 0.1, Decay: decay, T: o.Warmup + o.Steps + 1, Train: sel}, 1, 1, 1e-4); err != nil {
+			return nil, err
+		}
 		rep.Profile = dm.ProfileReport()
 		dm.Profile(false)
 	}

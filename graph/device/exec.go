@@ -624,41 +624,27 @@ func (r *runner) exec(b step.Batch, sc step.Context, in graph.Inputs, backward b
 			s.teacher.buf = r.zeroTL
 		}
 	}
-	for _, v := range s.castAt[0] {
-		if err := r.dev.CastBF16(v.b16.buf, v.buf); err != nil {
-			return step.Losses{}, err
+	casts := func(vs []*val) error {
+		for _, v := range vs {
+			if err := r.timed("bf16 shadow cast", func() error { return r.dev.CastBF16(v.b16.buf, v.buf) }); err != nil {
+				return err
+			}
 		}
+		return nil
+	}
+	if err := casts(s.castAt[0]); err != nil {
+		return step.Losses{}, err
 	}
 	for i, ins := range s.instrs {
-		var t0 time.Time
-		if r.profile != nil {
-			if err := r.dev.Sync(); err != nil {
-				return step.Losses{}, err
-			}
-			t0 = time.Now()
+		k := opName(ins)
+		if ins.grad >= 0 && !ins.direct {
+			k += " (+grad add)"
 		}
-		err := r.run(s, ins, sc.LocalMicroBatch)
-		if r.profile != nil && err == nil {
-			err = r.dev.Sync()
-			k := opName(ins)
-			if ins.grad >= 0 && !ins.direct {
-				k += " (+grad add)"
-			}
-			pt := r.profile[k]
-			if pt == nil {
-				pt = &opTime{}
-				r.profile[k] = pt
-			}
-			pt.n++
-			pt.d += time.Since(t0)
-		}
-		if err != nil {
+		if err := r.timed(k, func() error { return r.run(s, ins, sc.LocalMicroBatch) }); err != nil {
 			return step.Losses{}, fmt.Errorf("device: %s (node %q): %w", opName(ins), ins.node.Name(), err)
 		}
-		for _, v := range s.castAt[i+1] {
-			if err := r.dev.CastBF16(v.b16.buf, v.buf); err != nil {
-				return step.Losses{}, err
-			}
+		if err := casts(s.castAt[i+1]); err != nil {
+			return step.Losses{}, err
 		}
 	}
 	for i, o := range s.outputs {
@@ -680,6 +666,30 @@ func (r *runner) exec(b step.Batch, sc step.Context, in graph.Inputs, backward b
 		l.KD = float64(res[2])
 	}
 	return l, nil
+}
+
+// timed runs fn; when profiling, between device syncs, adding its time to the profile's
+// entry name.
+func (r *runner) timed(name string, fn func() error) error {
+	if r.profile == nil {
+		return fn()
+	}
+	if err := r.dev.Sync(); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	err := fn()
+	if err == nil {
+		err = r.dev.Sync()
+	}
+	pt := r.profile[name]
+	if pt == nil {
+		pt = &opTime{}
+		r.profile[name] = pt
+	}
+	pt.n++
+	pt.d += time.Since(t0)
+	return err
 }
 
 func opName(ins *instr) string {
@@ -921,7 +931,16 @@ func (r *runner) invCount() float32 {
 
 // Update implements step.Optimizer: mean over micro-batches, global-norm clipping and AdamW,
 // all on the device; one float64 comes back (the norm, to skip a non-finite update).
-func (m *Model) Update(h step.AdamW, micro int, maxNorm, lr float64) (float64, error) {
+func (m *Model) Update(h step.AdamW, micro int, maxNorm, lr float64) (norm float64, err error) {
+	err = m.r.timed("optimizer (gradient norm, clip, AdamW)", func() error {
+		var e error
+		norm, e = m.update(h, micro, maxNorm, lr)
+		return e
+	})
+	return norm, err
+}
+
+func (m *Model) update(h step.AdamW, micro int, maxNorm, lr float64) (float64, error) {
 	r := m.r
 	if len(h.Decay) != len(r.params) {
 		return 0, fmt.Errorf("device: %d weight-decay flags for %d parameters", len(h.Decay), len(r.params))

@@ -116,7 +116,7 @@ for attention) / step time / the device's dense bf16 peak, which is printed with
 	f.Uint64Var(&o.Seed, "seed", 1, "seed of the weights and tokens")
 	f.BoolVar(&o.Recompute, "recompute", false, "recompute each layer's activations in the backward (less memory, ~1/3 more compute)")
 	f.StringVar(&o.Train, "train", "all", "what is trained: all, attention or decisions (the recipe's train field)")
-	f.BoolVar(&o.Profile, "profile", false, "also time every op of one extra step (forward and backward, no update) and print the table")
+	f.BoolVar(&o.Profile, "profile", false, "also time every op of one extra step (forward, backward, bf16 casts and the optimizer update) and print the table")
 	_ = cmd.MarkFlagRequired("model")
 	return cmd
 }
