@@ -880,6 +880,20 @@ __device__ __forceinline__ void mg_rows_fma(float4 (&acc)[MG_R], float4 v, const
   }
 }
 
+// The windows of the warp's rows i0 + r (mg_window for each; rows past T get the last row's
+// window and are not stored): weights wt, their sums den, lengths len, and slot k's α, ω, c.
+__device__ __forceinline__ void mg_rows_windows(const float* alpha, const float* omega, long long base, int H, int T, int W, int i0,
+                                                float (&wt)[MG_R], float (&den)[MG_R], int (&len)[MG_R], float (&a)[MG_R],
+                                                float (&o)[MG_R], float (&c)[MG_R]) {
+#pragma unroll
+  for (int r = 0; r < MG_R; r++) {
+    const int i = min(i0 + r, T - 1);
+    len[r] = i - max(0, i - W + 1) + 1;
+    wt[r] = mg_window(alpha, omega, base, H, i, len[r], a[r], o[r], c[r]);
+    den[r] = warp_sum(wt[r]);
+  }
+}
+
 // The forward: y_i = Σ_k wt_k x_{i−k} / Z_i for the warp's rows.
 __global__ void __launch_bounds__(256, 3) tr_dmc_merge_fwd_wr(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ alpha,
                                     const float* __restrict__ omega, int T, int H, int D, int W) {
@@ -887,16 +901,9 @@ __global__ void __launch_bounds__(256, 3) tr_dmc_merge_fwd_wr(float* __restrict_
   const int i0 = (blockIdx.x * wpb + (threadIdx.x >> 5)) * MG_R, bh = blockIdx.y, b = bh / H, h = bh % H;
   if (i0 >= T) return;
   const long long base = (long long)b * T * H + h;
-  float wt[MG_R], den[MG_R];
+  float wt[MG_R], den[MG_R], a[MG_R], o[MG_R], c[MG_R];
   int len[MG_R];
-#pragma unroll
-  for (int r = 0; r < MG_R; r++) {  // rows past T get the last row's window and are not stored
-    const int i = min(i0 + r, T - 1);
-    len[r] = i - max(0, i - W + 1) + 1;
-    float a, o, c;
-    wt[r] = mg_window(alpha, omega, base, H, i, len[r], a, o, c);
-    den[r] = warp_sum(wt[r]);
-  }
+  mg_rows_windows(alpha, omega, base, H, T, W, i0, wt, den, len, a, o, c);
   const int jhi = min(i0 + MG_R, T) - 1, jlo = max(0, i0 - W + 1);
   for (int c0 = 0; c0 < D; c0 += 128) {
     const int d = c0 + 4 * lane;
@@ -921,16 +928,9 @@ __global__ void __launch_bounds__(256, 3) tr_dmc_merge_bwd_a_wr(float* __restric
   const int i0 = (blockIdx.x * wpb + (threadIdx.x >> 5)) * MG_R, bh = blockIdx.y, b = bh / H, h = bh % H;
   if (i0 >= T) return;
   const long long base = (long long)b * T * H + h;
-  float wt[MG_R], den[MG_R], a[MG_R], o[MG_R], c[MG_R], dot[MG_R];
+  float wt[MG_R], den[MG_R], a[MG_R], o[MG_R], c[MG_R], dot[MG_R] = {};
   int len[MG_R];
-#pragma unroll
-  for (int r = 0; r < MG_R; r++) {
-    const int i = min(i0 + r, T - 1);
-    len[r] = i - max(0, i - W + 1) + 1;
-    wt[r] = mg_window(alpha, omega, base, H, i, len[r], a[r], o[r], c[r]);
-    den[r] = warp_sum(wt[r]);
-    dot[r] = 0.f;
-  }
+  mg_rows_windows(alpha, omega, base, H, T, W, i0, wt, den, len, a, o, c);
   const int jhi = min(i0 + MG_R, T) - 1, jlo = max(0, i0 - W + 1);
   // dot[r] (lane k) = Σ_d (g_d/Z)·x_{i−k,d} for row i = i0 + r
   for (int c0 = 0; c0 < D; c0 += 128) {
