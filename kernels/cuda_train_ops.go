@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"strings"
 
 	"github.com/dmc-project/dmc/model"
 )
@@ -559,7 +558,7 @@ const mergeRows = 4
 // mergeKernel's with one row per warp.
 func (t *TrainDevice) mergeLaunch(name string, g DMCGeom, bufs ...*DevBuf) (string, int) {
 	k := t.mergeKernel(name, g.Window)
-	if t.MergeRows && strings.HasSuffix(k, "_w") && g.HeadD%4 == 0 && aligned16(bufs...) {
+	if t.MergeRows && k != name && g.HeadD%4 == 0 && aligned16(bufs...) { // k != name: the warp-window kernel
 		return k + "r", (g.SeqLen + mergeWarps*mergeRows - 1) / (mergeWarps * mergeRows)
 	}
 	return k, (g.SeqLen + mergeWarps - 1) / mergeWarps

@@ -100,9 +100,9 @@ type Model struct {
 var foldSumsEnabled = os.Getenv("DMC_FOLD_SUMS") != "0"
 
 // gradShadowsEnabled has the gradient sums (TrainDevice.Add, 16-byte accesses), SwiGLU's
-// backward and RMSNorm's dx write their outputs' bf16 shadows themselves (planOptions.gradShadows), saving a
-// cast pass over each; DMC_GRAD_SHADOWS=1 sets it. Written on 2026-12-04 and not yet run on a
-// GPU, hence opt-in.
+// backward and RMSNorm's dx write their outputs' bf16 shadows themselves
+// (planOptions.gradShadows), saving a cast pass over each; DMC_GRAD_SHADOWS=1 sets it.
+// Written on 2026-12-04 and not yet run on a GPU, hence opt-in.
 var gradShadowsEnabled = os.Getenv("DMC_GRAD_SHADOWS") == "1"
 
 var _ step.Optimizer = (*Model)(nil)
@@ -730,7 +730,7 @@ func (r *runner) run(s *schedule, ins *instr, mb int) error {
 	acc := mb > 0 // direct gradient kernels accumulate from the second micro-batch on
 	var err error
 	if !ins.fused {
-		err = r.runGeneric(ins)
+		err = r.runGeneric(s, ins)
 	} else {
 		err = r.runFused(s, ins, acc)
 	}
@@ -745,11 +745,11 @@ func (r *runner) run(s *schedule, ins *instr, mb int) error {
 }
 
 // runGeneric runs one of gorgonia's element-wise ops.
-func (r *runner) runGeneric(ins *instr) error {
+func (r *runner) runGeneric(s *schedule, ins *instr) error {
 	d, in, out, n := r.dev, ins.in, ins.out.buf, ins.out.n
 	switch ins.gen {
 	case genEW:
-		if gradShadowsEnabled && sameShapeAdd(ins) {
+		if s.gradShadows && sameShapeAdd(ins) {
 			var out16 *kernels.DevBuf
 			if ins.out.b16Fused {
 				out16 = ins.out.b16.buf
