@@ -58,18 +58,22 @@ func (t *TrainDevice) LinearBackwardW(dw, dy16, x16 *DevBuf, rows, in, out int, 
 
 // ---- RMSNorm
 
-// RMSNormForward is y = x/rms(x)·w over rows of d; y16, when not nil, also gets bf16(y).
+// RMSNormForward is y = x/rms(x)·w over rows of d; y16, when not nil, also gets bf16(y). y may
+// be nil when y16 is not (a GEMM operand whose fp32 value nothing reads).
 func (t *TrainDevice) RMSNormForward(y, y16, x, w *DevBuf, rows, d int, eps float64) error {
-	if err := needAll("RMSNorm", func() error { return need("", "y", y, F32, rows*d) }, func() error { return need("", "x", x, F32, rows*d) },
-		func() error { return need("", "w", w, F32, d) }); err != nil {
+	if err := needAll("RMSNorm", func() error { return needOut("y", y, y16, rows*d) }, func() error { return need("", "x", x, F32, rows*d) },
+		func() error { return need("", "w", w, F32, d) }, func() error { return needOpt("y16", y16, rows*d) }); err != nil {
 		return err
 	}
-	if y16 != nil {
-		if err := need("RMSNorm", "y16", y16, BF16, rows*d); err != nil {
-			return err
-		}
+	return t.launch("tr_rmsnorm_fwd", dim3{x: rows}, rowBlock(d), 0, new(args).pOpt(y).pOpt(y16).p(x.ptr).p(w.ptr).i(rows).i(d).f(float32(eps)))
+}
+
+// needOut checks an fp32 output that may be nil where its bf16 copy out16 is written instead.
+func needOut(name string, out, out16 *DevBuf, n int) error {
+	if out == nil && out16 != nil {
+		return nil
 	}
-	return t.launch("tr_rmsnorm_fwd", dim3{x: rows}, rowBlock(d), 0, new(args).p(y.ptr).pOpt(y16).p(x.ptr).p(w.ptr).i(rows).i(d).f(float32(eps)))
+	return need("", name, out, F32, n)
 }
 
 // RMSNormBackward writes dx = r·(w⊙dy) − x·r³/d·Σ(w⊙dy⊙x) and, when dw is not nil,
@@ -213,16 +217,18 @@ func aligned16(bufs ...*DevBuf) bool {
 	return true
 }
 
-// SwiGLUForward is out = silu(a)·b; out16, when not nil, also gets bf16(out).
+// SwiGLUForward is out = silu(a)·b; out16, when not nil, also gets bf16(out). out may be nil
+// when out16 is not (a GEMM operand whose fp32 value nothing reads).
 func (t *TrainDevice) SwiGLUForward(out, out16, a, b *DevBuf) error {
 	n := a.n
-	if err := needAll("SwiGLU", func() error { return need("", "out", out, F32, n) }, func() error { return need("", "b", b, F32, n) }); err != nil {
+	if err := needAll("SwiGLU", func() error { return needOut("out", out, out16, n) }, func() error { return need("", "b", b, F32, n) },
+		func() error { return needOpt("out16", out16, n) }); err != nil {
 		return err
 	}
-	if n%4 == 0 && aligned16(out, out16, a, b) { // 16-byte accesses where they line up
-		return t.launch1D("tr_swiglu_fwd4", int64(n/4), new(args).p(out.ptr).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n/4)))
+	if n%4 == 0 && aligned16(out, a, b) && aligned8(out16) { // 16-byte accesses where they line up
+		return t.launch1D("tr_swiglu_fwd4", int64(n/4), new(args).pOpt(out).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n/4)))
 	}
-	return t.launch1D("tr_swiglu_fwd", int64(n), new(args).p(out.ptr).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n)))
+	return t.launch1D("tr_swiglu_fwd", int64(n), new(args).pOpt(out).pOpt(out16).p(a.ptr).p(b.ptr).i64(int64(n)))
 }
 
 // SwiGLUBackward writes da and db (the two halves of graph/ops' packed gradient); da16 and

@@ -105,6 +105,11 @@ var foldSumsEnabled = os.Getenv("DMC_FOLD_SUMS") != "0"
 // Written on 2026-12-04 and not yet run on a GPU, hence opt-in.
 var gradShadowsEnabled = os.Getenv("DMC_GRAD_SHADOWS") == "1"
 
+// keepGEMMSources (DMC_SHADOW_ONLY=0) keeps GEMM operands' fp32 values alive until their
+// GEMMs and has RMSNorm and SwiGLU write them even where only the bf16 shadows are read (the
+// schedule before 2026-12-07, for measurements).
+var keepGEMMSources = os.Getenv("DMC_SHADOW_ONLY") == "0"
+
 var _ step.Optimizer = (*Model)(nil)
 
 // New puts g's parameters on GPU opt.Ordinal and returns its executor. g stays the model's
@@ -421,7 +426,8 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 	for i, d := range r.params {
 		frozen[i] = d.g == nil
 	}
-	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled, gradShadows: gradShadowsEnabled}
+	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled, gradShadows: gradShadowsEnabled,
+		keepGEMMSources: keepGEMMSources}
 	withRecompute := opt
 	withRecompute.recompute = r.recompute
 	s, err := compileOpts(p, withRecompute)
@@ -793,6 +799,9 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		if ins.out.b16Fused {
 			y16 = ins.out.b16.buf
 		}
+		if ins.out.shadowOnly {
+			out = nil
+		}
 		err = d.RMSNormForward(out, y16, in[0].buf, in[1].buf, rows, dd, ins.info.Eps)
 	case ops.KindRMSNormDX:
 		rows, dd := dims(in[0])
@@ -818,6 +827,9 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		var y16 *kernels.DevBuf
 		if ins.out.b16Fused {
 			y16 = ins.out.b16.buf
+		}
+		if ins.out.shadowOnly {
+			out = nil
 		}
 		err = d.SwiGLUForward(out, y16, in[0].buf, in[1].buf)
 	case ops.KindSwiGLUGrad:

@@ -42,6 +42,9 @@ type val struct {
 	buf      devBuf  // the device buffer, bound at run time (exec.go)
 	b16      *val    // bf16 shadow (GEMM operand), when one is needed
 	b16Fused bool    // the producer writes the shadow itself (RMSNorm, SwiGLU)
+	// shadowOnly: nothing reads the fp32 value (only GEMMs, through the shadow), so its
+	// producer writes the shadow alone and the value has no storage
+	shadowOnly bool
 }
 
 // root is the value that owns the storage of v.
@@ -109,6 +112,8 @@ type schedule struct {
 	fp32GEMM bool
 	// gradShadows: planOptions.gradShadows
 	gradShadows bool
+	// keepGEMMSources: planOptions.keepGEMMSources
+	keepGEMMSources bool
 	// all lists every value (the nodes' and the recomputed copies), in a fixed order
 	all []*val
 	// recomputed counts the instructions run again by rematerialisation
@@ -185,6 +190,10 @@ type planOptions struct {
 	// is folded into it) write the bf16 shadows of their outputs themselves (as RMSNorm and
 	// SwiGLU do), instead of a cast after them.
 	gradShadows bool
+	// keepGEMMSources keeps a GEMM operand's fp32 value alive until that GEMM, as if it read
+	// it (the GEMMs read the bf16 shadows), and written where nothing else reads it: the
+	// earlier plan, to compare against (DMC_SHADOW_ONLY=0 and the tests).
+	keepGEMMSources bool
 }
 
 func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
@@ -304,6 +313,7 @@ func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
 	if o.foldSums && backward {
 		s.foldSums()
 	}
+	s.keepGEMMSources = o.keepGEMMSources
 	s.plan(keepLogits)
 	return s, nil
 }
@@ -555,6 +565,18 @@ func (s *schedule) shadow(v *val) {
 	}
 }
 
+// isGEMM reports whether an op of graph/ops runs as one cuBLASLt GEMM of its first two inputs.
+func isGEMM(k ops.Kind) bool {
+	return k == ops.KindLinear || k == ops.KindLinearDX || k == ops.KindLinearDW
+}
+
+// readsShadowOnly reports whether a GEMM reading v reads its bf16 shadow and nothing of its
+// fp32 storage: v owns its storage (a view's base may be written into by a folded sum) and has
+// a shadow.
+func readsShadowOnly(v *val) bool {
+	return v.kind == valArena && v.b16 != nil
+}
+
 // sameShapeAdd reports whether ins is a gradient sum of two tensors of its output's size (no
 // broadcast scalar), the sum that kernels.TrainDevice.Add runs.
 func sameShapeAdd(ins *instr) bool {
@@ -572,7 +594,14 @@ func (s *schedule) plan(keepLogits bool) {
 		}
 	}
 	for i, ins := range s.instrs {
-		for _, v := range ins.in {
+		gemm := ins.fused && isGEMM(ins.info.Kind)
+		for k, v := range ins.in {
+			if gemm && k < 2 && readsShadowOnly(v) && !s.keepGEMMSources {
+				// The GEMM reads the shadow alone, so the fp32 value (e.g. an RMSNorm or
+				// SwiGLU output kept for a weight gradient) need not live until then.
+				v.b16.last = max(v.b16.last, i)
+				continue
+			}
 			use(v, i)
 		}
 		if ins.fwd != nil {
@@ -596,6 +625,13 @@ func (s *schedule) plan(keepLogits bool) {
 			}
 		}
 	}
+	for i, ins := range s.instrs {
+		v := ins.out
+		if ins.fused && (ins.info.Kind == ops.KindRMSNorm || ins.info.Kind == ops.KindSwiGLU) && v.kind == valArena && v.b16Fused &&
+			v.last <= i && !s.keepGEMMSources {
+			v.shadowOnly = true
+		}
+	}
 	s.castAt = make([][]*val, end+1)
 	for _, v := range s.all {
 		if v.b16 != nil && !v.b16Fused {
@@ -610,7 +646,7 @@ func (s *schedule) plan(keepLogits bool) {
 	dies := make([][]*val, end+1)
 	added := map[*val]bool{}
 	add := func(v *val) {
-		if v == nil || v.kind != valArena || added[v] {
+		if v == nil || v.kind != valArena || v.shadowOnly || added[v] {
 			return
 		}
 		added[v] = true

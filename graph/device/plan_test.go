@@ -366,7 +366,12 @@ func simulate(s *schedule) map[string]uint64 {
 			if ins.fwd != nil {
 				h = mix(mix(h, digest(at(ins.fwd.out))), digest(at(ins.fwd.stats)))
 			}
-			out := at(ins.out)
+			var out []uint64
+			if ins.out.shadowOnly { // no fp32 storage: the kernel writes the shadow alone
+				out = make([]uint64, ins.out.n)
+			} else {
+				out = at(ins.out)
+			}
 			next := make([]uint64, len(out))
 			switch {
 			case !ins.fused && ins.gen == genEW && ins.ew == kernels.EwAdd && len(ins.in) == 2 && ins.in[0].n == len(out) && ins.in[1].n == len(out):
@@ -390,7 +395,12 @@ func simulate(s *schedule) map[string]uint64 {
 					st[e] = mix(h^1, uint64(e))
 				}
 			}
-			if ins.out.b16Fused {
+			if ins.out.shadowOnly {
+				dst := at(ins.out.b16)
+				for e := range dst {
+					dst[e] = next[e] ^ 0x5bd1e995
+				}
+			} else if ins.out.b16Fused {
 				cast(ins.out)
 			}
 			for _, v := range ins.halves16 {
@@ -552,5 +562,54 @@ func TestSimulateNoticesClobbering(t *testing.T) {
 	}
 	if same == len(want) {
 		t.Fatal("overlapping every value changed no result")
+	}
+}
+
+// A GEMM reads only the bf16 shadow of its operands, so their fp32 values die at their last
+// other reader (often their producer): every output and gradient stays as it was, and without
+// recomputation the fp32 arena shrinks (each layer's RMSNorm and SwiGLU outputs no longer live
+// from the forward until their weight gradients).
+func TestShadowOnlyGEMMSourcesKeepTheResults(t *testing.T) {
+	const layers = 3
+	for useDMC, p := range testPrograms(t, layers) {
+		for _, c := range []struct{ recompute, fold, gradShadows bool }{
+			{false, false, false}, {false, true, false}, {false, true, true}, {true, true, false}, {true, true, true},
+		} {
+			name := fmt.Sprintf("dmc=%t recompute=%t fold=%t gradShadows=%t", useDMC, c.recompute, c.fold, c.gradShadows)
+			o := planOptions{backward: true, recompute: c.recompute, foldSums: c.fold, gradShadows: c.gradShadows, keepGEMMSources: true}
+			kept, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.keepGEMMSources = false
+			short, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			requireBindable(t, short)
+			only := 0
+			for _, ins := range short.instrs {
+				if ins.out.shadowOnly {
+					only++
+				}
+			}
+			// without recomputation every layer's two RMSNorms and its SwiGLU write their shadows alone
+			if !c.recompute && only < 3*layers {
+				t.Errorf("%s: %d producers write their shadows alone, want ≥ %d", name, only, 3*layers)
+			}
+			if short.peak[0] > kept.peak[0] || (!c.recompute && short.peak[0] >= kept.peak[0]) {
+				t.Errorf("%s: fp32 arena %d → %d elements", name, kept.peak[0], short.peak[0])
+			}
+			want, got := simulate(kept), simulate(short)
+			if len(want) != len(got) {
+				t.Fatalf("%s: %d results, want %d", name, len(got), len(want))
+			}
+			for k, w := range want {
+				if got[k] != w {
+					t.Errorf("%s: %s differs", name, k)
+				}
+			}
+			t.Logf("%s: fp32 arena %d → %d elements; %d producers write their shadows alone", name, kept.peak[0], short.peak[0], only)
+		}
 	}
 }

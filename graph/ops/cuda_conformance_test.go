@@ -423,6 +423,12 @@ func (s *convSuite) testRMSNorm(t *testing.T) {
 				t.Fatalf("RMSNorm %s: bf16 output %d is %#x, want bf16(%g)", tag, i, b, yv[i])
 			}
 		}
+		// the bf16 output alone (no fp32 y): the same bits
+		only16 := s.alloc(kernels.BF16, len(x))
+		s.ok(s.dev.RMSNormForward(nil, only16, bx, bw, sh.rows, sh.d, eps))
+		if n := s.castDiff(only16, gy); n != 0 {
+			t.Errorf("RMSNorm %s: the bf16-only output differs from bf16(y) in %d elements", tag, n)
+		}
 		// dx alone, with its bf16 copy: the same bits
 		xdx, xdx16 := s.out(len(x)), s.alloc(kernels.BF16, len(x))
 		s.ok(s.dev.RMSNormBackwardX(xdx, xdx16, bx, bw, bdy, sh.rows, sh.d, eps, false))
@@ -525,9 +531,19 @@ func (s *convSuite) testSwiGLU(t *testing.T) {
 		}
 		// The 16-byte kernels (n a multiple of 4, aligned buffers) and the scalar ones (views one
 		// element in, so not 16-byte aligned) give the same bits, bf16 copy included.
+		shifted := func(x []float32) *kernels.DevBuf { return s.up(append([]float32{0}, x...)).Slice(1, n) }
 		wy16 := s.alloc(kernels.BF16, n)
 		s.ok(s.dev.SwiGLUForward(gy, wy16, ba, bb))
-		shifted := func(x []float32) *kernels.DevBuf { return s.up(append([]float32{0}, x...)).Slice(1, n) }
+		// the bf16 output alone (no fp32 out), 16-byte and scalar kernels: the same bits
+		only16 := s.alloc(kernels.BF16, n+1)
+		s.ok(s.dev.SwiGLUForward(nil, only16.Slice(0, n), ba, bb))
+		if d := s.castDiff(only16.Slice(0, n), gy); d != 0 {
+			t.Errorf("SwiGLU %s: the bf16-only output differs from bf16(y) in %d elements", tag, d)
+		}
+		s.ok(s.dev.SwiGLUForward(nil, only16.Slice(1, n), shifted(a), shifted(b)))
+		if d := s.castDiff(only16.Slice(1, n), gy); d != 0 {
+			t.Errorf("SwiGLU %s: the bf16-only output of the scalar kernel differs from bf16(y) in %d elements", tag, d)
+		}
 		sa, sb, sdy := shifted(a), shifted(b), shifted(dy)
 		vy, vda, vdb := s.out(n+1).Slice(1, n), s.out(n+1).Slice(1, n), s.out(n+1).Slice(1, n)
 		vy16 := s.alloc(kernels.BF16, n+1).Slice(1, n)

@@ -84,19 +84,20 @@ __global__ void tr_colsum(float* out, const float* part, int chunks, int d, int 
 
 // ---- RMSNorm ---------------------------------------------------------------------------------
 
-// One block per row: y = x·r·w with r = 1/sqrt(mean(x²)+eps); y16, when set, gets bf16(y).
+// One block per row: y = x·r·w with r = 1/sqrt(mean(x²)+eps); y16, when set, gets bf16(y);
+// y may be null when only the bf16 copy is read (a GEMM operand).
 __global__ void tr_rmsnorm_fwd(float* y, __nv_bfloat16* y16, const float* x, const float* w, int rows, int d, float eps) {
   __shared__ float sh[32];
-  const float* xr = x + (long long)blockIdx.x * d;
+  const long long o = (long long)blockIdx.x * d;
+  const float* xr = x + o;
   float ss = 0.f;
   for (int i = threadIdx.x; i < d; i += blockDim.x) ss += xr[i] * xr[i];
   ss = block_sum(ss, sh);
   float r = rsqrtf(ss / d + eps);
-  float* yr = y + (long long)blockIdx.x * d;
   for (int i = threadIdx.x; i < d; i += blockDim.x) {
     float v = xr[i] * r * w[i];
-    yr[i] = v;
-    if (y16) y16[(long long)blockIdx.x * d + i] = __float2bfloat16_rn(v);
+    if (y) y[o + i] = v;
+    if (y16) y16[o + i] = __float2bfloat16_rn(v);
   }
 }
 
@@ -205,12 +206,13 @@ __global__ void tr_rope_rows(float* y, const float* x, const double* cosT, const
 
 // ---- SwiGLU ----------------------------------------------------------------------------------
 
-// out = silu(a)·b; out16, when set, gets bf16(out) (the down projection's operand).
+// out = silu(a)·b; out16, when set, gets bf16(out) (the down projection's operand); out may
+// be null when only the bf16 copy is read.
 __global__ void tr_swiglu_fwd(float* out, __nv_bfloat16* out16, const float* a, const float* b, long long n) {
   GRID_STRIDE(i, n) {
     float x = a[i];
     float v = x / (1.f + expf(-x)) * b[i];
-    out[i] = v;
+    if (out) out[i] = v;
     if (out16) out16[i] = __float2bfloat16_rn(v);
   }
 }
@@ -248,7 +250,7 @@ __global__ void tr_swiglu_fwd4(float4* out, uint2* out16, const float4* a, const
     v.y = x.y / (1.f + expf(-x.y)) * y.y;
     v.z = x.z / (1.f + expf(-x.z)) * y.z;
     v.w = x.w / (1.f + expf(-x.w)) * y.w;
-    out[i] = v;
+    if (out) out[i] = v;
     if (out16) out16[i] = bf16x4(v);
   }
 }
