@@ -33,6 +33,7 @@ for round in ${ROUNDS:-1 2}; do
 	CACHE=dmc step "dmc-grad-shadows-$round" DMC_GRAD_SHADOWS=1
 	CACHE=dmc step "dmc-gemm-tune-$round" DMC_GEMM_TUNE=1
 	CACHE=dmc step "dmc-keep-sources-$round" DMC_SHADOW_ONLY=0
+	CACHE=dmc step "dmc-norm-paired-$round" DMC_NORM_GRADS=paired
 	CACHE=dmc step "dmc-unfolded-$round" DMC_FOLD_SUMS=0
 	CACHE=vanilla step "vanilla-default-$round"
 	CACHE=vanilla step "vanilla-unfolded-$round" DMC_FOLD_SUMS=0

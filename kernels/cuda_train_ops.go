@@ -93,6 +93,36 @@ func (t *TrainDevice) RMSNormBackwardX(dx, dx16, x, w, dy *DevBuf, rows, d int, 
 		new(args).p(dx.ptr).pOpt(dx16).pOpt(nil).p(x.ptr).p(w.ptr).p(dy.ptr).i(rows).i(d).f(float32(eps)))
 }
 
+// rmsDWRows is the rows per partial sum of RMSNorm's dw (both paths: the same bits).
+const rmsDWRows = 64
+
+// RMSNormBackwardXW writes dx (add: into dx's contents) and, when dx16 is not nil, bf16 of
+// what dx then holds, and dw (+)= Σ_rows dy⊙x·r, reading x and dy once: the bits of
+// RMSNormBackwardX and of RMSNormBackward's dw. Rows wider than 12288 take those two.
+func (t *TrainDevice) RMSNormBackwardXW(dx, dx16, dw, x, w, dy *DevBuf, rows, d int, eps float64, add, accumulateW bool) error {
+	if d > 12288 { // the column sums live in 48 KiB of shared memory
+		if err := t.RMSNormBackwardX(dx, dx16, x, w, dy, rows, d, eps, add); err != nil {
+			return err
+		}
+		return t.RMSNormBackward(nil, dw, x, w, dy, rows, d, eps, accumulateW)
+	}
+	if err := needAll("RMSNormBackwardXW", func() error { return need("", "dx", dx, F32, rows*d) }, func() error { return need("", "x", x, F32, rows*d) },
+		func() error { return need("", "w", w, F32, d) }, func() error { return need("", "dy", dy, F32, rows*d) },
+		func() error { return need("", "dw", dw, F32, d) }, func() error { return needOpt("dx16", dx16, rows*d) }); err != nil {
+		return err
+	}
+	chunks := (rows + rmsDWRows - 1) / rmsDWRows
+	part, err := t.scratchBuf("rms.part", F32, chunks*d)
+	if err != nil {
+		return err
+	}
+	if err := t.launch("tr_rmsnorm_bwd_rows", dim3{x: chunks}, rowBlock(d), 4*d,
+		new(args).p(dx.ptr).pOpt(dx16).p(part.ptr).p(x.ptr).p(w.ptr).p(dy.ptr).i(rows).i(d).f(float32(eps)).i(rmsDWRows).i(b2i(add))); err != nil {
+		return err
+	}
+	return t.launch("tr_colsum", dim3{x: (d + 255) / 256}, 256, 0, new(args).p(dw.ptr).p(part.ptr).i(chunks).i(d).i(b2i(accumulateW)))
+}
+
 func (t *TrainDevice) RMSNormBackward(dx, dw, x, w, dy *DevBuf, rows, d int, eps float64, accumulateW bool) error {
 	if err := needAll("RMSNormBackward", func() error { return need("", "x", x, F32, rows*d) }, func() error { return need("", "w", w, F32, d) },
 		func() error { return need("", "dy", dy, F32, rows*d) }); err != nil {
@@ -119,7 +149,7 @@ func (t *TrainDevice) RMSNormBackward(dx, dw, x, w, dy *DevBuf, rows, d int, eps
 	if err := need("RMSNormBackward", "dw", dw, F32, d); err != nil {
 		return err
 	}
-	const per = 64
+	const per = rmsDWRows
 	chunks := (rows + per - 1) / per
 	part, err := t.scratchBuf("rms.part", F32, chunks*d)
 	if err != nil {

@@ -110,6 +110,11 @@ var gradShadowsEnabled = os.Getenv("DMC_GRAD_SHADOWS") == "1"
 // schedule before 2026-12-07, for measurements).
 var keepGEMMSources = os.Getenv("DMC_SHADOW_ONLY") == "0"
 
+// pairNormGradsEnabled (DMC_NORM_GRADS=paired) has each RMSNorm dx write the norm's weight
+// gradient too, in one read of x and dy (planOptions.pairNormGrads). Written on 2026-12-07
+// and not yet run on a GPU, hence opt-in.
+var pairNormGradsEnabled = os.Getenv("DMC_NORM_GRADS") == "paired"
+
 var _ step.Optimizer = (*Model)(nil)
 
 // New puts g's parameters on GPU opt.Ordinal and returns its executor. g stays the model's
@@ -427,7 +432,7 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 		frozen[i] = d.g == nil
 	}
 	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled, gradShadows: gradShadowsEnabled,
-		keepGEMMSources: keepGEMMSources}
+		keepGEMMSources: keepGEMMSources, pairNormGrads: pairNormGradsEnabled}
 	withRecompute := opt
 	withRecompute.recompute = r.recompute
 	s, err := compileOpts(p, withRecompute)
@@ -808,6 +813,10 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		var dx16 *kernels.DevBuf
 		if ins.out.b16Fused {
 			dx16 = ins.out.b16.buf
+		}
+		if dw := ins.normDW; dw != nil {
+			err = d.RMSNormBackwardXW(out, dx16, dw.out.buf, in[0].buf, in[1].buf, in[2].buf, rows, dd, ins.info.Eps, ins.accum, acc)
+			break
 		}
 		err = d.RMSNormBackwardX(out, dx16, in[0].buf, in[1].buf, in[2].buf, rows, dd, ins.info.Eps, ins.accum)
 	case ops.KindRMSNormDW:

@@ -83,6 +83,9 @@ type instr struct {
 	// halves16 (SwiGLU's backward, planOptions.gradShadows): the views of the two halves of its
 	// output [da | db] whose bf16 shadows its kernel writes.
 	halves16 [2]*val
+	// normDW (an RMSNorm dx, planOptions.pairNormGrads): the same norm's weight gradient,
+	// which this instruction computes too, reading x and dy once; that instruction is a nop.
+	normDW *instr
 	// accum: an op folded with the sum it fed (foldSums) that adds its result into its
 	// output's storage (a DMC decision or importance gradient its one channel per head, a
 	// LinearDX with β = 1, an RMSNormDX); nop: that sum, which has nothing left to run.
@@ -194,6 +197,8 @@ type planOptions struct {
 	// it (the GEMMs read the bf16 shadows), and written where nothing else reads it: the
 	// earlier plan, to compare against (DMC_SHADOW_ONLY=0 and the tests).
 	keepGEMMSources bool
+	// pairNormGrads has each RMSNorm dx also write its weight gradient (pairNormGrads).
+	pairNormGrads bool
 }
 
 func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
@@ -313,9 +318,32 @@ func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
 	if o.foldSums && backward {
 		s.foldSums()
 	}
+	if o.pairNormGrads && backward {
+		s.pairNormGrads()
+	}
 	s.keepGEMMSources = o.keepGEMMSources
 	s.plan(keepLogits)
 	return s, nil
+}
+
+// pairNormGrads has each RMSNorm dx instruction also compute the weight gradient of the same
+// norm (the RMSNormDW of the same x and dy, written straight into its accumulator, which
+// nothing reads before the update), so that x and dy are read once; the weight gradient's
+// instruction no longer runs. Nothing writes x or dy between the two (they are values, and a
+// folded sum writes only storage that nothing reads after it), so the gradient is the same.
+func (s *schedule) pairNormGrads() {
+	for _, dw := range s.instrs {
+		if !dw.fused || dw.info.Kind != ops.KindRMSNormDW || !dw.direct || dw.nop {
+			continue
+		}
+		for _, dx := range s.instrs {
+			if dx.fused && dx.info.Kind == ops.KindRMSNormDX && !dx.nop && dx.normDW == nil && dx.info.Eps == dw.info.Eps &&
+				dx.in[0] == dw.in[0] && dx.in[2] == dw.in[1] {
+				dx.normDW, dw.nop = dw, true
+				break
+			}
+		}
+	}
 }
 
 // region is where a value's elements lie in its root's storage.
@@ -594,6 +622,9 @@ func (s *schedule) plan(keepLogits bool) {
 		}
 	}
 	for i, ins := range s.instrs {
+		if ins.nop {
+			continue // a folded sum or a paired weight gradient: it reads nothing
+		}
 		gemm := ins.fused && isGEMM(ins.info.Kind)
 		for k, v := range ins.in {
 			if gemm && k < 2 && readsShadowOnly(v) && !s.keepGEMMSources {

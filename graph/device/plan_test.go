@@ -353,8 +353,9 @@ func simulate(s *schedule) map[string]uint64 {
 	for _, v := range s.castAt[0] {
 		cast(v)
 	}
-	for i, ins := range s.instrs {
-		if !ins.nop {
+	var runOne func(ins *instr)
+	runOne = func(ins *instr) {
+		{
 			h := uint64(ins.node.ID()) + 7
 			gemm := ins.fused && (ins.info.Kind == ops.KindLinear || ins.info.Kind == ops.KindLinearDX || ins.info.Kind == ops.KindLinearDW)
 			for k, v := range ins.in {
@@ -408,6 +409,14 @@ func simulate(s *schedule) map[string]uint64 {
 					cast(v)
 				}
 			}
+			if ins.normDW != nil { // the paired weight gradient, computed here from the same inputs
+				runOne(ins.normDW)
+			}
+		}
+	}
+	for i, ins := range s.instrs {
+		if !ins.nop {
+			runOne(ins)
 		}
 		for _, v := range s.castAt[i+1] {
 			cast(v)
@@ -610,6 +619,56 @@ func TestShadowOnlyGEMMSourcesKeepTheResults(t *testing.T) {
 				}
 			}
 			t.Logf("%s: fp32 arena %d → %d elements; %d producers write their shadows alone", name, kept.peak[0], short.peak[0], only)
+		}
+	}
+}
+
+// Each RMSNorm dx computing its norm's weight gradient too (DMC_NORM_GRADS=paired) leaves
+// every output and gradient as it was, pairs every norm of the model, and does not grow the
+// arena.
+func TestPairNormGradsKeepsTheResults(t *testing.T) {
+	const layers = 3
+	for useDMC, p := range testPrograms(t, layers) {
+		for _, c := range []struct{ recompute, fold, gradShadows bool }{
+			{false, false, false}, {false, true, true}, {true, true, false}, {true, true, true},
+		} {
+			name := fmt.Sprintf("dmc=%t recompute=%t fold=%t gradShadows=%t", useDMC, c.recompute, c.fold, c.gradShadows)
+			o := planOptions{backward: true, recompute: c.recompute, foldSums: c.fold, gradShadows: c.gradShadows}
+			plain, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.pairNormGrads = true
+			paired, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			requireBindable(t, paired)
+			pairs := 0
+			for i, ins := range paired.instrs {
+				if ins.normDW == nil {
+					continue
+				}
+				pairs++
+				if !ins.normDW.nop || !ins.normDW.direct || ins.normDW.info.Kind != ops.KindRMSNormDW {
+					t.Errorf("%s: instruction %d is paired with a weight gradient that still runs or is not direct", name, i)
+				}
+			}
+			if want := 2*layers + 1; pairs != want { // two norms a layer and the final one
+				t.Errorf("%s: %d norms paired, want %d", name, pairs, want)
+			}
+			if paired.peak[0] > plain.peak[0] {
+				t.Errorf("%s: the fp32 arena grew from %d to %d elements", name, plain.peak[0], paired.peak[0])
+			}
+			want, got := simulate(plain), simulate(paired)
+			if len(want) != len(got) {
+				t.Fatalf("%s: %d results, want %d", name, len(got), len(want))
+			}
+			for k, w := range want {
+				if got[k] != w {
+					t.Errorf("%s: %s differs", name, k)
+				}
+			}
 		}
 	}
 }

@@ -444,9 +444,25 @@ func (s *convSuite) testRMSNorm(t *testing.T) {
 		if n := sumDiff(s.down(bx0), x0, s.down(gdx)) + bitDiff(s.down(bx1), s.down(bx0)) + s.castDiff(sum16, bx0); n != 0 {
 			t.Errorf("RMSNormBackwardX (add) %s: %d elements differ from x0 + dx and its bf16 cast", tag, n)
 		}
+		// dx and dw in one pass: the bits of the two-pass kernels, with and without the sum into
+		// dx, the bf16 copy and the accumulation into dw
+		fdx, fdx16, fdw := s.out(len(x)), s.alloc(kernels.BF16, len(x)), s.out(sh.d)
+		s.ok(s.dev.RMSNormBackwardXW(fdx, fdx16, fdw, bx, bw, bdy, sh.rows, sh.d, eps, false, false))
+		dwOnce := s.down(fdw)
+		if n := bitDiff(s.down(fdx), s.down(gdx)) + s.castDiff(fdx16, gdx) + bitDiff(dwOnce, s.down(gdw)); n != 0 {
+			t.Errorf("RMSNormBackwardXW %s: %d elements differ from RMSNormBackward's dx, dw and the bf16 cast", tag, n)
+		}
+		fx0, fsum16 := s.up(x0), s.alloc(kernels.BF16, len(x))
+		s.ok(s.dev.RMSNormBackwardXW(fx0, fsum16, fdw, bx, bw, bdy, sh.rows, sh.d, eps, true, true))
+		if n := bitDiff(s.down(fx0), s.down(bx1)) + s.castDiff(fsum16, bx1); n != 0 {
+			t.Errorf("RMSNormBackwardXW (add) %s: %d elements differ from RMSNormBackwardX's sum and its bf16 cast", tag, n)
+		}
 		// dw only, accumulating.
 		s.ok(s.dev.RMSNormBackward(nil, gdw, bx, bw, bdy, sh.rows, sh.d, eps, true))
 		s.check("RMSNorm.dw+= "+tag, s.down(gdw), scale64(dw, 2), tolF32)
+		if n := bitDiff(s.down(fdw), s.down(gdw)); n != 0 {
+			t.Errorf("RMSNormBackwardXW (accumulating dw) %s: %d elements differ from RMSNormBackward's", tag, n)
+		}
 	}
 }
 

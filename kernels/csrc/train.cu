@@ -168,6 +168,34 @@ __global__ void tr_rmsnorm_dw_part(float* part, const float* x, const float* dy,
   part[(long long)blockIdx.y * d + c] = s;
 }
 
+// dx and the first pass of dw in one read of x and dy: block k takes rows [k·per, (k+1)·per)
+// in order, writes each row's dx as tr_rmsnorm_dx does (add: into dx's contents, as
+// tr_rmsnorm_dx_add; dx16, when set, gets bf16 of what dx holds) and keeps its columns' dw sums
+// in shared memory (d floats, each column a thread's own), which it writes to part[k·d + c]:
+// the same products in the same order as tr_rmsnorm_dx, tr_rmsnorm_dx_add and
+// tr_rmsnorm_dw_part, so the same bits. blockDim as tr_rmsnorm_dx's (the same block sums).
+__global__ void tr_rmsnorm_bwd_rows(float* dx, __nv_bfloat16* dx16, float* part, const float* x, const float* w, const float* dy,
+                                    int rows, int d, float eps, int per, int add) {
+  __shared__ float sh[32];
+  extern __shared__ float colsums[];
+  for (int i = threadIdx.x; i < d; i += blockDim.x) colsums[i] = 0.f;
+  const int r0 = blockIdx.x * per, r1 = min(rows, r0 + per);
+  for (int row = r0; row < r1; row++) {
+    const long long o = (long long)row * d;
+    float r, c;
+    rms_dx_coeffs(r, c, x, w, dy, o, d, eps, sh);
+    for (int i = threadIdx.x; i < d; i += blockDim.x) {
+      const float xv = x[o + i], g = dy[o + i];
+      const float v = r * w[i] * g - c * xv;
+      const float out = add ? dx[o + i] + v : v;
+      dx[o + i] = out;
+      if (dx16) dx16[o + i] = __float2bfloat16_rn(out);
+      colsums[i] += g * xv * r;
+    }
+  }
+  for (int i = threadIdx.x; i < d; i += blockDim.x) part[(long long)blockIdx.x * d + i] = colsums[i];
+}
+
 // ---- RoPE ------------------------------------------------------------------------------------
 
 // In float64 with the host's cos/sin tables [T, D/2] and no contraction (as ropeKernel):
