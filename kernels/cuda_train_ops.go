@@ -688,8 +688,7 @@ type AttnGeom struct {
 
 // tc reports whether the tensor-core kernels run for g.
 func (g AttnGeom) tc() bool {
-	D := g.HeadD
-	return g.TensorCores && (D == 16 || D == 32 || D == 64 || D == 128)
+	return g.TensorCores && TensorCoreAttention(g.HeadD)
 }
 
 // Tiles of the tensor-core kernels (kernels/csrc/train.cu FA_*): 64 query rows per block in
@@ -785,14 +784,7 @@ func (t *TrainDevice) AttentionForward(o, stats, q, k, v, alpha *DevBuf, g AttnG
 		if err != nil {
 			return err
 		}
-		smem, _, _ := tcSmem(D)
-		name, perBlock := fmt.Sprintf("tc_attn_fwd_%d", D), tcRows
-		if t.Attn32Rows {
-			name, perBlock = fmt.Sprintf("tc_attn_fwd2_%d", D), tcRows2
-			smem += tcRows2 * (D + 8) * 2 // the Q tile's own buffer
-		}
-		return t.launch(name, dim3{x: (g.SeqLen + perBlock - 1) / perBlock, y: Hq, z: rows / g.SeqLen}, tcThreads, smem,
-			new(args).p(o.ptr).p(stats.ptr).p(q16.ptr).p(k16.ptr).p(v16.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).f(scale))
+		return t.AttentionForwardBF16(o, stats, q16, k16, v16, alpha, g, rows)
 	}
 	tpr, err := attnLanes(D)
 	if err != nil {
@@ -801,6 +793,88 @@ func (t *TrainDevice) AttentionForward(o, stats, q, k, v, alpha *DevBuf, g AttnG
 	per, bk := attnThreads/tpr, attnTile(D)
 	return t.launch("tr_attn_fwd", dim3{x: (g.SeqLen + per - 1) / per, y: Hq, z: rows / g.SeqLen}, attnThreads, (2*bk*D+bk)*4,
 		new(args).p(o.ptr).p(stats.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).i(D).i(tpr).i(bk).f(scale))
+}
+
+// check16 checks the bf16 operands of the tensor-core attention kernels.
+func (g AttnGeom) check16(op string, rows int, q16, k16, v16 *DevBuf) error {
+	if !g.tc() {
+		return fmt.Errorf("%s: bf16 operands need the tensor-core kernels (head dimension 16, 32, 64 or 128), not %+v", op, g)
+	}
+	D := g.HeadD
+	return needAll(op, func() error { return g.check("", rows) }, func() error { return need("", "q16", q16, BF16, rows*g.QHeads*D) },
+		func() error { return need("", "k16", k16, BF16, rows*g.KVHeads*D) }, func() error { return need("", "v16", v16, BF16, rows*g.KVHeads*D) })
+}
+
+// AttentionForwardBF16 is AttentionForward on bf16 copies of q, k and v that the caller keeps
+// (the tensor-core kernels' operands; the backward reads the same copies): the same bits.
+func (t *TrainDevice) AttentionForwardBF16(o, stats, q16, k16, v16, alpha *DevBuf, g AttnGeom, rows int) error {
+	Hq, Hkv, D := g.QHeads, g.KVHeads, g.HeadD
+	checks := []func() error{func() error { return g.check16("", rows, q16, k16, v16) },
+		func() error { return need("", "o", o, F32, rows*Hq*D) }, func() error { return need("", "stats", stats, F32, 2*rows*Hq) }}
+	if alpha != nil {
+		checks = append(checks, func() error { return need("", "alpha", alpha, F32, rows*Hkv) })
+	}
+	if err := needAll("AttentionForwardBF16", checks...); err != nil {
+		return err
+	}
+	scale := float32(1 / math.Sqrt(float64(D)))
+	smem, _, _ := tcSmem(D)
+	name, perBlock := fmt.Sprintf("tc_attn_fwd_%d", D), tcRows
+	if t.Attn32Rows {
+		name, perBlock = fmt.Sprintf("tc_attn_fwd2_%d", D), tcRows2
+		smem += tcRows2 * (D + 8) * 2 // the Q tile's own buffer
+	}
+	return t.launch(name, dim3{x: (g.SeqLen + perBlock - 1) / perBlock, y: Hq, z: rows / g.SeqLen}, tcThreads, smem,
+		new(args).p(o.ptr).p(stats.ptr).p(q16.ptr).p(k16.ptr).p(v16.ptr).pOpt(alpha).i(g.SeqLen).i(Hq).i(Hkv).f(scale))
+}
+
+// AttentionBackwardBF16 is AttentionBackward on the bf16 copies of q, k and v the forward read
+// (AttentionForwardBF16): the same bits, without casting them again.
+func (t *TrainDevice) AttentionBackwardBF16(dq, dk, dv, dA, q16, k16, v16, alpha, o, stats, dO *DevBuf, g AttnGeom, rows int) error {
+	Hq, Hkv, D := g.QHeads, g.KVHeads, g.HeadD
+	checks := []func() error{func() error { return g.check16("", rows, q16, k16, v16) },
+		func() error { return need("", "dq", dq, F32, rows*Hq*D) }, func() error { return need("", "dk", dk, F32, rows*Hkv*D) },
+		func() error { return need("", "dv", dv, F32, rows*Hkv*D) }, func() error { return need("", "o", o, F32, rows*Hq*D) },
+		func() error { return need("", "dO", dO, F32, rows*Hq*D) }, func() error { return need("", "stats", stats, F32, 2*rows*Hq) }}
+	if (alpha == nil) != (dA == nil) {
+		return errors.New("AttentionBackwardBF16: alpha and dalpha must be given together")
+	}
+	if alpha != nil {
+		checks = append(checks, func() error { return need("", "alpha", alpha, F32, rows*Hkv) },
+			func() error { return need("", "dalpha", dA, F32, rows*Hkv) })
+	}
+	if err := needAll("AttentionBackwardBF16", checks...); err != nil {
+		return err
+	}
+	delta, err := t.scratchBuf("attn.delta", F32, rows*Hq)
+	if err != nil {
+		return err
+	}
+	if err := t.launch1D("tr_attn_delta", int64(rows*Hq), new(args).p(delta.ptr).p(o.ptr).p(dO.ptr).i64(int64(rows*Hq)).i(D)); err != nil {
+		return err
+	}
+	return t.attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, stats, delta, dO, g, rows)
+}
+
+// attnBackwardTC runs the tensor-core dq and dk/dv passes on bf16 q, k, v (dO is cast here).
+func (t *TrainDevice) attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, stats, delta, dO *DevBuf, g AttnGeom, rows int) error {
+	Hq, Hkv, D := g.QHeads, g.KVHeads, g.HeadD
+	scale := float32(1 / math.Sqrt(float64(D)))
+	B := rows / g.SeqLen
+	g16, err := t.bf16Copy("attn.dO16", dO, rows*Hq*D)
+	if err != nil {
+		return err
+	}
+	blocks := (g.SeqLen + tcRows - 1) / tcRows
+	_, smemQ, smemKV := tcSmem(D)
+	if err := t.launch(fmt.Sprintf("tc_attn_bwd_q_%d", D), dim3{x: blocks, y: Hq, z: B}, tcThreads, smemQ,
+		new(args).p(dq.ptr).p(q16.ptr).p(k16.ptr).p(v16.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(g16.ptr).
+			i(g.SeqLen).i(Hq).i(Hkv).f(scale)); err != nil {
+		return err
+	}
+	return t.launch(fmt.Sprintf("tc_attn_bwd_kv_%d", D), dim3{x: blocks, y: Hkv, z: B}, tcThreads, smemKV,
+		new(args).p(dk.ptr).p(dv.ptr).pOpt(dA).p(q16.ptr).p(k16.ptr).p(v16.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(g16.ptr).
+			i(g.SeqLen).i(Hq).i(Hkv).f(scale))
 }
 
 // AttentionBackward writes dq, dk, dv and, when alpha is not nil, dα [rows, Hkv] (graph/ops'
@@ -839,21 +913,7 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 		if err != nil {
 			return err
 		}
-		g16, err := t.bf16Copy("attn.dO16", dO, rows*Hq*D)
-		if err != nil {
-			return err
-		}
-		q, k, v, dO = q16, k16, v16, g16
-		blocks := (g.SeqLen + tcRows - 1) / tcRows
-		_, smemQ, smemKV := tcSmem(D)
-		if err := t.launch(fmt.Sprintf("tc_attn_bwd_q_%d", D), dim3{x: blocks, y: Hq, z: B}, tcThreads, smemQ,
-			new(args).p(dq.ptr).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
-				i(g.SeqLen).i(Hq).i(Hkv).f(scale)); err != nil {
-			return err
-		}
-		return t.launch(fmt.Sprintf("tc_attn_bwd_kv_%d", D), dim3{x: blocks, y: Hkv, z: B}, tcThreads, smemKV,
-			new(args).p(dk.ptr).p(dv.ptr).pOpt(dA).p(q.ptr).p(k.ptr).p(v.ptr).pOpt(alpha).p(stats.ptr).p(delta.ptr).p(dO.ptr).
-				i(g.SeqLen).i(Hq).i(Hkv).f(scale))
+		return t.attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, stats, delta, dO, g, rows)
 	}
 	tpr, err := attnLanes(D)
 	if err != nil {

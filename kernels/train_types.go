@@ -46,3 +46,10 @@ const (
 // the other ranks (an environment variable, a rendezvous address); every rank then calls
 // TrainDevice.NCCLInit with it.
 type NCCLUniqueID [128]byte
+
+// TensorCoreAttention reports whether the GPU trainer's attention runs on the bf16
+// tensor-core kernels for head dimension d (when TensorCores is set); other head dimensions
+// take the exact fp32 kernels.
+func TensorCoreAttention(d int) bool {
+	return d == 16 || d == 32 || d == 64 || d == 128
+}

@@ -115,6 +115,11 @@ var keepGEMMSources = os.Getenv("DMC_SHADOW_ONLY") == "0"
 // and not yet run on a GPU, hence opt-in.
 var pairNormGradsEnabled = os.Getenv("DMC_NORM_GRADS") == "paired"
 
+// attnShadowsEnabled (DMC_ATTN_SHADOWS=1) casts the attention's q, k and v to bf16 once, as
+// shadows the forward and the backward share (planOptions.attnShadows). Written on
+// 2026-12-07 and not yet run on a GPU, hence opt-in.
+var attnShadowsEnabled = os.Getenv("DMC_ATTN_SHADOWS") == "1"
+
 var _ step.Optimizer = (*Model)(nil)
 
 // New puts g's parameters on GPU opt.Ordinal and returns its executor. g stays the model's
@@ -432,7 +437,8 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 		frozen[i] = d.g == nil
 	}
 	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled, gradShadows: gradShadowsEnabled,
-		keepGEMMSources: keepGEMMSources, pairNormGrads: pairNormGradsEnabled}
+		keepGEMMSources: keepGEMMSources, pairNormGrads: pairNormGradsEnabled,
+		attnShadows: attnShadowsEnabled}
 	withRecompute := opt
 	withRecompute.recompute = r.recompute
 	s, err := compileOpts(p, withRecompute)
@@ -907,8 +913,12 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		if a.Masked {
 			alpha = in[3].buf
 		}
-		err = d.AttentionForward(out, ins.stats.buf, in[0].buf, in[1].buf, in[2].buf, alpha,
-			kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen, TensorCores: !r.fp32GEMM}, rows)
+		g := kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen, TensorCores: !r.fp32GEMM}
+		if readsShadow(ins, 0, in[0]) {
+			err = d.AttentionForwardBF16(out, ins.stats.buf, in[0].b16.buf, in[1].b16.buf, in[2].b16.buf, alpha, g, rows)
+			break
+		}
+		err = d.AttentionForward(out, ins.stats.buf, in[0].buf, in[1].buf, in[2].buf, alpha, g, rows)
 	case ops.KindAttentionGrad:
 		a := ins.info.Attn
 		rows, _ := dims(in[0])
@@ -918,8 +928,14 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		if a.Masked {
 			alpha, dO, dA = in[3].buf, in[4], out.Slice(nq+2*nk, in[3].n)
 		}
+		g := kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen, TensorCores: !r.fp32GEMM}
+		if readsShadow(ins, 0, in[0]) {
+			err = d.AttentionBackwardBF16(out.Slice(0, nq), out.Slice(nq, nk), out.Slice(nq+nk, nk), dA, in[0].b16.buf, in[1].b16.buf, in[2].b16.buf,
+				alpha, ins.fwd.out.buf, ins.fwd.stats.buf, dO.buf, g, rows)
+			break
+		}
 		err = d.AttentionBackward(out.Slice(0, nq), out.Slice(nq, nk), out.Slice(nq+nk, nk), dA, in[0].buf, in[1].buf, in[2].buf,
-			alpha, ins.fwd.out.buf, ins.fwd.stats.buf, dO.buf, kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen, TensorCores: !r.fp32GEMM}, rows)
+			alpha, ins.fwd.out.buf, ins.fwd.stats.buf, dO.buf, g, rows)
 	case ops.KindHardCount:
 		rows, H := dims(in[0])
 		T := ins.info.SeqLen

@@ -117,6 +117,8 @@ type schedule struct {
 	gradShadows bool
 	// keepGEMMSources: planOptions.keepGEMMSources
 	keepGEMMSources bool
+	// attnShadows: planOptions.attnShadows
+	attnShadows bool
 	// all lists every value (the nodes' and the recomputed copies), in a fixed order
 	all []*val
 	// recomputed counts the instructions run again by rematerialisation
@@ -199,6 +201,10 @@ type planOptions struct {
 	keepGEMMSources bool
 	// pairNormGrads has each RMSNorm dx also write its weight gradient (pairNormGrads).
 	pairNormGrads bool
+	// attnShadows gives the tensor-core attention's q, k and v bf16 shadows, cast once after
+	// their producers and read by the forward and the backward (which otherwise cast them
+	// each), so that their fp32 values die there when nothing else reads them.
+	attnShadows bool
 }
 
 func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
@@ -302,7 +308,7 @@ func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
 			s.outputs[i] = s.vals[o] // Loss and LM may be one node
 		}
 	}
-	s.fp32GEMM, s.gradShadows = fp32GEMM, o.gradShadows
+	s.fp32GEMM, s.gradShadows, s.attnShadows = fp32GEMM, o.gradShadows, o.attnShadows
 	for _, v := range s.vals {
 		s.all = append(s.all, v)
 	}
@@ -551,6 +557,11 @@ func (s *schedule) link() error {
 		case ops.KindAttention:
 			ins.stats = &val{kind: valArena, dt: kernels.F32, n: 2 * ins.in[0].n / ins.info.Attn.HeadD, def: ins.out.def, last: ins.out.def}
 			fwds[[3]*val{ins.in[0], ins.in[1], ins.in[2]}] = ins
+			if s.attnShadows && kernels.TensorCoreAttention(ins.info.Attn.HeadD) {
+				for _, v := range ins.in[:3] {
+					s.shadow(v)
+				}
+			}
 		case ops.KindAttentionGrad:
 			f, ok := fwds[[3]*val{ins.in[0], ins.in[1], ins.in[2]}]
 			if !ok {
@@ -593,14 +604,24 @@ func (s *schedule) shadow(v *val) {
 	}
 }
 
-// isGEMM reports whether an op of graph/ops runs as one cuBLASLt GEMM of its first two inputs.
-func isGEMM(k ops.Kind) bool {
-	return k == ops.KindLinear || k == ops.KindLinearDX || k == ops.KindLinearDW
+// readsShadow reports whether ins reads its input k, v, through v's bf16 shadow: a GEMM's
+// two operands, and the tensor-core attention's q, k and v where the plan gave them shadows.
+func readsShadow(ins *instr, k int, v *val) bool {
+	if !ins.fused || v.kind == valParam || v.b16 == nil {
+		return false
+	}
+	switch ins.info.Kind {
+	case ops.KindLinear, ops.KindLinearDX, ops.KindLinearDW:
+		return k < 2
+	case ops.KindAttention, ops.KindAttentionGrad:
+		return k < 3
+	}
+	return false
 }
 
-// readsShadowOnly reports whether a GEMM reading v reads its bf16 shadow and nothing of its
-// fp32 storage: v owns its storage (a view's base may be written into by a folded sum) and has
-// a shadow.
+// readsShadowOnly reports whether an op that reads v through its shadow (readsShadow) reads
+// nothing of its fp32 storage: v owns its storage (a view's base may be written into by a
+// folded sum).
 func readsShadowOnly(v *val) bool {
 	return v.kind == valArena && v.b16 != nil
 }
@@ -625,11 +646,10 @@ func (s *schedule) plan(keepLogits bool) {
 		if ins.nop {
 			continue // a folded sum or a paired weight gradient: it reads nothing
 		}
-		gemm := ins.fused && isGEMM(ins.info.Kind)
 		for k, v := range ins.in {
-			if gemm && k < 2 && readsShadowOnly(v) && !s.keepGEMMSources {
-				// The GEMM reads the shadow alone, so the fp32 value (e.g. an RMSNorm or
-				// SwiGLU output kept for a weight gradient) need not live until then.
+			if readsShadow(ins, k, v) && readsShadowOnly(v) && !s.keepGEMMSources {
+				// The op reads the shadow alone, so the fp32 value (e.g. an RMSNorm or SwiGLU
+				// output kept for a weight gradient) need not live until then.
 				v.b16.last = max(v.b16.last, i)
 				continue
 			}

@@ -357,10 +357,21 @@ func simulate(s *schedule) map[string]uint64 {
 	runOne = func(ins *instr) {
 		{
 			h := uint64(ins.node.ID()) + 7
-			gemm := ins.fused && (ins.info.Kind == ops.KindLinear || ins.info.Kind == ops.KindLinearDX || ins.info.Kind == ops.KindLinearDW)
+			attn := ins.fused && (ins.info.Kind == ops.KindAttention || ins.info.Kind == ops.KindAttentionGrad) &&
+				!s.fp32GEMM && kernels.TensorCoreAttention(ins.info.Attn.HeadD)
 			for k, v := range ins.in {
-				if gemm && k < 2 && v.kind != valParam && v.b16 != nil {
-					v = v.b16 // the GEMMs read the shadows
+				switch {
+				case readsShadow(ins, k, v):
+					v = v.b16 // the GEMMs (and attention, attnShadows) read the shadows
+				case attn && k < 3:
+					// the tensor-core attention casts q, k and v itself when they have no shadows
+					src := at(v)
+					c := make([]uint64, len(src))
+					for e := range src {
+						c[e] = src[e] ^ 0x5bd1e995
+					}
+					h = mix(h, digest(c))
+					continue
 				}
 				h = mix(h, digest(at(v)))
 			}
@@ -669,6 +680,61 @@ func TestPairNormGradsKeepsTheResults(t *testing.T) {
 					t.Errorf("%s: %s differs", name, k)
 				}
 			}
+		}
+	}
+}
+
+// The attention's q, k and v cast once to shadows that the forward and the backward share
+// (DMC_ATTN_SHADOWS) leave every output and gradient as it was, and without recomputation
+// take their fp32 values' lifetimes down to their producers (the fp32 arena shrinks).
+func TestAttnShadowsKeepTheResults(t *testing.T) {
+	const layers = 3
+	for useDMC, p := range testPrograms(t, layers) {
+		for _, c := range []struct{ recompute, fold, extra bool }{{false, false, false}, {false, true, true}, {true, true, false}, {true, true, true}} {
+			name := fmt.Sprintf("dmc=%t recompute=%t fold=%t gradShadows+pairNormGrads=%t", useDMC, c.recompute, c.fold, c.extra)
+			o := planOptions{backward: true, recompute: c.recompute, foldSums: c.fold, gradShadows: c.extra, pairNormGrads: c.extra}
+			plain, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.attnShadows = true
+			shared, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			requireBindable(t, shared)
+			fwd, bwd := 0, 0
+			for _, ins := range shared.instrs {
+				if !ins.fused || (ins.info.Kind != ops.KindAttention && ins.info.Kind != ops.KindAttentionGrad) {
+					continue
+				}
+				for k, v := range ins.in[:3] {
+					if !readsShadow(ins, k, v) {
+						t.Fatalf("%s: %s input %d has no shadow", name, ins.info.Kind, k)
+					}
+				}
+				if ins.info.Kind == ops.KindAttention {
+					fwd++
+				} else {
+					bwd++
+				}
+			}
+			if bwd != layers || fwd < layers {
+				t.Errorf("%s: %d attention forwards and %d backwards read shadows, want ≥ %d and %d", name, fwd, bwd, layers, layers)
+			}
+			if shared.peak[0] > plain.peak[0] || (!c.recompute && shared.peak[0] >= plain.peak[0]) {
+				t.Errorf("%s: fp32 arena %d → %d elements", name, plain.peak[0], shared.peak[0])
+			}
+			want, got := simulate(plain), simulate(shared)
+			if len(want) != len(got) {
+				t.Fatalf("%s: %d results, want %d", name, len(got), len(want))
+			}
+			for k, w := range want {
+				if got[k] != w {
+					t.Errorf("%s: %s differs", name, k)
+				}
+			}
+			t.Logf("%s: arena fp32 %d → %d, bf16 %d → %d elements", name, plain.peak[0], shared.peak[0], plain.peak[1], shared.peak[1])
 		}
 	}
 }

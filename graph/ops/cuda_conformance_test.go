@@ -1062,6 +1062,29 @@ func (s *convSuite) testAttention(t *testing.T) {
 			if n != 0 {
 				t.Errorf("Attention %s: a repeated run differs in %d elements", tag, n)
 			}
+			if !tc {
+				continue
+			}
+			// on bf16 operands the caller keeps (the executor's shadows): the same bits
+			q16, k16, v16 := s.alloc(kernels.BF16, nq), s.alloc(kernels.BF16, nk), s.alloc(kernels.BF16, nk)
+			s.ok(s.dev.CastBF16(q16, bq))
+			s.ok(s.dev.CastBF16(k16, bk))
+			s.ok(s.dev.CastBF16(v16, bv))
+			o16, stats16 := s.out(nq), s.out(2*N*sh.Hq)
+			dq16, dk16, dv16 := s.out(nq), s.out(nk), s.out(nk)
+			var dA16 *kernels.DevBuf
+			if sh.masked {
+				dA16 = s.out(N * sh.Hkv)
+			}
+			s.ok(s.dev.AttentionForwardBF16(o16, stats16, q16, k16, v16, ba, g, N))
+			s.ok(s.dev.AttentionBackwardBF16(dq16, dk16, dv16, dA16, q16, k16, v16, ba, o16, stats16, bdO, g, N))
+			n = bitDiff(s.down(o16), gotO) + bitDiff(s.down(dq16), s.down(gdq)) + bitDiff(s.down(dk16), s.down(gdk)) + bitDiff(s.down(dv16), s.down(gdv))
+			if sh.masked {
+				n += bitDiff(s.down(dA16), gotA)
+			}
+			if n != 0 {
+				t.Errorf("Attention %s: the bf16-operand entry points differ in %d elements", tag, n)
+			}
 		}
 	}
 }
