@@ -221,15 +221,22 @@ func (r *RoPETables) Free() {
 // RoPE rotates every head of x [rows, heads·D] (row n at position n mod T) after scaling channel
 // ch (−1: none) by s; inverse is the backward (rotate by −angle, then scale). y may not alias x.
 func (t *TrainDevice) RoPE(y, x *DevBuf, tab *RoPETables, rows, heads, ch int, s float64, inverse bool) error {
+	return t.RoPE16(y, nil, x, tab, rows, heads, ch, s, inverse)
+}
+
+// RoPE16 is RoPE that also writes bf16(y) into y16 when it is not nil (then y may be nil: an
+// attention operand whose fp32 value nothing reads).
+func (t *TrainDevice) RoPE16(y, y16, x *DevBuf, tab *RoPETables, rows, heads, ch int, s float64, inverse bool) error {
 	n := rows * heads * tab.D
-	if err := needAll("RoPE", func() error { return need("", "y", y, F32, n) }, func() error { return need("", "x", x, F32, n) }); err != nil {
+	if err := needAll("RoPE", func() error { return needOut("y", y, y16, n) }, func() error { return need("", "x", x, F32, n) },
+		func() error { return needOpt("y16", y16, n) }); err != nil {
 		return err
 	}
 	inv := 0
 	if inverse {
 		inv = 1
 	}
-	a := new(args).p(y.ptr).p(x.ptr).p(tab.Cos.ptr).p(tab.Sin.ptr).p(tab.PairA.ptr).p(tab.PairB.ptr).
+	a := new(args).pOpt(y).pOpt(y16).p(x.ptr).p(tab.Cos.ptr).p(tab.Sin.ptr).p(tab.PairA.ptr).p(tab.PairB.ptr).
 		i(rows).i(heads).i(tab.D).i(tab.T).i(ch).f64(s).i(inv)
 	cols := (heads*tab.D/2 + 255) / 256
 	return t.launch("tr_rope_rows", dim3{x: max(1, min(rows, t.d.sms*8/cols)), y: cols}, 256, 0, a)

@@ -836,7 +836,14 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		var sc float64
 		if sc, err = r.hostScalar(s, in[1]); err == nil {
 			rows, _ := dims(in[0])
-			err = d.RoPE(out, in[0].buf, r.rope[key], rows, sp.Heads, sp.Channel, sc, ins.info.Inverse)
+			var y16 *kernels.DevBuf
+			if ins.out.b16Fused {
+				y16 = ins.out.b16.buf
+			}
+			if ins.out.shadowOnly {
+				out = nil
+			}
+			err = d.RoPE16(out, y16, in[0].buf, r.rope[key], rows, sp.Heads, sp.Channel, sc, ins.info.Inverse)
 		}
 	case ops.KindSwiGLU:
 		var y16 *kernels.DevBuf

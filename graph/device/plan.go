@@ -41,7 +41,7 @@ type val struct {
 	off      int     // valArena: offset in the arena of its dtype
 	buf      devBuf  // the device buffer, bound at run time (exec.go)
 	b16      *val    // bf16 shadow (GEMM operand), when one is needed
-	b16Fused bool    // the producer writes the shadow itself (RMSNorm, SwiGLU)
+	b16Fused bool    // the producer writes the shadow itself (RMSNorm, SwiGLU; RoPE with attnShadows)
 	// shadowOnly: nothing reads the fp32 value (only GEMMs, through the shadow), so its
 	// producer writes the shadow alone and the value has no storage
 	shadowOnly bool
@@ -595,6 +595,8 @@ func (s *schedule) shadow(v *val) {
 	switch {
 	case p.fused && (p.info.Kind == ops.KindRMSNorm || p.info.Kind == ops.KindSwiGLU) && v == p.out:
 		v.b16Fused = true
+	case s.attnShadows && p.fused && p.info.Kind == ops.KindRoPE && !p.info.Inverse && v == p.out:
+		v.b16Fused = true // an attention operand (attnShadows), written by RoPE itself
 	case !s.gradShadows:
 	case p.fused && p.info.Kind == ops.KindSwiGLUGrad && v.kind == valView && v.base == p.out && 2*v.n == p.out.n && v.viewOff%v.n == 0:
 		v.b16Fused = true
@@ -678,7 +680,7 @@ func (s *schedule) plan(keepLogits bool) {
 	}
 	for i, ins := range s.instrs {
 		v := ins.out
-		if ins.fused && (ins.info.Kind == ops.KindRMSNorm || ins.info.Kind == ops.KindSwiGLU) && v.kind == valArena && v.b16Fused &&
+		if ins.fused && (ins.info.Kind == ops.KindRMSNorm || ins.info.Kind == ops.KindSwiGLU || ins.info.Kind == ops.KindRoPE) && v.kind == valArena && v.b16Fused &&
 			v.last <= i && !s.keepGEMMSources {
 			v.shadowOnly = true
 		}

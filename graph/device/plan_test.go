@@ -719,6 +719,16 @@ func TestAttnShadowsKeepTheResults(t *testing.T) {
 					bwd++
 				}
 			}
+			ropeOnly := 0
+			for _, ins := range shared.instrs {
+				if ins.fused && ins.info.Kind == ops.KindRoPE && ins.out.shadowOnly {
+					ropeOnly++
+				}
+			}
+			// each layer's queries at least: RoPE writes their shadow alone
+			if !c.recompute && ropeOnly < layers {
+				t.Errorf("%s: %d RoPE outputs written as shadows alone, want ≥ %d", name, ropeOnly, layers)
+			}
 			if bwd != layers || fwd < layers {
 				t.Errorf("%s: %d attention forwards and %d backwards read shadows, want ≥ %d and %d", name, fwd, bwd, layers, layers)
 			}
@@ -734,7 +744,7 @@ func TestAttnShadowsKeepTheResults(t *testing.T) {
 					t.Errorf("%s: %s differs", name, k)
 				}
 			}
-			t.Logf("%s: arena fp32 %d → %d, bf16 %d → %d elements", name, plain.peak[0], shared.peak[0], plain.peak[1], shared.peak[1])
+			t.Logf("%s: arena fp32 %d → %d, bf16 %d → %d elements; %d RoPE outputs as shadows alone", name, plain.peak[0], shared.peak[0], plain.peak[1], shared.peak[1], ropeOnly)
 		}
 	}
 }

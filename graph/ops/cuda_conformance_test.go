@@ -499,6 +499,14 @@ func (s *convSuite) testRoPE(t *testing.T) {
 			name := fmt.Sprintf("RoPE.y %s H%d D%d T%d ch%d inv=%t", c.layout, c.H, c.D, c.T, c.ch, inv)
 			s.check(name, g, want, tolF32)
 			s.exact(name, g, want32, false)
+			// with the bf16 copy, and the bf16 copy alone: the same bits
+			bx := s.up(x)
+			got2, y16, only16 := s.out(len(x)), s.alloc(kernels.BF16, len(x)), s.alloc(kernels.BF16, len(x))
+			s.ok(s.dev.RoPE16(got2, y16, bx, tab, rows, c.H, c.ch, c.sc, inv))
+			s.ok(s.dev.RoPE16(nil, only16, bx, tab, rows, c.H, c.ch, c.sc, inv))
+			if n := bitDiff(s.down(got2), g) + s.castDiff(y16, got) + s.castDiff(only16, got); n != 0 {
+				t.Errorf("%s: the bf16 outputs differ from bf16(y) in %d elements", name, n)
+			}
 		}
 		tab.Free()
 	}

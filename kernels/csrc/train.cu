@@ -202,9 +202,10 @@ __global__ void tr_rmsnorm_bwd_rows(float* dx, __nv_bfloat16* dx16, float* part,
 // forward y = R_t(S x), inverse dx = S R_tᵀ dy, S scaling channel ch by s (ch < 0: none). One
 // thread per (head, pair) column, its indices computed once in 32 bits (per-element 64-bit
 // divisions cost more than the memory traffic), the rows strided over the blocks: grid (row
-// blocks, ceil(H·D/2 / blockDim)).
-__global__ void tr_rope_rows(float* y, const float* x, const double* cosT, const double* sinT, const int* pa, const int* pb,
-                             int rows, int H, int D, int T, int ch, double s, int inverse) {
+// blocks, ceil(H·D/2 / blockDim)). y16, when set, gets bf16(y) (the attention's operand); y may
+// then be null.
+__global__ void tr_rope_rows(float* y, __nv_bfloat16* y16, const float* x, const double* cosT, const double* sinT, const int* pa,
+                             const int* pb, int rows, int H, int D, int T, int ch, double s, int inverse) {
   const int half = D / 2, p = blockIdx.y * blockDim.x + threadIdx.x;
   if (p >= H * half) return;
   const int h = p / half, i = p - h * half, a = pa[i], b = pb[i], ca = h * D + a, cb = h * D + b;
@@ -227,8 +228,14 @@ __global__ void tr_rope_rows(float* y, const float* x, const double* cosT, const
       if (sa) ya = (float)__dmul_rn((double)ya, s);
       if (sb) yb = (float)__dmul_rn((double)yb, s);
     }
-    y[base + ca] = ya;
-    y[base + cb] = yb;
+    if (y) {
+      y[base + ca] = ya;
+      y[base + cb] = yb;
+    }
+    if (y16) {
+      y16[base + ca] = __float2bfloat16_rn(ya);
+      y16[base + cb] = __float2bfloat16_rn(yb);
+    }
   }
 }
 
