@@ -179,6 +179,12 @@ type TrainDevice struct {
 	// kernels issue-bound (68% SM throughput, 25% of DRAM bandwidth), not yet measured, hence
 	// opt-in.
 	MergeRows bool
+	// AttnDeltaRows has the tensor-core attention backward compute δ = rowsum(o ⊙ dO) and
+	// bf16(dO) in one coalesced pass (tr_attn_delta_rows: a float4 a lane, the row summed by
+	// shuffles) instead of a thread per row and a cast; DMC_ATTN_DELTA=rows sets it. δ's
+	// summation order differs, so its bits do. Written on 2026-12-07, not yet run on a GPU,
+	// hence opt-in.
+	AttnDeltaRows bool
 }
 
 type trGemmKey struct{ ta, tb, m, n, k, lda, ldb, ldc int }
@@ -213,7 +219,7 @@ func openTrain(ordinal int) (*TrainDevice, error) {
 	}
 	t := &TrainDevice{d: d, fns: map[string]unsafe.Pointer{}, smem: map[string]int{}, plans: map[trGemmKey]*C.tr_plan{}, scratch: map[string]*DevBuf{},
 		Attn32Rows: os.Getenv("DMC_ATTN_ROWS") == "32", MergeGeneral: os.Getenv("DMC_MERGE") == "general", MergeRows: os.Getenv("DMC_MERGE") == "rows",
-		TuneGEMM: os.Getenv("DMC_GEMM_TUNE") == "1"}
+		TuneGEMM: os.Getenv("DMC_GEMM_TUNE") == "1", AttnDeltaRows: os.Getenv("DMC_ATTN_DELTA") == "rows"}
 	img := C.CString(trainPTX)
 	defer C.free(unsafe.Pointer(img))
 	if r := C.tr_load(&t.mod, img); r != 0 {

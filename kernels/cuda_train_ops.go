@@ -853,24 +853,46 @@ func (t *TrainDevice) AttentionBackwardBF16(dq, dk, dv, dA, q16, k16, v16, alpha
 	if err := needAll("AttentionBackwardBF16", checks...); err != nil {
 		return err
 	}
-	delta, err := t.scratchBuf("attn.delta", F32, rows*Hq)
-	if err != nil {
-		return err
-	}
-	if err := t.launch1D("tr_attn_delta", int64(rows*Hq), new(args).p(delta.ptr).p(o.ptr).p(dO.ptr).i64(int64(rows*Hq)).i(D)); err != nil {
-		return err
-	}
-	return t.attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, stats, delta, dO, g, rows)
+	return t.attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, o, stats, dO, g, rows)
 }
 
-// attnBackwardTC runs the tensor-core dq and dk/dv passes on bf16 q, k, v (dO is cast here).
-func (t *TrainDevice) attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, stats, delta, dO *DevBuf, g AttnGeom, rows int) error {
+// attnDelta writes δ = rowsum(o ⊙ dO) per (row, head) (a thread per row).
+func (t *TrainDevice) attnDelta(o, dO *DevBuf, rows int, g AttnGeom) (*DevBuf, error) {
+	n := rows * g.QHeads
+	delta, err := t.scratchBuf("attn.delta", F32, n)
+	if err != nil {
+		return nil, err
+	}
+	return delta, t.launch1D("tr_attn_delta", int64(n), new(args).p(delta.ptr).p(o.ptr).p(dO.ptr).i64(int64(n)).i(g.HeadD))
+}
+
+// attnBackwardTC runs the tensor-core dq and dk/dv passes on bf16 q, k, v, with δ and bf16(dO)
+// computed here.
+func (t *TrainDevice) attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, o, stats, dO *DevBuf, g AttnGeom, rows int) error {
 	Hq, Hkv, D := g.QHeads, g.KVHeads, g.HeadD
 	scale := float32(1 / math.Sqrt(float64(D)))
 	B := rows / g.SeqLen
-	g16, err := t.bf16Copy("attn.dO16", dO, rows*Hq*D)
-	if err != nil {
-		return err
+	var delta, g16 *DevBuf
+	var err error
+	if t.AttnDeltaRows && aligned16(o, dO) {
+		n := rows * Hq
+		if delta, err = t.scratchBuf("attn.delta", F32, n); err != nil {
+			return err
+		}
+		if g16, err = t.scratchBuf("attn.dO16", BF16, n*D); err != nil {
+			return err
+		}
+		threads := (int64(n)*int64(D/4) + 31) / 32 * 32
+		if err := t.launch1D("tr_attn_delta_rows", threads, new(args).p(delta.ptr).p(g16.ptr).p(o.ptr).p(dO.ptr).i64(int64(n)).i(D)); err != nil {
+			return err
+		}
+	} else {
+		if delta, err = t.attnDelta(o, dO, rows, g); err != nil {
+			return err
+		}
+		if g16, err = t.bf16Copy("attn.dO16", dO, rows*Hq*D); err != nil {
+			return err
+		}
 	}
 	blocks := (g.SeqLen + tcRows - 1) / tcRows
 	_, smemQ, smemKV := tcSmem(D)
@@ -906,22 +928,19 @@ func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats
 	if err := needAll("AttentionBackward", checks...); err != nil {
 		return err
 	}
-	delta, err := t.scratchBuf("attn.delta", F32, rows*Hq)
-	if err != nil {
-		return err
-	}
-	if err := t.launch1D("tr_attn_delta", int64(rows*Hq), new(args).p(delta.ptr).p(o.ptr).p(dO.ptr).i64(int64(rows*Hq)).i(D)); err != nil {
-		return err
-	}
-	scale := float32(1 / math.Sqrt(float64(D)))
-	B := rows / g.SeqLen
 	if g.tc() {
 		q16, k16, v16, err := t.attnBF16(q, k, v, rows, g)
 		if err != nil {
 			return err
 		}
-		return t.attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, stats, delta, dO, g, rows)
+		return t.attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, o, stats, dO, g, rows)
 	}
+	delta, err := t.attnDelta(o, dO, rows, g)
+	if err != nil {
+		return err
+	}
+	scale := float32(1 / math.Sqrt(float64(D)))
+	B := rows / g.SeqLen
 	tpr, err := attnLanes(D)
 	if err != nil {
 		return err

@@ -1093,6 +1093,19 @@ func (s *convSuite) testAttention(t *testing.T) {
 			if n != 0 {
 				t.Errorf("Attention %s: the bf16-operand entry points differ in %d elements", tag, n)
 			}
+			// δ and bf16(dO) in one coalesced pass (AttnDeltaRows): δ summed in another order,
+			// so within the tolerance of the oracle rather than bit for bit
+			prev := s.dev.AttnDeltaRows
+			s.dev.AttnDeltaRows = true
+			s.ok(s.dev.AttentionBackwardBF16(dq16, dk16, dv16, dA16, q16, k16, v16, ba, o16, stats16, bdO, g, N))
+			s.dev.AttnDeltaRows = prev
+			rtag := tag + " delta-rows"
+			s.check("Attention.dq "+rtag, s.down(dq16), packed[:nq], tolAttn)
+			s.check("Attention.dk "+rtag, s.down(dk16), packed[nq:nq+nk], tolAttn)
+			s.check("Attention.dv "+rtag, s.down(dv16), packed[nq+nk:nq+2*nk], tolAttn)
+			if sh.masked {
+				s.check("Attention.dalpha "+rtag, s.down(dA16), packed[nq+2*nk:], tolAttn)
+			}
 		}
 	}
 }

@@ -1214,6 +1214,26 @@ __global__ void tr_attn_delta(float* delta, const float* o, const float* dO, lon
   }
 }
 
+// The tensor-core backward's delta and bf16(dO) in one coalesced pass: D/4 lanes per row
+// (D = 16, 32, 64 or 128), a float4 of o and dO each, the row's sum by shuffles in a fixed
+// order; threads over ceil(NH·D/4 / 32) whole warps.
+__global__ void tr_attn_delta_rows(float* delta, uint2* dO16, const float4* o, const float4* dO, long long NH, int D) {
+  const int L = D >> 2;
+  const long long n = NH * L, padded = (n + 31) / 32 * 32;
+  GRID_STRIDE(t, padded) {
+    const bool on = t < n;
+    float4 a = make_float4(0.f, 0.f, 0.f, 0.f), b = a;
+    if (on) {
+      a = o[t];
+      b = dO[t];
+      dO16[t] = bf16x4(b);
+    }
+    float s = a.x * b.x + a.y * b.y + a.z * b.z + a.w * b.w;
+    for (int w = L >> 1; w > 0; w >>= 1) s += __shfl_xor_sync(FULL, s, w);
+    if (on && t % L == 0) delta[t / L] = s;
+  }
+}
+
 // dq: grid as tr_attn_fwd; smem (2·bk·D + bk) floats.
 __global__ void tr_attn_bwd_q(float* dq, const float* q, const float* k, const float* v, const float* alpha,
                               const float* stats, const float* delta, const float* dO, int T, int Hq, int Hkv, int D,
