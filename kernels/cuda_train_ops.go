@@ -394,10 +394,23 @@ func (t *TrainDevice) SoftmaxCE(loss, logits, targets *DevBuf, rows, V int) erro
 // gScale, when not nil, is a device scalar F32[1] that multiplies scale (the loss's upstream
 // gradient, computed on the device by the executor).
 func (t *TrainDevice) SoftmaxCEBackward(dl, logits, targets *DevBuf, rows, V int, scale float32, gScale *DevBuf) error {
-	if err := t.lossCheck("SoftmaxCEBackward", dl, logits, nil, targets, rows, V); err != nil {
+	return t.SoftmaxCEBackward16(dl, nil, logits, targets, rows, V, scale, gScale)
+}
+
+// SoftmaxCEBackward16 is SoftmaxCEBackward that also writes bf16(dl) into dl16 when it is not
+// nil (then dl may be nil: the head's GEMM operand, whose fp32 value nothing reads).
+func (t *TrainDevice) SoftmaxCEBackward16(dl, dl16, logits, targets *DevBuf, rows, V int, scale float32, gScale *DevBuf) error {
+	out := dl
+	if out == nil && dl16 != nil {
+		out = logits // lossCheck's shape check of the output; the kernel gets null
+	}
+	if err := t.lossCheck("SoftmaxCEBackward", out, logits, nil, targets, rows, V); err != nil {
 		return err
 	}
-	return t.launch("tr_xent_bwd", dim3{x: rows}, rowBlock(V), 0, new(args).p(dl.ptr).p(logits.ptr).p(targets.ptr).i(rows).i(V).f(scale).pOpt(gScale))
+	if err := needOpt("dl16", dl16, rows*V); err != nil {
+		return err
+	}
+	return t.launch("tr_xent_bwd", dim3{x: rows}, rowBlock(V), 0, new(args).pOpt(dl).pOpt(dl16).p(logits.ptr).p(targets.ptr).i(rows).i(V).f(scale).pOpt(gScale))
 }
 
 // SoftmaxKL writes loss[0] = mean over counted tokens of KL(softmax(teacher) ‖ softmax(logits)),

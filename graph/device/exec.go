@@ -100,7 +100,8 @@ type Model struct {
 var foldSumsEnabled = os.Getenv("DMC_FOLD_SUMS") != "0"
 
 // gradShadowsEnabled has the gradient sums (TrainDevice.Add, 16-byte accesses), SwiGLU's
-// backward and RMSNorm's dx write their outputs' bf16 shadows themselves
+// backward, RMSNorm's dx and the cross-entropy gradient (without a teacher, alone: nothing
+// reads its fp32 value) write their outputs' bf16 shadows themselves
 // (planOptions.gradShadows), saving a cast pass over each; DMC_GRAD_SHADOWS=1 sets it.
 // Written on 2026-12-04 and not yet run on a GPU, hence opt-in.
 var gradShadowsEnabled = os.Getenv("DMC_GRAD_SHADOWS") == "1"
@@ -874,7 +875,14 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		err = d.SoftmaxCE(out, in[0].buf, in[1].buf, rows, V)
 	case ops.KindSoftmaxCEGrad:
 		rows, V := dims(in[0])
-		err = d.SoftmaxCEBackward(out, in[0].buf, in[1].buf, rows, V, r.invCount(), in[2].buf)
+		var dl16 *kernels.DevBuf
+		if ins.out.b16Fused {
+			dl16 = ins.out.b16.buf
+		}
+		if ins.out.shadowOnly {
+			out = nil
+		}
+		err = d.SoftmaxCEBackward16(out, dl16, in[0].buf, in[1].buf, rows, V, r.invCount(), in[2].buf)
 	case ops.KindSoftmaxKL:
 		rows, V := dims(in[0])
 		err = d.SoftmaxKL(out, in[0].buf, in[1].buf, in[2].buf, rows, V)

@@ -601,9 +601,14 @@ func (s *schedule) shadow(v *val) {
 	case p.fused && p.info.Kind == ops.KindSwiGLUGrad && v.kind == valView && v.base == p.out && 2*v.n == p.out.n && v.viewOff%v.n == 0:
 		v.b16Fused = true
 		p.halves16[v.viewOff/v.n] = v
-	case sameShapeAdd(p) && v == p.out, p.fused && p.info.Kind == ops.KindRMSNormDX && v == p.out:
+	case sameShapeAdd(p) && v == p.out, p.fused && (p.info.Kind == ops.KindRMSNormDX || p.info.Kind == ops.KindSoftmaxCEGrad) && v == p.out:
 		v.b16Fused = true
 	}
+}
+
+// shadowOnlyCapable are the ops whose kernels write a bf16 shadow without the fp32 output.
+func shadowOnlyCapable(k ops.Kind) bool {
+	return k == ops.KindRMSNorm || k == ops.KindSwiGLU || k == ops.KindRoPE || k == ops.KindSoftmaxCEGrad
 }
 
 // readsShadow reports whether ins reads its input k, v, through v's bf16 shadow: a GEMM's
@@ -680,7 +685,7 @@ func (s *schedule) plan(keepLogits bool) {
 	}
 	for i, ins := range s.instrs {
 		v := ins.out
-		if ins.fused && (ins.info.Kind == ops.KindRMSNorm || ins.info.Kind == ops.KindSwiGLU || ins.info.Kind == ops.KindRoPE) && v.kind == valArena && v.b16Fused &&
+		if ins.fused && shadowOnlyCapable(ins.info.Kind) && v.kind == valArena && v.b16Fused &&
 			v.last <= i && !s.keepGEMMSources {
 			v.shadowOnly = true
 		}

@@ -280,8 +280,18 @@ func TestParamState(t *testing.T) {
 // given depth, 2 sequences of 256 tokens, with a distillation teacher.
 func testPrograms(t *testing.T, layers int) map[bool]*graph.Program {
 	t.Helper()
+	return testProgramsWith(t, layers, true)
+}
+
+// testProgramsWith builds them with or without a distillation teacher.
+func testProgramsWith(t *testing.T, layers int, teacher bool) map[bool]*graph.Program {
+	t.Helper()
 	w, dc := randomModel(t, 128, layers, 4, 2, 97, 256, false)
-	g, err := graph.NewExec(w, dc, 2, 256, graph.Options[float32]{Teacher: w})
+	opt := graph.Options[float32]{}
+	if teacher {
+		opt.Teacher = w
+	}
+	g, err := graph.NewExec(w, dc, 2, 256, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -745,6 +755,43 @@ func TestAttnShadowsKeepTheResults(t *testing.T) {
 				}
 			}
 			t.Logf("%s: arena fp32 %d → %d, bf16 %d → %d elements; %d RoPE outputs as shadows alone", name, plain.peak[0], shared.peak[0], plain.peak[1], shared.peak[1], ropeOnly)
+		}
+	}
+}
+
+// Without a teacher the head's logit gradient is the cross-entropy's alone, and with the
+// gradients' own shadows (DMC_GRAD_SHADOWS) its kernel writes the bf16 GEMM operand alone:
+// every output and gradient as it was.
+func TestCrossEntropyGradWritesItsShadow(t *testing.T) {
+	for useDMC, p := range testProgramsWith(t, 2, false) {
+		for _, recompute := range []bool{false, true} {
+			name := fmt.Sprintf("dmc=%t recompute=%t", useDMC, recompute)
+			o := planOptions{backward: true, recompute: recompute, foldSums: true}
+			plain, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			o.gradShadows = true
+			fused, err := compileOpts(p, o)
+			if err != nil {
+				t.Fatal(err)
+			}
+			requireBindable(t, fused)
+			ce := 0
+			for _, ins := range fused.instrs {
+				if ins.fused && ins.info.Kind == ops.KindSoftmaxCEGrad && ins.out.shadowOnly {
+					ce++
+				}
+			}
+			if ce != 1 {
+				t.Errorf("%s: %d cross-entropy gradients write their shadows alone, want 1", name, ce)
+			}
+			want, got := simulate(plain), simulate(fused)
+			for k, w := range want {
+				if got[k] != w {
+					t.Errorf("%s: %s differs", name, k)
+				}
+			}
 		}
 	}
 }

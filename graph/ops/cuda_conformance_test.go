@@ -664,6 +664,13 @@ func (s *convSuite) testSoftmaxCE(t *testing.T) {
 			t.Errorf("SoftmaxCE %s: device counted %v tokens", tag, lv[1])
 		}
 		s.check("SoftmaxCE.dlogits "+tag, s.down(gdl), dl, tolF32)
+		// with the bf16 copy, and the bf16 copy alone: the same bits
+		wdl, dl16, only16 := s.out(len(logits)), s.alloc(kernels.BF16, len(logits)), s.alloc(kernels.BF16, len(logits))
+		s.ok(s.dev.SoftmaxCEBackward16(wdl, dl16, bl, bt, sh.n, sh.V, scale, nil))
+		s.ok(s.dev.SoftmaxCEBackward16(nil, only16, bl, bt, sh.n, sh.V, scale, nil))
+		if n := bitDiff(s.down(wdl), s.down(gdl)) + s.castDiff(dl16, gdl) + s.castDiff(only16, gdl); n != 0 {
+			t.Errorf("SoftmaxCE %s: the bf16 outputs differ from bf16(dlogits) in %d elements", tag, n)
+		}
 		// The upstream gradient as a device scalar: scale 1/count times g on the device.
 		if count > 0 {
 			s.ok(s.dev.SoftmaxCEBackward(gdl, bl, bt, sh.n, sh.V, float32(1/float64(count)), s.up([]float32{g})))

@@ -361,21 +361,28 @@ __global__ void tr_xent_rows(float* rowloss, const float* logits, const int* tg,
 }
 
 // dl = scale·(softmax − onehot), zero rows where t < 0 (scale = g / counted tokens, times
-// gscale[0] when set: the loss's upstream gradient as a device scalar).
-__global__ void tr_xent_bwd(float* dl, const float* logits, const int* tg, int N, int V, float scale, const float* gscale) {
+// gscale[0] when set: the loss's upstream gradient as a device scalar). dl16, when set, gets
+// bf16(dl) (the head's GEMM operand); dl may then be null.
+__global__ void tr_xent_bwd(float* dl, __nv_bfloat16* dl16, const float* logits, const int* tg, int N, int V, float scale,
+                            const float* gscale) {
   __shared__ float sh[32];
   if (gscale != nullptr) scale *= gscale[0];
   int t = tg[blockIdx.x];
-  float* out = dl + (long long)blockIdx.x * V;
+  const long long o = (long long)blockIdx.x * V;
   if (t < 0) {
-    for (int i = threadIdx.x; i < V; i += blockDim.x) out[i] = 0.f;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+      if (dl) dl[o + i] = 0.f;
+      if (dl16) dl16[o + i] = __float2bfloat16_rn(0.f);
+    }
     return;
   }
-  const float* row = logits + (long long)blockIdx.x * V;
+  const float* row = logits + o;
   float lz = row_lse(row, V, sh);
   for (int i = threadIdx.x; i < V; i += blockDim.x) {
     float p = expf(row[i] - lz);
-    out[i] = scale * (i == t ? p - 1.f : p);
+    const float g = scale * (i == t ? p - 1.f : p);
+    if (dl) dl[o + i] = g;
+    if (dl16) dl16[o + i] = __float2bfloat16_rn(g);
   }
 }
 
