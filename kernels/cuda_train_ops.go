@@ -623,16 +623,27 @@ func (t *TrainDevice) mergeLaunch(name string, g DMCGeom, bufs ...*DevBuf) (stri
 // DMCMerge writes the windowed partial accumulations y [rows, Hkv·D] of x under α and ω
 // ([rows, Hkv]); y may not alias x.
 func (t *TrainDevice) DMCMerge(y, x, alpha, omega *DevBuf, g DMCGeom, rows int) error {
+	return t.DMCMerge16(y, nil, x, alpha, omega, g, rows)
+}
+
+// DMCMerge16 is DMCMerge that also writes bf16(y) into y16 when it is not nil (then y may be
+// nil: an attention operand whose fp32 value nothing reads).
+func (t *TrainDevice) DMCMerge16(y, y16, x, alpha, omega *DevBuf, g DMCGeom, rows int) error {
 	H, D := g.KVHeads, g.HeadD
-	if err := needAll("DMCMerge", func() error { return g.check("", rows) }, func() error { return need("", "y", y, F32, rows*H*D) },
+	if err := needAll("DMCMerge", func() error { return g.check("", rows) }, func() error { return needOut("y", y, y16, rows*H*D) },
+		func() error { return needOpt("y16", y16, rows*H*D) },
 		func() error { return need("", "x", x, F32, rows*H*D) }, func() error { return need("", "alpha", alpha, F32, rows*H) },
 		func() error { return need("", "omega", omega, F32, rows*H) }); err != nil {
 		return err
 	}
 	B := rows / g.SeqLen
 	kern, gx := t.mergeLaunch("tr_dmc_merge_fwd", g, y, x)
+	if kern != t.mergeKernel("tr_dmc_merge_fwd", g.Window) && !aligned8(y16) {
+		// the rows-per-warp kernel writes 4 bf16 at a time
+		kern, gx = t.mergeKernel("tr_dmc_merge_fwd", g.Window), (g.SeqLen+mergeWarps-1)/mergeWarps
+	}
 	return t.launch(kern, dim3{x: gx, y: B * H}, 32*mergeWarps, 0,
-		new(args).p(y.ptr).p(x.ptr).p(alpha.ptr).p(omega.ptr).i(g.SeqLen).i(H).i(D).i(g.Window))
+		new(args).pOpt(y).pOpt(y16).p(x.ptr).p(alpha.ptr).p(omega.ptr).i(g.SeqLen).i(H).i(D).i(g.Window))
 }
 
 // DMCMergeBackward writes dx [rows, Hkv·D], dα and dω [rows, Hkv] (graph/ops' packed

@@ -915,7 +915,14 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		}
 	case ops.KindDMCMerge:
 		rows, _ := dims(in[0])
-		err = d.DMCMerge(out, in[0].buf, in[1].buf, in[2].buf, dmcGeom(ins.info.DMC), rows)
+		var y16 *kernels.DevBuf
+		if ins.out.b16Fused {
+			y16 = ins.out.b16.buf
+		}
+		if ins.out.shadowOnly {
+			out = nil
+		}
+		err = d.DMCMerge16(out, y16, in[0].buf, in[1].buf, in[2].buf, dmcGeom(ins.info.DMC), rows)
 	case ops.KindDMCMergeGrad:
 		rows, _ := dims(in[0])
 		nx, na := in[0].n, in[1].n

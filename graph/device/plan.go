@@ -41,7 +41,7 @@ type val struct {
 	off      int     // valArena: offset in the arena of its dtype
 	buf      devBuf  // the device buffer, bound at run time (exec.go)
 	b16      *val    // bf16 shadow (GEMM operand), when one is needed
-	b16Fused bool    // the producer writes the shadow itself (RMSNorm, SwiGLU; RoPE with attnShadows)
+	b16Fused bool    // the producer writes the shadow itself (RMSNorm, SwiGLU; RoPE, the merge with attnShadows)
 	// shadowOnly: nothing reads the fp32 value (only GEMMs, through the shadow), so its
 	// producer writes the shadow alone and the value has no storage
 	shadowOnly bool
@@ -595,8 +595,8 @@ func (s *schedule) shadow(v *val) {
 	switch {
 	case p.fused && (p.info.Kind == ops.KindRMSNorm || p.info.Kind == ops.KindSwiGLU) && v == p.out:
 		v.b16Fused = true
-	case s.attnShadows && p.fused && p.info.Kind == ops.KindRoPE && !p.info.Inverse && v == p.out:
-		v.b16Fused = true // an attention operand (attnShadows), written by RoPE itself
+	case s.attnShadows && p.fused && (p.info.Kind == ops.KindRoPE && !p.info.Inverse || p.info.Kind == ops.KindDMCMerge) && v == p.out:
+		v.b16Fused = true // an attention operand (attnShadows), written by RoPE or the merge itself
 	case !s.gradShadows:
 	case p.fused && p.info.Kind == ops.KindSwiGLUGrad && v.kind == valView && v.base == p.out && 2*v.n == p.out.n && v.viewOff%v.n == 0:
 		v.b16Fused = true
@@ -608,7 +608,7 @@ func (s *schedule) shadow(v *val) {
 
 // shadowOnlyCapable are the ops whose kernels write a bf16 shadow without the fp32 output.
 func shadowOnlyCapable(k ops.Kind) bool {
-	return k == ops.KindRMSNorm || k == ops.KindSwiGLU || k == ops.KindRoPE || k == ops.KindSoftmaxCEGrad
+	return k == ops.KindRMSNorm || k == ops.KindSwiGLU || k == ops.KindRoPE || k == ops.KindSoftmaxCEGrad || k == ops.KindDMCMerge
 }
 
 // readsShadow reports whether ins reads its input k, v, through v's bf16 shadow: a GEMM's

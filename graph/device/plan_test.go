@@ -729,11 +729,18 @@ func TestAttnShadowsKeepTheResults(t *testing.T) {
 					bwd++
 				}
 			}
-			ropeOnly := 0
+			ropeOnly, mergeOnly := 0, 0
 			for _, ins := range shared.instrs {
 				if ins.fused && ins.info.Kind == ops.KindRoPE && ins.out.shadowOnly {
 					ropeOnly++
 				}
+				if ins.fused && ins.info.Kind == ops.KindDMCMerge && ins.out.shadowOnly {
+					mergeOnly++
+				}
+			}
+			// with DMC each layer's merged values: the merge writes their shadow alone
+			if useDMC && !c.recompute && mergeOnly < layers {
+				t.Errorf("%s: %d merge outputs written as shadows alone, want ≥ %d", name, mergeOnly, layers)
 			}
 			// each layer's queries at least: RoPE writes their shadow alone
 			if !c.recompute && ropeOnly < layers {

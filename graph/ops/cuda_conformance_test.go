@@ -882,6 +882,13 @@ func (s *convSuite) testMerge(t *testing.T) {
 					t.Errorf("DMCMerge %s: the rows-per-warp kernels differ from the one-row kernels in %d elements of y and dx", tag, n)
 				}
 			}
+			// with the bf16 copy, and the bf16 copy alone: the same bits
+			wy, y16, only16 := s.out(len(x)), s.alloc(kernels.BF16, len(x)), s.alloc(kernels.BF16, len(x))
+			s.ok(s.dev.DMCMerge16(wy, y16, bx, ba, bo, geom(sp), rows))
+			s.ok(s.dev.DMCMerge16(nil, only16, bx, ba, bo, geom(sp), rows))
+			if n := bitDiff(s.down(wy), s.down(gy)) + s.castDiff(y16, gy) + s.castDiff(only16, gy); n != 0 {
+				t.Errorf("DMCMerge %s: the bf16 outputs differ from bf16(y) in %d elements", tag, n)
+			}
 			s.check("DMCMerge.y "+tag, s.down(gy), y, tolF32)
 			s.check("DMCMerge.dx "+tag, s.down(gdx), packed[:N*H*D], tolF32)
 			s.check("DMCMerge.dalpha "+tag, s.down(gdA), packed[N*H*D:N*H*D+N*H], tolF32)

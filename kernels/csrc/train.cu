@@ -573,7 +573,8 @@ __global__ void tr_dmc_headcount_bwd(float* dA, const float* g, long long n, int
 // channels l + 32c, in chunks of MG_C·32 channels; no block-wide synchronisation.
 #define MG_C 4
 
-__global__ void tr_dmc_merge_fwd(float* y, const float* x, const float* alpha, const float* omega, int T, int H, int D, int W) {
+__global__ void tr_dmc_merge_fwd(float* y, __nv_bfloat16* y16, const float* x, const float* alpha, const float* omega, int T, int H, int D,
+                                 int W) {
   const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
   const int i = blockIdx.x * wpb + (threadIdx.x >> 5), bh = blockIdx.y, b = bh / H, h = bh % H;
   if (i >= T) return;
@@ -598,7 +599,11 @@ __global__ void tr_dmc_merge_fwd(float* y, const float* x, const float* alpha, c
 #pragma unroll
     for (int u = 0; u < MG_C; u++) {
       const int d = d0 + lane + 32 * u;
-      if (d < D) y[ri * D + d] = num[u] / den;
+      if (d < D) {
+        const float v = num[u] / den;
+        if (y) y[ri * D + d] = v;
+        if (y16) y16[ri * D + d] = __float2bfloat16_rn(v);
+      }
     }
   }
 }
@@ -768,8 +773,8 @@ __device__ __forceinline__ float mg_window(const float* alpha, const float* omeg
 // dst[d] = Σ_{k<n} w_k·src_{row + dir·k}[d], divided by f (DIV) or times f, for this lane's
 // channels; w_k is lane k's w and rows are H·D floats apart.
 template <bool DIV>
-__device__ __forceinline__ void mg_window_sum(float* dst, const float* __restrict__ src, long long base, int H, int D, int row, int dir,
-                                              int n, float w, float f) {
+__device__ __forceinline__ void mg_window_sum(float* dst, __nv_bfloat16* dst16, const float* __restrict__ src, long long base, int H,
+                                              int D, int row, int dir, int n, float w, float f) {
   const int lane = threadIdx.x & 31;
   for (int d0 = 0; d0 < D; d0 += 32 * MG_C) {
     float acc[MG_C];
@@ -788,14 +793,18 @@ __device__ __forceinline__ void mg_window_sum(float* dst, const float* __restric
 #pragma unroll
     for (int u = 0; u < MG_C; u++) {
       const int d = d0 + lane + 32 * u;
-      if (d < D) dst[d] = DIV ? acc[u] / f : f * acc[u];
+      if (d < D) {
+        const float v = DIV ? acc[u] / f : f * acc[u];
+        if (dst) dst[d] = v;
+        if (dst16) dst16[d] = __float2bfloat16_rn(v);
+      }
     }
   }
 }
 extern "C" {
 
-__global__ void tr_dmc_merge_fwd_w(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ alpha,
-                                   const float* __restrict__ omega, int T, int H, int D, int W) {
+__global__ void tr_dmc_merge_fwd_w(float* __restrict__ y, __nv_bfloat16* __restrict__ y16, const float* __restrict__ x,
+                                   const float* __restrict__ alpha, const float* __restrict__ omega, int T, int H, int D, int W) {
   const int wpb = blockDim.x >> 5;
   const int i = blockIdx.x * wpb + (threadIdx.x >> 5), bh = blockIdx.y, b = bh / H, h = bh % H;
   if (i >= T) return;
@@ -803,7 +812,7 @@ __global__ void tr_dmc_merge_fwd_w(float* __restrict__ y, const float* __restric
   const long long base = (long long)b * T * H + h, ri = base + (long long)i * H;
   float a, o, c;
   const float wt = mg_window(alpha, omega, base, H, i, len, a, o, c), den = warp_sum(wt);
-  mg_window_sum<true>(y + ri * D, x, base, H, D, i, -1, len, wt, den);
+  mg_window_sum<true>(y ? y + ri * D : nullptr, y16 ? y16 + ri * D : nullptr, x, base, H, D, i, -1, len, wt, den);
 }
 
 // The end of the first backward pass for row ri (all lanes; writes only when store): lane k
@@ -883,7 +892,7 @@ __global__ void tr_dmc_merge_bwd_b_w(float* __restrict__ dx, float* __restrict__
   const bool in = lane < n;
   const float c = mg_prefix_prod(in && lane > 0 ? alpha[rk] : 1.f);  // Π_{m=j+1..j+k} α_m
   const float gz = in ? c / rowZ[rk] : 0.f;
-  mg_window_sum<false>(dx + rj * D, dy, base, H, D, j, 1, n, gz, omega[rj]);
+  mg_window_sum<false>(dx + rj * D, nullptr, dy, base, H, D, j, 1, n, gz, omega[rj]);
   const float sw = warp_sum(in ? cW[rk * span + lane] : 0.f), sa = warp_sum(in ? cA[rk * span + lane] : 0.f);
   if (lane == 0) {
     dW[rj] = sw;
@@ -939,8 +948,9 @@ __device__ __forceinline__ void mg_rows_windows(const float* alpha, const float*
 }
 
 // The forward: y_i = Σ_k wt_k x_{i−k} / Z_i for the warp's rows.
-__global__ void __launch_bounds__(256, 3) tr_dmc_merge_fwd_wr(float* __restrict__ y, const float* __restrict__ x, const float* __restrict__ alpha,
-                                    const float* __restrict__ omega, int T, int H, int D, int W) {
+__global__ void __launch_bounds__(256, 3) tr_dmc_merge_fwd_wr(float* __restrict__ y, uint2* __restrict__ y16, const float* __restrict__ x,
+                                                              const float* __restrict__ alpha, const float* __restrict__ omega, int T,
+                                                              int H, int D, int W) {
   const int wpb = blockDim.x >> 5, lane = threadIdx.x & 31;
   const int i0 = (blockIdx.x * wpb + (threadIdx.x >> 5)) * MG_R, bh = blockIdx.y, b = bh / H, h = bh % H;
   if (i0 >= T) return;
@@ -958,9 +968,12 @@ __global__ void __launch_bounds__(256, 3) tr_dmc_merge_fwd_wr(float* __restrict_
     for (int j = jhi; j >= jlo; j--) mg_rows_fma(acc, mg_row4(x, base, H, D, j, d, on), wt, len, i0 - j, 1);
 #pragma unroll
     for (int r = 0; r < MG_R; r++)
-      if (on && i0 + r < T)
-        *reinterpret_cast<float4*>(y + (base + (long long)(i0 + r) * H) * D + d) =
-            make_float4(acc[r].x / den[r], acc[r].y / den[r], acc[r].z / den[r], acc[r].w / den[r]);
+      if (on && i0 + r < T) {
+        const long long at = (base + (long long)(i0 + r) * H) * D + d;
+        const float4 v = make_float4(acc[r].x / den[r], acc[r].y / den[r], acc[r].z / den[r], acc[r].w / den[r]);
+        if (y) *reinterpret_cast<float4*>(y + at) = v;
+        if (y16) y16[at / 4] = bf16x4(v);
+      }
   }
 }
 
