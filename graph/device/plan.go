@@ -601,7 +601,8 @@ func (s *schedule) shadow(v *val) {
 	case p.fused && p.info.Kind == ops.KindSwiGLUGrad && v.kind == valView && v.base == p.out && 2*v.n == p.out.n && v.viewOff%v.n == 0:
 		v.b16Fused = true
 		p.halves16[v.viewOff/v.n] = v
-	case sameShapeAdd(p) && v == p.out, p.fused && (p.info.Kind == ops.KindRMSNormDX || p.info.Kind == ops.KindSoftmaxCEGrad) && v == p.out:
+	case sameShapeAdd(p) && v == p.out, p.fused && (p.info.Kind == ops.KindRMSNormDX || p.info.Kind == ops.KindSoftmaxCEGrad) && v == p.out,
+		p.fused && p.info.Kind == ops.KindRoPE && p.info.Inverse && v == p.out: // RoPE's backward: a projection's output gradient
 		v.b16Fused = true
 	}
 }
