@@ -500,15 +500,7 @@ func testFoldSums(t *testing.T, p *graph.Program, least int) {
 		if folded.peak[0] > plain.peak[0] {
 			t.Errorf("recompute=%t: folding grew the arena from %d to %d elements", recompute, plain.peak[0], folded.peak[0])
 		}
-		want, got := simulate(plain), simulate(folded)
-		if len(want) != len(got) {
-			t.Fatalf("recompute=%t: %d results, want %d", recompute, len(got), len(want))
-		}
-		for k, w := range want {
-			if got[k] != w {
-				t.Errorf("recompute=%t: %s differs after folding", recompute, k)
-			}
-		}
+		requireSameResults(t, fmt.Sprintf("recompute=%t", recompute), plain, folded)
 	}
 }
 
@@ -560,12 +552,7 @@ func TestGradShadowsKeepTheResults(t *testing.T) {
 			if fused.peak[1] > plain.peak[1] || fused.peak[0] > plain.peak[0] {
 				t.Errorf("%s: the arena grew: %v → %v", name, plain.peak, fused.peak)
 			}
-			want, got := simulate(plain), simulate(fused)
-			for k, w := range want {
-				if got[k] != w {
-					t.Errorf("%s: %s differs with the fused shadows", name, k)
-				}
-			}
+			requireSameResults(t, name, plain, fused)
 			t.Logf("%s: casts %d → %d", name, casts(plain), casts(fused))
 		}
 	}
@@ -630,15 +617,7 @@ func TestShadowOnlyGEMMSourcesKeepTheResults(t *testing.T) {
 			if short.peak[0] > kept.peak[0] || (!c.recompute && short.peak[0] >= kept.peak[0]) {
 				t.Errorf("%s: fp32 arena %d → %d elements", name, kept.peak[0], short.peak[0])
 			}
-			want, got := simulate(kept), simulate(short)
-			if len(want) != len(got) {
-				t.Fatalf("%s: %d results, want %d", name, len(got), len(want))
-			}
-			for k, w := range want {
-				if got[k] != w {
-					t.Errorf("%s: %s differs", name, k)
-				}
-			}
+			requireSameResults(t, name, kept, short)
 			t.Logf("%s: fp32 arena %d → %d elements; %d producers write their shadows alone", name, kept.peak[0], short.peak[0], only)
 		}
 	}
@@ -681,15 +660,7 @@ func TestPairNormGradsKeepsTheResults(t *testing.T) {
 			if paired.peak[0] > plain.peak[0] {
 				t.Errorf("%s: the fp32 arena grew from %d to %d elements", name, plain.peak[0], paired.peak[0])
 			}
-			want, got := simulate(plain), simulate(paired)
-			if len(want) != len(got) {
-				t.Fatalf("%s: %d results, want %d", name, len(got), len(want))
-			}
-			for k, w := range want {
-				if got[k] != w {
-					t.Errorf("%s: %s differs", name, k)
-				}
-			}
+			requireSameResults(t, name, plain, paired)
 		}
 	}
 }
@@ -752,15 +723,7 @@ func TestAttnShadowsKeepTheResults(t *testing.T) {
 			if shared.peak[0] > plain.peak[0] || (!c.recompute && shared.peak[0] >= plain.peak[0]) {
 				t.Errorf("%s: fp32 arena %d → %d elements", name, plain.peak[0], shared.peak[0])
 			}
-			want, got := simulate(plain), simulate(shared)
-			if len(want) != len(got) {
-				t.Fatalf("%s: %d results, want %d", name, len(got), len(want))
-			}
-			for k, w := range want {
-				if got[k] != w {
-					t.Errorf("%s: %s differs", name, k)
-				}
-			}
+			requireSameResults(t, name, plain, shared)
 			t.Logf("%s: arena fp32 %d → %d, bf16 %d → %d elements; %d RoPE outputs as shadows alone", name, plain.peak[0], shared.peak[0], plain.peak[1], shared.peak[1], ropeOnly)
 		}
 	}
@@ -793,12 +756,22 @@ func TestCrossEntropyGradWritesItsShadow(t *testing.T) {
 			if ce != 1 {
 				t.Errorf("%s: %d cross-entropy gradients write their shadows alone, want 1", name, ce)
 			}
-			want, got := simulate(plain), simulate(fused)
-			for k, w := range want {
-				if got[k] != w {
-					t.Errorf("%s: %s differs", name, k)
-				}
-			}
+			requireSameResults(t, name, plain, fused)
+		}
+	}
+}
+
+// requireSameResults fails unless schedules a and b compute the same outputs and gradients
+// (simulate).
+func requireSameResults(t *testing.T, name string, a, b *schedule) {
+	t.Helper()
+	want, got := simulate(a), simulate(b)
+	if len(want) != len(got) {
+		t.Fatalf("%s: %d results, want %d", name, len(got), len(want))
+	}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("%s: %s differs", name, k)
 		}
 	}
 }
