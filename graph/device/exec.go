@@ -527,9 +527,15 @@ func (r *runner) bind(s *schedule) {
 	resolve = func(v *val) *kernels.DevBuf {
 		switch v.kind {
 		case valArena:
-			v.buf = r.arena[v.dt].Slice(v.off, v.n)
+			v.buf = nil // a value whose producer writes only its shadow has no storage
+			if !v.shadowOnly {
+				v.buf = r.arena[v.dt].Slice(v.off, v.n)
+			}
 		case valView:
-			v.buf = resolve(v.base).Slice(v.viewOff, v.n)
+			v.buf = nil // a view nothing reads of such a value
+			if b := resolve(v.base); b != nil {
+				v.buf = b.Slice(v.viewOff, v.n)
+			}
 		case valParam:
 			v.buf = r.params[v.param].w
 		case valGrad:
