@@ -32,14 +32,14 @@ for round in ${ROUNDS:-1 2}; do
 	CACHE=dmc step "dmc-merge-rows-$round" DMC_MERGE=rows
 	CACHE=dmc step "dmc-grad-shadows-$round" DMC_GRAD_SHADOWS=1
 	CACHE=dmc step "dmc-gemm-tune-$round" DMC_GEMM_TUNE=1
-	CACHE=dmc step "dmc-keep-sources-$round" DMC_SHADOW_ONLY=0
+	CACHE=dmc step "dmc-shadow-only-$round" DMC_SHADOW_ONLY=1
 	CACHE=dmc step "dmc-norm-paired-$round" DMC_NORM_GRADS=paired
 	CACHE=dmc step "dmc-attn-shadows-$round" DMC_ATTN_SHADOWS=1
 	CACHE=dmc step "dmc-attn-delta-$round" DMC_ATTN_DELTA=rows
-	CACHE=dmc step "dmc-all-new-$round" DMC_MERGE=rows DMC_GRAD_SHADOWS=1 DMC_NORM_GRADS=paired DMC_ATTN_SHADOWS=1 DMC_ATTN_DELTA=rows
+	CACHE=dmc step "dmc-all-new-$round" DMC_MERGE=rows DMC_GRAD_SHADOWS=1 DMC_NORM_GRADS=paired DMC_ATTN_SHADOWS=1 DMC_ATTN_DELTA=rows DMC_SHADOW_ONLY=1
 	CACHE=dmc step "dmc-unfolded-$round" DMC_FOLD_SUMS=0
 	CACHE=vanilla step "vanilla-default-$round"
 	CACHE=vanilla step "vanilla-unfolded-$round" DMC_FOLD_SUMS=0
 	CACHE=vanilla step "vanilla-gemm-tune-$round" DMC_GEMM_TUNE=1
-	CACHE=vanilla step "vanilla-all-new-$round" DMC_GRAD_SHADOWS=1 DMC_NORM_GRADS=paired DMC_ATTN_SHADOWS=1 DMC_ATTN_DELTA=rows
+	CACHE=vanilla step "vanilla-all-new-$round" DMC_GRAD_SHADOWS=1 DMC_NORM_GRADS=paired DMC_ATTN_SHADOWS=1 DMC_ATTN_DELTA=rows DMC_SHADOW_ONLY=1
 done

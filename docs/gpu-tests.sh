@@ -38,15 +38,15 @@ if [[ -x $BIN/kernels.test ]]; then
 fi
 # The device executor's parity, determinism and recompute tests again with the gradient sums
 # unfolded (DMC_FOLD_SUMS=0; the default folds them into the ops that feed them), with the GEMM
-# operands' fp32 values kept and written (DMC_SHADOW_ONLY=0), and with the
+# operands' fp32 values dropped where only their shadows are read (DMC_SHADOW_ONLY=1), and with the
 # rows-per-warp DMC merge (DMC_MERGE=rows) and the gradients' own bf16 shadows
 # (DMC_GRAD_SHADOWS=1), tuned GEMMs (DMC_GEMM_TUNE=1) and RMSNorm's dx and dw in one pass
 # (DMC_NORM_GRADS=paired), the attention's shared bf16 q, k, v (DMC_ATTN_SHADOWS=1) and its
 # coalesced delta pass (DMC_ATTN_DELTA=rows), all opt-in until measured.
 if [[ -x $BIN/device.test ]]; then
-	for sw in DMC_FOLD_SUMS=0 DMC_SHADOW_ONLY=0 DMC_MERGE=rows DMC_GRAD_SHADOWS=1 DMC_GEMM_TUNE=1 DMC_NORM_GRADS=paired DMC_ATTN_SHADOWS=1 DMC_ATTN_DELTA=rows; do
+	for sw in DMC_FOLD_SUMS=0 DMC_SHADOW_ONLY=1 DMC_MERGE=rows DMC_GRAD_SHADOWS=1 DMC_GEMM_TUNE=1 DMC_NORM_GRADS=paired DMC_ATTN_SHADOWS=1 DMC_ATTN_DELTA=rows 'DMC_SHADOW_ONLY=1 DMC_MERGE=rows DMC_GRAD_SHADOWS=1 DMC_NORM_GRADS=paired DMC_ATTN_SHADOWS=1 DMC_ATTN_DELTA=rows'; do
 		echo "== device.test, $sw"
-		(cd "$root/graph/device" && env "$sw" DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 \
+		(cd "$root/graph/device" && env $sw DMC_ASSETS=$ASSETS DMC_REQUIRE_GPU=1 \
 			"$BIN/device.test" -test.run 'Step|Training|Recompute' -test.count 1 -test.v 2>&1 |
 			grep -E "^(ok|PASS|FAIL|panic)|--- (PASS|FAIL|SKIP)") || rc=1
 	done

@@ -106,10 +106,12 @@ var foldSumsEnabled = os.Getenv("DMC_FOLD_SUMS") != "0"
 // Written on 2026-12-04 and not yet run on a GPU, hence opt-in.
 var gradShadowsEnabled = os.Getenv("DMC_GRAD_SHADOWS") == "1"
 
-// keepGEMMSources (DMC_SHADOW_ONLY=0) keeps GEMM operands' fp32 values alive until their
-// GEMMs and has RMSNorm and SwiGLU write them even where only the bf16 shadows are read (the
-// schedule before 2026-12-07, for measurements).
-var keepGEMMSources = os.Getenv("DMC_SHADOW_ONLY") == "0"
+// keepGEMMSources keeps GEMM operands' fp32 values alive until their GEMMs and has RMSNorm
+// and SwiGLU write them even where only the bf16 shadows are read (the schedule before
+// 2026-12-07). DMC_SHADOW_ONLY=1 lets them die at their last other reader and have their
+// producers write the shadows alone (planOptions.keepGEMMSources false): written on
+// 2026-12-07 and not yet run on a GPU, hence opt-in.
+var keepGEMMSources = os.Getenv("DMC_SHADOW_ONLY") != "1"
 
 // pairNormGradsEnabled (DMC_NORM_GRADS=paired) has each RMSNorm dx write the norm's weight
 // gradient too, in one read of x and dy (planOptions.pairNormGrads). Written on 2026-12-07

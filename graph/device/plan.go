@@ -197,7 +197,7 @@ type planOptions struct {
 	gradShadows bool
 	// keepGEMMSources keeps a GEMM operand's fp32 value alive until that GEMM, as if it read
 	// it (the GEMMs read the bf16 shadows), and written where nothing else reads it: the
-	// earlier plan, to compare against (DMC_SHADOW_ONLY=0 and the tests).
+	// executor's default until DMC_SHADOW_ONLY=1 has run on a GPU.
 	keepGEMMSources bool
 	// pairNormGrads has each RMSNorm dx also write its weight gradient (pairNormGrads).
 	pairNormGrads bool
