@@ -86,20 +86,19 @@ func TestPlanCoversEveryVariant(t *testing.T) {
 								t.Errorf("%s: output %d is not computed", name, i)
 							}
 						}
-						if backward { // the folded sums (DMC_FOLD_SUMS) and the gradients' own shadows change no result here either
-							want := simulate(s)
+						// the folded sums (DMC_FOLD_SUMS), the gradients' own shadows, and then every
+						// other planner switch (shadow-only values, paired norm gradients, shared
+						// attention shadows) change no result here either
+						for _, all := range []bool{false, true} {
 							for _, shadows := range []bool{false, true} {
-								f, err := compileOpts(p, planOptions{backward: true, fp32GEMM: fp32, foldSums: true, gradShadows: shadows})
+								o := planOptions{backward: backward, keepLogits: !backward, fp32GEMM: fp32, foldSums: true, gradShadows: shadows,
+									keepGEMMSources: !all, pairNormGrads: all, attnShadows: all}
+								f, err := compileOpts(p, o)
 								if err != nil {
-									t.Fatalf("%s, folded: %v", name, err)
+									t.Fatalf("%s, %+v: %v", name, o, err)
 								}
 								requireBindable(t, f)
-								got := simulate(f)
-								for k, w := range want {
-									if got[k] != w {
-										t.Errorf("%s: %s differs after folding (gradient shadows %t)", name, k, shadows)
-									}
-								}
+								requireSameResults(t, fmt.Sprintf("%s, gradShadows=%t, all switches=%t", name, shadows, all), s, f)
 							}
 						}
 					}
@@ -153,6 +152,13 @@ func TestPlanSkipsFrozenGradients(t *testing.T) {
 	if len(some.instrs) >= len(all.instrs) {
 		t.Errorf("freezing half the parameters left %d of %d instructions", len(some.instrs), len(all.instrs))
 	}
+	// with every planner switch on, the trained parameters' gradients are the same
+	on, err := compileOpts(p, planOptions{backward: true, frozen: frozen, foldSums: true, gradShadows: true, pairNormGrads: true, attnShadows: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	requireBindable(t, on)
+	requireSameResults(t, "frozen, every switch", some, on)
 }
 
 func TestFirstFitReusesAndCoalesces(t *testing.T) {
