@@ -637,11 +637,7 @@ func (t *TrainDevice) DMCMerge16(y, y16, x, alpha, omega *DevBuf, g DMCGeom, row
 		return err
 	}
 	B := rows / g.SeqLen
-	kern, gx := t.mergeLaunch("tr_dmc_merge_fwd", g, y, x)
-	if kern != t.mergeKernel("tr_dmc_merge_fwd", g.Window) && !aligned8(y16) {
-		// the rows-per-warp kernel writes 4 bf16 at a time
-		kern, gx = t.mergeKernel("tr_dmc_merge_fwd", g.Window), (g.SeqLen+mergeWarps-1)/mergeWarps
-	}
+	kern, gx := t.mergeLaunch("tr_dmc_merge_fwd", g, y, x, y16) // the rows kernel writes 4 bf16 at a time
 	return t.launch(kern, dim3{x: gx, y: B * H}, 32*mergeWarps, 0,
 		new(args).pOpt(y).pOpt(y16).p(x.ptr).p(alpha.ptr).p(omega.ptr).i(g.SeqLen).i(H).i(D).i(g.Window))
 }

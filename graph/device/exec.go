@@ -796,6 +796,20 @@ func (r *runner) runGeneric(s *schedule, ins *instr) error {
 	return fmt.Errorf("no kernel")
 }
 
+// fusedOutputs are the buffers an op that may write its output's bf16 shadow itself writes:
+// the fp32 output (nil where nothing reads it, shadowOnly) and the shadow (nil where the
+// producer does not write it).
+func fusedOutputs(ins *instr) (out, out16 *kernels.DevBuf) {
+	v := ins.out
+	if v.b16Fused {
+		out16 = v.b16.buf
+	}
+	if !v.shadowOnly {
+		out = v.buf
+	}
+	return out, out16
+}
+
 // runFused runs one fused op of graph/ops.
 func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 	d, in, out := r.dev, ins.in, ins.out.buf
@@ -815,13 +829,7 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		err = d.LinearBackwardW(out, r.b16(in[0]), r.b16(in[1]), rows, inD, outD, ins.direct && acc)
 	case ops.KindRMSNorm:
 		rows, dd := dims(in[0])
-		var y16 *kernels.DevBuf
-		if ins.out.b16Fused {
-			y16 = ins.out.b16.buf
-		}
-		if ins.out.shadowOnly {
-			out = nil
-		}
+		out, y16 := fusedOutputs(ins)
 		err = d.RMSNormForward(out, y16, in[0].buf, in[1].buf, rows, dd, ins.info.Eps)
 	case ops.KindRMSNormDX:
 		rows, dd := dims(in[0])
@@ -845,23 +853,11 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		var sc float64
 		if sc, err = r.hostScalar(s, in[1]); err == nil {
 			rows, _ := dims(in[0])
-			var y16 *kernels.DevBuf
-			if ins.out.b16Fused {
-				y16 = ins.out.b16.buf
-			}
-			if ins.out.shadowOnly {
-				out = nil
-			}
+			out, y16 := fusedOutputs(ins)
 			err = d.RoPE16(out, y16, in[0].buf, r.rope[key], rows, sp.Heads, sp.Channel, sc, ins.info.Inverse)
 		}
 	case ops.KindSwiGLU:
-		var y16 *kernels.DevBuf
-		if ins.out.b16Fused {
-			y16 = ins.out.b16.buf
-		}
-		if ins.out.shadowOnly {
-			out = nil
-		}
+		out, y16 := fusedOutputs(ins)
 		err = d.SwiGLUForward(out, y16, in[0].buf, in[1].buf)
 	case ops.KindSwiGLUGrad:
 		n := in[0].n
@@ -883,13 +879,7 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		err = d.SoftmaxCE(out, in[0].buf, in[1].buf, rows, V)
 	case ops.KindSoftmaxCEGrad:
 		rows, V := dims(in[0])
-		var dl16 *kernels.DevBuf
-		if ins.out.b16Fused {
-			dl16 = ins.out.b16.buf
-		}
-		if ins.out.shadowOnly {
-			out = nil
-		}
+		out, dl16 := fusedOutputs(ins)
 		err = d.SoftmaxCEBackward16(out, dl16, in[0].buf, in[1].buf, rows, V, r.invCount(), in[2].buf)
 	case ops.KindSoftmaxKL:
 		rows, V := dims(in[0])
@@ -923,13 +913,7 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 		}
 	case ops.KindDMCMerge:
 		rows, _ := dims(in[0])
-		var y16 *kernels.DevBuf
-		if ins.out.b16Fused {
-			y16 = ins.out.b16.buf
-		}
-		if ins.out.shadowOnly {
-			out = nil
-		}
+		out, y16 := fusedOutputs(ins)
 		err = d.DMCMerge16(out, y16, in[0].buf, in[1].buf, in[2].buf, dmcGeom(ins.info.DMC), rows)
 	case ops.KindDMCMergeGrad:
 		rows, _ := dims(in[0])

@@ -42,8 +42,8 @@ type val struct {
 	buf      devBuf  // the device buffer, bound at run time (exec.go)
 	b16      *val    // bf16 shadow (GEMM operand), when one is needed
 	b16Fused bool    // the producer writes the shadow itself (RMSNorm, SwiGLU; RoPE, the merge with attnShadows)
-	// shadowOnly: nothing reads the fp32 value (only GEMMs, through the shadow), so its
-	// producer writes the shadow alone and the value has no storage
+	// shadowOnly: nothing reads the fp32 value (only GEMMs and the attention, through the
+	// shadow), so its producer writes the shadow alone and the value has no storage
 	shadowOnly bool
 }
 
@@ -338,16 +338,18 @@ func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
 // instruction no longer runs. Nothing writes x or dy between the two (they are values, and a
 // folded sum writes only storage that nothing reads after it), so the gradient is the same.
 func (s *schedule) pairNormGrads() {
+	dxOf := map[[2]*val]*instr{} // (x, dy) → the RMSNorm dx reading them
+	for _, dx := range s.instrs {
+		if dx.fused && dx.info.Kind == ops.KindRMSNormDX && !dx.nop {
+			dxOf[[2]*val{dx.in[0], dx.in[2]}] = dx
+		}
+	}
 	for _, dw := range s.instrs {
 		if !dw.fused || dw.info.Kind != ops.KindRMSNormDW || !dw.direct || dw.nop {
 			continue
 		}
-		for _, dx := range s.instrs {
-			if dx.fused && dx.info.Kind == ops.KindRMSNormDX && !dx.nop && dx.normDW == nil && dx.info.Eps == dw.info.Eps &&
-				dx.in[0] == dw.in[0] && dx.in[2] == dw.in[1] {
-				dx.normDW, dw.nop = dw, true
-				break
-			}
+		if dx := dxOf[[2]*val{dw.in[0], dw.in[1]}]; dx != nil && dx.normDW == nil && dx.info.Eps == dw.info.Eps {
+			dx.normDW, dw.nop = dw, true
 		}
 	}
 }

@@ -369,76 +369,74 @@ func simulate(s *schedule) map[string]uint64 {
 	for _, v := range s.castAt[0] {
 		cast(v)
 	}
-	var runOne func(ins *instr)
+	var runOne func(ins *instr) // one instruction (and a weight gradient it computes too)
 	runOne = func(ins *instr) {
-		{
-			h := uint64(ins.node.ID()) + 7
-			attn := ins.fused && (ins.info.Kind == ops.KindAttention || ins.info.Kind == ops.KindAttentionGrad) &&
-				!s.fp32GEMM && kernels.TensorCoreAttention(ins.info.Attn.HeadD)
-			for k, v := range ins.in {
-				switch {
-				case readsShadow(ins, k, v):
-					v = v.b16 // the GEMMs (and attention, attnShadows) read the shadows
-				case attn && k < 3:
-					// the tensor-core attention casts q, k and v itself when they have no shadows
-					src := at(v)
-					c := make([]uint64, len(src))
-					for e := range src {
-						c[e] = src[e] ^ 0x5bd1e995
-					}
-					h = mix(h, digest(c))
-					continue
-				}
-				h = mix(h, digest(at(v)))
-			}
-			if ins.fwd != nil {
-				h = mix(mix(h, digest(at(ins.fwd.out))), digest(at(ins.fwd.stats)))
-			}
-			var out []uint64
-			if ins.out.shadowOnly { // no fp32 storage: the kernel writes the shadow alone
-				out = make([]uint64, ins.out.n)
-			} else {
-				out = at(ins.out)
-			}
-			next := make([]uint64, len(out))
+		h := uint64(ins.node.ID()) + 7
+		attn := ins.fused && (ins.info.Kind == ops.KindAttention || ins.info.Kind == ops.KindAttentionGrad) &&
+			!s.fp32GEMM && kernels.TensorCoreAttention(ins.info.Attn.HeadD)
+		for k, v := range ins.in {
 			switch {
-			case !ins.fused && ins.gen == genEW && ins.ew == kernels.EwAdd && len(ins.in) == 2 && ins.in[0].n == len(out) && ins.in[1].n == len(out):
-				a, b := at(ins.in[0]), at(ins.in[1])
-				for e := range next {
-					next[e] = a[e] + b[e]
+			case readsShadow(ins, k, v):
+				v = v.b16 // the GEMMs (and attention, attnShadows) read the shadows
+			case attn && k < 3:
+				// the tensor-core attention casts q, k and v itself when they have no shadows
+				src := at(v)
+				c := make([]uint64, len(src))
+				for e := range src {
+					c[e] = src[e] ^ 0x5bd1e995
 				}
-			case ins.accum:
-				for e := range next {
-					next[e] = out[e] + mix(h, uint64(e))
-				}
-			default:
-				for e := range next {
-					next[e] = mix(h, uint64(e))
-				}
+				h = mix(h, digest(c))
+				continue
 			}
-			copy(out, next)
-			if ins.stats != nil {
-				st := at(ins.stats)
-				for e := range st {
-					st[e] = mix(h^1, uint64(e))
-				}
+			h = mix(h, digest(at(v)))
+		}
+		if ins.fwd != nil {
+			h = mix(mix(h, digest(at(ins.fwd.out))), digest(at(ins.fwd.stats)))
+		}
+		var out []uint64
+		if ins.out.shadowOnly { // no fp32 storage: the kernel writes the shadow alone
+			out = make([]uint64, ins.out.n)
+		} else {
+			out = at(ins.out)
+		}
+		next := make([]uint64, len(out))
+		switch {
+		case !ins.fused && ins.gen == genEW && ins.ew == kernels.EwAdd && len(ins.in) == 2 && ins.in[0].n == len(out) && ins.in[1].n == len(out):
+			a, b := at(ins.in[0]), at(ins.in[1])
+			for e := range next {
+				next[e] = a[e] + b[e]
 			}
-			if ins.out.shadowOnly {
-				dst := at(ins.out.b16)
-				for e := range dst {
-					dst[e] = next[e] ^ 0x5bd1e995
-				}
-			} else if ins.out.b16Fused {
-				cast(ins.out)
+		case ins.accum:
+			for e := range next {
+				next[e] = out[e] + mix(h, uint64(e))
 			}
-			for _, v := range ins.halves16 {
-				if v != nil {
-					cast(v)
-				}
+		default:
+			for e := range next {
+				next[e] = mix(h, uint64(e))
 			}
-			if ins.normDW != nil { // the paired weight gradient, computed here from the same inputs
-				runOne(ins.normDW)
+		}
+		copy(out, next)
+		if ins.stats != nil {
+			st := at(ins.stats)
+			for e := range st {
+				st[e] = mix(h^1, uint64(e))
 			}
+		}
+		if ins.out.shadowOnly {
+			dst := at(ins.out.b16)
+			for e := range dst {
+				dst[e] = next[e] ^ 0x5bd1e995
+			}
+		} else if ins.out.b16Fused {
+			cast(ins.out)
+		}
+		for _, v := range ins.halves16 {
+			if v != nil {
+				cast(v)
+			}
+		}
+		if ins.normDW != nil { // the paired weight gradient, computed here from the same inputs
+			runOne(ins.normDW)
 		}
 	}
 	for i, ins := range s.instrs {
@@ -519,16 +517,7 @@ func TestGradShadowsKeepTheResults(t *testing.T) {
 		for _, c := range []struct{ recompute, fold bool }{{false, false}, {false, true}, {true, true}} {
 			name := fmt.Sprintf("dmc=%t recompute=%t fold=%t", useDMC, c.recompute, c.fold)
 			o := planOptions{backward: true, recompute: c.recompute, foldSums: c.fold}
-			plain, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			o.gradShadows = true
-			fused, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			requireBindable(t, fused)
+			plain, fused := compileBoth(t, p, o, func(o *planOptions) { o.gradShadows = true })
 			casts := func(s *schedule) (n int) {
 				for _, c := range s.castAt {
 					n += len(c)
@@ -600,16 +589,7 @@ func TestShadowOnlyGEMMSourcesKeepTheResults(t *testing.T) {
 		} {
 			name := fmt.Sprintf("dmc=%t recompute=%t fold=%t gradShadows=%t", useDMC, c.recompute, c.fold, c.gradShadows)
 			o := planOptions{backward: true, recompute: c.recompute, foldSums: c.fold, gradShadows: c.gradShadows, keepGEMMSources: true}
-			kept, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			o.keepGEMMSources = false
-			short, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			requireBindable(t, short)
+			kept, short := compileBoth(t, p, o, func(o *planOptions) { o.keepGEMMSources = false })
 			only := 0
 			for _, ins := range short.instrs {
 				if ins.out.shadowOnly {
@@ -640,16 +620,7 @@ func TestPairNormGradsKeepsTheResults(t *testing.T) {
 		} {
 			name := fmt.Sprintf("dmc=%t recompute=%t fold=%t gradShadows=%t", useDMC, c.recompute, c.fold, c.gradShadows)
 			o := planOptions{backward: true, recompute: c.recompute, foldSums: c.fold, gradShadows: c.gradShadows}
-			plain, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			o.pairNormGrads = true
-			paired, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			requireBindable(t, paired)
+			plain, paired := compileBoth(t, p, o, func(o *planOptions) { o.pairNormGrads = true })
 			pairs := 0
 			for i, ins := range paired.instrs {
 				if ins.normDW == nil {
@@ -680,16 +651,7 @@ func TestAttnShadowsKeepTheResults(t *testing.T) {
 		for _, c := range []struct{ recompute, fold, extra bool }{{false, false, false}, {false, true, true}, {true, true, false}, {true, true, true}} {
 			name := fmt.Sprintf("dmc=%t recompute=%t fold=%t gradShadows+pairNormGrads=%t", useDMC, c.recompute, c.fold, c.extra)
 			o := planOptions{backward: true, recompute: c.recompute, foldSums: c.fold, gradShadows: c.extra, pairNormGrads: c.extra}
-			plain, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			o.attnShadows = true
-			shared, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			requireBindable(t, shared)
+			plain, shared := compileBoth(t, p, o, func(o *planOptions) { o.attnShadows = true })
 			fwd, bwd := 0, 0
 			for _, ins := range shared.instrs {
 				if !ins.fused || (ins.info.Kind != ops.KindAttention && ins.info.Kind != ops.KindAttentionGrad) {
@@ -743,16 +705,7 @@ func TestCrossEntropyGradWritesItsShadow(t *testing.T) {
 		for _, recompute := range []bool{false, true} {
 			name := fmt.Sprintf("dmc=%t recompute=%t", useDMC, recompute)
 			o := planOptions{backward: true, recompute: recompute, foldSums: true}
-			plain, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			o.gradShadows = true
-			fused, err := compileOpts(p, o)
-			if err != nil {
-				t.Fatal(err)
-			}
-			requireBindable(t, fused)
+			plain, fused := compileBoth(t, p, o, func(o *planOptions) { o.gradShadows = true })
 			ce := 0
 			for _, ins := range fused.instrs {
 				if ins.fused && ins.info.Kind == ops.KindSoftmaxCEGrad && ins.out.shadowOnly {
@@ -780,4 +733,19 @@ func requireSameResults(t *testing.T, name string, a, b *schedule) {
 			t.Errorf("%s: %s differs", name, k)
 		}
 	}
+}
+
+// compileBoth compiles p with o and with o as set changes it (that one checked bindable).
+func compileBoth(t *testing.T, p *graph.Program, o planOptions, set func(*planOptions)) (before, after *schedule) {
+	t.Helper()
+	before, err := compileOpts(p, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	set(&o)
+	if after, err = compileOpts(p, o); err != nil {
+		t.Fatal(err)
+	}
+	requireBindable(t, after)
+	return before, after
 }
