@@ -96,11 +96,15 @@ func (t *TrainDevice) RMSNormBackwardX(dx, dx16, x, w, dy *DevBuf, rows, d int, 
 // rmsDWRows is the rows per partial sum of RMSNorm's dw (both paths: the same bits).
 const rmsDWRows = 64
 
+// rmsBlockSumSmem is the static shared memory of tr_rmsnorm_bwd_rows (block_sum's
+// 32 floats): the default launch limit of 48 KiB covers static and dynamic bytes together.
+const rmsBlockSumSmem = 32 * 4
+
 // RMSNormBackwardXW writes dx (add: into dx's contents) and, when dx16 is not nil, bf16 of
 // what dx then holds, and dw (+)= Σ_rows dy⊙x·r, reading x and dy once: the bits of
-// RMSNormBackwardX and of RMSNormBackward's dw. Rows wider than 12288 take those two.
+// RMSNormBackwardX and of RMSNormBackward's dw. Rows wider than 12256 take those two.
 func (t *TrainDevice) RMSNormBackwardXW(dx, dx16, dw, x, w, dy *DevBuf, rows, d int, eps float64, add, accumulateW bool) error {
-	if d > 12288 { // the column sums live in 48 KiB of shared memory
+	if 4*d+rmsBlockSumSmem > 48<<10 { // the column sums and the block sum's scratch fit 48 KiB
 		if err := t.RMSNormBackwardX(dx, dx16, x, w, dy, rows, d, eps, add); err != nil {
 			return err
 		}
@@ -375,7 +379,7 @@ func (t *TrainDevice) EmbeddingBackward(dE, dy, off, pos *DevBuf, V, d int, accu
 // and loss[1] = that token count, for logits [rows, V] and targets I32 [rows]. Rows are
 // normalised by their own maxima.
 func (t *TrainDevice) SoftmaxCE(loss, logits, targets *DevBuf, rows, V int) error {
-	if err := t.lossCheck("SoftmaxCE", loss, logits, nil, targets, rows, V); err != nil {
+	if err := t.lossCheck("SoftmaxCE", loss, 2, logits, nil, targets, rows, V); err != nil {
 		return err
 	}
 	rl, err := t.scratchBuf("loss.rows", F32, rows)
@@ -404,7 +408,7 @@ func (t *TrainDevice) SoftmaxCEBackward16(dl, dl16, logits, targets *DevBuf, row
 	if out == nil && dl16 != nil {
 		out = logits // lossCheck's shape check of the output; the kernel gets null
 	}
-	if err := t.lossCheck("SoftmaxCEBackward", out, logits, nil, targets, rows, V); err != nil {
+	if err := t.lossCheck("SoftmaxCEBackward", out, rows*V, logits, nil, targets, rows, V); err != nil {
 		return err
 	}
 	if err := needOpt("dl16", dl16, rows*V); err != nil {
@@ -416,7 +420,7 @@ func (t *TrainDevice) SoftmaxCEBackward16(dl, dl16, logits, targets *DevBuf, row
 // SoftmaxKL writes loss[0] = mean over counted tokens of KL(softmax(teacher) ‖ softmax(logits)),
 // loss[1] = the count (targets only mask, as graph/ops SoftmaxKL).
 func (t *TrainDevice) SoftmaxKL(loss, logits, teacher, targets *DevBuf, rows, V int) error {
-	if err := t.lossCheck("SoftmaxKL", loss, logits, teacher, targets, rows, V); err != nil {
+	if err := t.lossCheck("SoftmaxKL", loss, 2, logits, teacher, targets, rows, V); err != nil {
 		return err
 	}
 	rl, err := t.scratchBuf("loss.rows", F32, rows)
@@ -433,17 +437,15 @@ func (t *TrainDevice) SoftmaxKL(loss, logits, teacher, targets *DevBuf, rows, V 
 // target < 0, scale = dloss / counted tokens.
 // (gScale as SoftmaxCEBackward).
 func (t *TrainDevice) SoftmaxKLBackward(dl, logits, teacher, targets *DevBuf, rows, V int, scale float32, gScale *DevBuf) error {
-	if err := t.lossCheck("SoftmaxKLBackward", dl, logits, teacher, targets, rows, V); err != nil {
+	if err := t.lossCheck("SoftmaxKLBackward", dl, rows*V, logits, teacher, targets, rows, V); err != nil {
 		return err
 	}
 	return t.launch("tr_kl_bwd", dim3{x: rows}, rowBlock(V), 0, new(args).p(dl.ptr).p(logits.ptr).p(teacher.ptr).p(targets.ptr).i(rows).i(V).f(scale).pOpt(gScale))
 }
 
-func (t *TrainDevice) lossCheck(op string, out, logits, teacher, targets *DevBuf, rows, V int) error {
-	outN := 2
-	if out != nil && out.n >= rows*V && rows*V > 2 {
-		outN = rows * V
-	}
+// lossCheck checks a loss op's operands; outN is the output's length (2 for a loss and its
+// token count, rows·V for a gradient).
+func (t *TrainDevice) lossCheck(op string, out *DevBuf, outN int, logits, teacher, targets *DevBuf, rows, V int) error {
 	checks := []func() error{
 		func() error { return need("", "output", out, F32, outN) },
 		func() error { return need("", "logits", logits, F32, rows*V) },

@@ -400,7 +400,8 @@ func (s *convSuite) testLinear(t *testing.T) {
 
 func (s *convSuite) testRMSNorm(t *testing.T) {
 	const eps = 1e-5
-	for _, sh := range []struct{ rows, d int }{{1, 8}, {3, 64}, {7, 100}, {5, 4096}, {130, 256}, {300, 33}} {
+	// 12256 and 12288: the widest rows of the one-pass dx+dw kernel and the first past it
+	for _, sh := range []struct{ rows, d int }{{1, 8}, {3, 64}, {7, 100}, {5, 4096}, {130, 256}, {300, 33}, {3, 12256}, {2, 12288}} {
 		x, w, dy := s.normals(sh.rows*sh.d, 3, 0), s.normals(sh.d, 1, 0), s.normals(sh.rows*sh.d, 1, 0)
 		x64, w64, dy64 := to64(x), to64(w), to64(dy)
 		y, dx, dw := make([]float64, len(x)), make([]float64, len(x)), make([]float64, sh.d)
