@@ -530,21 +530,25 @@ func algoHex(a *C.tr_lt_algo) string {
 }
 
 // gemmTune times each of the plan's algorithms on the call's own operands (one warm-up and
-// three timed runs each) and makes the fastest the plan's choice. C's first cn elements are
-// saved first and put back afterwards, so the call that follows computes on the caller's C
-// (β ≠ 0 accumulates into it). An algorithm that fails is passed over.
+// three timed runs each) and makes the fastest the plan's choice. With β ≠ 0 (the call that
+// follows accumulates into C) C's first cn elements are saved first and put back afterwards;
+// with β = 0 that call overwrites C anyway, so nothing is copied (the head's logits would
+// need GiBs). An algorithm that fails is passed over.
 func (t *TrainDevice) gemmTune(p *C.tr_plan, alpha, beta float32, A, B, Cm *DevBuf, cn int) error {
-	saved, err := t.Alloc(F32, cn)
-	if err != nil {
-		return err
-	}
-	defer func() {
-		_ = t.d.sync() // the copies and runs on the stream are done before the buffer goes
-		saved.Free()
-	}()
+	var saved *DevBuf
 	bytes := int64(cn) * 4
-	if err := t.d.copyD(devPtr(saved.ptr), devPtr(Cm.ptr), bytes); err != nil {
-		return err
+	if beta != 0 {
+		var err error
+		if saved, err = t.Alloc(F32, cn); err != nil {
+			return err
+		}
+		defer func() {
+			_ = t.d.sync() // the copies and runs on the stream are done before the buffer goes
+			saved.Free()
+		}()
+		if err := t.d.copyD(devPtr(saved.ptr), devPtr(Cm.ptr), bytes); err != nil {
+			return err
+		}
 	}
 	start, err := t.d.newEvent()
 	if err != nil {
@@ -580,6 +584,9 @@ func (t *TrainDevice) gemmTune(p *C.tr_plan, alpha, beta float32, A, B, Cm *DevB
 		}
 	}
 	p.chosen = C.int(best)
+	if saved == nil {
+		return nil
+	}
 	return t.d.copyD(devPtr(Cm.ptr), devPtr(saved.ptr), bytes)
 }
 

@@ -106,12 +106,12 @@ var foldSumsEnabled = os.Getenv("DMC_FOLD_SUMS") != "0"
 // Written on 2026-12-04 and not yet run on a GPU, hence opt-in.
 var gradShadowsEnabled = os.Getenv("DMC_GRAD_SHADOWS") == "1"
 
-// keepGEMMSources keeps GEMM operands' fp32 values alive until their GEMMs and has RMSNorm
-// and SwiGLU write them even where only the bf16 shadows are read (the schedule before
-// 2026-12-07). DMC_SHADOW_ONLY=1 lets them die at their last other reader and have their
-// producers write the shadows alone (planOptions.keepGEMMSources false): written on
-// 2026-12-07 and not yet run on a GPU, hence opt-in.
-var keepGEMMSources = os.Getenv("DMC_SHADOW_ONLY") != "1"
+// shadowOnlyEnabled (DMC_SHADOW_ONLY=1) lets GEMM operands' fp32 values die at their last
+// other reader and has their producers write the bf16 shadows alone (planOptions.shadowOnly);
+// without it they live until their GEMMs and are written even where only the shadows are
+// read (the schedule before 2026-12-07). Written on 2026-12-07 and not yet run on a GPU,
+// hence opt-in.
+var shadowOnlyEnabled = os.Getenv("DMC_SHADOW_ONLY") == "1"
 
 // pairNormGradsEnabled (DMC_NORM_GRADS=paired) has each RMSNorm dx write the norm's weight
 // gradient too, in one read of x and dy (planOptions.pairNormGrads). Written on 2026-12-07
@@ -440,7 +440,7 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 		frozen[i] = d.g == nil
 	}
 	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled, gradShadows: gradShadowsEnabled,
-		keepGEMMSources: keepGEMMSources, pairNormGrads: pairNormGradsEnabled,
+		shadowOnly: shadowOnlyEnabled, pairNormGrads: pairNormGradsEnabled,
 		attnShadows: attnShadowsEnabled}
 	withRecompute := opt
 	withRecompute.recompute = r.recompute
@@ -662,11 +662,18 @@ func (r *runner) exec(b step.Batch, sc step.Context, in graph.Inputs, backward b
 		return step.Losses{}, err
 	}
 	for i, ins := range s.instrs {
-		k := opName(ins)
-		if ins.grad >= 0 && !ins.direct {
-			k += " (+grad add)"
+		run := func() error { return r.run(s, ins, sc.LocalMicroBatch) }
+		var err error
+		if r.profile == nil {
+			err = run() // no names built per instruction and step
+		} else {
+			k := opName(ins)
+			if ins.grad >= 0 && !ins.direct {
+				k += " (+grad add)"
+			}
+			err = r.timed(k, run)
 		}
-		if err := r.timed(k, func() error { return r.run(s, ins, sc.LocalMicroBatch) }); err != nil {
+		if err != nil {
 			return step.Losses{}, fmt.Errorf("device: %s (node %q): %w", opName(ins), ins.node.Name(), err)
 		}
 		if err := casts(s.castAt[i+1]); err != nil {
@@ -928,7 +935,7 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 			alpha = in[3].buf
 		}
 		g := kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen, TensorCores: !r.fp32GEMM}
-		if readsShadow(ins, 0, in[0]) {
+		if ins.attn16 {
 			err = d.AttentionForwardBF16(out, ins.stats.buf, in[0].b16.buf, in[1].b16.buf, in[2].b16.buf, alpha, g, rows)
 			break
 		}
@@ -943,7 +950,7 @@ func (r *runner) runFused(s *schedule, ins *instr, acc bool) error {
 			alpha, dO, dA = in[3].buf, in[4], out.Slice(nq+2*nk, in[3].n)
 		}
 		g := kernels.AttnGeom{QHeads: a.QHeads, KVHeads: a.KVHeads, HeadD: a.HeadD, SeqLen: a.SeqLen, TensorCores: !r.fp32GEMM}
-		if readsShadow(ins, 0, in[0]) {
+		if ins.attn16 {
 			err = d.AttentionBackwardBF16(out.Slice(0, nq), out.Slice(nq, nk), out.Slice(nq+nk, nk), dA, in[0].b16.buf, in[1].b16.buf, in[2].b16.buf,
 				alpha, ins.fwd.out.buf, ins.fwd.stats.buf, dO.buf, g, rows)
 			break

@@ -75,7 +75,10 @@ type instr struct {
 	in    []*val
 	out   *val
 	stats *val // attention: the forward's row maxima and log-sum-exps
-	fwd   *instr
+	// attn16 (attention forward and backward, planOptions.attnShadows): q, k and v are read
+	// through their bf16 shadows, all three
+	attn16 bool
+	fwd    *instr
 	// grad ≥ 0: the node is the gradient of parameter grad; it is added into the accumulator
 	// right after it is computed (direct: written into the accumulator by the kernel itself).
 	grad   int
@@ -115,8 +118,8 @@ type schedule struct {
 	fp32GEMM bool
 	// gradShadows: planOptions.gradShadows
 	gradShadows bool
-	// keepGEMMSources: planOptions.keepGEMMSources
-	keepGEMMSources bool
+	// shadowOnly: planOptions.shadowOnly
+	shadowOnly bool
 	// attnShadows: planOptions.attnShadows
 	attnShadows bool
 	// all lists every value (the nodes' and the recomputed copies), in a fixed order
@@ -195,15 +198,17 @@ type planOptions struct {
 	// is folded into it) write the bf16 shadows of their outputs themselves (as RMSNorm and
 	// SwiGLU do), instead of a cast after them.
 	gradShadows bool
-	// keepGEMMSources keeps a GEMM operand's fp32 value alive until that GEMM, as if it read
-	// it (the GEMMs read the bf16 shadows), and written where nothing else reads it: the
-	// executor's default until DMC_SHADOW_ONLY=1 has run on a GPU.
-	keepGEMMSources bool
+	// shadowOnly lets a GEMM operand's fp32 value die at its last other reader (the GEMMs
+	// read the bf16 shadows) and its producer write the shadow alone where nothing else
+	// reads the fp32 value; false (the executor's default until DMC_SHADOW_ONLY=1 has run on
+	// a GPU) keeps it alive until the GEMM, as if the GEMM read it.
+	shadowOnly bool
 	// pairNormGrads has each RMSNorm dx also write its weight gradient (pairNormGrads).
 	pairNormGrads bool
 	// attnShadows gives the tensor-core attention's q, k and v bf16 shadows, cast once after
 	// their producers and read by the forward and the backward (which otherwise cast them
-	// each), so that their fp32 values die there when nothing else reads them.
+	// each), so that their fp32 values die there when nothing else reads them (with or
+	// without shadowOnly: the attention reads no fp32 q, k or v then).
 	attnShadows bool
 }
 
@@ -327,7 +332,7 @@ func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
 	if o.pairNormGrads && backward {
 		s.pairNormGrads()
 	}
-	s.keepGEMMSources = o.keepGEMMSources
+	s.shadowOnly = o.shadowOnly
 	s.plan(keepLogits)
 	return s, nil
 }
@@ -563,13 +568,14 @@ func (s *schedule) link() error {
 				for _, v := range ins.in[:3] {
 					s.shadow(v)
 				}
+				ins.attn16 = ins.in[0].b16 != nil && ins.in[1].b16 != nil && ins.in[2].b16 != nil
 			}
 		case ops.KindAttentionGrad:
 			f, ok := fwds[[3]*val{ins.in[0], ins.in[1], ins.in[2]}]
 			if !ok {
 				return fmt.Errorf("device: attention backward %q has no forward in the schedule", ins.node.Name())
 			}
-			ins.fwd = f
+			ins.fwd, ins.attn16 = f, f.attn16
 		case ops.KindLinear:
 			s.shadow(ins.in[0])
 			s.shadow(ins.in[1])
@@ -597,7 +603,7 @@ func (s *schedule) shadow(v *val) {
 	switch {
 	case p.fused && (p.info.Kind == ops.KindRMSNorm || p.info.Kind == ops.KindSwiGLU) && v == p.out:
 		v.b16Fused = true
-	case s.attnShadows && p.fused && (p.info.Kind == ops.KindRoPE && !p.info.Inverse || p.info.Kind == ops.KindDMCMerge) && v == p.out:
+	case s.attnShadows && attentionOperandProducer(p) && v == p.out:
 		v.b16Fused = true // an attention operand (attnShadows), written by RoPE or the merge itself
 	case !s.gradShadows:
 	case p.fused && p.info.Kind == ops.KindSwiGLUGrad && v.kind == valView && v.base == p.out && 2*v.n == p.out.n && v.viewOff%v.n == 0:
@@ -624,9 +630,19 @@ func readsShadow(ins *instr, k int, v *val) bool {
 	case ops.KindLinear, ops.KindLinearDX, ops.KindLinearDW:
 		return k < 2
 	case ops.KindAttention, ops.KindAttentionGrad:
-		return k < 3
+		return k < 3 && ins.attn16 // not a shadow some other reader gave one of them
 	}
 	return false
+}
+
+func isAttention(ins *instr) bool {
+	return ins.fused && (ins.info.Kind == ops.KindAttention || ins.info.Kind == ops.KindAttentionGrad)
+}
+
+// attentionOperandProducer reports whether ins is one of the ops that write the attention's
+// q, k or v shadows themselves under attnShadows (RoPE forward, the DMC merge).
+func attentionOperandProducer(ins *instr) bool {
+	return ins.fused && (ins.info.Kind == ops.KindRoPE && !ins.info.Inverse || ins.info.Kind == ops.KindDMCMerge)
 }
 
 // readsShadowOnly reports whether an op that reads v through its shadow (readsShadow) reads
@@ -657,9 +673,11 @@ func (s *schedule) plan(keepLogits bool) {
 			continue // a folded sum or a paired weight gradient: it reads nothing
 		}
 		for k, v := range ins.in {
-			if readsShadow(ins, k, v) && readsShadowOnly(v) && !s.keepGEMMSources {
+			if readsShadow(ins, k, v) && readsShadowOnly(v) && (s.shadowOnly || isAttention(ins)) {
 				// The op reads the shadow alone, so the fp32 value (e.g. an RMSNorm or SwiGLU
-				// output kept for a weight gradient) need not live until then.
+				// output kept for a weight gradient) need not live until then. The attention
+				// reads shadows only where attnShadows gave them, a plan that never reads the
+				// fp32 values there.
 				v.b16.last = max(v.b16.last, i)
 				continue
 			}
@@ -689,7 +707,7 @@ func (s *schedule) plan(keepLogits bool) {
 	for i, ins := range s.instrs {
 		v := ins.out
 		if ins.fused && shadowOnlyCapable(ins.info.Kind) && v.kind == valArena && v.b16Fused &&
-			v.last <= i && !s.keepGEMMSources {
+			v.last <= i && (s.shadowOnly || s.attnShadows && attentionOperandProducer(ins)) {
 			v.shadowOnly = true
 		}
 	}
