@@ -606,7 +606,8 @@ func (s *schedule) shadow(v *val) {
 	case s.attnShadows && attentionOperandProducer(p) && v == p.out:
 		v.b16Fused = true // an attention operand (attnShadows), written by RoPE or the merge itself
 	case !s.gradShadows:
-	case p.fused && p.info.Kind == ops.KindSwiGLUGrad && v.kind == valView && v.base == p.out && 2*v.n == p.out.n && v.viewOff%v.n == 0:
+	case p.fused && p.info.Kind == ops.KindSwiGLUGrad && v.kind == valView && v.base == p.out && 2*v.n == p.out.n && v.viewOff%v.n == 0 &&
+		p.halves16[v.viewOff/v.n] == nil: // a second view of the same half is cast instead
 		v.b16Fused = true
 		p.halves16[v.viewOff/v.n] = v
 	case sameShapeAdd(p) && v == p.out, p.fused && (p.info.Kind == ops.KindRMSNormDX || p.info.Kind == ops.KindSoftmaxCEGrad) && v == p.out,
