@@ -181,14 +181,16 @@ func TestStepMatchesCPUStories260K(t *testing.T) {
 }
 
 // The same inputs give the same bits (no atomics, fixed GEMM algorithms).
-func TestStepIsDeterministic(t *testing.T) {
-	w, dc := randomModel(t, 128, 2, 4, 2, 97, 64, false)
+// trainFew runs 3 steps of 2 micro-batches with distillation (DMC, bf16 GEMMs) and returns
+// every loss, then the weights and first moments.
+func trainFew(t *testing.T, w *model.Weights, dc dmc.Config, opt Options) ([]float32, [][]float32) {
+	t.Helper()
 	run := func() ([]float32, [][]float32) {
 		g, err := graph.NewExec(w, dc, 2, 40, graph.Options[float32]{Teacher: w})
 		if err != nil {
 			t.Fatal(err)
 		}
-		dm, err := New(g, Options{})
+		dm, err := New(g, opt)
 		if err != nil {
 			t.Skipf("no usable GPU: %v", err)
 		}
@@ -227,18 +229,59 @@ func TestStepIsDeterministic(t *testing.T) {
 		}
 		return losses, append(out, m...)
 	}
-	l1, w1 := run()
-	l2, w2 := run()
+	return run()
+}
+
+// requireSameBits fails unless two trainFew results are bit-identical.
+func requireSameBits(t *testing.T, what string, l1, l2 []float32, w1, w2 [][]float32) {
+	t.Helper()
 	for i := range l1 {
 		if math.Float32bits(l1[i]) != math.Float32bits(l2[i]) {
-			t.Fatalf("loss %d: %v then %v", i, l1[i], l2[i])
+			t.Fatalf("%s: loss %d: %v then %v", what, i, l1[i], l2[i])
 		}
 	}
 	for i := range w1 {
 		for j := range w1[i] {
 			if math.Float32bits(w1[i][j]) != math.Float32bits(w2[i][j]) {
-				t.Fatalf("tensor %d element %d: %v then %v", i, j, w1[i][j], w2[i][j])
+				t.Fatalf("%s: tensor %d element %d: %v then %v", what, i, j, w1[i][j], w2[i][j])
 			}
+		}
+	}
+}
+
+func TestStepIsDeterministic(t *testing.T) {
+	w, dc := randomModel(t, 128, 2, 4, 2, 97, 64, false)
+	l1, w1 := trainFew(t, w, dc, Options{})
+	l2, w2 := trainFew(t, w, dc, Options{})
+	requireSameBits(t, "two runs", l1, l2, w1, w2)
+}
+
+// The schedule switches that claim the same bits as the plain schedule (a producer writing
+// the bf16 copy a cast would, one-pass RMSNorm gradients, shared attention shadows, fp32
+// values that die early) keep every loss, weight and moment bit for bit, alone and together,
+// with and without recomputation: the planner's own tests replay schedules symbolically,
+// this runs them.
+func TestPlanSwitchesKeepTheBits(t *testing.T) {
+	w, dc := randomModel(t, 128, 2, 4, 2, 97, 64, false)
+	for _, recompute := range []bool{false, true} {
+		base := PlanSwitches{FoldSums: true}
+		l0, w0 := trainFew(t, w, dc, Options{Recompute: recompute, Switches: &base})
+		all := base
+		all.GradShadows, all.ShadowOnly, all.PairNormGrads, all.AttnShadows = true, true, true, true
+		for _, c := range []struct {
+			name string
+			set  func(*PlanSwitches)
+		}{
+			{"gradShadows", func(s *PlanSwitches) { s.GradShadows = true }},
+			{"shadowOnly", func(s *PlanSwitches) { s.ShadowOnly = true }},
+			{"pairNormGrads", func(s *PlanSwitches) { s.PairNormGrads = true }},
+			{"attnShadows", func(s *PlanSwitches) { s.AttnShadows = true }},
+			{"all", func(s *PlanSwitches) { *s = all }},
+		} {
+			sw := base
+			c.set(&sw)
+			l, ws := trainFew(t, w, dc, Options{Recompute: recompute, Switches: &sw})
+			requireSameBits(t, fmt.Sprintf("%s (recompute=%t) against the plain schedule", c.name, recompute), l0, l, w0, ws)
 		}
 	}
 }

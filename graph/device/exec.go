@@ -36,6 +36,15 @@ type Options struct {
 	// layer's activations just before its backward (less memory, about a third more compute;
 	// the results are the same).
 	Recompute bool
+	// Switches, when not nil, are the schedule's switches instead of the DMC_* environment's
+	// (EnvPlanSwitches).
+	Switches *PlanSwitches
+}
+
+// EnvPlanSwitches are the schedule switches the DMC_* environment variables set.
+func EnvPlanSwitches() PlanSwitches {
+	return PlanSwitches{FoldSums: foldSumsEnabled, GradShadows: gradShadowsEnabled, ShadowOnly: shadowOnlyEnabled,
+		PairNormGrads: pairNormGradsEnabled, AttnShadows: attnShadowsEnabled}
 }
 
 // dparam is one parameter on the device: fp32 master, bf16 copy and, when trained, the
@@ -55,6 +64,7 @@ type dparam struct {
 // runner executes the schedules of one graph.Exec (the model, or its distillation teacher).
 type runner struct {
 	dev       *kernels.TrainDevice
+	switches  PlanSwitches // the schedule's
 	g         *graph.Graph
 	cfg       model.Config
 	params    []*dparam
@@ -133,7 +143,11 @@ func New(g *graph.Graph, opt Options) (*Model, error) {
 		return nil, fmt.Errorf("open GPU %d: %w", opt.Ordinal, err)
 	}
 	m := &Model{}
-	if m.r, err = newRunner(dev, g, !g.ForwardOnly(), false, opt.FP32GEMM, opt.Train); err == nil {
+	sw := EnvPlanSwitches()
+	if opt.Switches != nil {
+		sw = *opt.Switches
+	}
+	if m.r, err = newRunner(dev, g, !g.ForwardOnly(), false, opt.FP32GEMM, opt.Train, sw); err == nil {
 		m.r.recompute = opt.Recompute
 	}
 	if err != nil {
@@ -141,7 +155,7 @@ func New(g *graph.Graph, opt Options) (*Model, error) {
 		return nil, err
 	}
 	if t := g.Teacher(); t != nil {
-		if m.teacher, err = newRunner(dev, t, false, true, opt.FP32GEMM, nil); err != nil {
+		if m.teacher, err = newRunner(dev, t, false, true, opt.FP32GEMM, nil, sw); err != nil {
 			m.Close()
 			return nil, fmt.Errorf("distillation teacher: %w", err)
 		}
@@ -157,9 +171,9 @@ func New(g *graph.Graph, opt Options) (*Model, error) {
 	return m, nil
 }
 
-func newRunner(dev *kernels.TrainDevice, g *graph.Graph, train, keepLogits, fp32GEMM bool, sel []step.Trained) (*runner, error) {
+func newRunner(dev *kernels.TrainDevice, g *graph.Graph, train, keepLogits, fp32GEMM bool, sel []step.Trained, sw PlanSwitches) (*runner, error) {
 	r := &runner{dev: dev, g: g, cfg: g.Config(), scheds: map[[2]bool]*schedule{}, rope: map[ops.RoPESpec]*kernels.RoPETables{},
-		keepLogit: keepLogits, fp32GEMM: fp32GEMM}
+		keepLogit: keepLogits, fp32GEMM: fp32GEMM, switches: sw}
 	if sel != nil && len(sel) != len(g.ParamsT()) {
 		return nil, fmt.Errorf("device: %d training selections for %d parameters", len(sel), len(g.ParamsT()))
 	}
@@ -439,9 +453,8 @@ func (r *runner) schedule(useDMC, backward bool) (*schedule, error) {
 	for i, d := range r.params {
 		frozen[i] = d.g == nil
 	}
-	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen, foldSums: foldSumsEnabled, gradShadows: gradShadowsEnabled,
-		shadowOnly: shadowOnlyEnabled, pairNormGrads: pairNormGradsEnabled,
-		attnShadows: attnShadowsEnabled}
+	opt := planOptions{backward: backward, keepLogits: r.keepLogit, fp32GEMM: r.fp32GEMM, frozen: frozen}
+	r.switches.apply(&opt)
 	withRecompute := opt
 	withRecompute.recompute = r.recompute
 	s, err := compileOpts(p, withRecompute)

@@ -24,6 +24,7 @@ type Options struct {
 	FP32GEMM  bool           // fp32 GEMM operands (parity tests)
 	Train     []step.Trained // what is trained (nil: all)
 	Recompute bool           // recompute activations per layer in the backward
+	Switches  *PlanSwitches  // the schedule's switches (nil: the DMC_* environment's)
 }
 
 // New fails: this build has no CUDA.

@@ -212,6 +212,21 @@ type planOptions struct {
 	attnShadows bool
 }
 
+// PlanSwitches are the executor's schedule switches (planOptions), which the DMC_* environment
+// variables set for a process; Options.Switches sets them for one Model, so that a test can
+// compare two schedules in one process.
+type PlanSwitches struct {
+	FoldSums      bool // DMC_FOLD_SUMS (on unless 0)
+	GradShadows   bool // DMC_GRAD_SHADOWS=1
+	ShadowOnly    bool // DMC_SHADOW_ONLY=1
+	PairNormGrads bool // DMC_NORM_GRADS=paired
+	AttnShadows   bool // DMC_ATTN_SHADOWS=1
+}
+
+func (w PlanSwitches) apply(o *planOptions) {
+	o.foldSums, o.gradShadows, o.shadowOnly, o.pairNormGrads, o.attnShadows = w.FoldSums, w.GradShadows, w.ShadowOnly, w.PairNormGrads, w.AttnShadows
+}
+
 func compileOpts(p *graph.Program, o planOptions) (*schedule, error) {
 	backward, keepLogits, fp32GEMM, frozen := o.backward, o.keepLogits, o.fp32GEMM, o.frozen
 	s := &schedule{prog: p, backward: backward, vals: map[*G.Node]*val{}, scalars: map[*G.Node]int{}}
