@@ -500,7 +500,8 @@ func (t *TrainDevice) gemmChoose(p *C.tr_plan, key string, alpha, beta float32, 
 		}
 		t.tuneCache = c
 	}
-	if want, ok := t.tuned[key]; ok {
+	want, found := t.tuned[key]
+	if found {
 		for i := 0; i < int(p.count); i++ {
 			if algoHex(&p.h[i].algo) == want {
 				p.chosen = C.int(i)
@@ -511,10 +512,15 @@ func (t *TrainDevice) gemmChoose(p *C.tr_plan, key string, alpha, beta float32, 
 	if err := t.gemmTune(p, alpha, beta, A, B, Cm, cn); err != nil {
 		return err
 	}
-	h := algoHex(&p.h[p.chosen].algo)
-	t.tuned[key] = h
-	if err := t.tuneCache.store(key, h); err != nil {
+	h, err := t.tuneCache.store(key, algoHex(&p.h[p.chosen].algo), want) // want: stale, if found
+	if err != nil {
 		return fmt.Errorf("keeping the chosen algorithm in %s (set DMC_GEMM_CACHE to a writable file): %w", t.tuneCache.path, err)
+	}
+	t.tuned[key] = h
+	for i := 0; i < int(p.count); i++ { // another process's choice, stored first, where it differs
+		if algoHex(&p.h[i].algo) == h {
+			p.chosen = C.int(i)
+		}
 	}
 	return nil
 }

@@ -72,12 +72,32 @@ func (c gemmCache) choices() (map[string]string, error) {
 }
 
 // store records algo for shape key and rewrites the file atomically (a temporary file renamed
-// over it), keeping what other devices and processes stored before.
-func (c gemmCache) store(key, algo string) error {
+// over it), keeping what other devices and processes stored before. The read, merge and
+// rename run under an advisory lock of the file's folder (lockFile), so that processes
+// tuning at once (the ranks of a data-parallel run) lose none of each other's entries, and a
+// key another process stored first is kept unless it is stale (the entry the caller read and
+// could not use: replaced): kept is the algorithm the file holds for key afterwards, which
+// every process then runs.
+func (c gemmCache) store(key, algo, stale string) (kept string, err error) {
+	if err := os.MkdirAll(filepath.Dir(c.path), 0o755); err != nil {
+		return "", err
+	}
+	unlock, err := lockFile(c.path + ".lock")
+	if err != nil {
+		return "", err
+	}
+	defer unlock()
 	doc, err := c.read()
 	if err != nil {
-		return err
+		return "", err
 	}
+	if old, ok := doc.Devices[c.device][key]; ok && old != stale {
+		return old, nil
+	}
+	return algo, c.write(doc, key, algo)
+}
+
+func (c gemmCache) write(doc gemmCacheDoc, key, algo string) error {
 	doc.Note = "GEMM algorithms chosen by timing (dmc, DMC_GEMM_TUNE=1), by device and shape; delete the file to tune again"
 	if doc.Devices[c.device] == nil {
 		doc.Devices[c.device] = map[string]string{}
@@ -85,9 +105,6 @@ func (c gemmCache) store(key, algo string) error {
 	doc.Devices[c.device][key] = algo
 	b, err := json.MarshalIndent(doc, "", "  ")
 	if err != nil {
-		return err
-	}
-	if err := os.MkdirAll(filepath.Dir(c.path), 0o755); err != nil {
 		return err
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(c.path), ".gemm-algos-*")
