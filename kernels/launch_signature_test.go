@@ -30,7 +30,23 @@ type ptxParam struct {
 var (
 	ptxEntryRE = regexp.MustCompile(`(?s)\.entry\s+(\w+)\s*\((.*?)\)`)
 	ptxParamRE = regexp.MustCompile(`\.param\s+(?:\.align\s+(\d+)\s+)?(\.\w+)\s+\w+(?:\[(\d+)\])?`)
+	ptxMaxRE   = regexp.MustCompile(`\.entry\s+(\w+)\s*\([^)]*\)\s*\.maxntid\s+(\d+),\s*(\d+),\s*(\d+)`)
 )
+
+// parsePTXMaxThreads returns the threads per block each kernel with __launch_bounds__
+// (.maxntid) allows: a launch with more fails.
+func parsePTXMaxThreads(src string) map[string]int {
+	out := map[string]int{}
+	for _, m := range ptxMaxRE.FindAllStringSubmatch(src, -1) {
+		n := 1
+		for _, d := range m[2:] {
+			v, _ := strconv.Atoi(d)
+			n *= v
+		}
+		out[m[1]] = n
+	}
+	return out
+}
 
 // parsePTXEntries returns each kernel's parameters from PTX text.
 func parsePTXEntries(src string) (map[string][]ptxParam, error) {
@@ -83,6 +99,64 @@ type launchSite struct {
 	names   []string // the kernels the name expression can take
 	methods []string // the args chain's packer calls, in order ("end" included)
 	why     string   // why the site could not be resolved, if it could not
+	threads int      // threads per block where a constant, else 0
+}
+
+// constInt evaluates an integer expression of literals and the package's constants (consts),
+// or reports false.
+func constInt(e ast.Expr, consts map[string]ast.Expr, depth int) (int, bool) {
+	if depth > 8 {
+		return 0, false
+	}
+	switch x := e.(type) {
+	case *ast.BasicLit:
+		if x.Kind != token.INT {
+			return 0, false
+		}
+		v, err := strconv.ParseInt(x.Value, 0, 64)
+		return int(v), err == nil
+	case *ast.ParenExpr:
+		return constInt(x.X, consts, depth+1)
+	case *ast.Ident:
+		if c, ok := consts[x.Name]; ok {
+			return constInt(c, consts, depth+1)
+		}
+	case *ast.BinaryExpr:
+		a, ok1 := constInt(x.X, consts, depth+1)
+		b, ok2 := constInt(x.Y, consts, depth+1)
+		if !ok1 || !ok2 {
+			return 0, false
+		}
+		switch x.Op {
+		case token.MUL:
+			return a * b, true
+		case token.ADD:
+			return a + b, true
+		case token.SUB:
+			return a - b, true
+		case token.SHL:
+			return a << b, true
+		case token.QUO:
+			if b != 0 {
+				return a / b, true
+			}
+		}
+	case *ast.CompositeLit: // dim3{x: …, y: …, z: …}
+		n := 1
+		for _, el := range x.Elts {
+			kv, ok := el.(*ast.KeyValueExpr)
+			if !ok {
+				return 0, false
+			}
+			v, ok := constInt(kv.Value, consts, depth+1)
+			if !ok {
+				return 0, false
+			}
+			n *= v
+		}
+		return n, true
+	}
+	return 0, false
 }
 
 // funcScope gives the expressions assigned to each variable (by its source text) in one
@@ -394,15 +468,34 @@ func launchSites(t *testing.T, files []string, entries map[string][]ptxParam) []
 	fset := token.NewFileSet()
 	pkg := &pkgIndex{fset: fset, funcs: map[string][]*ast.FuncDecl{}, calls: map[string][]callIn{}}
 	var decls []*ast.FuncDecl
+	var parsed []*ast.File
 	for _, path := range files {
 		f, err := parser.ParseFile(fset, path, nil, parser.SkipObjectResolution)
 		if err != nil {
 			t.Fatal(err)
 		}
+		parsed = append(parsed, f)
 		for _, d := range f.Decls {
 			if fn, ok := d.(*ast.FuncDecl); ok && fn.Body != nil {
 				decls = append(decls, fn)
 				pkg.funcs[fn.Name.Name] = append(pkg.funcs[fn.Name.Name], fn)
+			}
+		}
+	}
+	consts := map[string]ast.Expr{}
+	for _, f := range parsed {
+		for _, d := range f.Decls {
+			g, ok := d.(*ast.GenDecl)
+			if !ok || g.Tok != token.CONST {
+				continue
+			}
+			for _, sp := range g.Specs {
+				vs := sp.(*ast.ValueSpec)
+				for i, n := range vs.Names {
+					if i < len(vs.Values) {
+						consts[n.Name] = vs.Values[i]
+					}
+				}
 			}
 		}
 	}
@@ -430,6 +523,14 @@ func launchSites(t *testing.T, files []string, entries map[string][]ptxParam) []
 					return true
 				}
 				site := launchSite{pos: fset.Position(call.Pos()).String()}
+				switch calleeName(call) {
+				case "launch1D", "launchRows":
+					site.threads = 256 // their fixed block (cuda_train.go)
+				default:
+					if len(call.Args) == 5 {
+						site.threads, _ = constInt(call.Args[2], consts, 0)
+					}
+				}
 				pat, err := scope.namePattern(call.Args[0], 0)
 				if err == nil {
 					re := regexp.MustCompile("^(?:" + pat + ")$")
@@ -525,7 +626,7 @@ func checkSignature(methods []string, params []ptxParam) string {
 }
 
 func TestLaunchArgumentsMatchPTX(t *testing.T) {
-	entries := map[string][]ptxParam{}
+	entries, maxThreads := map[string][]ptxParam{}, map[string]int{}
 	ptxFiles, err := filepath.Glob("ptx/*.ptx")
 	if err != nil || len(ptxFiles) == 0 {
 		t.Fatalf("no PTX under ptx/: %v", err)
@@ -538,6 +639,9 @@ func TestLaunchArgumentsMatchPTX(t *testing.T) {
 		es, err := parsePTXEntries(string(src))
 		if err != nil {
 			t.Fatalf("%s: %v", path, err)
+		}
+		for name, n := range parsePTXMaxThreads(string(src)) {
+			maxThreads[name] = n
 		}
 		for name, ps := range es {
 			// the decode engine's sm_90 PTX must declare what its portable PTX declares
@@ -552,7 +656,7 @@ func TestLaunchArgumentsMatchPTX(t *testing.T) {
 		t.Fatal(err)
 	}
 	sites := launchSites(t, goFiles, entries) // the device tests' own launches too
-	checked, kernels := 0, map[string]bool{}
+	checked, kernels, threadChecks := 0, map[string]bool{}, 0
 	for _, s := range sites {
 		if s.why != "" {
 			t.Logf("%s: not checked: %s", s.pos, s.why)
@@ -569,6 +673,12 @@ func TestLaunchArgumentsMatchPTX(t *testing.T) {
 			if msg := checkSignature(s.methods, params); msg != "" {
 				t.Errorf("%s: kernel %s: %s", s.pos, k, msg)
 			}
+			if limit, ok := maxThreads[k]; ok && s.threads > 0 {
+				threadChecks++
+				if s.threads > limit {
+					t.Errorf("%s: kernel %s launched with %d threads a block, its __launch_bounds__ allow %d", s.pos, k, s.threads, limit)
+				}
+			}
 		}
 	}
 	var unlaunched []string
@@ -579,6 +689,7 @@ func TestLaunchArgumentsMatchPTX(t *testing.T) {
 	}
 	sort.Strings(unlaunched)
 	t.Logf("kernels no checked site launches: %v", unlaunched)
+	t.Logf("%d launches of kernels with __launch_bounds__ checked against them (block sizes that are constants)", threadChecks)
 	t.Logf("%d of %d launch sites checked, covering %d of %d kernels", checked, len(sites), len(kernels), len(entries))
 	// the walk must keep seeing the launches: a refactor that hides them from it (a new
 	// wrapper, a new way of building names) should extend the walk, not silently skip them
