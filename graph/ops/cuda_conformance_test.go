@@ -71,7 +71,7 @@ func TestCUDATrainConformance(t *testing.T) {
 		{"Linear", s.testLinear}, {"RMSNorm", s.testRMSNorm}, {"RoPE", s.testRoPE}, {"SwiGLU", s.testSwiGLU},
 		{"Embedding", s.testEmbedding}, {"SoftmaxCE", s.testSoftmaxCE}, {"SoftmaxKL", s.testSoftmaxKL},
 		{"DMCDecide", s.testDecide}, {"DMCImportance", s.testImportance}, {"DMCHardCount", s.testHardCount},
-		{"DMCMerge", s.testMerge}, {"Attention", s.testAttention}, {"EW", s.testEW}, {"AdamW", s.testAdamW},
+		{"DMCMerge", s.testMerge}, {"Attention", s.testAttention}, {"EW", s.testEW}, {"Rows", s.testRows}, {"AdamW", s.testAdamW},
 	} {
 		c := c
 		t.Run(c.name, func(t *testing.T) {
@@ -1130,6 +1130,44 @@ func (s *convSuite) testAttention(t *testing.T) {
 const tolAttnTC = 2e-2
 
 // testEW checks the element-wise ops of the loss head against Go, with scalar broadcasting.
+// testRows: GatherRows and ScatterRows (a training selection's row subsets) copy exactly the
+// listed rows and leave the other rows of the destination as they were; Scale multiplies in
+// place. Odd widths and a row list out of order.
+func (s *convSuite) testRows(t *testing.T) {
+	for _, sh := range []struct{ rows, cols int }{{7, 5}, {300, 33}, {64, 1024}} {
+		tag := fmt.Sprintf("%dx%d", sh.rows, sh.cols)
+		full := s.normals(sh.rows*sh.cols, 1, 0)
+		var pick []int
+		for r := sh.rows - 1; r >= 0; r -= 3 {
+			pick = append(pick, r)
+		}
+		ids := s.upIDs(pick)
+		compact := s.out(len(pick) * sh.cols)
+		s.ok(s.dev.GatherRows(compact, s.up(full), ids, len(pick), sh.cols))
+		want := make([]float64, 0, len(pick)*sh.cols)
+		for _, r := range pick {
+			want = append(want, to64(full[r*sh.cols:(r+1)*sh.cols])...)
+		}
+		s.check("GatherRows "+tag, s.down(compact), want, 0)
+
+		src := s.normals(len(pick)*sh.cols, 1, 0)
+		dst := s.up(full) // the rows not listed must keep these values
+		s.ok(s.dev.ScatterRows(dst, s.up(src), ids, len(pick), sh.cols))
+		want = to64(full)
+		for i, r := range pick {
+			copy(want[r*sh.cols:(r+1)*sh.cols], to64(src[i*sh.cols:(i+1)*sh.cols]))
+		}
+		s.check("ScatterRows "+tag, s.down(dst), want, 0)
+
+		x := s.up(full)
+		s.ok(s.dev.Scale(x, 0.375))
+		for i := range want {
+			want[i] = float64(full[i] * 0.375)
+		}
+		s.check("Scale "+tag, s.down(x), want, 0)
+	}
+}
+
 func (s *convSuite) testEW(t *testing.T) {
 	const n = 1000
 	a, b := s.normals(n, 1, 0), s.normals(n, 1, 0)
