@@ -26,10 +26,10 @@ build-openblas:
 test:
 	$(GO) vet $(PKGS)
 	$(GO) test -count=1 -timeout 40m $(PKGS)
-	@if command -v "$${CC:-gcc}" >/dev/null 2>&1; then \
+	@if command -v "$${CC:-gcc}" >/dev/null 2>&1 && [ "$$($(GO) env CGO_ENABLED)" = 1 ]; then \
 		echo "$(GO) vet -tags dmc_cuda $(PKGS) && $(GO) test -tags dmc_cuda -run '^$$' $(PKGS)"; \
 		$(GO) vet -tags dmc_cuda $(PKGS) && $(GO) test -tags dmc_cuda -count=1 -run '^$$' $(PKGS) >/dev/null; \
-	else echo "no C compiler ($${CC:-gcc}): the dmc_cuda build is not checked"; fi
+	else echo "no C compiler ($${CC:-gcc}) or cgo off: the dmc_cuda build is not checked"; fi
 
 test-short:
 	$(GO) test -short -count=1 $(PKGS)

@@ -860,19 +860,8 @@ func (t *TrainDevice) AttentionForwardBF16(o, stats, q16, k16, v16, alpha *DevBu
 // AttentionBackwardBF16 is AttentionBackward on the bf16 copies of q, k and v the forward read
 // (AttentionForwardBF16): the same bits, without casting them again.
 func (t *TrainDevice) AttentionBackwardBF16(dq, dk, dv, dA, q16, k16, v16, alpha, o, stats, dO *DevBuf, g AttnGeom, rows int) error {
-	Hq, Hkv, D := g.QHeads, g.KVHeads, g.HeadD
-	checks := []func() error{func() error { return g.check16("", rows, q16, k16, v16) },
-		func() error { return need("", "dq", dq, F32, rows*Hq*D) }, func() error { return need("", "dk", dk, F32, rows*Hkv*D) },
-		func() error { return need("", "dv", dv, F32, rows*Hkv*D) }, func() error { return need("", "o", o, F32, rows*Hq*D) },
-		func() error { return need("", "dO", dO, F32, rows*Hq*D) }, func() error { return need("", "stats", stats, F32, 2*rows*Hq) }}
-	if (alpha == nil) != (dA == nil) {
-		return errors.New("AttentionBackwardBF16: alpha and dalpha must be given together")
-	}
-	if alpha != nil {
-		checks = append(checks, func() error { return need("", "alpha", alpha, F32, rows*Hkv) },
-			func() error { return need("", "dalpha", dA, F32, rows*Hkv) })
-	}
-	if err := needAll("AttentionBackwardBF16", checks...); err != nil {
+	if err := attnBackwardChecks("AttentionBackwardBF16", g, rows, dq, dk, dv, dA, alpha, o, stats, dO,
+		func() error { return g.check16("", rows, q16, k16, v16) }); err != nil {
 		return err
 	}
 	return t.attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, o, stats, dO, g, rows)
@@ -928,26 +917,32 @@ func (t *TrainDevice) attnBackwardTC(dq, dk, dv, dA, q16, k16, v16, alpha, o, st
 			i(g.SeqLen).i(Hq).i(Hkv).f(scale))
 }
 
+// attnBackwardChecks checks the operands both attention backwards share (the gradients, o,
+// stats, dO, α with dα) after the inputs' own checks (first: fp32 or bf16 q, k, v).
+func attnBackwardChecks(op string, g AttnGeom, rows int, dq, dk, dv, dA, alpha, o, stats, dO *DevBuf, first ...func() error) error {
+	Hq, Hkv, D := g.QHeads, g.KVHeads, g.HeadD
+	if (alpha == nil) != (dA == nil) {
+		return errors.New(op + ": alpha and dalpha must be given together")
+	}
+	checks := append(first, func() error { return need("", "dq", dq, F32, rows*Hq*D) }, func() error { return need("", "dk", dk, F32, rows*Hkv*D) },
+		func() error { return need("", "dv", dv, F32, rows*Hkv*D) }, func() error { return need("", "o", o, F32, rows*Hq*D) },
+		func() error { return need("", "dO", dO, F32, rows*Hq*D) }, func() error { return need("", "stats", stats, F32, 2*rows*Hq) })
+	if alpha != nil {
+		checks = append(checks, func() error { return need("", "alpha", alpha, F32, rows*Hkv) },
+			func() error { return need("", "dalpha", dA, F32, rows*Hkv) })
+	}
+	return needAll(op, checks...)
+}
+
 // AttentionBackward writes dq, dk, dv and, when alpha is not nil, dα [rows, Hkv] (graph/ops'
 // packed attention gradient) from the forward's o and stats, recomputing the probabilities
 // tile by tile: a delta pass, a pass per query row (dq) and a pass per key row (dk, dv, dα,
 // looping over the G query heads of its KV head). No atomics.
 func (t *TrainDevice) AttentionBackward(dq, dk, dv, dA, q, k, v, alpha, o, stats, dO *DevBuf, g AttnGeom, rows int) error {
 	Hq, Hkv, D := g.QHeads, g.KVHeads, g.HeadD
-	checks := []func() error{func() error { return g.check("", rows) },
-		func() error { return need("", "dq", dq, F32, rows*Hq*D) }, func() error { return need("", "dk", dk, F32, rows*Hkv*D) },
-		func() error { return need("", "dv", dv, F32, rows*Hkv*D) }, func() error { return need("", "o", o, F32, rows*Hq*D) },
-		func() error { return need("", "dO", dO, F32, rows*Hq*D) }, func() error { return need("", "stats", stats, F32, 2*rows*Hq) },
-		func() error { return need("", "q", q, F32, rows*Hq*D) }, func() error { return need("", "k", k, F32, rows*Hkv*D) },
-		func() error { return need("", "v", v, F32, rows*Hkv*D) }}
-	if (alpha == nil) != (dA == nil) {
-		return errors.New("AttentionBackward: alpha and dalpha must be given together")
-	}
-	if alpha != nil {
-		checks = append(checks, func() error { return need("", "alpha", alpha, F32, rows*Hkv) },
-			func() error { return need("", "dalpha", dA, F32, rows*Hkv) })
-	}
-	if err := needAll("AttentionBackward", checks...); err != nil {
+	if err := attnBackwardChecks("AttentionBackward", g, rows, dq, dk, dv, dA, alpha, o, stats, dO,
+		func() error { return g.check("", rows) }, func() error { return need("", "q", q, F32, rows*Hq*D) },
+		func() error { return need("", "k", k, F32, rows*Hkv*D) }, func() error { return need("", "v", v, F32, rows*Hkv*D) }); err != nil {
 		return err
 	}
 	if g.tc() {

@@ -216,18 +216,18 @@ func (p *pkgIndex) scope(fn *ast.FuncDecl) *funcScope {
 
 func exprText(fset *token.FileSet, e ast.Expr) string {
 	var b strings.Builder
-	if err := printExpr(&b, fset, e); err != nil {
+	if err := printExpr(&b, e); err != nil {
 		return fmt.Sprintf("%T", e)
 	}
 	return b.String()
 }
 
-func printExpr(b *strings.Builder, fset *token.FileSet, e ast.Expr) error {
+func printExpr(b *strings.Builder, e ast.Expr) error {
 	switch x := e.(type) {
 	case *ast.Ident:
 		b.WriteString(x.Name)
 	case *ast.SelectorExpr:
-		if err := printExpr(b, fset, x.X); err != nil {
+		if err := printExpr(b, x.X); err != nil {
 			return err
 		}
 		b.WriteString("." + x.Sel.Name)
@@ -434,7 +434,7 @@ func reverse(s []string) {
 
 // packedByStatements reports whether an args variable is extended by a statement of its own
 // (a.p(x) on a line of its own), which the expression walk above would miss.
-func packedByStatements(fset *token.FileSet, body *ast.BlockStmt, name string) bool {
+func packedByStatements(body *ast.BlockStmt, name string) bool {
 	found := false
 	ast.Inspect(body, func(n ast.Node) bool {
 		st, ok := n.(*ast.ExprStmt)
@@ -508,57 +508,55 @@ func launchSites(t *testing.T, files []string, entries map[string][]ptxParam) []
 		})
 	}
 	var sites []launchSite
-	{
-		for _, fn := range decls {
-			if isLauncher(fn.Name.Name) {
-				continue // their callers' sites are checked
-			}
-			scope := pkg.scope(fn)
-			ast.Inspect(fn.Body, func(n ast.Node) bool {
-				call, ok := n.(*ast.CallExpr)
-				if !ok || len(call.Args) < 2 {
-					return true
-				}
-				if !isLauncher(calleeName(call)) {
-					return true
-				}
-				site := launchSite{pos: fset.Position(call.Pos()).String()}
-				switch calleeName(call) {
-				case "launch1D", "launchRows":
-					site.threads = 256 // their fixed block (cuda_train.go)
-				default:
-					if len(call.Args) == 5 {
-						site.threads, _ = constInt(call.Args[2], consts, 0)
-					}
-				}
-				pat, err := scope.namePattern(call.Args[0], 0)
-				if err == nil {
-					re := regexp.MustCompile("^(?:" + pat + ")$")
-					for _, k := range names {
-						if re.MatchString(k) {
-							site.names = append(site.names, k)
-						}
-					}
-					if len(site.names) == 0 {
-						site.names = []string{"(no kernel matches " + pat + ")"}
-					}
-				}
-				last := call.Args[len(call.Args)-1]
-				ms, err2 := scope.packers(last, 0)
-				if id, ok := last.(*ast.Ident); ok && err2 == nil && packedByStatements(fset, fn.Body, id.Name) {
-					err2 = fmt.Errorf("arguments %s packed by statements", id.Name)
-				}
-				site.methods = ms
-				switch {
-				case err != nil:
-					site.why = err.Error()
-				case err2 != nil:
-					site.why = err2.Error()
-				}
-				sites = append(sites, site)
-				return true
-			})
+	for _, fn := range decls {
+		if isLauncher(fn.Name.Name) {
+			continue // their callers' sites are checked
 		}
+		scope := pkg.scope(fn)
+		ast.Inspect(fn.Body, func(n ast.Node) bool {
+			call, ok := n.(*ast.CallExpr)
+			if !ok || len(call.Args) < 2 {
+				return true
+			}
+			if !isLauncher(calleeName(call)) {
+				return true
+			}
+			site := launchSite{pos: fset.Position(call.Pos()).String()}
+			switch calleeName(call) {
+			case "launch1D", "launchRows":
+				site.threads = 256 // their fixed block (cuda_train.go)
+			default:
+				if len(call.Args) == 5 {
+					site.threads, _ = constInt(call.Args[2], consts, 0)
+				}
+			}
+			pat, err := scope.namePattern(call.Args[0], 0)
+			if err == nil {
+				re := regexp.MustCompile("^(?:" + pat + ")$")
+				for _, k := range names {
+					if re.MatchString(k) {
+						site.names = append(site.names, k)
+					}
+				}
+				if len(site.names) == 0 {
+					site.names = []string{"(no kernel matches " + pat + ")"}
+				}
+			}
+			last := call.Args[len(call.Args)-1]
+			ms, err2 := scope.packers(last, 0)
+			if id, ok := last.(*ast.Ident); ok && err2 == nil && packedByStatements(fn.Body, id.Name) {
+				err2 = fmt.Errorf("arguments %s packed by statements", id.Name)
+			}
+			site.methods = ms
+			switch {
+			case err != nil:
+				site.why = err.Error()
+			case err2 != nil:
+				site.why = err2.Error()
+			}
+			sites = append(sites, site)
+			return true
+		})
 	}
 	return sites
 }
